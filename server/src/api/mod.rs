@@ -1,0 +1,359 @@
+//! The CLI-facing gRPC service (cluster.proto). Wire types are converted
+//! here and go no further in.
+
+pub mod convert;
+pub mod names;
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+
+use berth_proto::cluster::{self, cluster_server::Cluster};
+use berth_proto::records::{self, command::Op, ContainerState, DesiredState, SCHEMA_VERSION};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::app::{now_ms, App, AppError};
+use crate::nodes::assignment;
+use crate::scheduler;
+use crate::state::status::Status as CStatus;
+
+/// The largest image tarball the cluster accepts in one import.
+pub const MAX_IMPORT_BYTES: usize = 4 << 30;
+
+/// The Cluster service of cluster.proto.
+pub struct ClusterService {
+    app: App,
+}
+
+impl ClusterService {
+    pub fn new(app: App) -> Self {
+        Self { app }
+    }
+
+    fn find(&self, name_or_id: &str) -> Result<records::Container, Status> {
+        self.app
+            .state
+            .find_container(name_or_id)
+            .map_err(|e| to_status(e.into()))?
+            .ok_or_else(|| Status::not_found(format!("No such container: {name_or_id}")))
+    }
+}
+
+/// Maps a core error to the gRPC status the CLI shows.
+pub fn to_status(e: AppError) -> Status {
+    match &e {
+        AppError::NotLeader(_) | AppError::Raft(_) => Status::unavailable(e.to_string()),
+        AppError::Refused(why) if why.starts_with("No such") => Status::not_found(why.clone()),
+        AppError::Refused(why) if why.starts_with("Conflict") => Status::already_exists(why.clone()),
+        AppError::Refused(why) => Status::failed_precondition(why.clone()),
+        AppError::State(_) => Status::internal(e.to_string()),
+    }
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<cluster::LogEntry, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn create_container(
+        &self,
+        req: Request<cluster::CreateContainerRequest>,
+    ) -> Result<Response<cluster::ContainerInfo>, Status> {
+        let req = req.into_inner();
+        let mut spec = convert::spec_from_wire(req.spec.unwrap_or_default());
+        if spec.image.is_empty() {
+            return Err(Status::invalid_argument("no image given"));
+        }
+        if !spec.network.is_empty() && spec.network != "none" && spec.network != "host" {
+            return Err(Status::invalid_argument(format!(
+                "unknown network {:?}: use none or host",
+                spec.network
+            )));
+        }
+        spec.image = names::normalize_image(&spec.image);
+        let name = if req.name.is_empty() {
+            names::new_name()
+        } else if names::valid_name(&req.name) {
+            req.name.clone()
+        } else {
+            return Err(Status::invalid_argument(format!(
+                "Invalid container name ({}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
+                req.name
+            )));
+        };
+        scheduler::check_feasible(&self.app, &spec.image).map_err(to_status)?;
+        let id = names::new_id();
+        if spec.hostname.is_empty() {
+            spec.hostname = id[..12].to_string();
+        }
+        let container = records::Container {
+            schema: SCHEMA_VERSION,
+            id,
+            name,
+            spec: Some(spec),
+            state: ContainerState::Pending as i32,
+            desired: if req.start {
+                DesiredState::DesiredRunning as i32
+            } else {
+                DesiredState::DesiredStopped as i32
+            },
+            created_at_ms: now_ms(),
+            log_next_seq: 1,
+            ..Default::default()
+        };
+        let created = self
+            .app
+            .write(Op::Create(records::CreateContainer {
+                container: Some(container),
+            }))
+            .await
+            .map_err(to_status)?
+            .container
+            .unwrap_or_default();
+        let placed = if req.start {
+            scheduler::place(&self.app, &created).await.map_err(to_status)?
+        } else {
+            created
+        };
+        Ok(Response::new(convert::container_to_wire(&placed)))
+    }
+
+    async fn list_containers(
+        &self,
+        req: Request<cluster::ListContainersRequest>,
+    ) -> Result<Response<cluster::ListContainersResponse>, Status> {
+        self.app.linearize().await.map_err(to_status)?;
+        let all = req.into_inner().all;
+        let containers = self
+            .app
+            .state
+            .containers()
+            .map_err(|e| to_status(e.into()))?
+            .iter()
+            .filter(|c| all || !CStatus(c.state()).is_finished() && c.state() != ContainerState::Created)
+            .map(convert::container_to_wire)
+            .collect();
+        Ok(Response::new(cluster::ListContainersResponse { containers }))
+    }
+
+    async fn get_container(
+        &self,
+        req: Request<cluster::ContainerRef>,
+    ) -> Result<Response<cluster::ContainerInfo>, Status> {
+        self.app.linearize().await.map_err(to_status)?;
+        let c = self.find(&req.into_inner().name_or_id)?;
+        Ok(Response::new(convert::container_to_wire(&c)))
+    }
+
+    async fn remove_container(
+        &self,
+        req: Request<cluster::RemoveContainerRequest>,
+    ) -> Result<Response<cluster::RemoveContainerResponse>, Status> {
+        let req = req.into_inner();
+        let c = self.find(&req.name_or_id)?;
+        if CStatus(c.state()).is_running() && !req.force {
+            return Err(Status::failed_precondition(format!(
+                "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
+                c.id
+            )));
+        }
+        self.app
+            .write(Op::Remove(records::RemoveContainer { id: c.id.clone() }))
+            .await
+            .map_err(to_status)?;
+        if !c.node.is_empty() {
+            self.app
+                .nodes
+                .send(&c.node, assignment::remove(&c.id, c.generation))
+                .await;
+        }
+        Ok(Response::new(cluster::RemoveContainerResponse { id: c.id }))
+    }
+
+    type LogsStream = LogStream;
+
+    async fn logs(&self, req: Request<cluster::LogsRequest>) -> Result<Response<LogStream>, Status> {
+        let req = req.into_inner();
+        let c = self.find(&req.name_or_id)?;
+        let (tx, rx) = mpsc::channel(256);
+        let state = self.app.state.clone();
+        tokio::spawn(async move {
+            let mut changes = state.subscribe();
+            let mut next = 0u64;
+            loop {
+                changes.borrow_and_update();
+                let lines = match state.log_lines(&c.id, next, 512) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
+                };
+                for l in &lines {
+                    if tx.send(Ok(convert::log_to_wire(l))).await.is_err() {
+                        return;
+                    }
+                    next = l.seq + 1;
+                }
+                if !lines.is_empty() {
+                    continue;
+                }
+                if !req.follow {
+                    return;
+                }
+                // Logs are committed before the transition that ends the
+                // container, so a finished container with nothing after
+                // the cursor has no more lines to come.
+                match state.container(&c.id) {
+                    Ok(Some(now)) if CStatus(now.state()).is_finished() && next >= now.log_next_seq => return,
+                    Ok(Some(_)) => {}
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
+                }
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn wait_container(
+        &self,
+        req: Request<cluster::ContainerRef>,
+    ) -> Result<Response<cluster::WaitResponse>, Status> {
+        let c = self.find(&req.into_inner().name_or_id)?;
+        let mut changes = self.app.state.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let now = self
+                .app
+                .state
+                .container(&c.id)
+                .map_err(|e| to_status(e.into()))?
+                .ok_or_else(|| Status::not_found(format!("No such container: {}", c.id)))?;
+            if CStatus(now.state()).is_finished() {
+                return Ok(Response::new(cluster::WaitResponse {
+                    exit_code: now.exit_code,
+                    state: CStatus(now.state()).name().to_string(),
+                    error: now.error,
+                }));
+            }
+            changes
+                .changed()
+                .await
+                .map_err(|_| Status::unavailable("the server is shutting down"))?;
+        }
+    }
+
+    async fn import_image(
+        &self,
+        req: Request<Streaming<cluster::ImportChunk>>,
+    ) -> Result<Response<cluster::ImportResponse>, Status> {
+        let mut stream = req.into_inner();
+        let mut reference = String::new();
+        let mut node = String::new();
+        let mut data = Vec::new();
+        let mut first = true;
+        while let Some(chunk) = stream.message().await? {
+            if first {
+                reference = chunk.reference.clone();
+                node = chunk.node.clone();
+                first = false;
+            }
+            if data.len() + chunk.data.len() > MAX_IMPORT_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "the image tarball is larger than {MAX_IMPORT_BYTES} bytes"
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        if reference.is_empty() {
+            return Err(Status::invalid_argument("no image reference given"));
+        }
+        let reference = names::normalize_image(&reference);
+        let targets = if node.is_empty() {
+            self.app.nodes.connected_names().await
+        } else if self.app.nodes.is_connected(&node).await {
+            vec![node.clone()]
+        } else {
+            return Err(Status::failed_precondition(format!("node {node} is not connected")));
+        };
+        if targets.is_empty() {
+            return Err(Status::failed_precondition(
+                "no node of the cluster is ready to take the image",
+            ));
+        }
+        let outcomes = futures::future::join_all(
+            targets.iter().map(|n| self.app.nodes.import(n, &reference, &data)),
+        )
+        .await;
+        let mut nodes = Vec::new();
+        let mut image_id = String::new();
+        let mut errors = Vec::new();
+        for o in outcomes {
+            match o.result {
+                Ok(id) => {
+                    image_id = id;
+                    nodes.push(o.node);
+                }
+                Err(e) => errors.push(format!("{}: {e}", o.node)),
+            }
+        }
+        if nodes.is_empty() {
+            return Err(Status::invalid_argument(format!("import failed: {}", errors.join("; "))));
+        }
+        for e in &errors {
+            tracing::warn!("import of {reference} failed on {e}");
+        }
+        Ok(Response::new(cluster::ImportResponse { image_id, nodes }))
+    }
+
+    async fn list_images(
+        &self,
+        _req: Request<cluster::ListImagesRequest>,
+    ) -> Result<Response<cluster::ListImagesResponse>, Status> {
+        self.app.linearize().await.map_err(to_status)?;
+        let mut by_id: BTreeMap<String, cluster::ImageInfo> = BTreeMap::new();
+        for n in self.app.state.nodes().map_err(|e| to_status(e.into()))? {
+            for i in &n.images {
+                let e = by_id.entry(i.id.clone()).or_insert_with(|| cluster::ImageInfo {
+                    id: i.id.clone(),
+                    size: i.size,
+                    created_ms: i.created_ms,
+                    ..Default::default()
+                });
+                for t in &i.tags {
+                    if !e.tags.contains(t) {
+                        e.tags.push(t.clone());
+                    }
+                }
+                e.nodes.push(n.name.clone());
+            }
+        }
+        Ok(Response::new(cluster::ListImagesResponse {
+            images: by_id.into_values().collect(),
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        _req: Request<cluster::ListNodesRequest>,
+    ) -> Result<Response<cluster::ListNodesResponse>, Status> {
+        self.app.linearize().await.map_err(to_status)?;
+        let nodes = self
+            .app
+            .state
+            .nodes()
+            .map_err(|e| to_status(e.into()))?
+            .iter()
+            .map(convert::node_to_wire)
+            .collect();
+        Ok(Response::new(cluster::ListNodesResponse { nodes }))
+    }
+}

@@ -1,0 +1,72 @@
+//! Container ids, generated names, and image references.
+
+use rand::Rng;
+
+const ADJECTIVES: &[&str] = &[
+    "brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry",
+    "nimble", "proud", "quiet", "rapid", "sharp", "steady", "swift", "tender", "vivid", "witty",
+];
+const NOUNS: &[&str] = &[
+    "anchor", "beacon", "buoy", "cove", "dock", "ferry", "harbor", "jetty", "keel", "lighthouse",
+    "mast", "pier", "quay", "reef", "sail", "schooner", "skiff", "tide", "wharf", "yawl",
+];
+
+/// A new container id: 32 random bytes in hex, as Docker's.
+pub fn new_id() -> String {
+    let bytes: [u8; 32] = rand::thread_rng().gen();
+    hex::encode(bytes)
+}
+
+/// A generated container name such as `swift_harbor`.
+pub fn new_name() -> String {
+    let mut rng = rand::thread_rng();
+    format!(
+        "{}_{}",
+        ADJECTIVES[rng.gen_range(0..ADJECTIVES.len())],
+        NOUNS[rng.gen_range(0..NOUNS.len())]
+    )
+}
+
+/// Checks a user-given container name the way Docker does.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
+}
+
+/// Normalizes an image reference: `busybox` becomes `busybox:latest`; a
+/// digest or an explicit tag is kept. A registry port is not a tag.
+pub fn normalize_image(reference: &str) -> String {
+    if reference.starts_with("sha256:") || reference.contains('@') {
+        return reference.to_string();
+    }
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    if last.contains(':') {
+        reference.to_string()
+    } else {
+        format!("{reference}:latest")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_get_the_latest_tag() {
+        assert_eq!(normalize_image("busybox"), "busybox:latest");
+        assert_eq!(normalize_image("busybox:1.36"), "busybox:1.36");
+        assert_eq!(normalize_image("localhost:5000/app"), "localhost:5000/app:latest");
+        assert_eq!(normalize_image("sha256:abcd"), "sha256:abcd");
+    }
+
+    #[test]
+    fn names_follow_docker_rules() {
+        assert!(valid_name("web-1.prod_a"));
+        assert!(!valid_name("-web"));
+        assert!(!valid_name("we b"));
+        assert!(!valid_name(""));
+        assert!(valid_name(&new_name()));
+        assert_eq!(new_id().len(), 64);
+    }
+}

@@ -1,0 +1,14 @@
+//! berth-server: the control plane of a berth cluster.
+//!
+//! A write is API -> Raft commit -> state machine (see [`raft`] and
+//! [`state`]); only the leader schedules ([`scheduler`]) and talks to agents
+//! ([`nodes`]); [`api`] is the CLI-facing edge.
+
+pub mod api;
+pub mod app;
+pub mod nodes;
+pub mod raft;
+pub mod scheduler;
+pub mod state;
+
+pub use app::{App, AppConfig, AppError};

@@ -1,0 +1,117 @@
+//! berth-server: one member of a berth cluster's control plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_proto::agent::agent_session_server::AgentSessionServer;
+use berth_proto::cluster::cluster_server::ClusterServer;
+use berth_proto::raft::raft_server::RaftServer;
+use berth_server::api::ClusterService;
+use berth_server::nodes::session::{mark_down, SessionService};
+use berth_server::raft::network::RaftService;
+use berth_server::raft::{self, RaftConfig};
+use berth_server::{App, AppConfig};
+use clap::Parser;
+
+/// A berth-server: stores the cluster's desired state in Raft (openraft on
+/// rocksdb), schedules containers onto agents, and answers the berth CLI.
+#[derive(Debug, Parser)]
+#[command(name = "berth-server", version)]
+struct Args {
+    /// Where the Raft log and state live; reused on later starts.
+    #[arg(long, default_value = "/var/lib/berth/server")]
+    data_dir: PathBuf,
+    /// The address to listen on for the CLI, agents and other servers.
+    #[arg(long, default_value = "127.0.0.1:7420")]
+    listen: SocketAddr,
+    /// The address others reach this server at (default: --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Start a new one-member cluster if the data dir holds none.
+    #[arg(long)]
+    bootstrap: bool,
+    /// This member's Raft node id.
+    #[arg(long, default_value_t = 1)]
+    id: u64,
+    /// Raft heartbeat interval.
+    #[arg(long, default_value_t = 50)]
+    heartbeat_ms: u64,
+    /// Lower bound of the Raft election timeout.
+    #[arg(long, default_value_t = 150)]
+    election_min_ms: u64,
+    /// Upper bound of the Raft election timeout.
+    #[arg(long, default_value_t = 300)]
+    election_max_ms: u64,
+    /// An agent silent for longer than this is marked Down.
+    #[arg(long, default_value_t = 2000)]
+    node_ttl_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let advertise = args.advertise.clone().unwrap_or_else(|| args.listen.to_string());
+    let cfg = RaftConfig {
+        node_id: args.id,
+        advertise: advertise.clone(),
+        heartbeat_ms: args.heartbeat_ms,
+        election_min_ms: args.election_min_ms,
+        election_max_ms: args.election_max_ms,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let (raft, state) = raft::start(&args.data_dir, &cfg, args.bootstrap)
+        .await
+        .with_context(|| format!("cannot start raft in {}", args.data_dir.display()))?;
+    let app = App::new(
+        raft.clone(),
+        state,
+        AppConfig {
+            node_ttl: Duration::from_millis(args.node_ttl_ms),
+        },
+    );
+    tokio::spawn(liveness(app.clone()));
+    tracing::info!(listen = %args.listen, %advertise, id = args.id, "berth-server serving");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(ClusterServer::new(ClusterService::new(app.clone())))
+        .add_service(AgentSessionServer::new(SessionService::new(app.clone())))
+        .add_service(RaftServer::new(RaftService::new(raft.clone())))
+        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .await
+        .context("serving gRPC")?;
+    raft.shutdown().await.ok();
+    Ok(())
+}
+
+/// Marks agents Down when their heartbeats stop (the TTL of DESIGN.md).
+async fn liveness(app: App) {
+    let period = app.config.node_ttl / 4;
+    loop {
+        tokio::time::sleep(period).await;
+        for (node, session_id) in app.nodes.expire(app.config.node_ttl).await {
+            tracing::warn!(%node, session_id, "agent missed its heartbeat TTL; marking it down");
+            mark_down(&app, &node).await;
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}

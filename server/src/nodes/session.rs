@@ -1,0 +1,273 @@
+//! The server side of the agent session: registration, heartbeats,
+//! transitions, log chunks and image inventories come in; assignments,
+//! acknowledgements and imports go out.
+
+use std::pin::Pin;
+
+use berth_proto::agent::{
+    agent_message, agent_session_server::AgentSession, server_message, AgentMessage, LogAck,
+    Register, Registered, ServerMessage,
+};
+use berth_proto::records::{self, command::Op, NodeStatus, SCHEMA_VERSION};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::assignment;
+use crate::app::{now_ms, App, AppError};
+use crate::state::status::{parse_state, Status as CStatus};
+
+/// The gRPC service agents open their session on.
+pub struct SessionService {
+    app: App,
+}
+
+impl SessionService {
+    pub fn new(app: App) -> Self {
+        Self { app }
+    }
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentSession for SessionService {
+    type SessionStream = OutStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = req.into_inner();
+        let register = match inbound.message().await? {
+            Some(AgentMessage {
+                msg: Some(agent_message::Msg::Register(r)),
+            }) => r,
+            _ => return Err(Status::invalid_argument("the first message of a session must be Register")),
+        };
+        if register.node.is_empty() {
+            return Err(Status::invalid_argument("Register names no node"));
+        }
+        // Only the leader holds agent sessions; others send the agent on.
+        let metrics = self.app.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(metrics.id) {
+            let leader = metrics
+                .current_leader
+                .and_then(|l| metrics.membership_config.membership().get_node(&l).cloned())
+                .map(|n| n.addr);
+            return Err(Status::unavailable(format!(
+                "not the leader; leader: {}",
+                leader.unwrap_or_default()
+            )));
+        }
+        let node = register.node.clone();
+        upsert_node(&self.app, &register).await.map_err(to_status)?;
+        let (tx, rx) = mpsc::channel::<ServerMessage>(1024);
+        let session_id = self.app.nodes.attach(&node, tx.clone()).await;
+        tracing::info!(%node, session_id, "agent registered");
+        let _ = tx
+            .send(ServerMessage {
+                msg: Some(server_message::Msg::Registered(Registered { node: node.clone() })),
+            })
+            .await;
+        let app = self.app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = reconcile(&app, &register).await {
+                tracing::warn!(%node, "reconciling the node's containers: {e}");
+            }
+            let reason = serve(&app, &node, session_id, &mut inbound, &tx).await;
+            tracing::info!(%node, session_id, "agent session ended: {reason}");
+            if app.nodes.detach(&node, session_id).await {
+                mark_down(&app, &node).await;
+            }
+        });
+        let out = ReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+/// Commits that a node is Down.
+pub async fn mark_down(app: &App, node: &str) {
+    let op = Op::NodeStatus(records::SetNodeStatus {
+        name: node.to_string(),
+        status: NodeStatus::Down as i32,
+        at_ms: now_ms(),
+    });
+    if let Err(e) = app.write(op).await {
+        tracing::warn!(%node, "could not record the node as down: {e}");
+    }
+}
+
+fn to_status(e: AppError) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+fn images_to_records(images: &[berth_proto::agent::Image]) -> Vec<records::Image> {
+    images
+        .iter()
+        .map(|i| records::Image {
+            id: i.id.clone(),
+            tags: i.tags.clone(),
+            size: i.size,
+            created_ms: i.created_ms,
+        })
+        .collect()
+}
+
+async fn upsert_node(app: &App, r: &Register) -> Result<(), AppError> {
+    let node = records::Node {
+        schema: SCHEMA_VERSION,
+        name: r.node.clone(),
+        status: NodeStatus::Ready as i32,
+        kernel: r.kernel.clone(),
+        cgroup_version: r.cgroup_version.clone(),
+        cpus: r.cpus,
+        memory_bytes: r.memory_bytes,
+        images: images_to_records(&r.images),
+        updated_at_ms: now_ms(),
+    };
+    app.write(Op::Node(records::UpsertNode { node: Some(node) })).await?;
+    Ok(())
+}
+
+/// Brings the cluster's view and the agent's local state together after a
+/// registration: reports the agent missed, assignments it has not heard of,
+/// and containers it holds that the cluster removed.
+async fn reconcile(app: &App, r: &Register) -> Result<(), AppError> {
+    let containers = app.state.containers()?;
+    for local in &r.containers {
+        match containers.iter().find(|c| c.id == local.id) {
+            None => {
+                app.nodes
+                    .send(&r.node, assignment::remove(&local.id, local.generation))
+                    .await;
+            }
+            Some(c) if c.node == r.node && c.generation == local.generation => {
+                let Some(to) = parse_state(&local.state) else { continue };
+                if to != c.state() && CStatus(c.state()).can_move_to(to) {
+                    let op = Op::Transition(records::RecordTransition {
+                        id: c.id.clone(),
+                        node: r.node.clone(),
+                        generation: local.generation,
+                        to: to as i32,
+                        exit_code: local.exit_code,
+                        at_ms: now_ms(),
+                        error: String::new(),
+                        image_id: String::new(),
+                    });
+                    if let Err(e) = app.write(op).await {
+                        tracing::debug!("reconcile transition refused: {e}");
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    for c in containers.iter().filter(|c| {
+        c.node == r.node
+            && c.state() == records::ContainerState::Pending
+            && !r.containers.iter().any(|l| l.id == c.id)
+    }) {
+        app.nodes.send(&r.node, assignment::run(c)).await;
+    }
+    Ok(())
+}
+
+/// Handles the agent's messages in order until the stream ends; returns why.
+async fn serve(
+    app: &App,
+    node: &str,
+    session_id: u64,
+    inbound: &mut Streaming<AgentMessage>,
+    tx: &mpsc::Sender<ServerMessage>,
+) -> String {
+    loop {
+        let msg = match inbound.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return "the agent closed the stream".into(),
+            Err(e) => return format!("stream error: {e}"),
+        };
+        let Some(msg) = msg.msg else { continue };
+        match msg {
+            agent_message::Msg::Heartbeat(_) => {
+                if !app.nodes.heartbeat(node, session_id).await {
+                    return "the session expired or was replaced".into();
+                }
+            }
+            agent_message::Msg::Register(_) => return "a second Register on one session".into(),
+            agent_message::Msg::Transition(t) => {
+                let Some(to) = parse_state(&t.to) else {
+                    tracing::warn!(%node, state = %t.to, "unknown state in a transition");
+                    continue;
+                };
+                let op = Op::Transition(records::RecordTransition {
+                    id: t.container_id.clone(),
+                    node: node.to_string(),
+                    generation: t.generation,
+                    to: to as i32,
+                    exit_code: t.exit_code,
+                    at_ms: t.at_ms,
+                    error: t.error,
+                    image_id: t.image_id,
+                });
+                match app.write(op).await {
+                    Ok(_) => {}
+                    Err(AppError::Refused(why)) => tracing::debug!(%node, "transition refused: {why}"),
+                    Err(e) => return format!("cannot commit: {e}"),
+                }
+            }
+            agent_message::Msg::Logs(chunk) => {
+                let id = chunk.container_id.clone();
+                let lines = chunk
+                    .lines
+                    .into_iter()
+                    .map(|l| records::LogLine {
+                        schema: SCHEMA_VERSION,
+                        seq: l.seq,
+                        stream: if l.stream == "stderr" {
+                            records::LogStream::Stderr as i32
+                        } else {
+                            records::LogStream::Stdout as i32
+                        },
+                        time_ns: l.time_ns,
+                        line: l.line,
+                    })
+                    .collect();
+                let op = Op::Logs(records::AppendLogs {
+                    id: id.clone(),
+                    node: node.to_string(),
+                    generation: chunk.generation,
+                    lines,
+                });
+                match app.write(op).await {
+                    Ok(res) => {
+                        let next_seq = res.container.map(|c| c.log_next_seq).unwrap_or(0);
+                        let _ = tx
+                            .send(ServerMessage {
+                                msg: Some(server_message::Msg::LogAck(LogAck {
+                                    container_id: id,
+                                    next_seq,
+                                })),
+                            })
+                            .await;
+                    }
+                    Err(AppError::Refused(why)) => tracing::debug!(%node, "log chunk refused: {why}"),
+                    Err(e) => return format!("cannot commit: {e}"),
+                }
+            }
+            agent_message::Msg::Images(inv) => {
+                let Ok(Some(mut rec)) = app.state.node(node) else { continue };
+                rec.images = images_to_records(&inv.images);
+                rec.updated_at_ms = now_ms();
+                if let Err(e) = app.write(Op::Node(records::UpsertNode { node: Some(rec) })).await {
+                    return format!("cannot commit: {e}");
+                }
+            }
+            agent_message::Msg::ImportResult(r) => {
+                let result = if r.error.is_empty() { Ok(r.image_id) } else { Err(r.error) };
+                app.nodes.import_done(r.request_id, result).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The Raft layer: openraft's type configuration, the rocksdb log store and
+//! state machine, the tonic transport, and the one function that wires them.
+//!
+//! Desired state changes only through a commit here (DESIGN.md, invariant 1).
+
+pub mod codec;
+pub mod network;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+
+use berth_proto::records;
+use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+
+use crate::state::StateReader;
+
+/// A state-machine command carried in a Raft entry: a records.proto
+/// `Command`. Openraft moves it between servers with serde; it travels as its
+/// protobuf bytes so that there is exactly one encoding of a command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request(pub records::Command);
+
+/// What applying a [`Request`] returned.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Response(pub records::CommandResult);
+
+openraft::declare_raft_types!(
+    /// The openraft types of berth's control plane.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// The Raft handle of a berth-server.
+pub type BerthRaft = openraft::Raft<TypeConfig>;
+
+/// Timing and identity of one Raft member.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    pub node_id: u64,
+    /// The address other members and agents reach this server at.
+    pub advertise: String,
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+/// Errors of starting the Raft layer.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftError {
+    #[error("opening the raft store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("invalid raft configuration: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("reading the raft store: {0}")]
+    State(#[from] crate::state::StateError),
+    #[error("starting raft: {0}")]
+    Fatal(String),
+}
+
+/// Opens the rocksdb store under `data_dir` and starts the Raft member.
+/// With `bootstrap`, a fresh store is initialized as a one-member cluster;
+/// a store that already holds a cluster is reused as it is.
+pub async fn start(
+    data_dir: &Path,
+    cfg: &RaftConfig,
+    bootstrap: bool,
+) -> Result<(BerthRaft, StateReader), RaftError> {
+    let db = store::open(&data_dir.join("raft"))?;
+    let (log_store, state_machine, reader) = store::split(db)?;
+    let config = openraft::Config {
+        cluster_name: "berth".to_string(),
+        heartbeat_interval: cfg.heartbeat_ms,
+        election_timeout_min: cfg.election_min_ms,
+        election_timeout_max: cfg.election_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
+        max_in_snapshot_log_to_keep: 1000,
+        ..Default::default()
+    }
+    .validate()?;
+    let already_initialized = reader.has_membership()?;
+    let raft = openraft::Raft::new(
+        cfg.node_id,
+        Arc::new(config),
+        network::NetworkFactory::default(),
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| RaftError::Fatal(e.to_string()))?;
+    if bootstrap && !already_initialized {
+        let mut members = BTreeMap::new();
+        members.insert(
+            cfg.node_id,
+            BasicNode {
+                addr: cfg.advertise.clone(),
+            },
+        );
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!(node_id = cfg.node_id, "bootstrapped a new cluster"),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => tracing::info!("store already holds a cluster; bootstrap skipped"),
+            Err(e) => return Err(RaftError::Fatal(e.to_string())),
+        }
+    }
+    Ok((raft, reader))
+}
+
+impl Serialize for Request {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use prost::Message;
+        s.serialize_bytes(&self.0.encode_to_vec())
+    }
+}
+
+impl<'de> Deserialize<'de> for Request {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use prost::Message;
+        let bytes: Vec<u8> = serde_bytes_vec(d)?;
+        records::Command::decode(bytes.as_slice())
+            .map(Request)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Response {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use prost::Message;
+        s.serialize_bytes(&self.0.encode_to_vec())
+    }
+}
+
+impl<'de> Deserialize<'de> for Response {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use prost::Message;
+        let bytes: Vec<u8> = serde_bytes_vec(d)?;
+        records::CommandResult::decode(bytes.as_slice())
+            .map(Response)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reads bytes written by `serialize_bytes`, which self-describing formats
+/// such as JSON render as a sequence of numbers.
+fn serde_bytes_vec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("protobuf bytes")
+        }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(b) = seq.next_element::<u8>()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_byte_buf(V)
+}

@@ -1,0 +1,178 @@
+//! The tonic transport between Raft members: openraft's requests travel as
+//! JSON inside raft.proto's `RaftPayload`, and each side of the RPC lives
+//! here (the client in [`Network`], the server in [`RaftService`]).
+
+use berth_proto::raft::raft_client::RaftClient;
+use berth_proto::raft::raft_server::Raft as RaftRpc;
+use berth_proto::raft::RaftPayload;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use super::{BerthRaft, TypeConfig};
+
+/// Makes one [`Network`] per peer.
+#[derive(Debug, Default, Clone)]
+pub struct NetworkFactory {}
+
+/// The connection to one peer; the channel connects lazily and reconnects
+/// by itself.
+pub struct Network {
+    target: u64,
+    node: BasicNode,
+    client: Option<RaftClient<Channel>>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = Network;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Network {
+        Network {
+            target,
+            node: node.clone(),
+            client: None,
+        }
+    }
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<u64, BasicNode, RaftError<u64, E>>>;
+
+impl Network {
+    fn client(&mut self) -> Result<RaftClient<Channel>, Unreachable> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let uri = format!("http://{}", self.node.addr);
+        let endpoint = Channel::from_shared(uri)
+            .map_err(|e| Unreachable::new(&e))?
+            .connect_timeout(std::time::Duration::from_millis(500));
+        let c = RaftClient::new(endpoint.connect_lazy());
+        self.client = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn call<Req, Resp, E>(
+        &mut self,
+        kind: RpcKind,
+        req: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let json = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut client = self.client().map_err(RPCError::Unreachable)?;
+        let mut request = tonic::Request::new(RaftPayload { json });
+        request.set_timeout(option.hard_ttl());
+        let res = match kind {
+            RpcKind::Append => client.append_entries(request).await,
+            RpcKind::Vote => client.vote(request).await,
+            RpcKind::Snapshot => client.install_snapshot(request).await,
+        };
+        let payload = res
+            .map_err(|status| {
+                // A dropped connection is a reason to back off, not a fault
+                // of the peer's state.
+                self.client = None;
+                RPCError::Unreachable(Unreachable::new(&StatusError(status)))
+            })?
+            .into_inner();
+        let result: Result<Resp, RaftError<u64, E>> = serde_json::from_slice(&payload.json)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+    }
+}
+
+enum RpcKind {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+#[derive(Debug)]
+struct StatusError(tonic::Status);
+
+impl std::fmt::Display for StatusError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.0.code(), self.0.message())
+    }
+}
+
+impl std::error::Error for StatusError {}
+
+impl RaftNetwork<TypeConfig> for Network {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<u64>> {
+        self.call(RpcKind::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
+        self.call(RpcKind::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> RpcResult<VoteResponse<u64>> {
+        self.call(RpcKind::Vote, &rpc, &option).await
+    }
+}
+
+/// The receiving side of the Raft transport.
+pub struct RaftService {
+    raft: BerthRaft,
+}
+
+impl RaftService {
+    pub fn new(raft: BerthRaft) -> Self {
+        Self { raft }
+    }
+}
+
+fn decode<T: DeserializeOwned>(req: tonic::Request<RaftPayload>) -> Result<T, tonic::Status> {
+    serde_json::from_slice(&req.into_inner().json)
+        .map_err(|e| tonic::Status::invalid_argument(format!("malformed raft request: {e}")))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+    let json = serde_json::to_vec(v).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    Ok(tonic::Response::new(RaftPayload { json }))
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(
+        &self,
+        req: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
+        encode(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: tonic::Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let rpc: VoteRequest<u64> = decode(req)?;
+        encode(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
+        encode(&self.raft.install_snapshot(rpc).await)
+    }
+}

@@ -1,0 +1,522 @@
+//! The rocksdb store behind openraft: the log, the Raft metadata and the
+//! state machine, each in its own column family. Log keys are big-endian
+//! indexes so that ranges sort; every value is a records.proto message.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
+
+use berth_proto::records::{self, SCHEMA_VERSION};
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, LogId, LogState, RaftLogReader, RaftSnapshotBuilder,
+    Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use prost::Message;
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use tokio::sync::watch;
+
+use super::codec;
+use super::{Response, TypeConfig};
+use crate::state::{self, StateReader};
+
+/// The column family of Raft log entries, keyed by big-endian index.
+pub const CF_LOGS: &str = "logs";
+/// The column family of Raft metadata: vote, committed, last purged, snapshot.
+pub const CF_META: &str = "meta";
+/// The column family of state-machine rows (see state::keys).
+pub const CF_SM: &str = "sm";
+/// The column family of what the state machine has applied.
+pub const CF_SM_META: &str = "sm_meta";
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+const KEY_APPLIED: &[u8] = b"applied";
+const KEY_MEMBERSHIP: &[u8] = b"membership";
+
+/// Errors of opening the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb at {path}: {source}")]
+    Open {
+        path: String,
+        source: rocksdb::Error,
+    },
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("rocksdb: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("corrupt record: {0}")]
+    Decode(#[from] prost::DecodeError),
+}
+
+/// Opens (or creates) the rocksdb database at `path`.
+pub fn open(path: &Path) -> Result<Arc<DB>, StoreError> {
+    std::fs::create_dir_all(path).map_err(|source| StoreError::CreateDir {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    let cfs = [CF_LOGS, CF_META, CF_SM, CF_SM_META]
+        .into_iter()
+        .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+    let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(Arc::new(db))
+}
+
+/// Splits one database into openraft's log store and state machine, plus a
+/// reader of the state for queries.
+pub fn split(db: Arc<DB>) -> Result<(LogStore, StateMachine, StateReader), StoreError> {
+    let applied = read_applied(&db)?.map(|l| l.index).unwrap_or(0);
+    let (tx, rx) = watch::channel(applied);
+    let reader = StateReader::new(db.clone(), rx);
+    Ok((
+        LogStore { db: db.clone() },
+        StateMachine {
+            db,
+            applied_tx: Arc::new(tx),
+        },
+        reader,
+    ))
+}
+
+/// The Raft log in rocksdb.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+}
+
+/// The state machine in rocksdb; every applied command lands in [`CF_SM`].
+pub struct StateMachine {
+    db: Arc<DB>,
+    applied_tx: Arc<watch::Sender<u64>>,
+}
+
+/// Builds snapshots from an iterator over the state-machine rows.
+pub struct SnapshotBuilder {
+    db: Arc<DB>,
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name)
+        .expect("column families are created when the store is opened")
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn sync_writes() -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    wo
+}
+
+fn io_err(e: impl std::error::Error + 'static) -> AnyError {
+    AnyError::new(&e)
+}
+
+fn read_applied(db: &DB) -> Result<Option<LogId<u64>>, StoreError> {
+    match db.get_cf(cf(db, CF_SM_META), KEY_APPLIED)? {
+        Some(v) => Ok(Some(codec::log_id_from_record(&records::LogId::decode(
+            v.as_slice(),
+        )?))),
+        None => Ok(None),
+    }
+}
+
+fn read_membership(db: &DB) -> Result<StoredMembership<u64, BasicNode>, StoreError> {
+    match db.get_cf(cf(db, CF_SM_META), KEY_MEMBERSHIP)? {
+        Some(v) => Ok(codec::stored_membership_from_record(
+            &records::StoredMembership::decode(v.as_slice())?,
+        )),
+        None => Ok(StoredMembership::default()),
+    }
+}
+
+/// True if the store has ever held a cluster membership (in its log or
+/// its state machine), which means it must not be bootstrapped again.
+pub fn has_membership(db: &DB) -> Result<bool, StoreError> {
+    if db.get_cf(cf(db, CF_SM_META), KEY_MEMBERSHIP)?.is_some() {
+        return Ok(true);
+    }
+    if db.get_cf(cf(db, CF_META), KEY_VOTE)?.is_some() {
+        return Ok(true);
+    }
+    Ok(db
+        .iterator_cf(cf(db, CF_LOGS), IteratorMode::Start)
+        .next()
+        .is_some())
+}
+
+impl LogStore {
+    fn read_log_id(&self, key: &[u8]) -> Result<Option<LogId<u64>>, StorageError<u64>> {
+        let v = self
+            .db
+            .get_cf(cf(&self.db, CF_META), key)
+            .map_err(|e| StorageIOError::read_logs(io_err(e)))?;
+        match v {
+            Some(v) => {
+                let r = records::LogId::decode(v.as_slice())
+                    .map_err(|e| StorageIOError::read_logs(io_err(e)))?;
+                Ok(Some(codec::log_id_from_record(&r)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn put_meta(&self, key: &[u8], value: Vec<u8>) -> Result<(), rocksdb::Error> {
+        self.db
+            .put_cf_opt(cf(&self.db, CF_META), key, value, &sync_writes())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<u64>> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            cf(&self.db, CF_LOGS),
+            IteratorMode::From(&index_key(start), Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item.map_err(|e| StorageIOError::read_logs(io_err(e)))?;
+            let index = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
+                StorageIOError::read_logs(AnyError::error("log key is not 8 bytes"))
+            })?);
+            if !range.contains(&index) {
+                break;
+            }
+            let rec = records::RaftEntry::decode(v.as_ref())
+                .map_err(|e| StorageIOError::read_log_at_index(index, io_err(e)))?;
+            let entry = codec::entry_from_record(rec)
+                .map_err(|e| StorageIOError::read_log_at_index(index, io_err(e)))?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
+        let last_purged = self.read_log_id(KEY_LAST_PURGED)?;
+        let last = self
+            .db
+            .iterator_cf(cf(&self.db, CF_LOGS), IteratorMode::End)
+            .next();
+        let last_log_id = match last {
+            Some(item) => {
+                let (_, v) = item.map_err(|e| StorageIOError::read_logs(io_err(e)))?;
+                let rec = records::RaftEntry::decode(v.as_ref())
+                    .map_err(|e| StorageIOError::read_logs(io_err(e)))?;
+                Some(LogId::new(
+                    openraft::CommittedLeaderId::new(rec.term, rec.leader_node),
+                    rec.index,
+                ))
+            }
+            None => last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
+        self.put_meta(KEY_VOTE, codec::vote_to_record(vote).encode_to_vec())
+            .map_err(|e| StorageIOError::write_vote(io_err(e)).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
+        let v = self
+            .db
+            .get_cf(cf(&self.db, CF_META), KEY_VOTE)
+            .map_err(|e| StorageIOError::read_vote(io_err(e)))?;
+        match v {
+            Some(v) => {
+                let r = records::Vote::decode(v.as_slice())
+                    .map_err(|e| StorageIOError::read_vote(io_err(e)))?;
+                Ok(Some(codec::vote_from_record(&r)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError<u64>> {
+        if let Some(c) = committed {
+            self.put_meta(KEY_COMMITTED, codec::log_id_to_record(&c).encode_to_vec())
+                .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
+        self.read_log_id(KEY_COMMITTED)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = WriteBatch::default();
+        for e in entries {
+            batch.put_cf(
+                cf(&self.db, CF_LOGS),
+                index_key(e.log_id.index),
+                codec::entry_to_record(&e).encode_to_vec(),
+            );
+        }
+        // The write is synced before the callback: openraft counts an entry
+        // as durable only once it is told so.
+        let res = self.db.write_opt(batch, &sync_writes());
+        match res {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(StorageIOError::write_logs(io_err(e)).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        self.db
+            .delete_range_cf(
+                cf(&self.db, CF_LOGS),
+                index_key(log_id.index),
+                index_key(u64::MAX),
+            )
+            .map_err(|e| StorageIOError::write_logs(io_err(e)).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        self.put_meta(
+            KEY_LAST_PURGED,
+            codec::log_id_to_record(&log_id).encode_to_vec(),
+        )
+        .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+        self.db
+            .delete_range_cf(
+                cf(&self.db, CF_LOGS),
+                index_key(0),
+                index_key(log_id.index + 1),
+            )
+            .map_err(|e| StorageIOError::write_logs(io_err(e)).into())
+    }
+}
+
+impl StateMachine {
+    fn set_applied(&self, batch: &mut WriteBatch, log_id: &LogId<u64>) {
+        batch.put_cf(
+            cf(&self.db, CF_SM_META),
+            KEY_APPLIED,
+            codec::log_id_to_record(log_id).encode_to_vec(),
+        );
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+        let applied = read_applied(&self.db).map_err(|e| StorageIOError::read_state_machine(io_err(e)))?;
+        let membership =
+            read_membership(&self.db).map_err(|e| StorageIOError::read_state_machine(io_err(e)))?;
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut out = Vec::new();
+        let mut last = None;
+        for e in entries {
+            // Each entry is applied in its own batch so that the next one
+            // reads what this one wrote; the applied index moves with it.
+            let mut batch = WriteBatch::default();
+            let result = match &e.payload {
+                EntryPayload::Blank => records::CommandResult::default(),
+                EntryPayload::Normal(req) => {
+                    state::apply::apply(&self.db, cf(&self.db, CF_SM), &req.0, &mut batch)
+                        .map_err(|err| StorageIOError::apply(e.log_id, io_err(err)))?
+                }
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(e.log_id), m.clone());
+                    batch.put_cf(
+                        cf(&self.db, CF_SM_META),
+                        KEY_MEMBERSHIP,
+                        codec::stored_membership_to_record(&stored).encode_to_vec(),
+                    );
+                    records::CommandResult::default()
+                }
+            };
+            self.set_applied(&mut batch, &e.log_id);
+            self.db
+                .write(batch)
+                .map_err(|err| StorageIOError::apply(e.log_id, io_err(err)))?;
+            last = Some(e.log_id.index);
+            out.push(Response(result));
+        }
+        if let Some(i) = last {
+            self.applied_tx.send_replace(i);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<u64>> {
+        let bytes = snapshot.into_inner();
+        let snap = records::Snapshot::decode(bytes.as_slice())
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io_err(e)))?;
+        let mut batch = WriteBatch::default();
+        let sm = cf(&self.db, CF_SM);
+        for item in self.db.iterator_cf(sm, IteratorMode::Start) {
+            let (k, _) = item.map_err(|e| StorageIOError::write_state_machine(io_err(e)))?;
+            batch.delete_cf(sm, k);
+        }
+        for row in &snap.rows {
+            batch.put_cf(sm, &row.key, &row.value);
+        }
+        if let Some(l) = &meta.last_log_id {
+            self.set_applied(&mut batch, l);
+        }
+        batch.put_cf(
+            cf(&self.db, CF_SM_META),
+            KEY_MEMBERSHIP,
+            codec::stored_membership_to_record(&meta.last_membership).encode_to_vec(),
+        );
+        batch.put_cf(cf(&self.db, CF_META), KEY_SNAPSHOT, bytes);
+        self.db
+            .write_opt(batch, &sync_writes())
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), io_err(e)))?;
+        self.applied_tx
+            .send_replace(meta.last_log_id.map(|l| l.index).unwrap_or(0));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+        let v = self
+            .db
+            .get_cf(cf(&self.db, CF_META), KEY_SNAPSHOT)
+            .map_err(|e| StorageIOError::read_snapshot(None, io_err(e)))?;
+        let Some(bytes) = v else { return Ok(None) };
+        let snap = records::Snapshot::decode(bytes.as_slice())
+            .map_err(|e| StorageIOError::read_snapshot(None, io_err(e)))?;
+        Ok(Some(Snapshot {
+            meta: snapshot_meta(&snap),
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
+    }
+}
+
+fn snapshot_meta(snap: &records::Snapshot) -> SnapshotMeta<u64, BasicNode> {
+    SnapshotMeta {
+        last_log_id: snap.last_applied.as_ref().map(codec::log_id_from_record),
+        last_membership: snap
+            .membership
+            .as_ref()
+            .map(codec::stored_membership_from_record)
+            .unwrap_or_default(),
+        snapshot_id: snap.snapshot_id.clone(),
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        // A rocksdb snapshot gives one consistent view of the rows and of
+        // what they cover, even while apply goes on.
+        let view = self.db.snapshot();
+        let err = |e: rocksdb::Error| StorageIOError::read_state_machine(io_err(e));
+        let applied = view
+            .get_cf(cf(&self.db, CF_SM_META), KEY_APPLIED)
+            .map_err(err)?
+            .map(|v| records::LogId::decode(v.as_slice()))
+            .transpose()
+            .map_err(|e| StorageIOError::read_state_machine(io_err(e)))?;
+        let membership = view
+            .get_cf(cf(&self.db, CF_SM_META), KEY_MEMBERSHIP)
+            .map_err(err)?
+            .map(|v| records::StoredMembership::decode(v.as_slice()))
+            .transpose()
+            .map_err(|e| StorageIOError::read_state_machine(io_err(e)))?;
+        let mut rows = Vec::new();
+        for item in view.iterator_cf(cf(&self.db, CF_SM), IteratorMode::Start) {
+            let (k, v) = item.map_err(err)?;
+            rows.push(records::KeyValue {
+                key: k.to_vec(),
+                value: v.to_vec(),
+            });
+        }
+        let snapshot_id = match &applied {
+            Some(l) => format!("{}-{}-{}", l.term, l.index, now_ms()),
+            None => format!("empty-{}", now_ms()),
+        };
+        let snap = records::Snapshot {
+            schema: SCHEMA_VERSION,
+            last_applied: applied,
+            membership,
+            snapshot_id,
+            rows,
+        };
+        let bytes = snap.encode_to_vec();
+        self.db
+            .put_cf_opt(cf(&self.db, CF_META), KEY_SNAPSHOT, &bytes, &sync_writes())
+            .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?;
+        Ok(Snapshot {
+            meta: snapshot_meta(&snap),
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}

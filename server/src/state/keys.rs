@@ -1,0 +1,71 @@
+//! Row keys of the state machine. Each kind of row has its own prefix;
+//! numbers are big-endian so that ranges sort (DESIGN.md, invariant 9).
+
+/// `c/<id>`: a container record.
+pub fn container(id: &str) -> Vec<u8> {
+    [b"c/".as_slice(), id.as_bytes()].concat()
+}
+
+/// The prefix of every container row.
+pub const CONTAINER_PREFIX: &[u8] = b"c/";
+
+/// `cn/<name>`: the id of the container with that name.
+pub fn container_name(name: &str) -> Vec<u8> {
+    [b"cn/".as_slice(), name.as_bytes()].concat()
+}
+
+/// `n/<name>`: a node record.
+pub fn node(name: &str) -> Vec<u8> {
+    [b"n/".as_slice(), name.as_bytes()].concat()
+}
+
+/// The prefix of every node row.
+pub const NODE_PREFIX: &[u8] = b"n/";
+
+/// `l/<id>/<seq>`: one log line of a container.
+pub fn log_line(id: &str, seq: u64) -> Vec<u8> {
+    let mut k = log_prefix(id);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// `l/<id>/`: the prefix of every log line of a container.
+pub fn log_prefix(id: &str) -> Vec<u8> {
+    [b"l/".as_slice(), id.as_bytes(), b"/".as_slice()].concat()
+}
+
+/// The first key after every key that starts with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![u8::MAX; prefix.len() + 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keys_sort_by_sequence_number() {
+        let mut keys: Vec<Vec<u8>> = [300u64, 2, 256, 1].iter().map(|s| log_line("abc", *s)).collect();
+        keys.sort();
+        let seqs: Vec<u64> = keys
+            .iter()
+            .map(|k| u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap()))
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 256, 300]);
+    }
+
+    #[test]
+    fn prefix_end_bounds_the_prefix() {
+        let p = log_prefix("abc");
+        let end = prefix_end(&p);
+        assert!(log_line("abc", u64::MAX) < end);
+        assert!(log_line("abd", 0) >= end);
+    }
+}

@@ -1,0 +1,150 @@
+//! The replicated state: commands, how they apply, row keys, and queries.
+//! A write is API -> Raft commit -> [`apply`]; reads go through
+//! [`StateReader`].
+
+pub mod apply;
+pub mod keys;
+pub mod status;
+
+use std::sync::Arc;
+
+use berth_proto::records::{Container, LogLine, Node};
+use prost::Message;
+use rocksdb::{Direction, IteratorMode, DB};
+use tokio::sync::watch;
+
+use crate::raft::store::{self, CF_SM};
+
+/// Errors of reading the state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("rocksdb: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("corrupt row: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("the name {0:?} matches more than one container; give more of the id")]
+    Ambiguous(String),
+}
+
+/// A read-only view of the state machine, with a way to wait for changes.
+#[derive(Clone)]
+pub struct StateReader {
+    db: Arc<DB>,
+    applied: watch::Receiver<u64>,
+}
+
+impl StateReader {
+    pub fn new(db: Arc<DB>, applied: watch::Receiver<u64>) -> Self {
+        Self { db, applied }
+    }
+
+    /// True if this store has ever been part of a cluster.
+    pub fn has_membership(&self) -> Result<bool, StateError> {
+        Ok(store::has_membership(&self.db)?)
+    }
+
+    /// A receiver that changes whenever a command is applied.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
+
+    /// The index of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    fn sm(&self) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(CF_SM).expect("state column family exists")
+    }
+
+    pub fn container(&self, id: &str) -> Result<Option<Container>, StateError> {
+        match self.db.get_cf(self.sm(), keys::container(id))? {
+            Some(v) => Ok(Some(Container::decode(v.as_slice())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Finds a container by full id, by name, or by a unique id prefix, as
+    /// Docker does.
+    pub fn find_container(&self, name_or_id: &str) -> Result<Option<Container>, StateError> {
+        if name_or_id.is_empty() {
+            return Ok(None);
+        }
+        if let Some(c) = self.container(name_or_id)? {
+            return Ok(Some(c));
+        }
+        let name = name_or_id.trim_start_matches('/');
+        if let Some(id) = self.db.get_cf(self.sm(), keys::container_name(name))? {
+            return self.container(&String::from_utf8_lossy(&id));
+        }
+        let prefix = keys::container(name_or_id);
+        let mut found = None;
+        for item in self
+            .db
+            .iterator_cf(self.sm(), IteratorMode::From(&prefix, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if found.is_some() {
+                return Err(StateError::Ambiguous(name_or_id.to_string()));
+            }
+            found = Some(Container::decode(v.as_ref())?);
+        }
+        Ok(found)
+    }
+
+    /// Every container, oldest first.
+    pub fn containers(&self) -> Result<Vec<Container>, StateError> {
+        let mut out: Vec<Container> = self.scan(keys::CONTAINER_PREFIX)?;
+        out.sort_by_key(|c| c.created_at_ms);
+        Ok(out)
+    }
+
+    pub fn nodes(&self) -> Result<Vec<Node>, StateError> {
+        self.scan(keys::NODE_PREFIX)
+    }
+
+    pub fn node(&self, name: &str) -> Result<Option<Node>, StateError> {
+        match self.db.get_cf(self.sm(), keys::node(name))? {
+            Some(v) => Ok(Some(Node::decode(v.as_slice())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` log lines of a container from sequence number `from`.
+    pub fn log_lines(&self, id: &str, from: u64, limit: usize) -> Result<Vec<LogLine>, StateError> {
+        let prefix = keys::log_prefix(id);
+        let start = keys::log_line(id, from);
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.sm(), IteratorMode::From(&start, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            out.push(LogLine::decode(v.as_ref())?);
+        }
+        Ok(out)
+    }
+
+    fn scan<T: Message + Default>(&self, prefix: &[u8]) -> Result<Vec<T>, StateError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.sm(), IteratorMode::From(prefix, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push(T::decode(v.as_ref())?);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,87 @@
+//! The one place that decides which container state may follow which.
+
+use berth_proto::records::ContainerState;
+
+/// A container's state with the checks that guard its transitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status(pub ContainerState);
+
+impl Status {
+    /// True if a report moving the container to `to` is legal now.
+    pub fn can_move_to(self, to: ContainerState) -> bool {
+        use ContainerState::*;
+        match (self.0, to) {
+            (_, Dead) => true,
+            (Pending, Created | Running | Exited) => true,
+            (Created, Running | Exited) => true,
+            (Running, Paused | Exited) => true,
+            (Paused, Running | Exited) => true,
+            (Exited, Running) => true,
+            _ => false,
+        }
+    }
+
+    /// True while the container holds a process on its node.
+    pub fn is_running(self) -> bool {
+        matches!(self.0, ContainerState::Running | ContainerState::Paused)
+    }
+
+    /// True once the container will not run again by itself.
+    pub fn is_finished(self) -> bool {
+        matches!(self.0, ContainerState::Exited | ContainerState::Dead)
+    }
+
+    /// The lower-case name the CLI shows.
+    pub fn name(self) -> &'static str {
+        state_name(self.0)
+    }
+}
+
+/// The lower-case name of a state, as the CLI and agents spell it.
+pub fn state_name(s: ContainerState) -> &'static str {
+    match s {
+        ContainerState::Unspecified => "unknown",
+        ContainerState::Pending => "pending",
+        ContainerState::Created => "created",
+        ContainerState::Running => "running",
+        ContainerState::Paused => "paused",
+        ContainerState::Exited => "exited",
+        ContainerState::Dead => "dead",
+    }
+}
+
+/// Parses an agent's spelling of a state.
+pub fn parse_state(s: &str) -> Option<ContainerState> {
+    Some(match s {
+        "pending" => ContainerState::Pending,
+        "created" => ContainerState::Created,
+        "running" => ContainerState::Running,
+        "paused" => ContainerState::Paused,
+        "exited" => ContainerState::Exited,
+        "dead" => ContainerState::Dead,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ContainerState::*;
+
+    #[test]
+    fn lifecycle_moves_forward_only() {
+        assert!(Status(Pending).can_move_to(Created));
+        assert!(Status(Created).can_move_to(Running));
+        assert!(Status(Running).can_move_to(Exited));
+        assert!(!Status(Exited).can_move_to(Created));
+        assert!(!Status(Running).can_move_to(Created));
+        assert!(!Status(Created).can_move_to(Paused));
+    }
+
+    #[test]
+    fn names_parse_back() {
+        for s in [Pending, Created, Running, Paused, Exited, Dead] {
+            assert_eq!(parse_state(state_name(s)), Some(s));
+        }
+    }
+}
