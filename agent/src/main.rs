@@ -1,1 +1,100 @@
-fn main() {}
+//! berth-agent: runs containers on one host for a berth cluster.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_agent::runtime::shim::{self, ShimConfig};
+use berth_agent::session::{self, HostFacts, SessionConfig};
+use berth_agent::supervisor::{Supervisor, SupervisorConfig};
+use clap::{Parser, Subcommand};
+
+/// A berth-agent: registers this host with a berth cluster and runs the
+/// containers the cluster places on it.
+#[derive(Debug, Parser)]
+#[command(name = "berth-agent", version)]
+struct Args {
+    /// Where images, layers and containers live on this host.
+    #[arg(long, default_value = "/var/lib/berth/agent")]
+    data_dir: PathBuf,
+    /// Cluster server addresses, HOST:PORT, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7420")]
+    server: Vec<String>,
+    /// The node name (default: the host name). Several agents on one
+    /// machine need different names and data dirs.
+    #[arg(long)]
+    name: Option<String>,
+    /// How often to tell the cluster this node is alive.
+    #[arg(long, default_value_t = 500)]
+    heartbeat_ms: u64,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs one container's shim (started by the agent, not by hand).
+    #[command(hide = true)]
+    Shim {
+        #[arg(long)]
+        bundle: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(Command::Shim { bundle }) = args.command {
+        // The shim clones the container from this process, so it must stay
+        // single-threaded until then: no async runtime here.
+        std::process::exit(shim::main(ShimConfig { bundle }));
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let node = match args.name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .context("reading the host name")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let shim_exe = std::env::current_exe().context("finding the berth-agent executable")?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let (outbox_tx, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
+        let supervisor = Arc::new(
+            Supervisor::open(
+                SupervisorConfig {
+                    data_dir: args.data_dir.clone(),
+                    shim_exe,
+                },
+                outbox_tx,
+            )
+            .with_context(|| format!("opening the agent's data dir {}", args.data_dir.display()))?,
+        );
+        tracing::info!(%node, servers = ?args.server, "berth-agent starting");
+        let cfg = SessionConfig {
+            servers: args.server.clone(),
+            node,
+            heartbeat: Duration::from_millis(args.heartbeat_ms),
+        };
+        tokio::select! {
+            _ = session::run(cfg, HostFacts::probe(), supervisor, outbox_rx) => {}
+            _ = shutdown_signal() => tracing::info!("shutting down; containers keep running"),
+        }
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

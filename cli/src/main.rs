@@ -1,1 +1,123 @@
-fn main() {}
+//! berth: the command line of a berth cluster. It speaks to any server of
+//! the cluster, the way the docker CLI speaks to dockerd.
+
+mod connect;
+mod containers;
+mod images;
+mod nodes;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+/// Run and manage containers on a berth cluster, as you would with Docker.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version)]
+struct Cli {
+    /// Cluster server address(es), HOST:PORT, comma-separated.
+    #[arg(short = 'H', long, env = "BERTH_HOST", default_value = "127.0.0.1:7420", global = true)]
+    host: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create and start a container from an image.
+    Run(containers::RunArgs),
+    /// List containers.
+    Ps(containers::PsArgs),
+    /// Print a container's output.
+    Logs(containers::LogsArgs),
+    /// Remove containers.
+    Rm(containers::RmArgs),
+    /// Make an image from a rootfs tarball, on every ready node.
+    Import(images::ImportArgs),
+    /// List images and the nodes that hold them.
+    Images(images::ImagesArgs),
+    /// Manage the cluster's nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// List nodes and their status.
+    Ls,
+}
+
+/// Errors the CLI reports: one line, and the exit code Docker would give.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Connect(#[from] connect::ConnectError),
+    /// The cluster refused or failed a request.
+    #[error("{0}")]
+    Api(String),
+    /// `run` could not run the container (Docker exits 125).
+    #[error("{0}")]
+    Run(String),
+    /// The container ran, or tried to, and ended with this code.
+    #[error("{message}")]
+    Exit { code: i32, message: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CliError {
+    pub fn api(s: tonic::Status) -> Self {
+        CliError::Api(status_text(&s))
+    }
+
+    pub fn run(s: tonic::Status) -> Self {
+        CliError::Run(status_text(&s))
+    }
+
+    fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Run(_) => 125,
+            CliError::Exit { code, .. } => *code,
+            _ => 1,
+        }
+    }
+}
+
+fn status_text(s: &tonic::Status) -> String {
+    match s.code() {
+        tonic::Code::Unavailable if s.message().contains("transport") || s.message().is_empty() => {
+            format!("the berth cluster stopped answering: {}", s.message())
+        }
+        _ => s.message().to_string(),
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<i32, CliError> {
+    let mut client = connect::connect(&cli.host).await?;
+    match cli.command {
+        Command::Run(a) => containers::run(&mut client, a).await,
+        Command::Ps(a) => containers::ps(&mut client, a).await,
+        Command::Logs(a) => containers::logs(&mut client, a).await,
+        Command::Rm(a) => containers::rm(&mut client, a).await,
+        Command::Import(a) => images::import(&mut client, a).await,
+        Command::Images(a) => images::images(&mut client, a).await,
+        Command::Node(NodeCommand::Ls) => nodes::ls(&mut client).await,
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("berth: error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("berth: error: {e}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}

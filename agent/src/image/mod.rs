@@ -1,0 +1,320 @@
+//! The image store: a content-addressed blob store (sha256) laid out as an
+//! OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/<hex>`), with
+//! references kept as `org.opencontainers.image.ref.name` annotations in
+//! the index. Manifests and configs are oci-spec types.
+//!
+//! Vocabulary: a *blob* is stored bytes named by their digest; a *layer* is
+//! a tar blob; its *diff id* is the digest of its uncompressed tar; an
+//! *image id* is the digest of its config, as Docker shows it.
+
+pub mod import;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use oci_spec::image::{
+    Descriptor, Digest, ImageConfiguration, ImageIndex, ImageIndexBuilder, ImageManifest, MediaType,
+};
+use sha2::{Digest as _, Sha256};
+
+/// The annotation that names a manifest in index.json.
+pub const REF_ANNOTATION: &str = "org.opencontainers.image.ref.name";
+
+/// Errors of the image store.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("No such image: {0}")]
+    NotFound(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("invalid image metadata in {what}: {source}")]
+    Spec { what: String, source: oci_spec::OciSpecError },
+    #[error("blob {digest} does not match its content (found {actual})")]
+    DigestMismatch { digest: String, actual: String },
+    #[error("invalid digest {0:?}")]
+    BadDigest(String),
+    #[error("bad archive: {0}")]
+    Archive(String),
+    #[error("unpacking a layer: {0}")]
+    Unpack(#[from] crate::snapshot::SnapshotError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a runtime needs of an image.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// The config digest, `sha256:<hex>`.
+    pub id: String,
+    pub config: ImageConfiguration,
+    /// Diff ids of the layers, bottom first.
+    pub diff_ids: Vec<String>,
+}
+
+/// One image as the agent reports it to the cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageSummary {
+    pub id: String,
+    pub tags: Vec<String>,
+    pub size: u64,
+    pub created_ms: i64,
+}
+
+/// An OCI image layout on disk.
+pub struct ImageStore {
+    root: PathBuf,
+}
+
+impl ImageStore {
+    /// Opens the layout at `root`, creating an empty one if needed.
+    pub fn open(root: &Path) -> Result<Self, ImageError> {
+        let blobs = root.join("blobs/sha256");
+        fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
+        let layout = root.join("oci-layout");
+        if !layout.exists() {
+            fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io_err(&layout))?;
+        }
+        let store = Self {
+            root: root.to_path_buf(),
+        };
+        if !store.index_path().exists() {
+            let index = ImageIndexBuilder::default()
+                .schema_version(2u32)
+                .media_type(MediaType::ImageIndex)
+                .manifests(Vec::<Descriptor>::new())
+                .build()
+                .map_err(|source| ImageError::Spec {
+                    what: "index.json".into(),
+                    source,
+                })?;
+            store.write_index(&index)?;
+        }
+        Ok(store)
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.root.join("index.json")
+    }
+
+    /// The path of a blob, after checking that the digest is a sha256 one
+    /// whose hex cannot name anything outside the blob directory.
+    pub fn blob_path(&self, digest: &str) -> Result<PathBuf, ImageError> {
+        let hex = digest
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| ImageError::BadDigest(digest.to_string()))?;
+        Ok(self.root.join("blobs/sha256").join(hex))
+    }
+
+    /// Stores bytes as a blob and returns its digest. Writing is atomic: a
+    /// temporary file renamed into place.
+    pub fn put_blob(&self, data: &[u8]) -> Result<String, ImageError> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(data)));
+        let path = self.blob_path(&digest)?;
+        if path.exists() {
+            return Ok(digest);
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(data).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        Ok(digest)
+    }
+
+    /// Reads a blob and checks it against its digest.
+    pub fn get_blob(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
+        let path = self.blob_path(digest)?;
+        let data = fs::read(&path).map_err(io_err(&path))?;
+        let actual = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
+        if actual != digest {
+            return Err(ImageError::DigestMismatch {
+                digest: digest.to_string(),
+                actual,
+            });
+        }
+        Ok(data)
+    }
+
+    pub fn read_index(&self) -> Result<ImageIndex, ImageError> {
+        ImageIndex::from_file(self.index_path()).map_err(|source| ImageError::Spec {
+            what: "index.json".into(),
+            source,
+        })
+    }
+
+    fn write_index(&self, index: &ImageIndex) -> Result<(), ImageError> {
+        let path = self.index_path();
+        let tmp = path.with_extension("json.tmp");
+        index.to_file(&tmp).map_err(|source| ImageError::Spec {
+            what: "index.json".into(),
+            source,
+        })?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))
+    }
+
+    /// Points `reference` at the manifest `desc`, moving it off any other.
+    pub fn set_ref(&self, reference: &str, mut desc: Descriptor) -> Result<(), ImageError> {
+        let mut index = self.read_index()?;
+        let mut manifests: Vec<Descriptor> = index
+            .manifests()
+            .iter()
+            .filter(|d| ref_name(d).as_deref() != Some(reference))
+            .cloned()
+            .collect();
+        let mut ann = HashMap::new();
+        ann.insert(REF_ANNOTATION.to_string(), reference.to_string());
+        desc.set_annotations(Some(ann));
+        manifests.push(desc);
+        index.set_manifests(manifests);
+        self.write_index(&index)
+    }
+
+    /// Finds an image by reference (`name:tag`) or by id (full or a prefix
+    /// of at least 12 hex digits, with or without `sha256:`).
+    pub fn resolve(&self, reference: &str) -> Result<ResolvedImage, ImageError> {
+        let index = self.read_index()?;
+        for d in index.manifests() {
+            let manifest = self.manifest(d.digest())?;
+            let config_digest = manifest.config().digest().to_string();
+            let by_ref = ref_name(d).as_deref() == Some(reference);
+            let bare = reference.trim_start_matches("sha256:");
+            let by_id = bare.len() >= 12 && config_digest.trim_start_matches("sha256:").starts_with(bare);
+            if by_ref || by_id {
+                let config = self.config(&config_digest)?;
+                let diff_ids = config.rootfs().diff_ids().clone();
+                return Ok(ResolvedImage {
+                    id: config_digest,
+                    config,
+                    diff_ids,
+                });
+            }
+        }
+        Err(ImageError::NotFound(reference.to_string()))
+    }
+
+    fn manifest(&self, digest: &Digest) -> Result<ImageManifest, ImageError> {
+        let data = self.get_blob(digest.as_ref())?;
+        ImageManifest::from_reader(data.as_slice()).map_err(|source| ImageError::Spec {
+            what: format!("manifest {digest}"),
+            source,
+        })
+    }
+
+    fn config(&self, digest: &str) -> Result<ImageConfiguration, ImageError> {
+        let data = self.get_blob(digest)?;
+        ImageConfiguration::from_reader(data.as_slice()).map_err(|source| ImageError::Spec {
+            what: format!("config {digest}"),
+            source,
+        })
+    }
+
+    /// Every image, with all its references.
+    pub fn list(&self) -> Result<Vec<ImageSummary>, ImageError> {
+        let index = self.read_index()?;
+        let mut out: Vec<ImageSummary> = Vec::new();
+        for d in index.manifests() {
+            let manifest = self.manifest(d.digest())?;
+            let id = manifest.config().digest().to_string();
+            let size = manifest.layers().iter().map(|l| l.size()).sum::<u64>();
+            let created_ms = self
+                .config(&id)
+                .ok()
+                .and_then(|c| c.created().clone())
+                .and_then(|c| parse_rfc3339_ms(&c))
+                .unwrap_or(0);
+            let tag = ref_name(d);
+            match out.iter_mut().find(|s| s.id == id) {
+                Some(s) => s.tags.extend(tag),
+                None => out.push(ImageSummary {
+                    id,
+                    tags: tag.into_iter().collect(),
+                    size,
+                    created_ms,
+                }),
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn ref_name(d: &Descriptor) -> Option<String> {
+    d.annotations()
+        .as_ref()
+        .and_then(|a| a.get(REF_ANNOTATION).cloned())
+}
+
+/// Parses the `YYYY-MM-DDTHH:MM:SS` head of an RFC 3339 UTC time into
+/// milliseconds since the epoch.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 19 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| i64::from_str(s.get(r)?).ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from civil date (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(((days * 86400) + h * 3600 + mi * 60 + se) * 1000)
+}
+
+/// Formats milliseconds since the epoch as RFC 3339 UTC.
+pub fn format_rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip() {
+        let ms = 1_764_400_000_000;
+        assert_eq!(parse_rfc3339_ms(&format_rfc3339(ms)), Some(ms));
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn blob_paths_refuse_what_is_not_a_sha256_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        assert!(store.blob_path("sha256:../../etc/passwd").is_err());
+        assert!(store.blob_path("md5:abcd").is_err());
+        let d = store.put_blob(b"hello").unwrap();
+        assert_eq!(store.get_blob(&d).unwrap(), b"hello");
+        std::fs::write(store.blob_path(&d).unwrap(), b"tampered").unwrap();
+        assert!(matches!(store.get_blob(&d), Err(ImageError::DigestMismatch { .. })));
+    }
+}

@@ -1,0 +1,10 @@
+//! berth-agent: the node side of a berth cluster. Data flows
+//! image (content store) -> snapshot (layer dirs, overlay) -> bundle
+//! (config.json) -> runtime (shim, namespaces); the supervisor drives it
+//! from the cluster's assignments and the session carries both ways.
+
+pub mod image;
+pub mod runtime;
+pub mod session;
+pub mod snapshot;
+pub mod supervisor;

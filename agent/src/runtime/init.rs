@@ -1,0 +1,378 @@
+//! What runs in the container's new namespaces before the user's command:
+//! stdio, mounts, /dev, pivot_root, hostname, loopback, capabilities,
+//! user, environment, and finally exec. It runs in a child cloned from the
+//! single-threaded shim, so it may allocate and call into std freely.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::Write;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::fs::symlink;
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::unistd::{chdir, dup2, execvp, pivot_root, sethostname, setgid, setgroups, setsid, setuid, Gid, Uid};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use super::spec::capability_number;
+
+/// The file descriptors and spec the init child works from.
+pub struct InitContext<'a> {
+    pub spec: &'a Spec,
+    pub bundle: &'a Path,
+    pub stdin: RawFd,
+    pub stdout: RawFd,
+    pub stderr: RawFd,
+    /// Close-on-exec: closed without a word by a successful exec, or
+    /// carrying the reason the container could not start.
+    pub sync: RawFd,
+}
+
+/// A step of container setup that failed, with the exit code Docker gives
+/// for it (127: command not found, 126: not executable, 125: setup).
+struct InitFailure {
+    code: i32,
+    message: String,
+}
+
+fn fail(step: impl Into<String>, e: impl std::fmt::Display) -> InitFailure {
+    InitFailure {
+        code: 125,
+        message: format!("{}: {e}", step.into()),
+    }
+}
+
+/// The child's entry point; returns only on failure, with the exit code.
+pub fn run(ctx: &InitContext) -> isize {
+    let err = match setup_and_exec(ctx) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    // SAFETY: the sync fd is owned by this child (a copy made by clone);
+    // wrapping it in a File closes it once the message is written.
+    let mut sync = unsafe { fs::File::from_raw_fd(ctx.sync) };
+    let _ = sync.write_all(err.message.as_bytes());
+    err.code as isize
+}
+
+fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFailure> {
+    let spec = ctx.spec;
+    // A session of its own: the container must not share the shim's
+    // controlling terminal or receive its job-control signals.
+    setsid().map_err(|e| fail("setsid", e))?;
+    for (fd, target) in [(ctx.stdin, 0), (ctx.stdout, 1), (ctx.stderr, 2)] {
+        // dup2(2): the container's stdio become the shim's pipes.
+        dup2(fd, target).map_err(|e| fail("dup2", e))?;
+    }
+    let root_path = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .unwrap_or_else(|| PathBuf::from("rootfs"));
+    let rootfs = if root_path.is_absolute() {
+        root_path
+    } else {
+        ctx.bundle.join(root_path)
+    };
+    let namespaces: Vec<LinuxNamespaceType> = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|n| n.typ())
+        .collect();
+
+    // Mount propagation private: nothing mounted here leaks to the host.
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(|e| fail("making / private", e))?;
+    // pivot_root needs the new root to be a mount point: bind it on itself.
+    mount(
+        Some(&rootfs),
+        &rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| fail(format!("binding the rootfs {}", rootfs.display()), e))?;
+    for m in spec.mounts().clone().unwrap_or_default() {
+        let dest = inside(&rootfs, m.destination())?;
+        let typ = m.typ().clone().unwrap_or_default();
+        let source = m.source().clone().unwrap_or_else(|| PathBuf::from(&typ));
+        let (flags, data) = mount_options(m.options().as_deref().unwrap_or(&[]));
+        if typ == "sysfs" && !namespaces.contains(&LinuxNamespaceType::Network) {
+            // The host's sysfs, read-only: a sysfs of our own needs a
+            // network namespace of our own.
+            bind_readonly(Path::new("/sys"), &dest)?;
+            continue;
+        }
+        fs::create_dir_all(&dest).map_err(|e| fail(format!("creating {}", dest.display()), e))?;
+        let data = (!data.is_empty()).then_some(data);
+        mount(Some(&source), &dest, Some(typ.as_str()), flags, data.as_deref())
+            .map_err(|e| fail(format!("mounting {typ} on {}", m.destination().display()), e))?;
+        if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
+            mount(
+                None::<&str>,
+                &dest,
+                None::<&str>,
+                flags | MsFlags::MS_REMOUNT,
+                None::<&str>,
+            )
+            .map_err(|e| fail(format!("remounting {} read-only", dest.display()), e))?;
+        }
+    }
+    make_devices(&rootfs.join("dev"))?;
+
+    // pivot_root(".", ".") stacks the old root under the new one; the
+    // detached unmount then drops every host path from view.
+    chdir(&rootfs).map_err(|e| fail("chdir to the rootfs", e))?;
+    pivot_root(".", ".").map_err(|e| fail("pivot_root", e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| fail("unmounting the old root", e))?;
+    chdir("/").map_err(|e| fail("chdir /", e))?;
+
+    if let Some(linux) = spec.linux() {
+        for p in linux.masked_paths().clone().unwrap_or_default() {
+            mask(Path::new(&p))?;
+        }
+        for p in linux.readonly_paths().clone().unwrap_or_default() {
+            let p = Path::new(&p);
+            if p.exists() {
+                bind_readonly(p, p)?;
+            }
+        }
+    }
+    if namespaces.contains(&LinuxNamespaceType::Uts) {
+        if let Some(h) = spec.hostname() {
+            sethostname(h).map_err(|e| fail("sethostname", e))?;
+        }
+    }
+    if namespaces.contains(&LinuxNamespaceType::Network) {
+        loopback_up().map_err(|e| fail("bringing up lo", e))?;
+    }
+
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| fail("config.json", "no process"))?;
+    let cwd = process.cwd();
+    fs::create_dir_all(cwd).map_err(|e| fail(format!("creating the workdir {}", cwd.display()), e))?;
+    chdir(cwd).map_err(|e| fail(format!("chdir to {}", cwd.display()), e))?;
+
+    if let Some(caps) = process.capabilities().as_ref().and_then(|c| c.bounding().clone()) {
+        let keep: Vec<u32> = caps.iter().filter_map(capability_number).collect();
+        for n in super::caps::all_numbers().filter(|n| !keep.contains(n)) {
+            // prctl(PR_CAPBSET_DROP): a root process keeps after exec only
+            // the capabilities left in its bounding set.
+            // SAFETY: plain integer arguments; no memory is shared.
+            let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, n as libc::c_ulong, 0, 0, 0) };
+            if rc != 0 && nix::Error::last() != nix::Error::EINVAL {
+                return Err(fail("dropping capabilities", nix::Error::last()));
+            }
+        }
+    }
+    let user = process.user();
+    let gid = Gid::from_raw(user.gid());
+    setgroups(&[gid]).map_err(|e| fail("setgroups", e))?;
+    setgid(gid).map_err(|e| fail("setgid", e))?;
+    setuid(Uid::from_raw(user.uid())).map_err(|e| fail("setuid", e))?;
+
+    // The shim ignores SIGPIPE (Rust's default); a container process must
+    // start with default dispositions and nothing blocked.
+    // SAFETY: resetting a disposition to SIG_DFL installs no handler code.
+    unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map_err(|e| fail("signal", e))?;
+    signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(|e| fail("sigprocmask", e))?;
+
+    for (k, _) in std::env::vars_os() {
+        std::env::remove_var(k);
+    }
+    for kv in process.env().clone().unwrap_or_default() {
+        if let Some((k, v)) = kv.split_once('=') {
+            if !k.is_empty() {
+                std::env::set_var(k, v);
+            }
+        }
+    }
+    let args: Vec<CString> = process
+        .args()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| CString::new(a).map_err(|_| fail("command", "an argument holds a NUL byte")))
+        .collect::<Result<_, _>>()?;
+    let Some(cmd) = args.first() else {
+        return Err(fail("command", "no command specified"));
+    };
+    // execvp(3) searches the container's PATH, set just above.
+    let e = execvp(cmd, &args).unwrap_err();
+    let name = cmd.to_string_lossy();
+    Err(match e {
+        nix::Error::ENOENT => InitFailure {
+            code: 127,
+            message: format!("exec: \"{name}\": executable file not found in $PATH"),
+        },
+        nix::Error::EACCES => InitFailure {
+            code: 126,
+            message: format!("exec: \"{name}\": permission denied"),
+        },
+        other => InitFailure {
+            code: 126,
+            message: format!("exec: \"{name}\": {other}"),
+        },
+    })
+}
+
+/// Joins a container path onto the rootfs, refusing `..` so that a mount
+/// destination cannot leave it.
+fn inside(rootfs: &Path, dest: &Path) -> Result<PathBuf, InitFailure> {
+    let mut out = rootfs.to_path_buf();
+    for c in dest.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => return Err(fail("mount destination", format!("{} climbs out with ..", dest.display()))),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Splits runtime-spec mount options into flags and filesystem data.
+pub fn mount_options(options: &[String]) -> (MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" => {}
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "strictatime" => flags |= MsFlags::MS_STRICTATIME,
+            "relatime" => flags |= MsFlags::MS_RELATIME,
+            "noatime" => flags |= MsFlags::MS_NOATIME,
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" => {}
+            other => data.push(other.to_string()),
+        }
+    }
+    (flags, data.join(","))
+}
+
+fn bind_readonly(src: &Path, dest: &Path) -> Result<(), InitFailure> {
+    if src.is_dir() {
+        fs::create_dir_all(dest).map_err(|e| fail(format!("creating {}", dest.display()), e))?;
+    }
+    mount(Some(src), dest, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(|e| fail(format!("binding {}", dest.display()), e))?;
+    mount(
+        None::<&str>,
+        dest,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| fail(format!("remounting {} read-only", dest.display()), e))
+}
+
+/// Hides a path: /dev/null over a file, an empty read-only tmpfs over a
+/// directory.
+fn mask(p: &Path) -> Result<(), InitFailure> {
+    let Ok(meta) = fs::metadata(p) else { return Ok(()) };
+    let res = if meta.is_dir() {
+        mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>)
+    } else {
+        mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+    };
+    res.map_err(|e| fail(format!("masking {}", p.display()), e))
+}
+
+/// The standard device nodes of /dev, and its links.
+fn make_devices(dev: &Path) -> Result<(), InitFailure> {
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let p = dev.join(name);
+        // mknod(2) of the character devices every container expects.
+        mknod(&p, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major, minor))
+            .map_err(|e| fail(format!("mknod {}", p.display()), e))?;
+        // The umask trims mknod's mode; these nodes are for everyone.
+        nix::sys::stat::fchmodat(
+            None,
+            &p,
+            Mode::from_bits_truncate(0o666),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|e| fail(format!("chmod {}", p.display()), e))?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        let p = dev.join(link);
+        if fs::symlink_metadata(&p).is_err() {
+            symlink(target, &p).map_err(|e| fail(format!("symlink {}", p.display()), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets the loopback interface of a new network namespace up.
+fn loopback_up() -> Result<(), nix::Error> {
+    // SAFETY: a datagram socket is only a handle for the interface ioctls;
+    // it is closed below.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(nix::Error::last());
+    }
+    // SAFETY: ifreq is plain data; zeroed is a valid value, and the name is
+    // copied within its 16 bytes.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in b"lo".iter().enumerate() {
+        ifr.ifr_name[i] = *b as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
+    let res = unsafe {
+        if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            Err(nix::Error::last())
+        } else {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(sock, libc::SIOCSIFFLAGS, &ifr) < 0 {
+                Err(nix::Error::last())
+            } else {
+                Ok(())
+            }
+        }
+    };
+    // SAFETY: sock is ours and used no more.
+    unsafe { libc::close(sock) };
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_split_into_flags_and_data() {
+        let (flags, data) = mount_options(&["nosuid".into(), "mode=755".into(), "ro".into(), "size=1k".into()]);
+        assert!(flags.contains(MsFlags::MS_NOSUID | MsFlags::MS_RDONLY));
+        assert_eq!(data, "mode=755,size=1k");
+    }
+
+    #[test]
+    fn mount_destinations_stay_in_the_rootfs() {
+        assert_eq!(inside(Path::new("/r"), Path::new("/dev/pts")).ok().unwrap(), PathBuf::from("/r/dev/pts"));
+        assert!(inside(Path::new("/r"), Path::new("/../etc")).is_err());
+    }
+}

@@ -1,0 +1,64 @@
+//! The container runtime, written with nix: the runtime-spec `config.json`
+//! of every container ([`spec`]), the per-container shim that owns the
+//! process, its stdio and its exit status ([`shim`]), and what runs inside
+//! the new namespaces before the user's command ([`init`]).
+//!
+//! The shim speaks to the agent in [`frame::Frame`]s, one JSON object a
+//! line on its stdout, and keeps the same log lines in the bundle's log
+//! file so that nothing depends on the agent staying up.
+
+pub mod caps;
+pub mod frame;
+pub mod init;
+pub mod shim;
+pub mod spec;
+
+/// Errors of preparing or running a container.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config.json: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{op}: {source}")]
+    Sys { op: String, source: nix::Error },
+}
+
+/// The files a container's bundle directory holds.
+pub mod bundle {
+    use std::path::{Path, PathBuf};
+
+    pub fn config(b: &Path) -> PathBuf {
+        b.join("config.json")
+    }
+    pub fn rootfs(b: &Path) -> PathBuf {
+        b.join("rootfs")
+    }
+    pub fn upper(b: &Path) -> PathBuf {
+        b.join("upper")
+    }
+    pub fn work(b: &Path) -> PathBuf {
+        b.join("work")
+    }
+    /// The log of the container: one [`super::frame::Frame::Log`] a line.
+    pub fn log(b: &Path) -> PathBuf {
+        b.join("log.jsonl")
+    }
+    /// The host pid of the container's first process, once started.
+    pub fn pid(b: &Path) -> PathBuf {
+        b.join("pid")
+    }
+    /// The exit code, written by the shim when the container ends.
+    pub fn exit(b: &Path) -> PathBuf {
+        b.join("exit")
+    }
+    /// What the agent knows of the container (id, generation, image).
+    pub fn meta(b: &Path) -> PathBuf {
+        b.join("meta.json")
+    }
+}

@@ -1,0 +1,245 @@
+//! The per-container shim: a process of its own (`berth-agent shim`) that
+//! creates the container's namespaces, owns its stdio and exit status, and
+//! outlives the agent. It reports to the agent in frames on its stdout and
+//! keeps every log line in the bundle's log file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{pipe2, Pid};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use super::frame::Frame;
+use super::{bundle, init, RuntimeError};
+
+/// The longest line kept whole; longer output is split.
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// The stack of the cloned init child (it runs ordinary Rust code).
+const CHILD_STACK: usize = 8 << 20;
+
+/// What the shim is started with.
+#[derive(Debug, Clone)]
+pub struct ShimConfig {
+    pub bundle: PathBuf,
+}
+
+/// Runs the shim to the end of its container. Call it before any other
+/// thread exists: the container is cloned from this process.
+pub fn main(cfg: ShimConfig) -> i32 {
+    let mut out = FrameWriter::new(&cfg.bundle);
+    match run(&cfg, &mut out) {
+        Ok(code) => code,
+        Err(e) => {
+            out.write(&Frame::Exit {
+                code: 125,
+                error: Some(e.to_string()),
+            });
+            let _ = fs::write(bundle::exit(&cfg.bundle), "125");
+            125
+        }
+    }
+}
+
+/// Writes frames to the agent (stdout) and log lines to the log file.
+struct FrameWriter {
+    stdout: std::io::Stdout,
+    log: Option<File>,
+    next_seq: u64,
+}
+
+impl FrameWriter {
+    fn new(b: &Path) -> Self {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(bundle::log(b))
+            .ok();
+        // A restarted container goes on from the last sequence number.
+        let next_seq = fs::read_to_string(bundle::log(b))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .rev()
+                    .find_map(|l| match serde_json::from_str::<Frame>(l) {
+                        Ok(Frame::Log { seq, .. }) => Some(seq + 1),
+                        _ => None,
+                    })
+            })
+            .unwrap_or(1);
+        Self {
+            stdout: std::io::stdout(),
+            log,
+            next_seq,
+        }
+    }
+
+    fn write(&mut self, f: &Frame) {
+        let line = f.to_line();
+        // The agent may be gone: its pipe breaking must not stop the shim.
+        let _ = self.stdout.write_all(line.as_bytes());
+        let _ = self.stdout.flush();
+    }
+
+    fn log_line(&mut self, stream: &'static str, bytes: &[u8]) {
+        let f = Frame::Log {
+            seq: self.next_seq,
+            stream: stream.to_string(),
+            time_ns: now_ns(),
+            line: String::from_utf8_lossy(bytes).into_owned(),
+        };
+        self.next_seq += 1;
+        if let Some(log) = &mut self.log {
+            let _ = log.write_all(f.to_line().as_bytes());
+        }
+        self.write(&f);
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn sys(op: &str) -> impl FnOnce(nix::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::Sys {
+        op: op.to_string(),
+        source,
+    }
+}
+
+fn clone_flags(spec: &Spec) -> CloneFlags {
+    let mut flags = CloneFlags::empty();
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    for ns in namespaces {
+        flags |= match ns.typ() {
+            LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+            LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+            LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+            LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+            LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+            LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+            _ => CloneFlags::empty(),
+        };
+    }
+    flags
+}
+
+fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
+    let b = &cfg.bundle;
+    let spec = Spec::load(bundle::config(b))?;
+    if !clone_flags(&spec).contains(CloneFlags::CLONE_NEWNS) {
+        return Err(RuntimeError::Invalid(
+            "config.json must ask for a mount namespace".into(),
+        ));
+    }
+    let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    let (sync_r, sync_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    let devnull: OwnedFd = File::open("/dev/null")
+        .map_err(|source| RuntimeError::Io {
+            path: "/dev/null".into(),
+            source,
+        })?
+        .into();
+    let ctx = init::InitContext {
+        spec: &spec,
+        bundle: b,
+        stdin: devnull.as_raw_fd(),
+        stdout: out_w.as_raw_fd(),
+        stderr: err_w.as_raw_fd(),
+        sync: sync_w.as_raw_fd(),
+    };
+    let mut stack = vec![0u8; CHILD_STACK];
+    // SAFETY: clone(2) without CLONE_VM gives the child its own copy of
+    // this (single-threaded) process, like fork; the callback runs on the
+    // given stack, which lives until the child execs or exits. SIGCHLD
+    // makes the child reapable with waitpid.
+    let pid = unsafe {
+        nix::sched::clone(
+            Box::new(|| init::run(&ctx)),
+            &mut stack,
+            clone_flags(&spec),
+            Some(Signal::SIGCHLD as i32),
+        )
+    }
+    .map_err(sys("clone"))?;
+    drop((out_w, err_w, sync_w, devnull));
+
+    let mut failure = String::new();
+    let _ = File::from(sync_r).read_to_string(&mut failure);
+    if !failure.is_empty() {
+        let code = wait_exit(pid)?;
+        out.write(&Frame::Exit {
+            code,
+            error: Some(failure),
+        });
+        let _ = fs::write(bundle::exit(b), code.to_string());
+        return Ok(code);
+    }
+    let _ = fs::write(bundle::pid(b), pid.as_raw().to_string());
+    out.write(&Frame::Start { pid: pid.as_raw() });
+
+    let (tx, rx) = mpsc::channel::<(&'static str, Vec<u8>)>();
+    let readers: Vec<_> = [("stdout", out_r), ("stderr", err_r)]
+        .into_iter()
+        .map(|(stream, fd)| {
+            let tx = tx.clone();
+            std::thread::spawn(move || read_lines(stream, File::from(fd), tx))
+        })
+        .collect();
+    drop(tx);
+    for (stream, line) in rx {
+        out.log_line(stream, &line);
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    let code = wait_exit(pid)?;
+    let _ = fs::write(bundle::exit(b), code.to_string());
+    out.write(&Frame::Exit { code, error: None });
+    Ok(code)
+}
+
+/// Splits a stream into lines (at most [`MAX_LINE`] bytes each) until EOF.
+fn read_lines(stream: &'static str, f: File, tx: mpsc::Sender<(&'static str, Vec<u8>)>) {
+    let mut r = BufReader::new(f);
+    loop {
+        let mut line = Vec::new();
+        match r.by_ref().take(MAX_LINE as u64).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if tx.send((stream, line)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Waits for the container's first process; a signal death is 128 + signal,
+/// as shells and Docker report it.
+fn wait_exit(pid: Pid) -> Result<i32, RuntimeError> {
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) => continue,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(sys("waitpid")(e)),
+        }
+    }
+}

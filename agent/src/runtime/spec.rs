@@ -1,0 +1,219 @@
+//! The runtime-spec `config.json` of a container, built with oci-spec. It
+//! is a bundle that runc also accepts: the shim reads nothing else.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+
+use super::{caps, RuntimeError};
+
+/// What a container runs, resolved from its spec and its image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerConfig {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub hostname: String,
+    pub network: NetworkMode,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Where a container's network lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// Its own network namespace with only a loopback interface.
+    None,
+    /// The host's network namespace.
+    Host,
+}
+
+impl NetworkMode {
+    /// Parses the CLI's spelling; empty means the default, `none`.
+    pub fn parse(s: &str) -> Result<Self, RuntimeError> {
+        match s {
+            "" | "none" => Ok(Self::None),
+            "host" => Ok(Self::Host),
+            other => Err(RuntimeError::Invalid(format!(
+                "unknown network {other:?}: use none or host"
+            ))),
+        }
+    }
+}
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, RuntimeError> {
+    Ok(MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()?)
+}
+
+/// The mounts every container gets, in order.
+pub fn default_mounts() -> Result<Vec<Mount>, RuntimeError> {
+    Ok(vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        )?,
+        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
+        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
+        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+    ])
+}
+
+fn capability_set(names: &[&str]) -> Result<HashSet<Capability>, RuntimeError> {
+    names
+        .iter()
+        .map(|n| {
+            serde_json::from_value::<Capability>(serde_json::Value::String(n.to_string()))
+                .map_err(|e| RuntimeError::Invalid(format!("capability {n}: {e}")))
+        })
+        .collect()
+}
+
+/// The kernel number of an oci-spec capability.
+pub fn capability_number(c: &Capability) -> Option<u32> {
+    let name = serde_json::to_value(c).ok()?;
+    caps::number(name.as_str()?)
+}
+
+/// Builds the runtime spec of a container whose rootfs is `rootfs`
+/// (relative to the bundle, as runc expects).
+pub fn build(cfg: &ContainerConfig) -> Result<Spec, RuntimeError> {
+    if cfg.args.is_empty() {
+        return Err(RuntimeError::Invalid(
+            "no command specified: give one after the image, or use an image with a default command".into(),
+        ));
+    }
+    let caps = capability_set(caps::DEFAULT)?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .args(cfg.args.clone())
+        .env(cfg.env.clone())
+        .cwd(if cfg.cwd.is_empty() { "/".to_string() } else { cfg.cwd.clone() })
+        .user(UserBuilder::default().uid(cfg.uid).gid(cfg.gid).build()?)
+        .capabilities(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps)
+                .build()?,
+        )
+        .no_new_privileges(false)
+        .build()?;
+    let mut namespaces = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+    ];
+    if cfg.network == NetworkMode::None {
+        namespaces.push(LinuxNamespaceType::Network);
+    }
+    let namespaces = namespaces
+        .into_iter()
+        .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+        .collect::<Result<Vec<_>, _>>()?;
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .masked_paths(
+            [
+                "/proc/acpi",
+                "/proc/asound",
+                "/proc/kcore",
+                "/proc/keys",
+                "/proc/latency_stats",
+                "/proc/timer_list",
+                "/proc/timer_stats",
+                "/proc/sched_debug",
+                "/proc/scsi",
+                "/sys/firmware",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+        )
+        .readonly_paths(
+            ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .build()?;
+    Ok(SpecBuilder::default()
+        .version("1.0.2")
+        .root(RootBuilder::default().path("rootfs").readonly(false).build()?)
+        .hostname(cfg.hostname.clone())
+        .process(process)
+        .mounts(default_mounts()?)
+        .linux(linux)
+        .build()?)
+}
+
+/// Writes the spec into the bundle.
+pub fn save(spec: &Spec, bundle: &Path) -> Result<(), RuntimeError> {
+    spec.save(super::bundle::config(bundle))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ContainerConfig {
+        ContainerConfig {
+            args: vec!["echo".into(), "hello".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: String::new(),
+            hostname: "box".into(),
+            network: NetworkMode::None,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    #[test]
+    fn the_spec_carries_the_command_and_namespaces() {
+        let spec = build(&cfg()).unwrap();
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(p.args().as_ref().unwrap(), &vec!["echo".to_string(), "hello".to_string()]);
+        assert_eq!(p.cwd(), Path::new("/"));
+        let ns: Vec<_> = spec.linux().as_ref().unwrap().namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
+        assert!(ns.contains(&LinuxNamespaceType::Network));
+        assert!(ns.contains(&LinuxNamespaceType::Pid));
+    }
+
+    #[test]
+    fn host_network_keeps_the_host_namespace() {
+        let mut c = cfg();
+        c.network = NetworkMode::Host;
+        let spec = build(&c).unwrap();
+        let ns: Vec<_> = spec.linux().as_ref().unwrap().namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
+        assert!(!ns.contains(&LinuxNamespaceType::Network));
+    }
+
+    #[test]
+    fn an_empty_command_is_refused() {
+        let mut c = cfg();
+        c.args.clear();
+        assert!(build(&c).unwrap_err().to_string().contains("no command specified"));
+    }
+
+    #[test]
+    fn default_capabilities_map_to_numbers() {
+        let spec = build(&cfg()).unwrap();
+        let bounding = spec.process().as_ref().unwrap().capabilities().as_ref().unwrap().bounding().clone().unwrap();
+        assert_eq!(bounding.len(), caps::DEFAULT.len());
+        assert!(bounding.iter().all(|c| capability_number(c).is_some()));
+    }
+}

@@ -1,0 +1,203 @@
+//! The agent's connection to the cluster: one bidirectional stream to the
+//! leader. It registers with the node's full local state, heartbeats,
+//! hands assignments to the supervisor, and sends what the supervisor
+//! reports. When the stream breaks it reconnects to any server with
+//! backoff; containers keep running meanwhile.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::agent::{
+    agent_message, agent_session_client::AgentSessionClient, server_message, AgentMessage, Heartbeat,
+    ImageInventory, ImportResult, Register,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::supervisor::Supervisor;
+
+/// How the agent reaches the cluster.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Server addresses (HOST:PORT); any of them leads to the leader.
+    pub servers: Vec<String>,
+    pub node: String,
+    pub heartbeat: Duration,
+}
+
+/// Facts about this host sent at registration.
+#[derive(Debug, Clone, Default)]
+pub struct HostFacts {
+    pub kernel: String,
+    pub cgroup_version: String,
+    pub cpus: u64,
+    pub memory_bytes: u64,
+}
+
+impl HostFacts {
+    /// Reads the kernel release, cgroup layout, CPUs and memory.
+    pub fn probe() -> Self {
+        let kernel = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cgroup_version = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            "v2"
+        } else if std::path::Path::new("/sys/fs/cgroup/unified").exists() {
+            "hybrid"
+        } else {
+            "v1"
+        };
+        let memory_bytes = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .map(|kb| kb * 1024)
+            .unwrap_or(0);
+        Self {
+            kernel,
+            cgroup_version: cgroup_version.to_string(),
+            cpus: std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1),
+            memory_bytes,
+        }
+    }
+}
+
+/// Keeps a session with the cluster for as long as the agent runs.
+pub async fn run(
+    cfg: SessionConfig,
+    facts: HostFacts,
+    supervisor: Arc<Supervisor>,
+    mut outbox: mpsc::UnboundedReceiver<AgentMessage>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut next = 0usize;
+    let mut redirect: Option<String> = None;
+    loop {
+        let addr = redirect.take().unwrap_or_else(|| {
+            let a = cfg.servers[next % cfg.servers.len()].clone();
+            next += 1;
+            a
+        });
+        match session(&cfg, &facts, &addr, &supervisor, &mut outbox).await {
+            Ok(reason) => {
+                tracing::warn!(server = %addr, "session ended: {reason}");
+                backoff = Duration::from_millis(100);
+            }
+            Err(SessionEnd::Redirect(leader)) => {
+                tracing::info!(server = %addr, %leader, "following the leader");
+                redirect = Some(leader);
+                continue;
+            }
+            Err(SessionEnd::Failed(e)) => {
+                tracing::warn!(server = %addr, "cannot open a session: {e}");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+enum SessionEnd {
+    Redirect(String),
+    Failed(String),
+}
+
+async fn session(
+    cfg: &SessionConfig,
+    facts: &HostFacts,
+    addr: &str,
+    supervisor: &Arc<Supervisor>,
+    outbox: &mut mpsc::UnboundedReceiver<AgentMessage>,
+) -> Result<String, SessionEnd> {
+    let endpoint = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .map_err(|e| SessionEnd::Failed(e.to_string()))?
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| SessionEnd::Failed(format!("{e}")))?;
+    let mut client = AgentSessionClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let (tx, rx) = mpsc::channel::<AgentMessage>(256);
+    let register = Register {
+        node: cfg.node.clone(),
+        kernel: facts.kernel.clone(),
+        cgroup_version: facts.cgroup_version.clone(),
+        cpus: facts.cpus,
+        memory_bytes: facts.memory_bytes,
+        images: supervisor.images(),
+        containers: supervisor.local_containers(),
+    };
+    let _ = tx
+        .send(AgentMessage {
+            msg: Some(agent_message::Msg::Register(register)),
+        })
+        .await;
+    let mut inbound = match client.session(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            if let Some(leader) = status.message().strip_prefix("not the leader; leader: ") {
+                if !leader.is_empty() {
+                    return Err(SessionEnd::Redirect(leader.to_string()));
+                }
+            }
+            return Err(SessionEnd::Failed(format!("{}: {}", status.code(), status.message())));
+        }
+    };
+    let mut heartbeat = tokio::time::interval(cfg.heartbeat);
+    let mut imports: HashMap<u64, Vec<u8>> = HashMap::new();
+    loop {
+        tokio::select! {
+            msg = inbound.message() => {
+                let msg = match msg {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return Ok("the server closed the stream".into()),
+                    Err(e) => return Ok(format!("stream error: {e}")),
+                };
+                match msg.msg {
+                    Some(server_message::Msg::Registered(r)) => tracing::info!(node = %r.node, server = %addr, "registered"),
+                    Some(server_message::Msg::Assign(a)) => {
+                        tokio::spawn(supervisor.clone().assign(a));
+                    }
+                    Some(server_message::Msg::LogAck(_)) => {}
+                    Some(server_message::Msg::ImportImage(chunk)) => {
+                        let buf = imports.entry(chunk.request_id).or_default();
+                        buf.extend_from_slice(&chunk.data);
+                        if chunk.last {
+                            let data = imports.remove(&chunk.request_id).unwrap_or_default();
+                            let sup = supervisor.clone();
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                let result = sup.import(chunk.reference.clone(), data).await;
+                                // The inventory goes first, so that the image is
+                                // known to the cluster when the import is answered.
+                                let _ = tx.send(AgentMessage { msg: Some(agent_message::Msg::Images(ImageInventory { images: sup.images() })) }).await;
+                                let (image_id, error) = match result { Ok(id) => (id, String::new()), Err(e) => (String::new(), e) };
+                                let _ = tx.send(AgentMessage { msg: Some(agent_message::Msg::ImportResult(ImportResult { request_id: chunk.request_id, image_id, error })) }).await;
+                            });
+                        }
+                    }
+                    None => {}
+                }
+            }
+            Some(m) = outbox.recv() => {
+                if tx.send(m).await.is_err() {
+                    return Ok("the outbound stream closed".into());
+                }
+            }
+            _ = heartbeat.tick() => {
+                if tx.send(AgentMessage { msg: Some(agent_message::Msg::Heartbeat(Heartbeat {})) }).await.is_err() {
+                    return Ok("the outbound stream closed".into());
+                }
+            }
+        }
+    }
+}

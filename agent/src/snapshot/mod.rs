@@ -1,0 +1,357 @@
+//! Layer snapshots and overlay mounts. Each layer is unpacked once per diff
+//! id into `snapshots/<hex>`, with OCI whiteouts turned into overlayfs ones;
+//! a container's rootfs is an overlay of its image's snapshots plus its own
+//! upper dir.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+/// Errors of unpacking layers and mounting rootfs.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("the layer is not a readable tar archive: {0}")]
+    Tar(std::io::Error),
+    #[error("layer entry {0:?} has an absolute path")]
+    AbsolutePath(PathBuf),
+    #[error("layer entry {0:?} climbs out of the layer with ..")]
+    ParentPath(PathBuf),
+    #[error("layer entry {0:?} is a device node, which images may not carry")]
+    DeviceNode(PathBuf),
+    #[error("layer entry {entry:?} links to {target:?}, outside the layer")]
+    LinkEscape { entry: PathBuf, target: PathBuf },
+    #[error("layer entry {0:?} would be written outside the layer (through a symlink)")]
+    Escape(PathBuf),
+    #[error("invalid diff id {0:?}")]
+    BadDiffId(String),
+    #[error("mounting the overlay at {target}: {source}")]
+    Mount { target: PathBuf, source: nix::Error },
+    #[error("{op} {path}: {source}")]
+    Sys {
+        op: &'static str,
+        path: PathBuf,
+        source: nix::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The directory of unpacked layers.
+pub struct Snapshots {
+    root: PathBuf,
+}
+
+impl Snapshots {
+    pub fn open(root: &Path) -> Result<Self, SnapshotError> {
+        fs::create_dir_all(root).map_err(io_err(root))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Where the layer with this diff id is (or would be) unpacked.
+    pub fn path(&self, diff_id: &str) -> Result<PathBuf, SnapshotError> {
+        let hex = diff_id
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| SnapshotError::BadDiffId(diff_id.to_string()))?;
+        Ok(self.root.join(hex))
+    }
+
+    /// Unpacks an uncompressed layer tar once: a layer already unpacked is
+    /// reused. A layer that fails leaves nothing behind.
+    pub fn unpack(&self, diff_id: &str, tar: impl Read) -> Result<PathBuf, SnapshotError> {
+        let dst = self.path(diff_id)?;
+        if dst.exists() {
+            return Ok(dst);
+        }
+        let tmp = dst.with_extension(format!("unpack-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        match unpack_layer(tar, &tmp) {
+            Ok(()) => {
+                fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+                Ok(dst)
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Checks that an archive path stays inside the directory it unpacks into.
+fn check_relative(path: &Path) -> Result<(), SnapshotError> {
+    for c in path.components() {
+        match c {
+            Component::ParentDir => return Err(SnapshotError::ParentPath(path.to_path_buf())),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(SnapshotError::AbsolutePath(path.to_path_buf()))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Resolves the directory an entry lands in, and checks that symlinks
+/// already unpacked do not lead it outside `root`.
+fn safe_parent(root: &Path, rel: &Path) -> Result<PathBuf, SnapshotError> {
+    let parent = root.join(rel.parent().unwrap_or(Path::new("")));
+    fs::create_dir_all(&parent).map_err(|_| SnapshotError::Escape(rel.to_path_buf()))?;
+    let real = parent.canonicalize().map_err(io_err(&parent))?;
+    let real_root = root.canonicalize().map_err(io_err(root))?;
+    if !real.starts_with(&real_root) {
+        return Err(SnapshotError::Escape(rel.to_path_buf()));
+    }
+    Ok(real)
+}
+
+/// Unpacks one layer tar into `root`, refusing hostile entries and turning
+/// OCI whiteouts into overlayfs whiteouts.
+pub fn unpack_layer(tar: impl Read, root: &Path) -> Result<(), SnapshotError> {
+    let mut archive = tar::Archive::new(tar);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_unpack_xattrs(true);
+    archive.set_overwrite(true);
+    for entry in archive.entries().map_err(SnapshotError::Tar)? {
+        let mut entry = entry.map_err(SnapshotError::Tar)?;
+        let path = entry.path().map_err(SnapshotError::Tar)?.into_owned();
+        check_relative(&path)?;
+        let kind = entry.header().entry_type();
+        if kind.is_block_special() || kind.is_character_special() {
+            return Err(SnapshotError::DeviceNode(path));
+        }
+        if kind.is_hard_link() {
+            let target = entry
+                .link_name()
+                .map_err(SnapshotError::Tar)?
+                .map(|t| t.into_owned())
+                .unwrap_or_default();
+            if check_relative(&target).is_err() {
+                return Err(SnapshotError::LinkEscape { entry: path, target });
+            }
+            let target_parent = safe_parent(root, &target)
+                .map_err(|_| SnapshotError::LinkEscape { entry: path.clone(), target: target.clone() })?;
+            let name = target.file_name().unwrap_or_default();
+            if fs::symlink_metadata(target_parent.join(name))
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false)
+            {
+                return Err(SnapshotError::LinkEscape { entry: path, target });
+            }
+        }
+        let file_name = path.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
+        if let Some(hidden) = file_name.strip_prefix(b".wh.") {
+            let parent = safe_parent(root, &path)?;
+            if hidden == b".wh..opq" {
+                set_opaque(&parent)?;
+            } else {
+                let target = parent.join(std::ffi::OsStr::from_bytes(hidden));
+                let _ = fs::remove_dir_all(&target);
+                let _ = fs::remove_file(&target);
+                whiteout(&target)?;
+            }
+            continue;
+        }
+        safe_parent(root, &path)?;
+        let unpacked = entry.unpack_in(root).map_err(SnapshotError::Tar)?;
+        if !unpacked {
+            return Err(SnapshotError::Escape(path));
+        }
+    }
+    Ok(())
+}
+
+/// Marks a directory opaque for overlayfs: lower layers' content under it
+/// is hidden.
+fn set_opaque(dir: &Path) -> Result<(), SnapshotError> {
+    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| SnapshotError::Escape(dir.to_path_buf()))?;
+    // SAFETY: setxattr(2) reads the NUL-terminated path and the value
+    // buffer for the given length; both outlive the call. The trusted.*
+    // namespace is what overlayfs reads for opaque directories.
+    let rc = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            b"y".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(SnapshotError::Sys {
+            op: "setxattr",
+            path: dir.to_path_buf(),
+            source: nix::Error::last(),
+        });
+    }
+    Ok(())
+}
+
+/// Creates an overlayfs whiteout: a 0/0 character device.
+fn whiteout(path: &Path) -> Result<(), SnapshotError> {
+    // mknod(2) of a 0/0 character device is how overlayfs records that a
+    // lower file is deleted.
+    nix::sys::stat::mknod(
+        path,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::empty(),
+        nix::sys::stat::makedev(0, 0),
+    )
+    .map_err(|source| SnapshotError::Sys {
+        op: "mknod",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Mounts an overlay of `lowers` (top-most first) with `upper` and `work`
+/// at `target`.
+pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), SnapshotError> {
+    for d in [upper, work, target] {
+        fs::create_dir_all(d).map_err(io_err(d))?;
+    }
+    let lowerdir = lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let data = format!(
+        "lowerdir={lowerdir},upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    );
+    // mount(2) of overlayfs: the kernel merges the read-only snapshots
+    // under the container's writable upper dir.
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(|source| SnapshotError::Mount {
+        target: target.to_path_buf(),
+        source,
+    })
+}
+
+/// Unmounts a rootfs if it is mounted; a path that is not a mount point is
+/// fine.
+pub fn unmount(target: &Path) -> Result<(), SnapshotError> {
+    // umount2(2) with MNT_DETACH: the rootfs goes even if a straggling
+    // process still holds it open.
+    match umount2(target, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
+        Err(source) => Err(SnapshotError::Sys {
+            op: "umount",
+            path: target.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_with(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        b.into_inner().unwrap()
+    }
+
+    fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        // set_path refuses "..": write the raw name as a hostile tool would.
+        let name = &mut h.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+
+    fn link(b: &mut tar::Builder<Vec<u8>>, kind: tar::EntryType, path: &str, target: &str) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_entry_type(kind);
+        let name = &mut h.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        let ln = &mut h.as_old_mut().linkname;
+        ln[..target.len()].copy_from_slice(target.as_bytes());
+        h.set_cksum();
+        b.append(&h, std::io::empty()).unwrap();
+    }
+
+    #[test]
+    fn a_plain_layer_unpacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = tar_with(|b| {
+            file(b, "bin/hello", b"hi");
+            link(b, tar::EntryType::Symlink, "bin/sh", "/bin/hello");
+        });
+        unpack_layer(layer.as_slice(), dir.path()).unwrap();
+        assert_eq!(fs::read(dir.path().join("bin/hello")).unwrap(), b"hi");
+        assert_eq!(fs::read_link(dir.path().join("bin/sh")).unwrap(), Path::new("/bin/hello"));
+    }
+
+    #[test]
+    fn hostile_entries_are_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().display().to_string();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("dotdot", tar_with(|b| file(b, "../escape", b"x"))),
+            ("absolute", tar_with(|b| file(b, "/tmp/berth-absolute-escape", b"x"))),
+            (
+                "symlink then write",
+                tar_with(|b| {
+                    link(b, tar::EntryType::Symlink, "out", &target);
+                    file(b, "out/pwned", b"x");
+                }),
+            ),
+            ("hardlink outside", tar_with(|b| link(b, tar::EntryType::Link, "passwd", "../../etc/passwd"))),
+            ("hardlink absolute", tar_with(|b| link(b, tar::EntryType::Link, "passwd", "/etc/passwd"))),
+        ];
+        for (what, layer) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("layer");
+            fs::create_dir(&root).unwrap();
+            assert!(unpack_layer(layer.as_slice(), &root).is_err(), "{what} was accepted");
+            assert!(!outside.path().join("pwned").exists(), "{what} wrote outside");
+            assert!(!dir.path().join("escape").exists(), "{what} wrote outside");
+        }
+        assert!(!Path::new("/tmp/berth-absolute-escape").exists());
+    }
+
+    #[test]
+    fn device_nodes_are_refused() {
+        let layer = tar_with(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_path("dev/sda").unwrap();
+            h.set_entry_type(tar::EntryType::Block);
+            h.set_size(0);
+            h.set_cksum();
+            b.append(&h, std::io::empty()).unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let err = unpack_layer(layer.as_slice(), dir.path()).unwrap_err();
+        assert!(matches!(err, SnapshotError::DeviceNode(_)), "{err}");
+    }
+}

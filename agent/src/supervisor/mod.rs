@@ -1,0 +1,410 @@
+//! The supervisor: turns assignments into containers on this node and
+//! reports what they do. It prepares a bundle (overlay rootfs, config.json),
+//! starts a shim for it, and relays the shim's frames to the cluster as
+//! transitions and log chunks.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::agent::{self, agent_message, Action, AgentMessage, Assign, LocalContainer};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{mpsc, Mutex};
+
+use crate::image::{import, ImageError, ImageStore};
+use crate::runtime::frame::Frame;
+use crate::runtime::spec::{self, ContainerConfig, NetworkMode};
+use crate::runtime::{bundle, RuntimeError};
+use crate::snapshot::{self, Snapshots};
+
+/// The most log lines sent in one chunk.
+const CHUNK_LINES: usize = 256;
+
+/// Where the supervisor keeps its state, and how it starts shims.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    pub data_dir: PathBuf,
+    /// The executable whose `shim` subcommand runs a container.
+    pub shim_exe: PathBuf,
+}
+
+/// Errors of preparing a container.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// What the agent records of a container in its bundle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meta {
+    pub id: String,
+    pub name: String,
+    pub generation: u64,
+    pub image_id: String,
+}
+
+/// The node's containers and images.
+pub struct Supervisor {
+    cfg: SupervisorConfig,
+    images: ImageStore,
+    snapshots: Snapshots,
+    outbox: mpsc::UnboundedSender<AgentMessage>,
+    /// Containers with a task relaying their shim.
+    live: Mutex<HashSet<String>>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Supervisor {
+    pub fn open(
+        cfg: SupervisorConfig,
+        outbox: mpsc::UnboundedSender<AgentMessage>,
+    ) -> Result<Self, SupervisorError> {
+        let images = ImageStore::open(&cfg.data_dir.join("images"))?;
+        let snapshots = Snapshots::open(&cfg.data_dir.join("snapshots"))?;
+        let containers = cfg.data_dir.join("containers");
+        fs::create_dir_all(&containers).map_err(|source| SupervisorError::Io {
+            path: containers.clone(),
+            source,
+        })?;
+        Ok(Self {
+            cfg,
+            images,
+            snapshots,
+            outbox,
+            live: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn bundle_dir(&self, id: &str) -> Option<PathBuf> {
+        // Ids come from the cluster; only plain hex names a directory.
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(self.cfg.data_dir.join("containers").join(id))
+    }
+
+    fn send(&self, msg: agent_message::Msg) {
+        let _ = self.outbox.send(AgentMessage { msg: Some(msg) });
+    }
+
+    fn transition(&self, id: &str, generation: u64, to: &str, exit_code: i32, error: String, image_id: String) {
+        self.send(agent_message::Msg::Transition(agent::Transition {
+            container_id: id.to_string(),
+            generation,
+            to: to.to_string(),
+            at_ms: now_ms(),
+            exit_code,
+            error,
+            image_id,
+        }));
+    }
+
+    /// The images this node holds, as the cluster sees them.
+    pub fn images(&self) -> Vec<agent::Image> {
+        self.images
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| agent::Image {
+                id: i.id,
+                tags: i.tags,
+                size: i.size,
+                created_ms: i.created_ms,
+            })
+            .collect()
+    }
+
+    /// Imports a rootfs tarball as an image.
+    pub async fn import(self: &Arc<Self>, reference: String, data: Vec<u8>) -> Result<String, String> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            import::import_rootfs(&me.images, &me.snapshots, &reference, &data, now_ms())
+                .map(|s| s.id)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("import task failed: {e}")))
+    }
+
+    /// Every container this node holds on disk, for registration.
+    pub fn local_containers(&self) -> Vec<LocalContainer> {
+        let dir = self.cfg.data_dir.join("containers");
+        let Ok(entries) = fs::read_dir(&dir) else { return Vec::new() };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let b = e.path();
+            let Some(meta) = read_meta(&b) else { continue };
+            let (state, exit_code) = match fs::read_to_string(bundle::exit(&b)) {
+                Ok(code) => ("exited", code.trim().parse().unwrap_or(255)),
+                Err(_) => match fs::read_to_string(bundle::pid(&b)) {
+                    Ok(pid) if Path::new(&format!("/proc/{}", pid.trim())).exists() => ("running", 0),
+                    Ok(_) => ("exited", 255),
+                    Err(_) => ("created", 0),
+                },
+            };
+            out.push(LocalContainer {
+                id: meta.id,
+                generation: meta.generation,
+                state: state.to_string(),
+                exit_code,
+            });
+        }
+        out
+    }
+
+    /// Acts on an assignment from the leader.
+    pub async fn assign(self: Arc<Self>, a: Assign) {
+        match a.action() {
+            Action::Run => self.run(a).await,
+            Action::Remove => self.remove(&a.container_id).await,
+            Action::Unspecified => tracing::warn!(id = %a.container_id, "assignment without an action"),
+        }
+    }
+
+    async fn run(self: Arc<Self>, a: Assign) {
+        let Some(dir) = self.bundle_dir(&a.container_id) else {
+            tracing::warn!(id = %a.container_id, "refusing an assignment with a malformed id");
+            return;
+        };
+        if dir.exists() || !self.live.lock().await.insert(a.container_id.clone()) {
+            // Already here: an assignment repeated after a reconnect.
+            return;
+        }
+        let me = self.clone();
+        let a2 = a.clone();
+        let d2 = dir.clone();
+        let prepared = tokio::task::spawn_blocking(move || me.prepare(&a2, &d2))
+            .await
+            .unwrap_or_else(|e| {
+                Err(SupervisorError::Io {
+                    path: PathBuf::new(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            });
+        let image_id = match prepared {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(id = %a.container_id, "cannot create the container: {e}");
+                let _ = snapshot::unmount(&bundle::rootfs(&dir));
+                self.transition(&a.container_id, a.generation, "exited", 125, e.to_string(), String::new());
+                self.live.lock().await.remove(&a.container_id);
+                return;
+            }
+        };
+        self.transition(&a.container_id, a.generation, "created", 0, String::new(), image_id.clone());
+        if let Err(e) = self.clone().start_shim(&a, &dir).await {
+            let _ = snapshot::unmount(&bundle::rootfs(&dir));
+            self.transition(&a.container_id, a.generation, "exited", 125, e, String::new());
+        }
+        self.live.lock().await.remove(&a.container_id);
+    }
+
+    /// Resolves the image, mounts the rootfs and writes config.json.
+    fn prepare(&self, a: &Assign, dir: &Path) -> Result<String, SupervisorError> {
+        let spec = a.spec.clone().unwrap_or_default();
+        let image = self.images.resolve(&spec.image)?;
+        let cfg = container_config(&spec, &image.config)?;
+        let lowers = image
+            .diff_ids
+            .iter()
+            .rev()
+            .map(|d| self.snapshots.path(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        for l in &lowers {
+            if !l.exists() {
+                return Err(SupervisorError::Io {
+                    path: l.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "layer snapshot missing"),
+                });
+            }
+        }
+        fs::create_dir_all(dir).map_err(|source| SupervisorError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let meta = Meta {
+            id: a.container_id.clone(),
+            name: a.name.clone(),
+            generation: a.generation,
+            image_id: image.id.clone(),
+        };
+        fs::write(bundle::meta(dir), serde_json::to_vec(&meta).unwrap_or_default()).map_err(|source| {
+            SupervisorError::Io {
+                path: bundle::meta(dir),
+                source,
+            }
+        })?;
+        snapshot::mount_overlay(&lowers, &bundle::upper(dir), &bundle::work(dir), &bundle::rootfs(dir))?;
+        spec::save(&spec::build(&cfg)?, dir)?;
+        Ok(image.id)
+    }
+
+    /// Starts the shim and relays its frames until the container ends.
+    async fn start_shim(self: Arc<Self>, a: &Assign, dir: &Path) -> Result<(), String> {
+        let shim_log = fs::File::create(dir.join("shim.log")).map_err(|e| e.to_string())?;
+        let mut child = tokio::process::Command::new(&self.cfg.shim_exe)
+            .arg("shim")
+            .arg("--bundle")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(shim_log)
+            // Its own process group: a signal to the agent's group (a
+            // Ctrl+C in its terminal) must not reach the containers.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start the shim {}: {e}", self.cfg.shim_exe.display()))?;
+        let stdout = child.stdout.take().ok_or("the shim has no stdout")?;
+        let mut reader = BufReader::new(stdout);
+        let mut batch = Vec::new();
+        let mut exit: Option<(i32, Option<String>)> = None;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            match serde_json::from_str::<Frame>(line.trim_end()) {
+                Ok(Frame::Start { .. }) => {
+                    self.transition(&a.container_id, a.generation, "running", 0, String::new(), String::new())
+                }
+                Ok(Frame::Log { seq, stream, time_ns, line }) => batch.push(agent::LogLine {
+                    seq,
+                    stream,
+                    time_ns,
+                    line: line.into_bytes(),
+                }),
+                Ok(Frame::Exit { code, error }) => exit = Some((code, error)),
+                Err(e) => tracing::warn!(id = %a.container_id, "unreadable shim frame: {e}"),
+            }
+            if !batch.is_empty() && (reader.buffer().is_empty() || batch.len() >= CHUNK_LINES) {
+                self.send_logs(a, &mut batch);
+            }
+        }
+        self.send_logs(a, &mut batch);
+        let _ = child.wait().await;
+        let _ = snapshot::unmount(&bundle::rootfs(dir));
+        let (code, error) = exit.unwrap_or_else(|| {
+            (
+                fs::read_to_string(bundle::exit(dir))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(255),
+                Some("the shim ended without reporting an exit".to_string()),
+            )
+        });
+        self.transition(
+            &a.container_id,
+            a.generation,
+            "exited",
+            code,
+            error.unwrap_or_default(),
+            String::new(),
+        );
+        Ok(())
+    }
+
+    fn send_logs(&self, a: &Assign, batch: &mut Vec<agent::LogLine>) {
+        if batch.is_empty() {
+            return;
+        }
+        self.send(agent_message::Msg::Logs(agent::LogChunk {
+            container_id: a.container_id.clone(),
+            generation: a.generation,
+            lines: std::mem::take(batch),
+        }));
+    }
+
+    /// Kills the container if it runs and deletes its bundle.
+    async fn remove(&self, id: &str) {
+        let Some(dir) = self.bundle_dir(id) else { return };
+        if !dir.exists() {
+            return;
+        }
+        if !bundle::exit(&dir).exists() {
+            if let Some(pid) = fs::read_to_string(bundle::pid(&dir))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                // kill(2): SIGKILL to the container's init ends its whole
+                // pid namespace.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                for _ in 0..250 {
+                    if bundle::exit(&dir).exists() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        let _ = snapshot::unmount(&bundle::rootfs(&dir));
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            tracing::warn!(%id, "removing {}: {e}", dir.display());
+        }
+    }
+}
+
+fn read_meta(b: &Path) -> Option<Meta> {
+    serde_json::from_slice(&fs::read(bundle::meta(b)).ok()?).ok()
+}
+
+/// Merges a container spec with its image's defaults, as Docker does: the
+/// image's entrypoint and env come first; a given command replaces the
+/// image's.
+pub fn container_config(
+    spec: &agent::ContainerSpec,
+    image: &oci_spec::image::ImageConfiguration,
+) -> Result<ContainerConfig, RuntimeError> {
+    let ic = image.config().clone().unwrap_or_default();
+    let mut args: Vec<String> = ic.entrypoint().clone().unwrap_or_default();
+    if spec.cmd.is_empty() {
+        args.extend(ic.cmd().clone().unwrap_or_default());
+    } else {
+        args.extend(spec.cmd.iter().cloned());
+    }
+    let mut env: Vec<String> = ic.env().clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(import::DEFAULT_PATH.to_string());
+    }
+    env.push(format!("HOSTNAME={}", spec.hostname));
+    for e in &spec.env {
+        let key = e.split('=').next().unwrap_or_default();
+        env.retain(|x| x.split('=').next() != Some(key));
+        env.push(e.clone());
+    }
+    let cwd = if spec.workdir.is_empty() {
+        ic.working_dir().clone().unwrap_or_default()
+    } else {
+        spec.workdir.clone()
+    };
+    Ok(ContainerConfig {
+        args,
+        env,
+        cwd,
+        hostname: spec.hostname.clone(),
+        network: NetworkMode::parse(&spec.network)?,
+        uid: 0,
+        gid: 0,
+    })
+}

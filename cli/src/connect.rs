@@ -1,0 +1,54 @@
+//! The one place the CLI connects to a cluster. Credentials (mutual TLS,
+//! the admin config under BERTH_CONFIG_DIR) will plug in here.
+
+use std::time::Duration;
+
+use berth_proto::cluster::cluster_client::ClusterClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// Why the CLI could not reach the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("invalid server address {0:?}: expected HOST:PORT")]
+    BadAddress(String),
+    #[error("cannot connect to the berth cluster at {addrs}: {reason} (is berth-server running there? set --host or BERTH_HOST)")]
+    Unreachable { addrs: String, reason: String },
+}
+
+/// Connects to the first reachable server of a comma-separated list.
+pub async fn connect(hosts: &str) -> Result<ClusterClient<Channel>, ConnectError> {
+    let addrs: Vec<&str> = hosts.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let mut last = String::from("no address given");
+    for addr in &addrs {
+        let uri = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|_| ConnectError::BadAddress(addr.to_string()))?
+            .connect_timeout(Duration::from_secs(3));
+        match endpoint.connect().await {
+            Ok(ch) => {
+                return Ok(ClusterClient::new(ch)
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20))
+            }
+            Err(e) => last = root_cause(&e),
+        }
+    }
+    Err(ConnectError::Unreachable {
+        addrs: addrs.join(","),
+        reason: last,
+    })
+}
+
+/// The innermost error message, which names the real cause (for example
+/// "Connection refused") rather than "transport error".
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}

@@ -1,0 +1,235 @@
+//! Container verbs: run, ps, logs, rm.
+
+use std::io::Write;
+
+use berth_proto::cluster::{
+    cluster_client::ClusterClient, ContainerInfo, ContainerRef, ContainerSpec, CreateContainerRequest,
+    ListContainersRequest, LogsRequest, RemoveContainerRequest,
+};
+use clap::Args;
+use tonic::transport::Channel;
+
+use crate::output::{ago, human_duration, now_ms, table, truncate};
+use crate::CliError;
+
+/// `berth run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Remove the container when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Run in the background and print the container id.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// A name for the container.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set an environment variable (KEY=VALUE).
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// The working directory inside the container.
+    #[arg(short = 'w', long = "workdir")]
+    pub workdir: Option<String>,
+    /// The container's host name (default: the short id).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// none (own network namespace with loopback only) or host.
+    #[arg(long, default_value = "none")]
+    pub network: String,
+    /// The image to run, NAME[:TAG].
+    pub image: String,
+    /// The command and its arguments (default: the image's).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// Creates and starts a container; attached, prints its output and returns
+/// its exit code.
+pub async fn run(client: &mut ClusterClient<Channel>, args: RunArgs) -> Result<i32, CliError> {
+    let created = client
+        .create_container(CreateContainerRequest {
+            name: args.name.clone().unwrap_or_default(),
+            spec: Some(ContainerSpec {
+                image: args.image.clone(),
+                cmd: args.command.clone(),
+                env: args.env.clone(),
+                hostname: args.hostname.clone().unwrap_or_default(),
+                workdir: args.workdir.clone().unwrap_or_default(),
+                network: args.network.clone(),
+                auto_remove: args.rm,
+            }),
+            start: true,
+        })
+        .await
+        .map_err(CliError::run)?
+        .into_inner();
+    if args.detach {
+        println!("{}", created.id);
+        return Ok(0);
+    }
+    stream_logs(client, &created.id, true).await?;
+    let waited = client
+        .wait_container(ContainerRef {
+            name_or_id: created.id.clone(),
+        })
+        .await
+        .map_err(CliError::run)?
+        .into_inner();
+    if args.rm {
+        client
+            .remove_container(RemoveContainerRequest {
+                name_or_id: created.id.clone(),
+                force: true,
+            })
+            .await
+            .map_err(CliError::api)?;
+    }
+    if !waited.error.is_empty() {
+        return Err(CliError::Exit {
+            code: waited.exit_code,
+            message: waited.error,
+        });
+    }
+    Ok(waited.exit_code)
+}
+
+/// Prints a container's log lines to stdout and stderr by stream.
+pub async fn stream_logs(client: &mut ClusterClient<Channel>, id: &str, follow: bool) -> Result<(), CliError> {
+    let mut stream = client
+        .logs(LogsRequest {
+            name_or_id: id.to_string(),
+            follow,
+        })
+        .await
+        .map_err(CliError::api)?
+        .into_inner();
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    while let Some(entry) = stream.message().await.map_err(CliError::api)? {
+        // A closed pipe on our side (berth logs | head) ends quietly.
+        let res = if entry.stream == "stderr" {
+            let mut e = stderr.lock();
+            e.write_all(&entry.line).and_then(|_| e.flush())
+        } else {
+            let mut o = stdout.lock();
+            o.write_all(&entry.line).and_then(|_| o.flush())
+        };
+        if res.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// `berth ps`.
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Show all containers (default: only running ones).
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Print only the container ids.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Do not cut ids and commands short.
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+/// The STATUS column of `ps`.
+pub fn status_text(c: &ContainerInfo, now: i64) -> String {
+    match c.state.as_str() {
+        "running" => format!("Up {}", human_duration(now - c.started_at_ms)),
+        "paused" => format!("Up {} (Paused)", human_duration(now - c.started_at_ms)),
+        "exited" => format!("Exited ({}) {}", c.exit_code, ago(now, c.finished_at_ms)),
+        "created" => "Created".into(),
+        "pending" => "Pending".into(),
+        "dead" => "Dead".into(),
+        other => other.to_string(),
+    }
+}
+
+pub async fn ps(client: &mut ClusterClient<Channel>, args: PsArgs) -> Result<i32, CliError> {
+    let list = client
+        .list_containers(ListContainersRequest { all: args.all })
+        .await
+        .map_err(CliError::api)?
+        .into_inner()
+        .containers;
+    if args.quiet {
+        for c in list.iter().rev() {
+            println!("{}", if args.no_trunc { &c.id[..] } else { &c.id[..12.min(c.id.len())] });
+        }
+        return Ok(0);
+    }
+    let now = now_ms();
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .rev()
+        .map(|c| {
+            let spec = c.spec.clone().unwrap_or_default();
+            let command = format!("\"{}\"", spec.cmd.join(" "));
+            vec![
+                if args.no_trunc { c.id.clone() } else { c.id.chars().take(12).collect() },
+                spec.image.clone(),
+                if args.no_trunc { command } else { truncate(&command, 20) },
+                ago(now, c.created_at_ms),
+                status_text(c, now),
+                c.name.clone(),
+                c.node.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES", "NODE"],
+        &rows,
+    );
+    Ok(0)
+}
+
+/// `berth logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Keep printing new lines until the container exits.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// The container's name or id.
+    pub container: String,
+}
+
+pub async fn logs(client: &mut ClusterClient<Channel>, args: LogsArgs) -> Result<i32, CliError> {
+    stream_logs(client, &args.container, args.follow).await?;
+    Ok(0)
+}
+
+/// `berth rm`.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Kill and remove a running container.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Names or ids of containers.
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+/// Removes each container; like Docker, goes on past failures and exits 1
+/// if any failed.
+pub async fn rm(client: &mut ClusterClient<Channel>, args: RmArgs) -> Result<i32, CliError> {
+    let mut failed = false;
+    for c in &args.containers {
+        match client
+            .remove_container(RemoveContainerRequest {
+                name_or_id: c.clone(),
+                force: args.force,
+            })
+            .await
+        {
+            Ok(_) => println!("{c}"),
+            Err(status) => {
+                eprintln!("berth: error: {}", status.message());
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}
