@@ -1,1 +1,13 @@
+//! berth-chaos: a harness that starts real `berth-server` and `berth-agent`
+//! processes, drives them with the real `berth` CLI, and injects faults
+//! (kill -9 and restarts, for now). The scenarios live under tests/.
+//!
+//! Every scenario runs in [`sandbox`]: fresh pid, mount and network
+//! namespaces of its own, so that a failing test leaves no process, mount
+//! or port behind and tests can run side by side.
 
+pub mod cluster;
+pub mod images;
+pub mod sandbox;
+
+pub use cluster::{Cluster, CommandResult};

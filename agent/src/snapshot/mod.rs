@@ -16,7 +16,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 pub enum SnapshotError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("the layer is not a readable tar archive: {0}")]
+    #[error("the layer is not a readable tar archive: {}", chain(.0))]
     Tar(std::io::Error),
     #[error("layer entry {0:?} has an absolute path")]
     AbsolutePath(PathBuf),
@@ -38,6 +38,18 @@ pub enum SnapshotError {
         path: PathBuf,
         source: nix::Error,
     },
+}
+
+/// An error with its causes, for messages that must name the real cause.
+fn chain(e: &std::io::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {

@@ -180,7 +180,8 @@ impl Cluster for ClusterService {
         let state = self.app.state.clone();
         tokio::spawn(async move {
             let mut changes = state.subscribe();
-            let mut next = 0u64;
+            // Sequence numbers start at 1 (records.proto, Container.log_next_seq).
+            let mut next = 1u64;
             loop {
                 changes.borrow_and_update();
                 let lines = match state.log_lines(&c.id, next, 512) {

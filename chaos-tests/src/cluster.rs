@@ -1,0 +1,189 @@
+//! A cluster of real processes: one berth-server and one berth-agent, each
+//! with its own data directory, driven through the berth CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// The address the server listens on inside the sandbox's own loopback.
+pub const SERVER_ADDR: &str = "127.0.0.1:7420";
+
+/// What a CLI command did.
+#[derive(Debug, Clone)]
+pub struct CommandResult {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CommandResult {
+    /// Fails unless the command exited 0.
+    pub fn ok(self) -> anyhow::Result<Self> {
+        if self.code != 0 {
+            bail!("command failed with {}: {}{}", self.code, self.stdout, self.stderr);
+        }
+        Ok(self)
+    }
+}
+
+/// One server and one agent, stopped when dropped.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    server: Option<Child>,
+    agent: Option<Child>,
+}
+
+/// The directory holding the workspace's binaries: the test binary lives in
+/// target/<profile>/deps, the binaries one level up.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("locating the target directory")?
+        .to_path_buf();
+    for b in ["berth", "berth-server", "berth-agent"] {
+        if !dir.join(b).exists() {
+            bail!(
+                "{} is missing: build the binaries first (cargo build --workspace --bins)",
+                dir.join(b).display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+impl Cluster {
+    /// Starts a fresh server and agent, waits for the node to be ready, and
+    /// imports a busybox image.
+    pub fn start() -> anyhow::Result<Self> {
+        let mut c = Self {
+            dir: tempfile::tempdir()?,
+            bin: bin_dir()?,
+            server: None,
+            agent: None,
+        };
+        c.start_server(true)?;
+        c.start_agent()?;
+        c.wait_for_ready_node()?;
+        let tar = c.dir.path().join("busybox.tar");
+        crate::images::busybox_rootfs_tar(&tar)?;
+        c.berth(&["import", tar.to_str().unwrap_or_default(), "busybox"])
+            .ok()
+            .context("importing busybox")?;
+        Ok(c)
+    }
+
+    /// The cluster's scratch directory (data dirs and logs live under it).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&self, name: &str, args: &[&str], log: &str) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(log))?;
+        Command::new(self.bin.join(name))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {name}"))
+    }
+
+    /// Starts the server on its data dir (bootstrapping on the first start).
+    pub fn start_server(&mut self, bootstrap: bool) -> anyhow::Result<()> {
+        let data = self.dir.path().join("server");
+        let mut args = vec!["--data-dir", data.to_str().unwrap_or_default(), "--listen", SERVER_ADDR];
+        if bootstrap {
+            args.push("--bootstrap");
+        }
+        self.server = Some(self.spawn("berth-server", &args, "server.log")?);
+        Ok(())
+    }
+
+    pub fn start_agent(&mut self) -> anyhow::Result<()> {
+        let data = self.dir.path().join("agent");
+        let args = [
+            "--data-dir",
+            data.to_str().unwrap_or_default(),
+            "--server",
+            SERVER_ADDR,
+            "--name",
+            "node1",
+        ];
+        self.agent = Some(self.spawn("berth-agent", &args, "agent.log")?);
+        Ok(())
+    }
+
+    /// kill -9 of the server, and waits until it is gone.
+    pub fn kill_server(&mut self) -> anyhow::Result<()> {
+        if let Some(mut s) = self.server.take() {
+            s.kill()?;
+            s.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Runs the berth CLI against this cluster.
+    pub fn berth(&self, args: &[&str]) -> CommandResult {
+        let out = Command::new(self.bin.join("berth"))
+            .args(args)
+            .env("BERTH_HOST", SERVER_ADDR)
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(o) => CommandResult {
+                code: o.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            },
+            Err(e) => CommandResult {
+                code: -1,
+                stdout: String::new(),
+                stderr: format!("cannot run berth: {e}"),
+            },
+        }
+    }
+
+    /// Polls `berth node ls` until the node is ready (30 s at most).
+    pub fn wait_for_ready_node(&self) -> anyhow::Result<()> {
+        self.wait_until(Duration::from_secs(30), "node1 to be ready", |c| {
+            let r = c.berth(&["node", "ls"]);
+            r.code == 0 && r.stdout.lines().any(|l| l.starts_with("node1") && l.contains("ready"))
+        })
+    }
+
+    /// Polls a condition every 50 ms until it holds or `limit` passes.
+    pub fn wait_until(&self, limit: Duration, what: &str, cond: impl Fn(&Self) -> bool) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if cond(self) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("timed out after {limit:?} waiting for {what}\n{}", self.logs())
+    }
+
+    /// The server's and the agent's logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
+        format!("--- server.log\n{}\n--- agent.log\n{}", read("server.log"), read("agent.log"))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in [self.agent.take(), self.server.take()].into_iter().flatten() {
+            let mut c = c;
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
