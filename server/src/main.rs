@@ -8,6 +8,7 @@ use anyhow::Context;
 use berth_proto::agent::agent_session_server::AgentSessionServer;
 use berth_proto::cluster::cluster_server::ClusterServer;
 use berth_proto::raft::raft_server::RaftServer;
+use berth_proto::records::NodeStatus;
 use berth_server::api::ClusterService;
 use berth_server::nodes::session::{mark_down, SessionService};
 use berth_server::raft::network::RaftService;
@@ -95,14 +96,28 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Marks agents Down when their heartbeats stop (the TTL of DESIGN.md).
+/// Marks agents Down when their heartbeats stop (the TTL of DESIGN.md),
+/// and, once a TTL has passed since this server started, nodes recorded as
+/// Ready that never opened a session here.
 async fn liveness(app: App) {
     let period = app.config.node_ttl / 4;
+    let started = std::time::Instant::now();
     loop {
         tokio::time::sleep(period).await;
         for (node, session_id) in app.nodes.expire(app.config.node_ttl).await {
             tracing::warn!(%node, session_id, "agent missed its heartbeat TTL; marking it down");
             mark_down(&app, &node).await;
+        }
+        let metrics = app.raft.metrics().borrow().clone();
+        if started.elapsed() < app.config.node_ttl || metrics.current_leader != Some(metrics.id) {
+            continue;
+        }
+        let Ok(nodes) = app.state.nodes() else { continue };
+        for n in nodes {
+            if n.status() == NodeStatus::Ready && !app.nodes.is_connected(&n.name).await {
+                tracing::warn!(node = %n.name, "no session from a ready node; marking it down");
+                mark_down(&app, &n.name).await;
+            }
         }
     }
 }

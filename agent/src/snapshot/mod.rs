@@ -287,8 +287,16 @@ mod tests {
         b.into_inner().unwrap()
     }
 
-    fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
+    fn header() -> tar::Header {
         let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h
+    }
+
+    fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
+        let mut h = header();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
         h.set_entry_type(tar::EntryType::Regular);
@@ -300,7 +308,7 @@ mod tests {
     }
 
     fn link(b: &mut tar::Builder<Vec<u8>>, kind: tar::EntryType, path: &str, target: &str) {
-        let mut h = tar::Header::new_gnu();
+        let mut h = header();
         h.set_size(0);
         h.set_mode(0o777);
         h.set_entry_type(kind);
@@ -328,24 +336,39 @@ mod tests {
     fn hostile_entries_are_refused() {
         let outside = tempfile::tempdir().unwrap();
         let target = outside.path().display().to_string();
-        let cases: Vec<(&str, Vec<u8>)> = vec![
-            ("dotdot", tar_with(|b| file(b, "../escape", b"x"))),
-            ("absolute", tar_with(|b| file(b, "/tmp/berth-absolute-escape", b"x"))),
+        type Check = fn(&SnapshotError) -> bool;
+        let cases: Vec<(&str, Vec<u8>, Check)> = vec![
+            ("dotdot", tar_with(|b| file(b, "../escape", b"x")), |e| matches!(e, SnapshotError::ParentPath(_))),
+            (
+                "absolute",
+                tar_with(|b| file(b, "/tmp/berth-absolute-escape", b"x")),
+                |e| matches!(e, SnapshotError::AbsolutePath(_)),
+            ),
             (
                 "symlink then write",
                 tar_with(|b| {
                     link(b, tar::EntryType::Symlink, "out", &target);
                     file(b, "out/pwned", b"x");
                 }),
+                |e| matches!(e, SnapshotError::Escape(_)),
             ),
-            ("hardlink outside", tar_with(|b| link(b, tar::EntryType::Link, "passwd", "../../etc/passwd"))),
-            ("hardlink absolute", tar_with(|b| link(b, tar::EntryType::Link, "passwd", "/etc/passwd"))),
+            (
+                "hardlink outside",
+                tar_with(|b| link(b, tar::EntryType::Link, "passwd", "../../etc/passwd")),
+                |e| matches!(e, SnapshotError::LinkEscape { .. }),
+            ),
+            (
+                "hardlink absolute",
+                tar_with(|b| link(b, tar::EntryType::Link, "passwd", "/etc/passwd")),
+                |e| matches!(e, SnapshotError::LinkEscape { .. }),
+            ),
         ];
-        for (what, layer) in cases {
+        for (what, layer, expected) in cases {
             let dir = tempfile::tempdir().unwrap();
             let root = dir.path().join("layer");
             fs::create_dir(&root).unwrap();
-            assert!(unpack_layer(layer.as_slice(), &root).is_err(), "{what} was accepted");
+            let err = unpack_layer(layer.as_slice(), &root).expect_err(what);
+            assert!(expected(&err), "{what} was refused for the wrong reason: {err}");
             assert!(!outside.path().join("pwned").exists(), "{what} wrote outside");
             assert!(!dir.path().join("escape").exists(), "{what} wrote outside");
         }
@@ -355,7 +378,7 @@ mod tests {
     #[test]
     fn device_nodes_are_refused() {
         let layer = tar_with(|b| {
-            let mut h = tar::Header::new_gnu();
+            let mut h = header();
             h.set_path("dev/sda").unwrap();
             h.set_entry_type(tar::EntryType::Block);
             h.set_size(0);

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Sets up and runs a local berth cluster (one server, one agent) with its
+# state in one directory, makes a busybox image, and runs a container in
+# it. Safe to run again: a running cluster is reused.
+#
+#   sudo deploy/quickstart.sh            state in /var/lib/berth/quickstart
+#   BERTH_STATE=/some/dir deploy/quickstart.sh
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+berth_require_root
+berth_install_packages
+berth_build
+
+STATE="${BERTH_STATE:-/var/lib/berth/quickstart}"
+ADDR="${BERTH_ADDR:-127.0.0.1:7420}"
+mkdir -p "$STATE"
+BERTH="$BERTH_BIN/berth"
+export BERTH_HOST="$ADDR"
+
+# True if the pid file names a live process running the given binary.
+alive() {
+    local pidfile="$STATE/$1.pid"
+    [ -f "$pidfile" ] || return 1
+    local pid
+    pid="$(cat "$pidfile")"
+    [ -d "/proc/$pid" ] && [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$BERTH_BIN/$1" ]
+}
+
+if alive berth-server; then
+    echo "==> berth-server already running (pid $(cat "$STATE/berth-server.pid"))"
+else
+    bootstrap=""
+    [ -d "$STATE/server" ] || bootstrap="--bootstrap"
+    echo "==> starting berth-server on $ADDR (data in $STATE/server)"
+    setsid "$BERTH_BIN/berth-server" --data-dir "$STATE/server" --listen "$ADDR" $bootstrap \
+        >>"$STATE/server.log" 2>&1 < /dev/null &
+    echo $! > "$STATE/berth-server.pid"
+fi
+if alive berth-agent; then
+    echo "==> berth-agent already running (pid $(cat "$STATE/berth-agent.pid"))"
+else
+    echo "==> starting berth-agent (data in $STATE/agent)"
+    setsid "$BERTH_BIN/berth-agent" --data-dir "$STATE/agent" --server "$ADDR" \
+        >>"$STATE/agent.log" 2>&1 < /dev/null &
+    echo $! > "$STATE/berth-agent.pid"
+fi
+
+echo "==> waiting for the node to be ready"
+for _ in $(seq 1 300); do
+    if "$BERTH" node ls 2>/dev/null | grep -q " ready "; then
+        break
+    fi
+    sleep 0.1
+done
+if ! "$BERTH" node ls 2>/dev/null | grep -q " ready "; then
+    echo "berth: the node did not become ready; see $STATE/server.log and $STATE/agent.log" >&2
+    exit 1
+fi
+
+if ! "$BERTH" images | grep -q "^busybox "; then
+    echo "==> making a busybox image from Debian's busybox-static"
+    berth_busybox_tar "$STATE/busybox.tar"
+    "$BERTH" import "$STATE/busybox.tar" busybox
+fi
+
+echo "==> berth run busybox echo hello"
+"$BERTH" run busybox echo hello
+echo "==> berth ps -a"
+"$BERTH" ps -a | head -n 6
+
+cat <<MSG
+
+The cluster is running (server and agent logs in $STATE).
+Use it:
+  export PATH="$BERTH_BIN:\$PATH"
+  berth run busybox sh -c 'echo hi from \$(hostname)'
+  berth run -d --name web busybox sh -c 'while true; do date; sleep 1; done'
+  berth logs -f web
+  berth ps -a
+  berth images
+Stop it:
+  $BERTH_REPO/deploy/stop.sh      (containers and images stay in $STATE)
+MSG
