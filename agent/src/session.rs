@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::agent::{
-    agent_message, agent_session_client::AgentSessionClient, server_message, AgentMessage, Heartbeat,
-    ImageInventory, ImportResult, Register,
+    agent_message, agent_session_client::AgentSessionClient, server_message, AgentMessage,
+    Heartbeat, ImageInventory, ImportResult, Register,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -61,7 +61,9 @@ impl HostFacts {
         Self {
             kernel,
             cgroup_version: cgroup_version.to_string(),
-            cpus: std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as u64)
+                .unwrap_or(1),
             memory_bytes,
         }
     }
@@ -149,7 +151,11 @@ async fn session(
                     return Err(SessionEnd::Redirect(leader.to_string()));
                 }
             }
-            return Err(SessionEnd::Failed(format!("{}: {}", status.code(), status.message())));
+            return Err(SessionEnd::Failed(format!(
+                "{}: {}",
+                status.code(),
+                status.message()
+            )));
         }
     };
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);

@@ -22,7 +22,12 @@ impl CommandResult {
     /// Fails unless the command exited 0.
     pub fn ok(self) -> anyhow::Result<Self> {
         if self.code != 0 {
-            bail!("command failed with {}: {}{}", self.code, self.stdout, self.stderr);
+            bail!(
+                "command failed with {}: {}{}",
+                self.code,
+                self.stdout,
+                self.stderr
+            );
         }
         Ok(self)
     }
@@ -99,7 +104,12 @@ impl Cluster {
     /// Starts the server on its data dir (bootstrapping on the first start).
     pub fn start_server(&mut self, bootstrap: bool) -> anyhow::Result<()> {
         let data = self.dir.path().join("server");
-        let mut args = vec!["--data-dir", data.to_str().unwrap_or_default(), "--listen", SERVER_ADDR];
+        let mut args = vec![
+            "--data-dir",
+            data.to_str().unwrap_or_default(),
+            "--listen",
+            SERVER_ADDR,
+        ];
         if bootstrap {
             args.push("--bootstrap");
         }
@@ -155,12 +165,20 @@ impl Cluster {
     pub fn wait_for_ready_node(&self) -> anyhow::Result<()> {
         self.wait_until(Duration::from_secs(30), "node1 to be ready", |c| {
             let r = c.berth(&["node", "ls"]);
-            r.code == 0 && r.stdout.lines().any(|l| l.starts_with("node1") && l.contains("ready"))
+            r.code == 0
+                && r.stdout
+                    .lines()
+                    .any(|l| l.starts_with("node1") && l.contains("ready"))
         })
     }
 
     /// Polls a condition every 50 ms until it holds or `limit` passes.
-    pub fn wait_until(&self, limit: Duration, what: &str, cond: impl Fn(&Self) -> bool) -> anyhow::Result<()> {
+    pub fn wait_until(
+        &self,
+        limit: Duration,
+        what: &str,
+        cond: impl Fn(&Self) -> bool,
+    ) -> anyhow::Result<()> {
         let start = Instant::now();
         while start.elapsed() < limit {
             if cond(self) {
@@ -168,19 +186,29 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("timed out after {limit:?} waiting for {what}\n{}", self.logs())
+        bail!(
+            "timed out after {limit:?} waiting for {what}\n{}",
+            self.logs()
+        )
     }
 
     /// The server's and the agent's logs, for failure messages.
     pub fn logs(&self) -> String {
         let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
-        format!("--- server.log\n{}\n--- agent.log\n{}", read("server.log"), read("agent.log"))
+        format!(
+            "--- server.log\n{}\n--- agent.log\n{}",
+            read("server.log"),
+            read("agent.log")
+        )
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for c in [self.agent.take(), self.server.take()].into_iter().flatten() {
+        for c in [self.agent.take(), self.server.take()]
+            .into_iter()
+            .flatten()
+        {
             let mut c = c;
             let _ = c.kill();
             let _ = c.wait();

@@ -18,9 +18,8 @@ fn new_header() -> tar::Header {
 /// Writes a rootfs tarball holding a static busybox, a link for each of its
 /// applets, and minimal /etc files.
 pub fn busybox_rootfs_tar(out: &Path) -> anyhow::Result<()> {
-    let busybox = std::fs::read(BUSYBOX).map_err(|e| {
-        anyhow::anyhow!("{BUSYBOX}: {e} (install Debian's busybox-static)")
-    })?;
+    let busybox = std::fs::read(BUSYBOX)
+        .map_err(|e| anyhow::anyhow!("{BUSYBOX}: {e} (install Debian's busybox-static)"))?;
     let list = std::process::Command::new(BUSYBOX).arg("--list").output()?;
     anyhow::ensure!(list.status.success(), "busybox --list failed");
     let mut b = tar::Builder::new(std::fs::File::create(out)?);
@@ -32,7 +31,11 @@ pub fn busybox_rootfs_tar(out: &Path) -> anyhow::Result<()> {
         b.append_data(&mut h, p, std::io::empty())?;
         Ok(())
     };
-    let file = |b: &mut tar::Builder<std::fs::File>, p: &str, mode: u32, data: &[u8]| -> anyhow::Result<()> {
+    let file = |b: &mut tar::Builder<std::fs::File>,
+                p: &str,
+                mode: u32,
+                data: &[u8]|
+     -> anyhow::Result<()> {
         let mut h = new_header();
         h.set_entry_type(tar::EntryType::Regular);
         h.set_mode(mode);
@@ -40,7 +43,12 @@ pub fn busybox_rootfs_tar(out: &Path) -> anyhow::Result<()> {
         b.append_data(&mut h, p, data)?;
         Ok(())
     };
-    for (d, mode) in [("bin", 0o755), ("etc", 0o755), ("root", 0o700), ("tmp", 0o1777)] {
+    for (d, mode) in [
+        ("bin", 0o755),
+        ("etc", 0o755),
+        ("root", 0o700),
+        ("tmp", 0o1777),
+    ] {
         dir(&mut b, d, mode)?;
     }
     file(&mut b, "bin/busybox", 0o755, &busybox)?;
@@ -54,7 +62,12 @@ pub fn busybox_rootfs_tar(out: &Path) -> anyhow::Result<()> {
         h.set_size(0);
         b.append_link(&mut h, format!("bin/{applet}"), "busybox")?;
     }
-    file(&mut b, "etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")?;
+    file(
+        &mut b,
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )?;
     file(&mut b, "etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")?;
     b.finish()?;
     Ok(())

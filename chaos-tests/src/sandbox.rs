@@ -25,7 +25,14 @@ pub fn run(test: &str, body: impl FnOnce() -> anyhow::Result<()>) {
     );
     let exe = std::env::current_exe().expect("finding the test binary");
     let out = Command::new("unshare")
-        .args(["--fork", "--pid", "--mount", "--net", "--mount-proc", "--kill-child"])
+        .args([
+            "--fork",
+            "--pid",
+            "--mount",
+            "--net",
+            "--mount-proc",
+            "--kill-child",
+        ])
         .arg("--")
         .arg(&exe)
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
@@ -47,7 +54,9 @@ pub fn run(test: &str, body: impl FnOnce() -> anyhow::Result<()>) {
 }
 
 fn setup_inside() -> anyhow::Result<()> {
-    let status = Command::new("ip").args(["link", "set", "lo", "up"]).status()?;
+    let status = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()?;
     anyhow::ensure!(status.success(), "ip link set lo up failed");
     Ok(())
 }

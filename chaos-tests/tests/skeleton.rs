@@ -11,31 +11,49 @@ use berth_chaos::{sandbox, Cluster};
 fn run_prints_output_and_ps_shows_it_exited() {
     sandbox::run("run_prints_output_and_ps_shows_it_exited", || {
         let c = Cluster::start()?;
-        let r = c.berth(&["run", "--name", "greeter", "busybox", "echo", "hello"]).ok()?;
+        let r = c
+            .berth(&["run", "--name", "greeter", "busybox", "echo", "hello"])
+            .ok()?;
         ensure!(r.stdout == "hello\n", "stdout was {:?}", r.stdout);
         let ps = c.berth(&["ps", "-a"]).ok()?;
-        let line = ps.stdout.lines().find(|l| l.contains("greeter")).unwrap_or_default();
+        let line = ps
+            .stdout
+            .lines()
+            .find(|l| l.contains("greeter"))
+            .unwrap_or_default();
         ensure!(line.contains("Exited (0)"), "ps -a shows {ps:?}");
         // Without -a, an exited container is not listed.
         let ps = c.berth(&["ps"]).ok()?;
-        ensure!(!ps.stdout.contains("greeter"), "ps lists an exited container: {ps:?}");
+        ensure!(
+            !ps.stdout.contains("greeter"),
+            "ps lists an exited container: {ps:?}"
+        );
         Ok(())
     });
 }
 
 #[test]
 fn run_exits_with_the_containers_code_and_keeps_streams_apart() {
-    sandbox::run("run_exits_with_the_containers_code_and_keeps_streams_apart", || {
-        let c = Cluster::start()?;
-        let r = c.berth(&["run", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3"]);
-        ensure!(r.code == 3, "exit code {} ({r:?})", r.code);
-        ensure!(r.stdout == "out\n", "stdout {:?}", r.stdout);
-        ensure!(r.stderr == "err\n", "stderr {:?}", r.stderr);
-        let r = c.berth(&["run", "busybox", "no-such-command"]);
-        ensure!(r.code == 127, "a missing command exits {} ({r:?})", r.code);
-        ensure!(r.stderr.contains("executable file not found"), "{r:?}");
-        Ok(())
-    });
+    sandbox::run(
+        "run_exits_with_the_containers_code_and_keeps_streams_apart",
+        || {
+            let c = Cluster::start()?;
+            let r = c.berth(&[
+                "run",
+                "busybox",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 3",
+            ]);
+            ensure!(r.code == 3, "exit code {} ({r:?})", r.code);
+            ensure!(r.stdout == "out\n", "stdout {:?}", r.stdout);
+            ensure!(r.stderr == "err\n", "stderr {:?}", r.stderr);
+            let r = c.berth(&["run", "busybox", "no-such-command"]);
+            ensure!(r.code == 127, "a missing command exits {} ({r:?})", r.code);
+            ensure!(r.stderr.contains("executable file not found"), "{r:?}");
+            Ok(())
+        },
+    );
 }
 
 #[test]
@@ -43,16 +61,31 @@ fn a_container_is_isolated_from_the_host() {
     sandbox::run("a_container_is_isolated_from_the_host", || {
         let c = Cluster::start()?;
         // PID 1 is the container's own process.
-        let r = c.berth(&["run", "busybox", "sh", "-c", "echo $$; cat /proc/1/cmdline | tr '\\0' ' '"]).ok()?;
+        let r = c
+            .berth(&[
+                "run",
+                "busybox",
+                "sh",
+                "-c",
+                "echo $$; cat /proc/1/cmdline | tr '\\0' ' '",
+            ])
+            .ok()?;
         let mut lines = r.stdout.lines();
         ensure!(lines.next() == Some("1"), "the shell is not PID 1: {r:?}");
-        ensure!(lines.next().unwrap_or_default().starts_with("sh -c"), "{r:?}");
+        ensure!(
+            lines.next().unwrap_or_default().starts_with("sh -c"),
+            "{r:?}"
+        );
         // The hostname is the container's: its short id unless one is given.
-        let r = c.berth(&["run", "-d", "--name", "named", "busybox", "hostname"]).ok()?;
+        let r = c
+            .berth(&["run", "-d", "--name", "named", "busybox", "hostname"])
+            .ok()?;
         let id = r.stdout.trim().to_string();
         let logs = wait_for_logs(&c, "named")?;
         ensure!(logs.trim() == &id[..12], "hostname {logs:?} for id {id}");
-        let r = c.berth(&["run", "--hostname", "box1", "busybox", "hostname"]).ok()?;
+        let r = c
+            .berth(&["run", "--hostname", "box1", "busybox", "hostname"])
+            .ok()?;
         ensure!(r.stdout.trim() == "box1", "{r:?}");
         let host = nix::unistd::gethostname()?.to_string_lossy().into_owned();
         ensure!(r.stdout.trim() != host);
@@ -65,16 +98,31 @@ fn a_container_is_isolated_from_the_host() {
             "busybox",
             "sh",
             "-c",
-            &format!("test -e {} && echo VISIBLE; test -e {} && echo VISIBLE; ls /", marker.display(), c.dir().display()),
+            &format!(
+                "test -e {} && echo VISIBLE; test -e {} && echo VISIBLE; ls /",
+                marker.display(),
+                c.dir().display()
+            ),
         ]);
         ensure!(r.code == 0, "{r:?}");
-        ensure!(!r.stdout.contains("VISIBLE"), "a host path is visible: {r:?}");
+        ensure!(
+            !r.stdout.contains("VISIBLE"),
+            "a host path is visible: {r:?}"
+        );
         let mut root: Vec<&str> = r.stdout.split_whitespace().collect();
         root.sort();
-        ensure!(root == ["bin", "dev", "etc", "proc", "root", "sys", "tmp"], "/ holds {root:?}");
+        ensure!(
+            root == ["bin", "dev", "etc", "proc", "root", "sys", "tmp"],
+            "/ holds {root:?}"
+        );
         // Its network is its own: only loopback.
-        let r = c.berth(&["run", "busybox", "sh", "-c", "ls /sys/class/net"]).ok()?;
-        ensure!(r.stdout.split_whitespace().collect::<Vec<_>>() == ["lo"], "{r:?}");
+        let r = c
+            .berth(&["run", "busybox", "sh", "-c", "ls /sys/class/net"])
+            .ok()?;
+        ensure!(
+            r.stdout.split_whitespace().collect::<Vec<_>>() == ["lo"],
+            "{r:?}"
+        );
         Ok(())
     });
 }
@@ -89,13 +137,26 @@ fn a_killed_server_restarts_with_every_container() {
     sandbox::run("a_killed_server_restarts_with_every_container", || {
         let mut c = Cluster::start()?;
         for i in 0..3 {
-            c.berth(&["run", "--name", &format!("c{i}"), "busybox", "sh", "-c", &format!("echo {i}; exit {i}")])
-                .code;
+            let r = c.berth(&[
+                "run",
+                "--name",
+                &format!("c{i}"),
+                "busybox",
+                "sh",
+                "-c",
+                &format!("echo {i}; exit {i}"),
+            ]);
+            ensure!(r.code == i, "c{i} exited {} ({r:?})", r.code);
         }
-        let detached = c.berth(&["run", "-d", "--name", "sleeper", "busybox", "sleep", "600"]).ok()?;
+        let detached = c
+            .berth(&["run", "-d", "--name", "sleeper", "busybox", "sleep", "600"])
+            .ok()?;
         ensure!(detached.stdout.trim().len() == 64, "{detached:?}");
         c.wait_until(Duration::from_secs(10), "sleeper to run", |c| {
-            c.berth(&["ps"]).stdout.lines().any(|l| l.contains("sleeper") && l.contains("Up"))
+            c.berth(&["ps"])
+                .stdout
+                .lines()
+                .any(|l| l.contains("sleeper") && l.contains("Up"))
         })?;
         let before = c.berth(&["ps", "-a", "-q"]).ok()?.stdout;
         ensure!(before.lines().count() == 4, "{before}");
@@ -104,16 +165,31 @@ fn a_killed_server_restarts_with_every_container() {
         let down = c.berth(&["ps", "-a"]);
         ensure!(down.code != 0, "ps answered with the server dead: {down:?}");
         c.start_server(false)?;
-        c.wait_until(Duration::from_secs(20), "the server to answer", |c| c.berth(&["ps"]).code == 0)?;
+        c.wait_until(Duration::from_secs(20), "the server to answer", |c| {
+            c.berth(&["ps"]).code == 0
+        })?;
 
         let after = c.berth(&["ps", "-a", "-q"]).ok()?.stdout;
-        ensure!(after == before, "containers before {before:?}, after {after:?}");
+        ensure!(
+            after == before,
+            "containers before {before:?}, after {after:?}"
+        );
         let ps = c.berth(&["ps", "-a"]).ok()?.stdout;
         for i in 0..3 {
-            let line = ps.lines().find(|l| l.contains(&format!(" c{i}"))).unwrap_or_default();
-            ensure!(line.contains(&format!("Exited ({i})")), "c{i}: {line:?} in\n{ps}");
+            let line = ps
+                .lines()
+                .find(|l| l.contains(&format!(" c{i}")))
+                .unwrap_or_default();
+            ensure!(
+                line.contains(&format!("Exited ({i})")),
+                "c{i}: {line:?} in\n{ps}"
+            );
         }
-        ensure!(ps.lines().any(|l| l.contains("sleeper") && l.contains("Up")), "{ps}");
+        ensure!(
+            ps.lines()
+                .any(|l| l.contains("sleeper") && l.contains("Up")),
+            "{ps}"
+        );
         // Logs were replicated before the crash and are still there.
         let logs = c.berth(&["logs", "c2"]).ok()?;
         ensure!(logs.stdout == "2\n", "{logs:?}");
@@ -133,12 +209,18 @@ fn errors_name_what_was_wrong() {
 
         let r = c.berth(&["run", "nosuchimage", "true"]);
         ensure!(r.code != 0 && one_line(&r), "{r:?}");
-        ensure!(r.stderr.contains("No such image: nosuchimage:latest"), "{r:?}");
+        ensure!(
+            r.stderr.contains("No such image: nosuchimage:latest"),
+            "{r:?}"
+        );
 
         for args in [&["logs", "ghost"][..], &["rm", "ghost"][..]] {
             let r = c.berth(args);
             ensure!(r.code != 0 && one_line(&r), "{args:?}: {r:?}");
-            ensure!(r.stderr.contains("No such container: ghost"), "{args:?}: {r:?}");
+            ensure!(
+                r.stderr.contains("No such container: ghost"),
+                "{args:?}: {r:?}"
+            );
         }
 
         let mut cmd = std::process::Command::new(berth_chaos::cluster::bin_dir()?.join("berth"));
@@ -147,7 +229,8 @@ fn errors_name_what_was_wrong() {
         ensure!(!out.status.success(), "ps against nothing succeeded");
         ensure!(stderr.trim_end().lines().count() == 1, "{stderr}");
         ensure!(
-            stderr.contains("cannot connect to the berth cluster at 127.0.0.1:9") && stderr.contains("refused"),
+            stderr.contains("cannot connect to the berth cluster at 127.0.0.1:9")
+                && stderr.contains("refused"),
             "{stderr}"
         );
         Ok(())

@@ -17,7 +17,11 @@ pub enum ConnectError {
 
 /// Connects to the first reachable server of a comma-separated list.
 pub async fn connect(hosts: &str) -> Result<ClusterClient<Channel>, ConnectError> {
-    let addrs: Vec<&str> = hosts.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let addrs: Vec<&str> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     let mut last = String::from("no address given");
     for addr in &addrs {
         let uri = if addr.contains("://") {

@@ -3,8 +3,8 @@
 use std::io::Write;
 
 use berth_proto::cluster::{
-    cluster_client::ClusterClient, ContainerInfo, ContainerRef, ContainerSpec, CreateContainerRequest,
-    ListContainersRequest, LogsRequest, RemoveContainerRequest,
+    cluster_client::ClusterClient, ContainerInfo, ContainerRef, ContainerSpec,
+    CreateContainerRequest, ListContainersRequest, LogsRequest, RemoveContainerRequest,
 };
 use clap::Args;
 use tonic::transport::Channel;
@@ -94,7 +94,11 @@ pub async fn run(client: &mut ClusterClient<Channel>, args: RunArgs) -> Result<i
 }
 
 /// Prints a container's log lines to stdout and stderr by stream.
-pub async fn stream_logs(client: &mut ClusterClient<Channel>, id: &str, follow: bool) -> Result<(), CliError> {
+pub async fn stream_logs(
+    client: &mut ClusterClient<Channel>,
+    id: &str,
+    follow: bool,
+) -> Result<(), CliError> {
     let mut stream = client
         .logs(LogsRequest {
             name_or_id: id.to_string(),
@@ -157,7 +161,14 @@ pub async fn ps(client: &mut ClusterClient<Channel>, args: PsArgs) -> Result<i32
         .containers;
     if args.quiet {
         for c in list.iter().rev() {
-            println!("{}", if args.no_trunc { &c.id[..] } else { &c.id[..12.min(c.id.len())] });
+            println!(
+                "{}",
+                if args.no_trunc {
+                    &c.id[..]
+                } else {
+                    &c.id[..12.min(c.id.len())]
+                }
+            );
         }
         return Ok(0);
     }
@@ -169,9 +180,17 @@ pub async fn ps(client: &mut ClusterClient<Channel>, args: PsArgs) -> Result<i32
             let spec = c.spec.clone().unwrap_or_default();
             let command = format!("\"{}\"", spec.cmd.join(" "));
             vec![
-                if args.no_trunc { c.id.clone() } else { c.id.chars().take(12).collect() },
+                if args.no_trunc {
+                    c.id.clone()
+                } else {
+                    c.id.chars().take(12).collect()
+                },
                 spec.image.clone(),
-                if args.no_trunc { command } else { truncate(&command, 20) },
+                if args.no_trunc {
+                    command
+                } else {
+                    truncate(&command, 20)
+                },
                 ago(now, c.created_at_ms),
                 status_text(c, now),
                 c.name.clone(),
@@ -180,7 +199,15 @@ pub async fn ps(client: &mut ClusterClient<Channel>, args: PsArgs) -> Result<i32
         })
         .collect();
     table(
-        &["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES", "NODE"],
+        &[
+            "CONTAINER ID",
+            "IMAGE",
+            "COMMAND",
+            "CREATED",
+            "STATUS",
+            "NAMES",
+            "NODE",
+        ],
         &rows,
     );
     Ok(0)

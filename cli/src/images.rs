@@ -22,7 +22,10 @@ pub struct ImportArgs {
     pub node: Option<String>,
 }
 
-pub async fn import(client: &mut ClusterClient<Channel>, args: ImportArgs) -> Result<i32, CliError> {
+pub async fn import(
+    client: &mut ClusterClient<Channel>,
+    args: ImportArgs,
+) -> Result<i32, CliError> {
     let data = if args.file == "-" {
         let mut buf = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
@@ -60,14 +63,22 @@ pub struct ImagesArgs {
     pub quiet: bool,
 }
 
-pub async fn images(client: &mut ClusterClient<Channel>, args: ImagesArgs) -> Result<i32, CliError> {
+pub async fn images(
+    client: &mut ClusterClient<Channel>,
+    args: ImagesArgs,
+) -> Result<i32, CliError> {
     let list = client
         .list_images(ListImagesRequest {})
         .await
         .map_err(CliError::api)?
         .into_inner()
         .images;
-    let short = |id: &str| id.trim_start_matches("sha256:").chars().take(12).collect::<String>();
+    let short = |id: &str| {
+        id.trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect::<String>()
+    };
     if args.quiet {
         for i in &list {
             println!("{}", short(&i.id));
@@ -77,7 +88,11 @@ pub async fn images(client: &mut ClusterClient<Channel>, args: ImagesArgs) -> Re
     let now = now_ms();
     let mut rows = Vec::new();
     for i in &list {
-        let tags = if i.tags.is_empty() { vec!["<none>:<none>".to_string()] } else { i.tags.clone() };
+        let tags = if i.tags.is_empty() {
+            vec!["<none>:<none>".to_string()]
+        } else {
+            i.tags.clone()
+        };
         for t in tags {
             let (repo, tag) = match t.rfind(':') {
                 Some(p) if !t[p..].contains('/') => (t[..p].to_string(), t[p + 1..].to_string()),
@@ -93,6 +108,9 @@ pub async fn images(client: &mut ClusterClient<Channel>, args: ImagesArgs) -> Re
             ]);
         }
     }
-    table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "NODES"], &rows);
+    table(
+        &["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "NODES"],
+        &rows,
+    );
     Ok(0)
 }

@@ -14,7 +14,13 @@ use clap::{Parser, Subcommand};
 #[command(name = "berth", version)]
 struct Cli {
     /// Cluster server address(es), HOST:PORT, comma-separated.
-    #[arg(short = 'H', long, env = "BERTH_HOST", default_value = "127.0.0.1:7420", global = true)]
+    #[arg(
+        short = 'H',
+        long,
+        env = "BERTH_HOST",
+        default_value = "127.0.0.1:7420",
+        global = true
+    )]
     host: String,
     #[command(subcommand)]
     command: Command,
@@ -105,7 +111,10 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("berth: error: cannot start the async runtime: {e}");

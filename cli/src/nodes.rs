@@ -26,6 +26,9 @@ pub async fn ls(client: &mut ClusterClient<Channel>) -> Result<i32, CliError> {
             ]
         })
         .collect();
-    table(&["NAME", "STATUS", "CPUS", "MEMORY", "CGROUP", "KERNEL"], &rows);
+    table(
+        &["NAME", "STATUS", "CPUS", "MEMORY", "CGROUP", "KERNEL"],
+        &rows,
+    );
     Ok(0)
 }

@@ -100,7 +100,7 @@ mod tests {
         assert_eq!(human_duration(500), "Less than a second");
         assert_eq!(human_duration(5_000), "5 seconds");
         assert_eq!(human_duration(90_000), "About a minute");
-        assert_eq!(human_duration(3 * 3600_000), "3 hours");
+        assert_eq!(human_duration(3 * 3_600_000), "3 hours");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! invariant 10).
 
 /// The persisted model: every record kind carries a schema version.
+#[allow(clippy::large_enum_variant)]
 pub mod records {
     tonic::include_proto!("berth.records");
 
@@ -18,11 +19,13 @@ pub mod records {
 }
 
 /// The CLI-facing cluster API.
+#[allow(clippy::large_enum_variant)]
 pub mod cluster {
     tonic::include_proto!("berth.cluster");
 }
 
 /// The agent session protocol.
+#[allow(clippy::large_enum_variant)]
 pub mod agent {
     tonic::include_proto!("berth.agent");
 }

@@ -61,7 +61,10 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let advertise = args.advertise.clone().unwrap_or_else(|| args.listen.to_string());
+    let advertise = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| args.listen.to_string());
     let cfg = RaftConfig {
         node_id: args.id,
         advertise: advertise.clone(),
@@ -112,7 +115,9 @@ async fn liveness(app: App) {
         if started.elapsed() < app.config.node_ttl || metrics.current_leader != Some(metrics.id) {
             continue;
         }
-        let Ok(nodes) = app.state.nodes() else { continue };
+        let Ok(nodes) = app.state.nodes() else {
+            continue;
+        };
         for n in nodes {
             if n.status() == NodeStatus::Ready && !app.nodes.is_connected(&n.name).await {
                 tracing::warn!(node = %n.name, "no session from a ready node; marking it down");

@@ -1,6 +1,8 @@
 //! openraft's own storage test suite, run against berth's rocksdb log store
 //! and state machine.
 
+#![allow(clippy::result_large_err)]
+
 use berth_server::raft::store::{self, LogStore, StateMachine};
 use berth_server::raft::TypeConfig;
 use openraft::testing::{StoreBuilder, Suite};
@@ -9,7 +11,9 @@ use openraft::StorageError;
 struct RocksBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for RocksBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let db = store::open(dir.path()).expect("opening rocksdb");
         let (log, sm, _reader) = store::split(db).expect("splitting the store");

@@ -82,7 +82,8 @@ pub fn import_rootfs(
             .map_err(spec_err("history"))?])
         .build()
         .map_err(spec_err("config"))?;
-    let config_json = serde_json::to_vec(&config).map_err(|e| ImageError::Archive(e.to_string()))?;
+    let config_json =
+        serde_json::to_vec(&config).map_err(|e| ImageError::Archive(e.to_string()))?;
     let config_digest = store.put_blob(&config_json)?;
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
@@ -103,7 +104,8 @@ pub fn import_rootfs(
             .map_err(spec_err("layer descriptor"))?])
         .build()
         .map_err(spec_err("manifest"))?;
-    let manifest_json = serde_json::to_vec(&manifest).map_err(|e| ImageError::Archive(e.to_string()))?;
+    let manifest_json =
+        serde_json::to_vec(&manifest).map_err(|e| ImageError::Archive(e.to_string()))?;
     let manifest_digest = store.put_blob(&manifest_json)?;
     store.set_ref(
         reference,

@@ -29,9 +29,15 @@ pub enum ImageError {
     #[error("No such image: {0}")]
     NotFound(String),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid image metadata in {what}: {source}")]
-    Spec { what: String, source: oci_spec::OciSpecError },
+    Spec {
+        what: String,
+        source: oci_spec::OciSpecError,
+    },
     #[error("blob {digest} does not match its content (found {actual})")]
     DigestMismatch { digest: String, actual: String },
     #[error("invalid digest {0:?}")]
@@ -187,7 +193,10 @@ impl ImageStore {
             let config_digest = manifest.config().digest().to_string();
             let by_ref = ref_name(d).as_deref() == Some(reference);
             let bare = reference.trim_start_matches("sha256:");
-            let by_id = bare.len() >= 12 && config_digest.trim_start_matches("sha256:").starts_with(bare);
+            let by_id = bare.len() >= 12
+                && config_digest
+                    .trim_start_matches("sha256:")
+                    .starts_with(bare);
             if by_ref || by_id {
                 let config = self.config(&config_digest)?;
                 let diff_ids = config.rootfs().diff_ids().clone();
@@ -315,6 +324,9 @@ mod tests {
         let d = store.put_blob(b"hello").unwrap();
         assert_eq!(store.get_blob(&d).unwrap(), b"hello");
         std::fs::write(store.blob_path(&d).unwrap(), b"tampered").unwrap();
-        assert!(matches!(store.get_blob(&d), Err(ImageError::DigestMismatch { .. })));
+        assert!(matches!(
+            store.get_blob(&d),
+            Err(ImageError::DigestMismatch { .. })
+        ));
     }
 }

@@ -40,8 +40,16 @@ mod tests {
     fn frames_round_trip() {
         for f in [
             Frame::Start { pid: 42 },
-            Frame::Log { seq: 1, stream: "stdout".into(), time_ns: 5, line: "hello \"x\"\n".into() },
-            Frame::Exit { code: 127, error: Some("not found".into()) },
+            Frame::Log {
+                seq: 1,
+                stream: "stdout".into(),
+                time_ns: 5,
+                line: "hello \"x\"\n".into(),
+            },
+            Frame::Exit {
+                code: 127,
+                error: Some("not found".into()),
+            },
         ] {
             let back: Frame = serde_json::from_str(f.to_line().trim_end()).unwrap();
             assert_eq!(back, f);

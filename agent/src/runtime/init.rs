@@ -13,7 +13,9 @@ use std::path::{Component, Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use nix::unistd::{chdir, dup2, execvp, pivot_root, sethostname, setgid, setgroups, setsid, setuid, Gid, Uid};
+use nix::unistd::{
+    chdir, dup2, execvp, pivot_root, setgid, setgroups, sethostname, setsid, setuid, Gid, Uid,
+};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use super::spec::capability_number;
@@ -86,8 +88,14 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
         .collect();
 
     // Mount propagation private: nothing mounted here leaks to the host.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(|e| fail("making / private", e))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| fail("making / private", e))?;
     // pivot_root needs the new root to be a mount point: bind it on itself.
     mount(
         Some(&rootfs),
@@ -110,8 +118,19 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
         }
         fs::create_dir_all(&dest).map_err(|e| fail(format!("creating {}", dest.display()), e))?;
         let data = (!data.is_empty()).then_some(data);
-        mount(Some(&source), &dest, Some(typ.as_str()), flags, data.as_deref())
-            .map_err(|e| fail(format!("mounting {typ} on {}", m.destination().display()), e))?;
+        mount(
+            Some(&source),
+            &dest,
+            Some(typ.as_str()),
+            flags,
+            data.as_deref(),
+        )
+        .map_err(|e| {
+            fail(
+                format!("mounting {typ} on {}", m.destination().display()),
+                e,
+            )
+        })?;
         if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
             mount(
                 None::<&str>,
@@ -157,10 +176,15 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
         .as_ref()
         .ok_or_else(|| fail("config.json", "no process"))?;
     let cwd = process.cwd();
-    fs::create_dir_all(cwd).map_err(|e| fail(format!("creating the workdir {}", cwd.display()), e))?;
+    fs::create_dir_all(cwd)
+        .map_err(|e| fail(format!("creating the workdir {}", cwd.display()), e))?;
     chdir(cwd).map_err(|e| fail(format!("chdir to {}", cwd.display()), e))?;
 
-    if let Some(caps) = process.capabilities().as_ref().and_then(|c| c.bounding().clone()) {
+    if let Some(caps) = process
+        .capabilities()
+        .as_ref()
+        .and_then(|c| c.bounding().clone())
+    {
         let keep: Vec<u32> = caps.iter().filter_map(capability_number).collect();
         for n in super::caps::all_numbers().filter(|n| !keep.contains(n)) {
             // prctl(PR_CAPBSET_DROP): a root process keeps after exec only
@@ -181,7 +205,8 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
     // The shim ignores SIGPIPE (Rust's default); a container process must
     // start with default dispositions and nothing blocked.
     // SAFETY: resetting a disposition to SIG_DFL installs no handler code.
-    unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map_err(|e| fail("signal", e))?;
+    unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) }
+        .map_err(|e| fail("signal", e))?;
     signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(|e| fail("sigprocmask", e))?;
 
@@ -231,7 +256,12 @@ fn inside(rootfs: &Path, dest: &Path) -> Result<PathBuf, InitFailure> {
     for c in dest.components() {
         match c {
             Component::Normal(n) => out.push(n),
-            Component::ParentDir => return Err(fail("mount destination", format!("{} climbs out with ..", dest.display()))),
+            Component::ParentDir => {
+                return Err(fail(
+                    "mount destination",
+                    format!("{} climbs out with ..", dest.display()),
+                ))
+            }
             _ => {}
         }
     }
@@ -265,8 +295,14 @@ fn bind_readonly(src: &Path, dest: &Path) -> Result<(), InitFailure> {
     if src.is_dir() {
         fs::create_dir_all(dest).map_err(|e| fail(format!("creating {}", dest.display()), e))?;
     }
-    mount(Some(src), dest, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(|e| fail(format!("binding {}", dest.display()), e))?;
+    mount(
+        Some(src),
+        dest,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| fail(format!("binding {}", dest.display()), e))?;
     mount(
         None::<&str>,
         dest,
@@ -280,11 +316,25 @@ fn bind_readonly(src: &Path, dest: &Path) -> Result<(), InitFailure> {
 /// Hides a path: /dev/null over a file, an empty read-only tmpfs over a
 /// directory.
 fn mask(p: &Path) -> Result<(), InitFailure> {
-    let Ok(meta) = fs::metadata(p) else { return Ok(()) };
+    let Ok(meta) = fs::metadata(p) else {
+        return Ok(());
+    };
     let res = if meta.is_dir() {
-        mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>)
+        mount(
+            Some("tmpfs"),
+            p,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
     } else {
-        mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        mount(
+            Some("/dev/null"),
+            p,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
     };
     res.map_err(|e| fail(format!("masking {}", p.display()), e))
 }
@@ -301,8 +351,13 @@ fn make_devices(dev: &Path) -> Result<(), InitFailure> {
     ] {
         let p = dev.join(name);
         // mknod(2) of the character devices every container expects.
-        mknod(&p, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major, minor))
-            .map_err(|e| fail(format!("mknod {}", p.display()), e))?;
+        mknod(
+            &p,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(major, minor),
+        )
+        .map_err(|e| fail(format!("mknod {}", p.display()), e))?;
         // The umask trims mknod's mode; these nodes are for everyone.
         nix::sys::stat::fchmodat(
             None,
@@ -365,14 +420,22 @@ mod tests {
 
     #[test]
     fn options_split_into_flags_and_data() {
-        let (flags, data) = mount_options(&["nosuid".into(), "mode=755".into(), "ro".into(), "size=1k".into()]);
+        let (flags, data) = mount_options(&[
+            "nosuid".into(),
+            "mode=755".into(),
+            "ro".into(),
+            "size=1k".into(),
+        ]);
         assert!(flags.contains(MsFlags::MS_NOSUID | MsFlags::MS_RDONLY));
         assert_eq!(data, "mode=755,size=1k");
     }
 
     #[test]
     fn mount_destinations_stay_in_the_rootfs() {
-        assert_eq!(inside(Path::new("/r"), Path::new("/dev/pts")).ok().unwrap(), PathBuf::from("/r/dev/pts"));
+        assert_eq!(
+            inside(Path::new("/r"), Path::new("/dev/pts")).ok().unwrap(),
+            PathBuf::from("/r/dev/pts")
+        );
         assert!(inside(Path::new("/r"), Path::new("/../etc")).is_err());
     }
 }

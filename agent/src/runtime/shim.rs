@@ -219,7 +219,11 @@ fn read_lines(stream: &'static str, f: File, tx: mpsc::Sender<(&'static str, Vec
     let mut r = BufReader::new(f);
     loop {
         let mut line = Vec::new();
-        match r.by_ref().take(MAX_LINE as u64).read_until(b'\n', &mut line) {
+        match r
+            .by_ref()
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line)
+        {
             Ok(0) | Err(_) => return,
             Ok(_) => {
                 if tx.send((stream, line)).is_err() {

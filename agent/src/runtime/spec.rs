@@ -58,16 +58,43 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount,
 pub fn default_mounts() -> Result<Vec<Mount>, RuntimeError> {
     Ok(vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
         mount(
             "/dev/pts",
             "devpts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
         )?,
-        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
     ])
 }
 
@@ -100,7 +127,11 @@ pub fn build(cfg: &ContainerConfig) -> Result<Spec, RuntimeError> {
         .terminal(false)
         .args(cfg.args.clone())
         .env(cfg.env.clone())
-        .cwd(if cfg.cwd.is_empty() { "/".to_string() } else { cfg.cwd.clone() })
+        .cwd(if cfg.cwd.is_empty() {
+            "/".to_string()
+        } else {
+            cfg.cwd.clone()
+        })
         .user(UserBuilder::default().uid(cfg.uid).gid(cfg.gid).build()?)
         .capabilities(
             LinuxCapabilitiesBuilder::default()
@@ -144,15 +175,26 @@ pub fn build(cfg: &ContainerConfig) -> Result<Spec, RuntimeError> {
             .collect::<Vec<_>>(),
         )
         .readonly_paths(
-            ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
+            [
+                "/proc/bus",
+                "/proc/fs",
+                "/proc/irq",
+                "/proc/sys",
+                "/proc/sysrq-trigger",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
         )
         .build()?;
     Ok(SpecBuilder::default()
         .version("1.0.2")
-        .root(RootBuilder::default().path("rootfs").readonly(false).build()?)
+        .root(
+            RootBuilder::default()
+                .path("rootfs")
+                .readonly(false)
+                .build()?,
+        )
         .hostname(cfg.hostname.clone())
         .process(process)
         .mounts(default_mounts()?)
@@ -186,9 +228,21 @@ mod tests {
     fn the_spec_carries_the_command_and_namespaces() {
         let spec = build(&cfg()).unwrap();
         let p = spec.process().as_ref().unwrap();
-        assert_eq!(p.args().as_ref().unwrap(), &vec!["echo".to_string(), "hello".to_string()]);
+        assert_eq!(
+            p.args().as_ref().unwrap(),
+            &vec!["echo".to_string(), "hello".to_string()]
+        );
         assert_eq!(p.cwd(), Path::new("/"));
-        let ns: Vec<_> = spec.linux().as_ref().unwrap().namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
+        let ns: Vec<_> = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
         assert!(ns.contains(&LinuxNamespaceType::Network));
         assert!(ns.contains(&LinuxNamespaceType::Pid));
     }
@@ -198,7 +252,16 @@ mod tests {
         let mut c = cfg();
         c.network = NetworkMode::Host;
         let spec = build(&c).unwrap();
-        let ns: Vec<_> = spec.linux().as_ref().unwrap().namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
+        let ns: Vec<_> = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
         assert!(!ns.contains(&LinuxNamespaceType::Network));
     }
 
@@ -206,13 +269,25 @@ mod tests {
     fn an_empty_command_is_refused() {
         let mut c = cfg();
         c.args.clear();
-        assert!(build(&c).unwrap_err().to_string().contains("no command specified"));
+        assert!(build(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("no command specified"));
     }
 
     #[test]
     fn default_capabilities_map_to_numbers() {
         let spec = build(&cfg()).unwrap();
-        let bounding = spec.process().as_ref().unwrap().capabilities().as_ref().unwrap().bounding().clone().unwrap();
+        let bounding = spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .as_ref()
+            .unwrap()
+            .bounding()
+            .clone()
+            .unwrap();
         assert_eq!(bounding.len(), caps::DEFAULT.len());
         assert!(bounding.iter().all(|c| capability_number(c).is_some()));
     }

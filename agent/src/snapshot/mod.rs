@@ -15,7 +15,10 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the layer is not a readable tar archive: {}", chain(.0))]
     Tar(std::io::Error),
     #[error("layer entry {0:?} has an absolute path")]
@@ -154,19 +157,31 @@ pub fn unpack_layer(tar: impl Read, root: &Path) -> Result<(), SnapshotError> {
                 .map(|t| t.into_owned())
                 .unwrap_or_default();
             if check_relative(&target).is_err() {
-                return Err(SnapshotError::LinkEscape { entry: path, target });
+                return Err(SnapshotError::LinkEscape {
+                    entry: path,
+                    target,
+                });
             }
-            let target_parent = safe_parent(root, &target)
-                .map_err(|_| SnapshotError::LinkEscape { entry: path.clone(), target: target.clone() })?;
+            let target_parent =
+                safe_parent(root, &target).map_err(|_| SnapshotError::LinkEscape {
+                    entry: path.clone(),
+                    target: target.clone(),
+                })?;
             let name = target.file_name().unwrap_or_default();
             if fs::symlink_metadata(target_parent.join(name))
                 .map(|m| m.file_type().is_symlink())
                 .unwrap_or(false)
             {
-                return Err(SnapshotError::LinkEscape { entry: path, target });
+                return Err(SnapshotError::LinkEscape {
+                    entry: path,
+                    target,
+                });
             }
         }
-        let file_name = path.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
+        let file_name = path
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
         if let Some(hidden) = file_name.strip_prefix(b".wh.") {
             let parent = safe_parent(root, &path)?;
             if hidden == b".wh..opq" {
@@ -191,7 +206,8 @@ pub fn unpack_layer(tar: impl Read, root: &Path) -> Result<(), SnapshotError> {
 /// Marks a directory opaque for overlayfs: lower layers' content under it
 /// is hidden.
 fn set_opaque(dir: &Path) -> Result<(), SnapshotError> {
-    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| SnapshotError::Escape(dir.to_path_buf()))?;
+    let c = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| SnapshotError::Escape(dir.to_path_buf()))?;
     // SAFETY: setxattr(2) reads the NUL-terminated path and the value
     // buffer for the given length; both outlive the call. The trusted.*
     // namespace is what overlayfs reads for opaque directories.
@@ -233,7 +249,12 @@ fn whiteout(path: &Path) -> Result<(), SnapshotError> {
 
 /// Mounts an overlay of `lowers` (top-most first) with `upper` and `work`
 /// at `target`.
-pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), SnapshotError> {
+pub fn mount_overlay(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), SnapshotError> {
     for d in [upper, work, target] {
         fs::create_dir_all(d).map_err(io_err(d))?;
     }
@@ -329,7 +350,10 @@ mod tests {
         });
         unpack_layer(layer.as_slice(), dir.path()).unwrap();
         assert_eq!(fs::read(dir.path().join("bin/hello")).unwrap(), b"hi");
-        assert_eq!(fs::read_link(dir.path().join("bin/sh")).unwrap(), Path::new("/bin/hello"));
+        assert_eq!(
+            fs::read_link(dir.path().join("bin/sh")).unwrap(),
+            Path::new("/bin/hello")
+        );
     }
 
     #[test]
@@ -338,7 +362,9 @@ mod tests {
         let target = outside.path().display().to_string();
         type Check = fn(&SnapshotError) -> bool;
         let cases: Vec<(&str, Vec<u8>, Check)> = vec![
-            ("dotdot", tar_with(|b| file(b, "../escape", b"x")), |e| matches!(e, SnapshotError::ParentPath(_))),
+            ("dotdot", tar_with(|b| file(b, "../escape", b"x")), |e| {
+                matches!(e, SnapshotError::ParentPath(_))
+            }),
             (
                 "absolute",
                 tar_with(|b| file(b, "/tmp/berth-absolute-escape", b"x")),
@@ -368,8 +394,14 @@ mod tests {
             let root = dir.path().join("layer");
             fs::create_dir(&root).unwrap();
             let err = unpack_layer(layer.as_slice(), &root).expect_err(what);
-            assert!(expected(&err), "{what} was refused for the wrong reason: {err}");
-            assert!(!outside.path().join("pwned").exists(), "{what} wrote outside");
+            assert!(
+                expected(&err),
+                "{what} was refused for the wrong reason: {err}"
+            );
+            assert!(
+                !outside.path().join("pwned").exists(),
+                "{what} wrote outside"
+            );
             assert!(!dir.path().join("escape").exists(), "{what} wrote outside");
         }
         assert!(!Path::new("/tmp/berth-absolute-escape").exists());

@@ -42,7 +42,10 @@ pub enum SupervisorError {
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What the agent records of a container in its bundle.
@@ -104,7 +107,15 @@ impl Supervisor {
         let _ = self.outbox.send(AgentMessage { msg: Some(msg) });
     }
 
-    fn transition(&self, id: &str, generation: u64, to: &str, exit_code: i32, error: String, image_id: String) {
+    fn transition(
+        &self,
+        id: &str,
+        generation: u64,
+        to: &str,
+        exit_code: i32,
+        error: String,
+        image_id: String,
+    ) {
         self.send(agent_message::Msg::Transition(agent::Transition {
             container_id: id.to_string(),
             generation,
@@ -132,7 +143,11 @@ impl Supervisor {
     }
 
     /// Imports a rootfs tarball as an image.
-    pub async fn import(self: &Arc<Self>, reference: String, data: Vec<u8>) -> Result<String, String> {
+    pub async fn import(
+        self: &Arc<Self>,
+        reference: String,
+        data: Vec<u8>,
+    ) -> Result<String, String> {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             import::import_rootfs(&me.images, &me.snapshots, &reference, &data, now_ms())
@@ -146,7 +161,9 @@ impl Supervisor {
     /// Every container this node holds on disk, for registration.
     pub fn local_containers(&self) -> Vec<LocalContainer> {
         let dir = self.cfg.data_dir.join("containers");
-        let Ok(entries) = fs::read_dir(&dir) else { return Vec::new() };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         for e in entries.flatten() {
             let b = e.path();
@@ -154,7 +171,9 @@ impl Supervisor {
             let (state, exit_code) = match fs::read_to_string(bundle::exit(&b)) {
                 Ok(code) => ("exited", code.trim().parse().unwrap_or(255)),
                 Err(_) => match fs::read_to_string(bundle::pid(&b)) {
-                    Ok(pid) if Path::new(&format!("/proc/{}", pid.trim())).exists() => ("running", 0),
+                    Ok(pid) if Path::new(&format!("/proc/{}", pid.trim())).exists() => {
+                        ("running", 0)
+                    }
                     Ok(_) => ("exited", 255),
                     Err(_) => ("created", 0),
                 },
@@ -174,7 +193,9 @@ impl Supervisor {
         match a.action() {
             Action::Run => self.run(a).await,
             Action::Remove => self.remove(&a.container_id).await,
-            Action::Unspecified => tracing::warn!(id = %a.container_id, "assignment without an action"),
+            Action::Unspecified => {
+                tracing::warn!(id = %a.container_id, "assignment without an action")
+            }
         }
     }
 
@@ -203,15 +224,36 @@ impl Supervisor {
             Err(e) => {
                 tracing::warn!(id = %a.container_id, "cannot create the container: {e}");
                 let _ = snapshot::unmount(&bundle::rootfs(&dir));
-                self.transition(&a.container_id, a.generation, "exited", 125, e.to_string(), String::new());
+                self.transition(
+                    &a.container_id,
+                    a.generation,
+                    "exited",
+                    125,
+                    e.to_string(),
+                    String::new(),
+                );
                 self.live.lock().await.remove(&a.container_id);
                 return;
             }
         };
-        self.transition(&a.container_id, a.generation, "created", 0, String::new(), image_id.clone());
+        self.transition(
+            &a.container_id,
+            a.generation,
+            "created",
+            0,
+            String::new(),
+            image_id.clone(),
+        );
         if let Err(e) = self.clone().start_shim(&a, &dir).await {
             let _ = snapshot::unmount(&bundle::rootfs(&dir));
-            self.transition(&a.container_id, a.generation, "exited", 125, e, String::new());
+            self.transition(
+                &a.container_id,
+                a.generation,
+                "exited",
+                125,
+                e,
+                String::new(),
+            );
         }
         self.live.lock().await.remove(&a.container_id);
     }
@@ -231,7 +273,10 @@ impl Supervisor {
             if !l.exists() {
                 return Err(SupervisorError::Io {
                     path: l.clone(),
-                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "layer snapshot missing"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "layer snapshot missing",
+                    ),
                 });
             }
         }
@@ -245,13 +290,20 @@ impl Supervisor {
             generation: a.generation,
             image_id: image.id.clone(),
         };
-        fs::write(bundle::meta(dir), serde_json::to_vec(&meta).unwrap_or_default()).map_err(|source| {
-            SupervisorError::Io {
-                path: bundle::meta(dir),
-                source,
-            }
+        fs::write(
+            bundle::meta(dir),
+            serde_json::to_vec(&meta).unwrap_or_default(),
+        )
+        .map_err(|source| SupervisorError::Io {
+            path: bundle::meta(dir),
+            source,
         })?;
-        snapshot::mount_overlay(&lowers, &bundle::upper(dir), &bundle::work(dir), &bundle::rootfs(dir))?;
+        snapshot::mount_overlay(
+            &lowers,
+            &bundle::upper(dir),
+            &bundle::work(dir),
+            &bundle::rootfs(dir),
+        )?;
         spec::save(&spec::build(&cfg)?, dir)?;
         Ok(image.id)
     }
@@ -283,10 +335,20 @@ impl Supervisor {
                 Ok(_) => {}
             }
             match serde_json::from_str::<Frame>(line.trim_end()) {
-                Ok(Frame::Start { .. }) => {
-                    self.transition(&a.container_id, a.generation, "running", 0, String::new(), String::new())
-                }
-                Ok(Frame::Log { seq, stream, time_ns, line }) => batch.push(agent::LogLine {
+                Ok(Frame::Start { .. }) => self.transition(
+                    &a.container_id,
+                    a.generation,
+                    "running",
+                    0,
+                    String::new(),
+                    String::new(),
+                ),
+                Ok(Frame::Log {
+                    seq,
+                    stream,
+                    time_ns,
+                    line,
+                }) => batch.push(agent::LogLine {
                     seq,
                     stream,
                     time_ns,
@@ -335,7 +397,9 @@ impl Supervisor {
 
     /// Kills the container if it runs and deletes its bundle.
     async fn remove(&self, id: &str) {
-        let Some(dir) = self.bundle_dir(id) else { return };
+        let Some(dir) = self.bundle_dir(id) else {
+            return;
+        };
         if !dir.exists() {
             return;
         }

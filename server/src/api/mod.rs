@@ -46,7 +46,9 @@ pub fn to_status(e: AppError) -> Status {
     match &e {
         AppError::NotLeader(_) | AppError::Raft(_) => Status::unavailable(e.to_string()),
         AppError::Refused(why) if why.starts_with("No such") => Status::not_found(why.clone()),
-        AppError::Refused(why) if why.starts_with("Conflict") => Status::already_exists(why.clone()),
+        AppError::Refused(why) if why.starts_with("Conflict") => {
+            Status::already_exists(why.clone())
+        }
         AppError::Refused(why) => Status::failed_precondition(why.clone()),
         AppError::State(_) => Status::internal(e.to_string()),
     }
@@ -112,7 +114,9 @@ impl Cluster for ClusterService {
             .container
             .unwrap_or_default();
         let placed = if req.start {
-            scheduler::place(&self.app, &created).await.map_err(to_status)?
+            scheduler::place(&self.app, &created)
+                .await
+                .map_err(to_status)?
         } else {
             created
         };
@@ -131,10 +135,14 @@ impl Cluster for ClusterService {
             .containers()
             .map_err(|e| to_status(e.into()))?
             .iter()
-            .filter(|c| all || !CStatus(c.state()).is_finished() && c.state() != ContainerState::Created)
+            .filter(|c| {
+                all || !CStatus(c.state()).is_finished() && c.state() != ContainerState::Created
+            })
             .map(convert::container_to_wire)
             .collect();
-        Ok(Response::new(cluster::ListContainersResponse { containers }))
+        Ok(Response::new(cluster::ListContainersResponse {
+            containers,
+        }))
     }
 
     async fn get_container(
@@ -173,7 +181,10 @@ impl Cluster for ClusterService {
 
     type LogsStream = LogStream;
 
-    async fn logs(&self, req: Request<cluster::LogsRequest>) -> Result<Response<LogStream>, Status> {
+    async fn logs(
+        &self,
+        req: Request<cluster::LogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
         let req = req.into_inner();
         let c = self.find(&req.name_or_id)?;
         let (tx, rx) = mpsc::channel(256);
@@ -207,7 +218,11 @@ impl Cluster for ClusterService {
                 // container, so a finished container with nothing after
                 // the cursor has no more lines to come.
                 match state.container(&c.id) {
-                    Ok(Some(now)) if CStatus(now.state()).is_finished() && next >= now.log_next_seq => return,
+                    Ok(Some(now))
+                        if CStatus(now.state()).is_finished() && next >= now.log_next_seq =>
+                    {
+                        return
+                    }
                     Ok(Some(_)) => {}
                     Ok(None) => return,
                     Err(e) => {
@@ -283,7 +298,9 @@ impl Cluster for ClusterService {
         } else if self.app.nodes.is_connected(&node).await {
             vec![node.clone()]
         } else {
-            return Err(Status::failed_precondition(format!("node {node} is not connected")));
+            return Err(Status::failed_precondition(format!(
+                "node {node} is not connected"
+            )));
         };
         if targets.is_empty() {
             return Err(Status::failed_precondition(
@@ -291,7 +308,9 @@ impl Cluster for ClusterService {
             ));
         }
         let outcomes = futures::future::join_all(
-            targets.iter().map(|n| self.app.nodes.import(n, &reference, &data)),
+            targets
+                .iter()
+                .map(|n| self.app.nodes.import(n, &reference, &data)),
         )
         .await;
         let mut nodes = Vec::new();
@@ -307,7 +326,10 @@ impl Cluster for ClusterService {
             }
         }
         if nodes.is_empty() {
-            return Err(Status::invalid_argument(format!("import failed: {}", errors.join("; "))));
+            return Err(Status::invalid_argument(format!(
+                "import failed: {}",
+                errors.join("; ")
+            )));
         }
         for e in &errors {
             tracing::warn!("import of {reference} failed on {e}");
@@ -323,12 +345,14 @@ impl Cluster for ClusterService {
         let mut by_id: BTreeMap<String, cluster::ImageInfo> = BTreeMap::new();
         for n in self.app.state.nodes().map_err(|e| to_status(e.into()))? {
             for i in &n.images {
-                let e = by_id.entry(i.id.clone()).or_insert_with(|| cluster::ImageInfo {
-                    id: i.id.clone(),
-                    size: i.size,
-                    created_ms: i.created_ms,
-                    ..Default::default()
-                });
+                let e = by_id
+                    .entry(i.id.clone())
+                    .or_insert_with(|| cluster::ImageInfo {
+                        id: i.id.clone(),
+                        size: i.size,
+                        created_ms: i.created_ms,
+                        ..Default::default()
+                    });
                 for t in &i.tags {
                     if !e.tags.contains(t) {
                         e.tags.push(t.clone());

@@ -7,8 +7,26 @@ const ADJECTIVES: &[&str] = &[
     "nimble", "proud", "quiet", "rapid", "sharp", "steady", "swift", "tender", "vivid", "witty",
 ];
 const NOUNS: &[&str] = &[
-    "anchor", "beacon", "buoy", "cove", "dock", "ferry", "harbor", "jetty", "keel", "lighthouse",
-    "mast", "pier", "quay", "reef", "sail", "schooner", "skiff", "tide", "wharf", "yawl",
+    "anchor",
+    "beacon",
+    "buoy",
+    "cove",
+    "dock",
+    "ferry",
+    "harbor",
+    "jetty",
+    "keel",
+    "lighthouse",
+    "mast",
+    "pier",
+    "quay",
+    "reef",
+    "sail",
+    "schooner",
+    "skiff",
+    "tide",
+    "wharf",
+    "yawl",
 ];
 
 /// A new container id: 32 random bytes in hex, as Docker's.
@@ -56,7 +74,10 @@ mod tests {
     fn references_get_the_latest_tag() {
         assert_eq!(normalize_image("busybox"), "busybox:latest");
         assert_eq!(normalize_image("busybox:1.36"), "busybox:1.36");
-        assert_eq!(normalize_image("localhost:5000/app"), "localhost:5000/app:latest");
+        assert_eq!(
+            normalize_image("localhost:5000/app"),
+            "localhost:5000/app:latest"
+        );
         assert_eq!(normalize_image("sha256:abcd"), "sha256:abcd");
     }
 

@@ -144,7 +144,9 @@ impl Nodes {
             Ok(Err(_)) => outcome(Err(format!("node {node} disconnected during the import"))),
             Err(_) => {
                 self.imports.lock().await.remove(&request_id);
-                outcome(Err(format!("node {node} did not answer the import in 300 s")))
+                outcome(Err(format!(
+                    "node {node} did not answer the import in 300 s"
+                )))
             }
         }
     }

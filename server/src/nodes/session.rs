@@ -44,7 +44,11 @@ impl AgentSession for SessionService {
             Some(AgentMessage {
                 msg: Some(agent_message::Msg::Register(r)),
             }) => r,
-            _ => return Err(Status::invalid_argument("the first message of a session must be Register")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a session must be Register",
+                ))
+            }
         };
         if register.node.is_empty() {
             return Err(Status::invalid_argument("Register names no node"));
@@ -62,13 +66,20 @@ impl AgentSession for SessionService {
             )));
         }
         let node = register.node.clone();
-        upsert_node(&self.app, &register).await.map_err(to_status)?;
+        // Attached before the node is recorded Ready, so that the liveness
+        // check never sees a Ready node without its session.
         let (tx, rx) = mpsc::channel::<ServerMessage>(1024);
         let session_id = self.app.nodes.attach(&node, tx.clone()).await;
+        if let Err(e) = upsert_node(&self.app, &register).await {
+            self.app.nodes.detach(&node, session_id).await;
+            return Err(to_status(e));
+        }
         tracing::info!(%node, session_id, "agent registered");
         let _ = tx
             .send(ServerMessage {
-                msg: Some(server_message::Msg::Registered(Registered { node: node.clone() })),
+                msg: Some(server_message::Msg::Registered(Registered {
+                    node: node.clone(),
+                })),
             })
             .await;
         let app = self.app.clone();
@@ -127,7 +138,8 @@ async fn upsert_node(app: &App, r: &Register) -> Result<(), AppError> {
         images: images_to_records(&r.images),
         updated_at_ms: now_ms(),
     };
-    app.write(Op::Node(records::UpsertNode { node: Some(node) })).await?;
+    app.write(Op::Node(records::UpsertNode { node: Some(node) }))
+        .await?;
     Ok(())
 }
 
@@ -144,7 +156,9 @@ async fn reconcile(app: &App, r: &Register) -> Result<(), AppError> {
                     .await;
             }
             Some(c) if c.node == r.node && c.generation == local.generation => {
-                let Some(to) = parse_state(&local.state) else { continue };
+                let Some(to) = parse_state(&local.state) else {
+                    continue;
+                };
                 if to != c.state() && CStatus(c.state()).can_move_to(to) {
                     let op = Op::Transition(records::RecordTransition {
                         id: c.id.clone(),
@@ -213,7 +227,9 @@ async fn serve(
                 });
                 match app.write(op).await {
                     Ok(_) => {}
-                    Err(AppError::Refused(why)) => tracing::debug!(%node, "transition refused: {why}"),
+                    Err(AppError::Refused(why)) => {
+                        tracing::debug!(%node, "transition refused: {why}")
+                    }
                     Err(e) => return format!("cannot commit: {e}"),
                 }
             }
@@ -252,20 +268,31 @@ async fn serve(
                             })
                             .await;
                     }
-                    Err(AppError::Refused(why)) => tracing::debug!(%node, "log chunk refused: {why}"),
+                    Err(AppError::Refused(why)) => {
+                        tracing::debug!(%node, "log chunk refused: {why}")
+                    }
                     Err(e) => return format!("cannot commit: {e}"),
                 }
             }
             agent_message::Msg::Images(inv) => {
-                let Ok(Some(mut rec)) = app.state.node(node) else { continue };
+                let Ok(Some(mut rec)) = app.state.node(node) else {
+                    continue;
+                };
                 rec.images = images_to_records(&inv.images);
                 rec.updated_at_ms = now_ms();
-                if let Err(e) = app.write(Op::Node(records::UpsertNode { node: Some(rec) })).await {
+                if let Err(e) = app
+                    .write(Op::Node(records::UpsertNode { node: Some(rec) }))
+                    .await
+                {
                     return format!("cannot commit: {e}");
                 }
             }
             agent_message::Msg::ImportResult(r) => {
-                let result = if r.error.is_empty() { Ok(r.image_id) } else { Err(r.error) };
+                let result = if r.error.is_empty() {
+                    Ok(r.image_id)
+                } else {
+                    Err(r.error)
+                };
                 app.nodes.import_done(r.request_id, result).await;
             }
         }

@@ -21,7 +21,10 @@ pub fn log_id_to_record(id: &LogId<u64>) -> records::LogId {
 }
 
 pub fn log_id_from_record(r: &records::LogId) -> LogId<u64> {
-    LogId::new(openraft::CommittedLeaderId::new(r.term, r.leader_node), r.index)
+    LogId::new(
+        openraft::CommittedLeaderId::new(r.term, r.leader_node),
+        r.index,
+    )
 }
 
 pub fn membership_to_record(m: &Membership<u64, BasicNode>) -> records::Membership {
@@ -51,7 +54,9 @@ pub fn membership_from_record(r: &records::Membership) -> Membership<u64, BasicN
     Membership::new(configs, nodes)
 }
 
-pub fn stored_membership_to_record(m: &StoredMembership<u64, BasicNode>) -> records::StoredMembership {
+pub fn stored_membership_to_record(
+    m: &StoredMembership<u64, BasicNode>,
+) -> records::StoredMembership {
     records::StoredMembership {
         schema: SCHEMA_VERSION,
         log_id: m.log_id().as_ref().map(log_id_to_record),
@@ -59,7 +64,9 @@ pub fn stored_membership_to_record(m: &StoredMembership<u64, BasicNode>) -> reco
     }
 }
 
-pub fn stored_membership_from_record(r: &records::StoredMembership) -> StoredMembership<u64, BasicNode> {
+pub fn stored_membership_from_record(
+    r: &records::StoredMembership,
+) -> StoredMembership<u64, BasicNode> {
     StoredMembership::new(
         r.log_id.as_ref().map(log_id_from_record),
         r.membership
@@ -128,18 +135,31 @@ mod tests {
     #[test]
     fn entries_round_trip_through_records() {
         let mut nodes = BTreeMap::new();
-        nodes.insert(1u64, BasicNode { addr: "127.0.0.1:7420".into() });
+        nodes.insert(
+            1u64,
+            BasicNode {
+                addr: "127.0.0.1:7420".into(),
+            },
+        );
         let m = Membership::new(vec![BTreeSet::from([1u64])], nodes);
         let entries: Vec<Entry<TypeConfig>> = vec![
-            Entry { log_id: LogId::new(openraft::CommittedLeaderId::new(3, 1), 7), payload: EntryPayload::Blank },
+            Entry {
+                log_id: LogId::new(openraft::CommittedLeaderId::new(3, 1), 7),
+                payload: EntryPayload::Blank,
+            },
             Entry {
                 log_id: LogId::new(openraft::CommittedLeaderId::new(3, 1), 8),
                 payload: EntryPayload::Normal(Request(records::Command {
                     schema: 1,
-                    op: Some(records::command::Op::Remove(records::RemoveContainer { id: "abc".into() })),
+                    op: Some(records::command::Op::Remove(records::RemoveContainer {
+                        id: "abc".into(),
+                    })),
                 })),
             },
-            Entry { log_id: LogId::new(openraft::CommittedLeaderId::new(4, 2), 9), payload: EntryPayload::Membership(m) },
+            Entry {
+                log_id: LogId::new(openraft::CommittedLeaderId::new(4, 2), 9),
+                payload: EntryPayload::Membership(m),
+            },
         ];
         for e in entries {
             let back = entry_from_record(entry_to_record(&e)).unwrap();

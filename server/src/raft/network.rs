@@ -5,7 +5,9 @@
 use berth_proto::raft::raft_client::RaftClient;
 use berth_proto::raft::raft_server::Raft as RaftRpc;
 use berth_proto::raft::RaftPayload;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::RPCOption;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -89,7 +91,13 @@ impl Network {
             .into_inner();
         let result: Result<Resp, RaftError<u64, E>> = serde_json::from_slice(&payload.json)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+        result.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
     }
 }
 
@@ -127,7 +135,11 @@ impl RaftNetwork<TypeConfig> for Network {
         self.call(RpcKind::Snapshot, &rpc, &option).await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> RpcResult<VoteResponse<u64>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<u64>> {
         self.call(RpcKind::Vote, &rpc, &option).await
     }
 }
@@ -163,7 +175,10 @@ impl RaftRpc for RaftService {
         encode(&self.raft.append_entries(rpc).await)
     }
 
-    async fn vote(&self, req: tonic::Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+    async fn vote(
+        &self,
+        req: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let rpc: VoteRequest<u64> = decode(req)?;
         encode(&self.raft.vote(rpc).await)
     }

@@ -15,7 +15,9 @@ use openraft::{
     Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
 use prost::Message;
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 use tokio::sync::watch;
 
 use super::codec;
@@ -267,7 +269,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError<u64>> {
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<u64>>,
+    ) -> Result<(), StorageError<u64>> {
         if let Some(c) = committed {
             self.put_meta(KEY_COMMITTED, codec::log_id_to_record(&c).encode_to_vec())
                 .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
@@ -279,7 +284,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_log_id(KEY_COMMITTED)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<u64>>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<u64>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
@@ -349,7 +358,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
-        let applied = read_applied(&self.db).map_err(|e| StorageIOError::read_state_machine(io_err(e)))?;
+        let applied =
+            read_applied(&self.db).map_err(|e| StorageIOError::read_state_machine(io_err(e)))?;
         let membership =
             read_membership(&self.db).map_err(|e| StorageIOError::read_state_machine(io_err(e)))?;
         Ok((applied, membership))
@@ -401,7 +411,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -439,7 +451,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
         let v = self
             .db
             .get_cf(cf(&self.db, CF_META), KEY_SNAPSHOT)

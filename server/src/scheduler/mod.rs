@@ -11,7 +11,9 @@ use crate::nodes::assignment;
 pub enum ScheduleError {
     #[error("no node of the cluster is ready to run containers")]
     NoReadyNode,
-    #[error("No such image: {0} (no ready node holds it; use `berth import` or `berth load` first)")]
+    #[error(
+        "No such image: {0} (no ready node holds it; use `berth import` or `berth load` first)"
+    )]
     NoSuchImage(String),
 }
 
@@ -21,13 +23,20 @@ pub fn choose_node<'a>(
     image: &str,
     running_on: impl Fn(&str) -> usize,
 ) -> Result<&'a Node, ScheduleError> {
-    let ready: Vec<&Node> = nodes.iter().filter(|n| n.status() == NodeStatus::Ready).collect();
+    let ready: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| n.status() == NodeStatus::Ready)
+        .collect();
     if ready.is_empty() {
         return Err(ScheduleError::NoReadyNode);
     }
     ready
         .into_iter()
-        .filter(|n| n.images.iter().any(|i| i.tags.iter().any(|t| t == image) || i.id == image))
+        .filter(|n| {
+            n.images
+                .iter()
+                .any(|i| i.tags.iter().any(|t| t == image) || i.id == image)
+        })
         .min_by_key(|n| (running_on(&n.name), n.name.clone()))
         .ok_or_else(|| ScheduleError::NoSuchImage(image.to_string()))
 }
@@ -45,9 +54,19 @@ pub fn check_feasible(app: &App, image: &str) -> Result<(), AppError> {
 pub async fn place(app: &App, container: &Container) -> Result<Container, AppError> {
     let nodes = app.state.nodes()?;
     let all = app.state.containers()?;
-    let node = choose_node(&nodes, &container.spec.as_ref().map(|s| s.image.clone()).unwrap_or_default(), |name| {
-        all.iter().filter(|c| c.node == name && c.finished_at_ms == 0).count()
-    })
+    let node = choose_node(
+        &nodes,
+        &container
+            .spec
+            .as_ref()
+            .map(|s| s.image.clone())
+            .unwrap_or_default(),
+        |name| {
+            all.iter()
+                .filter(|c| c.node == name && c.finished_at_ms == 0)
+                .count()
+        },
+    )
     .map_err(|e| AppError::Refused(e.to_string()))?;
     let placed = app
         .write(Op::Place(PlaceContainer {
@@ -73,7 +92,11 @@ mod tests {
             status: status as i32,
             images: images
                 .iter()
-                .map(|t| Image { id: format!("sha256:{t}"), tags: vec![t.to_string()], ..Default::default() })
+                .map(|t| Image {
+                    id: format!("sha256:{t}"),
+                    tags: vec![t.to_string()],
+                    ..Default::default()
+                })
                 .collect(),
             ..Default::default()
         }
@@ -86,7 +109,10 @@ mod tests {
             node("b", NodeStatus::Ready, &["alpine:latest"]),
             node("c", NodeStatus::Ready, &["busybox:latest"]),
         ];
-        assert_eq!(choose_node(&nodes, "busybox:latest", |_| 0).unwrap().name, "c");
+        assert_eq!(
+            choose_node(&nodes, "busybox:latest", |_| 0).unwrap().name,
+            "c"
+        );
     }
 
     #[test]
@@ -96,7 +122,10 @@ mod tests {
             node("b", NodeStatus::Ready, &["busybox:latest"]),
         ];
         let load = |n: &str| if n == "a" { 3 } else { 1 };
-        assert_eq!(choose_node(&nodes, "busybox:latest", load).unwrap().name, "b");
+        assert_eq!(
+            choose_node(&nodes, "busybox:latest", load).unwrap().name,
+            "b"
+        );
     }
 
     #[test]
@@ -106,6 +135,9 @@ mod tests {
             choose_node(&nodes, "nginx:latest", |_| 0).unwrap_err(),
             ScheduleError::NoSuchImage("nginx:latest".into())
         );
-        assert_eq!(choose_node(&[], "x:latest", |_| 0).unwrap_err(), ScheduleError::NoReadyNode);
+        assert_eq!(
+            choose_node(&[], "x:latest", |_| 0).unwrap_err(),
+            ScheduleError::NoReadyNode
+        );
     }
 }

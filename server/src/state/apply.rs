@@ -95,10 +95,21 @@ fn create(
         )));
     }
     if load(db, sm, &container.id)?.is_some() {
-        return Ok(refused(&format!("container id {} already exists", container.id)));
+        return Ok(refused(&format!(
+            "container id {} already exists",
+            container.id
+        )));
     }
-    batch.put_cf(sm, keys::container(&container.id), container.encode_to_vec());
-    batch.put_cf(sm, keys::container_name(&container.name), container.id.as_bytes());
+    batch.put_cf(
+        sm,
+        keys::container(&container.id),
+        container.encode_to_vec(),
+    );
+    batch.put_cf(
+        sm,
+        keys::container_name(&container.name),
+        container.id.as_bytes(),
+    );
     Ok(ok(container.clone()))
 }
 
@@ -208,7 +219,10 @@ fn append_logs(
         return Ok(refused(&format!("No such container: {}", l.id)));
     };
     if c.node != l.node || c.generation != l.generation {
-        return Ok(refused(&format!("stale log chunk for {} from {}", c.id, l.node)));
+        return Ok(refused(&format!(
+            "stale log chunk for {} from {}",
+            c.id, l.node
+        )));
     }
     // Lines carry their sequence numbers; one already stored is skipped,
     // so a resent chunk adds no duplicate (invariant 7).

@@ -52,7 +52,10 @@ mod tests {
 
     #[test]
     fn log_keys_sort_by_sequence_number() {
-        let mut keys: Vec<Vec<u8>> = [300u64, 2, 256, 1].iter().map(|s| log_line("abc", *s)).collect();
+        let mut keys: Vec<Vec<u8>> = [300u64, 2, 256, 1]
+            .iter()
+            .map(|s| log_line("abc", *s))
+            .collect();
         keys.sort();
         let seqs: Vec<u64> = keys
             .iter()

@@ -56,7 +56,9 @@ impl StateReader {
     }
 
     fn sm(&self) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(CF_SM).expect("state column family exists")
+        self.db
+            .cf_handle(CF_SM)
+            .expect("state column family exists")
     }
 
     pub fn container(&self, id: &str) -> Result<Option<Container>, StateError> {

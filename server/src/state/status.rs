@@ -10,15 +10,15 @@ impl Status {
     /// True if a report moving the container to `to` is legal now.
     pub fn can_move_to(self, to: ContainerState) -> bool {
         use ContainerState::*;
-        match (self.0, to) {
-            (_, Dead) => true,
-            (Pending, Created | Running | Exited) => true,
-            (Created, Running | Exited) => true,
-            (Running, Paused | Exited) => true,
-            (Paused, Running | Exited) => true,
-            (Exited, Running) => true,
-            _ => false,
-        }
+        matches!(
+            (self.0, to),
+            (_, Dead)
+                | (Pending, Created | Running | Exited)
+                | (Created, Running | Exited)
+                | (Running, Paused | Exited)
+                | (Paused, Running | Exited)
+                | (Exited, Running)
+        )
     }
 
     /// True while the container holds a process on its node.
