@@ -18,13 +18,14 @@ mkdir -p "$STATE"
 BERTH="$BERTH_BIN/berth"
 export BERTH_HOST="$ADDR"
 
-# True if the pid file names a live process running the given binary.
+# True if the pid file names a live berth process of this state dir (its
+# binary may have been rebuilt since, so the command line is what counts).
 alive() {
     local pidfile="$STATE/$1.pid"
     [ -f "$pidfile" ] || return 1
     local pid
     pid="$(cat "$pidfile")"
-    [ -d "/proc/$pid" ] && [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$BERTH_BIN/$1" ]
+    [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q "$1 --data-dir $STATE/"
 }
 
 if alive berth-server; then

@@ -7,8 +7,12 @@ for p in berth-agent berth-server; do
     f="$STATE/$p.pid"
     if [ -f "$f" ]; then
         pid="$(cat "$f")"
-        if [ -d "/proc/$pid" ] && readlink "/proc/$pid/exe" | grep -q "/$p\$"; then
+        if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q "$p --data-dir $STATE/"; then
             kill "$pid"
+            for _ in $(seq 1 50); do
+                [ -d "/proc/$pid" ] || break
+                sleep 0.1
+            done
             echo "stopped $p (pid $pid)"
         fi
         rm -f "$f"

@@ -42,8 +42,16 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let args = Args::parse();
+    if let Err(e) = real_main(args) {
+        // One line naming the cause, whatever RUST_BACKTRACE says.
+        eprintln!("berth-agent: error: {}", one_line(&e));
+        std::process::exit(1);
+    }
+}
+
+fn real_main(args: Args) -> anyhow::Result<()> {
     if let Some(Command::Shim { bundle }) = args.command {
         // The shim clones the container from this process, so it must stay
         // single-threaded until then: no async runtime here.
@@ -98,4 +106,20 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// The error and its causes on one line, each cause once: our error types
+/// already quote their sources, and anyhow's chain would repeat them.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if !out.contains(&msg) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&msg);
+        }
+    }
+    out
 }

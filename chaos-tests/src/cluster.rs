@@ -140,6 +140,15 @@ impl Cluster {
         Ok(())
     }
 
+    /// kill -9 of the agent, and waits until it is gone.
+    pub fn kill_agent(&mut self) -> anyhow::Result<()> {
+        if let Some(mut a) = self.agent.take() {
+            a.kill()?;
+            a.wait()?;
+        }
+        Ok(())
+    }
+
     /// Runs the berth CLI against this cluster.
     pub fn berth(&self, args: &[&str]) -> CommandResult {
         let out = Command::new(self.bin.join("berth"))

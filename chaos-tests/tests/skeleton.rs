@@ -236,3 +236,30 @@ fn errors_name_what_was_wrong() {
         Ok(())
     });
 }
+
+#[test]
+fn a_dead_agent_is_marked_down_and_comes_back() {
+    sandbox::run("a_dead_agent_is_marked_down_and_comes_back", || {
+        let mut c = Cluster::start()?;
+        c.kill_agent()?;
+        // The default TTL is 2 s; the node must be down well within 5 s.
+        c.wait_until(Duration::from_secs(5), "node1 to be down", |c| {
+            c.berth(&["node", "ls"])
+                .stdout
+                .lines()
+                .any(|l| l.starts_with("node1") && l.contains("down"))
+        })?;
+        let r = c.berth(&["run", "busybox", "true"]);
+        ensure!(r.code == 125, "{r:?}");
+        ensure!(
+            r.stderr.contains("no node of the cluster is ready"),
+            "{r:?}"
+        );
+        c.start_agent()?;
+        c.wait_for_ready_node()?;
+        // The restarted agent kept its images.
+        let r = c.berth(&["run", "busybox", "echo", "back"]).ok()?;
+        ensure!(r.stdout == "back\n", "{r:?}");
+        Ok(())
+    });
+}

@@ -50,8 +50,19 @@ struct Args {
     node_ttl_ms: u64,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() {
+    let args = Args::parse();
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(real_main(args)));
+    if let Err(e) = result {
+        // One line naming the cause, whatever RUST_BACKTRACE says.
+        eprintln!("berth-server: error: {}", one_line(&e));
+        std::process::exit(1);
+    }
+}
+
+async fn real_main(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -60,7 +71,6 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
     let advertise = args
         .advertise
         .clone()
@@ -135,4 +145,20 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("shutting down");
+}
+
+/// The error and its causes on one line, each cause once: our error types
+/// already quote their sources, and anyhow's chain would repeat them.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if !out.contains(&msg) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&msg);
+        }
+    }
+    out
 }

@@ -46,6 +46,8 @@ pub enum SupervisorError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("another berth-agent is using the data dir {0} (its lock file is held)")]
+    Locked(PathBuf),
 }
 
 /// What the agent records of a container in its bundle.
@@ -60,6 +62,8 @@ pub struct Meta {
 /// The node's containers and images.
 pub struct Supervisor {
     cfg: SupervisorConfig,
+    /// An exclusive lock on the data dir, held while the agent runs.
+    _lock: nix::fcntl::Flock<fs::File>,
     images: ImageStore,
     snapshots: Snapshots,
     outbox: mpsc::UnboundedSender<AgentMessage>,
@@ -79,6 +83,19 @@ impl Supervisor {
         cfg: SupervisorConfig,
         outbox: mpsc::UnboundedSender<AgentMessage>,
     ) -> Result<Self, SupervisorError> {
+        fs::create_dir_all(&cfg.data_dir).map_err(|source| SupervisorError::Io {
+            path: cfg.data_dir.clone(),
+            source,
+        })?;
+        let lock_path = cfg.data_dir.join("lock");
+        let lock_file = fs::File::create(&lock_path).map_err(|source| SupervisorError::Io {
+            path: lock_path.clone(),
+            source,
+        })?;
+        // flock(2): two agents on one data dir would run every container
+        // twice and corrupt each other's bundles.
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| SupervisorError::Locked(cfg.data_dir.clone()))?;
         let images = ImageStore::open(&cfg.data_dir.join("images"))?;
         let snapshots = Snapshots::open(&cfg.data_dir.join("snapshots"))?;
         let containers = cfg.data_dir.join("containers");
@@ -88,6 +105,7 @@ impl Supervisor {
         })?;
         Ok(Self {
             cfg,
+            _lock: lock,
             images,
             snapshots,
             outbox,
