@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::agent::{
-    agent_message, agent_session_client::AgentSessionClient, server_message, AgentMessage,
-    Heartbeat, ImageInventory, ImportResult, Register,
+    agent_message, agent_session_client::AgentSessionClient, image_request, server_message,
+    AgentMessage, Heartbeat, Register,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -159,7 +159,8 @@ async fn session(
         }
     };
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
-    let mut imports: HashMap<u64, Vec<u8>> = HashMap::new();
+    // Image requests still receiving their upload: the operation and the bytes so far.
+    let mut pending: HashMap<u64, (Option<image_request::Op>, Vec<u8>)> = HashMap::new();
     loop {
         tokio::select! {
             msg = inbound.message() => {
@@ -174,21 +175,16 @@ async fn session(
                         tokio::spawn(supervisor.clone().assign(a));
                     }
                     Some(server_message::Msg::LogAck(_)) => {}
-                    Some(server_message::Msg::ImportImage(chunk)) => {
-                        let buf = imports.entry(chunk.request_id).or_default();
-                        buf.extend_from_slice(&chunk.data);
-                        if chunk.last {
-                            let data = imports.remove(&chunk.request_id).unwrap_or_default();
-                            let sup = supervisor.clone();
-                            let tx = tx.clone();
-                            tokio::spawn(async move {
-                                let result = sup.import(chunk.reference.clone(), data).await;
-                                // The inventory goes first, so that the image is
-                                // known to the cluster when the import is answered.
-                                let _ = tx.send(AgentMessage { msg: Some(agent_message::Msg::Images(ImageInventory { images: sup.images() })) }).await;
-                                let (image_id, error) = match result { Ok(id) => (id, String::new()), Err(e) => (String::new(), e) };
-                                let _ = tx.send(AgentMessage { msg: Some(agent_message::Msg::ImportResult(ImportResult { request_id: chunk.request_id, image_id, error })) }).await;
-                            });
+                    Some(server_message::Msg::ImageRequest(req)) => {
+                        let entry = pending.entry(req.request_id).or_insert_with(|| (None, Vec::new()));
+                        if req.op.is_some() {
+                            entry.0 = req.op;
+                        }
+                        entry.1.extend_from_slice(&req.data);
+                        if req.last {
+                            if let Some((Some(op), data)) = pending.remove(&req.request_id) {
+                                tokio::spawn(supervisor.clone().image_op(req.request_id, op, data));
+                            }
                         }
                     }
                     None => {}

@@ -114,3 +114,306 @@ pub async fn images(
     );
     Ok(0)
 }
+
+/// Reads a file, or standard input for `-` or no file.
+fn read_input(file: Option<&str>) -> Result<Vec<u8>, CliError> {
+    match file {
+        None | Some("-") => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                .map_err(|e| CliError::Usage(format!("reading standard input: {e}")))?;
+            Ok(buf)
+        }
+        Some(f) => std::fs::read(f).map_err(|e| CliError::Usage(format!("{f}: {e}"))),
+    }
+}
+
+/// Writes a download to a file, or to standard output unless that is a
+/// terminal.
+async fn write_download(
+    mut stream: tonic::Streaming<berth_proto::cluster::DataChunk>,
+    output: Option<&str>,
+) -> Result<(), CliError> {
+    use std::io::{IsTerminal, Write};
+    let mut out: Box<dyn Write> = match output {
+        Some(path) if path != "-" => Box::new(
+            std::fs::File::create(path).map_err(|e| CliError::Usage(format!("{path}: {e}")))?,
+        ),
+        _ => {
+            if std::io::stdout().is_terminal() {
+                return Err(CliError::Usage(
+                    "refusing to write an archive to a terminal: use -o FILE or redirect the output".into(),
+                ));
+            }
+            Box::new(std::io::stdout().lock())
+        }
+    };
+    while let Some(chunk) = stream.message().await.map_err(CliError::api)? {
+        out.write_all(&chunk.data)
+            .map_err(|e| CliError::Usage(format!("writing the archive: {e}")))?;
+    }
+    out.flush()
+        .map_err(|e| CliError::Usage(format!("writing the archive: {e}")))?;
+    Ok(())
+}
+
+/// `berth load`.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Read from this archive (docker save or OCI layout tar) instead of standard input.
+    #[arg(short = 'i', long = "input")]
+    pub input: Option<String>,
+    /// Load on this node only (default: every ready node).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Print nothing but errors.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+pub async fn load(client: &mut ClusterClient<Channel>, args: LoadArgs) -> Result<i32, CliError> {
+    let data = read_input(args.input.as_deref())?;
+    let mut chunks: Vec<berth_proto::cluster::UploadChunk> = data
+        .chunks(CHUNK)
+        .map(|c| berth_proto::cluster::UploadChunk {
+            data: c.to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    if chunks.is_empty() {
+        chunks.push(Default::default());
+    }
+    chunks[0].node = args.node.clone().unwrap_or_default();
+    let resp = client
+        .load_images(tokio_stream::iter(chunks))
+        .await
+        .map_err(CliError::api)?
+        .into_inner();
+    if !args.quiet {
+        for i in &resp.images {
+            if i.tags.is_empty() {
+                println!("Loaded image ID: {}", i.id);
+            }
+            for t in &i.tags {
+                println!("Loaded image: {t}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `berth save`.
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// Write to this file instead of standard output.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<String>,
+    /// Images to save, by reference or id.
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+pub async fn save(client: &mut ClusterClient<Channel>, args: SaveArgs) -> Result<i32, CliError> {
+    let stream = client
+        .save_images(berth_proto::cluster::SaveImagesRequest {
+            references: args.images.clone(),
+        })
+        .await
+        .map_err(CliError::api)?
+        .into_inner();
+    write_download(stream, args.output.as_deref()).await?;
+    Ok(0)
+}
+
+/// `berth export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Write to this file instead of standard output.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<String>,
+    /// The container's name or id.
+    pub container: String,
+}
+
+pub async fn export(
+    client: &mut ClusterClient<Channel>,
+    args: ExportArgs,
+) -> Result<i32, CliError> {
+    let stream = client
+        .export_container(berth_proto::cluster::ContainerRef {
+            name_or_id: args.container.clone(),
+        })
+        .await
+        .map_err(CliError::api)?
+        .into_inner();
+    write_download(stream, args.output.as_deref()).await?;
+    Ok(0)
+}
+
+/// `berth tag`.
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// The image, by reference or id.
+    pub source: String,
+    /// The new reference, REPOSITORY[:TAG].
+    pub target: String,
+}
+
+pub async fn tag(client: &mut ClusterClient<Channel>, args: TagArgs) -> Result<i32, CliError> {
+    client
+        .tag_image(berth_proto::cluster::TagImageRequest {
+            source: args.source,
+            target: args.target,
+        })
+        .await
+        .map_err(CliError::api)?;
+    Ok(0)
+}
+
+/// `berth rmi`.
+#[derive(Debug, Args)]
+pub struct RmiArgs {
+    /// Remove even if stopped containers use the image.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Images, by reference or id.
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+/// Removes each image; goes on past failures and exits 1 if any failed.
+pub async fn rmi(client: &mut ClusterClient<Channel>, args: RmiArgs) -> Result<i32, CliError> {
+    let mut failed = false;
+    for image in &args.images {
+        match client
+            .remove_images(berth_proto::cluster::RemoveImagesRequest {
+                references: vec![image.clone()],
+                force: args.force,
+            })
+            .await
+        {
+            Ok(r) => {
+                let r = r.into_inner();
+                for u in &r.untagged {
+                    println!("Untagged: {u}");
+                }
+                for d in &r.deleted {
+                    println!("Deleted: {d}");
+                }
+            }
+            Err(status) => {
+                eprintln!("berth: error: {}", status.message());
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+async fn inspect_json(
+    client: &mut ClusterClient<Channel>,
+    image: &str,
+) -> Result<serde_json::Value, CliError> {
+    let json = client
+        .inspect_image(berth_proto::cluster::ImageRef {
+            reference: image.to_string(),
+        })
+        .await
+        .map_err(CliError::api)?
+        .into_inner()
+        .json;
+    serde_json::from_str(&json)
+        .map_err(|e| CliError::Api(format!("the cluster sent unreadable JSON: {e}")))
+}
+
+/// `berth image inspect`.
+pub async fn inspect(
+    client: &mut ClusterClient<Channel>,
+    images: Vec<String>,
+) -> Result<i32, CliError> {
+    let mut all = Vec::new();
+    for i in &images {
+        all.push(inspect_json(client, i).await?);
+    }
+    println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+    Ok(0)
+}
+
+/// `berth history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Do not cut the CREATED BY column short.
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// The image, by reference or id.
+    pub image: String,
+}
+
+pub async fn history(
+    client: &mut ClusterClient<Channel>,
+    args: HistoryArgs,
+) -> Result<i32, CliError> {
+    let v = inspect_json(client, &args.image).await?;
+    let entries = v["History"].as_array().cloned().unwrap_or_default();
+    let mut sizes = v["LayerSizes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| s.as_u64().unwrap_or(0));
+    let id: String = v["Id"]
+        .as_str()
+        .unwrap_or("")
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(12)
+        .collect();
+    let now = now_ms();
+    let mut rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|h| {
+            let empty = h["empty_layer"].as_bool().unwrap_or(false);
+            let size = if empty { 0 } else { sizes.next().unwrap_or(0) };
+            let created = h["created"]
+                .as_str()
+                .and_then(parse_rfc3339_ms)
+                .map(|ms| ago(now, ms))
+                .unwrap_or_else(|| "N/A".into());
+            let by = h["created_by"].as_str().unwrap_or("").to_string();
+            vec![
+                "<missing>".to_string(),
+                created,
+                if args.no_trunc {
+                    by
+                } else {
+                    crate::output::truncate(&by, 45)
+                },
+                human_size(size),
+                h["comment"].as_str().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    rows.reverse();
+    if let Some(first) = rows.first_mut() {
+        first[0] = id;
+    }
+    table(
+        &["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
+        &rows,
+    );
+    Ok(0)
+}
+
+/// Parses the head of an RFC 3339 UTC time into milliseconds since the epoch.
+fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some((days * 86400 + h * 3600 + mi * 60 + se) * 1000)
+}

@@ -40,9 +40,35 @@ enum Command {
     Import(images::ImportArgs),
     /// List images and the nodes that hold them.
     Images(images::ImagesArgs),
+    /// Load images from a docker save archive or an OCI layout tar, on every ready node.
+    Load(images::LoadArgs),
+    /// Save images to one archive (an OCI layout that docker load also reads).
+    Save(images::SaveArgs),
+    /// Give an image another reference.
+    Tag(images::TagArgs),
+    /// Remove images.
+    Rmi(images::RmiArgs),
+    /// Show how an image was built, layer by layer.
+    History(images::HistoryArgs),
+    /// Write a container's filesystem as a tar archive.
+    Export(images::ExportArgs),
+    /// Manage images.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Manage the cluster's nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Show images' configuration and metadata as JSON.
+    Inspect {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// List images (as `berth images`).
+    Ls(images::ImagesArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +131,16 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Rm(a) => containers::rm(&mut client, a).await,
         Command::Import(a) => images::import(&mut client, a).await,
         Command::Images(a) => images::images(&mut client, a).await,
+        Command::Load(a) => images::load(&mut client, a).await,
+        Command::Save(a) => images::save(&mut client, a).await,
+        Command::Tag(a) => images::tag(&mut client, a).await,
+        Command::Rmi(a) => images::rmi(&mut client, a).await,
+        Command::History(a) => images::history(&mut client, a).await,
+        Command::Export(a) => images::export(&mut client, a).await,
+        Command::Image(ImageCommand::Inspect { images: list }) => {
+            images::inspect(&mut client, list).await
+        }
+        Command::Image(ImageCommand::Ls(a)) => images::images(&mut client, a).await,
         Command::Node(NodeCommand::Ls) => nodes::ls(&mut client).await,
     }
 }

@@ -8,7 +8,7 @@ use oci_spec::image::{
 };
 use sha2::{Digest as _, Sha256};
 
-use super::{format_rfc3339, ImageError, ImageStore, ImageSummary};
+use super::{format_rfc3339, parse_digest, ImageError, ImageStore, ImageSummary};
 use crate::snapshot::Snapshots;
 
 /// The most bytes a decompressed rootfs may have.
@@ -122,8 +122,4 @@ pub fn import_rootfs(
         size: tar.len() as u64,
         created_ms: now_ms,
     })
-}
-
-fn parse_digest(d: &str) -> Result<oci_spec::image::Digest, ImageError> {
-    d.parse().map_err(|_| ImageError::BadDigest(d.to_string()))
 }

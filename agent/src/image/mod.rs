@@ -8,6 +8,9 @@
 //! *image id* is the digest of its config, as Docker shows it.
 
 pub mod import;
+pub mod layer;
+pub mod load;
+pub mod save;
 
 use std::collections::HashMap;
 use std::fs;
@@ -63,10 +66,16 @@ pub struct ResolvedImage {
     pub config: ImageConfiguration,
     /// Diff ids of the layers, bottom first.
     pub diff_ids: Vec<String>,
+    /// The digest of the image's manifest in this store.
+    pub manifest_digest: String,
+    /// The manifest's layer descriptors, bottom first.
+    pub layers: Vec<Descriptor>,
+    /// Every reference that names this image here.
+    pub refs: Vec<String>,
 }
 
 /// One image as the agent reports it to the cluster.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ImageSummary {
     pub id: String,
     pub tags: Vec<String>,
@@ -188,29 +197,190 @@ impl ImageStore {
     /// of at least 12 hex digits, with or without `sha256:`).
     pub fn resolve(&self, reference: &str) -> Result<ResolvedImage, ImageError> {
         let index = self.read_index()?;
-        for d in index.manifests() {
-            let manifest = self.manifest(d.digest())?;
-            let config_digest = manifest.config().digest().to_string();
-            let by_ref = ref_name(d).as_deref() == Some(reference);
-            let bare = reference.trim_start_matches("sha256:");
-            let by_id = bare.len() >= 12
+        let bare = reference.trim_start_matches("sha256:");
+        let by_id = |config_digest: &str| {
+            bare.len() >= 12
+                && bare.bytes().all(|b| b.is_ascii_hexdigit())
                 && config_digest
                     .trim_start_matches("sha256:")
-                    .starts_with(bare);
-            if by_ref || by_id {
-                let config = self.config(&config_digest)?;
-                let diff_ids = config.rootfs().diff_ids().clone();
-                return Ok(ResolvedImage {
-                    id: config_digest,
-                    config,
-                    diff_ids,
-                });
+                    .starts_with(bare)
+        };
+        // A reference wins over an id prefix that happens to match.
+        let mut found = index
+            .manifests()
+            .iter()
+            .find(|d| ref_name(d).as_deref() == Some(reference))
+            .map(|d| d.digest().to_string());
+        if found.is_none() {
+            for d in index.manifests() {
+                let manifest = self.manifest(d.digest())?;
+                if by_id(manifest.config().digest().as_ref()) {
+                    found = Some(d.digest().to_string());
+                    break;
+                }
             }
         }
-        Err(ImageError::NotFound(reference.to_string()))
+        let Some(manifest_digest) = found else {
+            return Err(ImageError::NotFound(reference.to_string()));
+        };
+        let manifest = self.manifest(&parse_digest(&manifest_digest)?)?;
+        let config_digest = manifest.config().digest().to_string();
+        let config = self.config(&config_digest)?;
+        let diff_ids = config.rootfs().diff_ids().clone();
+        let refs = index
+            .manifests()
+            .iter()
+            .filter(|d| d.digest().as_ref() == manifest_digest)
+            .filter_map(ref_name)
+            .collect();
+        Ok(ResolvedImage {
+            id: config_digest,
+            config,
+            diff_ids,
+            manifest_digest,
+            layers: manifest.layers().clone(),
+            refs,
+        })
     }
 
-    fn manifest(&self, digest: &Digest) -> Result<ImageManifest, ImageError> {
+    /// Records a manifest under each of `refs`; with none, as an untagged
+    /// image (unless the manifest is already in the index).
+    pub fn add_manifest(&self, desc: Descriptor, refs: &[String]) -> Result<(), ImageError> {
+        if refs.is_empty() {
+            let mut index = self.read_index()?;
+            if index
+                .manifests()
+                .iter()
+                .any(|d| d.digest() == desc.digest())
+            {
+                return Ok(());
+            }
+            let mut manifests = index.manifests().clone();
+            manifests.push(desc);
+            index.set_manifests(manifests);
+            return self.write_index(&index);
+        }
+        for r in refs {
+            self.set_ref(r, desc.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Gives the image `source` the extra reference `target`.
+    pub fn tag(&self, source: &str, target: &str) -> Result<(), ImageError> {
+        let img = self.resolve(source)?;
+        let index = self.read_index()?;
+        let desc = index
+            .manifests()
+            .iter()
+            .find(|d| d.digest().as_ref() == img.manifest_digest)
+            .cloned()
+            .ok_or_else(|| ImageError::NotFound(source.to_string()))?;
+        self.set_ref(target, desc)
+    }
+
+    /// Removes a reference; an image left with none is deleted, and so are
+    /// blobs and snapshots nothing uses any more. `reference` may also be
+    /// an image id, which removes every reference to it. Snapshots named in
+    /// `keep_diff_ids` (used by containers) stay. Returns what was untagged
+    /// and the id if the image was deleted.
+    pub fn remove(
+        &self,
+        reference: &str,
+        snapshots: &crate::snapshot::Snapshots,
+        keep_diff_ids: &[String],
+    ) -> Result<(Vec<String>, Option<String>), ImageError> {
+        let img = self.resolve(reference)?;
+        let mut index = self.read_index()?;
+        let is_ref = img.refs.iter().any(|r| r == reference);
+        let untagged: Vec<String> = if is_ref {
+            vec![reference.to_string()]
+        } else {
+            img.refs.clone()
+        };
+        let manifests: Vec<Descriptor> = index
+            .manifests()
+            .iter()
+            .filter(|d| {
+                let same = d.digest().as_ref() == img.manifest_digest;
+                !(same
+                    && (!is_ref
+                        || ref_name(d).as_deref() == Some(reference)
+                        || ref_name(d).is_none()))
+            })
+            .cloned()
+            .collect();
+        let still_there = manifests
+            .iter()
+            .any(|d| d.digest().as_ref() == img.manifest_digest);
+        index.set_manifests(manifests);
+        self.write_index(&index)?;
+        if still_there {
+            return Ok((untagged, None));
+        }
+        self.gc(snapshots, keep_diff_ids)?;
+        Ok((untagged, Some(img.id)))
+    }
+
+    /// Deletes blobs no manifest in the index reaches, and snapshots of
+    /// layers no image nor `keep_diff_ids` uses.
+    pub fn gc(
+        &self,
+        snapshots: &crate::snapshot::Snapshots,
+        keep_diff_ids: &[String],
+    ) -> Result<(), ImageError> {
+        let index = self.read_index()?;
+        let mut live_blobs = std::collections::HashSet::new();
+        let mut live_layers: std::collections::HashSet<String> =
+            keep_diff_ids.iter().cloned().collect();
+        for d in index.manifests() {
+            live_blobs.insert(d.digest().digest().to_string());
+            let m = self.manifest(d.digest())?;
+            live_blobs.insert(m.config().digest().digest().to_string());
+            for l in m.layers() {
+                live_blobs.insert(l.digest().digest().to_string());
+            }
+            if let Ok(c) = self.config(m.config().digest().as_ref()) {
+                live_layers.extend(c.rootfs().diff_ids().iter().cloned());
+            }
+        }
+        let blobs = self.root.join("blobs/sha256");
+        for e in fs::read_dir(&blobs).map_err(io_err(&blobs))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.len() == 64 && !live_blobs.contains(&name) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        snapshots.retain(|diff_id| live_layers.contains(diff_id));
+        Ok(())
+    }
+
+    /// A directory for staging work inside the store (same filesystem as
+    /// the blobs, so that finished files are renamed into place).
+    pub fn staging_dir(&self) -> Result<tempfile::TempDir, ImageError> {
+        let tmp = self.root.join("tmp");
+        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        tempfile::tempdir_in(&tmp).map_err(io_err(&tmp))
+    }
+
+    /// Moves a file whose sha256 is `digest` into the blob store.
+    pub fn put_blob_file(&self, file: &Path, digest: &str) -> Result<(), ImageError> {
+        let path = self.blob_path(digest)?;
+        if path.exists() {
+            let _ = fs::remove_file(file);
+            return Ok(());
+        }
+        fs::rename(file, &path).map_err(io_err(&path))
+    }
+
+    /// Opens a blob for reading, unverified (callers that need the content
+    /// whole use [`ImageStore::get_blob`]).
+    pub fn open_blob(&self, digest: &str) -> Result<fs::File, ImageError> {
+        let path = self.blob_path(digest)?;
+        fs::File::open(&path).map_err(io_err(&path))
+    }
+
+    pub fn manifest(&self, digest: &Digest) -> Result<ImageManifest, ImageError> {
         let data = self.get_blob(digest.as_ref())?;
         ImageManifest::from_reader(data.as_slice()).map_err(|source| ImageError::Spec {
             what: format!("manifest {digest}"),
@@ -218,12 +388,31 @@ impl ImageStore {
         })
     }
 
-    fn config(&self, digest: &str) -> Result<ImageConfiguration, ImageError> {
+    pub fn config(&self, digest: &str) -> Result<ImageConfiguration, ImageError> {
         let data = self.get_blob(digest)?;
         ImageConfiguration::from_reader(data.as_slice()).map_err(|source| ImageError::Spec {
             what: format!("config {digest}"),
             source,
         })
+    }
+
+    /// An image's config and metadata as `docker image inspect` shows them.
+    pub fn inspect(&self, reference: &str) -> Result<serde_json::Value, ImageError> {
+        let img = self.resolve(reference)?;
+        let config = serde_json::to_value(&img.config).unwrap_or_default();
+        Ok(serde_json::json!({
+            "Id": img.id,
+            "RepoTags": img.refs,
+            "Created": config.get("created"),
+            "Author": config.get("author"),
+            "Architecture": config.get("architecture"),
+            "Os": config.get("os"),
+            "Config": config.get("config"),
+            "RootFS": {"Type": "layers", "Layers": img.diff_ids},
+            "History": config.get("history"),
+            "Size": img.layers.iter().map(|l| l.size()).sum::<u64>(),
+            "LayerSizes": img.layers.iter().map(|l| l.size()).collect::<Vec<_>>(),
+        }))
     }
 
     /// Every image, with all its references.
@@ -255,7 +444,13 @@ impl ImageStore {
     }
 }
 
-fn ref_name(d: &Descriptor) -> Option<String> {
+/// Parses a `sha256:<hex>` digest.
+pub fn parse_digest(d: &str) -> Result<Digest, ImageError> {
+    Digest::from_str(d).map_err(|_| ImageError::BadDigest(d.to_string()))
+}
+
+/// The reference a descriptor of index.json carries, if any.
+pub fn ref_name(d: &Descriptor) -> Option<String> {
     d.annotations()
         .as_ref()
         .and_then(|a| a.get(REF_ANNOTATION).cloned())

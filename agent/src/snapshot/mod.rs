@@ -107,6 +107,24 @@ impl Snapshots {
     }
 }
 
+impl Snapshots {
+    /// Deletes every unpacked layer whose diff id `keep` rejects.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.len() == 64
+                && name.bytes().all(|b| b.is_ascii_hexdigit())
+                && !keep(&format!("sha256:{name}"))
+            {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 /// Checks that an archive path stays inside the directory it unpacks into.
 fn check_relative(path: &Path) -> Result<(), SnapshotError> {
     for c in path.components() {
@@ -276,6 +294,29 @@ pub fn mount_overlay(
         Some("overlay"),
         MsFlags::empty(),
         Some(data.as_str()),
+    )
+    .map_err(|source| SnapshotError::Mount {
+        target: target.to_path_buf(),
+        source,
+    })
+}
+
+/// Mounts a read-only overlay of `lowers` (top-most first, at least two)
+/// at `target`: a container's merged filesystem without touching it.
+pub fn mount_readonly(lowers: &[PathBuf], target: &Path) -> Result<(), SnapshotError> {
+    fs::create_dir_all(target).map_err(io_err(target))?;
+    let lowerdir = lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    // mount(2) of overlayfs with lower layers only is read-only by nature.
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_RDONLY,
+        Some(format!("lowerdir={lowerdir}").as_str()),
     )
     .map_err(|source| SnapshotError::Mount {
         target: target.to_path_buf(),

@@ -10,12 +10,14 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_proto::agent::{self, agent_message, Action, AgentMessage, Assign, LocalContainer};
+use berth_proto::agent::{
+    self, agent_message, image_request, Action, AgentMessage, Assign, LocalContainer,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, Mutex};
 
-use crate::image::{import, ImageError, ImageStore};
+use crate::image::{import, load, save, ImageError, ImageStore};
 use crate::runtime::frame::Frame;
 use crate::runtime::spec::{self, ContainerConfig, NetworkMode};
 use crate::runtime::{bundle, RuntimeError};
@@ -57,6 +59,9 @@ pub struct Meta {
     pub name: String,
     pub generation: u64,
     pub image_id: String,
+    /// The image's layers, bottom first: kept while the container exists.
+    #[serde(default)]
+    pub diff_ids: Vec<String>,
 }
 
 /// The node's containers and images.
@@ -160,20 +165,143 @@ impl Supervisor {
             .collect()
     }
 
-    /// Imports a rootfs tarball as an image.
-    pub async fn import(
-        self: &Arc<Self>,
-        reference: String,
-        data: Vec<u8>,
-    ) -> Result<String, String> {
+    /// Carries out an image operation and answers it through the outbox:
+    /// downloads as data pieces, then one last reply with the result as
+    /// JSON or the error. Operations that change the images send the new
+    /// inventory first, so the cluster knows of it when the answer comes.
+    pub async fn image_op(self: Arc<Self>, request_id: u64, op: image_request::Op, data: Vec<u8>) {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            import::import_rootfs(&me.images, &me.snapshots, &reference, &data, now_ms())
-                .map(|s| s.id)
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("import task failed: {e}")))
+        let changes_images = !matches!(
+            op,
+            image_request::Op::Save(_)
+                | image_request::Op::Inspect(_)
+                | image_request::Op::Export(_)
+        );
+        let result =
+            tokio::task::spawn_blocking(move || me.image_op_blocking(request_id, op, data))
+                .await
+                .unwrap_or_else(|e| Err(format!("the image task failed: {e}")));
+        if changes_images {
+            self.send(agent_message::Msg::Images(agent::ImageInventory {
+                images: self.images(),
+            }));
+        }
+        let (json, error) = match result {
+            Ok(v) => (v.map(|v| v.to_string()).unwrap_or_default(), String::new()),
+            Err(e) => (String::new(), e),
+        };
+        self.send(agent_message::Msg::ImageReply(agent::ImageReply {
+            request_id,
+            data: Vec::new(),
+            last: true,
+            error,
+            json,
+        }));
+    }
+
+    fn image_op_blocking(
+        &self,
+        request_id: u64,
+        op: image_request::Op,
+        data: Vec<u8>,
+    ) -> Result<Option<serde_json::Value>, String> {
+        let err = |e: ImageError| e.to_string();
+        let to_json = |v: &dyn erased::Json| v.json();
+        match op {
+            image_request::Op::Import(i) => {
+                let s = import::import_rootfs(
+                    &self.images,
+                    &self.snapshots,
+                    &i.reference,
+                    &data,
+                    now_ms(),
+                )
+                .map_err(err)?;
+                Ok(Some(to_json(&vec![s])))
+            }
+            image_request::Op::Load(_) => {
+                let loaded = load::load_archive(&self.images, &self.snapshots, data.as_slice())
+                    .map_err(err)?;
+                Ok(Some(to_json(&loaded)))
+            }
+            image_request::Op::Save(s) => {
+                let mut w = ChunkWriter::new(request_id, self.outbox.clone());
+                save::save_archive(&self.images, &s.references, &mut w).map_err(err)?;
+                w.finish();
+                Ok(None)
+            }
+            image_request::Op::Tag(t) => {
+                self.images.tag(&t.source, &t.target).map_err(err)?;
+                Ok(None)
+            }
+            image_request::Op::Remove(r) => {
+                let keep: Vec<String> = self
+                    .local_metas()
+                    .into_iter()
+                    .flat_map(|m| m.diff_ids)
+                    .collect();
+                let (untagged, deleted) = self
+                    .images
+                    .remove(&r.reference, &self.snapshots, &keep)
+                    .map_err(err)?;
+                Ok(Some(
+                    serde_json::json!({"untagged": untagged, "deleted": deleted}),
+                ))
+            }
+            image_request::Op::Inspect(i) => {
+                Ok(Some(self.images.inspect(&i.reference).map_err(err)?))
+            }
+            image_request::Op::Export(e) => {
+                let mut w = ChunkWriter::new(request_id, self.outbox.clone());
+                self.export(&e.container_id, &mut w)?;
+                w.finish();
+                Ok(None)
+            }
+        }
+    }
+
+    fn local_metas(&self) -> Vec<Meta> {
+        let dir = self.cfg.data_dir.join("containers");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| read_meta(&e.path()))
+            .collect()
+    }
+
+    /// Writes a container's merged filesystem as a tar stream.
+    fn export(&self, id: &str, out: &mut dyn std::io::Write) -> Result<(), String> {
+        let dir = self
+            .bundle_dir(id)
+            .filter(|d| d.exists())
+            .ok_or_else(|| format!("No such container on this node: {id}"))?;
+        let meta = read_meta(&dir).ok_or_else(|| format!("container {id} has no metadata"))?;
+        let running = bundle::pid(&dir).exists() && !bundle::exit(&dir).exists();
+        let staging;
+        let root = if running {
+            bundle::rootfs(&dir)
+        } else {
+            staging = self.images.staging_dir().map_err(|e| e.to_string())?;
+            let target = staging.path().join("rootfs");
+            let mut lowers = vec![bundle::upper(&dir)];
+            for d in meta.diff_ids.iter().rev() {
+                lowers.push(self.snapshots.path(d).map_err(|e| e.to_string())?);
+            }
+            snapshot::mount_readonly(&lowers, &target).map_err(|e| e.to_string())?;
+            target
+        };
+        let result = (|| {
+            let mut tar = tar::Builder::new(out);
+            tar.follow_symlinks(false);
+            tar.append_dir_all(".", &root)?;
+            tar.finish()
+        })();
+        if !running {
+            let _ = snapshot::unmount(&root);
+        }
+        result.map_err(|e| format!("exporting {id}: {e}"))
     }
 
     /// Every container this node holds on disk, for registration.
@@ -307,6 +435,7 @@ impl Supervisor {
             name: a.name.clone(),
             generation: a.generation,
             image_id: image.id.clone(),
+            diff_ids: image.diff_ids.clone(),
         };
         fs::write(
             bundle::meta(dir),
@@ -489,4 +618,70 @@ pub fn container_config(
         uid: 0,
         gid: 0,
     })
+}
+
+/// Serializes any serde value to JSON (a helper for the image operations).
+mod erased {
+    pub trait Json {
+        fn json(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or_default()
+        }
+    }
+}
+
+/// A writer that sends what is written to the cluster as ImageReply
+/// pieces of about 1 MiB.
+struct ChunkWriter {
+    request_id: u64,
+    outbox: mpsc::UnboundedSender<AgentMessage>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    const PIECE: usize = 1 << 20;
+
+    fn new(request_id: u64, outbox: mpsc::UnboundedSender<AgentMessage>) -> Self {
+        Self {
+            request_id,
+            outbox,
+            buf: Vec::with_capacity(Self::PIECE),
+        }
+    }
+
+    fn send_buf(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::PIECE));
+        self.outbox
+            .send(AgentMessage {
+                msg: Some(agent_message::Msg::ImageReply(agent::ImageReply {
+                    request_id: self.request_id,
+                    data,
+                    ..Default::default()
+                })),
+            })
+            .map_err(|_| std::io::Error::other("the agent is shutting down"))
+    }
+
+    fn finish(mut self) {
+        let _ = self.send_buf();
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= Self::PIECE {
+            self.send_buf()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

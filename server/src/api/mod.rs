@@ -2,6 +2,7 @@
 //! here and go no further in.
 
 pub mod convert;
+pub mod images;
 pub mod names;
 
 use std::collections::BTreeMap;
@@ -18,9 +19,6 @@ use crate::app::{now_ms, App, AppError};
 use crate::nodes::assignment;
 use crate::scheduler;
 use crate::state::status::Status as CStatus;
-
-/// The largest image tarball the cluster accepts in one import.
-pub const MAX_IMPORT_BYTES: usize = 4 << 30;
 
 /// The Cluster service of cluster.proto.
 pub struct ClusterService {
@@ -55,6 +53,7 @@ pub fn to_status(e: AppError) -> Status {
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<cluster::LogEntry, Status>> + Send>>;
+type DataStream = Pin<Box<dyn Stream<Item = Result<cluster::DataChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
@@ -282,9 +281,10 @@ impl Cluster for ClusterService {
                 node = chunk.node.clone();
                 first = false;
             }
-            if data.len() + chunk.data.len() > MAX_IMPORT_BYTES {
+            if data.len() + chunk.data.len() > images::MAX_UPLOAD_BYTES {
                 return Err(Status::resource_exhausted(format!(
-                    "the image tarball is larger than {MAX_IMPORT_BYTES} bytes"
+                    "the tarball is larger than {} bytes",
+                    images::MAX_UPLOAD_BYTES
                 )));
             }
             data.extend_from_slice(&chunk.data);
@@ -293,48 +293,87 @@ impl Cluster for ClusterService {
             return Err(Status::invalid_argument("no image reference given"));
         }
         let reference = names::normalize_image(&reference);
-        let targets = if node.is_empty() {
-            self.app.nodes.connected_names().await
-        } else if self.app.nodes.is_connected(&node).await {
-            vec![node.clone()]
-        } else {
-            return Err(Status::failed_precondition(format!(
-                "node {node} is not connected"
-            )));
-        };
-        if targets.is_empty() {
-            return Err(Status::failed_precondition(
-                "no node of the cluster is ready to take the image",
-            ));
-        }
-        let outcomes = futures::future::join_all(
-            targets
-                .iter()
-                .map(|n| self.app.nodes.import(n, &reference, &data)),
-        )
-        .await;
-        let mut nodes = Vec::new();
-        let mut image_id = String::new();
-        let mut errors = Vec::new();
-        for o in outcomes {
-            match o.result {
-                Ok(id) => {
-                    image_id = id;
-                    nodes.push(o.node);
-                }
-                Err(e) => errors.push(format!("{}: {e}", o.node)),
-            }
-        }
-        if nodes.is_empty() {
-            return Err(Status::invalid_argument(format!(
-                "import failed: {}",
-                errors.join("; ")
-            )));
-        }
-        for e in &errors {
-            tracing::warn!("import of {reference} failed on {e}");
-        }
+        let targets = images::upload_targets(&self.app, &node).await?;
+        let (loaded, nodes) =
+            images::upload(&self.app, &targets, images::import_op(&reference), &data).await?;
+        let image_id = loaded.first().map(|i| i.id.clone()).unwrap_or_default();
         Ok(Response::new(cluster::ImportResponse { image_id, nodes }))
+    }
+
+    async fn load_images(
+        &self,
+        req: Request<Streaming<cluster::UploadChunk>>,
+    ) -> Result<Response<cluster::LoadImagesResponse>, Status> {
+        let mut stream = req.into_inner();
+        let mut node = None;
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            if node.is_none() {
+                node = Some(chunk.node.clone());
+            }
+            if data.len() + chunk.data.len() > images::MAX_UPLOAD_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "the archive is larger than {} bytes",
+                    images::MAX_UPLOAD_BYTES
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let targets = images::upload_targets(&self.app, &node.unwrap_or_default()).await?;
+        let (images, nodes) = images::upload(&self.app, &targets, images::load_op(), &data).await?;
+        Ok(Response::new(cluster::LoadImagesResponse { images, nodes }))
+    }
+
+    type SaveImagesStream = DataStream;
+
+    async fn save_images(
+        &self,
+        req: Request<cluster::SaveImagesRequest>,
+    ) -> Result<Response<DataStream>, Status> {
+        let rx = images::save(&self.app, req.into_inner().references).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn tag_image(
+        &self,
+        req: Request<cluster::TagImageRequest>,
+    ) -> Result<Response<cluster::TagImageResponse>, Status> {
+        let req = req.into_inner();
+        let nodes = images::tag(&self.app, &req.source, &req.target).await?;
+        Ok(Response::new(cluster::TagImageResponse { nodes }))
+    }
+
+    async fn remove_images(
+        &self,
+        req: Request<cluster::RemoveImagesRequest>,
+    ) -> Result<Response<cluster::RemoveImagesResponse>, Status> {
+        let req = req.into_inner();
+        let mut out = cluster::RemoveImagesResponse::default();
+        for r in &req.references {
+            let (untagged, deleted) = images::remove(&self.app, r, req.force).await?;
+            out.untagged.extend(untagged);
+            out.deleted.extend(deleted);
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn inspect_image(
+        &self,
+        req: Request<cluster::ImageRef>,
+    ) -> Result<Response<cluster::InspectImageResponse>, Status> {
+        let json = images::inspect(&self.app, &req.into_inner().reference).await?;
+        Ok(Response::new(cluster::InspectImageResponse { json }))
+    }
+
+    type ExportContainerStream = DataStream;
+
+    async fn export_container(
+        &self,
+        req: Request<cluster::ContainerRef>,
+    ) -> Result<Response<DataStream>, Status> {
+        let c = self.find(&req.into_inner().name_or_id)?;
+        let rx = images::export(&self.app, &c).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn list_images(

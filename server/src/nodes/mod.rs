@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use berth_proto::agent::{server_message, ImportImage, ServerMessage};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use berth_proto::agent::{image_request, server_message, ImageReply, ImageRequest, ServerMessage};
+use tokio::sync::{mpsc, Mutex};
 
-/// The largest piece of an image tarball sent in one message.
-pub const IMPORT_CHUNK: usize = 1 << 20;
+/// The largest piece of an upload sent to an agent in one message.
+pub const UPLOAD_CHUNK: usize = 1 << 20;
 
 /// One connected agent.
 struct Connected {
@@ -23,19 +23,13 @@ struct Connected {
     last_heartbeat: Instant,
 }
 
-/// What an agent answered to an import.
-#[derive(Debug, Clone)]
-pub struct ImportOutcome {
-    pub node: String,
-    pub result: Result<String, String>,
-}
-
 /// The registry of agent sessions on this server. Heartbeats live here,
 /// in memory, and never go through Raft (invariant 4).
 #[derive(Default)]
 pub struct Nodes {
     connected: Mutex<HashMap<String, Connected>>,
-    imports: Mutex<HashMap<u64, oneshot::Sender<Result<String, String>>>>,
+    /// Image requests waiting for their replies, with the node they went to.
+    requests: Mutex<HashMap<u64, (String, mpsc::UnboundedSender<ImageReply>)>>,
     next_id: AtomicU64,
 }
 
@@ -54,12 +48,13 @@ impl Nodes {
         session_id
     }
 
-    /// Forgets the session, if it is still the node's current one. Returns
-    /// true if it was.
+    /// Forgets the session, if it is still the node's current one, and
+    /// fails the image requests waiting on it. Returns true if it was.
     pub async fn detach(&self, node: &str, session_id: u64) -> bool {
         let mut map = self.connected.lock().await;
         if map.get(node).map(|c| c.session_id) == Some(session_id) {
             map.remove(node);
+            self.requests.lock().await.retain(|_, (n, _)| n != node);
             true
         } else {
             false
@@ -111,50 +106,79 @@ impl Nodes {
         tx.send(msg).await.is_ok()
     }
 
-    /// Sends an image tarball to a node's agent and waits for its answer.
-    pub async fn import(&self, node: &str, reference: &str, data: &[u8]) -> ImportOutcome {
+    /// Sends an image operation (with its upload, if any) to a node's agent
+    /// and returns the stream of its replies.
+    pub async fn image_request(
+        &self,
+        node: &str,
+        op: image_request::Op,
+        data: &[u8],
+    ) -> Result<mpsc::UnboundedReceiver<ImageReply>, String> {
         let request_id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = oneshot::channel();
-        self.imports.lock().await.insert(request_id, tx);
-        let outcome = |result| ImportOutcome {
-            node: node.to_string(),
-            result,
-        };
-        let mut chunks: Vec<&[u8]> = data.chunks(IMPORT_CHUNK).collect();
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.requests
+            .lock()
+            .await
+            .insert(request_id, (node.to_string(), tx));
+        let mut chunks: Vec<&[u8]> = data.chunks(UPLOAD_CHUNK).collect();
         if chunks.is_empty() {
             chunks.push(&[]);
         }
         let last = chunks.len() - 1;
+        let mut op = Some(op);
         for (i, chunk) in chunks.into_iter().enumerate() {
             let msg = ServerMessage {
-                msg: Some(server_message::Msg::ImportImage(ImportImage {
+                msg: Some(server_message::Msg::ImageRequest(ImageRequest {
                     request_id,
-                    reference: reference.to_string(),
+                    op: op.take(),
                     data: chunk.to_vec(),
                     last: i == last,
                 })),
             };
             if !self.send(node, msg).await {
-                self.imports.lock().await.remove(&request_id);
-                return outcome(Err(format!("node {node} disconnected during the import")));
+                self.requests.lock().await.remove(&request_id);
+                return Err(format!("node {node} is not connected"));
             }
         }
-        match tokio::time::timeout(std::time::Duration::from_secs(300), rx).await {
-            Ok(Ok(r)) => outcome(r),
-            Ok(Err(_)) => outcome(Err(format!("node {node} disconnected during the import"))),
-            Err(_) => {
-                self.imports.lock().await.remove(&request_id);
-                outcome(Err(format!(
-                    "node {node} did not answer the import in 300 s"
-                )))
+        Ok(rx)
+    }
+
+    /// Sends an image operation and waits for its last reply: the result's
+    /// JSON, or the agent's error.
+    pub async fn image_call(
+        &self,
+        node: &str,
+        op: image_request::Op,
+        data: &[u8],
+    ) -> Result<String, String> {
+        let mut rx = self.image_request(node, op, data).await?;
+        let wait = async {
+            while let Some(r) = rx.recv().await {
+                if r.last {
+                    return if r.error.is_empty() {
+                        Ok(r.json)
+                    } else {
+                        Err(r.error)
+                    };
+                }
             }
+            Err(format!("node {node} disconnected before answering"))
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(600), wait).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("node {node} did not answer in 600 s")),
         }
     }
 
-    /// Hands an agent's import answer to the request waiting for it.
-    pub async fn import_done(&self, request_id: u64, result: Result<String, String>) {
-        if let Some(tx) = self.imports.lock().await.remove(&request_id) {
-            let _ = tx.send(result);
+    /// Hands an agent's reply to the request waiting for it.
+    pub async fn image_reply(&self, reply: ImageReply) {
+        let mut requests = self.requests.lock().await;
+        let last = reply.last;
+        if let Some((_, tx)) = requests.get(&reply.request_id) {
+            let _ = tx.send(reply.clone());
+        }
+        if last {
+            requests.remove(&reply.request_id);
         }
     }
 }

@@ -287,14 +287,7 @@ async fn serve(
                     return format!("cannot commit: {e}");
                 }
             }
-            agent_message::Msg::ImportResult(r) => {
-                let result = if r.error.is_empty() {
-                    Ok(r.image_id)
-                } else {
-                    Err(r.error)
-                };
-                app.nodes.import_done(r.request_id, result).await;
-            }
+            agent_message::Msg::ImageReply(r) => app.nodes.image_reply(r).await,
         }
     }
 }
