@@ -34,9 +34,9 @@ pub fn load_archive(
 ) -> Result<Vec<ImageSummary>, ImageError> {
     let staging = store.staging_dir()?;
     let staged = Staged::extract(src, staging.path())?;
-    if staged.exists("manifest.json") {
+    if staged.exists("manifest.json")? {
         load_docker(store, snapshots, &staged, staging.path())
-    } else if staged.exists("index.json") {
+    } else if staged.exists("index.json")? {
         load_oci(store, snapshots, &staged, staging.path())
     } else {
         Err(ImageError::Archive(
@@ -193,8 +193,10 @@ impl Staged {
         Err(archive_err(format!("{name}: too many levels of links")))
     }
 
-    fn exists(&self, name: &str) -> bool {
-        self.real(name).map(|p| p.is_file()).unwrap_or(false)
+    /// True if the archive has this file; a link that loops or leaves the
+    /// archive is an error, not a missing file.
+    fn exists(&self, name: &str) -> Result<bool, ImageError> {
+        Ok(self.real(name)?.is_file())
     }
 
     fn open(&self, name: &str) -> Result<File, ImageError> {

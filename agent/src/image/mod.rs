@@ -36,7 +36,7 @@ pub enum ImageError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid image metadata in {what}: {source}")]
+    #[error("invalid image metadata in {what}: {}", spec_cause(.source))]
     Spec {
         what: String,
         source: oci_spec::OciSpecError,
@@ -49,6 +49,14 @@ pub enum ImageError {
     Archive(String),
     #[error("unpacking a layer: {0}")]
     Unpack(#[from] crate::snapshot::SnapshotError),
+}
+
+/// An oci-spec error with its cause ("serde failed" alone names nothing).
+fn spec_cause(e: &oci_spec::OciSpecError) -> String {
+    match e {
+        oci_spec::OciSpecError::SerDe(inner) => format!("malformed JSON: {inner}"),
+        other => other.to_string(),
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
