@@ -260,7 +260,10 @@ fn hostile_archives_are_refused_and_change_nothing() {
             {
                 let mut o = Oci::new(vec![plain_layer()]).describe();
                 // Same size, other bytes: only the digest can tell.
-                o.layers[0].0 = TarBuilder::new().dir("etc/").file("etc/hostname", b"evil!!!\n").finish();
+                o.layers[0].0 = TarBuilder::new()
+                    .dir("etc/")
+                    .file("etc/hostname", b"evil!!!\n")
+                    .finish();
                 o.archive()
             },
             "does not match",

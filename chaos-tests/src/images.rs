@@ -15,6 +15,14 @@ fn new_header() -> tar::Header {
     h
 }
 
+/// The busybox rootfs as an uncompressed layer tar, in memory.
+pub fn busybox_layer() -> anyhow::Result<Vec<u8>> {
+    let dir = tempfile::tempdir()?;
+    let p = dir.path().join("busybox.tar");
+    busybox_rootfs_tar(&p)?;
+    Ok(std::fs::read(p)?)
+}
+
 /// Writes a rootfs tarball holding a static busybox, a link for each of its
 /// applets, and minimal /etc files.
 pub fn busybox_rootfs_tar(out: &Path) -> anyhow::Result<()> {

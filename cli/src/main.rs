@@ -146,6 +146,10 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
 }
 
 fn main() {
+    // SAFETY: restoring SIGPIPE's default disposition installs no handler
+    // code. Rust ignores SIGPIPE, which turns `berth ps | head` into a
+    // panic; a command-line tool should end quietly instead.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -263,16 +263,19 @@ pub async fn remove(
                         .is_some_and(|s| image.tags.iter().any(|t| *t == s.image)))
         })
         .collect();
-    if let Some(running) = users
+    // Untagging one of several tags deletes nothing: always allowed.
+    let only_untag =
+        image.tags.len() > 1 && image.tags.iter().any(|t| *t == normalize_image(reference));
+    let running = users
         .iter()
-        .find(|c| matches!(c.state(), ContainerState::Running | ContainerState::Paused))
-    {
+        .find(|c| matches!(c.state(), ContainerState::Running | ContainerState::Paused));
+    if let (Some(running), false) = (running, only_untag) {
         return Err(Status::failed_precondition(format!(
             "conflict: unable to delete {short} (cannot be forced) - image is being used by running container {}",
             &running.id[..12]
         )));
     }
-    if let (Some(user), false) = (users.first(), force) {
+    if let (Some(user), false, false) = (users.first(), force, only_untag) {
         return Err(Status::failed_precondition(format!(
             "conflict: unable to remove repository reference \"{reference}\" (must force) - container {} is using its referenced image {short}",
             &user.id[..12]

@@ -1,0 +1,313 @@
+//! Images through a real cluster: load from the formats the world writes
+//! (skopeo and umoci OCI layouts, docker save archives), save to archives
+//! that skopeo reads back, whiteouts in running containers, tag, rmi,
+//! history, inspect, export.
+
+use std::process::Command;
+
+use anyhow::{ensure, Context};
+use berth_chaos::images::{busybox_layer, oci_archive, OciImage, TarBuilder};
+use berth_chaos::{sandbox, Cluster};
+
+/// Runs a host tool (skopeo, umoci, tar) and fails with its stderr.
+fn tool(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd} (installed by the README's test command)"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What a container of `image` sees of its filesystem, to compare images.
+fn fingerprint(c: &Cluster, image: &str) -> anyhow::Result<String> {
+    let r = c
+        .berth(&[
+            "run",
+            "--rm",
+            image,
+            "sh",
+            "-c",
+            "ls / /bin | md5sum; cat /etc/passwd | md5sum",
+        ])
+        .ok()?;
+    Ok(r.stdout)
+}
+
+#[test]
+fn skopeo_and_umoci_layouts_load_and_saved_archives_read_back() {
+    sandbox::run(
+        "skopeo_and_umoci_layouts_load_and_saved_archives_read_back",
+        || {
+            let c = Cluster::start()?;
+            let dir = c.dir().to_path_buf();
+            let expected = fingerprint(&c, "busybox")?;
+
+            // berth save writes an archive skopeo reads both as a docker archive
+            // and as an OCI archive.
+            let saved = dir.join("saved.tar");
+            c.berth(&["save", "-o", saved.to_str().unwrap(), "busybox"])
+                .ok()?;
+            let inspect = tool(
+                "skopeo",
+                &["inspect", &format!("docker-archive:{}", saved.display())],
+            )?;
+            ensure!(inspect.contains("\"Architecture\": \"amd64\""), "{inspect}");
+            tool(
+                "skopeo",
+                &[
+                    "inspect",
+                    &format!("oci-archive:{}:busybox:latest", saved.display()),
+                ],
+            )?;
+
+            // skopeo's OCI archive of it loads and runs the same.
+            let skopeo_oci = dir.join("skopeo-oci.tar");
+            tool(
+                "skopeo",
+                &[
+                    "copy",
+                    "-q",
+                    &format!("docker-archive:{}", saved.display()),
+                    &format!("oci-archive:{}:skopeo/bb:1", skopeo_oci.display()),
+                ],
+            )?;
+            let r = c
+                .berth(&["load", "-i", skopeo_oci.to_str().unwrap()])
+                .ok()?;
+            ensure!(r.stdout.contains("Loaded image: skopeo/bb:1"), "{r:?}");
+            ensure!(fingerprint(&c, "skopeo/bb:1")? == expected);
+
+            // umoci edits an OCI layout (a new tag with its own command); that
+            // layout, tarred, loads and runs with umoci's command.
+            let layout = dir.join("layout");
+            tool(
+                "skopeo",
+                &[
+                    "copy",
+                    "-q",
+                    &format!("docker-archive:{}", saved.display()),
+                    &format!("oci:{}:base", layout.display()),
+                ],
+            )?;
+            tool(
+                "umoci",
+                &[
+                    "config",
+                    "--image",
+                    &format!("{}:base", layout.display()),
+                    "--tag",
+                    "edited",
+                    "--config.cmd",
+                    "echo",
+                    "--config.cmd",
+                    "umoci was here",
+                ],
+            )?;
+            let umoci_tar = dir.join("umoci.tar");
+            tool(
+                "tar",
+                &[
+                    "-C",
+                    layout.to_str().unwrap(),
+                    "-cf",
+                    umoci_tar.to_str().unwrap(),
+                    ".",
+                ],
+            )?;
+            let r = c.berth(&["load", "-i", umoci_tar.to_str().unwrap()]).ok()?;
+            ensure!(r.stdout.contains("Loaded image: edited:latest"), "{r:?}");
+            let r = c.berth(&["run", "--rm", "edited"]).ok()?;
+            ensure!(r.stdout == "umoci was here\n", "{r:?}");
+            ensure!(fingerprint(&c, "base")? == expected);
+
+            // A berth archive loads back into berth: round trip, same image id.
+            let ids = |c: &Cluster| c.berth(&["images", "-q"]).stdout;
+            c.berth(&["rmi", "skopeo/bb:1"]).ok()?;
+            let before = ids(&c);
+            let r = c.berth(&["load", "-i", saved.to_str().unwrap()]).ok()?;
+            ensure!(r.stdout.contains("Loaded image: busybox:latest"), "{r:?}");
+            ensure!(
+                ids(&c) == before,
+                "the image id changed across save and load"
+            );
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn whiteouts_hide_files_in_containers_and_shared_layers_are_kept_once() {
+    sandbox::run(
+        "whiteouts_hide_files_in_containers_and_shared_layers_are_kept_once",
+        || {
+            let c = Cluster::start()?;
+            let base = busybox_layer()?;
+            let data = TarBuilder::new()
+                .dir("data/")
+                .file("data/a", b"a")
+                .file("data/b", b"b")
+                .dir("etc/")
+                .file("etc/motd", b"hello")
+                .finish();
+            let deletes = TarBuilder::new()
+                .file("etc/.wh.motd", b"")
+                .dir("data/")
+                .file("data/.wh..wh..opq", b"")
+                .file("data/new", b"new")
+                .finish();
+            let other = TarBuilder::new().file("other", b"other").finish();
+            let archive = oci_archive(&[
+                OciImage {
+                    reference: "wh:deleting".into(),
+                    layers: vec![base.clone(), data.clone(), deletes],
+                    gzip: true,
+                },
+                OciImage {
+                    reference: "wh:keeping".into(),
+                    layers: vec![base.clone(), data.clone(), other],
+                    gzip: false,
+                },
+            ]);
+            let path = c.dir().join("wh.tar");
+            std::fs::write(&path, archive)?;
+            let before = std::fs::read_dir(c.dir().join("agent/snapshots"))?.count();
+            c.berth(&["load", "-i", path.to_str().unwrap()]).ok()?;
+            // busybox's layer was already there; data, deletes and other are new.
+            let after = std::fs::read_dir(c.dir().join("agent/snapshots"))?.count();
+            ensure!(
+                after == before + 3,
+                "snapshots: {before} before, {after} after"
+            );
+
+            let r = c
+                .berth(&[
+                    "run",
+                    "--rm",
+                    "wh:deleting",
+                    "sh",
+                    "-c",
+                    "ls /data; test -e /etc/motd && echo motd visible; true",
+                ])
+                .ok()?;
+            ensure!(
+                r.stdout == "new\n",
+                "the deleting image shows {:?}",
+                r.stdout
+            );
+            let r = c
+                .berth(&[
+                    "run",
+                    "--rm",
+                    "wh:keeping",
+                    "sh",
+                    "-c",
+                    "ls /data; cat /etc/motd",
+                ])
+                .ok()?;
+            ensure!(
+                r.stdout == "a\nb\nhello",
+                "the keeping image shows {:?}",
+                r.stdout
+            );
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn tag_rmi_history_inspect_and_export() {
+    sandbox::run("tag_rmi_history_inspect_and_export", || {
+        let c = Cluster::start()?;
+        c.berth(&["tag", "busybox", "mine:v1"]).ok()?;
+        let images = c.berth(&["images"]).ok()?.stdout;
+        ensure!(
+            images
+                .lines()
+                .any(|l| l.starts_with("mine ") && l.contains("v1") && l.contains("node1")),
+            "{images}"
+        );
+
+        let inspect = c.berth(&["image", "inspect", "mine:v1"]).ok()?.stdout;
+        let v: serde_json::Value = serde_json::from_str(&inspect)?;
+        ensure!(
+            v[0]["RepoTags"].as_array().is_some_and(|t| t.len() == 2),
+            "{inspect}"
+        );
+        ensure!(v[0]["Nodes"][0] == "node1", "{inspect}");
+        let history = c.berth(&["history", "mine:v1"]).ok()?.stdout;
+        ensure!(
+            history.contains("berth import") && history.contains("Imported from tarball"),
+            "{history}"
+        );
+
+        // A container's changes, exported with the image under them.
+        c.berth(&[
+            "run",
+            "--name",
+            "writer",
+            "busybox",
+            "sh",
+            "-c",
+            "echo written > /root/note; rm /etc/group",
+        ])
+        .ok()?;
+        let out = c.dir().join("export.tar");
+        c.berth(&["export", "-o", out.to_str().unwrap(), "writer"])
+            .ok()?;
+        let listing = tool("tar", &["-tf", out.to_str().unwrap()])?;
+        let listing: String = listing
+            .lines()
+            .map(|l| format!("./{}\n", l.trim_start_matches("./")))
+            .collect();
+        ensure!(
+            listing.lines().any(|l| l == "./root/note"),
+            "no note in the export"
+        );
+        ensure!(
+            listing.lines().any(|l| l == "./bin/busybox"),
+            "no busybox in the export"
+        );
+        ensure!(
+            !listing.lines().any(|l| l == "./etc/group"),
+            "a deleted file was exported"
+        );
+
+        // rmi: one of several tags goes quietly; the last is refused while
+        // a container uses the image, and forcing does not help while one runs.
+        let r = c.berth(&["rmi", "mine:v1"]).ok()?;
+        ensure!(r.stdout == "Untagged: mine:v1\n", "{r:?}");
+        let r = c.berth(&["rmi", "busybox"]);
+        ensure!(
+            r.code != 0 && r.stderr.contains("must force"),
+            "{r:?}\n{}\n{}",
+            c.berth(&["images"]).stdout,
+            c.berth(&["ps", "-a"]).stdout
+        );
+        c.berth(&["run", "-d", "--name", "sleeper", "busybox", "sleep", "600"])
+            .ok()?;
+        c.wait_until(std::time::Duration::from_secs(10), "sleeper to run", |c| {
+            c.berth(&["ps"]).stdout.contains("sleeper")
+        })?;
+        let r = c.berth(&["rmi", "-f", "busybox"]);
+        ensure!(
+            r.code != 0 && r.stderr.contains("cannot be forced"),
+            "{r:?}"
+        );
+        c.berth(&["rm", "-f", "sleeper", "writer"]).ok()?;
+        let r = c.berth(&["rmi", "busybox"]).ok()?;
+        ensure!(r.stdout.contains("Deleted: sha256:"), "{r:?}");
+        let images = c.berth(&["images", "-q"]).ok()?.stdout;
+        ensure!(images.trim().is_empty(), "images left: {images}");
+        let r = c.berth(&["rmi", "busybox"]);
+        ensure!(
+            r.code != 0 && r.stderr.contains("No such image: busybox:latest"),
+            "{r:?}"
+        );
+        Ok(())
+    });
+}
