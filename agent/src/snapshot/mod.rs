@@ -139,17 +139,42 @@ fn check_relative(path: &Path) -> Result<(), SnapshotError> {
     Ok(())
 }
 
-/// Resolves the directory an entry lands in, and checks that symlinks
-/// already unpacked do not lead it outside `root`.
-fn safe_parent(root: &Path, rel: &Path) -> Result<PathBuf, SnapshotError> {
-    let parent = root.join(rel.parent().unwrap_or(Path::new("")));
-    fs::create_dir_all(&parent).map_err(|_| SnapshotError::Escape(rel.to_path_buf()))?;
-    let real = parent.canonicalize().map_err(io_err(&parent))?;
-    let real_root = root.canonicalize().map_err(io_err(root))?;
-    if !real.starts_with(&real_root) {
-        return Err(SnapshotError::Escape(rel.to_path_buf()));
+/// Directories already checked to lie inside the layer, so that each is
+/// resolved once. Any symlink unpacked may change what a path resolves to,
+/// so unpacking one empties the cache.
+struct CheckedDirs {
+    real_root: PathBuf,
+    checked: std::collections::HashMap<PathBuf, PathBuf>,
+}
+
+impl CheckedDirs {
+    fn new(root: &Path) -> Result<Self, SnapshotError> {
+        Ok(Self {
+            real_root: root.canonicalize().map_err(io_err(root))?,
+            checked: std::collections::HashMap::new(),
+        })
     }
-    Ok(real)
+
+    /// The real directory an entry lands in, created if missing, after
+    /// checking that symlinks already unpacked do not lead it outside.
+    fn parent(&mut self, root: &Path, rel: &Path) -> Result<PathBuf, SnapshotError> {
+        let parent_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+        if let Some(real) = self.checked.get(&parent_rel) {
+            return Ok(real.clone());
+        }
+        let parent = root.join(&parent_rel);
+        fs::create_dir_all(&parent).map_err(|_| SnapshotError::Escape(rel.to_path_buf()))?;
+        let real = parent.canonicalize().map_err(io_err(&parent))?;
+        if !real.starts_with(&self.real_root) {
+            return Err(SnapshotError::Escape(rel.to_path_buf()));
+        }
+        self.checked.insert(parent_rel, real.clone());
+        Ok(real)
+    }
+
+    fn forget(&mut self) {
+        self.checked.clear();
+    }
 }
 
 /// Unpacks one layer tar into `root`, refusing hostile entries and turning
@@ -160,48 +185,21 @@ pub fn unpack_layer(tar: impl Read, root: &Path) -> Result<(), SnapshotError> {
     archive.set_preserve_ownerships(true);
     archive.set_unpack_xattrs(true);
     archive.set_overwrite(true);
+    let mut dirs = CheckedDirs::new(root)?;
     for entry in archive.entries().map_err(SnapshotError::Tar)? {
         let mut entry = entry.map_err(SnapshotError::Tar)?;
         let path = entry.path().map_err(SnapshotError::Tar)?.into_owned();
         check_relative(&path)?;
+        let Some(name) = path.file_name().map(|n| n.to_owned()) else {
+            // "." or an empty name: the root itself.
+            continue;
+        };
         let kind = entry.header().entry_type();
         if kind.is_block_special() || kind.is_character_special() {
             return Err(SnapshotError::DeviceNode(path));
         }
-        if kind.is_hard_link() {
-            let target = entry
-                .link_name()
-                .map_err(SnapshotError::Tar)?
-                .map(|t| t.into_owned())
-                .unwrap_or_default();
-            if check_relative(&target).is_err() {
-                return Err(SnapshotError::LinkEscape {
-                    entry: path,
-                    target,
-                });
-            }
-            let target_parent =
-                safe_parent(root, &target).map_err(|_| SnapshotError::LinkEscape {
-                    entry: path.clone(),
-                    target: target.clone(),
-                })?;
-            let name = target.file_name().unwrap_or_default();
-            if fs::symlink_metadata(target_parent.join(name))
-                .map(|m| m.file_type().is_symlink())
-                .unwrap_or(false)
-            {
-                return Err(SnapshotError::LinkEscape {
-                    entry: path,
-                    target,
-                });
-            }
-        }
-        let file_name = path
-            .file_name()
-            .map(|n| n.as_bytes().to_vec())
-            .unwrap_or_default();
-        if let Some(hidden) = file_name.strip_prefix(b".wh.") {
-            let parent = safe_parent(root, &path)?;
+        let parent = dirs.parent(root, &path)?;
+        if let Some(hidden) = name.as_bytes().strip_prefix(b".wh.") {
             if hidden == b".wh..opq" {
                 set_opaque(&parent)?;
             } else {
@@ -212,11 +210,52 @@ pub fn unpack_layer(tar: impl Read, root: &Path) -> Result<(), SnapshotError> {
             }
             continue;
         }
-        safe_parent(root, &path)?;
-        let unpacked = entry.unpack_in(root).map_err(SnapshotError::Tar)?;
-        if !unpacked {
-            return Err(SnapshotError::Escape(path));
+        let dest = parent.join(&name);
+        if kind.is_hard_link() {
+            let target = entry
+                .link_name()
+                .map_err(SnapshotError::Tar)?
+                .map(|t| t.into_owned())
+                .unwrap_or_default();
+            let escape = || SnapshotError::LinkEscape {
+                entry: path.clone(),
+                target: target.clone(),
+            };
+            if check_relative(&target).is_err() {
+                return Err(escape());
+            }
+            let target_name = target.file_name().ok_or_else(escape)?;
+            let source = dirs
+                .parent(root, &target)
+                .map_err(|_| escape())?
+                .join(target_name);
+            // A hardlink to a symlink would let the link stand in for a
+            // file outside the layer.
+            if fs::symlink_metadata(&source)
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(true)
+            {
+                return Err(escape());
+            }
+            let _ = fs::remove_file(&dest);
+            fs::hard_link(&source, &dest).map_err(io_err(&dest))?;
+            continue;
         }
+        if kind.is_symlink() {
+            dirs.forget();
+        }
+        // What is already at the path: a symlink is always replaced (so that
+        // nothing is written or chmod'ed through it), a directory only by
+        // an entry that is not one (a later layer entry replaces an earlier
+        // one; a directory entry keeps the content and sets the metadata).
+        match fs::symlink_metadata(&dest) {
+            Ok(m) if m.file_type().is_symlink() => fs::remove_file(&dest).map_err(io_err(&dest))?,
+            Ok(m) if m.is_dir() && !kind.is_dir() => {
+                fs::remove_dir_all(&dest).map_err(io_err(&dest))?
+            }
+            _ => {}
+        }
+        entry.unpack(&dest).map_err(SnapshotError::Tar)?;
     }
     Ok(())
 }
@@ -446,6 +485,41 @@ mod tests {
             assert!(!dir.path().join("escape").exists(), "{what} wrote outside");
         }
         assert!(!Path::new("/tmp/berth-absolute-escape").exists());
+    }
+
+    #[test]
+    fn entries_replace_symlinks_instead_of_following_them() {
+        let outside = tempfile::tempdir().unwrap();
+        let target_file = outside.path().join("victim");
+        fs::write(&target_file, b"original").unwrap();
+        let out_dir = outside.path().display().to_string();
+        let layer = tar_with(|b| {
+            link(
+                b,
+                tar::EntryType::Symlink,
+                "f",
+                &target_file.display().to_string(),
+            );
+            file(b, "f", b"replaced");
+            link(b, tar::EntryType::Symlink, "d", &out_dir);
+            let mut h = header();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o777);
+            h.set_size(0);
+            h.as_old_mut().name[..2].copy_from_slice(b"d/");
+            h.set_cksum();
+            b.append(&h, std::io::empty()).unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        unpack_layer(layer.as_slice(), dir.path()).unwrap();
+        assert_eq!(fs::read(&target_file).unwrap(), b"original");
+        assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"replaced");
+        assert!(fs::symlink_metadata(dir.path().join("d")).unwrap().is_dir());
+        use std::os::unix::fs::PermissionsExt;
+        assert_ne!(
+            fs::metadata(outside.path()).unwrap().permissions().mode() & 0o777,
+            0o777
+        );
     }
 
     #[test]
