@@ -91,14 +91,25 @@ fn main() {
         let f = std::fs::File::open(&gz_path).expect("the layer");
         let root = dir.join("root");
         std::fs::create_dir(&root).expect("a root");
-        unpack_layer(flate2::read::GzDecoder::new(std::io::BufReader::new(f)), &root).expect("unpacking");
+        unpack_layer(
+            flate2::read::GzDecoder::new(std::io::BufReader::new(f)),
+            &root,
+        )
+        .expect("unpacking");
     };
     let mut ingest_fn = |dir: &Path| {
         let store = ImageStore::open(&dir.join("images")).expect("a store");
         let snaps = Snapshots::open(&dir.join("snapshots")).expect("snapshots");
         let staging = store.staging_dir().expect("staging");
         let f = std::fs::File::open(&gz_path).expect("the layer");
-        ingest(&store, &snaps, std::io::BufReader::new(f), &Expected::default(), staging.path()).expect("ingesting");
+        ingest(
+            &store,
+            &snaps,
+            std::io::BufReader::new(f),
+            &Expected::default(),
+            staging.path(),
+        )
+        .expect("ingesting");
     };
     // Interleaved, so that a noisy moment hurts all three alike.
     let (mut t1, mut t2, mut t3) = (Vec::new(), Vec::new(), Vec::new());

@@ -260,7 +260,7 @@ pub async fn remove(
                 || (c.image_id.is_empty()
                     && c.spec
                         .as_ref()
-                        .is_some_and(|s| image.tags.iter().any(|t| *t == s.image)))
+                        .is_some_and(|s| image.tags.contains(&s.image)))
         })
         .collect();
     // Untagging one of several tags deletes nothing: always allowed.
