@@ -460,3 +460,38 @@ fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
     };
     (n >= 0).then(|| buf[..n as usize].to_vec())
 }
+
+#[test]
+fn zstd_and_docker_media_types_load() {
+    let f = fixture();
+    let layer = TarBuilder::new()
+        .dir("etc/")
+        .file("etc/zstd", b"zstd layer")
+        .finish();
+    let mut o = Oci::new(vec![layer.clone()]);
+    o.layers[0] = (
+        zstd::encode_all(layer.as_slice(), 3).unwrap(),
+        "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+    );
+    let archive = o.describe().archive();
+    let loaded = load_archive(&f.store, &f.snapshots, archive.as_slice()).unwrap();
+    assert_eq!(loaded[0].tags, vec!["hostile:latest".to_string()]);
+    let snap = f.snapshots.path(&digest(&layer)).unwrap();
+    assert_eq!(std::fs::read(snap.join("etc/zstd")).unwrap(), b"zstd layer");
+
+    let layer = TarBuilder::new()
+        .file("docker", b"docker media type")
+        .finish();
+    let mut o = Oci::new(vec![layer.clone()]);
+    o.layers[0] = (
+        gzip(&layer),
+        "application/vnd.docker.image.rootfs.diff.tar.gzip".into(),
+    );
+    let archive = o.describe().archive();
+    load_archive(&f.store, &f.snapshots, archive.as_slice()).unwrap();
+    let snap = f.snapshots.path(&digest(&layer)).unwrap();
+    assert_eq!(
+        std::fs::read(snap.join("docker")).unwrap(),
+        b"docker media type"
+    );
+}
