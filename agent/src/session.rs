@@ -170,7 +170,10 @@ async fn session(
                     Err(e) => return Ok(format!("stream error: {e}")),
                 };
                 match msg.msg {
-                    Some(server_message::Msg::Registered(r)) => tracing::info!(node = %r.node, server = %addr, "registered"),
+                    Some(server_message::Msg::Registered(r)) => {
+                        tracing::info!(node = %r.node, server = %addr, "registered");
+                        tokio::spawn(supervisor.clone().resume(r.log_next_seq));
+                    }
                     Some(server_message::Msg::Assign(a)) => {
                         tokio::spawn(supervisor.clone().assign(a));
                     }

@@ -260,3 +260,204 @@ pub async fn rm(client: &mut ClusterClient<Channel>, args: RmArgs) -> Result<i32
     }
     Ok(if failed { 1 } else { 0 })
 }
+
+/// `berth create`: as `run`, without starting the container.
+pub async fn create(client: &mut ClusterClient<Channel>, args: RunArgs) -> Result<i32, CliError> {
+    let created = client
+        .create_container(CreateContainerRequest {
+            name: args.name.clone().unwrap_or_default(),
+            spec: Some(ContainerSpec {
+                image: args.image.clone(),
+                cmd: args.command.clone(),
+                env: args.env.clone(),
+                hostname: args.hostname.clone().unwrap_or_default(),
+                workdir: args.workdir.clone().unwrap_or_default(),
+                network: args.network.clone(),
+                auto_remove: args.rm,
+            }),
+            start: false,
+        })
+        .await
+        .map_err(CliError::run)?
+        .into_inner();
+    println!("{}", created.id);
+    Ok(0)
+}
+
+/// `berth start`.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Attach to the container's output and exit with its code.
+    #[arg(short = 'a', long)]
+    pub attach: bool,
+    /// Names or ids of containers.
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+pub async fn start(client: &mut ClusterClient<Channel>, args: StartArgs) -> Result<i32, CliError> {
+    let mut failed = false;
+    for c in &args.containers {
+        match client
+            .start_container(ContainerRef {
+                name_or_id: c.clone(),
+            })
+            .await
+        {
+            Ok(info) => {
+                let info = info.into_inner();
+                if args.attach {
+                    stream_logs(client, &info.id, true).await?;
+                    let w = client
+                        .wait_container(ContainerRef {
+                            name_or_id: info.id.clone(),
+                        })
+                        .await
+                        .map_err(CliError::api)?
+                        .into_inner();
+                    return Ok(w.exit_code);
+                }
+                println!("{c}");
+            }
+            Err(status) => {
+                eprintln!("berth: error: {}", status.message());
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+/// `berth stop` and `berth restart`.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Seconds to wait for the container to stop before killing it.
+    #[arg(short = 't', long = "time")]
+    pub time: Option<u32>,
+    /// Names or ids of containers.
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+pub async fn stop(
+    client: &mut ClusterClient<Channel>,
+    args: StopArgs,
+    restart: bool,
+) -> Result<i32, CliError> {
+    let mut failed = false;
+    for c in &args.containers {
+        let req = berth_proto::cluster::StopContainerRequest {
+            name_or_id: c.clone(),
+            timeout_s: args.time,
+        };
+        let res = if restart {
+            client.restart_container(req).await
+        } else {
+            client.stop_container(req).await
+        };
+        match res {
+            Ok(_) => println!("{c}"),
+            Err(status) => {
+                eprintln!("berth: error: {}", status.message());
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+/// `berth kill`.
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// The signal to send (a name such as USR1 or SIGTERM, or a number).
+    #[arg(short = 's', long = "signal", default_value = "KILL")]
+    pub signal: String,
+    /// Names or ids of containers.
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+pub async fn kill(client: &mut ClusterClient<Channel>, args: KillArgs) -> Result<i32, CliError> {
+    let mut failed = false;
+    for c in &args.containers {
+        match client
+            .kill_container(berth_proto::cluster::KillContainerRequest {
+                name_or_id: c.clone(),
+                signal: args.signal.clone(),
+            })
+            .await
+        {
+            Ok(_) => println!("{c}"),
+            Err(status) => {
+                eprintln!("berth: error: {}", status.message());
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+/// `berth wait`: prints each container's exit code once it has stopped.
+pub async fn wait(
+    client: &mut ClusterClient<Channel>,
+    containers: Vec<String>,
+) -> Result<i32, CliError> {
+    for c in &containers {
+        let w = client
+            .wait_container(ContainerRef {
+                name_or_id: c.clone(),
+            })
+            .await
+            .map_err(CliError::api)?
+            .into_inner();
+        println!("{}", w.exit_code);
+    }
+    Ok(0)
+}
+
+/// `berth inspect`: containers as JSON.
+pub async fn inspect(
+    client: &mut ClusterClient<Channel>,
+    containers: Vec<String>,
+) -> Result<i32, CliError> {
+    let mut all = Vec::new();
+    for c in &containers {
+        let i = client
+            .get_container(ContainerRef {
+                name_or_id: c.clone(),
+            })
+            .await
+            .map_err(CliError::api)?
+            .into_inner();
+        let spec = i.spec.clone().unwrap_or_default();
+        all.push(serde_json::json!({
+            "Id": i.id,
+            "Name": format!("/{}", i.name),
+            "Image": i.image_id,
+            "Node": i.node,
+            "Generation": i.generation,
+            "Created": i.created_at_ms,
+            "State": {
+                "Status": i.state,
+                "Running": i.state == "running" || i.state == "paused",
+                "Paused": i.state == "paused",
+                "Dead": i.state == "dead",
+                "ExitCode": i.exit_code,
+                "Error": i.error,
+                "StartedAtMs": i.started_at_ms,
+                "FinishedAtMs": i.finished_at_ms,
+            },
+            "Config": {
+                "Image": spec.image,
+                "Cmd": spec.cmd,
+                "Env": spec.env,
+                "Hostname": spec.hostname,
+                "WorkingDir": spec.workdir,
+            },
+            "HostConfig": {"NetworkMode": spec.network, "AutoRemove": spec.auto_remove},
+            "History": i.history,
+        }));
+    }
+    println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+    Ok(0)
+}

@@ -30,6 +30,26 @@ struct Cli {
 enum Command {
     /// Create and start a container from an image.
     Run(containers::RunArgs),
+    /// Create a container without starting it.
+    Create(containers::RunArgs),
+    /// Start created or stopped containers.
+    Start(containers::StartArgs),
+    /// Stop running containers: SIGTERM (or the image's stop signal), then SIGKILL after -t seconds.
+    Stop(containers::StopArgs),
+    /// Stop and start containers again.
+    Restart(containers::StopArgs),
+    /// Send a signal to running containers.
+    Kill(containers::KillArgs),
+    /// Wait for containers to stop and print their exit codes.
+    Wait {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Show containers' state and configuration as JSON.
+    Inspect {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
     /// List containers.
     Ps(containers::PsArgs),
     /// Print a container's output.
@@ -127,6 +147,13 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::Run(a) => containers::run(&mut client, a).await,
         Command::Ps(a) => containers::ps(&mut client, a).await,
+        Command::Create(a) => containers::create(&mut client, a).await,
+        Command::Start(a) => containers::start(&mut client, a).await,
+        Command::Stop(a) => containers::stop(&mut client, a, false).await,
+        Command::Restart(a) => containers::stop(&mut client, a, true).await,
+        Command::Kill(a) => containers::kill(&mut client, a).await,
+        Command::Wait { containers: list } => containers::wait(&mut client, list).await,
+        Command::Inspect { containers: list } => containers::inspect(&mut client, list).await,
         Command::Logs(a) => containers::logs(&mut client, a).await,
         Command::Rm(a) => containers::rm(&mut client, a).await,
         Command::Import(a) => images::import(&mut client, a).await,

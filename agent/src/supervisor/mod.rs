@@ -62,6 +62,55 @@ pub struct Meta {
     /// The image's layers, bottom first: kept while the container exists.
     #[serde(default)]
     pub diff_ids: Vec<String>,
+    /// The image's STOPSIGNAL, if it has one.
+    #[serde(default)]
+    pub stop_signal: Option<i32>,
+}
+
+/// Log lines of a bundle's log file from sequence number `from`, reading
+/// from byte `offset`; returns them with the offset after the last complete
+/// line.
+pub fn read_log_from(dir: &Path, from: u64, offset: u64) -> (Vec<agent::LogLine>, u64) {
+    use std::io::{BufRead, Seek, SeekFrom};
+    let Ok(mut f) = fs::File::open(bundle::log(dir)) else {
+        return (Vec::new(), offset);
+    };
+    if f.seek(SeekFrom::Start(offset)).is_err() {
+        return (Vec::new(), offset);
+    }
+    let mut reader = std::io::BufReader::new(f);
+    let mut out = Vec::new();
+    let mut pos = offset;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(n) if !line.ends_with('\n') => {
+                // A line the shim is still writing: read it next time.
+                let _ = n;
+                break;
+            }
+            Ok(n) => pos += n as u64,
+        }
+        if let Ok(Frame::Log {
+            seq,
+            stream,
+            time_ns,
+            line,
+        }) = serde_json::from_str::<Frame>(line.trim_end())
+        {
+            if seq >= from {
+                out.push(agent::LogLine {
+                    seq,
+                    stream,
+                    time_ns,
+                    line: line.into_bytes(),
+                });
+            }
+        }
+    }
+    (out, pos)
 }
 
 /// The node's containers and images.
@@ -337,71 +386,221 @@ impl Supervisor {
     /// Acts on an assignment from the leader.
     pub async fn assign(self: Arc<Self>, a: Assign) {
         match a.action() {
-            Action::Run => self.run(a).await,
+            Action::Run => self.run(a, true).await,
+            Action::Create => self.run(a, false).await,
             Action::Remove => self.remove(&a.container_id).await,
+            Action::Stop => self.stop(&a).await,
+            Action::Kill => self.signal(&a.container_id, a.signal),
             Action::Unspecified => {
                 tracing::warn!(id = %a.container_id, "assignment without an action")
             }
         }
     }
 
-    async fn run(self: Arc<Self>, a: Assign) {
+    /// The host pid of a container's first process while it runs.
+    fn running_pid(&self, dir: &Path) -> Option<i32> {
+        if bundle::exit(dir).exists() {
+            return None;
+        }
+        let pid: i32 = fs::read_to_string(bundle::pid(dir))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+
+    /// Sends a signal to a running container's first process.
+    fn signal(&self, id: &str, signal: i32) {
+        let Some(dir) = self.bundle_dir(id) else {
+            return;
+        };
+        let Some(pid) = self.running_pid(&dir) else {
+            tracing::info!(%id, "signal for a container that does not run");
+            return;
+        };
+        let Ok(sig) = nix::sys::signal::Signal::try_from(signal) else {
+            tracing::warn!(%id, signal, "not a signal");
+            return;
+        };
+        // kill(2) to the container's init: from outside its pid namespace
+        // the signal arrives if init handles it (SIGKILL always does).
+        if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {
+            tracing::warn!(%id, "kill({pid}, {sig}): {e}");
+        }
+    }
+
+    /// Sends the stop signal, then SIGKILL once the grace period is over.
+    async fn stop(&self, a: &Assign) {
+        let Some(dir) = self.bundle_dir(&a.container_id) else {
+            return;
+        };
+        let meta = read_meta(&dir);
+        let signal = if a.signal != 0 {
+            a.signal
+        } else {
+            meta.as_ref()
+                .and_then(|m| m.stop_signal)
+                .unwrap_or(nix::sys::signal::Signal::SIGTERM as i32)
+        };
+        self.signal(&a.container_id, signal);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(a.timeout_s as u64);
+        while tokio::time::Instant::now() < deadline {
+            if self.running_pid(&dir).is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.running_pid(&dir).is_some() {
+            tracing::info!(id = %a.container_id, "grace period over; sending SIGKILL");
+            self.signal(&a.container_id, nix::sys::signal::Signal::SIGKILL as i32);
+        }
+    }
+
+    /// Creates the container if this node does not hold it, and with
+    /// `start` starts it (again, if it has exited).
+    async fn run(self: Arc<Self>, a: Assign, start: bool) {
         let Some(dir) = self.bundle_dir(&a.container_id) else {
             tracing::warn!(id = %a.container_id, "refusing an assignment with a malformed id");
             return;
         };
-        if dir.exists() || !self.live.lock().await.insert(a.container_id.clone()) {
-            // Already here: an assignment repeated after a reconnect.
+        if !self.live.lock().await.insert(a.container_id.clone()) {
+            // A task already runs it: an assignment repeated after a reconnect.
             return;
         }
-        let me = self.clone();
-        let a2 = a.clone();
-        let d2 = dir.clone();
-        let prepared = tokio::task::spawn_blocking(move || me.prepare(&a2, &d2))
-            .await
-            .unwrap_or_else(|e| {
-                Err(SupervisorError::Io {
-                    path: PathBuf::new(),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            });
-        let image_id = match prepared {
-            Ok(id) => id,
-            Err(e) => {
-                tracing::warn!(id = %a.container_id, "cannot create the container: {e}");
-                let _ = snapshot::unmount(&bundle::rootfs(&dir));
-                self.transition(
-                    &a.container_id,
-                    a.generation,
-                    "exited",
-                    125,
-                    e.to_string(),
-                    String::new(),
-                );
-                self.live.lock().await.remove(&a.container_id);
+        self.clone().run_inner(&a, &dir, start).await;
+        self.live.lock().await.remove(&a.container_id);
+    }
+
+    async fn run_inner(self: Arc<Self>, a: &Assign, dir: &Path, start: bool) {
+        let id = &a.container_id;
+        let fail = |e: String| {
+            tracing::warn!(%id, "cannot start the container: {e}");
+            let _ = snapshot::unmount(&bundle::rootfs(dir));
+            self.transition(id, a.generation, "exited", 125, e, String::new());
+        };
+        if !dir.exists() {
+            let me = self.clone();
+            let (a2, d2) = (a.clone(), dir.to_path_buf());
+            let prepared = tokio::task::spawn_blocking(move || me.prepare(&a2, &d2))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(SupervisorError::Io {
+                        path: PathBuf::new(),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                });
+            match prepared {
+                Ok(image_id) => {
+                    self.transition(id, a.generation, "created", 0, String::new(), image_id)
+                }
+                Err(e) => return fail(e.to_string()),
+            }
+        } else if self.running_pid(dir).is_some() {
+            return;
+        } else if bundle::exit(dir).exists() {
+            if !start {
                 return;
             }
-        };
-        self.transition(
-            &a.container_id,
-            a.generation,
-            "created",
-            0,
-            String::new(),
-            image_id.clone(),
-        );
-        if let Err(e) = self.clone().start_shim(&a, &dir).await {
-            let _ = snapshot::unmount(&bundle::rootfs(&dir));
-            self.transition(
-                &a.container_id,
-                a.generation,
-                "exited",
-                125,
-                e,
-                String::new(),
-            );
+            // A restart: the rootfs went with the last run.
+            if let Err(e) = self.remount(dir) {
+                return fail(e);
+            }
+            let _ = fs::remove_file(bundle::exit(dir));
+            let _ = fs::remove_file(bundle::pid(dir));
         }
-        self.live.lock().await.remove(&a.container_id);
+        if start {
+            if let Err(e) = self.clone().start_shim(a, dir).await {
+                fail(e);
+            }
+        }
+    }
+
+    /// Mounts an existing container's rootfs again from its recorded layers.
+    fn remount(&self, dir: &Path) -> Result<(), String> {
+        let meta = read_meta(dir).ok_or("the container has no metadata")?;
+        let lowers = meta
+            .diff_ids
+            .iter()
+            .rev()
+            .map(|d| self.snapshots.path(d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let _ = snapshot::unmount(&bundle::rootfs(dir));
+        snapshot::mount_overlay(
+            &lowers,
+            &bundle::upper(dir),
+            &bundle::work(dir),
+            &bundle::rootfs(dir),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// After a (re)registration: resends every log line the cluster has not
+    /// committed, and follows the containers that run without a relay (they
+    /// outlived an earlier agent) to their end.
+    pub async fn resume(self: Arc<Self>, log_next_seq: std::collections::HashMap<String, u64>) {
+        for meta in self.local_metas() {
+            let Some(&next) = log_next_seq.get(&meta.id) else {
+                continue;
+            };
+            let Some(dir) = self.bundle_dir(&meta.id) else {
+                continue;
+            };
+            let relayed = self.live.lock().await.contains(&meta.id);
+            if relayed || self.running_pid(&dir).is_none() {
+                let (lines, _) = read_log_from(&dir, next, 0);
+                self.send_lines(&meta.id, meta.generation, lines);
+                continue;
+            }
+            if self.live.lock().await.insert(meta.id.clone()) {
+                tokio::spawn(self.clone().follow(meta, dir, next));
+            }
+        }
+    }
+
+    fn send_lines(&self, id: &str, generation: u64, lines: Vec<agent::LogLine>) {
+        for chunk in lines.chunks(CHUNK_LINES) {
+            self.send(agent_message::Msg::Logs(agent::LogChunk {
+                container_id: id.to_string(),
+                generation,
+                lines: chunk.to_vec(),
+            }));
+        }
+    }
+
+    /// Follows a container whose shim this agent did not start: its log
+    /// file for new lines, its exit file for the end.
+    async fn follow(self: Arc<Self>, meta: Meta, dir: PathBuf, mut next: u64) {
+        tracing::info!(id = %meta.id, "re-attached to a running container");
+        let mut offset = 0u64;
+        loop {
+            let exited = bundle::exit(&dir).exists();
+            let (lines, new_offset) = read_log_from(&dir, next, offset);
+            offset = new_offset;
+            if let Some(last) = lines.last() {
+                next = last.seq + 1;
+            }
+            self.send_lines(&meta.id, meta.generation, lines);
+            if exited {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let code = fs::read_to_string(bundle::exit(&dir))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(255);
+        let _ = snapshot::unmount(&bundle::rootfs(&dir));
+        self.transition(
+            &meta.id,
+            meta.generation,
+            "exited",
+            code,
+            String::new(),
+            String::new(),
+        );
+        self.live.lock().await.remove(&meta.id);
     }
 
     /// Resolves the image, mounts the rootfs and writes config.json.
@@ -436,6 +635,12 @@ impl Supervisor {
             generation: a.generation,
             image_id: image.id.clone(),
             diff_ids: image.diff_ids.clone(),
+            stop_signal: image
+                .config
+                .config()
+                .as_ref()
+                .and_then(|c| c.stop_signal().clone())
+                .and_then(|s| parse_signal(&s)),
         };
         fs::write(
             bundle::meta(dir),
@@ -684,4 +889,19 @@ impl std::io::Write for ChunkWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Parses an image's STOPSIGNAL ("SIGTERM", "TERM", "15").
+fn parse_signal(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Some(n);
+    }
+    let name = if s.starts_with("SIG") {
+        s.to_string()
+    } else {
+        format!("SIG{s}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|s| s as i32)
 }

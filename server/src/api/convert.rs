@@ -43,6 +43,19 @@ pub fn container_to_wire(c: &Container) -> cluster::ContainerInfo {
         error: c.error.clone(),
         generation: c.generation,
         image_id: c.image_id.clone(),
+        history: c
+            .history
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}>{}@{}({})",
+                    state_name(t.from()),
+                    state_name(t.to()),
+                    t.at_ms,
+                    t.exit_code
+                )
+            })
+            .collect(),
     }
 }
 

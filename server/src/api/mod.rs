@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod images;
+pub mod lifecycle;
 pub mod names;
 
 use std::collections::BTreeMap;
@@ -112,13 +113,9 @@ impl Cluster for ClusterService {
             .map_err(to_status)?
             .container
             .unwrap_or_default();
-        let placed = if req.start {
-            scheduler::place(&self.app, &created)
-                .await
-                .map_err(to_status)?
-        } else {
-            created
-        };
+        let placed = scheduler::place(&self.app, &created, req.start)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(convert::container_to_wire(&placed)))
     }
 
@@ -176,6 +173,53 @@ impl Cluster for ClusterService {
                 .await;
         }
         Ok(Response::new(cluster::RemoveContainerResponse { id: c.id }))
+    }
+
+    async fn start_container(
+        &self,
+        req: Request<cluster::ContainerRef>,
+    ) -> Result<Response<cluster::ContainerInfo>, Status> {
+        let c = self.find(&req.into_inner().name_or_id)?;
+        let c = lifecycle::start(&self.app, c).await?;
+        Ok(Response::new(convert::container_to_wire(&c)))
+    }
+
+    async fn stop_container(
+        &self,
+        req: Request<cluster::StopContainerRequest>,
+    ) -> Result<Response<cluster::ContainerInfo>, Status> {
+        let req = req.into_inner();
+        let c = self.find(&req.name_or_id)?;
+        let c = lifecycle::stop(&self.app, c, req.timeout_s.unwrap_or(10)).await?;
+        Ok(Response::new(convert::container_to_wire(&c)))
+    }
+
+    async fn kill_container(
+        &self,
+        req: Request<cluster::KillContainerRequest>,
+    ) -> Result<Response<cluster::ContainerInfo>, Status> {
+        let req = req.into_inner();
+        let c = self.find(&req.name_or_id)?;
+        let signal = if req.signal.is_empty() {
+            9
+        } else {
+            names::parse_signal(&req.signal).ok_or_else(|| {
+                Status::invalid_argument(format!("invalid signal: {}", req.signal))
+            })?
+        };
+        let c = lifecycle::kill(&self.app, c, signal).await?;
+        Ok(Response::new(convert::container_to_wire(&c)))
+    }
+
+    async fn restart_container(
+        &self,
+        req: Request<cluster::StopContainerRequest>,
+    ) -> Result<Response<cluster::ContainerInfo>, Status> {
+        let req = req.into_inner();
+        let c = self.find(&req.name_or_id)?;
+        let c = lifecycle::stop(&self.app, c, req.timeout_s.unwrap_or(10)).await?;
+        let c = lifecycle::start(&self.app, c).await?;
+        Ok(Response::new(convert::container_to_wire(&c)))
     }
 
     type LogsStream = LogStream;

@@ -5,13 +5,35 @@ use berth_proto::records::Container;
 
 /// "Create and start this container" for the node it is placed on.
 pub fn run(c: &Container) -> ServerMessage {
+    with_action(c, Action::Run, 0, 0)
+}
+
+/// "Create this container; do not start it."
+pub fn create(c: &Container) -> ServerMessage {
+    with_action(c, Action::Create, 0, 0)
+}
+
+/// "Stop this container: `signal` (0 for its stop signal), SIGKILL after
+/// `timeout_s`."
+pub fn stop(c: &Container, signal: i32, timeout_s: u32) -> ServerMessage {
+    with_action(c, Action::Stop, signal, timeout_s)
+}
+
+/// "Send this signal to the container now."
+pub fn kill(c: &Container, signal: i32) -> ServerMessage {
+    with_action(c, Action::Kill, signal, 0)
+}
+
+fn with_action(c: &Container, action: Action, signal: i32, timeout_s: u32) -> ServerMessage {
     let spec = c.spec.clone().unwrap_or_default();
     ServerMessage {
         msg: Some(server_message::Msg::Assign(Assign {
             container_id: c.id.clone(),
             name: c.name.clone(),
             generation: c.generation,
-            action: Action::Run as i32,
+            action: action as i32,
+            signal,
+            timeout_s,
             spec: Some(agent::ContainerSpec {
                 image: spec.image,
                 cmd: spec.cmd,

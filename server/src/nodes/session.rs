@@ -75,10 +75,22 @@ impl AgentSession for SessionService {
             return Err(to_status(e));
         }
         tracing::info!(%node, session_id, "agent registered");
+        // Where each of this node's container logs stands, so that the agent
+        // resends what the cluster has not committed (invariant 7).
+        let log_next_seq = self
+            .app
+            .state
+            .containers()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .into_iter()
+            .filter(|c| c.node == node)
+            .map(|c| (c.id, c.log_next_seq))
+            .collect();
         let _ = tx
             .send(ServerMessage {
                 msg: Some(server_message::Msg::Registered(Registered {
                     node: node.clone(),
+                    log_next_seq,
                 })),
             })
             .await;

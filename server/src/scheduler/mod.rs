@@ -50,8 +50,9 @@ pub fn check_feasible(app: &App, image: &str) -> Result<(), AppError> {
 }
 
 /// Places a committed container on a node, commits the placement with the
-/// next generation, and sends the assignment to the node's agent.
-pub async fn place(app: &App, container: &Container) -> Result<Container, AppError> {
+/// next generation, and sends the assignment to the node's agent: run it,
+/// or with `start` false only create it.
+pub async fn place(app: &App, container: &Container, start: bool) -> Result<Container, AppError> {
     let nodes = app.state.nodes()?;
     let all = app.state.containers()?;
     let node = choose_node(
@@ -77,7 +78,12 @@ pub async fn place(app: &App, container: &Container) -> Result<Container, AppErr
         .await?
         .container
         .unwrap_or_default();
-    app.nodes.send(&placed.node, assignment::run(&placed)).await;
+    let msg = if start {
+        assignment::run(&placed)
+    } else {
+        assignment::create(&placed)
+    };
+    app.nodes.send(&placed.node, msg).await;
     Ok(placed)
 }
 

@@ -224,14 +224,16 @@ fn append_logs(
             c.id, l.node
         )));
     }
-    // Lines carry their sequence numbers; one already stored is skipped,
-    // so a resent chunk adds no duplicate (invariant 7).
+    // Lines carry their sequence numbers; a line already stored is skipped,
+    // so a resent chunk adds no duplicate, and a line that arrives after
+    // later ones (a resend after a reconnect) fills its gap (invariant 7).
     for line in &l.lines {
-        if line.seq < c.log_next_seq {
+        let key = keys::log_line(&c.id, line.seq);
+        if line.seq == 0 || db.get_cf(sm, &key)?.is_some() {
             continue;
         }
-        batch.put_cf(sm, keys::log_line(&c.id, line.seq), line.encode_to_vec());
-        c.log_next_seq = line.seq + 1;
+        batch.put_cf(sm, key, line.encode_to_vec());
+        c.log_next_seq = c.log_next_seq.max(line.seq + 1);
     }
     batch.put_cf(sm, keys::container(&c.id), c.encode_to_vec());
     Ok(ok(c))

@@ -21,6 +21,32 @@ impl Status {
         )
     }
 
+    /// Why the container cannot be started now, as Docker says it.
+    pub fn check_start(self, name: &str) -> Result<(), String> {
+        match self.0 {
+            ContainerState::Created | ContainerState::Exited | ContainerState::Pending => Ok(()),
+            ContainerState::Running => Ok(()),
+            ContainerState::Paused => Err(format!(
+                "cannot start a paused container {name}, try unpause instead"
+            )),
+            _ => Err(format!(
+                "container {name} is {} and cannot be started",
+                self.name()
+            )),
+        }
+    }
+
+    /// Why a signal cannot be sent to the container now.
+    pub fn check_kill(self, name: &str) -> Result<(), String> {
+        if self.is_running() {
+            Ok(())
+        } else {
+            Err(format!(
+                "cannot kill container: {name}: container {name} is not running"
+            ))
+        }
+    }
+
     /// True while the container holds a process on its node.
     pub fn is_running(self) -> bool {
         matches!(self.0, ContainerState::Running | ContainerState::Paused)
@@ -76,6 +102,20 @@ mod tests {
         assert!(!Status(Exited).can_move_to(Created));
         assert!(!Status(Running).can_move_to(Created));
         assert!(!Status(Created).can_move_to(Paused));
+    }
+
+    #[test]
+    fn start_and_kill_say_what_docker_says() {
+        assert!(Status(Exited).check_start("web").is_ok());
+        assert!(Status(Paused)
+            .check_start("web")
+            .unwrap_err()
+            .contains("unpause"));
+        assert!(Status(Exited)
+            .check_kill("web")
+            .unwrap_err()
+            .contains("container web is not running"));
+        assert!(Status(Running).check_kill("web").is_ok());
     }
 
     #[test]

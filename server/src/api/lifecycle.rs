@@ -1,0 +1,123 @@
+//! Lifecycle verbs on placed containers: start, stop, kill. The status type
+//! decides what is legal; the node's agent does the work and reports the
+//! transitions, which the verbs wait for where Docker's do.
+
+use std::time::Duration;
+
+use berth_proto::records::{self, ContainerState};
+use tonic::Status;
+
+use crate::app::App;
+use crate::nodes::assignment;
+use crate::scheduler;
+use crate::state::status::Status as CStatus;
+
+fn node_unreachable(c: &records::Container) -> Status {
+    Status::unavailable(format!(
+        "node {} of container {} is not connected",
+        c.node, c.name
+    ))
+}
+
+/// Waits until `done` holds for the container (or `limit` passes) and
+/// returns it.
+async fn wait_for(
+    app: &App,
+    id: &str,
+    limit: Duration,
+    done: impl Fn(&records::Container) -> bool,
+) -> Result<records::Container, Status> {
+    let mut changes = app.state.subscribe();
+    let wait = async {
+        loop {
+            changes.borrow_and_update();
+            let c = app
+                .state
+                .container(id)
+                .map_err(|e| Status::internal(e.to_string()))?
+                .ok_or_else(|| Status::not_found(format!("No such container: {id}")))?;
+            if done(&c) {
+                return Ok(c);
+            }
+            changes
+                .changed()
+                .await
+                .map_err(|_| Status::unavailable("the server is shutting down"))?;
+        }
+    };
+    tokio::time::timeout(limit, wait).await.map_err(|_| {
+        Status::deadline_exceeded(format!("container {id} did not change state in {limit:?}"))
+    })?
+}
+
+/// Starts a created or exited container (a running one is left as it is)
+/// and returns once it runs or has ended.
+pub async fn start(app: &App, c: records::Container) -> Result<records::Container, Status> {
+    CStatus(c.state())
+        .check_start(&c.name)
+        .map_err(Status::failed_precondition)?;
+    if c.state() == ContainerState::Running {
+        return Ok(c);
+    }
+    let asked = crate::app::now_ms();
+    if c.node.is_empty() {
+        scheduler::place(app, &c, true)
+            .await
+            .map_err(super::to_status)?;
+    } else if !app.nodes.send(&c.node, assignment::run(&c)).await {
+        return Err(node_unreachable(&c));
+    }
+    // Done when it has started, or ended, since we asked.
+    wait_for(app, &c.id, Duration::from_secs(60), |now| {
+        now.started_at_ms >= asked || now.finished_at_ms >= asked
+    })
+    .await
+}
+
+/// Stops a running container: its stop signal, then SIGKILL after
+/// `timeout_s`. Returns once it has stopped; a container that is not
+/// running is returned as it is, as Docker does.
+pub async fn stop(
+    app: &App,
+    c: records::Container,
+    timeout_s: u32,
+) -> Result<records::Container, Status> {
+    if !CStatus(c.state()).is_running() {
+        return Ok(c);
+    }
+    if !app
+        .nodes
+        .send(&c.node, assignment::stop(&c, 0, timeout_s))
+        .await
+    {
+        return Err(node_unreachable(&c));
+    }
+    wait_for(
+        app,
+        &c.id,
+        Duration::from_secs(timeout_s as u64 + 30),
+        |now| CStatus(now.state()).is_finished(),
+    )
+    .await
+}
+
+/// Sends a signal to a running container.
+pub async fn kill(
+    app: &App,
+    c: records::Container,
+    signal: i32,
+) -> Result<records::Container, Status> {
+    CStatus(c.state())
+        .check_kill(&c.name)
+        .map_err(Status::failed_precondition)?;
+    if !app.nodes.send(&c.node, assignment::kill(&c, signal)).await {
+        return Err(node_unreachable(&c));
+    }
+    if signal == 9 {
+        return wait_for(app, &c.id, Duration::from_secs(30), |now| {
+            CStatus(now.state()).is_finished()
+        })
+        .await;
+    }
+    Ok(c)
+}
