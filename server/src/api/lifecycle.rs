@@ -67,8 +67,12 @@ pub async fn start(app: &App, c: records::Container) -> Result<records::Containe
     } else if !app.nodes.send(&c.node, assignment::run(&c)).await {
         return Err(node_unreachable(&c));
     }
-    // Done when it has started, or ended, since we asked.
-    wait_for(app, &c.id, Duration::from_secs(60), |now| {
+    wait_started(app, &c.id, asked).await
+}
+
+/// Waits until the container has started, or ended, since `asked` (ms).
+pub async fn wait_started(app: &App, id: &str, asked: i64) -> Result<records::Container, Status> {
+    wait_for(app, id, Duration::from_secs(60), |now| {
         now.started_at_ms >= asked || now.finished_at_ms >= asked
     })
     .await

@@ -113,9 +113,16 @@ impl Cluster for ClusterService {
             .map_err(to_status)?
             .container
             .unwrap_or_default();
+        let asked = crate::app::now_ms();
         let placed = scheduler::place(&self.app, &created, req.start)
             .await
             .map_err(to_status)?;
+        // As `docker run -d`, answer once the container runs (or has ended).
+        let placed = if req.start {
+            lifecycle::wait_started(&self.app, &placed.id, asked).await?
+        } else {
+            placed
+        };
         Ok(Response::new(convert::container_to_wire(&placed)))
     }
 

@@ -1,0 +1,158 @@
+//! The container lifecycle through a real cluster: create, start, stop with
+//! a grace period, kill with a signal, restart, wait, inspect; and
+//! containers that outlive a killed agent.
+
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+use berth_chaos::{sandbox, Cluster};
+
+fn state(c: &Cluster, name: &str) -> anyhow::Result<serde_json::Value> {
+    let r = c.berth(&["inspect", name]).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&r.stdout)?;
+    Ok(v[0]["State"].clone())
+}
+
+#[test]
+fn create_start_stop_kill_restart_wait_inspect() {
+    sandbox::run("create_start_stop_kill_restart_wait_inspect", || {
+        let c = Cluster::start()?;
+        // create leaves it Created; start -a runs it attached.
+        c.berth(&[
+            "create",
+            "--name",
+            "made",
+            "busybox",
+            "sh",
+            "-c",
+            "echo made; exit 4",
+        ])
+        .ok()?;
+        c.wait_until(Duration::from_secs(10), "made to be created", |c| {
+            state(c, "made")
+                .map(|s| s["Status"] == "created")
+                .unwrap_or(false)
+        })?;
+        let ps = c.berth(&["ps", "-a"]).ok()?.stdout;
+        ensure!(
+            ps.lines()
+                .any(|l| l.contains("made") && l.contains("Created")),
+            "{ps}"
+        );
+        let r = c.berth(&["start", "-a", "made"]);
+        ensure!(r.code == 4 && r.stdout == "made\n", "{r:?}");
+        let s = state(&c, "made")?;
+        ensure!(s["Status"] == "exited" && s["ExitCode"] == 4, "{s}");
+
+        // stop -t: a process that ignores SIGTERM (sleep as PID 1 has no
+        // handler) dies by SIGKILL when the grace period ends.
+        c.berth(&["run", "-d", "--name", "stubborn", "busybox", "sleep", "600"])
+            .ok()?;
+        let t = Instant::now();
+        c.berth(&["stop", "-t", "2", "stubborn"]).ok()?;
+        let took = t.elapsed();
+        ensure!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+            "stop took {took:?}"
+        );
+        let s = state(&c, "stubborn")?;
+        ensure!(s["Status"] == "exited" && s["ExitCode"] == 137, "{s}");
+
+        // A process that handles SIGTERM stops at once.
+        c.berth(&[
+            "run",
+            "-d",
+            "--name",
+            "polite",
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+        ])
+        .ok()?;
+        c.wait_until(Duration::from_secs(10), "polite to run", |c| {
+            state(c, "polite")
+                .map(|s| s["Status"] == "running")
+                .unwrap_or(false)
+        })?;
+        let t = Instant::now();
+        c.berth(&["stop", "polite"]).ok()?;
+        ensure!(
+            t.elapsed() < Duration::from_secs(5),
+            "polite took {:?}",
+            t.elapsed()
+        );
+        ensure!(state(&c, "polite")?["ExitCode"] == 0);
+
+        // kill -s USR1 reaches the process; kill (KILL) ends it.
+        c.berth(&[
+            "run",
+            "-d",
+            "--name",
+            "trapper",
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'echo got USR1' USR1; echo ready; while true; do sleep 0.1; done",
+        ])
+        .ok()?;
+        c.wait_until(Duration::from_secs(10), "trapper to be ready", |c| {
+            c.berth(&["logs", "trapper"]).stdout.contains("ready")
+        })?;
+        c.berth(&["kill", "-s", "USR1", "trapper"]).ok()?;
+        c.wait_until(Duration::from_secs(10), "USR1 to arrive", |c| {
+            c.berth(&["logs", "trapper"]).stdout.contains("got USR1")
+        })?;
+        ensure!(state(&c, "trapper")?["Status"] == "running");
+        c.berth(&["kill", "trapper"]).ok()?;
+        let s = state(&c, "trapper")?;
+        ensure!(s["Status"] == "exited" && s["ExitCode"] == 137, "{s}");
+        let r = c.berth(&["kill", "trapper"]);
+        ensure!(r.code != 0 && r.stderr.contains("is not running"), "{r:?}");
+        let r = c.berth(&["kill", "-s", "NOPE", "stubborn"]);
+        ensure!(r.code != 0 && r.stderr.contains("invalid signal"), "{r:?}");
+
+        // restart runs it again; wait prints the exit code.
+        c.berth(&["restart", "made"]).ok()?;
+        let r = c.berth(&["wait", "made"]).ok()?;
+        ensure!(r.stdout == "4\n", "{r:?}");
+        let logs = c.berth(&["logs", "made"]).ok()?;
+        ensure!(logs.stdout == "made\nmade\n", "{logs:?}");
+        let history = c.berth(&["inspect", "made"]).ok()?.stdout;
+        ensure!(history.matches("running>exited").count() == 2, "{history}");
+        Ok(())
+    });
+}
+
+#[test]
+fn containers_outlive_a_killed_agent_and_lose_no_log_line() {
+    sandbox::run(
+        "containers_outlive_a_killed_agent_and_lose_no_log_line",
+        || {
+            let mut c = Cluster::start()?;
+            c.berth(&[
+                "run",
+                "-d",
+                "--name",
+                "counter",
+                "busybox",
+                "sh",
+                "-c",
+                "for i in $(seq 1 40); do echo line $i; sleep 0.05; done; exit 7",
+            ])
+            .ok()?;
+            c.wait_until(Duration::from_secs(10), "the first lines", |c| {
+                c.berth(&["logs", "counter"]).stdout.contains("line 3\n")
+            })?;
+            c.kill_agent()?;
+            // The container goes on without its agent; its lines go to its log file.
+            c.start_agent()?;
+            let logs = c.berth(&["logs", "-f", "counter"]).ok()?.stdout;
+            let expected: String = (1..=40).map(|i| format!("line {i}\n")).collect();
+            ensure!(logs == expected, "the log has gaps or duplicates:\n{logs}");
+            let r = c.berth(&["wait", "counter"]).ok()?;
+            ensure!(r.stdout == "7\n", "{r:?}");
+            Ok(())
+        },
+    );
+}
