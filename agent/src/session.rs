@@ -41,13 +41,10 @@ impl HostFacts {
         let kernel = nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default();
-        let cgroup_version = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-            "v2"
-        } else if std::path::Path::new("/sys/fs/cgroup/unified").exists() {
-            "hybrid"
-        } else {
-            "v1"
-        };
+        let cgroup_version = crate::runtime::cgroups::Layout::detect(std::path::Path::new(
+            crate::runtime::shim::CGROUP_ROOT,
+        ))
+        .version();
         let memory_bytes = std::fs::read_to_string("/proc/meminfo")
             .ok()
             .and_then(|s| {

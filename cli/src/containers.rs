@@ -36,6 +36,16 @@ pub struct RunArgs {
     /// none (own network namespace with loopback only) or host.
     #[arg(long, default_value = "none")]
     pub network: String,
+    /// Memory limit (bytes, or with a k, m or g suffix); over it, the
+    /// kernel's OOM killer ends the container.
+    #[arg(short = 'm', long, value_parser = parse_bytes)]
+    pub memory: Option<u64>,
+    /// How many CPUs the container may use (for example 0.5).
+    #[arg(long, value_parser = parse_cpus)]
+    pub cpus: Option<u64>,
+    /// The most processes and threads the container may have.
+    #[arg(long)]
+    pub pids_limit: Option<i64>,
     /// The image to run, NAME[:TAG].
     pub image: String,
     /// The command and its arguments (default: the image's).
@@ -57,6 +67,9 @@ pub async fn run(client: &mut ClusterClient<Channel>, args: RunArgs) -> Result<i
                 workdir: args.workdir.clone().unwrap_or_default(),
                 network: args.network.clone(),
                 auto_remove: args.rm,
+                memory_bytes: args.memory.unwrap_or(0),
+                nano_cpus: args.cpus.unwrap_or(0),
+                pids_limit: args.pids_limit.unwrap_or(0),
             }),
             start: true,
         })
@@ -137,6 +150,9 @@ pub struct PsArgs {
     /// Do not cut ids and commands short.
     #[arg(long)]
     pub no_trunc: bool,
+    /// Show the size of each container's writable layer.
+    #[arg(short = 's', long)]
+    pub size: bool,
 }
 
 /// The STATUS column of `ps`.
@@ -154,7 +170,10 @@ pub fn status_text(c: &ContainerInfo, now: i64) -> String {
 
 pub async fn ps(client: &mut ClusterClient<Channel>, args: PsArgs) -> Result<i32, CliError> {
     let list = client
-        .list_containers(ListContainersRequest { all: args.all })
+        .list_containers(ListContainersRequest {
+            all: args.all,
+            size: args.size,
+        })
         .await
         .map_err(CliError::api)?
         .into_inner()
@@ -274,6 +293,9 @@ pub async fn create(client: &mut ClusterClient<Channel>, args: RunArgs) -> Resul
                 workdir: args.workdir.clone().unwrap_or_default(),
                 network: args.network.clone(),
                 auto_remove: args.rm,
+                memory_bytes: args.memory.unwrap_or(0),
+                nano_cpus: args.cpus.unwrap_or(0),
+                pids_limit: args.pids_limit.unwrap_or(0),
             }),
             start: false,
         })
@@ -443,6 +465,7 @@ pub async fn inspect(
                 "Paused": i.state == "paused",
                 "Dead": i.state == "dead",
                 "ExitCode": i.exit_code,
+                "OOMKilled": i.oom_killed,
                 "Error": i.error,
                 "StartedAtMs": i.started_at_ms,
                 "FinishedAtMs": i.finished_at_ms,
@@ -454,10 +477,88 @@ pub async fn inspect(
                 "Hostname": spec.hostname,
                 "WorkingDir": spec.workdir,
             },
-            "HostConfig": {"NetworkMode": spec.network, "AutoRemove": spec.auto_remove},
+            "HostConfig": {
+                "NetworkMode": spec.network,
+                "AutoRemove": spec.auto_remove,
+                "Memory": spec.memory_bytes,
+                "NanoCpus": spec.nano_cpus,
+                "PidsLimit": spec.pids_limit,
+            },
             "History": i.history,
         }));
     }
     println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
     Ok(0)
+}
+
+/// Parses a size as Docker's -m takes it: 512, 64k, 128m, 1g (powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: use a number with an optional k, m or g"))?;
+    if n <= 0.0 {
+        return Err(format!("invalid size {s:?}: it must be positive"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+/// Parses --cpus into nano-CPUs, as Docker's NanoCpus.
+pub fn parse_cpus(s: &str) -> Result<u64, String> {
+    let n: f64 = s
+        .parse()
+        .map_err(|_| format!("invalid --cpus {s:?}: use a number such as 0.5"))?;
+    if n <= 0.0 {
+        return Err(format!("invalid --cpus {s:?}: it must be positive"));
+    }
+    Ok((n * 1e9) as u64)
+}
+
+/// `berth pause` and `berth unpause`.
+pub async fn pause(
+    client: &mut ClusterClient<Channel>,
+    containers: Vec<String>,
+    paused: bool,
+) -> Result<i32, CliError> {
+    let mut failed = false;
+    for c in &containers {
+        let r = ContainerRef {
+            name_or_id: c.clone(),
+        };
+        let res = if paused {
+            client.pause_container(r).await
+        } else {
+            client.unpause_container(r).await
+        };
+        match res {
+            Ok(_) => println!("{c}"),
+            Err(status) => {
+                eprintln!("berth: error: {}", status.message());
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_cpus_parse_like_docker() {
+        assert_eq!(parse_bytes("64m"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        assert_eq!(parse_bytes("512"), Ok(512));
+        assert!(parse_bytes("lots").is_err());
+        assert_eq!(parse_cpus("0.5"), Ok(500_000_000));
+        assert!(parse_cpus("-1").is_err());
+    }
 }

@@ -40,6 +40,16 @@ enum Command {
     Restart(containers::StopArgs),
     /// Send a signal to running containers.
     Kill(containers::KillArgs),
+    /// Freeze every process of running containers.
+    Pause {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Thaw paused containers.
+    Unpause {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
     /// Wait for containers to stop and print their exit codes.
     Wait {
         #[arg(required = true)]
@@ -153,6 +163,8 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Restart(a) => containers::stop(&mut client, a, true).await,
         Command::Kill(a) => containers::kill(&mut client, a).await,
         Command::Wait { containers: list } => containers::wait(&mut client, list).await,
+        Command::Pause { containers: list } => containers::pause(&mut client, list, true).await,
+        Command::Unpause { containers: list } => containers::pause(&mut client, list, false).await,
         Command::Inspect { containers: list } => containers::inspect(&mut client, list).await,
         Command::Logs(a) => containers::logs(&mut client, a).await,
         Command::Rm(a) => containers::rm(&mut client, a).await,

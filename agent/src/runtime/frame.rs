@@ -20,6 +20,9 @@ pub enum Frame {
         code: i32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// The kernel's OOM killer ended it.
+        #[serde(default)]
+        oom_killed: bool,
     },
 }
 

@@ -30,6 +30,9 @@ pub struct InitContext<'a> {
     /// Close-on-exec: closed without a word by a successful exec, or
     /// carrying the reason the container could not start.
     pub sync: RawFd,
+    /// The shim writes one byte here once the child is in its cgroup; the
+    /// child waits for it before doing anything.
+    pub go: RawFd,
 }
 
 /// A step of container setup that failed, with the exit code Docker gives
@@ -61,6 +64,18 @@ pub fn run(ctx: &InitContext) -> isize {
 
 fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFailure> {
     let spec = ctx.spec;
+    // Wait until the shim has put this process in its cgroup, so that the
+    // limits hold from the first instruction of the user's command.
+    let mut byte = [0u8; 1];
+    match nix::unistd::read(ctx.go, &mut byte) {
+        Ok(1) => {}
+        _ => {
+            return Err(fail(
+                "waiting for the shim",
+                "the shim gave up before the start",
+            ))
+        }
+    }
     // A session of its own: the container must not share the shim's
     // controlling terminal or receive its job-control signals.
     setsid().map_err(|e| fail("setsid", e))?;

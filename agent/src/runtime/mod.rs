@@ -8,6 +8,7 @@
 //! file so that nothing depends on the agent staying up.
 
 pub mod caps;
+pub mod cgroups;
 pub mod frame;
 pub mod init;
 pub mod shim;

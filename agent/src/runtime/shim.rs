@@ -16,11 +16,15 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{pipe2, Pid};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
+use super::cgroups::{Cgroup, Layout, Limits};
 use super::frame::Frame;
 use super::{bundle, init, RuntimeError};
 
 /// The longest line kept whole; longer output is split.
 pub const MAX_LINE: usize = 16 * 1024;
+
+/// Where the cgroup hierarchies are mounted.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// The stack of the cloned init child (it runs ordinary Rust code).
 const CHILD_STACK: usize = 8 << 20;
@@ -41,6 +45,7 @@ pub fn main(cfg: ShimConfig) -> i32 {
             out.write(&Frame::Exit {
                 code: 125,
                 error: Some(e.to_string()),
+                oom_killed: false,
             });
             let _ = fs::write(bundle::exit(&cfg.bundle), "125");
             125
@@ -149,6 +154,12 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
     let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     let (sync_r, sync_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    let (go_r, go_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    let cgroup = container_cgroup(&spec);
+    if let Some((cg, limits)) = &cgroup {
+        cg.create(limits)
+            .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+    }
     let devnull: OwnedFd = File::open("/dev/null")
         .map_err(|source| RuntimeError::Io {
             path: "/dev/null".into(),
@@ -162,6 +173,7 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
         stdout: out_w.as_raw_fd(),
         stderr: err_w.as_raw_fd(),
         sync: sync_w.as_raw_fd(),
+        go: go_r.as_raw_fd(),
     };
     let mut stack = vec![0u8; CHILD_STACK];
     // SAFETY: clone(2) without CLONE_VM gives the child its own copy of
@@ -177,15 +189,30 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
         )
     }
     .map_err(sys("clone"))?;
-    drop((out_w, err_w, sync_w, devnull));
+    drop((out_w, err_w, sync_w, devnull, go_r));
+    // Into its cgroup before it may go on; if that fails, it never runs.
+    if let Some((cg, _)) = &cgroup {
+        if let Err(e) = cg.add(pid.as_raw()) {
+            drop(go_w);
+            let _ = wait_exit(pid);
+            cg.remove();
+            return Err(RuntimeError::Invalid(e.to_string()));
+        }
+    }
+    let _ = nix::unistd::write(&go_w, &[1]);
+    drop(go_w);
 
     let mut failure = String::new();
     let _ = File::from(sync_r).read_to_string(&mut failure);
     if !failure.is_empty() {
         let code = wait_exit(pid)?;
+        if let Some((cg, _)) = &cgroup {
+            cg.remove();
+        }
         out.write(&Frame::Exit {
             code,
             error: Some(failure),
+            oom_killed: false,
         });
         let _ = fs::write(bundle::exit(b), code.to_string());
         return Ok(code);
@@ -209,8 +236,19 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
         let _ = r.join();
     }
     let code = wait_exit(pid)?;
+    let oom_killed = cgroup.as_ref().is_some_and(|(cg, _)| cg.oom_killed());
+    if let Some((cg, _)) = &cgroup {
+        cg.remove();
+    }
+    if oom_killed {
+        let _ = fs::write(b.join("oom"), "");
+    }
     let _ = fs::write(bundle::exit(b), code.to_string());
-    out.write(&Frame::Exit { code, error: None });
+    out.write(&Frame::Exit {
+        code,
+        error: None,
+        oom_killed,
+    });
     Ok(code)
 }
 
@@ -246,4 +284,29 @@ fn wait_exit(pid: Pid) -> Result<i32, RuntimeError> {
             Err(e) => return Err(sys("waitpid")(e)),
         }
     }
+}
+
+/// The cgroup and limits config.json asks for, if it names a cgroup.
+fn container_cgroup(spec: &Spec) -> Option<(Cgroup, Limits)> {
+    let linux = spec.linux().as_ref()?;
+    let path = linux.cgroups_path().as_ref()?;
+    let res = linux.resources().as_ref();
+    let limits = Limits {
+        memory_bytes: res
+            .and_then(|r| r.memory().as_ref())
+            .and_then(|m| m.limit())
+            .filter(|l| *l > 0)
+            .map(|l| l as u64),
+        cpu_quota_us: res
+            .and_then(|r| r.cpu().as_ref())
+            .and_then(|c| c.quota())
+            .filter(|q| *q > 0)
+            .map(|q| q as u64),
+        pids: res
+            .and_then(|r| r.pids().as_ref())
+            .map(|p| p.limit())
+            .filter(|l| *l > 0),
+    };
+    let layout = Layout::detect(Path::new(CGROUP_ROOT));
+    Some((Cgroup::new(layout, path), limits))
 }

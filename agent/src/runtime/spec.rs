@@ -5,8 +5,9 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use super::{caps, RuntimeError};
@@ -21,6 +22,10 @@ pub struct ContainerConfig {
     pub network: NetworkMode,
     pub uid: u32,
     pub gid: u32,
+    /// Memory, CPU and pids limits.
+    pub limits: super::cgroups::Limits,
+    /// The container's cgroup, relative to each hierarchy (`berth/<id>`).
+    pub cgroup: String,
 }
 
 /// Where a container's network lives.
@@ -155,8 +160,31 @@ pub fn build(cfg: &ContainerConfig) -> Result<Spec, RuntimeError> {
         .into_iter()
         .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
         .collect::<Result<Vec<_>, _>>()?;
+    let mut resources = LinuxResourcesBuilder::default();
+    if let Some(m) = cfg.limits.memory_bytes {
+        // Swap equal to the limit: no swap beyond it, as --memory means.
+        resources = resources.memory(
+            LinuxMemoryBuilder::default()
+                .limit(m as i64)
+                .swap(m as i64)
+                .build()?,
+        );
+    }
+    if let Some(q) = cfg.limits.cpu_quota_us {
+        resources = resources.cpu(
+            LinuxCpuBuilder::default()
+                .quota(q as i64)
+                .period(super::cgroups::CPU_PERIOD_US)
+                .build()?,
+        );
+    }
+    if let Some(p) = cfg.limits.pids {
+        resources = resources.pids(LinuxPidsBuilder::default().limit(p).build()?);
+    }
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
+        .resources(resources.build()?)
+        .cgroups_path(format!("/{}", cfg.cgroup.trim_start_matches('/')))
         .masked_paths(
             [
                 "/proc/acpi",
@@ -221,6 +249,8 @@ mod tests {
             network: NetworkMode::None,
             uid: 0,
             gid: 0,
+            limits: Default::default(),
+            cgroup: "berth/test".into(),
         }
     }
 

@@ -18,7 +18,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::image::{import, load, save, ImageError, ImageStore};
+use crate::runtime::cgroups::{Cgroup, Layout, Limits};
 use crate::runtime::frame::Frame;
+use crate::runtime::shim::CGROUP_ROOT;
 use crate::runtime::spec::{self, ContainerConfig, NetworkMode};
 use crate::runtime::{bundle, RuntimeError};
 use crate::snapshot::{self, Snapshots};
@@ -196,6 +198,21 @@ impl Supervisor {
             exit_code,
             error,
             image_id,
+            oom_killed: false,
+        }));
+    }
+
+    /// Reports that a container ended.
+    fn exited(&self, id: &str, generation: u64, code: i32, error: String, oom_killed: bool) {
+        self.send(agent_message::Msg::Transition(agent::Transition {
+            container_id: id.to_string(),
+            generation,
+            to: "exited".to_string(),
+            at_ms: now_ms(),
+            exit_code: code,
+            error,
+            image_id: String::new(),
+            oom_killed,
         }));
     }
 
@@ -300,6 +317,17 @@ impl Supervisor {
             image_request::Op::Inspect(i) => {
                 Ok(Some(self.images.inspect(&i.reference).map_err(err)?))
             }
+            image_request::Op::Sizes(_) => {
+                let sizes: std::collections::HashMap<String, u64> = self
+                    .local_metas()
+                    .into_iter()
+                    .filter_map(|m| {
+                        let dir = self.bundle_dir(&m.id)?;
+                        Some((m.id, dir_size(&bundle::upper(&dir))))
+                    })
+                    .collect();
+                Ok(Some(to_json(&sizes)))
+            }
             image_request::Op::Export(e) => {
                 let mut w = ChunkWriter::new(request_id, self.outbox.clone());
                 self.export(&e.container_id, &mut w)?;
@@ -391,6 +419,8 @@ impl Supervisor {
             Action::Remove => self.remove(&a.container_id).await,
             Action::Stop => self.stop(&a).await,
             Action::Kill => self.signal(&a.container_id, a.signal),
+            Action::Pause => self.freeze(&a, true),
+            Action::Unpause => self.freeze(&a, false),
             Action::Unspecified => {
                 tracing::warn!(id = %a.container_id, "assignment without an action")
             }
@@ -430,6 +460,32 @@ impl Supervisor {
         }
     }
 
+    /// Pauses (freezes) or unpauses a running container through its
+    /// cgroup's freezer, and reports the new state.
+    fn freeze(&self, a: &Assign, frozen: bool) {
+        let Some(dir) = self.bundle_dir(&a.container_id) else {
+            return;
+        };
+        if self.running_pid(&dir).is_none() {
+            return;
+        }
+        let cg = Cgroup::new(
+            Layout::detect(Path::new(CGROUP_ROOT)),
+            &cgroup_of(&a.container_id),
+        );
+        match cg.freeze(frozen) {
+            Ok(()) => self.transition(
+                &a.container_id,
+                a.generation,
+                if frozen { "paused" } else { "running" },
+                0,
+                String::new(),
+                String::new(),
+            ),
+            Err(e) => tracing::warn!(id = %a.container_id, "freezer: {e}"),
+        }
+    }
+
     /// Sends the stop signal, then SIGKILL once the grace period is over.
     async fn stop(&self, a: &Assign) {
         let Some(dir) = self.bundle_dir(&a.container_id) else {
@@ -443,6 +499,12 @@ impl Supervisor {
                 .and_then(|m| m.stop_signal)
                 .unwrap_or(nix::sys::signal::Signal::SIGTERM as i32)
         };
+        // A frozen container cannot act on a signal: thaw it first.
+        let _ = Cgroup::new(
+            Layout::detect(Path::new(CGROUP_ROOT)),
+            &cgroup_of(&a.container_id),
+        )
+        .freeze(false);
         self.signal(&a.container_id, signal);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(a.timeout_s as u64);
         while tokio::time::Instant::now() < deadline {
@@ -592,13 +654,12 @@ impl Supervisor {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(255);
         let _ = snapshot::unmount(&bundle::rootfs(&dir));
-        self.transition(
+        self.exited(
             &meta.id,
             meta.generation,
-            "exited",
             code,
             String::new(),
-            String::new(),
+            dir.join("oom").exists(),
         );
         self.live.lock().await.remove(&meta.id);
     }
@@ -607,7 +668,7 @@ impl Supervisor {
     fn prepare(&self, a: &Assign, dir: &Path) -> Result<String, SupervisorError> {
         let spec = a.spec.clone().unwrap_or_default();
         let image = self.images.resolve(&spec.image)?;
-        let cfg = container_config(&spec, &image.config)?;
+        let cfg = container_config(&a.container_id, &spec, &image.config)?;
         let lowers = image
             .diff_ids
             .iter()
@@ -678,7 +739,7 @@ impl Supervisor {
         let stdout = child.stdout.take().ok_or("the shim has no stdout")?;
         let mut reader = BufReader::new(stdout);
         let mut batch = Vec::new();
-        let mut exit: Option<(i32, Option<String>)> = None;
+        let mut exit: Option<(i32, Option<String>, bool)> = None;
         let mut line = String::new();
         loop {
             line.clear();
@@ -706,7 +767,11 @@ impl Supervisor {
                     time_ns,
                     line: line.into_bytes(),
                 }),
-                Ok(Frame::Exit { code, error }) => exit = Some((code, error)),
+                Ok(Frame::Exit {
+                    code,
+                    error,
+                    oom_killed,
+                }) => exit = Some((code, error, oom_killed)),
                 Err(e) => tracing::warn!(id = %a.container_id, "unreadable shim frame: {e}"),
             }
             if !batch.is_empty() && (reader.buffer().is_empty() || batch.len() >= CHUNK_LINES) {
@@ -716,22 +781,22 @@ impl Supervisor {
         self.send_logs(a, &mut batch);
         let _ = child.wait().await;
         let _ = snapshot::unmount(&bundle::rootfs(dir));
-        let (code, error) = exit.unwrap_or_else(|| {
+        let (code, error, oom_killed) = exit.unwrap_or_else(|| {
             (
                 fs::read_to_string(bundle::exit(dir))
                     .ok()
                     .and_then(|s| s.trim().parse().ok())
                     .unwrap_or(255),
                 Some("the shim ended without reporting an exit".to_string()),
+                dir.join("oom").exists(),
             )
         });
-        self.transition(
+        self.exited(
             &a.container_id,
             a.generation,
-            "exited",
             code,
             error.unwrap_or_default(),
-            String::new(),
+            oom_killed,
         );
         Ok(())
     }
@@ -756,6 +821,8 @@ impl Supervisor {
             return;
         }
         if !bundle::exit(&dir).exists() {
+            let _ =
+                Cgroup::new(Layout::detect(Path::new(CGROUP_ROOT)), &cgroup_of(id)).freeze(false);
             if let Some(pid) = fs::read_to_string(bundle::pid(&dir))
                 .ok()
                 .and_then(|p| p.trim().parse::<i32>().ok())
@@ -789,6 +856,7 @@ fn read_meta(b: &Path) -> Option<Meta> {
 /// image's entrypoint and env come first; a given command replaces the
 /// image's.
 pub fn container_config(
+    id: &str,
     spec: &agent::ContainerSpec,
     image: &oci_spec::image::ImageConfiguration,
 ) -> Result<ContainerConfig, RuntimeError> {
@@ -822,6 +890,13 @@ pub fn container_config(
         network: NetworkMode::parse(&spec.network)?,
         uid: 0,
         gid: 0,
+        limits: Limits {
+            memory_bytes: (spec.memory_bytes > 0).then_some(spec.memory_bytes),
+            cpu_quota_us: (spec.nano_cpus > 0)
+                .then(|| spec.nano_cpus * crate::runtime::cgroups::CPU_PERIOD_US / 1_000_000_000),
+            pids: (spec.pids_limit > 0).then_some(spec.pids_limit),
+        },
+        cgroup: cgroup_of(id).display().to_string(),
     })
 }
 
@@ -889,6 +964,36 @@ impl std::io::Write for ChunkWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// A container's cgroup, relative to each hierarchy.
+pub fn cgroup_of(id: &str) -> PathBuf {
+    Path::new("berth").join(id)
+}
+
+/// Bytes of the regular files under a directory, as `ps --size` counts a
+/// writable layer (hard links counted once).
+pub fn dir_size(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() && seen.insert((m.dev(), m.ino())) {
+                total += m.len();
+            }
+        }
+    }
+    total
 }
 
 /// Parses an image's STOPSIGNAL ("SIGTERM", "TERM", "15").

@@ -14,6 +14,9 @@ pub fn spec_from_wire(s: cluster::ContainerSpec) -> records::ContainerSpec {
         workdir: s.workdir,
         network: s.network,
         auto_remove: s.auto_remove,
+        memory_bytes: s.memory_bytes,
+        nano_cpus: s.nano_cpus,
+        pids_limit: s.pids_limit,
     }
 }
 
@@ -26,6 +29,9 @@ fn spec_to_wire(s: &records::ContainerSpec) -> cluster::ContainerSpec {
         workdir: s.workdir.clone(),
         network: s.network.clone(),
         auto_remove: s.auto_remove,
+        memory_bytes: s.memory_bytes,
+        nano_cpus: s.nano_cpus,
+        pids_limit: s.pids_limit,
     }
 }
 
@@ -56,6 +62,8 @@ pub fn container_to_wire(c: &Container) -> cluster::ContainerInfo {
                 )
             })
             .collect(),
+        oom_killed: c.oom_killed,
+        size_rw: None,
     }
 }
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use berth_proto::agent::{
-    image_request::Op, ExportOp, ImportOp, InspectOp, LoadOp, RemoveImageOp, SaveOp, TagOp,
+    image_request::Op, ExportOp, ImportOp, InspectOp, LoadOp, RemoveImageOp, SaveOp, SizesOp, TagOp,
 };
 use berth_proto::cluster::{self, DataChunk};
 use berth_proto::records::{self, ContainerState};
@@ -378,4 +378,30 @@ pub fn import_op(reference: &str) -> Op {
 
 pub fn load_op() -> Op {
     Op::Load(LoadOp {})
+}
+
+/// Fills in each container's writable-layer size from its node (`ps
+/// --size`); a node that does not answer leaves its containers without one.
+pub async fn fill_sizes(app: &App, containers: &mut [cluster::ContainerInfo]) {
+    let mut nodes: Vec<String> = containers
+        .iter()
+        .map(|c| c.node.clone())
+        .filter(|n| !n.is_empty())
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    for node in nodes {
+        let Ok(json) = app
+            .nodes
+            .image_call(&node, Op::Sizes(SizesOp {}), &[])
+            .await
+        else {
+            continue;
+        };
+        let sizes: std::collections::HashMap<String, u64> =
+            serde_json::from_str(&json).unwrap_or_default();
+        for c in containers.iter_mut().filter(|c| c.node == node) {
+            c.size_rw = sizes.get(&c.id).copied();
+        }
+    }
 }

@@ -125,3 +125,38 @@ pub async fn kill(
     }
     Ok(c)
 }
+
+/// Pauses (freezes) a running container, or unpauses a paused one, and
+/// returns once the node reports the new state.
+pub async fn pause(
+    app: &App,
+    c: records::Container,
+    paused: bool,
+) -> Result<records::Container, Status> {
+    let (need, why) = if paused {
+        (
+            ContainerState::Running,
+            format!("container {} is not running", c.name),
+        )
+    } else {
+        (
+            ContainerState::Paused,
+            format!("container {} is not paused", c.name),
+        )
+    };
+    if c.state() != need {
+        return Err(Status::failed_precondition(why));
+    }
+    if !app.nodes.send(&c.node, assignment::pause(&c, paused)).await {
+        return Err(node_unreachable(&c));
+    }
+    let want = if paused {
+        ContainerState::Paused
+    } else {
+        ContainerState::Running
+    };
+    wait_for(app, &c.id, Duration::from_secs(30), |now| {
+        now.state() == want || CStatus(now.state()).is_finished()
+    })
+    .await
+}

@@ -131,18 +131,21 @@ impl Cluster for ClusterService {
         req: Request<cluster::ListContainersRequest>,
     ) -> Result<Response<cluster::ListContainersResponse>, Status> {
         self.app.linearize().await.map_err(to_status)?;
-        let all = req.into_inner().all;
-        let containers = self
+        let req = req.into_inner();
+        let mut containers: Vec<cluster::ContainerInfo> = self
             .app
             .state
             .containers()
             .map_err(|e| to_status(e.into()))?
             .iter()
             .filter(|c| {
-                all || !CStatus(c.state()).is_finished() && c.state() != ContainerState::Created
+                req.all || !CStatus(c.state()).is_finished() && c.state() != ContainerState::Created
             })
             .map(convert::container_to_wire)
             .collect();
+        if req.size {
+            images::fill_sizes(&self.app, &mut containers).await;
+        }
         Ok(Response::new(cluster::ListContainersResponse {
             containers,
         }))
@@ -226,6 +229,24 @@ impl Cluster for ClusterService {
         let c = self.find(&req.name_or_id)?;
         let c = lifecycle::stop(&self.app, c, req.timeout_s.unwrap_or(10)).await?;
         let c = lifecycle::start(&self.app, c).await?;
+        Ok(Response::new(convert::container_to_wire(&c)))
+    }
+
+    async fn pause_container(
+        &self,
+        req: Request<cluster::ContainerRef>,
+    ) -> Result<Response<cluster::ContainerInfo>, Status> {
+        let c = self.find(&req.into_inner().name_or_id)?;
+        let c = lifecycle::pause(&self.app, c, true).await?;
+        Ok(Response::new(convert::container_to_wire(&c)))
+    }
+
+    async fn unpause_container(
+        &self,
+        req: Request<cluster::ContainerRef>,
+    ) -> Result<Response<cluster::ContainerInfo>, Status> {
+        let c = self.find(&req.into_inner().name_or_id)?;
+        let c = lifecycle::pause(&self.app, c, false).await?;
         Ok(Response::new(convert::container_to_wire(&c)))
     }
 

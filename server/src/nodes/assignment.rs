@@ -24,6 +24,20 @@ pub fn kill(c: &Container, signal: i32) -> ServerMessage {
     with_action(c, Action::Kill, signal, 0)
 }
 
+/// "Freeze (or thaw) the container's processes."
+pub fn pause(c: &Container, paused: bool) -> ServerMessage {
+    with_action(
+        c,
+        if paused {
+            Action::Pause
+        } else {
+            Action::Unpause
+        },
+        0,
+        0,
+    )
+}
+
 fn with_action(c: &Container, action: Action, signal: i32, timeout_s: u32) -> ServerMessage {
     let spec = c.spec.clone().unwrap_or_default();
     ServerMessage {
@@ -41,6 +55,9 @@ fn with_action(c: &Container, action: Action, signal: i32, timeout_s: u32) -> Se
                 hostname: spec.hostname,
                 workdir: spec.workdir,
                 network: spec.network,
+                memory_bytes: spec.memory_bytes,
+                nano_cpus: spec.nano_cpus,
+                pids_limit: spec.pids_limit,
             }),
         })),
     }

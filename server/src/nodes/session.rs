@@ -181,6 +181,7 @@ async fn reconcile(app: &App, r: &Register) -> Result<(), AppError> {
                         at_ms: now_ms(),
                         error: String::new(),
                         image_id: String::new(),
+                        oom_killed: false,
                     });
                     if let Err(e) = app.write(op).await {
                         tracing::debug!("reconcile transition refused: {e}");
@@ -236,6 +237,7 @@ async fn serve(
                     at_ms: t.at_ms,
                     error: t.error,
                     image_id: t.image_id,
+                    oom_killed: t.oom_killed,
                 });
                 match app.write(op).await {
                     Ok(_) => {}

@@ -182,10 +182,15 @@ fn transition(
     }
     c.set_state(to);
     match to {
-        ContainerState::Running => c.started_at_ms = t.at_ms,
+        ContainerState::Running if from != ContainerState::Paused => {
+            c.started_at_ms = t.at_ms;
+            c.error.clear();
+            c.oom_killed = false;
+        }
         ContainerState::Exited | ContainerState::Dead => {
             c.finished_at_ms = t.at_ms;
             c.exit_code = t.exit_code;
+            c.oom_killed = t.oom_killed;
         }
         _ => {}
     }
