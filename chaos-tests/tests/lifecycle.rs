@@ -156,3 +156,179 @@ fn containers_outlive_a_killed_agent_and_lose_no_log_line() {
         },
     );
 }
+
+fn container_id(c: &Cluster, name: &str) -> anyhow::Result<String> {
+    let r = c.berth(&["inspect", name]).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&r.stdout)?;
+    Ok(v[0]["Id"].as_str().unwrap_or_default().to_string())
+}
+
+#[test]
+fn memory_pids_and_cpu_limits_hold_and_pause_freezes() {
+    sandbox::run("memory_pids_and_cpu_limits_hold_and_pause_freezes", || {
+        let c = Cluster::start()?;
+        // Over its memory limit, the kernel's OOM killer ends it.
+        let r = c.berth(&[
+            "run",
+            "--name",
+            "hog",
+            "--memory",
+            "32m",
+            "busybox",
+            "sh",
+            "-c",
+            "x=a; while true; do x=\"$x$x\"; done",
+        ]);
+        ensure!(r.code == 137, "{r:?}");
+        let s = state(&c, "hog")?;
+        ensure!(s["OOMKilled"] == true && s["ExitCode"] == 137, "{s}");
+
+        // A fork bomb stops at the pids limit: the kernel counts the forks it
+        // refused, and the cgroup never holds more than the limit.
+        c.berth(&[
+            "run",
+            "-d",
+            "--name",
+            "bomb",
+            "--pids-limit",
+            "10",
+            "busybox",
+            "sh",
+            "-c",
+            // The inner shell dies at the first refused fork; the outer one stays.
+            "sh -c 'for i in $(seq 1 30); do sleep 30 & done' 2>/dev/null; sleep 30",
+        ])
+        .ok()?;
+        let id = container_id(&c, "bomb")?;
+        let pids = std::path::Path::new("/sys/fs/cgroup/pids/berth").join(&id);
+        let pids = if pids.exists() {
+            pids
+        } else {
+            std::path::Path::new("/sys/fs/cgroup/berth").join(&id)
+        };
+        c.wait_until(Duration::from_secs(10), "refused forks", |_| {
+            std::fs::read_to_string(pids.join("pids.events"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.starts_with("max ") && !l.ends_with(" 0"))
+        })?;
+        let current: u64 = std::fs::read_to_string(pids.join("pids.current"))?
+            .trim()
+            .parse()?;
+        ensure!(current <= 10, "{current} processes under a limit of 10");
+        c.berth(&["rm", "-f", "bomb"]).ok()?;
+
+        // --cpus becomes a CFS quota, and the kernel throttles a busy loop.
+        c.berth(&[
+            "run",
+            "-d",
+            "--name",
+            "spinner",
+            "--cpus",
+            "0.2",
+            "busybox",
+            "sh",
+            "-c",
+            "while true; do :; done",
+        ])
+        .ok()?;
+        let id = container_id(&c, "spinner")?;
+        let cpu = std::path::Path::new("/sys/fs/cgroup/cpu/berth").join(&id);
+        let cpu = if cpu.exists() {
+            cpu
+        } else {
+            std::path::Path::new("/sys/fs/cgroup/berth").join(&id)
+        };
+        let quota = std::fs::read_to_string(cpu.join("cpu.cfs_quota_us"))
+            .or_else(|_| std::fs::read_to_string(cpu.join("cpu.max")))?;
+        ensure!(quota.starts_with("20000"), "quota {quota:?}");
+        c.wait_until(
+            Duration::from_secs(10),
+            "the spinner to be throttled",
+            |_| {
+                std::fs::read_to_string(cpu.join("cpu.stat"))
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| l.starts_with("nr_throttled") && !l.ends_with(" 0"))
+            },
+        )?;
+
+        // pause freezes: no new output until unpause.
+        c.berth(&[
+            "run",
+            "-d",
+            "--name",
+            "ticker",
+            "busybox",
+            "sh",
+            "-c",
+            "while true; do echo tick; sleep 0.05; done",
+        ])
+        .ok()?;
+        c.wait_until(Duration::from_secs(10), "ticks", |c| {
+            c.berth(&["logs", "ticker"]).stdout.contains("tick")
+        })?;
+        c.berth(&["pause", "ticker"]).ok()?;
+        ensure!(state(&c, "ticker")?["Status"] == "paused");
+        let ps = c.berth(&["ps"]).ok()?.stdout;
+        ensure!(
+            ps.lines()
+                .any(|l| l.contains("ticker") && l.contains("(Paused)")),
+            "{ps}"
+        );
+        let before = c.berth(&["logs", "ticker"]).ok()?.stdout.lines().count();
+        std::thread::sleep(Duration::from_millis(500));
+        let after = c.berth(&["logs", "ticker"]).ok()?.stdout.lines().count();
+        ensure!(
+            before == after,
+            "a paused container wrote {} lines",
+            after - before
+        );
+        let r = c.berth(&["pause", "ticker"]);
+        ensure!(r.code != 0 && r.stderr.contains("is not running"), "{r:?}");
+        c.berth(&["unpause", "ticker"]).ok()?;
+        c.wait_until(Duration::from_secs(10), "ticks after unpause", |c| {
+            c.berth(&["logs", "ticker"]).stdout.lines().count() > after
+        })?;
+        let r = c.berth(&["unpause", "ticker"]);
+        ensure!(r.code != 0 && r.stderr.contains("is not paused"), "{r:?}");
+        // A paused container is removed with rm -f all the same.
+        c.berth(&["pause", "ticker"]).ok()?;
+        c.berth(&["rm", "-f", "ticker", "spinner"]).ok()?;
+        Ok(())
+    });
+}
+
+#[test]
+fn ps_size_shows_the_writable_layer() {
+    sandbox::run("ps_size_shows_the_writable_layer", || {
+        let c = Cluster::start()?;
+        c.berth(&[
+            "run",
+            "--name",
+            "writer",
+            "busybox",
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/root/blob bs=1000 count=300 2>/dev/null",
+        ])
+        .ok()?;
+        c.berth(&["run", "--name", "reader", "busybox", "true"])
+            .ok()?;
+        let ps = c.berth(&["ps", "-a", "--size"]).ok()?.stdout;
+        ensure!(
+            ps.lines().next().unwrap_or_default().ends_with("SIZE"),
+            "{ps}"
+        );
+        let size_of = |name: &str| {
+            ps.lines()
+                .find(|l| l.contains(name))
+                .and_then(|l| l.split_whitespace().last())
+                .unwrap_or_default()
+                .to_string()
+        };
+        ensure!(size_of("writer") == "300kB", "{ps}");
+        ensure!(size_of("reader") == "0B", "{ps}");
+        Ok(())
+    });
+}

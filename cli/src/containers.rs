@@ -198,7 +198,7 @@ pub async fn ps(client: &mut ClusterClient<Channel>, args: PsArgs) -> Result<i32
         .map(|c| {
             let spec = c.spec.clone().unwrap_or_default();
             let command = format!("\"{}\"", spec.cmd.join(" "));
-            vec![
+            let mut row = vec![
                 if args.no_trunc {
                     c.id.clone()
                 } else {
@@ -214,21 +214,30 @@ pub async fn ps(client: &mut ClusterClient<Channel>, args: PsArgs) -> Result<i32
                 status_text(c, now),
                 c.name.clone(),
                 c.node.clone(),
-            ]
+            ];
+            if args.size {
+                row.push(
+                    c.size_rw
+                        .map(crate::output::human_size)
+                        .unwrap_or_else(|| "-".into()),
+                );
+            }
+            row
         })
         .collect();
-    table(
-        &[
-            "CONTAINER ID",
-            "IMAGE",
-            "COMMAND",
-            "CREATED",
-            "STATUS",
-            "NAMES",
-            "NODE",
-        ],
-        &rows,
-    );
+    let mut header = vec![
+        "CONTAINER ID",
+        "IMAGE",
+        "COMMAND",
+        "CREATED",
+        "STATUS",
+        "NAMES",
+        "NODE",
+    ];
+    if args.size {
+        header.push("SIZE");
+    }
+    table(&header, &rows);
     Ok(0)
 }
 
