@@ -332,3 +332,53 @@ fn ps_size_shows_the_writable_layer() {
         Ok(())
     });
 }
+
+#[test]
+fn a_berth_config_json_runs_under_runc() {
+    sandbox::run("a_berth_config_json_runs_under_runc", || {
+        let c = Cluster::start()?;
+        c.berth(&[
+            "create",
+            "--name",
+            "portable",
+            "--hostname",
+            "portable",
+            "busybox",
+            "sh",
+            "-c",
+            "echo pid $$ on $(hostname); ls /",
+        ])
+        .ok()?;
+        c.wait_until(Duration::from_secs(10), "portable to be created", |c| {
+            state(c, "portable")
+                .map(|s| s["Status"] == "created")
+                .unwrap_or(false)
+        })?;
+        let id = container_id(&c, "portable")?;
+        let bundle = c.dir().join("agent/containers").join(&id);
+        // runc (from Debian) runs the very bundle berth wrote: config.json
+        // and the mounted rootfs.
+        let state_dir = c.dir().join("runc-state");
+        let out = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(&state_dir)
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg(format!("runc-{}", &id[..12]))
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        let runc_out = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(
+            out.status.success(),
+            "runc failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let berth_out = c.berth(&["start", "-a", "portable"]).ok()?.stdout;
+        ensure!(runc_out.starts_with("pid 1 on portable\n"), "{runc_out}");
+        ensure!(
+            runc_out == berth_out,
+            "runc printed {runc_out:?}, berth {berth_out:?}"
+        );
+        Ok(())
+    });
+}
