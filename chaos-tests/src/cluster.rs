@@ -39,37 +39,50 @@ pub struct Cluster {
     bin: PathBuf,
     server: Option<Child>,
     agent: Option<Child>,
+    addr: String,
 }
 
 /// The directory holding the workspace's binaries: the test binary lives in
 /// target/<profile>/deps, the binaries one level up.
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("locating the target directory")?
-        .to_path_buf();
-    for b in ["berth", "berth-server", "berth-agent"] {
-        if !dir.join(b).exists() {
-            bail!(
-                "{} is missing: build the binaries first (cargo build --workspace --bins)",
-                dir.join(b).display()
-            );
+    // A test binary lives in target/<profile>/deps, a benchmark binary in
+    // target/<profile>: look beside the executable, then one level up.
+    let here = exe.parent().context("locating the target directory")?;
+    let candidates = [
+        here.to_path_buf(),
+        here.parent().unwrap_or(here).to_path_buf(),
+    ];
+    for dir in &candidates {
+        if ["berth", "berth-server", "berth-agent"]
+            .iter()
+            .all(|b| dir.join(b).exists())
+        {
+            return Ok(dir.clone());
         }
     }
-    Ok(dir)
+    bail!(
+        "the berth binaries are missing beside {}: build them first (cargo build --workspace --bins)",
+        exe.display()
+    )
 }
 
 impl Cluster {
     /// Starts a fresh server and agent, waits for the node to be ready, and
     /// imports a busybox image.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_at(SERVER_ADDR)
+    }
+
+    /// As [`Cluster::start`], with the server on `addr` (benchmarks run on
+    /// the host's loopback, where another port may be taken).
+    pub fn start_at(addr: &str) -> anyhow::Result<Self> {
         let mut c = Self {
-            dir: tempfile::tempdir()?,
+            dir: tempfile::tempdir_in("/var/tmp")?,
             bin: bin_dir()?,
             server: None,
             agent: None,
+            addr: addr.to_string(),
         };
         c.start_server(true)?;
         c.start_agent()?;
@@ -104,11 +117,12 @@ impl Cluster {
     /// Starts the server on its data dir (bootstrapping on the first start).
     pub fn start_server(&mut self, bootstrap: bool) -> anyhow::Result<()> {
         let data = self.dir.path().join("server");
+        let addr = self.addr.clone();
         let mut args = vec![
             "--data-dir",
             data.to_str().unwrap_or_default(),
             "--listen",
-            SERVER_ADDR,
+            &addr,
         ];
         if bootstrap {
             args.push("--bootstrap");
@@ -123,7 +137,7 @@ impl Cluster {
             "--data-dir",
             data.to_str().unwrap_or_default(),
             "--server",
-            SERVER_ADDR,
+            &self.addr,
             "--name",
             "node1",
         ];
@@ -153,7 +167,7 @@ impl Cluster {
     pub fn berth(&self, args: &[&str]) -> CommandResult {
         let out = Command::new(self.bin.join("berth"))
             .args(args)
-            .env("BERTH_HOST", SERVER_ADDR)
+            .env("BERTH_HOST", &self.addr)
             .stdin(Stdio::null())
             .output();
         match out {
