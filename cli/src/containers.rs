@@ -46,6 +46,18 @@ pub struct RunArgs {
     /// The most processes and threads the container may have.
     #[arg(long)]
     pub pids_limit: Option<i64>,
+    /// Run as USER[:GROUP] (names from the image's /etc/passwd, or numbers).
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Replace the image's entrypoint ("" clears it); the image's command is dropped too.
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Mount HOST_PATH:DEST[:ro] or a named volume NAME:DEST[:ro].
+    #[arg(short = 'v', long = "volume")]
+    pub volumes: Vec<String>,
+    /// Restart policy: no, on-failure[:N], always, unless-stopped.
+    #[arg(long, default_value = "no")]
+    pub restart: String,
     /// The image to run, NAME[:TAG].
     pub image: String,
     /// The command and its arguments (default: the image's).
@@ -70,6 +82,11 @@ pub async fn run(client: &mut ClusterClient<Channel>, args: RunArgs) -> Result<i
                 memory_bytes: args.memory.unwrap_or(0),
                 nano_cpus: args.cpus.unwrap_or(0),
                 pids_limit: args.pids_limit.unwrap_or(0),
+                user: args.user.clone().unwrap_or_default(),
+                entrypoint: args.entrypoint.clone().into_iter().collect(),
+                entrypoint_set: args.entrypoint.is_some(),
+                volumes: args.volumes.clone(),
+                restart: args.restart.clone(),
             }),
             start: true,
         })
@@ -116,6 +133,7 @@ pub async fn stream_logs(
         .logs(LogsRequest {
             name_or_id: id.to_string(),
             follow,
+            tail: None,
         })
         .await
         .map_err(CliError::api)?
@@ -247,13 +265,92 @@ pub struct LogsArgs {
     /// Keep printing new lines until the container exits.
     #[arg(short = 'f', long)]
     pub follow: bool,
+    /// Print each line's time (RFC 3339, nanoseconds) before it.
+    #[arg(short = 't', long)]
+    pub timestamps: bool,
+    /// Only the last N lines ("all" for every line).
+    #[arg(short = 'n', long, default_value = "all")]
+    pub tail: String,
     /// The container's name or id.
     pub container: String,
 }
 
 pub async fn logs(client: &mut ClusterClient<Channel>, args: LogsArgs) -> Result<i32, CliError> {
-    stream_logs(client, &args.container, args.follow).await?;
+    let tail = match args.tail.as_str() {
+        "all" => None,
+        n => Some(
+            n.parse::<u64>()
+                .map_err(|_| CliError::Usage(format!("invalid --tail {n:?}: a number or all")))?,
+        ),
+    };
+    let opts = LogOptions {
+        follow: args.follow,
+        timestamps: args.timestamps,
+        tail,
+    };
+    print_logs(client, &args.container, &opts).await?;
     Ok(0)
+}
+
+/// How `logs` prints.
+pub struct LogOptions {
+    pub follow: bool,
+    pub timestamps: bool,
+    pub tail: Option<u64>,
+}
+
+/// Formats nanoseconds since the epoch as RFC 3339 with nanoseconds.
+fn rfc3339_nanos(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let nanos = ns.rem_euclid(1_000_000_000);
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+async fn print_logs(client: &mut ClusterClient<Channel>, id: &str, opts: &LogOptions) -> Result<(), CliError> {
+    let mut stream = client
+        .logs(LogsRequest {
+            name_or_id: id.to_string(),
+            follow: opts.follow,
+            tail: opts.tail,
+        })
+        .await
+        .map_err(CliError::api)?
+        .into_inner();
+    while let Some(entry) = stream.message().await.map_err(CliError::api)? {
+        let mut line = Vec::new();
+        if opts.timestamps {
+            line.extend_from_slice(rfc3339_nanos(entry.time_ns).as_bytes());
+            line.push(b' ');
+        }
+        line.extend_from_slice(&entry.line);
+        let res = if entry.stream == "stderr" {
+            let mut e = std::io::stderr().lock();
+            e.write_all(&line).and_then(|_| e.flush())
+        } else {
+            let mut o = std::io::stdout().lock();
+            o.write_all(&line).and_then(|_| o.flush())
+        };
+        if res.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// `berth rm`.
@@ -305,6 +402,11 @@ pub async fn create(client: &mut ClusterClient<Channel>, args: RunArgs) -> Resul
                 memory_bytes: args.memory.unwrap_or(0),
                 nano_cpus: args.cpus.unwrap_or(0),
                 pids_limit: args.pids_limit.unwrap_or(0),
+                user: args.user.clone().unwrap_or_default(),
+                entrypoint: args.entrypoint.clone().into_iter().collect(),
+                entrypoint_set: args.entrypoint.is_some(),
+                volumes: args.volumes.clone(),
+                restart: args.restart.clone(),
             }),
             start: false,
         })

@@ -131,7 +131,17 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
             bind_readonly(Path::new("/sys"), &dest)?;
             continue;
         }
-        fs::create_dir_all(&dest).map_err(|e| fail(format!("creating {}", dest.display()), e))?;
+        if flags.contains(MsFlags::MS_BIND) && source.is_file() {
+            // A file is bound onto a file.
+            if let Some(parent) = dest.parent() {
+                fs::create_dir_all(parent).map_err(|e| fail(format!("creating {}", parent.display()), e))?;
+            }
+            if !dest.exists() {
+                fs::write(&dest, b"").map_err(|e| fail(format!("creating {}", dest.display()), e))?;
+            }
+        } else {
+            fs::create_dir_all(&dest).map_err(|e| fail(format!("creating {}", dest.display()), e))?;
+        }
         let data = (!data.is_empty()).then_some(data);
         mount(
             Some(&source),
@@ -264,23 +274,60 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
     })
 }
 
-/// Joins a container path onto the rootfs, refusing `..` so that a mount
-/// destination cannot leave it.
+/// Joins a container path onto the rootfs, refusing `..` in it, and
+/// resolving symlinks already in the rootfs as the container would see them
+/// (an absolute target starts again at the rootfs, `..` stops at it), so
+/// that a mount destination, or a directory made for one, never lands on a
+/// host path through an image's symlink.
 fn inside(rootfs: &Path, dest: &Path) -> Result<PathBuf, InitFailure> {
-    let mut out = rootfs.to_path_buf();
-    for c in dest.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                return Err(fail(
-                    "mount destination",
-                    format!("{} climbs out with ..", dest.display()),
-                ))
+    if dest.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(fail(
+            "mount destination",
+            format!("{} climbs out with ..", dest.display()),
+        ));
+    }
+    let mut queue: std::collections::VecDeque<std::ffi::OsString> = dest
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_owned()),
+            _ => None,
+        })
+        .collect();
+    let mut current = PathBuf::new();
+    let mut hops = 0;
+    while let Some(part) = queue.pop_front() {
+        if part == ".." {
+            current.pop();
+            continue;
+        }
+        let candidate = current.join(&part);
+        let full = rootfs.join(&candidate);
+        match fs::symlink_metadata(&full) {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(fail("mount destination", format!("{}: too many symlinks", dest.display())));
+                }
+                let target = fs::read_link(&full).map_err(|e| fail("reading a symlink", e))?;
+                if target.is_absolute() {
+                    current = PathBuf::new();
+                }
+                let parts: Vec<std::ffi::OsString> = target
+                    .components()
+                    .filter_map(|c| match c {
+                        Component::Normal(n) => Some(n.to_owned()),
+                        Component::ParentDir => Some("..".into()),
+                        _ => None,
+                    })
+                    .collect();
+                for p in parts.into_iter().rev() {
+                    queue.push_front(p);
+                }
             }
-            _ => {}
+            _ => current = candidate,
         }
     }
-    Ok(out)
+    Ok(rootfs.join(current))
 }
 
 /// Splits runtime-spec mount options into flags and filesystem data.
@@ -443,6 +490,17 @@ mod tests {
         ]);
         assert!(flags.contains(MsFlags::MS_NOSUID | MsFlags::MS_RDONLY));
         assert_eq!(data, "mode=755,size=1k");
+    }
+
+    #[test]
+    fn mount_destinations_follow_symlinks_inside_the_rootfs_only() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("real")).unwrap();
+        std::os::unix::fs::symlink("/etc", r.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../../real", r.join("rel")).unwrap();
+        assert_eq!(inside(r, Path::new("/abs/x")).ok().unwrap(), r.join("etc/x"));
+        assert_eq!(inside(r, Path::new("/rel/x")).ok().unwrap(), r.join("real/x"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod frame;
 pub mod init;
 pub mod shim;
 pub mod spec;
+pub mod users;
 
 /// Errors of preparing or running a container.
 #[derive(Debug, thiserror::Error)]

@@ -26,6 +26,16 @@ pub struct ContainerConfig {
     pub limits: super::cgroups::Limits,
     /// The container's cgroup, relative to each hierarchy (`berth/<id>`).
     pub cgroup: String,
+    /// Volumes and host paths mounted into the container.
+    pub mounts: Vec<BindMount>,
+}
+
+/// A host directory or file bound into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    pub source: std::path::PathBuf,
+    pub destination: String,
+    pub readonly: bool,
 }
 
 /// Where a container's network lives.
@@ -225,7 +235,17 @@ pub fn build(cfg: &ContainerConfig) -> Result<Spec, RuntimeError> {
         )
         .hostname(cfg.hostname.clone())
         .process(process)
-        .mounts(default_mounts()?)
+        .mounts({
+            let mut mounts = default_mounts()?;
+            for m in &cfg.mounts {
+                let mut options = vec!["rbind", "rprivate"];
+                if m.readonly {
+                    options.push("ro");
+                }
+                mounts.push(mount(&m.destination, "bind", &m.source.display().to_string(), &options)?);
+            }
+            mounts
+        })
         .linux(linux)
         .build()?)
 }
@@ -251,6 +271,7 @@ mod tests {
             gid: 0,
             limits: Default::default(),
             cgroup: "berth/test".into(),
+            mounts: Vec::new(),
         }
     }
 

@@ -25,6 +25,9 @@ use crate::runtime::spec::{self, ContainerConfig, NetworkMode};
 use crate::runtime::{bundle, RuntimeError};
 use crate::snapshot::{self, Snapshots};
 
+/// A file in a bundle that says a user stopped the container.
+const STOPPED_MARK: &str = "stopped";
+
 /// The most log lines sent in one chunk.
 const CHUNK_LINES: usize = 256;
 
@@ -67,6 +70,9 @@ pub struct Meta {
     /// The image's STOPSIGNAL, if it has one.
     #[serde(default)]
     pub stop_signal: Option<i32>,
+    /// The restart policy (no, always, unless-stopped, on-failure[:N]).
+    #[serde(default)]
+    pub restart: String,
 }
 
 /// Log lines of a bundle's log file from sequence number `from`, reading
@@ -418,7 +424,14 @@ impl Supervisor {
             Action::Create => self.run(a, false).await,
             Action::Remove => self.remove(&a.container_id).await,
             Action::Stop => self.stop(&a).await,
-            Action::Kill => self.signal(&a.container_id, a.signal),
+            Action::Kill => {
+                if matches!(a.signal, 2 | 9 | 15) {
+                    if let Some(dir) = self.bundle_dir(&a.container_id) {
+                        let _ = fs::write(dir.join(STOPPED_MARK), "");
+                    }
+                }
+                self.signal(&a.container_id, a.signal)
+            }
             Action::Pause => self.freeze(&a, true),
             Action::Unpause => self.freeze(&a, false),
             Action::Unspecified => {
@@ -571,10 +584,39 @@ impl Supervisor {
             let _ = fs::remove_file(bundle::exit(dir));
             let _ = fs::remove_file(bundle::pid(dir));
         }
-        if start {
-            if let Err(e) = self.clone().start_shim(a, dir).await {
-                fail(e);
+        if !start {
+            return;
+        }
+        let _ = fs::remove_file(dir.join(STOPPED_MARK));
+        let mut restarts = 0u32;
+        loop {
+            let began = std::time::Instant::now();
+            let code = match self.clone().start_shim(a, dir).await {
+                Ok(code) => code,
+                Err(e) => return fail(e),
+            };
+            // The restart policy, unless a user stopped it.
+            let policy = read_meta(dir).map(|m| m.restart).unwrap_or_default();
+            if dir.join(STOPPED_MARK).exists() || !should_restart(&policy, code, restarts) {
+                return;
             }
+            // Docker's backoff: 100 ms doubling to a minute; a run of 10 s
+            // or more starts it over.
+            if began.elapsed() >= Duration::from_secs(10) {
+                restarts = 0;
+            }
+            let delay = Duration::from_millis(100 * (1u64 << restarts.min(10))).min(Duration::from_secs(60));
+            restarts += 1;
+            tokio::time::sleep(delay).await;
+            if dir.join(STOPPED_MARK).exists() || !dir.exists() {
+                return;
+            }
+            tracing::info!(%id, restarts, "restarting by policy {policy}");
+            if let Err(e) = self.remount(dir) {
+                return fail(e);
+            }
+            let _ = fs::remove_file(bundle::exit(dir));
+            let _ = fs::remove_file(bundle::pid(dir));
         }
     }
 
@@ -668,7 +710,6 @@ impl Supervisor {
     fn prepare(&self, a: &Assign, dir: &Path) -> Result<String, SupervisorError> {
         let spec = a.spec.clone().unwrap_or_default();
         let image = self.images.resolve(&spec.image)?;
-        let cfg = container_config(&a.container_id, &spec, &image.config)?;
         let lowers = image
             .diff_ids
             .iter()
@@ -679,10 +720,7 @@ impl Supervisor {
             if !l.exists() {
                 return Err(SupervisorError::Io {
                     path: l.clone(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "layer snapshot missing",
-                    ),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "layer snapshot missing"),
                 });
             }
         }
@@ -690,6 +728,23 @@ impl Supervisor {
             path: dir.to_path_buf(),
             source,
         })?;
+        let result = self.prepare_bundle(a, &spec, &image, &lowers, dir);
+        if result.is_err() {
+            // Nothing half-made stays: a later start creates it afresh.
+            let _ = snapshot::unmount(&bundle::rootfs(dir));
+            let _ = fs::remove_dir_all(dir);
+        }
+        result.map(|()| image.id)
+    }
+
+    fn prepare_bundle(
+        &self,
+        a: &Assign,
+        spec: &agent::ContainerSpec,
+        image: &crate::image::ResolvedImage,
+        lowers: &[PathBuf],
+        dir: &Path,
+    ) -> Result<(), SupervisorError> {
         let meta = Meta {
             id: a.container_id.clone(),
             name: a.name.clone(),
@@ -702,27 +757,30 @@ impl Supervisor {
                 .as_ref()
                 .and_then(|c| c.stop_signal().clone())
                 .and_then(|s| parse_signal(&s)),
+            restart: spec.restart.clone(),
         };
-        fs::write(
-            bundle::meta(dir),
-            serde_json::to_vec(&meta).unwrap_or_default(),
-        )
-        .map_err(|source| SupervisorError::Io {
-            path: bundle::meta(dir),
-            source,
+        fs::write(bundle::meta(dir), serde_json::to_vec(&meta).unwrap_or_default()).map_err(|source| {
+            SupervisorError::Io {
+                path: bundle::meta(dir),
+                source,
+            }
         })?;
-        snapshot::mount_overlay(
-            &lowers,
-            &bundle::upper(dir),
-            &bundle::work(dir),
-            &bundle::rootfs(dir),
+        snapshot::mount_overlay(lowers, &bundle::upper(dir), &bundle::work(dir), &bundle::rootfs(dir))?;
+        let cfg = container_config(
+            &a.container_id,
+            spec,
+            &image.config,
+            &ConfigPaths {
+                rootfs: bundle::rootfs(dir),
+                volumes: self.cfg.data_dir.join("volumes"),
+            },
         )?;
         spec::save(&spec::build(&cfg)?, dir)?;
-        Ok(image.id)
+        Ok(())
     }
 
     /// Starts the shim and relays its frames until the container ends.
-    async fn start_shim(self: Arc<Self>, a: &Assign, dir: &Path) -> Result<(), String> {
+    async fn start_shim(self: Arc<Self>, a: &Assign, dir: &Path) -> Result<i32, String> {
         let shim_log = fs::File::create(dir.join("shim.log")).map_err(|e| e.to_string())?;
         let mut child = tokio::process::Command::new(&self.cfg.shim_exe)
             .arg("shim")
@@ -798,7 +856,7 @@ impl Supervisor {
             error.unwrap_or_default(),
             oom_killed,
         );
-        Ok(())
+        Ok(code)
     }
 
     fn send_logs(&self, a: &Assign, batch: &mut Vec<agent::LogLine>) {
@@ -852,20 +910,33 @@ fn read_meta(b: &Path) -> Option<Meta> {
     serde_json::from_slice(&fs::read(bundle::meta(b)).ok()?).ok()
 }
 
+/// Where a container's config looks things up on this node.
+pub struct ConfigPaths {
+    /// The mounted rootfs, for users and groups by name.
+    pub rootfs: PathBuf,
+    /// Where named volumes live.
+    pub volumes: PathBuf,
+}
+
 /// Merges a container spec with its image's defaults, as Docker does: the
 /// image's entrypoint and env come first; a given command replaces the
-/// image's.
+/// image's; a given entrypoint replaces the image's and drops its command.
 pub fn container_config(
     id: &str,
     spec: &agent::ContainerSpec,
     image: &oci_spec::image::ImageConfiguration,
+    paths: &ConfigPaths,
 ) -> Result<ContainerConfig, RuntimeError> {
     let ic = image.config().clone().unwrap_or_default();
-    let mut args: Vec<String> = ic.entrypoint().clone().unwrap_or_default();
-    if spec.cmd.is_empty() {
-        args.extend(ic.cmd().clone().unwrap_or_default());
+    let mut args: Vec<String> = if spec.entrypoint_set {
+        spec.entrypoint.iter().filter(|e| !e.is_empty()).cloned().collect()
     } else {
+        ic.entrypoint().clone().unwrap_or_default()
+    };
+    if !spec.cmd.is_empty() {
         args.extend(spec.cmd.iter().cloned());
+    } else if !spec.entrypoint_set {
+        args.extend(ic.cmd().clone().unwrap_or_default());
     }
     let mut env: Vec<String> = ic.env().clone().unwrap_or_default();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
@@ -882,14 +953,24 @@ pub fn container_config(
     } else {
         spec.workdir.clone()
     };
+    let user = if spec.user.is_empty() {
+        ic.user().clone().unwrap_or_default()
+    } else {
+        spec.user.clone()
+    };
+    let (uid, gid) = crate::runtime::users::resolve(&paths.rootfs, &user)?;
+    let mut mounts = Vec::new();
+    for v in &spec.volumes {
+        mounts.push(volume_mount(v, &paths.volumes)?);
+    }
     Ok(ContainerConfig {
         args,
         env,
         cwd,
         hostname: spec.hostname.clone(),
         network: NetworkMode::parse(&spec.network)?,
-        uid: 0,
-        gid: 0,
+        uid,
+        gid,
         limits: Limits {
             memory_bytes: (spec.memory_bytes > 0).then_some(spec.memory_bytes),
             cpu_quota_us: (spec.nano_cpus > 0)
@@ -897,72 +978,53 @@ pub fn container_config(
             pids: (spec.pids_limit > 0).then_some(spec.pids_limit),
         },
         cgroup: cgroup_of(id).display().to_string(),
+        mounts,
     })
 }
 
-/// Serializes any serde value to JSON (a helper for the image operations).
-mod erased {
-    pub trait Json {
-        fn json(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or_default()
+/// A `-v` volume as a bind mount: a host path (which must exist), or a
+/// named volume under the agent's data dir (made on first use).
+fn volume_mount(v: &str, volumes: &Path) -> Result<spec::BindMount, RuntimeError> {
+    let parts: Vec<&str> = v.split(':').collect();
+    let (src, dest, readonly) = match parts.as_slice() {
+        [s, d] => (*s, *d, false),
+        [s, d, "ro"] => (*s, *d, true),
+        [s, d, "rw"] => (*s, *d, false),
+        _ => return Err(RuntimeError::Invalid(format!("invalid volume {v:?}: use SOURCE:DEST[:ro]"))),
+    };
+    let source = if src.starts_with('/') {
+        let p = PathBuf::from(src);
+        if !p.exists() {
+            return Err(RuntimeError::Invalid(format!(
+                "invalid mount config: bind source path does not exist: {src}"
+            )));
         }
-    }
+        p
+    } else {
+        if src.contains('/') || src.contains("..") {
+            return Err(RuntimeError::Invalid(format!("invalid volume name {src:?}")));
+        }
+        let p = volumes.join(src).join("_data");
+        fs::create_dir_all(&p).map_err(|source| RuntimeError::Io { path: p.clone(), source })?;
+        p
+    };
+    Ok(spec::BindMount {
+        source,
+        destination: dest.to_string(),
+        readonly,
+    })
 }
 
-/// A writer that sends what is written to the cluster as ImageReply
-/// pieces of about 1 MiB.
-struct ChunkWriter {
-    request_id: u64,
-    outbox: mpsc::UnboundedSender<AgentMessage>,
-    buf: Vec<u8>,
-}
-
-impl ChunkWriter {
-    const PIECE: usize = 1 << 20;
-
-    fn new(request_id: u64, outbox: mpsc::UnboundedSender<AgentMessage>) -> Self {
-        Self {
-            request_id,
-            outbox,
-            buf: Vec::with_capacity(Self::PIECE),
-        }
-    }
-
-    fn send_buf(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::PIECE));
-        self.outbox
-            .send(AgentMessage {
-                msg: Some(agent_message::Msg::ImageReply(agent::ImageReply {
-                    request_id: self.request_id,
-                    data,
-                    ..Default::default()
-                })),
-            })
-            .map_err(|_| std::io::Error::other("the agent is shutting down"))
-    }
-
-    fn finish(mut self) {
-        let _ = self.send_buf();
-    }
-}
-
-impl std::io::Write for ChunkWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= Self::PIECE {
-            self.send_buf()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+/// True if the restart policy asks for another run after this exit.
+pub fn should_restart(policy: &str, exit_code: i32, restarts: u32) -> bool {
+    match policy.split_once(':') {
+        None => match policy {
+            "always" | "unless-stopped" => true,
+            "on-failure" => exit_code != 0,
+            _ => false,
+        },
+        Some(("on-failure", max)) => exit_code != 0 && restarts < max.parse::<u32>().unwrap_or(0),
+        _ => false,
     }
 }
 

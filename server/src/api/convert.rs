@@ -17,6 +17,11 @@ pub fn spec_from_wire(s: cluster::ContainerSpec) -> records::ContainerSpec {
         memory_bytes: s.memory_bytes,
         nano_cpus: s.nano_cpus,
         pids_limit: s.pids_limit,
+        user: s.user.clone(),
+        entrypoint: s.entrypoint.clone(),
+        entrypoint_set: s.entrypoint_set,
+        volumes: s.volumes.clone(),
+        restart: s.restart.clone(),
     }
 }
 
@@ -32,6 +37,11 @@ fn spec_to_wire(s: &records::ContainerSpec) -> cluster::ContainerSpec {
         memory_bytes: s.memory_bytes,
         nano_cpus: s.nano_cpus,
         pids_limit: s.pids_limit,
+        user: s.user.clone(),
+        entrypoint: s.entrypoint.clone(),
+        entrypoint_set: s.entrypoint_set,
+        volumes: s.volumes.clone(),
+        restart: s.restart.clone(),
     }
 }
 

@@ -74,6 +74,15 @@ impl Cluster for ClusterService {
             )));
         }
         spec.image = names::normalize_image(&spec.image);
+        names::check_restart(&spec.restart).map_err(Status::invalid_argument)?;
+        for v in &spec.volumes {
+            names::check_volume(v).map_err(Status::invalid_argument)?;
+        }
+        if spec.auto_remove && !matches!(spec.restart.as_str(), "" | "no") {
+            return Err(Status::invalid_argument(
+                "conflicting options: --restart and --rm",
+            ));
+        }
         let name = if req.name.is_empty() {
             names::new_name()
         } else if names::valid_name(&req.name) {
@@ -262,8 +271,17 @@ impl Cluster for ClusterService {
         let state = self.app.state.clone();
         tokio::spawn(async move {
             let mut changes = state.subscribe();
-            // Sequence numbers start at 1 (records.proto, Container.log_next_seq).
-            let mut next = 1u64;
+            // Sequence numbers start at 1 (records.proto, Container.log_next_seq);
+            // --tail N starts N lines before the end.
+            let mut next = match req.tail {
+                Some(n) => state
+                    .container(&c.id)
+                    .ok()
+                    .flatten()
+                    .map(|now| now.log_next_seq.saturating_sub(n).max(1))
+                    .unwrap_or(1),
+                None => 1u64,
+            };
             loop {
                 changes.borrow_and_update();
                 let lines = match state.log_lines(&c.id, next, 512) {

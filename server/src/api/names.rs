@@ -127,3 +127,59 @@ mod signal_tests {
         assert_eq!(parse_signal("0"), None);
     }
 }
+
+/// Checks a restart policy as `docker run --restart` takes it.
+pub fn check_restart(policy: &str) -> Result<(), String> {
+    match policy.split_once(':') {
+        None if matches!(policy, "" | "no" | "always" | "unless-stopped" | "on-failure") => Ok(()),
+        Some(("on-failure", n)) if n.parse::<u32>().is_ok() => Ok(()),
+        _ => Err(format!(
+            "invalid restart policy {policy:?}: use no, always, unless-stopped, on-failure or on-failure:N"
+        )),
+    }
+}
+
+/// Checks a volume as `docker run -v` takes it: SOURCE:DEST[:ro|rw], where
+/// SOURCE is an absolute host path or a volume name, and DEST absolute.
+pub fn check_volume(v: &str) -> Result<(), String> {
+    let parts: Vec<&str> = v.split(':').collect();
+    let bad = |why: &str| Err(format!("invalid volume {v:?}: {why}"));
+    let (src, dest) = match parts.as_slice() {
+        [src, dest] | [src, dest, "ro" | "rw"] => (*src, *dest),
+        [_, _, mode] => return bad(&format!("unknown mode {mode:?} (use ro or rw)")),
+        _ => return bad("use SOURCE:DEST[:ro]"),
+    };
+    if !dest.starts_with('/') {
+        return bad("the destination must be an absolute path");
+    }
+    if dest.split('/').any(|c| c == "..") || src.split('/').any(|c| c == "..") {
+        return bad("paths may not contain ..");
+    }
+    if src.is_empty() {
+        return bad("no source");
+    }
+    if !src.starts_with('/') && !valid_name(src) {
+        return bad("a volume name takes only [a-zA-Z0-9][a-zA-Z0-9_.-]");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod option_tests {
+    use super::*;
+
+    #[test]
+    fn restart_policies_and_volumes_are_checked() {
+        for ok in ["", "no", "always", "unless-stopped", "on-failure", "on-failure:3"] {
+            assert!(check_restart(ok).is_ok(), "{ok}");
+        }
+        assert!(check_restart("sometimes").is_err());
+        assert!(check_restart("on-failure:x").is_err());
+        assert!(check_volume("/srv/data:/data").is_ok());
+        assert!(check_volume("cache:/var/cache:ro").is_ok());
+        assert!(check_volume("/srv:data").is_err());
+        assert!(check_volume("/srv:/data:rx").is_err());
+        assert!(check_volume("../etc:/data").is_err());
+        assert!(check_volume("bad name:/data").is_err());
+    }
+}

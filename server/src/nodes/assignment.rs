@@ -58,6 +58,11 @@ fn with_action(c: &Container, action: Action, signal: i32, timeout_s: u32) -> Se
                 memory_bytes: spec.memory_bytes,
                 nano_cpus: spec.nano_cpus,
                 pids_limit: spec.pids_limit,
+                user: spec.user,
+                entrypoint: spec.entrypoint,
+                entrypoint_set: spec.entrypoint_set,
+                volumes: spec.volumes,
+                restart: spec.restart,
             }),
         })),
     }
