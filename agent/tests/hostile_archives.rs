@@ -240,6 +240,23 @@ fn hostile_archives_are_refused_and_change_nothing() {
             "outside the layer",
         ),
         (
+            "layer symlink out, then a directory made through it",
+            Oci::new(vec![TarBuilder::new()
+                .symlink("s", &out)
+                .file("s/newdir/f", b"x")
+                .finish()])
+            .describe()
+            .archive(),
+            "outside the layer",
+        ),
+        (
+            "a whiteout of .. (which would delete every layer)",
+            Oci::new(vec![TarBuilder::new().file(".wh...", b"").finish()])
+                .describe()
+                .archive(),
+            "climbs out of the layer",
+        ),
+        (
             "layer hardlink to a file outside",
             Oci::new(vec![TarBuilder::new()
                 .hardlink("passwd", "../../../../etc/passwd")

@@ -382,3 +382,203 @@ fn a_berth_config_json_runs_under_runc() {
         Ok(())
     });
 }
+
+#[test]
+fn users_entrypoints_volumes_restart_policies_and_log_options() {
+    sandbox::run(
+        "users_entrypoints_volumes_restart_policies_and_log_options",
+        || {
+            let c = Cluster::start()?;
+            // -u by name and number, from the image's own passwd file.
+            let r = c
+                .berth(&["run", "--rm", "-u", "nobody", "busybox", "id"])
+                .ok()?;
+            ensure!(r.stdout.starts_with("uid=65534(nobody) gid=65534"), "{r:?}");
+            let r = c
+                .berth(&["run", "--rm", "-u", "1234:1234", "busybox", "id", "-u"])
+                .ok()?;
+            ensure!(r.stdout == "1234\n", "{r:?}");
+            let r = c.berth(&["run", "--rm", "-u", "ghost", "busybox", "true"]);
+            ensure!(
+                r.code == 125 && r.stderr.contains("unable to find user ghost"),
+                "{r:?}"
+            );
+
+            // --entrypoint replaces the command's head.
+            let r = c
+                .berth(&[
+                    "run",
+                    "--rm",
+                    "--entrypoint",
+                    "echo",
+                    "busybox",
+                    "from",
+                    "entrypoint",
+                ])
+                .ok()?;
+            ensure!(r.stdout == "from entrypoint\n", "{r:?}");
+
+            // -v: a host directory read-write and read-only, and a named volume
+            // that keeps its content across containers.
+            let host = c.dir().join("shared");
+            std::fs::create_dir(&host)?;
+            std::fs::write(host.join("in"), "from host\n")?;
+            let bind = format!("{}:/mnt", host.display());
+            let r = c
+                .berth(&[
+                    "run",
+                    "--rm",
+                    "-v",
+                    &bind,
+                    "busybox",
+                    "sh",
+                    "-c",
+                    "cat /mnt/in; echo from container > /mnt/out",
+                ])
+                .ok()?;
+            ensure!(r.stdout == "from host\n", "{r:?}");
+            ensure!(std::fs::read_to_string(host.join("out"))? == "from container\n");
+            let ro = format!("{}:/mnt:ro", host.display());
+            let r = c.berth(&[
+                "run",
+                "--rm",
+                "-v",
+                &ro,
+                "busybox",
+                "sh",
+                "-c",
+                "echo x > /mnt/nope",
+            ]);
+            ensure!(
+                r.code != 0 && r.stderr.contains("Read-only file system"),
+                "{r:?}"
+            );
+            c.berth(&[
+                "run",
+                "--rm",
+                "-v",
+                "cache:/data",
+                "busybox",
+                "sh",
+                "-c",
+                "echo kept > /data/f",
+            ])
+            .ok()?;
+            let r = c
+                .berth(&[
+                    "run",
+                    "--rm",
+                    "-v",
+                    "cache:/data",
+                    "busybox",
+                    "cat",
+                    "/data/f",
+                ])
+                .ok()?;
+            ensure!(r.stdout == "kept\n", "{r:?}");
+            let r = c.berth(&["run", "--rm", "-v", "/does/not/exist:/x", "busybox", "true"]);
+            ensure!(
+                r.code == 125 && r.stderr.contains("bind source path does not exist"),
+                "{r:?}"
+            );
+            let r = c.berth(&["run", "-v", "relative:dest", "busybox", "true"]);
+            ensure!(r.code == 125 && r.stderr.contains("absolute"), "{r:?}");
+
+            // --restart on-failure:2 runs a failing command three times in all.
+            c.berth(&[
+                "run",
+                "-d",
+                "--name",
+                "flaky",
+                "--restart",
+                "on-failure:2",
+                "busybox",
+                "sh",
+                "-c",
+                "echo try; exit 3",
+            ])
+            .ok()?;
+            c.wait_until(Duration::from_secs(20), "three tries", |c| {
+                c.berth(&["logs", "flaky"]).stdout.lines().count() == 3
+                    && state(c, "flaky")
+                        .map(|s| s["Status"] == "exited")
+                        .unwrap_or(false)
+            })?;
+            std::thread::sleep(Duration::from_millis(1500));
+            ensure!(
+                c.berth(&["logs", "flaky"]).stdout.lines().count() == 3,
+                "a fourth try ran"
+            );
+            // --restart always comes back after its process dies, but not after stop.
+            c.berth(&[
+                "run",
+                "-d",
+                "--name",
+                "phoenix",
+                "--restart",
+                "always",
+                "busybox",
+                "sh",
+                "-c",
+                "echo up; sleep 600",
+            ])
+            .ok()?;
+            c.wait_until(Duration::from_secs(10), "phoenix up", |c| {
+                c.berth(&["logs", "phoenix"]).stdout.contains("up")
+            })?;
+            let pid_file = c
+                .dir()
+                .join("agent/containers")
+                .join(container_id(&c, "phoenix")?)
+                .join("pid");
+            let pid: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )?;
+            c.wait_until(Duration::from_secs(10), "phoenix to come back", |c| {
+                c.berth(&["logs", "phoenix"]).stdout.lines().count() == 2
+                    && state(c, "phoenix")
+                        .map(|s| s["Status"] == "running")
+                        .unwrap_or(false)
+            })?;
+            c.berth(&["stop", "-t", "1", "phoenix"]).ok()?;
+            std::thread::sleep(Duration::from_millis(1500));
+            ensure!(
+                state(&c, "phoenix")?["Status"] == "exited",
+                "a stopped container came back"
+            );
+            let r = c.berth(&["run", "--rm", "--restart", "always", "busybox", "true"]);
+            ensure!(
+                r.code == 125 && r.stderr.contains("conflicting options"),
+                "{r:?}"
+            );
+            let r = c.berth(&["run", "--restart", "sometimes", "busybox", "true"]);
+            ensure!(
+                r.code == 125 && r.stderr.contains("invalid restart policy"),
+                "{r:?}"
+            );
+
+            // logs --tail and -t.
+            c.berth(&[
+                "run",
+                "--name",
+                "lines",
+                "busybox",
+                "sh",
+                "-c",
+                "for i in 1 2 3 4 5; do echo $i; done",
+            ])
+            .ok()?;
+            let r = c.berth(&["logs", "--tail", "2", "lines"]).ok()?;
+            ensure!(r.stdout == "4\n5\n", "{r:?}");
+            let r = c.berth(&["logs", "-t", "lines"]).ok()?;
+            let first = r.stdout.lines().next().unwrap_or_default();
+            ensure!(
+                first.len() > 31 && first.as_bytes()[4] == b'-' && first.ends_with("Z 1"),
+                "{first:?}"
+            );
+            Ok(())
+        },
+    );
+}

@@ -322,7 +322,11 @@ fn rfc3339_nanos(ns: i64) -> String {
     )
 }
 
-async fn print_logs(client: &mut ClusterClient<Channel>, id: &str, opts: &LogOptions) -> Result<(), CliError> {
+async fn print_logs(
+    client: &mut ClusterClient<Channel>,
+    id: &str,
+    opts: &LogOptions,
+) -> Result<(), CliError> {
     let mut stream = client
         .logs(LogsRequest {
             name_or_id: id.to_string(),

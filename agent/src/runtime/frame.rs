@@ -52,6 +52,7 @@ mod tests {
             Frame::Exit {
                 code: 127,
                 error: Some("not found".into()),
+                oom_killed: true,
             },
         ] {
             let back: Frame = serde_json::from_str(f.to_line().trim_end()).unwrap();

@@ -125,22 +125,19 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
         let typ = m.typ().clone().unwrap_or_default();
         let source = m.source().clone().unwrap_or_else(|| PathBuf::from(&typ));
         let (flags, data) = mount_options(m.options().as_deref().unwrap_or(&[]));
-        if typ == "sysfs" && !namespaces.contains(&LinuxNamespaceType::Network) {
-            // The host's sysfs, read-only: a sysfs of our own needs a
-            // network namespace of our own.
-            bind_readonly(Path::new("/sys"), &dest)?;
-            continue;
-        }
         if flags.contains(MsFlags::MS_BIND) && source.is_file() {
             // A file is bound onto a file.
             if let Some(parent) = dest.parent() {
-                fs::create_dir_all(parent).map_err(|e| fail(format!("creating {}", parent.display()), e))?;
+                fs::create_dir_all(parent)
+                    .map_err(|e| fail(format!("creating {}", parent.display()), e))?;
             }
             if !dest.exists() {
-                fs::write(&dest, b"").map_err(|e| fail(format!("creating {}", dest.display()), e))?;
+                fs::write(&dest, b"")
+                    .map_err(|e| fail(format!("creating {}", dest.display()), e))?;
             }
         } else {
-            fs::create_dir_all(&dest).map_err(|e| fail(format!("creating {}", dest.display()), e))?;
+            fs::create_dir_all(&dest)
+                .map_err(|e| fail(format!("creating {}", dest.display()), e))?;
         }
         let data = (!data.is_empty()).then_some(data);
         mount(
@@ -167,7 +164,9 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
             .map_err(|e| fail(format!("remounting {} read-only", dest.display()), e))?;
         }
     }
-    make_devices(&rootfs.join("dev"))?;
+    // Where the /dev tmpfs was mounted: resolved inside the rootfs, never
+    // through an image's symlink to a host directory.
+    make_devices(&inside(&rootfs, Path::new("/dev"))?)?;
 
     // pivot_root(".", ".") stacks the old root under the new one; the
     // detached unmount then drops every host path from view.
@@ -221,6 +220,9 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
             }
         }
     }
+    // Nothing inherited from the agent: empty inheritable and ambient sets,
+    // so that exec leaves only what the bounding set allows.
+    clear_inheritable().map_err(|e| fail("clearing inheritable capabilities", e))?;
     let user = process.user();
     let gid = Gid::from_raw(user.gid());
     setgroups(&[gid]).map_err(|e| fail("setgroups", e))?;
@@ -306,7 +308,10 @@ fn inside(rootfs: &Path, dest: &Path) -> Result<PathBuf, InitFailure> {
             Ok(m) if m.file_type().is_symlink() => {
                 hops += 1;
                 if hops > 40 {
-                    return Err(fail("mount destination", format!("{}: too many symlinks", dest.display())));
+                    return Err(fail(
+                        "mount destination",
+                        format!("{}: too many symlinks", dest.display()),
+                    ));
                 }
                 let target = fs::read_link(&full).map_err(|e| fail("reading a symlink", e))?;
                 if target.is_absolute() {
@@ -373,6 +378,62 @@ fn bind_readonly(src: &Path, dest: &Path) -> Result<(), InitFailure> {
         None::<&str>,
     )
     .map_err(|e| fail(format!("remounting {} read-only", dest.display()), e))
+}
+
+/// Empties the inheritable and ambient capability sets of this process.
+fn clear_inheritable() -> Result<(), nix::Error> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    // _LINUX_CAPABILITY_VERSION_3: two 32-bit words of each set.
+    let mut header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget(2) fills the two Data words we own; the header names
+    // this process (pid 0).
+    if unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut Header,
+            data.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(nix::Error::last());
+    }
+    for d in &mut data {
+        d.inheritable = 0;
+    }
+    // SAFETY: capset(2) reads the header and the two words; lowering a
+    // set needs no privilege.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) } != 0 {
+        return Err(nix::Error::last());
+    }
+    // SAFETY: plain integer arguments.
+    if unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
+        return Err(nix::Error::last());
+    }
+    Ok(())
 }
 
 /// Hides a path: /dev/null over a file, an empty read-only tmpfs over a
@@ -499,8 +560,14 @@ mod tests {
         std::fs::create_dir_all(r.join("real")).unwrap();
         std::os::unix::fs::symlink("/etc", r.join("abs")).unwrap();
         std::os::unix::fs::symlink("../../../real", r.join("rel")).unwrap();
-        assert_eq!(inside(r, Path::new("/abs/x")).ok().unwrap(), r.join("etc/x"));
-        assert_eq!(inside(r, Path::new("/rel/x")).ok().unwrap(), r.join("real/x"));
+        assert_eq!(
+            inside(r, Path::new("/abs/x")).ok().unwrap(),
+            r.join("etc/x")
+        );
+        assert_eq!(
+            inside(r, Path::new("/rel/x")).ok().unwrap(),
+            r.join("real/x")
+        );
     }
 
     #[test]

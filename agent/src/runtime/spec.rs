@@ -242,7 +242,12 @@ pub fn build(cfg: &ContainerConfig) -> Result<Spec, RuntimeError> {
                 if m.readonly {
                     options.push("ro");
                 }
-                mounts.push(mount(&m.destination, "bind", &m.source.display().to_string(), &options)?);
+                mounts.push(mount(
+                    &m.destination,
+                    "bind",
+                    &m.source.display().to_string(),
+                    &options,
+                )?);
             }
             mounts
         })

@@ -11,10 +11,17 @@ fn read_inside(rootfs: &Path, rel: &str) -> Option<String> {
     let path = rootfs.join(rel);
     let real = path.canonicalize().ok()?;
     let root = rootfs.canonicalize().ok()?;
-    if !real.starts_with(&root) {
+    if !real.starts_with(&root) || !real.is_file() {
         return None;
     }
-    fs::read_to_string(real).ok()
+    // A passwd file is small; an image may not make the agent read a huge one.
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(fs::File::open(real).ok()?, 1 << 20),
+        &mut text,
+    )
+    .ok()?;
+    Some(text)
 }
 
 /// Finds a name (or takes a number) in a passwd- or group-style file:
@@ -31,7 +38,8 @@ fn lookup(file: Option<&str>, who: &str) -> Option<(u32, Option<u32>)> {
     }
     file?.lines().find_map(|l| {
         let p: Vec<&str> = l.split(':').collect();
-        (p.len() > 2 && p[0] == who).then(|| (p[2].parse().ok(), p.get(3).and_then(|g| g.parse().ok())))
+        (p.len() > 2 && p[0] == who)
+            .then(|| (p[2].parse().ok(), p.get(3).and_then(|g| g.parse().ok())))
             .and_then(|(id, g)| id.map(|id| (id, g)))
     })
 }
@@ -76,14 +84,21 @@ mod tests {
     fn names_and_numbers_resolve_from_the_rootfs() {
         let root = tempfile::tempdir().unwrap();
         fs::create_dir(root.path().join("etc")).unwrap();
-        fs::write(root.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65533::/:/bin/false\n").unwrap();
+        fs::write(
+            root.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65533::/:/bin/false\n",
+        )
+        .unwrap();
         fs::write(root.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
         assert_eq!(resolve(root.path(), "").unwrap(), (0, 0));
         assert_eq!(resolve(root.path(), "nobody").unwrap(), (65534, 65533));
         assert_eq!(resolve(root.path(), "nobody:staff").unwrap(), (65534, 50));
         assert_eq!(resolve(root.path(), "1000:1000").unwrap(), (1000, 1000));
         assert_eq!(resolve(root.path(), "1000").unwrap(), (1000, 0));
-        assert!(resolve(root.path(), "ghost").unwrap_err().to_string().contains("unable to find user ghost"));
+        assert!(resolve(root.path(), "ghost")
+            .unwrap_err()
+            .to_string()
+            .contains("unable to find user ghost"));
     }
 
     #[test]
@@ -92,7 +107,11 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         fs::write(outside.path().join("passwd"), "alice:x:7:7::/:/bin/sh\n").unwrap();
         fs::create_dir(root.path().join("etc")).unwrap();
-        std::os::unix::fs::symlink(outside.path().join("passwd"), root.path().join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("passwd"),
+            root.path().join("etc/passwd"),
+        )
+        .unwrap();
         assert!(resolve(root.path(), "alice").is_err());
     }
 }

@@ -65,13 +65,19 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
 /// The directory of unpacked layers.
 pub struct Snapshots {
     root: PathBuf,
+    unpacking: std::sync::Mutex<()>,
 }
 
 impl Snapshots {
     pub fn open(root: &Path) -> Result<Self, SnapshotError> {
         fs::create_dir_all(root).map_err(io_err(root))?;
+        // Only root may walk into the layers: they hold images' setuid
+        // binaries, which no other user of the host may run from here.
+        fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io_err(root))?;
         Ok(Self {
             root: root.to_path_buf(),
+            unpacking: std::sync::Mutex::new(()),
         })
     }
 
@@ -88,22 +94,26 @@ impl Snapshots {
     /// reused. A layer that fails leaves nothing behind.
     pub fn unpack(&self, diff_id: &str, tar: impl Read) -> Result<PathBuf, SnapshotError> {
         let dst = self.path(diff_id)?;
+        // One unpack at a time: two of the same layer must not share a
+        // directory, and a check of one must not race the other's symlinks.
+        let _guard = self.unpacking.lock().unwrap_or_else(|p| p.into_inner());
         if dst.exists() {
             return Ok(dst);
         }
-        let tmp = dst.with_extension(format!("unpack-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        match unpack_layer(tar, &tmp) {
-            Ok(()) => {
-                fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
-                Ok(dst)
-            }
-            Err(e) => {
-                let _ = fs::remove_dir_all(&tmp);
-                Err(e)
-            }
+        // A directory of its own, private to root while it fills.
+        let tmp = tempfile::Builder::new()
+            .prefix(".unpack-")
+            .tempdir_in(&self.root)
+            .map_err(io_err(&self.root))?;
+        unpack_layer(tar, tmp.path())?;
+        let tmp = tmp.keep();
+        if let Err(e) = fs::rename(&tmp, &dst) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(io_err(&dst)(e));
         }
+        // The layer root holds the image's /; tempdirs are made 0700.
+        let _ = fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+        Ok(dst)
     }
 }
 
@@ -157,19 +167,33 @@ impl CheckedDirs {
 
     /// The real directory an entry lands in, created if missing, after
     /// checking that symlinks already unpacked do not lead it outside.
-    fn parent(&mut self, root: &Path, rel: &Path) -> Result<PathBuf, SnapshotError> {
+    fn parent(&mut self, rel: &Path) -> Result<PathBuf, SnapshotError> {
         let parent_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
         if let Some(real) = self.checked.get(&parent_rel) {
             return Ok(real.clone());
         }
-        let parent = root.join(&parent_rel);
-        fs::create_dir_all(&parent).map_err(|_| SnapshotError::Escape(rel.to_path_buf()))?;
-        let real = parent.canonicalize().map_err(io_err(&parent))?;
-        if !real.starts_with(&self.real_root) {
-            return Err(SnapshotError::Escape(rel.to_path_buf()));
+        // Walk down one component at a time, creating what is missing and
+        // following no symlink: an entry is never written through a link,
+        // even one that stays inside the layer (image tools do not write
+        // such entries).
+        let mut dir = self.real_root.clone();
+        for c in parent_rel.components() {
+            dir.push(c);
+            match fs::symlink_metadata(&dir) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(SnapshotError::Escape(rel.to_path_buf()))
+                }
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    // A file where a directory is wanted: a later entry replaces it.
+                    fs::remove_file(&dir).map_err(io_err(&dir))?;
+                    fs::create_dir(&dir).map_err(io_err(&dir))?;
+                }
+                Err(_) => fs::create_dir(&dir).map_err(io_err(&dir))?,
+            }
         }
-        self.checked.insert(parent_rel, real.clone());
-        Ok(real)
+        self.checked.insert(parent_rel, dir.clone());
+        Ok(dir)
     }
 
     fn forget(&mut self) {
@@ -198,8 +222,11 @@ pub fn unpack_layer(tar: impl Read, root: &Path) -> Result<(), SnapshotError> {
         if kind.is_block_special() || kind.is_character_special() {
             return Err(SnapshotError::DeviceNode(path));
         }
-        let parent = dirs.parent(root, &path)?;
+        let parent = dirs.parent(&path)?;
         if let Some(hidden) = name.as_bytes().strip_prefix(b".wh.") {
+            if hidden.is_empty() || hidden == b"." || hidden == b".." {
+                return Err(SnapshotError::ParentPath(path));
+            }
             if hidden == b".wh..opq" {
                 set_opaque(&parent)?;
             } else {
@@ -226,7 +253,7 @@ pub fn unpack_layer(tar: impl Read, root: &Path) -> Result<(), SnapshotError> {
             }
             let target_name = target.file_name().ok_or_else(escape)?;
             let source = dirs
-                .parent(root, &target)
+                .parent(&target)
                 .map_err(|_| escape())?
                 .join(target_name);
             // A hardlink to a symlink would let the link stand in for a

@@ -361,28 +361,34 @@ impl Supervisor {
             .filter(|d| d.exists())
             .ok_or_else(|| format!("No such container on this node: {id}"))?;
         let meta = read_meta(&dir).ok_or_else(|| format!("container {id} has no metadata"))?;
-        let running = bundle::pid(&dir).exists() && !bundle::exit(&dir).exists();
-        let staging;
-        let root = if running {
-            bundle::rootfs(&dir)
-        } else {
-            staging = self.images.staging_dir().map_err(|e| e.to_string())?;
-            let target = staging.path().join("rootfs");
-            let mut lowers = vec![bundle::upper(&dir)];
-            for d in meta.diff_ids.iter().rev() {
-                lowers.push(self.snapshots.path(d).map_err(|e| e.to_string())?);
-            }
-            snapshot::mount_readonly(&lowers, &target).map_err(|e| e.to_string())?;
-            target
-        };
-        let result = (|| {
-            let mut tar = tar::Builder::new(out);
-            tar.follow_symlinks(false);
-            tar.append_dir_all(".", &root)?;
-            tar.finish()
-        })();
-        if !running {
-            let _ = snapshot::unmount(&root);
+        let running = self.running_pid(&dir).is_some();
+        // A running container is frozen while it is read, so that it cannot
+        // swap a file for a symlink under the walk; the walk reads a
+        // read-only overlay of its own, never the container's mount.
+        let cg = Cgroup::new(Layout::detect(Path::new(CGROUP_ROOT)), &cgroup_of(id));
+        if running {
+            cg.freeze(true)
+                .map_err(|e| format!("freezing {id} for the export: {e}"))?;
+        }
+        let staging = self.images.staging_dir().map_err(|e| e.to_string())?;
+        let root = staging.path().join("rootfs");
+        let mut lowers = vec![bundle::upper(&dir)];
+        for d in meta.diff_ids.iter().rev() {
+            lowers.push(self.snapshots.path(d).map_err(|e| e.to_string())?);
+        }
+        let mounted = snapshot::mount_readonly(&lowers, &root).map_err(|e| e.to_string());
+        let result = mounted.and_then(|()| {
+            (|| {
+                let mut tar = tar::Builder::new(out);
+                tar.follow_symlinks(false);
+                tar.append_dir_all(".", &root)?;
+                tar.finish()
+            })()
+            .map_err(|e| e.to_string())
+        });
+        let _ = snapshot::unmount(&root);
+        if running {
+            let _ = cg.freeze(false);
         }
         result.map_err(|e| format!("exporting {id}: {e}"))
     }
@@ -504,6 +510,8 @@ impl Supervisor {
         let Some(dir) = self.bundle_dir(&a.container_id) else {
             return;
         };
+        // Stopped by a user: no restart policy brings it back.
+        let _ = fs::write(dir.join(STOPPED_MARK), "");
         let meta = read_meta(&dir);
         let signal = if a.signal != 0 {
             a.signal
@@ -605,7 +613,8 @@ impl Supervisor {
             if began.elapsed() >= Duration::from_secs(10) {
                 restarts = 0;
             }
-            let delay = Duration::from_millis(100 * (1u64 << restarts.min(10))).min(Duration::from_secs(60));
+            let delay = Duration::from_millis(100 * (1u64 << restarts.min(10)))
+                .min(Duration::from_secs(60));
             restarts += 1;
             tokio::time::sleep(delay).await;
             if dir.join(STOPPED_MARK).exists() || !dir.exists() {
@@ -720,7 +729,10 @@ impl Supervisor {
             if !l.exists() {
                 return Err(SupervisorError::Io {
                     path: l.clone(),
-                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "layer snapshot missing"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "layer snapshot missing",
+                    ),
                 });
             }
         }
@@ -759,13 +771,20 @@ impl Supervisor {
                 .and_then(|s| parse_signal(&s)),
             restart: spec.restart.clone(),
         };
-        fs::write(bundle::meta(dir), serde_json::to_vec(&meta).unwrap_or_default()).map_err(|source| {
-            SupervisorError::Io {
-                path: bundle::meta(dir),
-                source,
-            }
+        fs::write(
+            bundle::meta(dir),
+            serde_json::to_vec(&meta).unwrap_or_default(),
+        )
+        .map_err(|source| SupervisorError::Io {
+            path: bundle::meta(dir),
+            source,
         })?;
-        snapshot::mount_overlay(lowers, &bundle::upper(dir), &bundle::work(dir), &bundle::rootfs(dir))?;
+        snapshot::mount_overlay(
+            lowers,
+            &bundle::upper(dir),
+            &bundle::work(dir),
+            &bundle::rootfs(dir),
+        )?;
         let cfg = container_config(
             &a.container_id,
             spec,
@@ -929,7 +948,11 @@ pub fn container_config(
 ) -> Result<ContainerConfig, RuntimeError> {
     let ic = image.config().clone().unwrap_or_default();
     let mut args: Vec<String> = if spec.entrypoint_set {
-        spec.entrypoint.iter().filter(|e| !e.is_empty()).cloned().collect()
+        spec.entrypoint
+            .iter()
+            .filter(|e| !e.is_empty())
+            .cloned()
+            .collect()
     } else {
         ic.entrypoint().clone().unwrap_or_default()
     };
@@ -990,7 +1013,11 @@ fn volume_mount(v: &str, volumes: &Path) -> Result<spec::BindMount, RuntimeError
         [s, d] => (*s, *d, false),
         [s, d, "ro"] => (*s, *d, true),
         [s, d, "rw"] => (*s, *d, false),
-        _ => return Err(RuntimeError::Invalid(format!("invalid volume {v:?}: use SOURCE:DEST[:ro]"))),
+        _ => {
+            return Err(RuntimeError::Invalid(format!(
+                "invalid volume {v:?}: use SOURCE:DEST[:ro]"
+            )))
+        }
     };
     let source = if src.starts_with('/') {
         let p = PathBuf::from(src);
@@ -1002,10 +1029,15 @@ fn volume_mount(v: &str, volumes: &Path) -> Result<spec::BindMount, RuntimeError
         p
     } else {
         if src.contains('/') || src.contains("..") {
-            return Err(RuntimeError::Invalid(format!("invalid volume name {src:?}")));
+            return Err(RuntimeError::Invalid(format!(
+                "invalid volume name {src:?}"
+            )));
         }
         let p = volumes.join(src).join("_data");
-        fs::create_dir_all(&p).map_err(|source| RuntimeError::Io { path: p.clone(), source })?;
+        fs::create_dir_all(&p).map_err(|source| RuntimeError::Io {
+            path: p.clone(),
+            source,
+        })?;
         p
     };
     Ok(spec::BindMount {
@@ -1071,4 +1103,70 @@ fn parse_signal(s: &str) -> Option<i32> {
     name.parse::<nix::sys::signal::Signal>()
         .ok()
         .map(|s| s as i32)
+}
+
+/// Serializes any serde value to JSON (a helper for the image operations).
+mod erased {
+    pub trait Json {
+        fn json(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or_default()
+        }
+    }
+}
+
+/// A writer that sends what is written to the cluster as ImageReply
+/// pieces of about 1 MiB.
+struct ChunkWriter {
+    request_id: u64,
+    outbox: mpsc::UnboundedSender<AgentMessage>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    const PIECE: usize = 1 << 20;
+
+    fn new(request_id: u64, outbox: mpsc::UnboundedSender<AgentMessage>) -> Self {
+        Self {
+            request_id,
+            outbox,
+            buf: Vec::with_capacity(Self::PIECE),
+        }
+    }
+
+    fn send_buf(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::PIECE));
+        self.outbox
+            .send(AgentMessage {
+                msg: Some(agent_message::Msg::ImageReply(agent::ImageReply {
+                    request_id: self.request_id,
+                    data,
+                    ..Default::default()
+                })),
+            })
+            .map_err(|_| std::io::Error::other("the agent is shutting down"))
+    }
+
+    fn finish(mut self) {
+        let _ = self.send_buf();
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= Self::PIECE {
+            self.send_buf()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

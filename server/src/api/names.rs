@@ -170,7 +170,14 @@ mod option_tests {
 
     #[test]
     fn restart_policies_and_volumes_are_checked() {
-        for ok in ["", "no", "always", "unless-stopped", "on-failure", "on-failure:3"] {
+        for ok in [
+            "",
+            "no",
+            "always",
+            "unless-stopped",
+            "on-failure",
+            "on-failure:3",
+        ] {
             assert!(check_restart(ok).is_ok(), "{ok}");
         }
         assert!(check_restart("sometimes").is_err());
