@@ -97,7 +97,16 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
     );
     tokio::spawn(liveness(app.clone()));
     tracing::info!(listen = %args.listen, %advertise, id = args.id, "berth-server serving");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // TCP_NODELAY on every connection: without it, a small gRPC message
+    // can wait for a delayed ACK (40 ms) before it is sent.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            conn.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        },
+    );
     tonic::transport::Server::builder()
         .add_service(ClusterServer::new(ClusterService::new(app.clone())))
         .add_service(AgentSessionServer::new(SessionService::new(app.clone())))
