@@ -156,6 +156,9 @@ async fn session(
         }
     };
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
+    // Open attachments: where each one's input goes.
+    let mut attachments: HashMap<u64, mpsc::UnboundedSender<berth_proto::agent::AttachData>> =
+        HashMap::new();
     // Image requests still receiving their upload: the operation and the bytes so far.
     let mut pending: HashMap<u64, (Option<image_request::Op>, Vec<u8>)> = HashMap::new();
     loop {
@@ -175,6 +178,21 @@ async fn session(
                         tokio::spawn(supervisor.clone().assign(a));
                     }
                     Some(server_message::Msg::LogAck(_)) => {}
+                    Some(server_message::Msg::AttachOpen(open)) => {
+                        let (in_tx, in_rx) = mpsc::unbounded_channel();
+                        attachments.insert(open.stream_id, in_tx);
+                        tokio::spawn(supervisor.clone().attach(open, in_rx));
+                    }
+                    Some(server_message::Msg::AttachInput(data)) => {
+                        let id = data.stream_id;
+                        let detach = data.detach;
+                        if let Some(tx) = attachments.get(&id) {
+                            let _ = tx.send(data);
+                        }
+                        if detach {
+                            attachments.remove(&id);
+                        }
+                    }
                     Some(server_message::Msg::ImageRequest(req)) => {
                         let entry = pending.entry(req.request_id).or_insert_with(|| (None, Vec::new()));
                         if req.op.is_some() {

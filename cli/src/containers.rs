@@ -21,6 +21,13 @@ pub struct RunArgs {
     /// Run in the background and print the container id.
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// Keep stdin open and send yours to the container.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the container a terminal (with -i: a shell you can use;
+    /// Ctrl+P Ctrl+Q detaches and leaves it running).
+    #[arg(short = 't', long)]
+    pub tty: bool,
     /// A name for the container.
     #[arg(long)]
     pub name: Option<String>,
@@ -68,6 +75,9 @@ pub struct RunArgs {
 /// Creates and starts a container; attached, prints its output and returns
 /// its exit code.
 pub async fn run(client: &mut ClusterClient<Channel>, args: RunArgs) -> Result<i32, CliError> {
+    if (args.interactive || args.tty) && !args.detach {
+        return run_attached(client, args).await;
+    }
     let created = client
         .create_container(CreateContainerRequest {
             name: args.name.clone().unwrap_or_default(),
@@ -87,6 +97,8 @@ pub async fn run(client: &mut ClusterClient<Channel>, args: RunArgs) -> Result<i
                 entrypoint_set: args.entrypoint.is_some(),
                 volumes: args.volumes.clone(),
                 restart: args.restart.clone(),
+                tty: args.tty,
+                stdin_open: args.interactive,
             }),
             start: true,
         })
@@ -411,6 +423,8 @@ pub async fn create(client: &mut ClusterClient<Channel>, args: RunArgs) -> Resul
                 entrypoint_set: args.entrypoint.is_some(),
                 volumes: args.volumes.clone(),
                 restart: args.restart.clone(),
+                tty: args.tty,
+                stdin_open: args.interactive,
             }),
             start: false,
         })
@@ -675,5 +689,107 @@ mod tests {
         assert!(parse_bytes("lots").is_err());
         assert_eq!(parse_cpus("0.5"), Ok(500_000_000));
         assert!(parse_cpus("-1").is_err());
+    }
+}
+
+/// `run -it`: creates the container, then starts it attached, so that its
+/// first output (a shell's prompt) reaches this terminal.
+async fn run_attached(client: &mut ClusterClient<Channel>, args: RunArgs) -> Result<i32, CliError> {
+    let auto_remove = args.rm;
+    let tty = args.tty;
+    let code = create_quiet(client, args).await?;
+    let id = code;
+    match crate::attach::attach(client, &id, true, tty).await? {
+        crate::attach::AttachEnd::Detached => Ok(0),
+        crate::attach::AttachEnd::Ended => {
+            let waited = client
+                .wait_container(ContainerRef {
+                    name_or_id: id.clone(),
+                })
+                .await
+                .map_err(CliError::api)?
+                .into_inner();
+            if auto_remove {
+                let _ = client
+                    .remove_container(RemoveContainerRequest {
+                        name_or_id: id,
+                        force: true,
+                    })
+                    .await;
+            }
+            if !waited.error.is_empty() {
+                return Err(CliError::Exit {
+                    code: waited.exit_code,
+                    message: waited.error,
+                });
+            }
+            Ok(waited.exit_code)
+        }
+    }
+}
+
+/// Creates a container as `berth create` does and returns its id.
+async fn create_quiet(
+    client: &mut ClusterClient<Channel>,
+    args: RunArgs,
+) -> Result<String, CliError> {
+    let created = client
+        .create_container(CreateContainerRequest {
+            name: args.name.clone().unwrap_or_default(),
+            spec: Some(ContainerSpec {
+                image: args.image.clone(),
+                cmd: args.command.clone(),
+                env: args.env.clone(),
+                hostname: args.hostname.clone().unwrap_or_default(),
+                workdir: args.workdir.clone().unwrap_or_default(),
+                network: args.network.clone(),
+                auto_remove: args.rm,
+                memory_bytes: args.memory.unwrap_or(0),
+                nano_cpus: args.cpus.unwrap_or(0),
+                pids_limit: args.pids_limit.unwrap_or(0),
+                user: args.user.clone().unwrap_or_default(),
+                entrypoint: args.entrypoint.clone().into_iter().collect(),
+                entrypoint_set: args.entrypoint.is_some(),
+                volumes: args.volumes.clone(),
+                restart: args.restart.clone(),
+                tty: args.tty,
+                stdin_open: args.interactive,
+            }),
+            start: false,
+        })
+        .await
+        .map_err(CliError::run)?
+        .into_inner();
+    if !created.error.is_empty() {
+        return Err(CliError::Run(created.error));
+    }
+    Ok(created.id)
+}
+
+/// `berth attach`.
+pub async fn attach_verb(
+    client: &mut ClusterClient<Channel>,
+    container: &str,
+) -> Result<i32, CliError> {
+    let info = client
+        .get_container(ContainerRef {
+            name_or_id: container.to_string(),
+        })
+        .await
+        .map_err(CliError::api)?
+        .into_inner();
+    let tty = info.spec.as_ref().is_some_and(|s| s.tty);
+    match crate::attach::attach(client, &info.id, false, tty).await? {
+        crate::attach::AttachEnd::Detached => Ok(0),
+        crate::attach::AttachEnd::Ended => {
+            let waited = client
+                .wait_container(ContainerRef {
+                    name_or_id: info.id,
+                })
+                .await
+                .map_err(CliError::api)?
+                .into_inner();
+            Ok(waited.exit_code)
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! berth: the command line of a berth cluster. It speaks to any server of
 //! the cluster, the way the docker CLI speaks to dockerd.
 
+mod attach;
 mod connect;
 mod containers;
 mod images;
@@ -40,6 +41,8 @@ enum Command {
     Restart(containers::StopArgs),
     /// Send a signal to running containers.
     Kill(containers::KillArgs),
+    /// Attach your terminal to a running container (-i or -t); Ctrl+P Ctrl+Q detaches.
+    Attach { container: String },
     /// Freeze every process of running containers.
     Pause {
         #[arg(required = true)]
@@ -164,6 +167,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Kill(a) => containers::kill(&mut client, a).await,
         Command::Wait { containers: list } => containers::wait(&mut client, list).await,
         Command::Pause { containers: list } => containers::pause(&mut client, list, true).await,
+        Command::Attach { container } => containers::attach_verb(&mut client, &container).await,
         Command::Unpause { containers: list } => containers::pause(&mut client, list, false).await,
         Command::Inspect { containers: list } => containers::inspect(&mut client, list).await,
         Command::Logs(a) => containers::logs(&mut client, a).await,

@@ -33,6 +33,8 @@ pub struct InitContext<'a> {
     /// The shim writes one byte here once the child is in its cgroup; the
     /// child waits for it before doing anything.
     pub go: RawFd,
+    /// stdin is a pty slave that becomes the controlling terminal.
+    pub terminal: bool,
 }
 
 /// A step of container setup that failed, with the exit code Docker gives
@@ -80,8 +82,15 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
     // controlling terminal or receive its job-control signals.
     setsid().map_err(|e| fail("setsid", e))?;
     for (fd, target) in [(ctx.stdin, 0), (ctx.stdout, 1), (ctx.stderr, 2)] {
-        // dup2(2): the container's stdio become the shim's pipes.
+        // dup2(2): the container's stdio become the shim's pipes or pty.
         dup2(fd, target).map_err(|e| fail("dup2", e))?;
+    }
+    if ctx.terminal {
+        // SAFETY: TIOCSCTTY on our stdin (the pty slave) makes it the new
+        // session's controlling terminal; no memory is passed.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+            return Err(fail("setting the controlling terminal", nix::Error::last()));
+        }
     }
     let root_path = spec
         .root()

@@ -7,6 +7,7 @@
 //! line on its stdout, and keeps the same log lines in the bundle's log
 //! file so that nothing depends on the agent staying up.
 
+pub mod attach;
 pub mod caps;
 pub mod cgroups;
 pub mod frame;

@@ -4,10 +4,11 @@
 //! keeps every log line in the bundle's log file.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
@@ -16,12 +17,18 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{pipe2, Pid};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
+use super::attach;
 use super::cgroups::{Cgroup, Layout, Limits};
 use super::frame::Frame;
 use super::{bundle, init, RuntimeError};
 
 /// The longest line kept whole; longer output is split.
 pub const MAX_LINE: usize = 16 * 1024;
+
+/// config.json annotation: keep the container's stdin open (run -i).
+pub const ANNOTATION_STDIN_OPEN: &str = "org.berth.stdin-open";
+/// A file in the bundle: hold this run's process until a client attaches.
+pub const WAIT_ATTACH_MARK: &str = "wait-attach";
 
 /// Where the cgroup hierarchies are mounted.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -151,29 +158,117 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
             "config.json must ask for a mount namespace".into(),
         ));
     }
-    let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
-    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    let terminal = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let stdin_open =
+        terminal || annotations.get(ANNOTATION_STDIN_OPEN).map(String::as_str) == Some("true");
+    // The agent asks for this run to wait for its first attachment (run
+    // -it) with a marker file, so that a later plain start does not wait.
+    let wait_for_attach = fs::remove_file(b.join(WAIT_ATTACH_MARK)).is_ok();
+
+    // The container's stdio: a pty (run -t), or pipes, with stdin a pipe
+    // the shim writes (run -i) or /dev/null.
     let (sync_r, sync_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     let (go_r, go_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    let mut outputs: Vec<(&'static str, OwnedFd)> = Vec::new();
+    let mut child_fds: Vec<OwnedFd> = Vec::new();
+    let (stdin_fd, stdout_fd, stderr_fd, input) = if terminal {
+        let pty = nix::pty::openpty(None, None).map_err(sys("openpty"))?;
+        for fd in [&pty.master, &pty.slave] {
+            nix::fcntl::fcntl(
+                fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .map_err(sys("fcntl"))?;
+        }
+        let master_in = pty.master.try_clone().map_err(|source| RuntimeError::Io {
+            path: "pty".into(),
+            source,
+        })?;
+        let master_resize = pty.master.try_clone().map_err(|source| RuntimeError::Io {
+            path: "pty".into(),
+            source,
+        })?;
+        let slave = pty.slave.as_raw_fd();
+        outputs.push(("stdout", pty.master));
+        child_fds.push(pty.slave);
+        (
+            slave,
+            slave,
+            slave,
+            Some(Arc::new(attach::Input {
+                stdin: Mutex::new(Some(File::from(master_in))),
+                pty: Some(master_resize),
+            })),
+        )
+    } else {
+        let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+        let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+        outputs.push(("stdout", out_r));
+        outputs.push(("stderr", err_r));
+        let (stdin_fd, input) = if stdin_open {
+            let (in_r, in_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+            let fd = in_r.as_raw_fd();
+            child_fds.push(in_r);
+            (
+                fd,
+                Some(Arc::new(attach::Input {
+                    stdin: Mutex::new(Some(File::from(in_w))),
+                    pty: None,
+                })),
+            )
+        } else {
+            let devnull: OwnedFd = File::open("/dev/null")
+                .map_err(|source| RuntimeError::Io {
+                    path: "/dev/null".into(),
+                    source,
+                })?
+                .into();
+            let fd = devnull.as_raw_fd();
+            child_fds.push(devnull);
+            (fd, None)
+        };
+        let (o, e) = (out_w.as_raw_fd(), err_w.as_raw_fd());
+        child_fds.push(out_w);
+        child_fds.push(err_w);
+        (stdin_fd, o, e, input)
+    };
+    // Clients attach through a socket in the bundle.
+    let clients = attach::Clients::default();
+    let listener = match &input {
+        Some(_) => {
+            let path = attach::socket_path(b);
+            let _ = fs::remove_file(&path);
+            let (_dir, short) =
+                attach::short_socket_path(b).map_err(|source| RuntimeError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            Some(
+                std::os::unix::net::UnixListener::bind(&short)
+                    .map_err(|source| RuntimeError::Io { path, source })?,
+            )
+        }
+        None => None,
+    };
     let cgroup = container_cgroup(&spec);
     if let Some((cg, limits)) = &cgroup {
         cg.create(limits)
             .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
     }
-    let devnull: OwnedFd = File::open("/dev/null")
-        .map_err(|source| RuntimeError::Io {
-            path: "/dev/null".into(),
-            source,
-        })?
-        .into();
     let ctx = init::InitContext {
         spec: &spec,
         bundle: b,
-        stdin: devnull.as_raw_fd(),
-        stdout: out_w.as_raw_fd(),
-        stderr: err_w.as_raw_fd(),
+        stdin: stdin_fd,
+        stdout: stdout_fd,
+        stderr: stderr_fd,
         sync: sync_w.as_raw_fd(),
         go: go_r.as_raw_fd(),
+        terminal,
     };
     let mut stack = vec![0u8; CHILD_STACK];
     // SAFETY: clone(2) without CLONE_VM gives the child its own copy of
@@ -189,7 +284,7 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
         )
     }
     .map_err(sys("clone"))?;
-    drop((out_w, err_w, sync_w, devnull, go_r));
+    drop((child_fds, sync_w, go_r));
     // Into its cgroup before it may go on; if that fails, it never runs.
     if let Some((cg, _)) = &cgroup {
         if let Err(e) = cg.add(pid.as_raw()) {
@@ -197,6 +292,11 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
             let _ = wait_exit(pid);
             cg.remove();
             return Err(RuntimeError::Invalid(e.to_string()));
+        }
+    }
+    if let (Some(listener), Some(input)) = (&listener, &input) {
+        if wait_for_attach {
+            attach::accept_first(listener, &clients, input, Duration::from_secs(60));
         }
     }
     let _ = nix::unistd::write(&go_w, &[1]);
@@ -209,23 +309,30 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
         if let Some((cg, _)) = &cgroup {
             cg.remove();
         }
+        clients.broadcast(format!("{failure}\r\n").as_bytes());
         out.write(&Frame::Exit {
             code,
             error: Some(failure),
             oom_killed: false,
         });
         let _ = fs::write(bundle::exit(b), code.to_string());
+        let _ = fs::remove_file(attach::socket_path(b));
         return Ok(code);
     }
     let _ = fs::write(bundle::pid(b), pid.as_raw().to_string());
     out.write(&Frame::Start { pid: pid.as_raw() });
+    if let (Some(listener), Some(input)) = (listener, input) {
+        let clients = clients.clone();
+        std::thread::spawn(move || attach::accept_loop(listener, clients, input));
+    }
 
     let (tx, rx) = mpsc::channel::<(&'static str, Vec<u8>)>();
-    let readers: Vec<_> = [("stdout", out_r), ("stderr", err_r)]
+    let readers: Vec<_> = outputs
         .into_iter()
         .map(|(stream, fd)| {
             let tx = tx.clone();
-            std::thread::spawn(move || read_lines(stream, File::from(fd), tx))
+            let clients = clients.clone();
+            std::thread::spawn(move || read_output(stream, File::from(fd), &clients, tx))
         })
         .collect();
     drop(tx);
@@ -236,6 +343,7 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
         let _ = r.join();
     }
     let code = wait_exit(pid)?;
+    let _ = fs::remove_file(attach::socket_path(b));
     let oom_killed = cgroup.as_ref().is_some_and(|(cg, _)| cg.oom_killed());
     if let Some((cg, _)) = &cgroup {
         cg.remove();
@@ -252,23 +360,34 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
     Ok(code)
 }
 
-/// Splits a stream into lines (at most [`MAX_LINE`] bytes each) until EOF.
-fn read_lines(stream: &'static str, f: File, tx: mpsc::Sender<(&'static str, Vec<u8>)>) {
-    let mut r = BufReader::new(f);
+/// Reads a stream of the container's output until EOF (or, for a pty,
+/// EIO once the container is gone): every piece goes at once to attached
+/// clients, and whole lines (at most [`MAX_LINE`] bytes) to the log.
+fn read_output(
+    stream: &'static str,
+    mut f: File,
+    clients: &attach::Clients,
+    tx: mpsc::Sender<(&'static str, Vec<u8>)>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut line = Vec::new();
     loop {
-        let mut line = Vec::new();
-        match r
-            .by_ref()
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut line)
-        {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if tx.send((stream, line)).is_err() {
+        let n = match f.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        clients.broadcast(&buf[..n]);
+        for &byte in &buf[..n] {
+            line.push(byte);
+            if byte == b'\n' || line.len() >= MAX_LINE {
+                if tx.send((stream, std::mem::take(&mut line))).is_err() {
                     return;
                 }
             }
         }
+    }
+    if !line.is_empty() {
+        let _ = tx.send((stream, line));
     }
 }
 

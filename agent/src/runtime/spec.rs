@@ -28,6 +28,17 @@ pub struct ContainerConfig {
     pub cgroup: String,
     /// Volumes and host paths mounted into the container.
     pub mounts: Vec<BindMount>,
+    /// A terminal (run -t), stdin kept open (run -i), and the process held
+    /// until the first attachment (run -it, attached).
+    pub stdio: Stdio,
+}
+
+/// How a container's stdio is set up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stdio {
+    pub tty: bool,
+    pub stdin_open: bool,
+    pub wait_for_attach: bool,
 }
 
 /// A host directory or file bound into the container.
@@ -139,7 +150,7 @@ pub fn build(cfg: &ContainerConfig) -> Result<Spec, RuntimeError> {
     }
     let caps = capability_set(caps::DEFAULT)?;
     let process = ProcessBuilder::default()
-        .terminal(false)
+        .terminal(cfg.stdio.tty)
         .args(cfg.args.clone())
         .env(cfg.env.clone())
         .cwd(if cfg.cwd.is_empty() {
@@ -225,8 +236,16 @@ pub fn build(cfg: &ContainerConfig) -> Result<Spec, RuntimeError> {
             .collect::<Vec<_>>(),
         )
         .build()?;
+    let mut annotations = std::collections::HashMap::new();
+    if cfg.stdio.stdin_open {
+        annotations.insert(
+            super::shim::ANNOTATION_STDIN_OPEN.to_string(),
+            "true".to_string(),
+        );
+    }
     Ok(SpecBuilder::default()
         .version("1.0.2")
+        .annotations(annotations)
         .root(
             RootBuilder::default()
                 .path("rootfs")
@@ -277,6 +296,7 @@ mod tests {
             limits: Default::default(),
             cgroup: "berth/test".into(),
             mounts: Vec::new(),
+            stdio: Stdio::default(),
         }
     }
 

@@ -459,6 +459,92 @@ impl Supervisor {
         Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
     }
 
+    /// Relays one attachment between the cluster and the container's shim:
+    /// waits for the shim's socket (a container started with it appears a
+    /// moment later), then copies output out and input in until either side
+    /// ends.
+    pub async fn attach(
+        self: Arc<Self>,
+        open: agent::AttachOpen,
+        mut input: mpsc::UnboundedReceiver<agent::AttachData>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let stream_id = open.stream_id;
+        let out = |data: Vec<u8>, close: bool| {
+            self.send(agent_message::Msg::AttachOutput(agent::AttachData {
+                stream_id,
+                data,
+                close,
+                ..Default::default()
+            }))
+        };
+        let Some(dir) = self.bundle_dir(&open.container_id) else {
+            return out(Vec::new(), true);
+        };
+        let sock = crate::runtime::attach::socket_path(&dir);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let conn = loop {
+            // The socket's own path may be too long for a socket address.
+            let attempt = match crate::runtime::attach::short_socket_path(&dir) {
+                Ok((_dir, short)) => tokio::net::UnixStream::connect(&short).await,
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok(c) => break c,
+                Err(_)
+                    if tokio::time::Instant::now() < deadline && !bundle::exit(&dir).exists() =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(id = %open.container_id, "cannot attach to {}: {e}", sock.display());
+                    return out(
+                        b"the container takes no attachment (start it with -i or -t)\r\n".to_vec(),
+                        true,
+                    );
+                }
+            }
+        };
+        let (mut rd, mut wr) = conn.into_split();
+        if open.rows > 0 && open.cols > 0 {
+            let _ = wr
+                .write_all(&crate::runtime::attach::resize_frame(
+                    open.rows as u16,
+                    open.cols as u16,
+                ))
+                .await;
+        }
+        let writer = tokio::spawn(async move {
+            while let Some(d) = input.recv().await {
+                if d.detach {
+                    break;
+                }
+                let frame = if d.rows > 0 && d.cols > 0 {
+                    crate::runtime::attach::resize_frame(d.rows as u16, d.cols as u16)
+                } else if d.close {
+                    crate::runtime::attach::frame(crate::runtime::attach::CLOSE_STDIN, &[])
+                } else {
+                    crate::runtime::attach::frame(crate::runtime::attach::STDIN, &d.data)
+                };
+                if wr.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            tokio::select! {
+                n = rd.read(&mut buf) => match n {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => out(buf[..n].to_vec(), false),
+                },
+                _ = async { while !writer.is_finished() { tokio::time::sleep(Duration::from_millis(50)).await } } => break,
+            }
+        }
+        writer.abort();
+        out(Vec::new(), true);
+    }
+
     /// Sends a signal to a running container's first process.
     fn signal(&self, id: &str, signal: i32) {
         let Some(dir) = self.bundle_dir(id) else {
@@ -547,9 +633,18 @@ impl Supervisor {
             tracing::warn!(id = %a.container_id, "refusing an assignment with a malformed id");
             return;
         };
-        if !self.live.lock().await.insert(a.container_id.clone()) {
-            // A task already runs it: an assignment repeated after a reconnect.
-            return;
+        // Another task may hold the container: a relay (then it runs, and
+        // there is nothing to do), or a create that is finishing (then this
+        // start waits for it).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.live.lock().await.insert(a.container_id.clone()) {
+                break;
+            }
+            if self.running_pid(&dir).is_some() || tokio::time::Instant::now() > deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.clone().run_inner(&a, &dir, start).await;
         self.live.lock().await.remove(&a.container_id);
@@ -596,6 +691,9 @@ impl Supervisor {
             return;
         }
         let _ = fs::remove_file(dir.join(STOPPED_MARK));
+        if a.spec.as_ref().is_some_and(|s| s.wait_for_attach) {
+            let _ = fs::write(dir.join(crate::runtime::shim::WAIT_ATTACH_MARK), "");
+        }
         let mut restarts = 0u32;
         loop {
             let began = std::time::Instant::now();
@@ -1002,6 +1100,11 @@ pub fn container_config(
         },
         cgroup: cgroup_of(id).display().to_string(),
         mounts,
+        stdio: spec::Stdio {
+            tty: spec.tty,
+            stdin_open: spec.stdin_open,
+            wait_for_attach: spec.wait_for_attach,
+        },
     })
 }
 

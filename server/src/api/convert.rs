@@ -22,6 +22,8 @@ pub fn spec_from_wire(s: cluster::ContainerSpec) -> records::ContainerSpec {
         entrypoint_set: s.entrypoint_set,
         volumes: s.volumes.clone(),
         restart: s.restart.clone(),
+        tty: s.tty,
+        stdin_open: s.stdin_open,
     }
 }
 
@@ -42,6 +44,8 @@ fn spec_to_wire(s: &records::ContainerSpec) -> cluster::ContainerSpec {
         entrypoint_set: s.entrypoint_set,
         volumes: s.volumes.clone(),
         restart: s.restart.clone(),
+        tty: s.tty,
+        stdin_open: s.stdin_open,
     }
 }
 

@@ -160,3 +160,120 @@ pub async fn pause(
     })
     .await
 }
+
+/// Waits until the node has created the container (or failed to).
+pub async fn wait_created(app: &App, id: &str) -> Result<records::Container, Status> {
+    wait_for(app, id, Duration::from_secs(60), |now| {
+        now.state() != ContainerState::Pending || !now.error.is_empty()
+    })
+    .await
+}
+
+/// Attaches a client to a container's terminal or stdio through its node:
+/// starts it first if asked (its process waits for this attachment), then
+/// relays input to the node and returns the output stream, which ends when
+/// the container's side does.
+pub async fn attach(
+    app: &App,
+    c: records::Container,
+    start: berth_proto::cluster::AttachStart,
+    mut inbound: tonic::Streaming<berth_proto::cluster::AttachInput>,
+) -> Result<tokio::sync::mpsc::Receiver<Result<berth_proto::cluster::AttachOutput, Status>>, Status>
+{
+    use berth_proto::agent::{server_message, AttachData, AttachOpen, ServerMessage};
+    use berth_proto::cluster::attach_input::Msg;
+    let spec = c.spec.clone().unwrap_or_default();
+    if start.start {
+        CStatus(c.state())
+            .check_start(&c.name)
+            .map_err(Status::failed_precondition)?;
+        if c.node.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "container {} is not created on a node yet",
+                c.name
+            )));
+        }
+    } else if c.state() != ContainerState::Running && c.state() != ContainerState::Paused {
+        return Err(Status::failed_precondition(
+            "You cannot attach to a stopped container, start it first",
+        ));
+    }
+    if !spec.tty && !spec.stdin_open {
+        return Err(Status::failed_precondition(format!(
+            "container {} was started without -i or -t: use berth logs -f",
+            c.name
+        )));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let stream_id = app.nodes.open_attachment(&c.node, tx).await;
+    let size = start.size.unwrap_or_default();
+    let open = ServerMessage {
+        msg: Some(server_message::Msg::AttachOpen(AttachOpen {
+            stream_id,
+            container_id: c.id.clone(),
+            rows: size.rows,
+            cols: size.cols,
+        })),
+    };
+    if !app.nodes.send(&c.node, open).await {
+        return Err(node_unreachable(&c));
+    }
+    if start.start && !app.nodes.send(&c.node, assignment::run_attached(&c)).await {
+        return Err(node_unreachable(&c));
+    }
+    let nodes = app.nodes.clone();
+    let node = c.node.clone();
+    tokio::spawn(async move {
+        let send = |d: AttachData| {
+            let nodes = nodes.clone();
+            let node = node.clone();
+            async move {
+                nodes
+                    .send(
+                        &node,
+                        ServerMessage {
+                            msg: Some(server_message::Msg::AttachInput(d)),
+                        },
+                    )
+                    .await
+            }
+        };
+        loop {
+            let d = match inbound.message().await {
+                Ok(Some(m)) => match m.msg {
+                    Some(Msg::Stdin(data)) => AttachData {
+                        stream_id,
+                        data,
+                        ..Default::default()
+                    },
+                    Some(Msg::Resize(r)) => AttachData {
+                        stream_id,
+                        rows: r.rows,
+                        cols: r.cols,
+                        ..Default::default()
+                    },
+                    Some(Msg::CloseStdin(_)) => AttachData {
+                        stream_id,
+                        close: true,
+                        ..Default::default()
+                    },
+                    _ => continue,
+                },
+                // The client went away (detached, or gone): the container stays.
+                _ => {
+                    send(AttachData {
+                        stream_id,
+                        detach: true,
+                        ..Default::default()
+                    })
+                    .await;
+                    return;
+                }
+            };
+            if !send(d).await {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}

@@ -55,6 +55,7 @@ pub fn to_status(e: AppError) -> Status {
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<cluster::LogEntry, Status>> + Send>>;
 type DataStream = Pin<Box<dyn Stream<Item = Result<cluster::DataChunk, Status>> + Send>>;
+type AttachStream = Pin<Box<dyn Stream<Item = Result<cluster::AttachOutput, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
@@ -126,11 +127,12 @@ impl Cluster for ClusterService {
         let placed = scheduler::place(&self.app, &created, req.start)
             .await
             .map_err(to_status)?;
-        // As `docker run -d`, answer once the container runs (or has ended).
+        // As `docker run -d`, answer once the container runs (or has ended);
+        // as `docker create`, once the node has created it.
         let placed = if req.start {
             lifecycle::wait_started(&self.app, &placed.id, asked).await?
         } else {
-            placed
+            lifecycle::wait_created(&self.app, &placed.id).await?
         };
         Ok(Response::new(convert::container_to_wire(&placed)))
     }
@@ -257,6 +259,28 @@ impl Cluster for ClusterService {
         let c = self.find(&req.into_inner().name_or_id)?;
         let c = lifecycle::pause(&self.app, c, false).await?;
         Ok(Response::new(convert::container_to_wire(&c)))
+    }
+
+    type AttachStream = AttachStream;
+
+    async fn attach(
+        &self,
+        req: Request<Streaming<cluster::AttachInput>>,
+    ) -> Result<Response<AttachStream>, Status> {
+        let mut inbound = req.into_inner();
+        let start = match inbound.message().await? {
+            Some(cluster::AttachInput {
+                msg: Some(cluster::attach_input::Msg::Start(s)),
+            }) => s,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "an attachment begins with AttachStart",
+                ))
+            }
+        };
+        let c = self.find(&start.name_or_id)?;
+        let rx = lifecycle::attach(&self.app, c, start, inbound).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type LogsStream = LogStream;

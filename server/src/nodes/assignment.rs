@@ -8,6 +8,17 @@ pub fn run(c: &Container) -> ServerMessage {
     with_action(c, Action::Run, 0, 0)
 }
 
+/// "Start this container, holding its process until it is attached."
+pub fn run_attached(c: &Container) -> ServerMessage {
+    let mut m = with_action(c, Action::Run, 0, 0);
+    if let Some(berth_proto::agent::server_message::Msg::Assign(a)) = &mut m.msg {
+        if let Some(s) = &mut a.spec {
+            s.wait_for_attach = true;
+        }
+    }
+    m
+}
+
 /// "Create this container; do not start it."
 pub fn create(c: &Container) -> ServerMessage {
     with_action(c, Action::Create, 0, 0)
@@ -63,6 +74,9 @@ fn with_action(c: &Container, action: Action, signal: i32, timeout_s: u32) -> Se
                 entrypoint_set: spec.entrypoint_set,
                 volumes: spec.volumes,
                 restart: spec.restart,
+                tty: spec.tty,
+                stdin_open: spec.stdin_open,
+                wait_for_attach: false,
             }),
         })),
     }

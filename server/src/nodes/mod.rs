@@ -28,6 +28,16 @@ struct Connected {
 #[derive(Default)]
 pub struct Nodes {
     connected: Mutex<HashMap<String, Connected>>,
+    /// Open attachments: where each one's output goes, with its node.
+    attachments: Mutex<
+        HashMap<
+            u64,
+            (
+                String,
+                mpsc::Sender<Result<berth_proto::cluster::AttachOutput, tonic::Status>>,
+            ),
+        >,
+    >,
     /// Image requests waiting for their replies, with the node they went to.
     requests: Mutex<HashMap<u64, (String, mpsc::UnboundedSender<ImageReply>)>>,
     next_id: AtomicU64,
@@ -55,6 +65,7 @@ impl Nodes {
         if map.get(node).map(|c| c.session_id) == Some(session_id) {
             map.remove(node);
             self.requests.lock().await.retain(|_, (n, _)| n != node);
+            self.attachments.lock().await.retain(|_, (n, _)| n != node);
             true
         } else {
             false
@@ -167,6 +178,41 @@ impl Nodes {
         match tokio::time::timeout(std::time::Duration::from_secs(600), wait).await {
             Ok(r) => r,
             Err(_) => Err(format!("node {node} did not answer in 600 s")),
+        }
+    }
+
+    /// Registers an attachment's output channel and returns its id.
+    pub async fn open_attachment(
+        &self,
+        node: &str,
+        tx: mpsc::Sender<Result<berth_proto::cluster::AttachOutput, tonic::Status>>,
+    ) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        self.attachments
+            .lock()
+            .await
+            .insert(id, (node.to_string(), tx));
+        id
+    }
+
+    /// Hands a piece of an attachment's output to its client; the last
+    /// piece closes the client's stream.
+    pub async fn attachment_output(&self, d: berth_proto::agent::AttachData) {
+        let tx = self
+            .attachments
+            .lock()
+            .await
+            .get(&d.stream_id)
+            .map(|(_, tx)| tx.clone());
+        if let Some(tx) = tx {
+            if !d.data.is_empty() {
+                let _ = tx
+                    .send(Ok(berth_proto::cluster::AttachOutput { data: d.data }))
+                    .await;
+            }
+        }
+        if d.close {
+            self.attachments.lock().await.remove(&d.stream_id);
         }
     }
 

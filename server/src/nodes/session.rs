@@ -302,6 +302,7 @@ async fn serve(
                 }
             }
             agent_message::Msg::ImageReply(r) => app.nodes.image_reply(r).await,
+            agent_message::Msg::AttachOutput(d) => app.nodes.attachment_output(d).await,
         }
     }
 }
