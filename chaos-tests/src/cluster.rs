@@ -184,6 +184,40 @@ impl Cluster {
         }
     }
 
+    /// Runs the berth CLI on a new pseudo-terminal, as a user at a terminal.
+    pub fn berth_pty(&self, args: &[&str]) -> anyhow::Result<PtySession> {
+        let pty = nix::pty::openpty(None, None)?;
+        let slave = std::fs::File::from(pty.slave);
+        let child = Command::new(self.bin.join("berth"))
+            .args(args)
+            .env("BERTH_HOST", &self.addr)
+            .stdin(Stdio::from(slave.try_clone()?))
+            .stdout(Stdio::from(slave.try_clone()?))
+            .stderr(Stdio::from(slave))
+            .spawn()?;
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut master = std::fs::File::from(pty.master);
+        let writer = master.try_clone()?;
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = master.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(&buf[..n]);
+            }
+        });
+        Ok(PtySession {
+            child,
+            writer,
+            output,
+        })
+    }
+
     /// Polls `berth node ls` until the node is ready (30 s at most).
     pub fn wait_for_ready_node(&self) -> anyhow::Result<()> {
         self.wait_until(Duration::from_secs(30), "node1 to be ready", |c| {
@@ -236,5 +270,54 @@ impl Drop for Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// The berth CLI running on a pseudo-terminal.
+pub struct PtySession {
+    child: Child,
+    writer: std::fs::File,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl PtySession {
+    /// Types bytes at the terminal.
+    pub fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        use std::io::Write;
+        self.writer.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Everything the terminal has shown so far, as text.
+    pub fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    /// Waits until the terminal shows `text` (10 s at most).
+    pub fn expect(&self, text: &str) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if self.screen().contains(text) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "the terminal never showed {text:?}; it shows {:?}",
+            self.screen()
+        )
+    }
+
+    /// Waits for the CLI to end (10 s at most) and returns its exit code.
+    pub fn wait(&mut self) -> anyhow::Result<i32> {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        bail!("berth did not end; the terminal shows {:?}", self.screen())
     }
 }

@@ -582,3 +582,70 @@ fn users_entrypoints_volumes_restart_policies_and_log_options() {
         },
     );
 }
+
+#[test]
+fn run_it_gives_a_shell_that_detaches_and_attaches_again() {
+    sandbox::run(
+        "run_it_gives_a_shell_that_detaches_and_attaches_again",
+        || {
+            let c = Cluster::start()?;
+            // A real prompt through the cluster.
+            let mut t = c.berth_pty(&["run", "-it", "--name", "shell", "busybox", "sh"])?;
+            t.expect("/ # ")?;
+            t.send(b"echo $((6*7)) on $(hostname)\r")?;
+            t.expect("42 on ")?;
+            // Ctrl+P Ctrl+Q: the CLI ends, the shell goes on.
+            t.send(&[0x10, 0x11])?;
+            ensure!(
+                t.wait()? == 0,
+                "detaching did not end berth cleanly: {}",
+                t.screen()
+            );
+            ensure!(
+                state(&c, "shell")?["Status"] == "running",
+                "the shell did not keep running"
+            );
+            // berth attach comes back to the same shell.
+            let mut t = c.berth_pty(&["attach", "shell"])?;
+            t.send(b"echo back again\r")?;
+            t.expect("back again\r\n")?;
+            t.send(b"exit 5\r")?;
+            ensure!(
+                t.wait()? == 5,
+                "attach did not end with the shell's code: {}",
+                t.screen()
+            );
+            let s = state(&c, "shell")?;
+            ensure!(s["Status"] == "exited" && s["ExitCode"] == 5, "{s}");
+
+            // -i without a terminal: stdin flows in, output out.
+            let mut child =
+                std::process::Command::new(berth_chaos::cluster::bin_dir()?.join("berth"))
+                    .args(["run", "-i", "--rm", "busybox", "sh", "-c", "tr a-z A-Z"])
+                    .env("BERTH_HOST", berth_chaos::cluster::SERVER_ADDR)
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()?;
+            {
+                use std::io::Write;
+                let mut stdin = child.stdin.take().expect("a stdin pipe");
+                stdin.write_all(b"piped through\n")?;
+            }
+            let out = child.wait_with_output()?;
+            ensure!(
+                String::from_utf8_lossy(&out.stdout) == "PIPED THROUGH\n",
+                "{out:?}"
+            );
+
+            // A container without -i or -t takes no attachment.
+            c.berth(&["run", "-d", "--name", "plain", "busybox", "sleep", "60"])
+                .ok()?;
+            let r = c.berth(&["attach", "plain"]);
+            ensure!(
+                r.code != 0 && r.stderr.contains("without -i or -t"),
+                "{r:?}"
+            );
+            Ok(())
+        },
+    );
+}
