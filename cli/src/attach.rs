@@ -51,7 +51,7 @@ fn window_size() -> Option<Resize> {
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: TIOCGWINSZ writes the winsize we own.
     let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
-    (rc == 0 && ws.ws_row > 0).then(|| Resize {
+    (rc == 0 && ws.ws_row > 0).then_some(Resize {
         rows: ws.ws_row as u32,
         cols: ws.ws_col as u32,
     })

@@ -677,21 +677,6 @@ pub async fn pause(
     Ok(if failed { 1 } else { 0 })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_and_cpus_parse_like_docker() {
-        assert_eq!(parse_bytes("64m"), Ok(64 << 20));
-        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
-        assert_eq!(parse_bytes("512"), Ok(512));
-        assert!(parse_bytes("lots").is_err());
-        assert_eq!(parse_cpus("0.5"), Ok(500_000_000));
-        assert!(parse_cpus("-1").is_err());
-    }
-}
-
 /// `run -it`: creates the container, then starts it attached, so that its
 /// first output (a shell's prompt) reaches this terminal.
 async fn run_attached(client: &mut ClusterClient<Channel>, args: RunArgs) -> Result<i32, CliError> {
@@ -791,5 +776,20 @@ pub async fn attach_verb(
                 .into_inner();
             Ok(waited.exit_code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_cpus_parse_like_docker() {
+        assert_eq!(parse_bytes("64m"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        assert_eq!(parse_bytes("512"), Ok(512));
+        assert!(parse_bytes("lots").is_err());
+        assert_eq!(parse_cpus("0.5"), Ok(500_000_000));
+        assert!(parse_cpus("-1").is_err());
     }
 }

@@ -379,10 +379,10 @@ fn read_output(
         clients.broadcast(&buf[..n]);
         for &byte in &buf[..n] {
             line.push(byte);
-            if byte == b'\n' || line.len() >= MAX_LINE {
-                if tx.send((stream, std::mem::take(&mut line))).is_err() {
-                    return;
-                }
+            if (byte == b'\n' || line.len() >= MAX_LINE)
+                && tx.send((stream, std::mem::take(&mut line))).is_err()
+            {
+                return;
             }
         }
     }

@@ -23,21 +23,16 @@ struct Connected {
     last_heartbeat: Instant,
 }
 
+/// Where an attachment's output goes: the client's stream.
+type AttachSender = mpsc::Sender<Result<berth_proto::cluster::AttachOutput, tonic::Status>>;
+
 /// The registry of agent sessions on this server. Heartbeats live here,
 /// in memory, and never go through Raft (invariant 4).
 #[derive(Default)]
 pub struct Nodes {
     connected: Mutex<HashMap<String, Connected>>,
     /// Open attachments: where each one's output goes, with its node.
-    attachments: Mutex<
-        HashMap<
-            u64,
-            (
-                String,
-                mpsc::Sender<Result<berth_proto::cluster::AttachOutput, tonic::Status>>,
-            ),
-        >,
-    >,
+    attachments: Mutex<HashMap<u64, (String, AttachSender)>>,
     /// Image requests waiting for their replies, with the node they went to.
     requests: Mutex<HashMap<u64, (String, mpsc::UnboundedSender<ImageReply>)>>,
     next_id: AtomicU64,
@@ -182,11 +177,7 @@ impl Nodes {
     }
 
     /// Registers an attachment's output channel and returns its id.
-    pub async fn open_attachment(
-        &self,
-        node: &str,
-        tx: mpsc::Sender<Result<berth_proto::cluster::AttachOutput, tonic::Status>>,
-    ) -> u64 {
+    pub async fn open_attachment(&self, node: &str, tx: AttachSender) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         self.attachments
             .lock()
