@@ -40,6 +40,14 @@ enum Command {
         #[arg(long)]
         bundle: PathBuf,
     },
+    /// Runs one exec in a container (started by the agent, not by hand).
+    #[command(hide = true)]
+    ExecShim {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        exec: String,
+    },
 }
 
 fn main() {
@@ -52,10 +60,20 @@ fn main() {
 }
 
 fn real_main(args: Args) -> anyhow::Result<()> {
-    if let Some(Command::Shim { bundle }) = args.command {
-        // The shim clones the container from this process, so it must stay
-        // single-threaded until then: no async runtime here.
-        std::process::exit(shim::main(ShimConfig { bundle }));
+    match &args.command {
+        Some(Command::Shim { bundle }) => {
+            // The shim clones the container from this process, so it must
+            // stay single-threaded until then: no async runtime here.
+            std::process::exit(shim::main(ShimConfig {
+                bundle: bundle.clone(),
+            }));
+        }
+        Some(Command::ExecShim { bundle, exec }) => {
+            // Single-threaded for the same reason: it forks into the container.
+            berth_agent::runtime::exec::main(bundle, exec);
+            std::process::exit(0);
+        }
+        None => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -637,6 +637,37 @@ fn run_it_gives_a_shell_that_detaches_and_attaches_again() {
                 "{out:?}"
             );
 
+            // exec: a process in a running container's namespaces, its exit
+            // code, -i, -u, -t.
+            c.berth(&["run", "-d", "--name", "box", "busybox", "sleep", "600"])
+                .ok()?;
+            let r = c.berth(&[
+                "exec",
+                "box",
+                "sh",
+                "-c",
+                "echo pid $$ on $(hostname); exit 4",
+            ]);
+            ensure!(
+                r.code == 4 && r.stdout.starts_with("pid ") && !r.stdout.starts_with("pid 1 "),
+                "{r:?}"
+            );
+            let r = c.berth(&["exec", "-u", "nobody", "box", "id", "-u"]);
+            ensure!(r.stdout == "65534\n", "{r:?}");
+            let r = c.berth(&["exec", "box", "no-such-command"]);
+            ensure!(r.code == 127, "{r:?}");
+            let mut t = c.berth_pty(&["exec", "-it", "box", "sh"])?;
+            t.expect("/ # ")?;
+            t.send(b"echo $((7*6))\r")?;
+            t.expect("42")?;
+            t.send(b"exit 6\r")?;
+            ensure!(t.wait()? == 6, "{}", t.screen());
+            let r = c.berth(&["exec", "made-up", "true"]);
+            ensure!(
+                r.code != 0 && r.stderr.contains("No such container"),
+                "{r:?}"
+            );
+
             // A container without -i or -t takes no attachment.
             c.berth(&["run", "-d", "--name", "plain", "busybox", "sleep", "60"])
                 .ok()?;

@@ -20,8 +20,8 @@ use crate::CliError;
 pub enum AttachEnd {
     /// The user pressed Ctrl+P Ctrl+Q: the container goes on.
     Detached,
-    /// The container's side ended (it exited).
-    Ended,
+    /// The container's side ended (it exited); an exec says its code.
+    Ended(Option<i32>),
 }
 
 /// Puts the terminal in raw mode and restores it when dropped.
@@ -106,17 +106,40 @@ pub async fn attach(
     start: bool,
     tty: bool,
 ) -> Result<AttachEnd, CliError> {
-    let (tx, rx) = mpsc::channel::<AttachInput>(64);
     let size = if tty { window_size() } else { None };
-    let _ = tx
-        .send(AttachInput {
-            msg: Some(Msg::Start(AttachStart {
-                name_or_id: container.to_string(),
-                start,
-                size,
-            })),
-        })
-        .await;
+    let first = AttachInput {
+        msg: Some(Msg::Start(AttachStart {
+            name_or_id: container.to_string(),
+            start,
+            size,
+        })),
+    };
+    session(client, first, tty, false).await
+}
+
+/// Runs a process in a container (berth exec) attached to this terminal.
+pub async fn exec(
+    client: &mut ClusterClient<Channel>,
+    mut start: berth_proto::cluster::ExecStart,
+) -> Result<AttachEnd, CliError> {
+    let tty = start.tty;
+    if tty {
+        start.size = window_size();
+    }
+    let first = AttachInput {
+        msg: Some(Msg::Exec(start)),
+    };
+    session(client, first, tty, true).await
+}
+
+async fn session(
+    client: &mut ClusterClient<Channel>,
+    first: AttachInput,
+    tty: bool,
+    exec: bool,
+) -> Result<AttachEnd, CliError> {
+    let (tx, rx) = mpsc::channel::<AttachInput>(64);
+    let _ = tx.send(first).await;
     let raw = if tty && std::io::stdin().is_terminal() {
         RawMode::enter()
     } else {
@@ -183,21 +206,28 @@ pub async fn attach(
         });
     }
     drop(tx);
-    let mut output = client
-        .attach(ReceiverStream::new(rx))
-        .await
-        .map_err(CliError::run)?
-        .into_inner();
+    let requests = ReceiverStream::new(rx);
+    let mut output = if exec {
+        client.exec(requests).await
+    } else {
+        client.attach(requests).await
+    }
+    .map_err(CliError::run)?
+    .into_inner();
+    let mut exit_code = None;
     let mut stdout = std::io::stdout();
     let end = loop {
         tokio::select! {
             msg = output.message() => match msg {
                 Ok(Some(o)) => {
+                    if o.exit_code.is_some() {
+                        exit_code = o.exit_code;
+                    }
                     if stdout.write_all(&o.data).and_then(|_| stdout.flush()).is_err() {
-                        break AttachEnd::Ended;
+                        break AttachEnd::Ended(exit_code);
                     }
                 }
-                Ok(None) => break AttachEnd::Ended,
+                Ok(None) => break AttachEnd::Ended(exit_code),
                 Err(status) => {
                     drop(raw);
                     return Err(CliError::api(status));

@@ -686,7 +686,7 @@ async fn run_attached(client: &mut ClusterClient<Channel>, args: RunArgs) -> Res
     let id = code;
     match crate::attach::attach(client, &id, true, tty).await? {
         crate::attach::AttachEnd::Detached => Ok(0),
-        crate::attach::AttachEnd::Ended => {
+        crate::attach::AttachEnd::Ended(_) => {
             let waited = client
                 .wait_container(ContainerRef {
                     name_or_id: id.clone(),
@@ -766,7 +766,7 @@ pub async fn attach_verb(
     let tty = info.spec.as_ref().is_some_and(|s| s.tty);
     match crate::attach::attach(client, &info.id, false, tty).await? {
         crate::attach::AttachEnd::Detached => Ok(0),
-        crate::attach::AttachEnd::Ended => {
+        crate::attach::AttachEnd::Ended(_) => {
             let waited = client
                 .wait_container(ContainerRef {
                     name_or_id: info.id,
@@ -791,5 +791,48 @@ mod tests {
         assert!(parse_bytes("lots").is_err());
         assert_eq!(parse_cpus("0.5"), Ok(500_000_000));
         assert!(parse_cpus("-1").is_err());
+    }
+}
+
+/// `berth exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Keep stdin open and send yours to the process.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the process a terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Set an environment variable (KEY=VALUE).
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Run as USER[:GROUP].
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// The working directory inside the container.
+    #[arg(short = 'w', long = "workdir")]
+    pub workdir: Option<String>,
+    /// The container's name or id.
+    pub container: String,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Runs a process in a running container and exits with its code.
+pub async fn exec(client: &mut ClusterClient<Channel>, args: ExecArgs) -> Result<i32, CliError> {
+    let start = berth_proto::cluster::ExecStart {
+        name_or_id: args.container,
+        cmd: args.command,
+        env: args.env,
+        user: args.user.unwrap_or_default(),
+        workdir: args.workdir.unwrap_or_default(),
+        tty: args.tty,
+        interactive: args.interactive,
+        size: None,
+    };
+    match crate::attach::exec(client, start).await? {
+        crate::attach::AttachEnd::Detached => Ok(0),
+        crate::attach::AttachEnd::Ended(code) => Ok(code.unwrap_or(0)),
     }
 }

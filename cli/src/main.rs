@@ -41,6 +41,8 @@ enum Command {
     Restart(containers::StopArgs),
     /// Send a signal to running containers.
     Kill(containers::KillArgs),
+    /// Run a command in a running container.
+    Exec(containers::ExecArgs),
     /// Attach your terminal to a running container (-i or -t); Ctrl+P Ctrl+Q detaches.
     Attach { container: String },
     /// Freeze every process of running containers.
@@ -168,6 +170,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Wait { containers: list } => containers::wait(&mut client, list).await,
         Command::Pause { containers: list } => containers::pause(&mut client, list, true).await,
         Command::Attach { container } => containers::attach_verb(&mut client, &container).await,
+        Command::Exec(a) => containers::exec(&mut client, a).await,
         Command::Unpause { containers: list } => containers::pause(&mut client, list, false).await,
         Command::Inspect { containers: list } => containers::inspect(&mut client, list).await,
         Command::Logs(a) => containers::logs(&mut client, a).await,

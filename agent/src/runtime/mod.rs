@@ -10,6 +10,7 @@
 pub mod attach;
 pub mod caps;
 pub mod cgroups;
+pub mod exec;
 pub mod frame;
 pub mod init;
 pub mod shim;

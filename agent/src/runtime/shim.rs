@@ -393,7 +393,7 @@ fn read_output(
 
 /// Waits for the container's first process; a signal death is 128 + signal,
 /// as shells and Docker report it.
-fn wait_exit(pid: Pid) -> Result<i32, RuntimeError> {
+pub fn wait_exit(pid: Pid) -> Result<i32, RuntimeError> {
     loop {
         match waitpid(pid, None) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(code),
@@ -406,7 +406,7 @@ fn wait_exit(pid: Pid) -> Result<i32, RuntimeError> {
 }
 
 /// The cgroup and limits config.json asks for, if it names a cgroup.
-fn container_cgroup(spec: &Spec) -> Option<(Cgroup, Limits)> {
+pub fn container_cgroup(spec: &Spec) -> Option<(Cgroup, Limits)> {
     let linux = spec.linux().as_ref()?;
     let path = linux.cgroups_path().as_ref()?;
     let res = linux.resources().as_ref();

@@ -481,12 +481,50 @@ impl Supervisor {
         let Some(dir) = self.bundle_dir(&open.container_id) else {
             return out(Vec::new(), true);
         };
-        let sock = crate::runtime::attach::socket_path(&dir);
+        // An exec gets a shim of its own, and a socket of its own.
+        let exec_id = open.exec.as_ref().map(|_| stream_id.to_string());
+        if let (Some(spec), Some(id)) = (&open.exec, &exec_id) {
+            if self.running_pid(&dir).is_none() {
+                return out(b"the container is not running\r\n".to_vec(), true);
+            }
+            let cfg = crate::runtime::exec::ExecConfig {
+                cmd: spec.cmd.clone(),
+                env: spec.env.clone(),
+                user: spec.user.clone(),
+                workdir: spec.workdir.clone(),
+                tty: spec.tty,
+                interactive: spec.interactive,
+            };
+            let path = crate::runtime::exec::config_path(&dir, id);
+            if fs::write(&path, serde_json::to_vec(&cfg).unwrap_or_default()).is_err()
+                || tokio::process::Command::new(&self.cfg.shim_exe)
+                    .arg("exec-shim")
+                    .arg("--bundle")
+                    .arg(&dir)
+                    .arg("--exec")
+                    .arg(id)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .process_group(0)
+                    .spawn()
+                    .is_err()
+            {
+                return out(b"cannot start the exec\r\n".to_vec(), true);
+            }
+        }
+        let sock_name = match &exec_id {
+            Some(id) => crate::runtime::exec::socket_name(id),
+            None => "attach.sock".to_string(),
+        };
+        let sock = dir.join(&sock_name);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         let conn = loop {
             // The socket's own path may be too long for a socket address.
             let attempt = match crate::runtime::attach::short_socket_path(&dir) {
-                Ok((_dir, short)) => tokio::net::UnixStream::connect(&short).await,
+                Ok((_dir, short)) => {
+                    tokio::net::UnixStream::connect(short.with_file_name(&sock_name)).await
+                }
                 Err(e) => Err(e),
             };
             match attempt {
@@ -542,7 +580,28 @@ impl Supervisor {
             }
         }
         writer.abort();
-        out(Vec::new(), true);
+        let exit_code = match &exec_id {
+            Some(id) => {
+                // The exec shim writes its code as it ends.
+                let path = crate::runtime::exec::exit_path(&dir, id);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while !path.exists() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let code = fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|c| c.trim().parse().ok());
+                let _ = fs::remove_file(&path);
+                code
+            }
+            None => None,
+        };
+        self.send(agent_message::Msg::AttachOutput(agent::AttachData {
+            stream_id,
+            close: true,
+            exit_code,
+            ..Default::default()
+        }));
     }
 
     /// Sends a signal to a running container's first process.

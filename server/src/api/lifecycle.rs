@@ -177,11 +177,10 @@ pub async fn attach(
     app: &App,
     c: records::Container,
     start: berth_proto::cluster::AttachStart,
-    mut inbound: tonic::Streaming<berth_proto::cluster::AttachInput>,
+    inbound: tonic::Streaming<berth_proto::cluster::AttachInput>,
 ) -> Result<tokio::sync::mpsc::Receiver<Result<berth_proto::cluster::AttachOutput, Status>>, Status>
 {
-    use berth_proto::agent::{server_message, AttachData, AttachOpen, ServerMessage};
-    use berth_proto::cluster::attach_input::Msg;
+    use berth_proto::agent::{server_message, AttachOpen, ServerMessage};
     let spec = c.spec.clone().unwrap_or_default();
     if start.start {
         CStatus(c.state())
@@ -213,6 +212,7 @@ pub async fn attach(
             container_id: c.id.clone(),
             rows: size.rows,
             cols: size.cols,
+            exec: None,
         })),
     };
     if !app.nodes.send(&c.node, open).await {
@@ -221,8 +221,23 @@ pub async fn attach(
     if start.start && !app.nodes.send(&c.node, assignment::run_attached(&c)).await {
         return Err(node_unreachable(&c));
     }
+    relay_input(app, &c.node, stream_id, inbound);
+    Ok(rx)
+}
+
+/// Relays a client's input (stdin, resizes, the end of stdin) to the node
+/// holding an attachment; when the client goes away, tells the node to drop
+/// the attachment and leave the container.
+fn relay_input(
+    app: &App,
+    node: &str,
+    stream_id: u64,
+    mut inbound: tonic::Streaming<berth_proto::cluster::AttachInput>,
+) {
+    use berth_proto::agent::{server_message, AttachData, ServerMessage};
+    use berth_proto::cluster::attach_input::Msg;
     let nodes = app.nodes.clone();
-    let node = c.node.clone();
+    let node = node.to_string();
     tokio::spawn(async move {
         let send = |d: AttachData| {
             let nodes = nodes.clone();
@@ -275,5 +290,49 @@ pub async fn attach(
             }
         }
     });
+}
+
+/// Runs a process in a running container through its node and attaches
+/// the client to it; the output stream's last message carries its exit code.
+pub async fn exec(
+    app: &App,
+    c: records::Container,
+    start: berth_proto::cluster::ExecStart,
+    inbound: tonic::Streaming<berth_proto::cluster::AttachInput>,
+) -> Result<tokio::sync::mpsc::Receiver<Result<berth_proto::cluster::AttachOutput, Status>>, Status>
+{
+    use berth_proto::agent::{server_message, AttachOpen, ExecSpec, ServerMessage};
+    if c.state() != ContainerState::Running {
+        return Err(Status::failed_precondition(format!(
+            "container {} is not running",
+            c.name
+        )));
+    }
+    if start.cmd.is_empty() {
+        return Err(Status::invalid_argument("no command given to exec"));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let stream_id = app.nodes.open_attachment(&c.node, tx).await;
+    let size = start.size.unwrap_or_default();
+    let open = ServerMessage {
+        msg: Some(server_message::Msg::AttachOpen(AttachOpen {
+            stream_id,
+            container_id: c.id.clone(),
+            rows: size.rows,
+            cols: size.cols,
+            exec: Some(ExecSpec {
+                cmd: start.cmd,
+                env: start.env,
+                user: start.user,
+                workdir: start.workdir,
+                tty: start.tty,
+                interactive: start.interactive,
+            }),
+        })),
+    };
+    if !app.nodes.send(&c.node, open).await {
+        return Err(node_unreachable(&c));
+    }
+    relay_input(app, &c.node, stream_id, inbound);
     Ok(rx)
 }

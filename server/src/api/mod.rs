@@ -283,6 +283,24 @@ impl Cluster for ClusterService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    type ExecStream = AttachStream;
+
+    async fn exec(
+        &self,
+        req: Request<Streaming<cluster::AttachInput>>,
+    ) -> Result<Response<AttachStream>, Status> {
+        let mut inbound = req.into_inner();
+        let start = match inbound.message().await? {
+            Some(cluster::AttachInput {
+                msg: Some(cluster::attach_input::Msg::Exec(s)),
+            }) => s,
+            _ => return Err(Status::invalid_argument("an exec begins with ExecStart")),
+        };
+        let c = self.find(&start.name_or_id)?;
+        let rx = lifecycle::exec(&self.app, c, start, inbound).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     type LogsStream = LogStream;
 
     async fn logs(

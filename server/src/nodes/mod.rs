@@ -196,9 +196,12 @@ impl Nodes {
             .get(&d.stream_id)
             .map(|(_, tx)| tx.clone());
         if let Some(tx) = tx {
-            if !d.data.is_empty() {
+            if !d.data.is_empty() || d.exit_code.is_some() {
                 let _ = tx
-                    .send(Ok(berth_proto::cluster::AttachOutput { data: d.data }))
+                    .send(Ok(berth_proto::cluster::AttachOutput {
+                        data: d.data,
+                        exit_code: d.exit_code,
+                    }))
                     .await;
             }
         }

@@ -1,0 +1,349 @@
+//! `berth exec`: a process started in a running container's namespaces and
+//! cgroup by a shim of its own (`berth-agent exec-shim`), which owns its
+//! stdio (a pty or pipes), serves one attachment socket like the
+//! container's shim, and writes the exit code next to it.
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::unistd::{pipe2, ForkResult};
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+
+use super::{attach, bundle, users, RuntimeError};
+
+/// What to run, as the agent writes it for the exec shim.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExecConfig {
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub user: String,
+    pub workdir: String,
+    pub tty: bool,
+    pub interactive: bool,
+}
+
+/// The files of one exec in a bundle.
+pub fn config_path(b: &Path, id: &str) -> PathBuf {
+    b.join(format!("exec-{id}.json"))
+}
+pub fn socket_name(id: &str) -> String {
+    format!("exec-{id}.sock")
+}
+pub fn exit_path(b: &Path, id: &str) -> PathBuf {
+    b.join(format!("exec-{id}.exit"))
+}
+
+fn sys(op: &str) -> impl FnOnce(nix::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::Sys {
+        op: op.to_string(),
+        source,
+    }
+}
+
+/// Runs one exec to its end; returns the process's exit code (126 or 127
+/// when it could not run, as Docker).
+pub fn main(b: &Path, id: &str) -> i32 {
+    // The bundle, held open: after setns into the container's mount
+    // namespace its host path means nothing, but this handle still does.
+    let dir = match File::open(b) {
+        Ok(d) => d,
+        Err(_) => return 126,
+    };
+    let code = match run(b, id) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("exec: {e}");
+            126
+        }
+    };
+    let at = |name: String| -> Option<OwnedFd> {
+        nix::fcntl::openat(
+            Some(dir.as_raw_fd()),
+            name.as_str(),
+            OFlag::O_CREAT
+                | OFlag::O_WRONLY
+                | OFlag::O_TRUNC
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NOFOLLOW,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .ok()
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        .map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    };
+    if let Some(fd) = at(format!("exec-{id}.exit")) {
+        let _ = nix::unistd::write(&fd, code.to_string().as_bytes());
+    }
+    for name in [socket_name(id), format!("exec-{id}.json")] {
+        let _ = nix::unistd::unlinkat(
+            Some(dir.as_raw_fd()),
+            name.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
+    code
+}
+
+fn run(b: &Path, id: &str) -> Result<i32, RuntimeError> {
+    let cfg: ExecConfig =
+        serde_json::from_slice(&fs::read(config_path(b, id)).map_err(|source| {
+            RuntimeError::Io {
+                path: config_path(b, id),
+                source,
+            }
+        })?)
+        .map_err(|e| RuntimeError::Invalid(format!("exec config: {e}")))?;
+    if cfg.cmd.is_empty() {
+        return Err(RuntimeError::Invalid("no command given to exec".into()));
+    }
+    let spec = Spec::load(bundle::config(b))?;
+    let pid: i32 = fs::read_to_string(bundle::pid(b))
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| RuntimeError::Invalid("the container is not running".into()))?;
+    let (uid, gid) = users::resolve(&bundle::rootfs(b), &cfg.user)?;
+
+    // Stdio: a pty, or one pipe for output and one for input.
+    let (child_in, child_out, input, output): (OwnedFd, OwnedFd, Arc<attach::Input>, OwnedFd) =
+        if cfg.tty {
+            let pty = nix::pty::openpty(None, None).map_err(sys("openpty"))?;
+            let io = |e| RuntimeError::Io {
+                path: "pty".into(),
+                source: e,
+            };
+            let master_in = pty.master.try_clone().map_err(io)?;
+            let master_resize = pty.master.try_clone().map_err(io)?;
+            let slave2 = pty.slave.try_clone().map_err(io)?;
+            (
+                pty.slave,
+                slave2,
+                Arc::new(attach::Input {
+                    stdin: Mutex::new(Some(File::from(master_in))),
+                    pty: Some(master_resize),
+                }),
+                pty.master,
+            )
+        } else {
+            let (in_r, in_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+            let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+            let stdin = if cfg.interactive {
+                Some(File::from(in_w))
+            } else {
+                None
+            };
+            (
+                in_r,
+                out_w,
+                Arc::new(attach::Input {
+                    stdin: Mutex::new(stdin),
+                    pty: None,
+                }),
+                out_r,
+            )
+        };
+    let (_dir, short) = attach::short_socket_path(b).map_err(|source| RuntimeError::Io {
+        path: b.into(),
+        source,
+    })?;
+    let sock = short.with_file_name(socket_name(id));
+    let listener =
+        std::os::unix::net::UnixListener::bind(&sock).map_err(|source| RuntimeError::Io {
+            path: b.join(socket_name(id)),
+            source,
+        })?;
+    let (go_r, go_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+
+    // Into the container's cgroup first (while /sys/fs/cgroup is still the
+    // host's): the child forked below inherits it, and its limits.
+    if let Some((cg, _)) = super::shim::container_cgroup(&spec) {
+        cg.add(std::process::id() as i32)
+            .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+    }
+    // The container's namespaces, opened now and joined by the forked
+    // child: a process that has joined a pid namespace can start no thread,
+    // and this shim needs threads to serve its attachment.
+    let mut namespaces = Vec::new();
+    for (ns, flag) in [
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ] {
+        let f = File::open(format!("/proc/{pid}/ns/{ns}")).map_err(|source| RuntimeError::Io {
+            path: format!("/proc/{pid}/ns/{ns}").into(),
+            source,
+        })?;
+        namespaces.push((f, flag));
+    }
+    let env: Vec<String> = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.env().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(cfg.env.iter().cloned())
+        .collect();
+    let cwd = if cfg.workdir.is_empty() {
+        spec.process()
+            .as_ref()
+            .map(|p| p.cwd().clone())
+            .unwrap_or_else(|| "/".into())
+    } else {
+        PathBuf::from(&cfg.workdir)
+    };
+    let keep: Vec<u32> = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.capabilities().as_ref())
+        .and_then(|c| c.bounding().clone())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(super::spec::capability_number)
+        .collect();
+
+    // SAFETY: this process is single-threaded (no thread has been started),
+    // so the child may run ordinary code until it execs.
+    match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
+        ForkResult::Child => {
+            // The child must not hold the write end of its own go pipe.
+            drop(go_w);
+            let mut byte = [0u8; 1];
+            if nix::unistd::read(go_r.as_raw_fd(), &mut byte) != Ok(1) {
+                std::process::exit(126);
+            }
+            for (f, flag) in &namespaces {
+                // setns(2): this (single-threaded) child joins the
+                // container's namespace; its own child lands in the pid one.
+                if nix::sched::setns(f, *flag).is_err() {
+                    std::process::exit(126);
+                }
+            }
+            // SAFETY: still single-threaded; the grandchild execs.
+            match unsafe { nix::unistd::fork() } {
+                Ok(ForkResult::Child) => {
+                    let code = child(&cfg, &child_in, &child_out, &cwd, &env, &keep, uid, gid);
+                    std::process::exit(code);
+                }
+                Ok(ForkResult::Parent { child: grandchild }) => {
+                    drop((child_in, child_out));
+                    let code = super::shim::wait_exit(grandchild).unwrap_or(126);
+                    std::process::exit(code);
+                }
+                Err(_) => std::process::exit(126),
+            }
+        }
+        ForkResult::Parent { child: pid } => {
+            drop((child_in, child_out, go_r));
+            let clients = attach::Clients::default();
+            attach::accept_first(&listener, &clients, &input, Duration::from_secs(15));
+            let _ = nix::unistd::write(&go_w, &[1]);
+            drop(go_w);
+            {
+                let clients = clients.clone();
+                let input = input.clone();
+                std::thread::spawn(move || attach::accept_loop(listener, clients, input));
+            }
+            let mut out = File::from(output);
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match out.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => clients.broadcast(&buf[..n]),
+                }
+            }
+            super::shim::wait_exit(pid)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn child(
+    cfg: &ExecConfig,
+    stdin: &OwnedFd,
+    stdout: &OwnedFd,
+    cwd: &Path,
+    env: &[String],
+    keep: &[u32],
+    uid: u32,
+    gid: u32,
+) -> i32 {
+    let _ = nix::unistd::setsid();
+    for (fd, target) in [
+        (stdin.as_raw_fd(), 0),
+        (stdout.as_raw_fd(), 1),
+        (stdout.as_raw_fd(), 2),
+    ] {
+        // dup2(2): the process's stdio are the exec shim's pty or pipes.
+        if nix::unistd::dup2(fd, target).is_err() {
+            return 126;
+        }
+    }
+    if cfg.tty {
+        // SAFETY: TIOCSCTTY on stdin (the pty slave) for the new session.
+        unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    }
+    if nix::unistd::chdir(cwd).is_err() {
+        eprintln!("exec: cannot chdir to {}", cwd.display());
+        return 126;
+    }
+    for n in super::caps::all_numbers().filter(|n| !keep.contains(n)) {
+        // SAFETY: prctl(PR_CAPBSET_DROP) takes plain integers.
+        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, n as libc::c_ulong, 0, 0, 0) };
+    }
+    let g = nix::unistd::Gid::from_raw(gid);
+    if nix::unistd::setgroups(&[g]).is_err()
+        || nix::unistd::setgid(g).is_err()
+        || nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).is_err()
+    {
+        return 126;
+    }
+    // SAFETY: resetting SIGPIPE to its default installs no handler code.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    };
+    for (k, _) in std::env::vars_os() {
+        std::env::remove_var(k);
+    }
+    for kv in env {
+        if let Some((k, v)) = kv.split_once('=') {
+            if !k.is_empty() {
+                std::env::set_var(k, v);
+            }
+        }
+    }
+    let Ok(args) = cfg
+        .cmd
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return 126;
+    };
+    let err = nix::unistd::execvp(&args[0], &args).unwrap_err();
+    eprintln!(
+        "exec: \"{}\": {}",
+        cfg.cmd[0],
+        if err == nix::Error::ENOENT {
+            "executable file not found in $PATH".to_string()
+        } else {
+            err.to_string()
+        }
+    );
+    if err == nix::Error::ENOENT {
+        127
+    } else {
+        126
+    }
+}
