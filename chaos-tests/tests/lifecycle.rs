@@ -652,6 +652,31 @@ fn run_it_gives_a_shell_that_detaches_and_attaches_again() {
                 r.code == 4 && r.stdout.starts_with("pid ") && !r.stdout.starts_with("pid 1 "),
                 "{r:?}"
             );
+            // Output after a pause still arrives (the end of stdin does not end it).
+            let r = c
+                .berth(&["exec", "box", "sh", "-c", "echo a; sleep 0.3; echo b"])
+                .ok()?;
+            ensure!(r.stdout == "a\nb\n", "{r:?}");
+            // top lists the container's processes.
+            let r = c.berth(&["top", "box"]).ok()?;
+            ensure!(
+                r.stdout.starts_with("PID") && r.stdout.contains("sleep 600"),
+                "{r:?}"
+            );
+            let r = c
+                .berth(&[
+                    "ps",
+                    "-a",
+                    "--filter",
+                    "name=box",
+                    "--filter",
+                    "status=running",
+                ])
+                .ok()?;
+            ensure!(
+                r.stdout.lines().count() == 2 && r.stdout.contains(" box "),
+                "{r:?}"
+            );
             let r = c.berth(&["exec", "-u", "nobody", "box", "id", "-u"]);
             ensure!(r.stdout == "65534\n", "{r:?}");
             let r = c.berth(&["exec", "box", "no-such-command"]);

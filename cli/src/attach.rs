@@ -205,7 +205,9 @@ async fn session(
             }
         });
     }
-    drop(tx);
+    // The request stream stays open until the output ends or the user
+    // detaches: the end of stdin is not the end of the attachment.
+    let keep_open = tx;
     let requests = ReceiverStream::new(rx);
     let mut output = if exec {
         client.exec(requests).await
@@ -236,6 +238,7 @@ async fn session(
             Some(()) = detach_rx.recv() => break AttachEnd::Detached,
         }
     };
+    drop(keep_open);
     drop(raw);
     if end == AttachEnd::Detached && tty {
         // As Docker, a line for the prompt the detach leaves behind.

@@ -183,6 +183,44 @@ pub struct PsArgs {
     /// Show the size of each container's writable layer.
     #[arg(short = 's', long)]
     pub size: bool,
+    /// Only containers matching KEY=VALUE: name, id, status, ancestor,
+    /// node, exited (several of one key: any; of different keys: all).
+    #[arg(short = 'f', long = "filter")]
+    pub filter: Vec<String>,
+}
+
+/// True if a container passes every filter key (any value of a key).
+pub fn matches_filters(c: &ContainerInfo, filters: &[String]) -> Result<bool, CliError> {
+    let mut by_key: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+    for f in filters {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("bad filter {f:?}: use KEY=VALUE")))?;
+        by_key.entry(k).or_default().push(v);
+    }
+    for (key, values) in by_key {
+        let spec = c.spec.clone().unwrap_or_default();
+        let ok = values.iter().any(|v| match key {
+            "name" => c.name.contains(v),
+            "id" => c.id.starts_with(v),
+            "status" => c.state == *v,
+            "ancestor" => {
+                spec.image == *v || spec.image == format!("{v}:latest") || c.image_id.contains(v)
+            }
+            "node" => c.node == *v,
+            "exited" => c.state == "exited" && v.parse::<i32>().ok() == Some(c.exit_code),
+            _ => false,
+        });
+        if !["name", "id", "status", "ancestor", "node", "exited"].contains(&key) {
+            return Err(CliError::Usage(format!(
+                "unknown filter {key:?}: use name, id, status, ancestor, node or exited"
+            )));
+        }
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The STATUS column of `ps`.
@@ -208,6 +246,14 @@ pub async fn ps(client: &mut ClusterClient<Channel>, args: PsArgs) -> Result<i32
         .map_err(CliError::api)?
         .into_inner()
         .containers;
+    let mut list = list;
+    let mut kept = Vec::with_capacity(list.len());
+    for c in list.drain(..) {
+        if matches_filters(&c, &args.filter)? {
+            kept.push(c);
+        }
+    }
+    let list = kept;
     if args.quiet {
         for c in list.iter().rev() {
             println!(
@@ -835,4 +881,19 @@ pub async fn exec(client: &mut ClusterClient<Channel>, args: ExecArgs) -> Result
         crate::attach::AttachEnd::Detached => Ok(0),
         crate::attach::AttachEnd::Ended(code) => Ok(code.unwrap_or(0)),
     }
+}
+
+/// `berth top`.
+pub async fn top(client: &mut ClusterClient<Channel>, container: &str) -> Result<i32, CliError> {
+    let t = client
+        .top(ContainerRef {
+            name_or_id: container.to_string(),
+        })
+        .await
+        .map_err(CliError::api)?
+        .into_inner();
+    let titles: Vec<&str> = t.titles.iter().map(String::as_str).collect();
+    let rows: Vec<Vec<String>> = t.rows.into_iter().map(|r| r.cells).collect();
+    table(&titles, &rows);
+    Ok(0)
 }

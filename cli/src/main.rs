@@ -41,6 +41,8 @@ enum Command {
     Restart(containers::StopArgs),
     /// Send a signal to running containers.
     Kill(containers::KillArgs),
+    /// Show the processes of a running container.
+    Top { container: String },
     /// Run a command in a running container.
     Exec(containers::ExecArgs),
     /// Attach your terminal to a running container (-i or -t); Ctrl+P Ctrl+Q detaches.
@@ -171,6 +173,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Pause { containers: list } => containers::pause(&mut client, list, true).await,
         Command::Attach { container } => containers::attach_verb(&mut client, &container).await,
         Command::Exec(a) => containers::exec(&mut client, a).await,
+        Command::Top { container } => containers::top(&mut client, &container).await,
         Command::Unpause { containers: list } => containers::pause(&mut client, list, false).await,
         Command::Inspect { containers: list } => containers::inspect(&mut client, list).await,
         Command::Logs(a) => containers::logs(&mut client, a).await,

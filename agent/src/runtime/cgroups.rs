@@ -208,6 +208,21 @@ impl Cgroup {
         }
     }
 
+    /// The host pids of every process in the cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        let dir = match &self.layout {
+            Layout::V1 { .. } => self.dir("pids"),
+            Layout::V2 { .. } => self.dir(""),
+        };
+        let mut pids: Vec<i32> = fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
     /// Removes the cgroup once its processes are gone.
     pub fn remove(&self) {
         match &self.layout {

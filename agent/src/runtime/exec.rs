@@ -154,6 +154,7 @@ fn run(b: &Path, id: &str) -> Result<i32, RuntimeError> {
         source,
     })?;
     let sock = short.with_file_name(socket_name(id));
+    let _ = fs::remove_file(b.join(socket_name(id)));
     let listener =
         std::os::unix::net::UnixListener::bind(&sock).map_err(|source| RuntimeError::Io {
             path: b.join(socket_name(id)),
@@ -161,12 +162,7 @@ fn run(b: &Path, id: &str) -> Result<i32, RuntimeError> {
         })?;
     let (go_r, go_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
 
-    // Into the container's cgroup first (while /sys/fs/cgroup is still the
-    // host's): the child forked below inherits it, and its limits.
-    if let Some((cg, _)) = super::shim::container_cgroup(&spec) {
-        cg.add(std::process::id() as i32)
-            .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
-    }
+    let cgroup = super::shim::container_cgroup(&spec).map(|(cg, _)| cg);
     // The container's namespaces, opened now and joined by the forked
     // child: a process that has joined a pid namespace can start no thread,
     // and this shim needs threads to serve its attachment.
@@ -219,6 +215,14 @@ fn run(b: &Path, id: &str) -> Result<i32, RuntimeError> {
             let mut byte = [0u8; 1];
             if nix::unistd::read(go_r.as_raw_fd(), &mut byte) != Ok(1) {
                 std::process::exit(126);
+            }
+            // Into the container's cgroup while /sys/fs/cgroup is still the
+            // host's (the shim itself stays out of it); the process forked
+            // below inherits it, and its limits.
+            if let Some(cg) = &cgroup {
+                if cg.add(std::process::id() as i32).is_err() {
+                    std::process::exit(126);
+                }
             }
             for (f, flag) in &namespaces {
                 // setns(2): this (single-threaded) child joins the

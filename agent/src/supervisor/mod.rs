@@ -323,6 +323,20 @@ impl Supervisor {
             image_request::Op::Inspect(i) => {
                 Ok(Some(self.images.inspect(&i.reference).map_err(err)?))
             }
+            image_request::Op::Top(t) => {
+                let dir = self
+                    .bundle_dir(&t.container_id)
+                    .filter(|d| d.exists())
+                    .ok_or_else(|| format!("No such container on this node: {}", t.container_id))?;
+                if self.running_pid(&dir).is_none() {
+                    return Err(format!("container {} is not running", t.container_id));
+                }
+                let cg = Cgroup::new(
+                    Layout::detect(Path::new(CGROUP_ROOT)),
+                    &cgroup_of(&t.container_id),
+                );
+                Ok(Some(to_json(&top_rows(&cg.pids()))))
+            }
             image_request::Op::Sizes(_) => {
                 let sizes: std::collections::HashMap<String, u64> = self
                     .local_metas()
@@ -482,7 +496,12 @@ impl Supervisor {
             return out(Vec::new(), true);
         };
         // An exec gets a shim of its own, and a socket of its own.
-        let exec_id = open.exec.as_ref().map(|_| stream_id.to_string());
+        // Unique on this node even across server restarts (which reuse
+        // stream ids).
+        let exec_id = open
+            .exec
+            .as_ref()
+            .map(|_| format!("{stream_id}-{}", now_ms()));
         if let (Some(spec), Some(id)) = (&open.exec, &exec_id) {
             if self.running_pid(&dir).is_none() {
                 return out(b"the container is not running\r\n".to_vec(), true);
@@ -1250,6 +1269,51 @@ pub fn dir_size(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+/// One row per process: pid, parent pid, uid, CPU seconds, command line.
+fn top_rows(pids: &[i32]) -> Vec<Vec<String>> {
+    // SAFETY: sysconf(_SC_CLK_TCK) only reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut rows = Vec::new();
+    for pid in pids {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The command in stat is in parentheses and may hold spaces.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ppid = f.get(1).copied().unwrap_or("0").to_string();
+        let cpu: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        let uid = fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        let cmd = fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        rows.push(vec![
+            pid.to_string(),
+            ppid,
+            uid,
+            format!("{:.2}", cpu / ticks),
+            cmd,
+        ]);
+    }
+    rows
 }
 
 /// Parses an image's STOPSIGNAL ("SIGTERM", "TERM", "15").

@@ -205,6 +205,42 @@ impl Cluster for ClusterService {
         Ok(Response::new(convert::container_to_wire(&c)))
     }
 
+    async fn top(
+        &self,
+        req: Request<cluster::ContainerRef>,
+    ) -> Result<Response<cluster::TopResponse>, Status> {
+        let c = self.find(&req.into_inner().name_or_id)?;
+        if c.state() != ContainerState::Running && c.state() != ContainerState::Paused {
+            return Err(Status::failed_precondition(format!(
+                "container {} is not running",
+                c.name
+            )));
+        }
+        let json = self
+            .app
+            .nodes
+            .image_call(
+                &c.node,
+                berth_proto::agent::image_request::Op::Top(berth_proto::agent::TopOp {
+                    container_id: c.id.clone(),
+                }),
+                &[],
+            )
+            .await
+            .map_err(Status::failed_precondition)?;
+        let rows: Vec<Vec<String>> = serde_json::from_str(&json).unwrap_or_default();
+        Ok(Response::new(cluster::TopResponse {
+            titles: ["PID", "PPID", "UID", "TIME", "CMD"]
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+            rows: rows
+                .into_iter()
+                .map(|cells| cluster::TopRow { cells })
+                .collect(),
+        }))
+    }
+
     async fn stop_container(
         &self,
         req: Request<cluster::StopContainerRequest>,
