@@ -404,6 +404,92 @@ fn users_entrypoints_volumes_restart_policies_and_log_options() {
                 "{r:?}"
             );
 
+            // -e, -w and --network host.
+            let r = c
+                .berth(&[
+                    "run",
+                    "--rm",
+                    "-e",
+                    "GREETING=hi there",
+                    "-w",
+                    "/tmp/work",
+                    "busybox",
+                    "sh",
+                    "-c",
+                    "echo $GREETING in $(pwd)",
+                ])
+                .ok()?;
+            ensure!(r.stdout == "hi there in /tmp/work\n", "{r:?}");
+            // A link made in this test's own network namespace (the sandbox's):
+            // a host-network container sees it, a default one does not.
+            let st = std::process::Command::new("ip")
+                .args([
+                    "link",
+                    "add",
+                    "berthtest0",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "berthtest1",
+                ])
+                .status()?;
+            ensure!(st.success(), "ip link add failed");
+            let r = c
+                .berth(&[
+                    "run",
+                    "--rm",
+                    "--network",
+                    "host",
+                    "busybox",
+                    "ls",
+                    "/sys/class/net",
+                ])
+                .ok()?;
+            ensure!(r.stdout.contains("berthtest0"), "{r:?}");
+            let r = c
+                .berth(&["run", "--rm", "busybox", "ls", "/sys/class/net"])
+                .ok()?;
+            ensure!(r.stdout == "lo\n", "{r:?}");
+            let r = c.berth(&["run", "--network", "bridge", "busybox", "true"]);
+            ensure!(
+                r.code == 125 && r.stderr.contains("unknown network"),
+                "{r:?}"
+            );
+
+            // create -i then start -i: stdin reaches it.
+            c.berth(&[
+                "create",
+                "-i",
+                "--name",
+                "later",
+                "busybox",
+                "sh",
+                "-c",
+                "read line; echo got $line",
+            ])
+            .ok()?;
+            let mut child =
+                std::process::Command::new(berth_chaos::cluster::bin_dir()?.join("berth"))
+                    .args(["start", "-i", "later"])
+                    .env("BERTH_HOST", berth_chaos::cluster::SERVER_ADDR)
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()?;
+            {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .expect("a stdin pipe")
+                    .write_all(b"typed\n")?;
+            }
+            let out = child.wait_with_output()?;
+            ensure!(
+                String::from_utf8_lossy(&out.stdout) == "got typed\n",
+                "{out:?}"
+            );
+
             // --entrypoint replaces the command's head.
             let r = c
                 .berth(&[

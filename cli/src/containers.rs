@@ -487,12 +487,39 @@ pub struct StartArgs {
     /// Attach to the container's output and exit with its code.
     #[arg(short = 'a', long)]
     pub attach: bool,
+    /// Attach your stdin too (and your terminal, for a container made with -t).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
     /// Names or ids of containers.
     #[arg(required = true)]
     pub containers: Vec<String>,
 }
 
 pub async fn start(client: &mut ClusterClient<Channel>, args: StartArgs) -> Result<i32, CliError> {
+    if args.interactive {
+        let [c] = args.containers.as_slice() else {
+            return Err(CliError::Usage("start -i takes one container".into()));
+        };
+        let info = client
+            .get_container(ContainerRef {
+                name_or_id: c.clone(),
+            })
+            .await
+            .map_err(CliError::api)?
+            .into_inner();
+        let tty = info.spec.as_ref().is_some_and(|s| s.tty);
+        return match crate::attach::attach(client, &info.id, true, tty).await? {
+            crate::attach::AttachEnd::Detached => Ok(0),
+            crate::attach::AttachEnd::Ended(_) => Ok(client
+                .wait_container(ContainerRef {
+                    name_or_id: info.id,
+                })
+                .await
+                .map_err(CliError::api)?
+                .into_inner()
+                .exit_code),
+        };
+    }
     let mut failed = false;
     for c in &args.containers {
         match client
