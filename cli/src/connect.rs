@@ -15,7 +15,9 @@ pub enum ConnectError {
     Unreachable { addrs: String, reason: String },
 }
 
-/// Connects to the first reachable server of a comma-separated list.
+/// Connects to the first reachable server of a comma-separated list, then
+/// to the Raft leader it names (writes commit there, reads are current
+/// there); if the leader cannot be reached, stays with the server found.
 pub async fn connect(hosts: &str) -> Result<ClusterClient<Channel>, ConnectError> {
     let addrs: Vec<&str> = hosts
         .split(',')
@@ -24,27 +26,52 @@ pub async fn connect(hosts: &str) -> Result<ClusterClient<Channel>, ConnectError
         .collect();
     let mut last = String::from("no address given");
     for addr in &addrs {
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|_| ConnectError::BadAddress(addr.to_string()))?
-            .connect_timeout(Duration::from_secs(3));
-        match endpoint.connect().await {
-            Ok(ch) => {
-                return Ok(ClusterClient::new(ch)
-                    .max_decoding_message_size(64 << 20)
-                    .max_encoding_message_size(64 << 20))
+        match connect_one(addr).await {
+            Ok(mut client) => {
+                let status = client
+                    .get_cluster_status(berth_proto::cluster::ClusterStatusRequest {})
+                    .await
+                    .map(|r| r.into_inner());
+                if let Ok(s) = status {
+                    if s.leader_id.is_some()
+                        && s.leader_id != Some(s.id)
+                        && !s.leader_addr.is_empty()
+                    {
+                        if let Ok(leader) = connect_one(&s.leader_addr).await {
+                            return Ok(leader);
+                        }
+                    }
+                }
+                return Ok(client);
             }
-            Err(e) => last = root_cause(&e),
+            Err(ConnectError::Unreachable { reason, .. }) => last = reason,
+            Err(e) => return Err(e),
         }
     }
     Err(ConnectError::Unreachable {
         addrs: addrs.join(","),
         reason: last,
     })
+}
+
+async fn connect_one(addr: &str) -> Result<ClusterClient<Channel>, ConnectError> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint = Endpoint::from_shared(uri)
+        .map_err(|_| ConnectError::BadAddress(addr.to_string()))?
+        .connect_timeout(Duration::from_secs(3));
+    match endpoint.connect().await {
+        Ok(ch) => Ok(ClusterClient::new(ch)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)),
+        Err(e) => Err(ConnectError::Unreachable {
+            addrs: addr.to_string(),
+            reason: root_cause(&e),
+        }),
+    }
 }
 
 /// The innermost error message, which names the real cause (for example

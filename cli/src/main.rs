@@ -95,6 +95,9 @@ enum Command {
     /// Manage the cluster's nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// The control plane: Raft members, leader, term, indexes.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +109,12 @@ enum ImageCommand {
     },
     /// List images (as `berth images`).
     Ls(images::ImagesArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Each member's id and address, which one leads, term, indexes, lag.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +200,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Image(ImageCommand::Ls(a)) => images::images(&mut client, a).await,
         Command::Node(NodeCommand::Ls) => nodes::ls(&mut client).await,
+        Command::Cluster(ClusterCommand::Status) => nodes::cluster_status(&mut client).await,
     }
 }
 

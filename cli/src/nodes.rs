@@ -32,3 +32,41 @@ pub async fn ls(client: &mut ClusterClient<Channel>) -> Result<i32, CliError> {
     );
     Ok(0)
 }
+
+/// `berth cluster status`.
+pub async fn cluster_status(client: &mut ClusterClient<Channel>) -> Result<i32, CliError> {
+    let s = client
+        .get_cluster_status(berth_proto::cluster::ClusterStatusRequest {})
+        .await
+        .map_err(CliError::api)?
+        .into_inner();
+    println!(
+        "leader: {}   term: {}   last log index: {}   applied: {}",
+        s.leader_id
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "none".into()),
+        s.term,
+        s.last_log_index,
+        s.applied
+    );
+    let rows: Vec<Vec<String>> = s
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                m.addr.clone(),
+                if m.leader {
+                    "leader".into()
+                } else if m.voter {
+                    "voter".into()
+                } else {
+                    "learner".into()
+                },
+                m.lag.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(&["ID", "ADDRESS", "ROLE", "LAG"], &rows);
+    Ok(0)
+}

@@ -33,6 +33,10 @@ struct Args {
     /// Start a new one-member cluster if the data dir holds none.
     #[arg(long)]
     bootstrap: bool,
+    /// Join the cluster of the server at HOST:PORT (any member; the leader
+    /// is found from it). Needs a unique --id.
+    #[arg(long, conflicts_with = "bootstrap")]
+    join: Option<String>,
     /// This member's Raft node id.
     #[arg(long, default_value_t = 1)]
     id: u64,
@@ -96,6 +100,9 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         },
     );
     tokio::spawn(liveness(app.clone()));
+    if let Some(seed) = args.join.clone() {
+        tokio::spawn(join(seed, args.id, advertise.clone()));
+    }
     tracing::info!(listen = %args.listen, %advertise, id = args.id, "berth-server serving");
     // TCP_NODELAY on every connection: without it, a small gRPC message
     // can wait for a delayed ACK (40 ms) before it is sent.
@@ -116,6 +123,48 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         .context("serving gRPC")?;
     raft.shutdown().await.ok();
     Ok(())
+}
+
+/// Asks the cluster at `seed` to take this server in, following the
+/// leader's address, until it answers.
+async fn join(seed: String, id: u64, advertise: String) {
+    use berth_proto::cluster::{cluster_client::ClusterClient, JoinRequest};
+    let mut target = seed;
+    loop {
+        let result = async {
+            let mut client = ClusterClient::connect(format!("http://{target}"))
+                .await
+                .map_err(|e| e.to_string())?;
+            client
+                .join_cluster(JoinRequest {
+                    id,
+                    addr: advertise.clone(),
+                })
+                .await
+                .map_err(|s| s.message().to_string())
+        }
+        .await;
+        match result {
+            Ok(status) => {
+                let s = status.into_inner();
+                tracing::info!(leader = ?s.leader_id, members = s.members.len(), "joined the cluster");
+                return;
+            }
+            Err(e) => {
+                if let Some(leader) = e
+                    .split("the leader is at ")
+                    .nth(1)
+                    .map(|l| l.trim_end_matches(')').to_string())
+                {
+                    if !leader.is_empty() {
+                        target = leader;
+                    }
+                }
+                tracing::info!(%target, "joining: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
 
 /// Marks agents Down when their heartbeats stop (the TTL of DESIGN.md),

@@ -4,6 +4,7 @@
 pub mod convert;
 pub mod images;
 pub mod lifecycle;
+pub mod membership;
 pub mod names;
 
 use std::collections::BTreeMap;
@@ -571,6 +572,23 @@ impl Cluster for ClusterService {
         Ok(Response::new(cluster::ListImagesResponse {
             images: by_id.into_values().collect(),
         }))
+    }
+
+    async fn join_cluster(
+        &self,
+        req: Request<cluster::JoinRequest>,
+    ) -> Result<Response<cluster::ClusterStatus>, Status> {
+        let req = req.into_inner();
+        Ok(Response::new(
+            membership::join(&self.app, req.id, &req.addr).await?,
+        ))
+    }
+
+    async fn get_cluster_status(
+        &self,
+        _req: Request<cluster::ClusterStatusRequest>,
+    ) -> Result<Response<cluster::ClusterStatus>, Status> {
+        Ok(Response::new(membership::status(&self.app)))
     }
 
     async fn list_nodes(

@@ -1,0 +1,87 @@
+//! Raft membership and status: joining a server, and what `berth cluster
+//! status` shows.
+
+use std::collections::BTreeSet;
+
+use berth_proto::cluster;
+use openraft::{BasicNode, ServerState};
+use tonic::Status;
+
+use crate::app::App;
+
+/// The cluster as this server sees it.
+pub fn status(app: &App) -> cluster::ClusterStatus {
+    let m = app.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let leader_addr = m
+        .current_leader
+        .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()))
+        .unwrap_or_default();
+    let last = m.last_log_index.unwrap_or(0);
+    let members = membership
+        .nodes()
+        .map(|(id, node)| cluster::Member {
+            id: *id,
+            addr: node.addr.clone(),
+            voter: voters.contains(id),
+            leader: m.current_leader == Some(*id),
+            lag: m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id))
+                .map(|matched| last.saturating_sub(matched.map(|l| l.index).unwrap_or(0))),
+        })
+        .collect();
+    cluster::ClusterStatus {
+        id: m.id,
+        leader_id: m.current_leader,
+        leader_addr,
+        term: m.current_term,
+        last_log_index: last,
+        committed: m.last_applied.map(|l| l.index).unwrap_or(0).max(0),
+        applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+        members,
+        state: match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        }
+        .to_string(),
+    }
+}
+
+/// Adds a server: a learner first, brought up to date, then a voter. Only
+/// the leader changes membership; another server names the leader.
+pub async fn join(app: &App, id: u64, addr: &str) -> Result<cluster::ClusterStatus, Status> {
+    let st = status(app);
+    if st.leader_id != Some(st.id) {
+        return Err(Status::unavailable(format!(
+            "this server is not the leader (the leader is at {})",
+            st.leader_addr
+        )));
+    }
+    if id == 0 || addr.is_empty() {
+        return Err(Status::invalid_argument(
+            "a joining server needs an id and an address",
+        ));
+    }
+    let node = BasicNode {
+        addr: addr.to_string(),
+    };
+    app.raft
+        .add_learner(id, node, true)
+        .await
+        .map_err(|e| Status::unavailable(format!("adding {id} as a learner: {e}")))?;
+    let m = app.raft.metrics().borrow().clone();
+    let mut voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+    if voters.insert(id) {
+        app.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| Status::unavailable(format!("making {id} a voter: {e}")))?;
+    }
+    Ok(status(app))
+}
