@@ -40,6 +40,8 @@ pub struct Cluster {
     server: Option<Child>,
     agent: Option<Child>,
     addr: String,
+    /// Further servers (ids 2, 3, ...) of a multi-server cluster.
+    extra: Vec<(String, Option<Child>)>,
 }
 
 /// The directory holding the workspace's binaries: the test binary lives in
@@ -83,6 +85,7 @@ impl Cluster {
             server: None,
             agent: None,
             addr: addr.to_string(),
+            extra: Vec::new(),
         };
         c.start_server(true)?;
         c.start_agent()?;
@@ -133,11 +136,12 @@ impl Cluster {
 
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
         let data = self.dir.path().join("agent");
+        let servers = self.all_addrs();
         let args = [
             "--data-dir",
             data.to_str().unwrap_or_default(),
             "--server",
-            &self.addr,
+            &servers,
             "--name",
             "node1",
         ];
@@ -148,6 +152,80 @@ impl Cluster {
     /// kill -9 of the server, and waits until it is gone.
     pub fn kill_server(&mut self) -> anyhow::Result<()> {
         if let Some(mut s) = self.server.take() {
+            s.kill()?;
+            s.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts a cluster of `n` servers (ids 1 to n on ports 7420 and up,
+    /// the others joining the first) and one agent that knows them all.
+    pub fn start_servers(n: usize) -> anyhow::Result<Self> {
+        let mut c = Self {
+            dir: tempfile::tempdir_in("/var/tmp")?,
+            bin: bin_dir()?,
+            server: None,
+            agent: None,
+            addr: SERVER_ADDR.to_string(),
+            extra: Vec::new(),
+        };
+        c.start_server(true)?;
+        for id in 2..=n {
+            let addr = format!("127.0.0.1:{}", 7419 + id);
+            c.extra.push((addr, None));
+            c.start_member(id)?;
+        }
+        c.wait_until(Duration::from_secs(30), "every server to join", |c| {
+            let s = c.berth(&["cluster", "status"]).stdout;
+            s.lines()
+                .filter(|l| l.contains("voter") || l.contains("leader"))
+                .count()
+                == n
+        })?;
+        c.start_agent()?;
+        c.wait_for_ready_node()?;
+        let tar = c.dir.path().join("busybox.tar");
+        crate::images::busybox_rootfs_tar(&tar)?;
+        c.berth(&["import", tar.to_str().unwrap_or_default(), "busybox"])
+            .ok()
+            .context("importing busybox")?;
+        Ok(c)
+    }
+
+    /// Every server address, comma-separated, as BERTH_HOST takes them.
+    pub fn all_addrs(&self) -> String {
+        std::iter::once(self.addr.clone())
+            .chain(self.extra.iter().map(|(a, _)| a.clone()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts server `id` (2 and up) on its data dir, joining the first.
+    pub fn start_member(&mut self, id: usize) -> anyhow::Result<()> {
+        let data = self.dir.path().join(format!("server{id}"));
+        let addr = self.extra[id - 2].0.clone();
+        let id_s = id.to_string();
+        let args = [
+            "--data-dir",
+            data.to_str().unwrap_or_default(),
+            "--listen",
+            &addr,
+            "--id",
+            &id_s,
+            "--join",
+            SERVER_ADDR,
+        ];
+        let child = self.spawn("berth-server", &args, &format!("server{id}.log"))?;
+        self.extra[id - 2].1 = Some(child);
+        Ok(())
+    }
+
+    /// kill -9 of server `id` (1 is the first), and waits until it is gone.
+    pub fn kill_member(&mut self, id: usize) -> anyhow::Result<()> {
+        if id == 1 {
+            return self.kill_server();
+        }
+        if let Some(mut s) = self.extra[id - 2].1.take() {
             s.kill()?;
             s.wait()?;
         }
@@ -167,7 +245,7 @@ impl Cluster {
     pub fn berth(&self, args: &[&str]) -> CommandResult {
         let out = Command::new(self.bin.join("berth"))
             .args(args)
-            .env("BERTH_HOST", &self.addr)
+            .env("BERTH_HOST", self.all_addrs())
             .stdin(Stdio::null())
             .output();
         match out {
@@ -190,7 +268,7 @@ impl Cluster {
         let slave = std::fs::File::from(pty.slave);
         let child = Command::new(self.bin.join("berth"))
             .args(args)
-            .env("BERTH_HOST", &self.addr)
+            .env("BERTH_HOST", self.all_addrs())
             .stdin(Stdio::from(slave.try_clone()?))
             .stdout(Stdio::from(slave.try_clone()?))
             .stderr(Stdio::from(slave))
@@ -262,6 +340,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        for (_, child) in &mut self.extra {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
         for c in [self.agent.take(), self.server.take()]
             .into_iter()
             .flatten()

@@ -1,0 +1,77 @@
+//! The control plane with three servers: a killed leader is replaced and
+//! no acknowledged write is lost.
+
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+use berth_chaos::{sandbox, Cluster};
+
+fn leader(c: &Cluster) -> Option<usize> {
+    let s = c.berth(&["cluster", "status"]).stdout;
+    s.lines()
+        .next()?
+        .strip_prefix("leader: ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
+    sandbox::run(
+        "a_killed_leader_is_replaced_and_no_acknowledged_write_is_lost",
+        || {
+            let mut c = Cluster::start_servers(3)?;
+            let first = leader(&c).ok_or_else(|| anyhow::anyhow!("no leader"))?;
+            // Writes before, then kill -9 of the leader, then writes until the
+            // new leader takes them: every one acknowledged must survive.
+            let mut acknowledged = Vec::new();
+            for i in 0..5 {
+                let name = format!("w{i}");
+                if c.berth(&["create", "--name", &name, "busybox", "true"])
+                    .code
+                    == 0
+                {
+                    acknowledged.push(name);
+                }
+            }
+            ensure!(acknowledged.len() == 5, "writes failed before the fault");
+            c.kill_member(first)?;
+            let killed = Instant::now();
+            let mut failover = None;
+            let mut i = 5;
+            while acknowledged.len() < 15 && killed.elapsed() < Duration::from_secs(30) {
+                let name = format!("w{i}");
+                i += 1;
+                if c.berth(&["create", "--name", &name, "busybox", "true"])
+                    .code
+                    == 0
+                {
+                    failover.get_or_insert(killed.elapsed());
+                    acknowledged.push(name);
+                }
+            }
+            let failover = failover.ok_or_else(|| {
+                anyhow::anyhow!("no write was accepted after the leader died\n{}", c.logs())
+            })?;
+            println!("first write accepted {failover:?} after kill -9 of the leader");
+            let now = leader(&c).ok_or_else(|| anyhow::anyhow!("no leader after the fault"))?;
+            ensure!(now != first, "the dead server {first} is still the leader");
+            let ps = c.berth(&["ps", "-a"]).ok()?.stdout;
+            for name in &acknowledged {
+                ensure!(
+                    ps.lines().any(|l| l.ends_with(&format!(" {name}   node1"))
+                        || l.contains(&format!(" {name} "))),
+                    "{name} is lost:\n{ps}"
+                );
+            }
+            // The cluster still runs containers.
+            let r = c
+                .berth(&["run", "--rm", "busybox", "echo", "still here"])
+                .ok()?;
+            ensure!(r.stdout == "still here\n", "{r:?}");
+            Ok(())
+        },
+    );
+}
