@@ -39,7 +39,7 @@ pub fn status(app: &App) -> cluster::ClusterStatus {
         leader_addr,
         term: m.current_term,
         last_log_index: last,
-        committed: m.last_applied.map(|l| l.index).unwrap_or(0).max(0),
+        committed: committed_index(&m, &voters),
         applied: m.last_applied.map(|l| l.index).unwrap_or(0),
         members,
         state: match m.state {
@@ -84,4 +84,28 @@ pub async fn join(app: &App, id: u64, addr: &str) -> Result<cluster::ClusterStat
             .map_err(|e| Status::unavailable(format!("making {id} a voter: {e}")))?;
     }
     Ok(status(app))
+}
+
+/// The highest index a majority of voters holds, as the leader sees it; a
+/// follower knows only what it has applied, a lower bound.
+fn committed_index(m: &openraft::RaftMetrics<u64, BasicNode>, voters: &BTreeSet<u64>) -> u64 {
+    let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+    let Some(repl) = &m.replication else {
+        return applied;
+    };
+    let mut matched: Vec<u64> = voters
+        .iter()
+        .map(|v| {
+            if *v == m.id {
+                m.last_log_index.unwrap_or(0)
+            } else {
+                repl.get(v).copied().flatten().map(|l| l.index).unwrap_or(0)
+            }
+        })
+        .collect();
+    if matched.is_empty() {
+        return applied;
+    }
+    matched.sort_unstable_by(|a, b| b.cmp(a));
+    matched[voters.len() / 2].max(applied)
 }
