@@ -75,3 +75,62 @@ fn a_killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
         },
     );
 }
+
+#[test]
+fn members_restart_on_their_data_dirs_and_lose_nothing() {
+    sandbox::run(
+        "members_restart_on_their_data_dirs_and_lose_nothing",
+        || {
+            let mut c = Cluster::start_servers(3)?;
+            for i in 0..5 {
+                c.berth(&["create", "--name", &format!("a{i}"), "busybox", "true"])
+                    .ok()?;
+            }
+            // One member down: the other two go on; back, it catches up.
+            let follower = (1..=3).find(|id| Some(*id) != leader(&c)).unwrap_or(3);
+            c.kill_member(follower)?;
+            for i in 0..5 {
+                c.berth(&["create", "--name", &format!("b{i}"), "busybox", "true"])
+                    .ok()?;
+            }
+            if follower == 1 {
+                c.start_server(false)?;
+            } else {
+                c.start_member(follower)?;
+            }
+            c.wait_until(
+                Duration::from_secs(20),
+                "the restarted member to catch up",
+                |c| {
+                    let s = c.berth(&["cluster", "status"]).stdout;
+                    let lags: Vec<&str> = s
+                        .lines()
+                        .skip(2)
+                        .filter_map(|l| l.split_whitespace().nth(3))
+                        .collect();
+                    lags.len() == 3 && lags.iter().all(|l| *l == "0")
+                },
+            )?;
+            // All three down, all three up: everything is there.
+            for id in 1..=3 {
+                c.kill_member(id)?;
+            }
+            c.start_server(false)?;
+            c.start_member(2)?;
+            c.start_member(3)?;
+            c.wait_until(
+                Duration::from_secs(20),
+                "a leader after a full restart",
+                |c| leader(c).is_some(),
+            )?;
+            let ps = c.berth(&["ps", "-a"]).ok()?.stdout;
+            for name in ["a0", "a4", "b0", "b4"] {
+                ensure!(ps.contains(&format!(" {name} ")), "{name} is lost:\n{ps}");
+            }
+            c.wait_for_ready_node()?;
+            let r = c.berth(&["run", "--rm", "busybox", "echo", "back"]).ok()?;
+            ensure!(r.stdout == "back\n", "{r:?}");
+            Ok(())
+        },
+    );
+}

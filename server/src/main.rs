@@ -100,7 +100,10 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         },
     );
     tokio::spawn(liveness(app.clone()));
-    if let Some(seed) = args.join.clone() {
+    // A server whose store already belongs to a cluster rejoins by itself:
+    // its membership is in its log.
+    let member_already = app.state.has_membership().unwrap_or(false);
+    if let (Some(seed), false) = (args.join.clone(), member_already) {
         tokio::spawn(join(seed, args.id, advertise.clone()));
     }
     tracing::info!(listen = %args.listen, %advertise, id = args.id, "berth-server serving");
