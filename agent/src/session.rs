@@ -73,7 +73,11 @@ pub async fn run(
     supervisor: Arc<Supervisor>,
     mut outbox: mpsc::UnboundedReceiver<AgentMessage>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    // Right after a session ends (a leader died, an election is on) the
+    // agent retries every 25 ms, so that it is back within a few ms of the
+    // new leader; after 3 s of failures it backs off to 2 s.
+    let mut failing_since: Option<tokio::time::Instant> = None;
+    let mut backoff = Duration::from_millis(25);
     let mut next = 0usize;
     let mut redirect: Option<String> = None;
     loop {
@@ -85,7 +89,10 @@ pub async fn run(
         match session(&cfg, &facts, &addr, &supervisor, &mut outbox).await {
             Ok(reason) => {
                 tracing::warn!(server = %addr, "session ended: {reason}");
-                backoff = Duration::from_millis(100);
+                failing_since = None;
+                backoff = Duration::from_millis(25);
+                // Straight on to the next server: this one may be gone.
+                continue;
             }
             Err(SessionEnd::Redirect(leader)) => {
                 tracing::info!(server = %addr, %leader, "following the leader");
@@ -93,11 +100,14 @@ pub async fn run(
                 continue;
             }
             Err(SessionEnd::Failed(e)) => {
-                tracing::warn!(server = %addr, "cannot open a session: {e}");
+                tracing::debug!(server = %addr, "cannot open a session: {e}");
             }
         }
+        let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        if since.elapsed() > Duration::from_secs(3) {
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
     }
 }
 

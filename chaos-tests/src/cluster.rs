@@ -161,17 +161,22 @@ impl Cluster {
     /// Starts a cluster of `n` servers (ids 1 to n on ports 7420 and up,
     /// the others joining the first) and one agent that knows them all.
     pub fn start_servers(n: usize) -> anyhow::Result<Self> {
+        Self::start_servers_at(n, 7420)
+    }
+
+    /// As [`Cluster::start_servers`], on ports from `base_port` up.
+    pub fn start_servers_at(n: usize, base_port: u16) -> anyhow::Result<Self> {
         let mut c = Self {
             dir: tempfile::tempdir_in("/var/tmp")?,
             bin: bin_dir()?,
             server: None,
             agent: None,
-            addr: SERVER_ADDR.to_string(),
+            addr: format!("127.0.0.1:{base_port}"),
             extra: Vec::new(),
         };
         c.start_server(true)?;
         for id in 2..=n {
-            let addr = format!("127.0.0.1:{}", 7419 + id);
+            let addr = format!("127.0.0.1:{}", base_port as usize + id - 1);
             c.extra.push((addr, None));
             c.start_member(id)?;
         }
@@ -204,6 +209,7 @@ impl Cluster {
     pub fn start_member(&mut self, id: usize) -> anyhow::Result<()> {
         let data = self.dir.path().join(format!("server{id}"));
         let addr = self.extra[id - 2].0.clone();
+        let first = self.addr.clone();
         let id_s = id.to_string();
         let args = [
             "--data-dir",
@@ -213,7 +219,7 @@ impl Cluster {
             "--id",
             &id_s,
             "--join",
-            SERVER_ADDR,
+            &first,
         ];
         let child = self.spawn("berth-server", &args, &format!("server{id}.log"))?;
         self.extra[id - 2].1 = Some(child);
