@@ -110,6 +110,8 @@ impl Cluster {
             .open(self.dir.path().join(log))?;
         Command::new(self.bin.join(name))
             .args(args)
+            // The Raft fault layer (raft/faults.rs) answers to partition().
+            .env("BERTH_FAULTS", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -236,6 +238,100 @@ impl Cluster {
             s.wait()?;
         }
         Ok(())
+    }
+
+    /// The data dir of server `id`.
+    fn server_dir(&self, id: usize) -> PathBuf {
+        if id == 1 {
+            self.dir.path().join("server")
+        } else {
+            self.dir.path().join(format!("server{id}"))
+        }
+    }
+
+    /// The address of server `id`.
+    pub fn member_addr(&self, id: usize) -> String {
+        if id == 1 {
+            self.addr.clone()
+        } else {
+            self.extra[id - 2].0.clone()
+        }
+    }
+
+    /// Cuts server `id` off from every other server (both ways) through
+    /// the servers' Raft fault layer; `heal` undoes every cut.
+    pub fn partition(&self, id: usize, members: usize) -> anyhow::Result<()> {
+        let others: Vec<String> = (1..=members)
+            .filter(|m| *m != id)
+            .map(|m| m.to_string())
+            .collect();
+        std::fs::write(
+            self.server_dir(id).join("faults"),
+            format!("blocked: {}\n", others.join(",")),
+        )?;
+        for m in (1..=members).filter(|m| *m != id) {
+            std::fs::write(
+                self.server_dir(m).join("faults"),
+                format!("blocked: {id}\n"),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Removes every cut made by [`Cluster::partition`].
+    pub fn heal(&self, members: usize) -> anyhow::Result<()> {
+        for m in 1..=members {
+            let _ = std::fs::remove_file(self.server_dir(m).join("faults"));
+        }
+        Ok(())
+    }
+
+    /// Runs the CLI, killing it after `limit` (then the code is -1).
+    pub fn berth_within(&self, args: &[&str], limit: Duration) -> CommandResult {
+        let child = Command::new(self.bin.join("berth"))
+            .args(args)
+            .env("BERTH_HOST", self.all_addrs())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let Ok(mut child) = child else {
+            return CommandResult {
+                code: -1,
+                stdout: String::new(),
+                stderr: "cannot run berth".into(),
+            };
+        };
+        let start = Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if start.elapsed() < limit => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return CommandResult {
+                        code: -1,
+                        stdout: String::new(),
+                        stderr: "timed out".into(),
+                    };
+                }
+            }
+        }
+        match child.wait_with_output() {
+            Ok(o) => CommandResult {
+                code: o.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            },
+            Err(e) => CommandResult {
+                code: -1,
+                stdout: String::new(),
+                stderr: e.to_string(),
+            },
+        }
     }
 
     /// kill -9 of the agent, and waits until it is gone.

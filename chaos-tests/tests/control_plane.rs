@@ -134,3 +134,119 @@ fn members_restart_on_their_data_dirs_and_lose_nothing() {
         },
     );
 }
+
+/// The applied index server `id` reports.
+fn applied(c: &Cluster, id: usize) -> Option<u64> {
+    let s = c
+        .berth_within(
+            &["--host", &c.member_addr(id), "cluster", "status"],
+            Duration::from_secs(5),
+        )
+        .stdout;
+    s.lines()
+        .next()?
+        .split("applied: ")
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_partitioned_leader_commits_nothing_and_catches_up_after_the_heal() {
+    sandbox::run(
+        "a_partitioned_leader_commits_nothing_and_catches_up_after_the_heal",
+        || {
+            let c = Cluster::start_servers(3)?;
+            for i in 0..3 {
+                c.berth(&["create", "--name", &format!("a{i}"), "busybox", "true"])
+                    .ok()?;
+            }
+            let old = leader(&c).ok_or_else(|| anyhow::anyhow!("no leader"))?;
+            let before = applied(&c, old).ok_or_else(|| anyhow::anyhow!("no status from {old}"))?;
+            c.partition(old, 3)?;
+            // Cut off, the old leader commits nothing: a write sent to it does
+            // not come back acknowledged.
+            let r = c.berth_within(
+                &[
+                    "--host",
+                    &c.member_addr(old),
+                    "create",
+                    "--name",
+                    "lost",
+                    "busybox",
+                    "true",
+                ],
+                Duration::from_secs(3),
+            );
+            ensure!(
+                r.code != 0,
+                "the cut-off server acknowledged a write: {r:?}"
+            );
+            // The other two elect a leader and go on.
+            let majority: Vec<String> = (1..=3)
+                .filter(|m| *m != old)
+                .map(|m| c.member_addr(m))
+                .collect();
+            let majority = majority.join(",");
+            c.wait_until(
+                Duration::from_secs(10),
+                "a leader among the majority",
+                |c| {
+                    let s = c
+                        .berth_within(
+                            &["--host", &majority, "cluster", "status"],
+                            Duration::from_secs(3),
+                        )
+                        .stdout;
+                    s.lines()
+                        .next()
+                        .and_then(|l| l.strip_prefix("leader: "))
+                        .and_then(|l| l.split_whitespace().next())
+                        .and_then(|l| l.parse::<usize>().ok())
+                        .is_some_and(|l| l != old)
+                },
+            )?;
+            for i in 0..3 {
+                let r = c.berth_within(
+                    &[
+                        "--host",
+                        &majority,
+                        "create",
+                        "--name",
+                        &format!("b{i}"),
+                        "busybox",
+                        "true",
+                    ],
+                    Duration::from_secs(10),
+                );
+                ensure!(r.code == 0, "the majority refused a write: {r:?}");
+            }
+            let during = applied(&c, old).unwrap_or(before);
+            ensure!(
+                during == before,
+                "the cut-off server applied {} entries",
+                during - before
+            );
+            // Healed, it catches up: same applied index as the new leader, and
+            // every write the cluster acknowledged is there, the lost one not.
+            c.heal(3)?;
+            c.wait_until(Duration::from_secs(15), "the old leader to catch up", |c| {
+                let new_leader = leader(c);
+                match (new_leader.and_then(|l| applied(c, l)), applied(c, old)) {
+                    (Some(a), Some(b)) => a == b && a > before,
+                    _ => false,
+                }
+            })?;
+            let ps = c.berth(&["ps", "-a"]).ok()?.stdout;
+            for name in ["a0", "a2", "b0", "b2"] {
+                ensure!(ps.contains(&format!(" {name} ")), "{name} is lost:\n{ps}");
+            }
+            ensure!(
+                !ps.contains(" lost "),
+                "a write the cluster never acknowledged appeared:\n{ps}"
+            );
+            Ok(())
+        },
+    );
+}

@@ -93,6 +93,21 @@ impl App {
     }
 }
 
+impl App {
+    /// True if this server leads and a majority confirms it now (a read
+    /// index within a second): a leader cut off from the others is not.
+    pub async fn is_effective_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader != Some(m.id) {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), self.raft.ensure_linearizable()).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
 /// Milliseconds since the Unix epoch, for record timestamps.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -120,7 +120,10 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
     tonic::transport::Server::builder()
         .add_service(ClusterServer::new(ClusterService::new(app.clone())))
         .add_service(AgentSessionServer::new(SessionService::new(app.clone())))
-        .add_service(RaftServer::new(RaftService::new(raft.clone())))
+        .add_service(RaftServer::new(RaftService::new(
+            raft.clone(),
+            berth_server::raft::faults::Faults::from_env(&args.data_dir),
+        )))
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await
         .context("serving gRPC")?;
@@ -176,6 +179,7 @@ async fn join(seed: String, id: u64, advertise: String) {
 async fn liveness(app: App) {
     let period = app.config.node_ttl / 4;
     let started = std::time::Instant::now();
+    let mut leading_since: Option<std::time::Instant> = None;
     loop {
         tokio::time::sleep(period).await;
         for (node, session_id) in app.nodes.expire(app.config.node_ttl).await {
@@ -183,7 +187,25 @@ async fn liveness(app: App) {
             mark_down(&app, &node).await;
         }
         let metrics = app.raft.metrics().borrow().clone();
-        if started.elapsed() < app.config.node_ttl || metrics.current_leader != Some(metrics.id) {
+        if metrics.current_leader == Some(metrics.id) && !app.is_effective_leader().await {
+            // Cut off from the majority: the agents must find the real leader.
+            let n = app.nodes.drop_all().await;
+            if n > 0 {
+                tracing::warn!(
+                    sessions = n,
+                    "no majority confirms this leader; dropping agent sessions"
+                );
+            }
+            continue;
+        }
+        // Agents need a moment to find a new leader: a TTL after this
+        // server started leading, not after it started.
+        if metrics.current_leader != Some(metrics.id) {
+            leading_since = None;
+            continue;
+        }
+        let since = *leading_since.get_or_insert_with(std::time::Instant::now);
+        if started.elapsed() < app.config.node_ttl || since.elapsed() < app.config.node_ttl {
             continue;
         }
         let Ok(nodes) = app.state.nodes() else {

@@ -67,6 +67,15 @@ impl Nodes {
         }
     }
 
+    /// Drops every session (this server cannot lead): each agent sees its
+    /// stream end and looks for the leader elsewhere.
+    pub async fn drop_all(&self) -> usize {
+        let mut map = self.connected.lock().await;
+        let n = map.len();
+        map.clear();
+        n
+    }
+
     /// Records a heartbeat; false if the session is no longer the node's
     /// current one (it expired or was replaced).
     pub async fn heartbeat(&self, node: &str, session_id: u64) -> bool {

@@ -53,11 +53,15 @@ impl AgentSession for SessionService {
         if register.node.is_empty() {
             return Err(Status::invalid_argument("Register names no node"));
         }
-        // Only the leader holds agent sessions; others send the agent on.
+        // Only the leader holds agent sessions, and only while a majority
+        // confirms it; others send the agent on.
         let metrics = self.app.raft.metrics().borrow().clone();
-        if metrics.current_leader != Some(metrics.id) {
+        if !self.app.is_effective_leader().await {
+            // A leader that cannot confirm itself names no one: the agent
+            // tries the next server.
             let leader = metrics
                 .current_leader
+                .filter(|l| *l != metrics.id)
                 .and_then(|l| metrics.membership_config.membership().get_node(&l).cloned())
                 .map(|n| n.addr);
             return Err(Status::unavailable(format!(

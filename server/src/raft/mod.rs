@@ -4,6 +4,7 @@
 //! Desired state changes only through a commit here (DESIGN.md, invariant 1).
 
 pub mod codec;
+pub mod faults;
 pub mod network;
 pub mod store;
 
@@ -89,7 +90,7 @@ pub async fn start(
     let raft = openraft::Raft::new(
         cfg.node_id,
         Arc::new(config),
-        network::NetworkFactory::default(),
+        network::NetworkFactory::new(faults::Faults::from_env(data_dir)),
         log_store,
         state_machine,
     )

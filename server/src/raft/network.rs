@@ -22,7 +22,15 @@ use super::{BerthRaft, TypeConfig};
 
 /// Makes one [`Network`] per peer.
 #[derive(Debug, Default, Clone)]
-pub struct NetworkFactory {}
+pub struct NetworkFactory {
+    faults: super::faults::Faults,
+}
+
+impl NetworkFactory {
+    pub fn new(faults: super::faults::Faults) -> Self {
+        Self { faults }
+    }
+}
 
 /// The connection to one peer; the channel connects lazily and reconnects
 /// by itself.
@@ -30,6 +38,7 @@ pub struct Network {
     target: u64,
     node: BasicNode,
     client: Option<RaftClient<Channel>>,
+    faults: super::faults::Faults,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -40,6 +49,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             node: node.clone(),
             client: None,
+            faults: self.faults.clone(),
         }
     }
 }
@@ -72,6 +82,11 @@ impl Network {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        if self.faults.blocked(self.target) {
+            return Err(RPCError::Unreachable(Unreachable::new(&StatusError(
+                tonic::Status::unavailable("partitioned by the fault layer"),
+            ))));
+        }
         let json = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut client = self.client().map_err(RPCError::Unreachable)?;
         let mut request = tonic::Request::new(RaftPayload { json });
@@ -147,11 +162,20 @@ impl RaftNetwork<TypeConfig> for Network {
 /// The receiving side of the Raft transport.
 pub struct RaftService {
     raft: BerthRaft,
+    faults: super::faults::Faults,
 }
 
 impl RaftService {
-    pub fn new(raft: BerthRaft) -> Self {
-        Self { raft }
+    pub fn new(raft: BerthRaft, faults: super::faults::Faults) -> Self {
+        Self { raft, faults }
+    }
+
+    /// Refuses a message from a peer the fault layer cuts off.
+    fn check(&self, from: u64) -> Result<(), tonic::Status> {
+        if self.faults.blocked(from) {
+            return Err(tonic::Status::unavailable("partitioned by the fault layer"));
+        }
+        Ok(())
     }
 }
 
@@ -172,6 +196,7 @@ impl RaftRpc for RaftService {
         req: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
+        self.check(rpc.vote.leader_id().voted_for().unwrap_or_default())?;
         encode(&self.raft.append_entries(rpc).await)
     }
 
@@ -180,6 +205,7 @@ impl RaftRpc for RaftService {
         req: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let rpc: VoteRequest<u64> = decode(req)?;
+        self.check(rpc.vote.leader_id().voted_for().unwrap_or_default())?;
         encode(&self.raft.vote(rpc).await)
     }
 
@@ -188,6 +214,7 @@ impl RaftRpc for RaftService {
         req: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
+        self.check(rpc.vote.leader_id().voted_for().unwrap_or_default())?;
         encode(&self.raft.install_snapshot(rpc).await)
     }
 }
