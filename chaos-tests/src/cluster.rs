@@ -185,6 +185,7 @@ impl Cluster {
         c.wait_until(Duration::from_secs(30), "every server to join", |c| {
             let s = c.berth(&["cluster", "status"]).stdout;
             s.lines()
+                .skip(2)
                 .filter(|l| l.contains("voter") || l.contains("leader"))
                 .count()
                 == n
@@ -226,6 +227,19 @@ impl Cluster {
         let child = self.spawn("berth-server", &args, &format!("server{id}.log"))?;
         self.extra[id - 2].1 = Some(child);
         Ok(())
+    }
+
+    /// Adds server `id` (the next id) to a running cluster: it joins.
+    pub fn add_member(&mut self, id: usize) -> anyhow::Result<()> {
+        let base: usize = self
+            .addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(7420);
+        self.extra
+            .push((format!("127.0.0.1:{}", base + id - 1), None));
+        self.start_member(id)
     }
 
     /// kill -9 of server `id` (1 is the first), and waits until it is gone.

@@ -143,13 +143,7 @@ fn applied(c: &Cluster, id: usize) -> Option<u64> {
             Duration::from_secs(5),
         )
         .stdout;
-    s.lines()
-        .next()?
-        .split("applied: ")
-        .nth(1)?
-        .trim()
-        .parse()
-        .ok()
+    field(&s, "applied")
 }
 
 #[test]
@@ -163,7 +157,13 @@ fn a_partitioned_leader_commits_nothing_and_catches_up_after_the_heal() {
                     .ok()?;
             }
             let old = leader(&c).ok_or_else(|| anyhow::anyhow!("no leader"))?;
-            let before = applied(&c, old).ok_or_else(|| anyhow::anyhow!("no status from {old}"))?;
+            let before = applied(&c, old).ok_or_else(|| {
+                let r = c.berth_within(
+                    &["--host", &c.member_addr(old), "cluster", "status"],
+                    Duration::from_secs(5),
+                );
+                anyhow::anyhow!("no status from {old}: {r:?}")
+            })?;
             c.partition(old, 3)?;
             // Cut off, the old leader commits nothing: a write sent to it does
             // not come back acknowledged.
@@ -246,6 +246,79 @@ fn a_partitioned_leader_commits_nothing_and_catches_up_after_the_heal() {
                 !ps.contains(" lost "),
                 "a write the cluster never acknowledged appeared:\n{ps}"
             );
+            Ok(())
+        },
+    );
+}
+
+/// A number from the first line of `cluster status` ("applied: 42").
+fn field(status: &str, name: &str) -> Option<u64> {
+    status
+        .lines()
+        .next()?
+        .split(&format!("{name}: "))
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_new_member_is_brought_up_by_snapshot_and_members_can_leave() {
+    sandbox::run(
+        "a_new_member_is_brought_up_by_snapshot_and_members_can_leave",
+        || {
+            // Snapshots every 50 entries, so that a few hundred writes compact
+            // the log (the default is every 5,000).
+            std::env::set_var("BERTH_SNAPSHOT_LOGS", "50");
+            let mut c = Cluster::start_servers(3)?;
+            for i in 0..150 {
+                c.berth(&["create", "--name", &format!("s{i}"), "busybox", "true"])
+                    .ok()?;
+            }
+            let status = c.berth(&["cluster", "status"]).ok()?.stdout;
+            let purged = field(&status, "purged").unwrap_or(0);
+            ensure!(
+                purged > 0,
+                "the leader's log was never compacted:\n{status}"
+            );
+            // A fourth server joins after the entries it would need are gone
+            // from the log: only a snapshot can bring it up.
+            c.add_member(4)?;
+            c.wait_until(Duration::from_secs(30), "the new member to catch up", |c| {
+                let leader_applied = field(&c.berth(&["cluster", "status"]).stdout, "applied");
+                let mine = c
+                    .berth_within(
+                        &["--host", &c.member_addr(4), "cluster", "status"],
+                        Duration::from_secs(3),
+                    )
+                    .stdout;
+                leader_applied.is_some()
+                    && field(&mine, "applied") == leader_applied
+                    && field(&mine, "snapshot").unwrap_or(0) > 0
+            })?;
+            let status = c.berth(&["cluster", "status"]).ok()?.stdout;
+            ensure!(
+                status
+                    .lines()
+                    .skip(2)
+                    .filter(|l| l.contains("voter") || l.contains("leader"))
+                    .count()
+                    == 4,
+                "{status}"
+            );
+            // A live member leaves; a dead one is removed.
+            c.berth(&["cluster", "leave", "4"]).ok()?;
+            let follower = (2..=3).find(|id| Some(*id) != leader(&c)).unwrap_or(3);
+            c.kill_member(follower)?;
+            c.berth(&["cluster", "leave", &follower.to_string()]).ok()?;
+            let status = c.berth(&["cluster", "status"]).ok()?.stdout;
+            ensure!(status.lines().skip(2).count() == 2, "{status}");
+            let r = c.berth(&["create", "--name", "after-leave", "busybox", "true"]);
+            ensure!(r.code == 0, "{r:?}");
+            let r = c.berth(&["cluster", "leave", "9"]);
+            ensure!(r.code != 0 && r.stderr.contains("no member 9"), "{r:?}");
             Ok(())
         },
     );

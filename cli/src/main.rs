@@ -115,6 +115,11 @@ enum ImageCommand {
 enum ClusterCommand {
     /// Each member's id and address, which one leads, term, indexes, lag.
     Status,
+    /// Remove a member (alive or dead) from the control plane.
+    Leave {
+        /// The member's id (from `berth cluster status`).
+        id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -201,6 +206,9 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Image(ImageCommand::Ls(a)) => images::images(&mut client, a).await,
         Command::Node(NodeCommand::Ls) => nodes::ls(&mut client).await,
         Command::Cluster(ClusterCommand::Status) => nodes::cluster_status(&mut client).await,
+        Command::Cluster(ClusterCommand::Leave { id }) => {
+            nodes::cluster_leave(&mut client, id).await
+        }
     }
 }
 

@@ -40,14 +40,13 @@ pub async fn cluster_status(client: &mut ClusterClient<Channel>) -> Result<i32, 
         .await
         .map_err(CliError::api)?
         .into_inner();
+    let leader = s
+        .leader_id
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| "none".into());
     println!(
-        "leader: {}   term: {}   last log index: {}   applied: {}",
-        s.leader_id
-            .map(|l| l.to_string())
-            .unwrap_or_else(|| "none".into()),
-        s.term,
-        s.last_log_index,
-        s.applied
+        "leader: {leader}   term: {}   last log index: {}   committed: {}   applied: {}   snapshot: {}   purged: {}",
+        s.term, s.last_log_index, s.committed, s.applied, s.snapshot_index, s.purged_index
     );
     let rows: Vec<Vec<String>> = s
         .members
@@ -69,4 +68,13 @@ pub async fn cluster_status(client: &mut ClusterClient<Channel>) -> Result<i32, 
         .collect();
     table(&["ID", "ADDRESS", "ROLE", "LAG"], &rows);
     Ok(0)
+}
+
+/// `berth cluster leave`.
+pub async fn cluster_leave(client: &mut ClusterClient<Channel>, id: u64) -> Result<i32, CliError> {
+    client
+        .leave_cluster(berth_proto::cluster::LeaveRequest { id })
+        .await
+        .map_err(CliError::api)?;
+    cluster_status(client).await
 }

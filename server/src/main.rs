@@ -49,6 +49,9 @@ struct Args {
     /// Upper bound of the Raft election timeout.
     #[arg(long, default_value_t = 300)]
     election_max_ms: u64,
+    /// Build a Raft snapshot and compact the log every this many entries.
+    #[arg(long, env = "BERTH_SNAPSHOT_LOGS", default_value_t = 5000)]
+    snapshot_logs: u64,
     /// An agent silent for longer than this is marked Down.
     #[arg(long, default_value_t = 2000)]
     node_ttl_ms: u64,
@@ -85,6 +88,7 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         heartbeat_ms: args.heartbeat_ms,
         election_min_ms: args.election_min_ms,
         election_max_ms: args.election_max_ms,
+        snapshot_logs: args.snapshot_logs,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

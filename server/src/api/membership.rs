@@ -42,6 +42,8 @@ pub fn status(app: &App) -> cluster::ClusterStatus {
         committed: committed_index(&m, &voters),
         applied: m.last_applied.map(|l| l.index).unwrap_or(0),
         members,
+        snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+        purged_index: m.purged.map(|l| l.index).unwrap_or(0),
         state: match m.state {
             ServerState::Leader => "leader",
             ServerState::Follower => "follower",
@@ -108,4 +110,29 @@ fn committed_index(m: &openraft::RaftMetrics<u64, BasicNode>, voters: &BTreeSet<
     }
     matched.sort_unstable_by(|a, b| b.cmp(a));
     matched[voters.len() / 2].max(applied)
+}
+
+/// Removes a member from the cluster (it may be dead). Only the leader
+/// changes membership, and a cluster keeps at least one voter.
+pub async fn leave(app: &App, id: u64) -> Result<cluster::ClusterStatus, Status> {
+    let st = status(app);
+    if st.leader_id != Some(st.id) {
+        return Err(Status::unavailable(format!(
+            "this server is not the leader (the leader is at {})",
+            st.leader_addr
+        )));
+    }
+    let m = app.raft.metrics().borrow().clone();
+    let mut voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+    if !voters.remove(&id) {
+        return Err(Status::not_found(format!("no member {id} in the cluster")));
+    }
+    if voters.is_empty() {
+        return Err(Status::failed_precondition("the last member cannot leave"));
+    }
+    app.raft
+        .change_membership(voters, false)
+        .await
+        .map_err(|e| Status::unavailable(format!("removing {id}: {e}")))?;
+    Ok(status(app))
 }

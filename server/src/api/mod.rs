@@ -584,6 +584,15 @@ impl Cluster for ClusterService {
         ))
     }
 
+    async fn leave_cluster(
+        &self,
+        req: Request<cluster::LeaveRequest>,
+    ) -> Result<Response<cluster::ClusterStatus>, Status> {
+        Ok(Response::new(
+            membership::leave(&self.app, req.into_inner().id).await?,
+        ))
+    }
+
     async fn get_cluster_status(
         &self,
         _req: Request<cluster::ClusterStatusRequest>,

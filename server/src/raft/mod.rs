@@ -51,6 +51,8 @@ pub struct RaftConfig {
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
     pub election_max_ms: u64,
+    /// Build a snapshot (and compact the log) every this many entries.
+    pub snapshot_logs: u64,
 }
 
 /// Errors of starting the Raft layer.
@@ -81,8 +83,9 @@ pub async fn start(
         heartbeat_interval: cfg.heartbeat_ms,
         election_timeout_min: cfg.election_min_ms,
         election_timeout_max: cfg.election_max_ms,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
-        max_in_snapshot_log_to_keep: 1000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
+        max_in_snapshot_log_to_keep: (cfg.snapshot_logs / 5).max(10),
+        purge_batch_size: 1,
         ..Default::default()
     }
     .validate()?;
