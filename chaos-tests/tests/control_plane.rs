@@ -323,3 +323,88 @@ fn a_new_member_is_brought_up_by_snapshot_and_members_can_leave() {
         },
     );
 }
+
+#[test]
+fn backup_and_restore_round_trip() {
+    sandbox::run("backup_and_restore_round_trip", || {
+        let c = Cluster::start()?;
+        c.berth(&[
+            "run",
+            "--name",
+            "kept",
+            "busybox",
+            "sh",
+            "-c",
+            "echo one; echo two; exit 3",
+        ]);
+        c.berth(&["create", "--name", "made", "busybox", "true"])
+            .ok()?;
+        let backup = c.dir().join("cluster.backup");
+        let r = c
+            .berth(&["cluster", "backup", "-o", backup.to_str().unwrap()])
+            .ok()?;
+        ensure!(r.stdout.contains("bytes written"), "{r:?}");
+        // A new cluster, elsewhere, from the backup.
+        let bin = berth_chaos::cluster::bin_dir()?;
+        let data = c.dir().join("restored");
+        let mut server = std::process::Command::new(bin.join("berth-server"))
+            .args([
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:7430",
+                "--bootstrap",
+                "--restore",
+            ])
+            .arg(&backup)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(c.dir().join("restored.log"))?)
+            .spawn()?;
+        let restored = |args: &[&str]| {
+            let mut all = vec!["--host", "127.0.0.1:7430"];
+            all.extend_from_slice(args);
+            c.berth_within(&all, Duration::from_secs(5))
+        };
+        let result = (|| {
+            c.wait_until(Duration::from_secs(20), "the restored server", |_| {
+                restored(&["ps", "-a"]).code == 0
+            })?;
+            let before = c.berth(&["ps", "-a", "-q"]).ok()?.stdout;
+            let after = restored(&["ps", "-a", "-q"]).ok()?.stdout;
+            ensure!(
+                before == after && before.lines().count() == 2,
+                "before {before:?}, after {after:?}"
+            );
+            let logs = restored(&["logs", "kept"]).ok()?.stdout;
+            ensure!(logs == "one\ntwo\n", "{logs:?}");
+            let ps = restored(&["ps", "-a"]).ok()?.stdout;
+            ensure!(
+                ps.lines()
+                    .any(|l| l.contains("kept") && l.contains("Exited (3)")),
+                "{ps}"
+            );
+            // Restoring onto a data dir that holds a cluster is refused.
+            let out = std::process::Command::new(bin.join("berth-server"))
+                .args([
+                    "--data-dir",
+                    c.dir().join("server").to_str().unwrap(),
+                    "--listen",
+                    "127.0.0.1:7431",
+                    "--bootstrap",
+                    "--restore",
+                ])
+                .arg(&backup)
+                .output()?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            ensure!(
+                !out.status.success()
+                    && (err.contains("needs an empty one") || err.contains("LOCK")),
+                "{err}"
+            );
+            Ok(())
+        })();
+        let _ = server.kill();
+        let _ = server.wait();
+        result
+    });
+}

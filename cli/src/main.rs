@@ -115,6 +115,12 @@ enum ImageCommand {
 enum ClusterCommand {
     /// Each member's id and address, which one leads, term, indexes, lag.
     Status,
+    /// Write a consistent copy of the cluster's state to a file
+    /// (`berth-server --bootstrap --restore FILE` starts a new cluster from it).
+    Backup {
+        #[arg(short = 'o', long = "output")]
+        output: String,
+    },
     /// Remove a member (alive or dead) from the control plane.
     Leave {
         /// The member's id (from `berth cluster status`).
@@ -208,6 +214,9 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Cluster(ClusterCommand::Status) => nodes::cluster_status(&mut client).await,
         Command::Cluster(ClusterCommand::Leave { id }) => {
             nodes::cluster_leave(&mut client, id).await
+        }
+        Command::Cluster(ClusterCommand::Backup { output }) => {
+            nodes::cluster_backup(&mut client, &output).await
         }
     }
 }

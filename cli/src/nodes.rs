@@ -78,3 +78,25 @@ pub async fn cluster_leave(client: &mut ClusterClient<Channel>, id: u64) -> Resu
         .map_err(CliError::api)?;
     cluster_status(client).await
 }
+
+/// `berth cluster backup -o FILE`.
+pub async fn cluster_backup(
+    client: &mut ClusterClient<Channel>,
+    output: &str,
+) -> Result<i32, CliError> {
+    let mut stream = client
+        .backup(berth_proto::cluster::BackupRequest {})
+        .await
+        .map_err(CliError::api)?
+        .into_inner();
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.message().await.map_err(CliError::api)? {
+        data.extend_from_slice(&chunk.data);
+    }
+    // Written whole, then renamed: a backup file is never half a backup.
+    let tmp = format!("{output}.tmp");
+    std::fs::write(&tmp, &data).map_err(|e| CliError::Usage(format!("{tmp}: {e}")))?;
+    std::fs::rename(&tmp, output).map_err(|e| CliError::Usage(format!("{output}: {e}")))?;
+    println!("{} bytes written to {output}", data.len());
+    Ok(0)
+}

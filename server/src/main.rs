@@ -33,6 +33,10 @@ struct Args {
     /// Start a new one-member cluster if the data dir holds none.
     #[arg(long)]
     bootstrap: bool,
+    /// Start a new cluster from a `berth cluster backup` file (with
+    /// --bootstrap, on an empty data dir).
+    #[arg(long, requires = "bootstrap")]
+    restore: Option<PathBuf>,
     /// Join the cluster of the server at HOST:PORT (any member; the leader
     /// is found from it). Needs a unique --id.
     #[arg(long, conflicts_with = "bootstrap")]
@@ -93,7 +97,13 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let (raft, state) = raft::start(&args.data_dir, &cfg, args.bootstrap)
+    let backup = match &args.restore {
+        Some(p) => {
+            Some(std::fs::read(p).with_context(|| format!("reading the backup {}", p.display()))?)
+        }
+        None => None,
+    };
+    let (raft, state) = raft::start(&args.data_dir, &cfg, args.bootstrap, backup.as_deref())
         .await
         .with_context(|| format!("cannot start raft in {}", args.data_dir.display()))?;
     let app = App::new(

@@ -584,6 +584,22 @@ impl Cluster for ClusterService {
         ))
     }
 
+    type BackupStream = DataStream;
+
+    async fn backup(
+        &self,
+        _req: Request<cluster::BackupRequest>,
+    ) -> Result<Response<DataStream>, Status> {
+        // Current as of now: a read index first, then one rocksdb snapshot.
+        self.app.linearize().await.map_err(to_status)?;
+        let bytes = self.app.state.backup().map_err(|e| to_status(e.into()))?;
+        let chunks: Vec<Result<cluster::DataChunk, Status>> = bytes
+            .chunks(1 << 20)
+            .map(|c| Ok(cluster::DataChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
     async fn leave_cluster(
         &self,
         req: Request<cluster::LeaveRequest>,

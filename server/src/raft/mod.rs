@@ -75,8 +75,13 @@ pub async fn start(
     data_dir: &Path,
     cfg: &RaftConfig,
     bootstrap: bool,
+    restore: Option<&[u8]>,
 ) -> Result<(BerthRaft, StateReader), RaftError> {
     let db = store::open(&data_dir.join("raft"))?;
+    if let Some(backup) = restore {
+        let rows = store::restore(&db, backup)?;
+        tracing::info!(rows, "restored the state from a backup");
+    }
     let (log_store, state_machine, reader) = store::split(db)?;
     let config = openraft::Config {
         cluster_name: "berth".to_string(),

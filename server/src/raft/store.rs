@@ -57,6 +57,8 @@ pub enum StoreError {
     Db(#[from] rocksdb::Error),
     #[error("corrupt record: {0}")]
     Decode(#[from] prost::DecodeError),
+    #[error("the data dir already holds a cluster; a restore needs an empty one")]
+    NotEmpty,
 }
 
 /// Opens (or creates) the rocksdb database at `path`.
@@ -533,4 +535,50 @@ fn now_ms() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0)
+}
+
+/// A consistent copy of every state-machine row, from a rocksdb snapshot:
+/// what `berth cluster backup` writes.
+pub fn dump(db: &DB) -> Result<records::Snapshot, StoreError> {
+    let view = db.snapshot();
+    let applied = view
+        .get_cf(cf(db, CF_SM_META), KEY_APPLIED)?
+        .map(|v| records::LogId::decode(v.as_slice()))
+        .transpose()?;
+    let mut rows = Vec::new();
+    for item in view.iterator_cf(cf(db, CF_SM), IteratorMode::Start) {
+        let (k, v) = item?;
+        rows.push(records::KeyValue {
+            key: k.to_vec(),
+            value: v.to_vec(),
+        });
+    }
+    Ok(records::Snapshot {
+        schema: SCHEMA_VERSION,
+        last_applied: applied,
+        membership: None,
+        snapshot_id: format!("backup-{}", now_ms()),
+        rows,
+    })
+}
+
+/// Fills a fresh store's state machine with the rows of a backup. The Raft
+/// log, vote and membership stay empty: the server then bootstraps a new
+/// cluster on top of the restored state.
+pub fn restore(db: &DB, backup: &[u8]) -> Result<usize, StoreError> {
+    let snap = records::Snapshot::decode(backup)?;
+    if has_membership(db)?
+        || db
+            .iterator_cf(cf(db, CF_SM), IteratorMode::Start)
+            .next()
+            .is_some()
+    {
+        return Err(StoreError::NotEmpty);
+    }
+    let mut batch = WriteBatch::default();
+    for row in &snap.rows {
+        batch.put_cf(cf(db, CF_SM), &row.key, &row.value);
+    }
+    db.write_opt(batch, &sync_writes())?;
+    Ok(snap.rows.len())
 }

@@ -45,6 +45,11 @@ impl StateReader {
         Ok(store::has_membership(&self.db)?)
     }
 
+    /// A consistent copy of the state, as a records.proto Snapshot.
+    pub fn backup(&self) -> Result<Vec<u8>, StateError> {
+        Ok(store::dump(&self.db)?.encode_to_vec())
+    }
+
     /// A receiver that changes whenever a command is applied.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.applied.clone()
