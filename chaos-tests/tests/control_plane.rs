@@ -408,3 +408,95 @@ fn backup_and_restore_round_trip() {
         result
     });
 }
+
+#[test]
+fn events_show_what_happened_and_follow_what_happens() {
+    sandbox::run("events_show_what_happened_and_follow_what_happens", || {
+        let c = Cluster::start()?;
+        c.berth(&[
+            "run", "--rm", "--name", "brief", "busybox", "sh", "-c", "exit 2",
+        ]);
+        let r = c
+            .berth(&[
+                "events",
+                "--since",
+                "1m",
+                "--until",
+                "0s",
+                "--filter",
+                "container=brief",
+            ])
+            .ok()?;
+        let actions: Vec<&str> = r
+            .stdout
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(2))
+            .collect();
+        ensure!(actions == ["create", "start", "die", "destroy"], "{r:?}");
+        ensure!(r.stdout.contains("exitCode=2"), "{r:?}");
+        let r = c
+            .berth(&[
+                "events",
+                "--since",
+                "1m",
+                "--until",
+                "0s",
+                "--filter",
+                "type=node",
+            ])
+            .ok()?;
+        ensure!(
+            r.stdout.lines().any(|l| l.contains(" node ready node1")),
+            "{r:?}"
+        );
+        let r = c
+            .berth(&[
+                "events",
+                "--since",
+                "1m",
+                "--until",
+                "0s",
+                "--filter",
+                "type=image",
+                "--filter",
+                "event=tag",
+            ])
+            .ok()?;
+        ensure!(r.stdout.contains("image tag busybox:latest"), "{r:?}");
+
+        // Following: a new event arrives while berth events runs.
+        let bin = berth_chaos::cluster::bin_dir()?;
+        let mut follower = std::process::Command::new(bin.join("berth"))
+            .args(["events", "--filter", "event=die"])
+            .env("BERTH_HOST", berth_chaos::cluster::SERVER_ADDR)
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = follower.stdout.take().expect("a stdout pipe");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        // The follower asks for events since it started, so one made before
+        // its stream is open reaches it all the same.
+        c.berth(&["run", "--name", "later", "busybox", "sh", "-c", "exit 5"]);
+        let line = rx.recv_timeout(Duration::from_secs(10));
+        let _ = follower.kill();
+        let _ = follower.wait();
+        let line = line.map_err(|_| anyhow::anyhow!("no event reached the follower"))?;
+        ensure!(
+            line.contains("container die")
+                && line.contains("exitCode=5")
+                && line.contains("name=later"),
+            "{line}"
+        );
+        Ok(())
+    });
+}

@@ -4,6 +4,7 @@
 mod attach;
 mod connect;
 mod containers;
+mod events;
 mod images;
 mod nodes;
 mod output;
@@ -92,6 +93,8 @@ enum Command {
     /// Manage images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Events of containers, images and nodes; follows new ones (until --until).
+    Events(events::EventsArgs),
     /// Manage the cluster's nodes.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -211,6 +214,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Image(ImageCommand::Ls(a)) => images::images(&mut client, a).await,
         Command::Node(NodeCommand::Ls) => nodes::ls(&mut client).await,
+        Command::Events(a) => events::events(&mut client, a).await,
         Command::Cluster(ClusterCommand::Status) => nodes::cluster_status(&mut client).await,
         Command::Cluster(ClusterCommand::Leave { id }) => {
             nodes::cluster_leave(&mut client, id).await

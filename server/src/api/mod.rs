@@ -57,6 +57,7 @@ pub fn to_status(e: AppError) -> Status {
 type LogStream = Pin<Box<dyn Stream<Item = Result<cluster::LogEntry, Status>> + Send>>;
 type DataStream = Pin<Box<dyn Stream<Item = Result<cluster::DataChunk, Status>> + Send>>;
 type AttachStream = Pin<Box<dyn Stream<Item = Result<cluster::AttachOutput, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<cluster::EventInfo, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
@@ -185,7 +186,10 @@ impl Cluster for ClusterService {
             )));
         }
         self.app
-            .write(Op::Remove(records::RemoveContainer { id: c.id.clone() }))
+            .write(Op::Remove(records::RemoveContainer {
+                id: c.id.clone(),
+                at_ms: now_ms(),
+            }))
             .await
             .map_err(to_status)?;
         if !c.node.is_empty() {
@@ -582,6 +586,59 @@ impl Cluster for ClusterService {
         Ok(Response::new(
             membership::join(&self.app, req.id, &req.addr).await?,
         ))
+    }
+
+    type EventsStream = EventStream;
+
+    async fn events(
+        &self,
+        req: Request<cluster::EventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let req = req.into_inner();
+        let (tx, rx) = mpsc::channel(256);
+        let state = self.app.state.clone();
+        tokio::spawn(async move {
+            let mut changes = state.subscribe();
+            let mut next = 0u64;
+            loop {
+                changes.borrow_and_update();
+                let batch = match state.events(next, 512) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
+                };
+                for e in &batch {
+                    next = e.seq + 1;
+                    if e.time_ms < req.since_ms {
+                        continue;
+                    }
+                    let info = cluster::EventInfo {
+                        seq: e.seq,
+                        time_ms: e.time_ms,
+                        kind: e.kind.clone(),
+                        action: e.action.clone(),
+                        actor: e.actor.clone(),
+                        attributes: e.attributes.clone(),
+                    };
+                    if tx.send(Ok(info)).await.is_err() {
+                        return;
+                    }
+                }
+                if !batch.is_empty() {
+                    continue;
+                }
+                if !req.follow {
+                    return;
+                }
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type BackupStream = DataStream;

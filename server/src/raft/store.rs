@@ -380,10 +380,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut batch = WriteBatch::default();
             let result = match &e.payload {
                 EntryPayload::Blank => records::CommandResult::default(),
-                EntryPayload::Normal(req) => {
-                    state::apply::apply(&self.db, cf(&self.db, CF_SM), &req.0, &mut batch)
-                        .map_err(|err| StorageIOError::apply(e.log_id, io_err(err)))?
-                }
+                EntryPayload::Normal(req) => state::apply::apply(
+                    &self.db,
+                    cf(&self.db, CF_SM),
+                    &req.0,
+                    e.log_id.index,
+                    &mut batch,
+                )
+                .map_err(|err| StorageIOError::apply(e.log_id, io_err(err)))?,
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(e.log_id), m.clone());
                     batch.put_cf(

@@ -12,6 +12,30 @@ use super::status::Status;
 /// The most transitions a container record keeps.
 const HISTORY_LIMIT: usize = 64;
 
+/// How many Raft entries' worth of events the state keeps.
+pub const EVENTS_KEPT: u64 = 10_000;
+
+fn event(
+    kind: &str,
+    action: &str,
+    actor: &str,
+    time_ms: i64,
+    attrs: &[(&str, String)],
+) -> records::Event {
+    records::Event {
+        schema: records::SCHEMA_VERSION,
+        seq: 0,
+        time_ms,
+        kind: kind.to_string(),
+        action: action.to_string(),
+        actor: actor.to_string(),
+        attributes: attrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    }
+}
+
 /// Errors that stop a command from being applied at all (as opposed to a
 /// command that is refused, which is a result).
 #[derive(Debug, thiserror::Error)]
@@ -27,19 +51,145 @@ pub fn apply(
     db: &DB,
     sm: &ColumnFamily,
     cmd: &records::Command,
+    index: u64,
     batch: &mut WriteBatch,
+) -> Result<CommandResult, ApplyError> {
+    let mut events = Vec::new();
+    let result = apply_op(db, sm, cmd, batch, &mut events)?;
+    for (n, mut e) in events.into_iter().enumerate() {
+        e.seq = index;
+        batch.put_cf(sm, keys::event(index, n as u8), e.encode_to_vec());
+    }
+    if index > EVENTS_KEPT && index % 100 == 0 {
+        // Older events go, a hundred entries at a time.
+        batch.delete_range_cf(sm, keys::event(0, 0), keys::event(index - EVENTS_KEPT, 0));
+    }
+    Ok(result)
+}
+
+fn apply_op(
+    db: &DB,
+    sm: &ColumnFamily,
+    cmd: &records::Command,
+    batch: &mut WriteBatch,
+    events: &mut Vec<records::Event>,
 ) -> Result<CommandResult, ApplyError> {
     let Some(op) = &cmd.op else {
         return Ok(refused("empty command"));
     };
     match op {
-        Op::Create(c) => create(db, sm, c, batch),
-        Op::Remove(r) => remove(db, sm, r, batch),
+        Op::Create(c) => {
+            let r = create(db, sm, c, batch)?;
+            if let Some(ct) = r.container.as_ref().filter(|_| r.error.is_empty()) {
+                let image = ct
+                    .spec
+                    .as_ref()
+                    .map(|s| s.image.clone())
+                    .unwrap_or_default();
+                events.push(event(
+                    "container",
+                    "create",
+                    &ct.id,
+                    ct.created_at_ms,
+                    &[("name", ct.name.clone()), ("image", image)],
+                ));
+            }
+            Ok(r)
+        }
+        Op::Remove(rm) => {
+            let r = remove(db, sm, rm, batch)?;
+            if let Some(ct) = r.container.as_ref().filter(|_| r.error.is_empty()) {
+                events.push(event(
+                    "container",
+                    "destroy",
+                    &ct.id,
+                    rm.at_ms,
+                    &[("name", ct.name.clone())],
+                ));
+            }
+            Ok(r)
+        }
         Op::Place(p) => place(db, sm, p, batch),
-        Op::Transition(t) => transition(db, sm, t, batch),
+        Op::Transition(t) => {
+            let before = load(db, sm, &t.id)?.map(|c| c.state());
+            let r = transition(db, sm, t, batch)?;
+            if let (Some(ct), Some(from)) =
+                (r.container.as_ref().filter(|_| r.error.is_empty()), before)
+            {
+                let to = ct.state();
+                let action = match (from, to) {
+                    (f, t) if f == t => None,
+                    (ContainerState::Paused, ContainerState::Running) => Some("unpause"),
+                    (_, ContainerState::Running) => Some("start"),
+                    (_, ContainerState::Paused) => Some("pause"),
+                    (_, ContainerState::Exited | ContainerState::Dead) => Some("die"),
+                    _ => None,
+                };
+                if action == Some("die") && ct.oom_killed {
+                    events.push(event(
+                        "container",
+                        "oom",
+                        &ct.id,
+                        t.at_ms,
+                        &[("name", ct.name.clone())],
+                    ));
+                }
+                if let Some(action) = action {
+                    let mut attrs = vec![("name", ct.name.clone()), ("node", ct.node.clone())];
+                    if action == "die" {
+                        attrs.push(("exitCode", ct.exit_code.to_string()));
+                    }
+                    events.push(event("container", action, &ct.id, t.at_ms, &attrs));
+                }
+            }
+            Ok(r)
+        }
         Op::Logs(l) => append_logs(db, sm, l, batch),
         Op::Node(n) => {
             if let Some(node) = &n.node {
+                let old = match db.get_cf(sm, keys::node(&node.name))? {
+                    Some(v) => Some(records::Node::decode(v.as_slice())?),
+                    None => None,
+                };
+                let was_ready = old
+                    .as_ref()
+                    .is_some_and(|o| o.status() == records::NodeStatus::Ready);
+                if node.status() == records::NodeStatus::Ready && !was_ready {
+                    events.push(event("node", "ready", &node.name, node.updated_at_ms, &[]));
+                }
+                let tags =
+                    |n: Option<&records::Node>| -> std::collections::BTreeMap<String, String> {
+                        n.map(|n| {
+                            n.images
+                                .iter()
+                                .flat_map(|i| i.tags.iter().map(move |t| (t.clone(), i.id.clone())))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                    };
+                let (before, after) = (tags(old.as_ref()), tags(Some(node)));
+                for (t, id) in &after {
+                    if before.get(t) != Some(id) {
+                        events.push(event(
+                            "image",
+                            "tag",
+                            t,
+                            node.updated_at_ms,
+                            &[("id", id.clone()), ("node", node.name.clone())],
+                        ));
+                    }
+                }
+                for (t, id) in &before {
+                    if !after.contains_key(t) {
+                        events.push(event(
+                            "image",
+                            "untag",
+                            t,
+                            node.updated_at_ms,
+                            &[("id", id.clone()), ("node", node.name.clone())],
+                        ));
+                    }
+                }
                 batch.put_cf(sm, keys::node(&node.name), node.encode_to_vec());
             }
             Ok(CommandResult::default())
@@ -49,6 +199,9 @@ pub fn apply(
                 return Ok(refused(&format!("no such node: {}", s.name)));
             };
             let mut node = records::Node::decode(v.as_slice())?;
+            if node.status != s.status && s.status() == records::NodeStatus::Down {
+                events.push(event("node", "down", &node.name, s.at_ms, &[]));
+            }
             node.status = s.status;
             node.updated_at_ms = s.at_ms;
             batch.put_cf(sm, keys::node(&s.name), node.encode_to_vec());

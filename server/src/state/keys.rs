@@ -34,6 +34,17 @@ pub fn log_prefix(id: &str) -> Vec<u8> {
     [b"l/".as_slice(), id.as_bytes(), b"/".as_slice()].concat()
 }
 
+/// `e/<index><n>`: the n-th event of the Raft entry at `index`.
+pub fn event(index: u64, n: u8) -> Vec<u8> {
+    let mut k = EVENT_PREFIX.to_vec();
+    k.extend_from_slice(&index.to_be_bytes());
+    k.push(n);
+    k
+}
+
+/// The prefix of every event row.
+pub const EVENT_PREFIX: &[u8] = b"e/";
+
 /// The first key after every key that starts with `prefix`.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();

@@ -122,6 +122,27 @@ impl StateReader {
         }
     }
 
+    /// Up to `limit` events from the Raft index `from` on.
+    pub fn events(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<berth_proto::records::Event>, StateError> {
+        let start = keys::event(from, 0);
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.sm(), IteratorMode::From(&start, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(keys::EVENT_PREFIX) || out.len() >= limit {
+                break;
+            }
+            out.push(berth_proto::records::Event::decode(v.as_ref())?);
+        }
+        Ok(out)
+    }
+
     /// Up to `limit` log lines of a container from sequence number `from`.
     pub fn log_lines(&self, id: &str, from: u64, limit: usize) -> Result<Vec<LogLine>, StateError> {
         let prefix = keys::log_prefix(id);
