@@ -153,6 +153,7 @@ mod tests {
                     schema: 1,
                     op: Some(records::command::Op::Remove(records::RemoveContainer {
                         id: "abc".into(),
+                        at_ms: 5,
                     })),
                 })),
             },

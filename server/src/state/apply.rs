@@ -60,7 +60,7 @@ pub fn apply(
         e.seq = index;
         batch.put_cf(sm, keys::event(index, n as u8), e.encode_to_vec());
     }
-    if index > EVENTS_KEPT && index % 100 == 0 {
+    if index > EVENTS_KEPT && index.is_multiple_of(100) {
         // Older events go, a hundred entries at a time.
         batch.delete_range_cf(sm, keys::event(0, 0), keys::event(index - EVENTS_KEPT, 0));
     }
