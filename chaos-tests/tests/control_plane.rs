@@ -500,3 +500,54 @@ fn events_show_what_happened_and_follow_what_happens() {
         Ok(())
     });
 }
+
+#[test]
+fn any_server_answers_any_call() {
+    sandbox::run("any_server_answers_any_call", || {
+        use berth_proto::cluster::{
+            cluster_client::ClusterClient, ContainerSpec, CreateContainerRequest,
+            ListContainersRequest,
+        };
+        let c = Cluster::start_servers(3)?;
+        let lead = leader(&c).ok_or_else(|| anyhow::anyhow!("no leader"))?;
+        let follower = (1..=3).find(|m| *m != lead).unwrap_or(2);
+        let addr = c.member_addr(follower);
+        // A client that talks to a follower only: the follower forwards.
+        let rt = tokio::runtime::Runtime::new()?;
+        let names = rt.block_on(async {
+            let mut client = ClusterClient::connect(format!("http://{addr}")).await?;
+            client
+                .create_container(CreateContainerRequest {
+                    name: "via-follower".into(),
+                    spec: Some(ContainerSpec {
+                        image: "busybox".into(),
+                        cmd: vec!["true".into()],
+                        ..Default::default()
+                    }),
+                    start: true,
+                })
+                .await?;
+            let list = client
+                .list_containers(ListContainersRequest {
+                    all: true,
+                    size: false,
+                })
+                .await?;
+            anyhow::Ok(
+                list.into_inner()
+                    .containers
+                    .into_iter()
+                    .map(|c| c.name)
+                    .collect::<Vec<_>>(),
+            )
+        })?;
+        ensure!(names.contains(&"via-follower".to_string()), "{names:?}");
+        // The follower's own status is its own, not the leader's.
+        let r = c.berth_within(
+            &["--host", &addr, "cluster", "status"],
+            Duration::from_secs(5),
+        );
+        ensure!(r.stdout.contains(&format!("leader: {lead}")), "{r:?}");
+        Ok(())
+    });
+}

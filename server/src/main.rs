@@ -132,7 +132,10 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         },
     );
     tonic::transport::Server::builder()
-        .add_service(ClusterServer::new(ClusterService::new(app.clone())))
+        .add_service(berth_server::api::forward::LeaderForward::new(
+            ClusterServer::new(ClusterService::new(app.clone())),
+            app.clone(),
+        ))
         .add_service(AgentSessionServer::new(SessionService::new(app.clone())))
         .add_service(RaftServer::new(RaftService::new(
             raft.clone(),

@@ -2,6 +2,7 @@
 //! here and go no further in.
 
 pub mod convert;
+pub mod forward;
 pub mod images;
 pub mod lifecycle;
 pub mod membership;
