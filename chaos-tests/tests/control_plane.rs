@@ -551,3 +551,75 @@ fn any_server_answers_any_call() {
         Ok(())
     });
 }
+
+#[test]
+fn after_ten_thousand_writes_a_new_member_comes_up_by_snapshot() {
+    sandbox::run(
+        "after_ten_thousand_writes_a_new_member_comes_up_by_snapshot",
+        || {
+            use berth_proto::cluster::{cluster_client::ClusterClient, LabelNodeRequest};
+            // The default snapshot interval: every 5,000 entries.
+            let mut c = Cluster::start_servers(3)?;
+            let addr = c.member_addr(leader(&c).ok_or_else(|| anyhow::anyhow!("no leader"))?);
+            let rt = tokio::runtime::Runtime::new()?;
+            let written = rt.block_on(async {
+                let client = ClusterClient::connect(format!("http://{addr}")).await?;
+                let mut tasks = Vec::new();
+                for t in 0..16u32 {
+                    let mut client = client.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let mut ok = 0u32;
+                        for i in 0..625u32 {
+                            let mut set = std::collections::HashMap::new();
+                            set.insert(format!("k{t}"), format!("{i}"));
+                            if client
+                                .label_node(LabelNodeRequest {
+                                    node: "node1".into(),
+                                    set,
+                                    remove: vec![],
+                                })
+                                .await
+                                .is_ok()
+                            {
+                                ok += 1;
+                            }
+                        }
+                        ok
+                    }));
+                }
+                let mut total = 0;
+                for t in tasks {
+                    total += t.await?;
+                }
+                anyhow::Ok(total)
+            })?;
+            ensure!(written == 10_000, "{written} of 10000 writes acknowledged");
+            let status = c.berth(&["cluster", "status"]).ok()?.stdout;
+            let purged = field(&status, "purged").unwrap_or(0);
+            ensure!(purged >= 5_000, "the log was not compacted:\n{status}");
+            c.add_member(4)?;
+            c.wait_until(
+                Duration::from_secs(60),
+                "the new member to catch up by snapshot",
+                |c| {
+                    let leader_applied = field(&c.berth(&["cluster", "status"]).stdout, "applied");
+                    let mine = c
+                        .berth_within(
+                            &["--host", &c.member_addr(4), "cluster", "status"],
+                            Duration::from_secs(3),
+                        )
+                        .stdout;
+                    leader_applied.is_some()
+                        && field(&mine, "applied") == leader_applied
+                        && field(&mine, "snapshot").unwrap_or(0) >= 5_000
+                },
+            )?;
+            let nodes = c.berth(&["node", "ls"]).ok()?.stdout;
+            ensure!(
+                nodes.contains("k15=624"),
+                "the last writes are missing:\n{nodes}"
+            );
+            Ok(())
+        },
+    );
+}

@@ -135,6 +135,12 @@ enum ClusterCommand {
 enum NodeCommand {
     /// List nodes and their status.
     Ls,
+    /// Set (KEY=VALUE) or remove (KEY-) labels of a node.
+    Label {
+        node: String,
+        #[arg(required = true)]
+        labels: Vec<String>,
+    },
 }
 
 /// Errors the CLI reports: one line, and the exit code Docker would give.
@@ -214,6 +220,9 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Image(ImageCommand::Ls(a)) => images::images(&mut client, a).await,
         Command::Node(NodeCommand::Ls) => nodes::ls(&mut client).await,
+        Command::Node(NodeCommand::Label { node, labels }) => {
+            nodes::label(&mut client, &node, &labels).await
+        }
         Command::Events(a) => events::events(&mut client, a).await,
         Command::Cluster(ClusterCommand::Status) => nodes::cluster_status(&mut client).await,
         Command::Cluster(ClusterCommand::Leave { id }) => {

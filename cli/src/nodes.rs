@@ -23,11 +23,19 @@ pub async fn ls(client: &mut ClusterClient<Channel>) -> Result<i32, CliError> {
                 human_size(n.memory_bytes),
                 n.cgroup_version.clone(),
                 n.kernel.clone(),
+                {
+                    let mut l: Vec<String> =
+                        n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    l.sort();
+                    l.join(",")
+                },
             ]
         })
         .collect();
     table(
-        &["NAME", "STATUS", "CPUS", "MEMORY", "CGROUP", "KERNEL"],
+        &[
+            "NAME", "STATUS", "CPUS", "MEMORY", "CGROUP", "KERNEL", "LABELS",
+        ],
         &rows,
     );
     Ok(0)
@@ -99,4 +107,34 @@ pub async fn cluster_backup(
     std::fs::rename(&tmp, output).map_err(|e| CliError::Usage(format!("{output}: {e}")))?;
     println!("{} bytes written to {output}", data.len());
     Ok(0)
+}
+
+/// `berth node label NODE KEY=VALUE... KEY-...`.
+pub async fn label(
+    client: &mut ClusterClient<Channel>,
+    node: &str,
+    labels: &[String],
+) -> Result<i32, CliError> {
+    let mut set = std::collections::HashMap::new();
+    let mut remove = Vec::new();
+    for l in labels {
+        if let Some((k, v)) = l.split_once('=') {
+            set.insert(k.to_string(), v.to_string());
+        } else if let Some(k) = l.strip_suffix('-') {
+            remove.push(k.to_string());
+        } else {
+            return Err(CliError::Usage(format!(
+                "bad label {l:?}: use KEY=VALUE to set, KEY- to remove"
+            )));
+        }
+    }
+    client
+        .label_node(berth_proto::cluster::LabelNodeRequest {
+            node: node.to_string(),
+            set,
+            remove,
+        })
+        .await
+        .map_err(CliError::api)?;
+    ls(client).await
 }

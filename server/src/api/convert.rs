@@ -106,5 +106,6 @@ pub fn node_to_wire(n: &records::Node) -> cluster::NodeInfo {
         cgroup_version: n.cgroup_version.clone(),
         cpus: n.cpus,
         memory_bytes: n.memory_bytes,
+        labels: n.labels.clone(),
     }
 }

@@ -674,6 +674,33 @@ impl Cluster for ClusterService {
         Ok(Response::new(membership::status(&self.app)))
     }
 
+    async fn label_node(
+        &self,
+        req: Request<cluster::LabelNodeRequest>,
+    ) -> Result<Response<cluster::NodeInfo>, Status> {
+        let req = req.into_inner();
+        for k in req.set.keys().chain(req.remove.iter()) {
+            if k.is_empty() || k.contains('=') {
+                return Err(Status::invalid_argument(format!("invalid label key {k:?}")));
+            }
+        }
+        self.app
+            .write(Op::NodeLabels(records::SetNodeLabels {
+                name: req.node.clone(),
+                set: req.set,
+                remove: req.remove,
+            }))
+            .await
+            .map_err(to_status)?;
+        let node = self
+            .app
+            .state
+            .node(&req.node)
+            .map_err(|e| to_status(e.into()))?
+            .ok_or_else(|| Status::not_found(format!("No such node: {}", req.node)))?;
+        Ok(Response::new(convert::node_to_wire(&node)))
+    }
+
     async fn list_nodes(
         &self,
         _req: Request<cluster::ListNodesRequest>,

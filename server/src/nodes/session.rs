@@ -153,6 +153,8 @@ async fn upsert_node(app: &App, r: &Register) -> Result<(), AppError> {
         memory_bytes: r.memory_bytes,
         images: images_to_records(&r.images),
         updated_at_ms: now_ms(),
+        // Kept from the stored record when applied.
+        labels: Default::default(),
     };
     app.write(Op::Node(records::UpsertNode { node: Some(node) }))
         .await?;

@@ -190,8 +190,27 @@ fn apply_op(
                         ));
                     }
                 }
+                // Labels belong to the cluster, not to the agent's report.
+                let mut node = node.clone();
+                if let Some(o) = &old {
+                    node.labels = o.labels.clone();
+                }
                 batch.put_cf(sm, keys::node(&node.name), node.encode_to_vec());
             }
+            Ok(CommandResult::default())
+        }
+        Op::NodeLabels(l) => {
+            let Some(v) = db.get_cf(sm, keys::node(&l.name))? else {
+                return Ok(refused(&format!("No such node: {}", l.name)));
+            };
+            let mut node = records::Node::decode(v.as_slice())?;
+            for k in &l.remove {
+                node.labels.remove(k);
+            }
+            for (k, v) in &l.set {
+                node.labels.insert(k.clone(), v.clone());
+            }
+            batch.put_cf(sm, keys::node(&l.name), node.encode_to_vec());
             Ok(CommandResult::default())
         }
         Op::NodeStatus(s) => {
