@@ -1,0 +1,298 @@
+//! berth's control plane beside etcd (Debian's etcd-server), in one run on
+//! loopback, three members each: writes per second and p50/p99 latency at
+//! 1 and at 64 concurrent clients, and the time from kill -9 of the leader
+//! to the next accepted write. A berth write is a node label (one Raft
+//! commit, like an etcd put); both use the same heartbeat (50 ms) and
+//! election timeout (300 ms).
+//!
+//!     cargo build --release --workspace --bins
+//!     target/release/bench-raft
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use berth_chaos::Cluster;
+use berth_proto::cluster::{cluster_client::ClusterClient, ClusterStatusRequest, LabelNodeRequest};
+use tonic::transport::Channel;
+
+mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
+
+type Write = Arc<dyn Fn(usize, usize) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+struct Load {
+    per_s: f64,
+    p50: f64,
+    p99: f64,
+}
+
+async fn load(clients: usize, per_client: usize, write: Write) -> Load {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let write = write.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_client);
+            for i in 0..per_client {
+                let t = Instant::now();
+                if write(c, i).await {
+                    lat.push(t.elapsed());
+                }
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 - 1.0) * p) as usize)
+            .map(|d| d.as_secs_f64() * 1e3)
+            .unwrap_or(f64::NAN)
+    };
+    Load {
+        per_s: all.len() as f64 / secs,
+        p50: pct(0.5),
+        p99: pct(0.99),
+    }
+}
+
+/// Three etcd members on loopback, stopped when dropped.
+struct Etcd {
+    members: Vec<Option<Child>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    fn client_url(i: usize) -> String {
+        format!("http://127.0.0.1:{}", 23791 + i)
+    }
+
+    fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir_in("/var/tmp")?;
+        let cluster: Vec<String> = (0..3)
+            .map(|i| format!("e{i}=http://127.0.0.1:{}", 23801 + i))
+            .collect();
+        let mut members = Vec::new();
+        for i in 0..3 {
+            let peer = format!("http://127.0.0.1:{}", 23801 + i);
+            let child = Command::new("etcd")
+                .args(["--name", &format!("e{i}")])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("e{i}")))
+                .args([
+                    "--listen-client-urls",
+                    &Self::client_url(i),
+                    "--advertise-client-urls",
+                    &Self::client_url(i),
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                ])
+                .args([
+                    "--initial-cluster",
+                    &cluster.join(","),
+                    "--initial-cluster-state",
+                    "new",
+                ])
+                .args([
+                    "--initial-cluster-token",
+                    "bench",
+                    "--heartbeat-interval",
+                    "50",
+                    "--election-timeout",
+                    "300",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting etcd (Debian's etcd-server)")?;
+            members.push(Some(child));
+        }
+        Ok(Self { members, _dir: dir })
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// The index (0..3) of etcd's leader, and a client to it.
+async fn etcd_leader() -> Option<(usize, etcd::kv_client::KvClient<Channel>)> {
+    let mut ids = HashMap::new();
+    let mut leader_id = None;
+    for i in 0..3 {
+        let Ok(mut m) =
+            etcd::maintenance_client::MaintenanceClient::connect(Etcd::client_url(i)).await
+        else {
+            continue;
+        };
+        let Ok(s) = m.status(etcd::StatusRequest {}).await else {
+            continue;
+        };
+        let s = s.into_inner();
+        ids.insert(s.header.map(|h| h.member_id).unwrap_or(0), i);
+        if s.leader != 0 {
+            leader_id = Some(s.leader);
+        }
+    }
+    let i = *ids.get(&leader_id?)?;
+    let kv = etcd::kv_client::KvClient::connect(Etcd::client_url(i))
+        .await
+        .ok()?;
+    Some((i, kv))
+}
+
+async fn berth_leader(addrs: &[String]) -> Option<(u64, ClusterClient<Channel>)> {
+    for a in addrs {
+        let Ok(mut c) = ClusterClient::connect(format!("http://{a}")).await else {
+            continue;
+        };
+        let Ok(s) = c.get_cluster_status(ClusterStatusRequest {}).await else {
+            continue;
+        };
+        let s = s.into_inner();
+        if s.leader_id == Some(s.id) {
+            return Some((s.id, c));
+        }
+    }
+    None
+}
+
+fn berth_write(client: ClusterClient<Channel>) -> Write {
+    Arc::new(move |c, i| {
+        let mut client = client.clone();
+        Box::pin(async move {
+            let mut set = std::collections::HashMap::new();
+            set.insert(format!("k{c}"), i.to_string());
+            client
+                .label_node(LabelNodeRequest {
+                    node: "node1".into(),
+                    set,
+                    remove: vec![],
+                })
+                .await
+                .is_ok()
+        })
+    })
+}
+
+fn etcd_write(client: etcd::kv_client::KvClient<Channel>) -> Write {
+    Arc::new(move |c, i| {
+        let mut client = client.clone();
+        Box::pin(async move {
+            client
+                .put(etcd::PutRequest {
+                    key: format!("k{c}").into_bytes(),
+                    value: i.to_string().into_bytes(),
+                })
+                .await
+                .is_ok()
+        })
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    ensure!(nix::unistd::geteuid().is_root(), "run as root");
+    let rt = tokio::runtime::Runtime::new()?;
+    let mut berth = Cluster::start_servers_at(3, 7491)?;
+    let addrs: Vec<String> = berth.all_addrs().split(',').map(str::to_string).collect();
+    let mut etcd = Etcd::start()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rt.block_on(etcd_leader()).is_none() {
+        ensure!(
+            Instant::now() < deadline,
+            "etcd did not elect a leader in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, bc) = rt
+        .block_on(berth_leader(&addrs))
+        .context("no berth leader")?;
+    let (_, ec) = rt.block_on(etcd_leader()).context("no etcd leader")?;
+    let mut rows = Vec::new();
+    for (clients, per) in [(1usize, 2000usize), (64, 100)] {
+        let b = rt.block_on(load(clients, per, berth_write(bc.clone())));
+        let e = rt.block_on(load(clients, per, etcd_write(ec.clone())));
+        rows.push((
+            format!("writes/s, {clients} client(s)"),
+            b.per_s,
+            e.per_s,
+            b.per_s / e.per_s,
+        ));
+        rows.push((
+            format!("p50 ms, {clients} client(s)"),
+            b.p50,
+            e.p50,
+            e.p50 / b.p50,
+        ));
+        rows.push((
+            format!("p99 ms, {clients} client(s)"),
+            b.p99,
+            e.p99,
+            e.p99 / b.p99,
+        ));
+    }
+    // Failover: kill -9 of the leader, then the next accepted write.
+    let (bl, _) = rt
+        .block_on(berth_leader(&addrs))
+        .context("no berth leader")?;
+    berth.kill_member(bl as usize)?;
+    let t = Instant::now();
+    let b_fail = rt.block_on(async {
+        loop {
+            if let Some((id, c)) = berth_leader(&addrs).await {
+                if id != bl && berth_write(c)(0, 0).await {
+                    return t.elapsed();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let (el, _) = rt.block_on(etcd_leader()).context("no etcd leader")?;
+    etcd.kill(el);
+    let t = Instant::now();
+    let e_fail = rt.block_on(async {
+        loop {
+            if let Some((i, c)) = etcd_leader().await {
+                if i != el && etcd_write(c)(0, 0).await {
+                    return t.elapsed();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let (bf, ef) = (b_fail.as_secs_f64() * 1e3, e_fail.as_secs_f64() * 1e3);
+    rows.push(("kill -9 leader -> write, ms".into(), bf, ef, ef / bf));
+    println!(
+        "{:<30} {:>10} {:>10} {:>16}",
+        "", "berth", "etcd", "berth advantage"
+    );
+    for (name, b, e, adv) in rows {
+        println!("{name:<30} {b:>10.1} {e:>10.1} {adv:>15.2}x");
+    }
+    Ok(())
+}
