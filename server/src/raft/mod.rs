@@ -126,7 +126,18 @@ pub async fn start(
 impl Serialize for Request {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use prost::Message;
-        s.serialize_bytes(&self.0.encode_to_vec())
+        serialize_proto_bytes(&self.0.encode_to_vec(), s)
+    }
+}
+
+/// Protobuf bytes in a serde format: as bytes where the format has them,
+/// as a hex string in a human-readable one (JSON would otherwise write an
+/// array of numbers, three to four characters a byte).
+fn serialize_proto_bytes<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    if s.is_human_readable() {
+        s.serialize_str(&hex::encode(bytes))
+    } else {
+        s.serialize_bytes(bytes)
     }
 }
 
@@ -143,7 +154,7 @@ impl<'de> Deserialize<'de> for Request {
 impl Serialize for Response {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use prost::Message;
-        s.serialize_bytes(&self.0.encode_to_vec())
+        serialize_proto_bytes(&self.0.encode_to_vec(), s)
     }
 }
 
@@ -166,6 +177,9 @@ fn serde_bytes_vec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D:
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("protobuf bytes")
         }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+            hex::decode(v).map_err(E::custom)
+        }
         fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
             Ok(v.to_vec())
         }
@@ -180,5 +194,35 @@ fn serde_bytes_vec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D:
             Ok(out)
         }
     }
-    d.deserialize_byte_buf(V)
+    // deserialize_any: a string (hex), a sequence (older builds), or bytes.
+    if d.is_human_readable() {
+        d.deserialize_any(V)
+    } else {
+        d.deserialize_byte_buf(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_cross_json_as_hex() {
+        let req = Request(records::Command {
+            schema: 1,
+            op: Some(records::command::Op::Remove(records::RemoveContainer {
+                id: "abc".into(),
+                at_ms: 7,
+            })),
+        });
+        let json = serde_json::to_string(&req).unwrap();
+        assert!(json.starts_with('"'), "{json}");
+        let back: Request = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, req);
+        // The number-array form of earlier builds is still read.
+        use prost::Message;
+        let array = serde_json::to_string(&req.0.encode_to_vec()).unwrap();
+        let back: Request = serde_json::from_str(&array).unwrap();
+        assert_eq!(back, req);
+    }
 }
