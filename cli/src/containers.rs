@@ -72,6 +72,29 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// The container spec `run` and `create` send.
+fn spec_from(args: &RunArgs) -> ContainerSpec {
+    ContainerSpec {
+        image: args.image.clone(),
+        cmd: args.command.clone(),
+        env: args.env.clone(),
+        hostname: args.hostname.clone().unwrap_or_default(),
+        workdir: args.workdir.clone().unwrap_or_default(),
+        network: args.network.clone(),
+        auto_remove: args.rm,
+        memory_bytes: args.memory.unwrap_or(0),
+        nano_cpus: args.cpus.unwrap_or(0),
+        pids_limit: args.pids_limit.unwrap_or(0),
+        user: args.user.clone().unwrap_or_default(),
+        entrypoint: args.entrypoint.clone().into_iter().collect(),
+        entrypoint_set: args.entrypoint.is_some(),
+        volumes: args.volumes.clone(),
+        restart: args.restart.clone(),
+        tty: args.tty,
+        stdin_open: args.interactive,
+    }
+}
+
 /// Creates and starts a container; attached, prints its output and returns
 /// its exit code.
 pub async fn run(client: &mut ClusterClient<Channel>, args: RunArgs) -> Result<i32, CliError> {
@@ -81,25 +104,7 @@ pub async fn run(client: &mut ClusterClient<Channel>, args: RunArgs) -> Result<i
     let created = client
         .create_container(CreateContainerRequest {
             name: args.name.clone().unwrap_or_default(),
-            spec: Some(ContainerSpec {
-                image: args.image.clone(),
-                cmd: args.command.clone(),
-                env: args.env.clone(),
-                hostname: args.hostname.clone().unwrap_or_default(),
-                workdir: args.workdir.clone().unwrap_or_default(),
-                network: args.network.clone(),
-                auto_remove: args.rm,
-                memory_bytes: args.memory.unwrap_or(0),
-                nano_cpus: args.cpus.unwrap_or(0),
-                pids_limit: args.pids_limit.unwrap_or(0),
-                user: args.user.clone().unwrap_or_default(),
-                entrypoint: args.entrypoint.clone().into_iter().collect(),
-                entrypoint_set: args.entrypoint.is_some(),
-                volumes: args.volumes.clone(),
-                restart: args.restart.clone(),
-                tty: args.tty,
-                stdin_open: args.interactive,
-            }),
+            spec: Some(spec_from(&args)),
             start: true,
         })
         .await
@@ -357,29 +362,6 @@ pub struct LogOptions {
     pub tail: Option<u64>,
 }
 
-/// Formats nanoseconds since the epoch as RFC 3339 with nanoseconds.
-fn rfc3339_nanos(ns: i64) -> String {
-    let secs = ns.div_euclid(1_000_000_000);
-    let nanos = ns.rem_euclid(1_000_000_000);
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
 async fn print_logs(
     client: &mut ClusterClient<Channel>,
     id: &str,
@@ -397,7 +379,13 @@ async fn print_logs(
     while let Some(entry) = stream.message().await.map_err(CliError::api)? {
         let mut line = Vec::new();
         if opts.timestamps {
-            line.extend_from_slice(rfc3339_nanos(entry.time_ns).as_bytes());
+            line.extend_from_slice(
+                crate::output::utc_time(
+                    entry.time_ns.div_euclid(1_000_000_000),
+                    &format!("{:09}", entry.time_ns.rem_euclid(1_000_000_000)),
+                )
+                .as_bytes(),
+            );
             line.push(b' ');
         }
         line.extend_from_slice(&entry.line);
@@ -453,25 +441,7 @@ pub async fn create(client: &mut ClusterClient<Channel>, args: RunArgs) -> Resul
     let created = client
         .create_container(CreateContainerRequest {
             name: args.name.clone().unwrap_or_default(),
-            spec: Some(ContainerSpec {
-                image: args.image.clone(),
-                cmd: args.command.clone(),
-                env: args.env.clone(),
-                hostname: args.hostname.clone().unwrap_or_default(),
-                workdir: args.workdir.clone().unwrap_or_default(),
-                network: args.network.clone(),
-                auto_remove: args.rm,
-                memory_bytes: args.memory.unwrap_or(0),
-                nano_cpus: args.cpus.unwrap_or(0),
-                pids_limit: args.pids_limit.unwrap_or(0),
-                user: args.user.clone().unwrap_or_default(),
-                entrypoint: args.entrypoint.clone().into_iter().collect(),
-                entrypoint_set: args.entrypoint.is_some(),
-                volumes: args.volumes.clone(),
-                restart: args.restart.clone(),
-                tty: args.tty,
-                stdin_open: args.interactive,
-            }),
+            spec: Some(spec_from(&args)),
             start: false,
         })
         .await
@@ -794,25 +764,7 @@ async fn create_quiet(
     let created = client
         .create_container(CreateContainerRequest {
             name: args.name.clone().unwrap_or_default(),
-            spec: Some(ContainerSpec {
-                image: args.image.clone(),
-                cmd: args.command.clone(),
-                env: args.env.clone(),
-                hostname: args.hostname.clone().unwrap_or_default(),
-                workdir: args.workdir.clone().unwrap_or_default(),
-                network: args.network.clone(),
-                auto_remove: args.rm,
-                memory_bytes: args.memory.unwrap_or(0),
-                nano_cpus: args.cpus.unwrap_or(0),
-                pids_limit: args.pids_limit.unwrap_or(0),
-                user: args.user.clone().unwrap_or_default(),
-                entrypoint: args.entrypoint.clone().into_iter().collect(),
-                entrypoint_set: args.entrypoint.is_some(),
-                volumes: args.volumes.clone(),
-                restart: args.restart.clone(),
-                tty: args.tty,
-                stdin_open: args.interactive,
-            }),
+            spec: Some(spec_from(&args)),
             start: false,
         })
         .await

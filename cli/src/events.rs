@@ -6,6 +6,11 @@ use clap::Args;
 use tonic::transport::Channel;
 
 use crate::output::now_ms;
+
+/// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
+fn format_time(ms: i64) -> String {
+    crate::output::utc_time(ms.div_euclid(1000), &format!("{:03}", ms.rem_euclid(1000)))
+}
 use crate::CliError;
 
 /// `berth events`.
@@ -68,28 +73,6 @@ fn matches(e: &EventInfo, filters: &[(String, String)]) -> bool {
                 _ => false,
             })
     })
-}
-
-fn format_time(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let frac = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
 }
 
 pub async fn events(

@@ -376,7 +376,7 @@ pub async fn history(
             let size = if empty { 0 } else { sizes.next().unwrap_or(0) };
             let created = h["created"]
                 .as_str()
-                .and_then(parse_rfc3339_ms)
+                .and_then(crate::output::parse_rfc3339_ms)
                 .map(|ms| ago(now, ms))
                 .unwrap_or_else(|| "N/A".into());
             let by = h["created_by"].as_str().unwrap_or("").to_string();
@@ -402,18 +402,4 @@ pub async fn history(
         &rows,
     );
     Ok(0)
-}
-
-/// Parses the head of an RFC 3339 UTC time into milliseconds since the epoch.
-fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    Some((days * 86400 + h * 3600 + mi * 60 + se) * 1000)
 }

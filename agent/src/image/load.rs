@@ -274,7 +274,7 @@ pub fn normalize_reference(r: &str) -> String {
 
 /// Stores a config and a manifest of uncompressed layers for an image whose
 /// layers are ingested, and names it.
-fn commit_image(
+pub(crate) fn commit_image(
     store: &ImageStore,
     config_bytes: &[u8],
     config: &ImageConfiguration,

@@ -406,7 +406,9 @@ fn append_logs(
     // later ones (a resend after a reconnect) fills its gap (invariant 7).
     for line in &l.lines {
         let key = keys::log_line(&c.id, line.seq);
-        if line.seq == 0 || db.get_cf(sm, &key)?.is_some() {
+        // At or past the high-water mark a line is new; only a late resend
+        // below it needs a look at what is stored.
+        if line.seq == 0 || (line.seq < c.log_next_seq && db.get_cf(sm, &key)?.is_some()) {
             continue;
         }
         batch.put_cf(sm, key, line.encode_to_vec());
