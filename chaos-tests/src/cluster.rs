@@ -42,6 +42,8 @@ pub struct Cluster {
     addr: String,
     /// Further servers (ids 2, 3, ...) of a multi-server cluster.
     extra: Vec<(String, Option<Child>)>,
+    /// Flags added to every later start of the (first) server.
+    server_flags: Vec<String>,
 }
 
 /// The directory holding the workspace's binaries: the test binary lives in
@@ -86,6 +88,7 @@ impl Cluster {
             agent: None,
             addr: addr.to_string(),
             extra: Vec::new(),
+            server_flags: Vec::new(),
         };
         c.start_server(true)?;
         c.start_agent()?;
@@ -132,8 +135,18 @@ impl Cluster {
         if bootstrap {
             args.push("--bootstrap");
         }
+        args.extend(self.server_flags.iter().map(String::as_str));
         self.server = Some(self.spawn("berth-server", &args, "server.log")?);
         Ok(())
+    }
+
+    /// kill -9 of the server, and a start on the same data dir with these
+    /// flags added (for example a shorter `--node-lost-ms`).
+    pub fn restart_server_with(&mut self, flags: &[&str]) -> anyhow::Result<()> {
+        self.kill_server()?;
+        self.server_flags = flags.iter().map(|f| f.to_string()).collect();
+        self.start_server(false)?;
+        self.wait_for_ready_node()
     }
 
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
@@ -175,6 +188,7 @@ impl Cluster {
             agent: None,
             addr: format!("127.0.0.1:{base_port}"),
             extra: Vec::new(),
+            server_flags: Vec::new(),
         };
         c.start_server(true)?;
         for id in 2..=n {

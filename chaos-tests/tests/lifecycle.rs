@@ -680,6 +680,9 @@ fn run_it_gives_a_shell_that_detaches_and_attaches_again() {
             t.expect("/ # ")?;
             t.send(b"echo $((6*7)) on $(hostname)\r")?;
             t.expect("42 on ")?;
+            // The terminal is one of the container's own /dev/pts.
+            t.send(b"echo tty=$(tty)\r")?;
+            t.expect("tty=/dev/pts/0")?;
             // Ctrl+P Ctrl+Q: the CLI ends, the shell goes on.
             t.send(&[0x10, 0x11])?;
             ensure!(
@@ -771,8 +774,35 @@ fn run_it_gives_a_shell_that_detaches_and_attaches_again() {
             t.expect("/ # ")?;
             t.send(b"echo $((7*6))\r")?;
             t.expect("42")?;
+            t.send(b"tty && echo ok\r")?;
+            t.expect("/dev/pts/")?;
+            t.expect("ok")?;
             t.send(b"exit 6\r")?;
             ensure!(t.wait()? == 6, "{}", t.screen());
+            // exec runs as the container's user unless -u says otherwise,
+            // and its terminal belongs to that user.
+            c.berth(&[
+                "run",
+                "-d",
+                "-u",
+                "1000:1000",
+                "--name",
+                "user-box",
+                "busybox",
+                "sleep",
+                "600",
+            ])
+            .ok()?;
+            let mut t = c.berth_pty(&[
+                "exec",
+                "-it",
+                "user-box",
+                "sh",
+                "-c",
+                "echo id=$(id -u) owner=$(stat -c %u $(tty))",
+            ])?;
+            t.expect("id=1000 owner=1000")?;
+            ensure!(t.wait()? == 0, "{}", t.screen());
             let r = c.berth(&["exec", "made-up", "true"]);
             ensure!(
                 r.code != 0 && r.stderr.contains("No such container"),
@@ -786,6 +816,144 @@ fn run_it_gives_a_shell_that_detaches_and_attaches_again() {
             ensure!(
                 r.code != 0 && r.stderr.contains("without -i or -t"),
                 "{r:?}"
+            );
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn ulimits_apply_and_dead_containers_come_from_failed_removals_and_lost_nodes() {
+    sandbox::run(
+        "ulimits_apply_and_dead_containers_come_from_failed_removals_and_lost_nodes",
+        || {
+            let mut c = Cluster::start()?;
+            // --ulimit sets the process's soft and hard limits.
+            let r = c
+                .berth(&[
+                    "run",
+                    "--rm",
+                    "--ulimit",
+                    "nofile=100:200",
+                    "--ulimit",
+                    "core=0",
+                    "busybox",
+                    "sh",
+                    "-c",
+                    "ulimit -n; ulimit -Hn; ulimit -c",
+                ])
+                .ok()?;
+            ensure!(r.stdout == "100\n200\n0\n", "{r:?}");
+            // A hard limit the node cannot grant fails the start and says
+            // which; a made-up name is refused by the CLI.
+            let r = c.berth(&[
+                "run",
+                "--rm",
+                "--ulimit",
+                "nofile=100:unlimited",
+                "busybox",
+                "true",
+            ]);
+            ensure!(r.code == 125 && r.stderr.contains("RLIMIT_NOFILE"), "{r:?}");
+            let r = c.berth(&["run", "--ulimit", "files=1", "busybox", "true"]);
+            ensure!(
+                r.code != 0 && r.stderr.contains("unknown name \"files\""),
+                "{r:?}"
+            );
+
+            // A removal that fails leaves the container Dead; rm -f clears
+            // it once the node can delete it.
+            c.berth(&[
+                "run",
+                "-d",
+                "--name",
+                "stuck",
+                "busybox",
+                "sh",
+                "-c",
+                "echo x > /kept; sleep 600",
+            ])
+            .ok()?;
+            let id = container_id(&c, "stuck")?;
+            let kept = c
+                .dir()
+                .join("agent/containers")
+                .join(&id)
+                .join("upper/kept");
+            c.wait_until(Duration::from_secs(10), "the file in the upper dir", |_| {
+                kept.exists()
+            })?;
+            let chattr = |flag: &str| -> anyhow::Result<()> {
+                let st = std::process::Command::new("chattr")
+                    .arg(flag)
+                    .arg(&kept)
+                    .status()?;
+                ensure!(st.success(), "chattr {flag} failed");
+                Ok(())
+            };
+            chattr("+i")?;
+            let r = c.berth(&["rm", "-f", "stuck"]);
+            ensure!(
+                r.code != 0 && r.stderr.contains("unable to remove filesystem"),
+                "{r:?}"
+            );
+            let s = state(&c, "stuck")?;
+            ensure!(
+                s["Status"] == "dead"
+                    && s["Dead"] == true
+                    && s["Error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("unable to remove")),
+                "{s}"
+            );
+            let r = c.berth(&["ps", "-a", "--filter", "name=stuck"]).ok()?;
+            ensure!(r.stdout.contains(" Dead "), "{r:?}");
+            let r = c.berth(&["start", "stuck"]);
+            ensure!(r.code != 0 && r.stderr.contains("dead"), "{r:?}");
+            chattr("-i")?;
+            c.berth(&["rm", "-f", "stuck"]).ok()?;
+            ensure!(
+                !c.dir().join("agent/containers").join(&id).exists(),
+                "the bundle is still there"
+            );
+            ensure!(c.berth(&["inspect", "stuck"]).code != 0, "still listed");
+
+            // A node down for longer than --node-lost-ms is lost: its
+            // containers are Dead until it comes back and reports them.
+            c.restart_server_with(&["--node-lost-ms", "1000"])?;
+            c.berth(&["run", "-d", "--name", "far", "busybox", "sleep", "600"])
+                .ok()?;
+            c.berth(&["run", "--name", "done", "busybox", "true"])
+                .ok()?;
+            c.kill_agent()?;
+            c.wait_until(Duration::from_secs(15), "far and done to be dead", |c| {
+                ["far", "done"]
+                    .iter()
+                    .all(|n| state(c, n).is_ok_and(|s| s["Status"] == "dead"))
+            })?;
+            let s = state(&c, "far")?;
+            ensure!(
+                s["Error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("node node1 is lost")),
+                "{s}"
+            );
+            c.start_agent()?;
+            c.wait_until(Duration::from_secs(15), "far to run again", |c| {
+                state(c, "far").is_ok_and(|s| s["Status"] == "running")
+                    && state(c, "done").is_ok_and(|s| s["Status"] == "exited")
+            })?;
+            let s = state(&c, "far")?;
+            ensure!(s["Error"] == "", "{s}");
+            // A lost node's Dead container is dropped by rm -f.
+            c.kill_agent()?;
+            c.wait_until(Duration::from_secs(15), "far to be dead again", |c| {
+                state(c, "far").is_ok_and(|s| s["Status"] == "dead")
+            })?;
+            c.berth(&["rm", "-f", "far"]).ok()?;
+            ensure!(
+                c.berth(&["inspect", "far"]).code != 0,
+                "far is still listed"
             );
             Ok(())
         },

@@ -65,6 +65,10 @@ pub struct RunArgs {
     /// Restart policy: no, on-failure[:N], always, unless-stopped.
     #[arg(long, default_value = "no")]
     pub restart: String,
+    /// A resource limit of the process, NAME=SOFT[:HARD] (for example
+    /// nofile=1024:2048, nproc=64, core=0); may be repeated.
+    #[arg(long = "ulimit", value_parser = parse_ulimit)]
+    pub ulimits: Vec<String>,
     /// The image to run, NAME[:TAG].
     pub image: String,
     /// The command and its arguments (default: the image's).
@@ -92,7 +96,13 @@ fn spec_from(args: &RunArgs) -> ContainerSpec {
         restart: args.restart.clone(),
         tty: args.tty,
         stdin_open: args.interactive,
+        ulimits: args.ulimits.clone(),
     }
+}
+
+/// Checks a --ulimit value as the agent will read it.
+fn parse_ulimit(s: &str) -> Result<String, String> {
+    berth_proto::ulimit::parse(s).map(|_| s.to_string())
 }
 
 /// Creates and starts a container; attached, prints its output and returns
@@ -426,7 +436,13 @@ pub async fn rm(client: &mut ClusterClient<Channel>, args: RmArgs) -> Result<i32
             })
             .await
         {
-            Ok(_) => println!("{c}"),
+            Ok(r) => {
+                let r = r.into_inner();
+                if !r.warning.is_empty() {
+                    eprintln!("berth: warning: {}", r.warning);
+                }
+                println!("{c}");
+            }
             Err(status) => {
                 eprintln!("berth: error: {}", status.message());
                 failed = true;
@@ -655,6 +671,11 @@ pub async fn inspect(
                 "Memory": spec.memory_bytes,
                 "NanoCpus": spec.nano_cpus,
                 "PidsLimit": spec.pids_limit,
+                "Ulimits": spec.ulimits.iter().filter_map(|u| berth_proto::ulimit::parse(u).ok()).map(|u| serde_json::json!({
+                    "Name": u.name,
+                    "Soft": u.soft as i64,
+                    "Hard": u.hard as i64,
+                })).collect::<Vec<_>>(),
             },
             "History": i.history,
         }));

@@ -37,3 +37,99 @@ pub mod raft {
 
 /// The port a berth-server listens on when none is given.
 pub const DEFAULT_PORT: u16 = 7420;
+
+/// `--ulimit NAME=SOFT[:HARD]`, as Docker spells it: parsed by the server
+/// (to refuse a bad one at once) and by the agent (to write config.json).
+pub mod ulimit {
+    /// The names Docker takes, without the `RLIMIT_` prefix.
+    pub const NAMES: &[&str] = &[
+        "as",
+        "core",
+        "cpu",
+        "data",
+        "fsize",
+        "locks",
+        "memlock",
+        "msgqueue",
+        "nice",
+        "nofile",
+        "nproc",
+        "rss",
+        "rtprio",
+        "rttime",
+        "sigpending",
+        "stack",
+    ];
+
+    /// No limit (RLIM_INFINITY), spelt `unlimited` or `-1`.
+    pub const UNLIMITED: u64 = u64::MAX;
+
+    /// One parsed limit.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Ulimit {
+        /// Lower case, without the prefix: `nofile`.
+        pub name: String,
+        pub soft: u64,
+        pub hard: u64,
+    }
+
+    /// Parses `nofile=1024:2048` (a soft and a hard limit) or `nproc=64`
+    /// (both the same); the error names what was wrong.
+    pub fn parse(s: &str) -> Result<Ulimit, String> {
+        let bad = |why: &str| Err(format!("invalid ulimit {s:?}: {why}"));
+        let Some((name, values)) = s.split_once('=') else {
+            return bad("use NAME=SOFT[:HARD], for example nofile=1024:2048");
+        };
+        if !NAMES.contains(&name) {
+            return bad(&format!(
+                "unknown name {name:?} (known: {})",
+                NAMES.join(", ")
+            ));
+        }
+        let number = |v: &str| -> Option<u64> {
+            match v {
+                "unlimited" | "-1" => Some(UNLIMITED),
+                _ => v.parse().ok(),
+            }
+        };
+        let (soft, hard) = match values.split_once(':') {
+            Some((soft, hard)) => (number(soft), number(hard)),
+            None => (number(values), number(values)),
+        };
+        let (Some(soft), Some(hard)) = (soft, hard) else {
+            return bad("limits are numbers, or unlimited");
+        };
+        if soft > hard {
+            return bad(&format!("soft limit {soft} is above the hard limit {hard}"));
+        }
+        Ok(Ulimit {
+            name: name.to_string(),
+            soft,
+            hard,
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn limits_parse_as_docker_spells_them() {
+            assert_eq!(
+                parse("nofile=1024:2048").unwrap(),
+                Ulimit {
+                    name: "nofile".into(),
+                    soft: 1024,
+                    hard: 2048
+                }
+            );
+            assert_eq!(parse("nproc=64").unwrap().hard, 64);
+            assert_eq!(parse("core=unlimited").unwrap().soft, UNLIMITED);
+            assert_eq!(parse("core=0:-1").unwrap().hard, UNLIMITED);
+            assert!(parse("nofile=2048:1024").unwrap_err().contains("above"));
+            assert!(parse("files=10").unwrap_err().contains("unknown name"));
+            assert!(parse("nofile").unwrap_err().contains("NAME=SOFT"));
+            assert!(parse("nofile=x").unwrap_err().contains("numbers"));
+        }
+    }
+}

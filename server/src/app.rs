@@ -15,6 +15,8 @@ use crate::state::{StateError, StateReader};
 pub struct AppConfig {
     /// An agent whose last heartbeat is older than this is Down.
     pub node_ttl: Duration,
+    /// A node Down for this long is lost: its containers become Dead.
+    pub node_lost: Duration,
 }
 
 /// Errors of the server core, mapped to gRPC statuses at the api edge.

@@ -8,7 +8,8 @@ use anyhow::Context;
 use berth_proto::agent::agent_session_server::AgentSessionServer;
 use berth_proto::cluster::cluster_server::ClusterServer;
 use berth_proto::raft::raft_server::RaftServer;
-use berth_proto::records::NodeStatus;
+use berth_proto::records::command::Op;
+use berth_proto::records::{ContainerState, NodeStatus, RecordTransition};
 use berth_server::api::ClusterService;
 use berth_server::nodes::session::{mark_down, SessionService};
 use berth_server::raft::network::RaftService;
@@ -59,6 +60,10 @@ struct Args {
     /// An agent silent for longer than this is marked Down.
     #[arg(long, default_value_t = 2000)]
     node_ttl_ms: u64,
+    /// A node Down for longer than this is lost: its containers are shown
+    /// Dead until it comes back (`rm -f` clears them).
+    #[arg(long, default_value_t = 60_000)]
+    node_lost_ms: u64,
 }
 
 fn main() {
@@ -111,6 +116,7 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         state,
         AppConfig {
             node_ttl: Duration::from_millis(args.node_ttl_ms),
+            node_lost: Duration::from_millis(args.node_lost_ms),
         },
     );
     tokio::spawn(liveness(app.clone()));
@@ -228,11 +234,57 @@ async fn liveness(app: App) {
         let Ok(nodes) = app.state.nodes() else {
             continue;
         };
-        for n in nodes {
+        for n in &nodes {
             if n.status() == NodeStatus::Ready && !app.nodes.is_connected(&n.name).await {
                 tracing::warn!(node = %n.name, "no session from a ready node; marking it down");
                 mark_down(&app, &n.name).await;
             }
+        }
+        mark_lost_containers_dead(&app, &nodes).await;
+    }
+}
+
+/// Containers of a node Down for longer than `node_lost` can neither run
+/// nor be cleaned up: they become Dead (and come back to life if the node
+/// returns and reports them).
+async fn mark_lost_containers_dead(app: &App, nodes: &[berth_proto::records::Node]) {
+    let now = berth_server::app::now_ms();
+    let lost_ms = app.config.node_lost.as_millis() as i64;
+    let lost: Vec<&berth_proto::records::Node> = nodes
+        .iter()
+        .filter(|n| n.status() == NodeStatus::Down && now - n.updated_at_ms >= lost_ms)
+        .collect();
+    if lost.is_empty() {
+        return;
+    }
+    let Ok(containers) = app.state.containers() else {
+        return;
+    };
+    for c in containers {
+        let Some(n) = lost.iter().find(|n| n.name == c.node) else {
+            continue;
+        };
+        if c.state() == ContainerState::Dead {
+            continue;
+        }
+        tracing::warn!(id = %c.id, node = %n.name, "the container's node is lost; marking it dead");
+        let op = Op::Transition(RecordTransition {
+            id: c.id.clone(),
+            node: c.node.clone(),
+            generation: c.generation,
+            to: ContainerState::Dead as i32,
+            exit_code: c.exit_code,
+            at_ms: now,
+            error: format!(
+                "node {} is lost: down since {} ms ago",
+                n.name,
+                now - n.updated_at_ms
+            ),
+            image_id: String::new(),
+            oom_killed: c.oom_killed,
+        });
+        if let Err(e) = app.write(op).await {
+            tracing::warn!(id = %c.id, "could not mark the container dead: {e}");
         }
     }
 }

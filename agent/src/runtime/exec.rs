@@ -109,46 +109,43 @@ fn run(b: &Path, id: &str) -> Result<i32, RuntimeError> {
         .ok()
         .and_then(|p| p.trim().parse().ok())
         .ok_or_else(|| RuntimeError::Invalid("the container is not running".into()))?;
-    let (uid, gid) = users::resolve(&bundle::rootfs(b), &cfg.user)?;
+    // Without -u, the process runs as the container's own user, as
+    // Docker's exec does.
+    let (uid, gid) = match (cfg.user.is_empty(), spec.process().as_ref()) {
+        (true, Some(p)) => (p.user().uid(), p.user().gid()),
+        _ => users::resolve(&bundle::rootfs(b), &cfg.user)?,
+    };
 
-    // Stdio: a pty, or one pipe for output and one for input.
-    let (child_in, child_out, input, output): (OwnedFd, OwnedFd, Arc<attach::Input>, OwnedFd) =
-        if cfg.tty {
-            let pty = nix::pty::openpty(None, None).map_err(sys("openpty"))?;
-            let io = |e| RuntimeError::Io {
-                path: "pty".into(),
-                source: e,
-            };
-            let master_in = pty.master.try_clone().map_err(io)?;
-            let master_resize = pty.master.try_clone().map_err(io)?;
-            let slave2 = pty.slave.try_clone().map_err(io)?;
-            (
-                pty.slave,
-                slave2,
-                Arc::new(attach::Input {
-                    stdin: Mutex::new(Some(File::from(master_in))),
-                    pty: Some(master_resize),
-                }),
-                pty.master,
-            )
+    // Stdio: a pty made in the container's devpts by the process itself
+    // (its master comes back over a socket pair), or one pipe for output
+    // and one for input.
+    let mut console: Option<(OwnedFd, OwnedFd)> = None;
+    let (child_in, child_out, mut input, mut output): (
+        Option<OwnedFd>,
+        Option<OwnedFd>,
+        Option<Arc<attach::Input>>,
+        Option<OwnedFd>,
+    ) = if cfg.tty {
+        console = Some(super::console::channel()?);
+        (None, None, None, None)
+    } else {
+        let (in_r, in_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+        let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+        let stdin = if cfg.interactive {
+            Some(File::from(in_w))
         } else {
-            let (in_r, in_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
-            let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
-            let stdin = if cfg.interactive {
-                Some(File::from(in_w))
-            } else {
-                None
-            };
-            (
-                in_r,
-                out_w,
-                Arc::new(attach::Input {
-                    stdin: Mutex::new(stdin),
-                    pty: None,
-                }),
-                out_r,
-            )
+            None
         };
+        (
+            Some(in_r),
+            Some(out_w),
+            Some(Arc::new(attach::Input {
+                stdin: Mutex::new(stdin),
+                pty: None,
+            })),
+            Some(out_r),
+        )
+    };
     let (_dir, short) = attach::short_socket_path(b).map_err(|source| RuntimeError::Io {
         path: b.into(),
         source,
@@ -210,12 +207,13 @@ fn run(b: &Path, id: &str) -> Result<i32, RuntimeError> {
     // so the child may run ordinary code until it execs.
     match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
         ForkResult::Child => {
-            // The child must not hold the write end of its own go pipe.
+            // The child must not hold the write end of its own go pipe, nor
+            // the shim's end of the console pair.
             drop(go_w);
-            let mut byte = [0u8; 1];
-            if nix::unistd::read(go_r.as_raw_fd(), &mut byte) != Ok(1) {
-                std::process::exit(126);
-            }
+            let console_child = console.map(|(ours, theirs)| {
+                drop(ours);
+                theirs
+            });
             // Into the container's cgroup while /sys/fs/cgroup is still the
             // host's (the shim itself stays out of it); the process forked
             // below inherits it, and its limits.
@@ -234,11 +232,17 @@ fn run(b: &Path, id: &str) -> Result<i32, RuntimeError> {
             // SAFETY: still single-threaded; the grandchild execs.
             match unsafe { nix::unistd::fork() } {
                 Ok(ForkResult::Child) => {
-                    let code = child(&cfg, &child_in, &child_out, &cwd, &env, &keep, uid, gid);
+                    let stdio = Stdio {
+                        stdin: child_in.as_ref(),
+                        stdout: child_out.as_ref(),
+                        console: console_child.as_ref(),
+                        go: &go_r,
+                    };
+                    let code = child(&cfg, &stdio, &cwd, &env, &keep, uid, gid);
                     std::process::exit(code);
                 }
                 Ok(ForkResult::Parent { child: grandchild }) => {
-                    drop((child_in, child_out));
+                    drop((child_in, child_out, console_child, go_r));
                     let code = super::shim::wait_exit(grandchild).unwrap_or(126);
                     std::process::exit(code);
                 }
@@ -247,6 +251,30 @@ fn run(b: &Path, id: &str) -> Result<i32, RuntimeError> {
         }
         ForkResult::Parent { child: pid } => {
             drop((child_in, child_out, go_r));
+            if let Some((ours, theirs)) = console {
+                drop(theirs);
+                // The terminal's master, from the process; without it (its
+                // setup failed) the exit code below says so.
+                if let Ok(Some(master)) = super::console::receive(&ours) {
+                    let io = |source| RuntimeError::Io {
+                        path: "pty".into(),
+                        source,
+                    };
+                    let master_in = master.try_clone().map_err(io)?;
+                    let master_resize = master.try_clone().map_err(io)?;
+                    output = Some(master);
+                    input = Some(Arc::new(attach::Input {
+                        stdin: Mutex::new(Some(File::from(master_in))),
+                        pty: Some(master_resize),
+                    }));
+                }
+            }
+            let input = input.unwrap_or_else(|| {
+                Arc::new(attach::Input {
+                    stdin: Mutex::new(None),
+                    pty: None,
+                })
+            });
             let clients = attach::Clients::default();
             attach::accept_first(&listener, &clients, &input, Duration::from_secs(15));
             let _ = nix::unistd::write(&go_w, &[1]);
@@ -256,12 +284,14 @@ fn run(b: &Path, id: &str) -> Result<i32, RuntimeError> {
                 let input = input.clone();
                 std::thread::spawn(move || attach::accept_loop(listener, clients, input));
             }
-            let mut out = File::from(output);
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                match out.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => clients.broadcast(&buf[..n]),
+            if let Some(output) = output {
+                let mut out = File::from(output);
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match out.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => clients.broadcast(&buf[..n]),
+                    }
                 }
             }
             super::shim::wait_exit(pid)
@@ -269,11 +299,20 @@ fn run(b: &Path, id: &str) -> Result<i32, RuntimeError> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where the exec'd process's stdio come from.
+struct Stdio<'a> {
+    /// The pipes of a process without a terminal.
+    stdin: Option<&'a OwnedFd>,
+    stdout: Option<&'a OwnedFd>,
+    /// With a terminal: the socket the pty master goes back over.
+    console: Option<&'a OwnedFd>,
+    /// One byte here once the exec shim is ready for output.
+    go: &'a OwnedFd,
+}
+
 fn child(
     cfg: &ExecConfig,
-    stdin: &OwnedFd,
-    stdout: &OwnedFd,
+    stdio: &Stdio,
     cwd: &Path,
     env: &[String],
     keep: &[u32],
@@ -281,19 +320,41 @@ fn child(
     gid: u32,
 ) -> i32 {
     let _ = nix::unistd::setsid();
-    for (fd, target) in [
-        (stdin.as_raw_fd(), 0),
-        (stdout.as_raw_fd(), 1),
-        (stdout.as_raw_fd(), 2),
-    ] {
-        // dup2(2): the process's stdio are the exec shim's pty or pipes.
+    let mut pty_slave = None;
+    let (stdin, stdout) = match (stdio.console, stdio.stdin, stdio.stdout) {
+        (Some(sock), _, _) => {
+            // This process is in the container's mount namespace already:
+            // the pty comes from the container's own devpts.
+            let Ok((master, slave)) = super::console::open(uid, gid) else {
+                return 126;
+            };
+            if super::console::send(sock.as_raw_fd(), &master).is_err() {
+                return 126;
+            }
+            drop(master);
+            let fd = slave.as_raw_fd();
+            pty_slave = Some(slave);
+            (fd, fd)
+        }
+        (None, Some(i), Some(o)) => (i.as_raw_fd(), o.as_raw_fd()),
+        _ => return 126,
+    };
+    for (fd, target) in [(stdin, 0), (stdout, 1), (stdout, 2)] {
+        // dup2(2): the process's stdio are the pty slave or the pipes.
         if nix::unistd::dup2(fd, target).is_err() {
             return 126;
         }
     }
+    drop(pty_slave);
     if cfg.tty {
         // SAFETY: TIOCSCTTY on stdin (the pty slave) for the new session.
         unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    }
+    // Wait until the exec shim serves the attachment, so that no output
+    // is lost.
+    let mut byte = [0u8; 1];
+    if nix::unistd::read(stdio.go.as_raw_fd(), &mut byte) != Ok(1) {
+        return 126;
     }
     if nix::unistd::chdir(cwd).is_err() {
         eprintln!("exec: cannot chdir to {}", cwd.display());

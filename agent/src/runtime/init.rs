@@ -33,8 +33,10 @@ pub struct InitContext<'a> {
     /// The shim writes one byte here once the child is in its cgroup; the
     /// child waits for it before doing anything.
     pub go: RawFd,
-    /// stdin is a pty slave that becomes the controlling terminal.
-    pub terminal: bool,
+    /// With a terminal: the socket over which the child sends the master
+    /// of the pty it makes in the container's devpts; the slave becomes its
+    /// stdio and controlling terminal, and the three fds above are unused.
+    pub console: Option<RawFd>,
 }
 
 /// A step of container setup that failed, with the exit code Docker gives
@@ -66,30 +68,13 @@ pub fn run(ctx: &InitContext) -> isize {
 
 fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFailure> {
     let spec = ctx.spec;
-    // Wait until the shim has put this process in its cgroup, so that the
-    // limits hold from the first instruction of the user's command.
-    let mut byte = [0u8; 1];
-    match nix::unistd::read(ctx.go, &mut byte) {
-        Ok(1) => {}
-        _ => {
-            return Err(fail(
-                "waiting for the shim",
-                "the shim gave up before the start",
-            ))
-        }
-    }
     // A session of its own: the container must not share the shim's
     // controlling terminal or receive its job-control signals.
     setsid().map_err(|e| fail("setsid", e))?;
-    for (fd, target) in [(ctx.stdin, 0), (ctx.stdout, 1), (ctx.stderr, 2)] {
-        // dup2(2): the container's stdio become the shim's pipes or pty.
-        dup2(fd, target).map_err(|e| fail("dup2", e))?;
-    }
-    if ctx.terminal {
-        // SAFETY: TIOCSCTTY on our stdin (the pty slave) makes it the new
-        // session's controlling terminal; no memory is passed.
-        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
-            return Err(fail("setting the controlling terminal", nix::Error::last()));
+    if ctx.console.is_none() {
+        for (fd, target) in [(ctx.stdin, 0), (ctx.stdout, 1), (ctx.stderr, 2)] {
+            // dup2(2): the container's stdio become the shim's pipes.
+            dup2(fd, target).map_err(|e| fail("dup2", e))?;
         }
     }
     let root_path = spec
@@ -208,6 +193,25 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
         .process()
         .as_ref()
         .ok_or_else(|| fail("config.json", "no process"))?;
+    if let Some(sock) = ctx.console {
+        let user = process.user();
+        let (master, slave) = super::console::open(user.uid(), user.gid())
+            .map_err(|e| fail("opening a terminal in the container's /dev/pts", e))?;
+        super::console::send(sock, &master).map_err(|e| fail("sending the terminal", e))?;
+        drop(master);
+        use std::os::fd::AsRawFd;
+        for target in 0..3 {
+            // dup2(2): the pty slave is the container's stdin, stdout and
+            // stderr.
+            dup2(slave.as_raw_fd(), target).map_err(|e| fail("dup2", e))?;
+        }
+        drop(slave);
+        // SAFETY: TIOCSCTTY on our stdin (the pty slave) makes it the new
+        // session's controlling terminal; no memory is passed.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+            return Err(fail("setting the controlling terminal", nix::Error::last()));
+        }
+    }
     let cwd = process.cwd();
     fs::create_dir_all(cwd)
         .map_err(|e| fail(format!("creating the workdir {}", cwd.display()), e))?;
@@ -229,6 +233,39 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
             }
         }
     }
+    for r in process.rlimits().clone().unwrap_or_default() {
+        let resource = super::spec::rlimit_resource(r.typ())
+            .ok_or_else(|| fail("rlimits", format!("unknown rlimit {:?}", r.typ())))?;
+        let limit = libc::rlimit {
+            rlim_cur: r.soft(),
+            rlim_max: r.hard(),
+        };
+        // setrlimit(2) while still root: a hard limit above the shim's own
+        // needs CAP_SYS_RESOURCE, and its refusal is reported as such.
+        // SAFETY: the rlimit struct is ours and only read.
+        if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+            let e = nix::Error::last();
+            let mut current = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit(2) fills the struct we own.
+            unsafe { libc::getrlimit(resource, &mut current) };
+            return Err(fail(
+                format!(
+                    "setting {} to {}:{} (the node allows a hard limit of at most {})",
+                    serde_json::to_value(r.typ())
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    show_limit(r.soft()),
+                    show_limit(r.hard()),
+                    show_limit(current.rlim_max),
+                ),
+                e,
+            ));
+        }
+    }
     // Nothing inherited from the agent: empty inheritable and ambient sets,
     // so that exec leaves only what the bounding set allows.
     clear_inheritable().map_err(|e| fail("clearing inheritable capabilities", e))?;
@@ -246,6 +283,19 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
     signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(|e| fail("sigprocmask", e))?;
 
+    // Wait until the shim has put this process in its cgroup (and, for run
+    // -it, until its terminal is attached), so that the limits hold from
+    // the first instruction of the user's command.
+    let mut byte = [0u8; 1];
+    match nix::unistd::read(ctx.go, &mut byte) {
+        Ok(1) => {}
+        _ => {
+            return Err(fail(
+                "waiting for the shim",
+                "the shim gave up before the start",
+            ))
+        }
+    }
     for (k, _) in std::env::vars_os() {
         std::env::remove_var(k);
     }
@@ -283,6 +333,14 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
             message: format!("exec: \"{name}\": {other}"),
         },
     })
+}
+
+fn show_limit(v: u64) -> String {
+    if v == libc::RLIM_INFINITY {
+        "unlimited".to_string()
+    } else {
+        v.to_string()
+    }
 }
 
 /// Joins a container path onto the rootfs, refusing `..` in it, and

@@ -1,7 +1,8 @@
 //! The container runtime, written with nix: the runtime-spec `config.json`
 //! of every container ([`spec`]), the per-container shim that owns the
 //! process, its stdio and its exit status ([`shim`]), and what runs inside
-//! the new namespaces before the user's command ([`init`]).
+//! the new namespaces before the user's command ([`init`]), and its
+//! terminal, made in its own devpts ([`console`]).
 //!
 //! The shim speaks to the agent in [`frame::Frame`]s, one JSON object a
 //! line on its stdout, and keeps the same log lines in the bundle's log
@@ -10,6 +11,7 @@
 pub mod attach;
 pub mod caps;
 pub mod cgroups;
+pub mod console;
 pub mod exec;
 pub mod frame;
 pub mod init;

@@ -20,7 +20,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use super::attach;
 use super::cgroups::{Cgroup, Layout, Limits};
 use super::frame::Frame;
-use super::{bundle, init, RuntimeError};
+use super::{bundle, console, init, RuntimeError};
 
 /// The longest line kept whole; longer output is split.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -176,35 +176,16 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
     let (go_r, go_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     let mut outputs: Vec<(&'static str, OwnedFd)> = Vec::new();
     let mut child_fds: Vec<OwnedFd> = Vec::new();
-    let (stdin_fd, stdout_fd, stderr_fd, input) = if terminal {
-        let pty = nix::pty::openpty(None, None).map_err(sys("openpty"))?;
-        for fd in [&pty.master, &pty.slave] {
-            nix::fcntl::fcntl(
-                fd.as_raw_fd(),
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            )
-            .map_err(sys("fcntl"))?;
-        }
-        let master_in = pty.master.try_clone().map_err(|source| RuntimeError::Io {
-            path: "pty".into(),
-            source,
-        })?;
-        let master_resize = pty.master.try_clone().map_err(|source| RuntimeError::Io {
-            path: "pty".into(),
-            source,
-        })?;
-        let slave = pty.slave.as_raw_fd();
-        outputs.push(("stdout", pty.master));
-        child_fds.push(pty.slave);
-        (
-            slave,
-            slave,
-            slave,
-            Some(Arc::new(attach::Input {
-                stdin: Mutex::new(Some(File::from(master_in))),
-                pty: Some(master_resize),
-            })),
-        )
+    // With a terminal, the pty is made inside the container (in its own
+    // devpts) and its master arrives over this socket pair once the child
+    // has mounted /dev/pts.
+    let mut console: Option<OwnedFd> = None;
+    let mut console_child: Option<OwnedFd> = None;
+    let (stdin_fd, stdout_fd, stderr_fd, mut input) = if terminal {
+        let (ours, theirs) = console::channel()?;
+        console = Some(ours);
+        console_child = Some(theirs);
+        (-1, -1, -1, None)
     } else {
         let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
         let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
@@ -239,8 +220,8 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
     };
     // Clients attach through a socket in the bundle.
     let clients = attach::Clients::default();
-    let listener = match &input {
-        Some(_) => {
+    let listener = match terminal || input.is_some() {
+        true => {
             let path = attach::socket_path(b);
             let _ = fs::remove_file(&path);
             let (_dir, short) =
@@ -253,7 +234,7 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
                     .map_err(|source| RuntimeError::Io { path, source })?,
             )
         }
-        None => None,
+        false => None,
     };
     let cgroup = container_cgroup(&spec);
     if let Some((cg, limits)) = &cgroup {
@@ -268,7 +249,7 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
         stderr: stderr_fd,
         sync: sync_w.as_raw_fd(),
         go: go_r.as_raw_fd(),
-        terminal,
+        console: console_child.as_ref().map(|c| c.as_raw_fd()),
     };
     let mut stack = vec![0u8; CHILD_STACK];
     // SAFETY: clone(2) without CLONE_VM gives the child its own copy of
@@ -284,7 +265,7 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
         )
     }
     .map_err(sys("clone"))?;
-    drop((child_fds, sync_w, go_r));
+    drop((child_fds, sync_w, go_r, console_child));
     // Into its cgroup before it may go on; if that fails, it never runs.
     if let Some((cg, _)) = &cgroup {
         if let Err(e) = cg.add(pid.as_raw()) {
@@ -292,6 +273,23 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
             let _ = wait_exit(pid);
             cg.remove();
             return Err(RuntimeError::Invalid(e.to_string()));
+        }
+    }
+    // The terminal's master, from the child; none if its setup failed, and
+    // then the sync pipe below says why.
+    if let Some(sock) = console.take() {
+        if let Some(master) = console::receive(&sock).map_err(sys("receiving the terminal"))? {
+            let io = |source| RuntimeError::Io {
+                path: "pty".into(),
+                source,
+            };
+            let master_in = master.try_clone().map_err(io)?;
+            let master_resize = master.try_clone().map_err(io)?;
+            outputs.push(("stdout", master));
+            input = Some(Arc::new(attach::Input {
+                stdin: Mutex::new(Some(File::from(master_in))),
+                pty: Some(master_resize),
+            }));
         }
     }
     if let (Some(listener), Some(input)) = (&listener, &input) {

@@ -7,7 +7,8 @@ use std::path::Path;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
     LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder,
+    Spec, SpecBuilder, UserBuilder,
 };
 
 use super::{caps, RuntimeError};
@@ -31,6 +32,8 @@ pub struct ContainerConfig {
     /// A terminal (run -t), stdin kept open (run -i), and the process held
     /// until the first attachment (run -it, attached).
     pub stdio: Stdio,
+    /// Resource limits of the process (--ulimit).
+    pub rlimits: Vec<berth_proto::ulimit::Ulimit>,
 }
 
 /// How a container's stdio is set up.
@@ -134,6 +137,44 @@ fn capability_set(names: &[&str]) -> Result<HashSet<Capability>, RuntimeError> {
         .collect()
 }
 
+/// A --ulimit as the runtime spec writes it (`RLIMIT_NOFILE`).
+fn rlimit(u: &berth_proto::ulimit::Ulimit) -> Result<PosixRlimit, RuntimeError> {
+    let typ: PosixRlimitType = serde_json::from_value(serde_json::Value::String(format!(
+        "RLIMIT_{}",
+        u.name.to_uppercase()
+    )))
+    .map_err(|e| RuntimeError::Invalid(format!("ulimit {}: {e}", u.name)))?;
+    Ok(PosixRlimitBuilder::default()
+        .typ(typ)
+        .soft(u.soft)
+        .hard(u.hard)
+        .build()?)
+}
+
+/// The kernel resource number of a runtime-spec rlimit, for setrlimit(2).
+pub fn rlimit_resource(typ: PosixRlimitType) -> Option<libc::__rlimit_resource_t> {
+    let name = serde_json::to_value(typ).ok()?;
+    Some(match name.as_str()? {
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        _ => return None,
+    })
+}
+
 /// The kernel number of an oci-spec capability.
 pub fn capability_number(c: &Capability) -> Option<u32> {
     let name = serde_json::to_value(c).ok()?;
@@ -167,6 +208,12 @@ pub fn build(cfg: &ContainerConfig) -> Result<Spec, RuntimeError> {
                 .build()?,
         )
         .no_new_privileges(false)
+        .rlimits(
+            cfg.rlimits
+                .iter()
+                .map(rlimit)
+                .collect::<Result<Vec<_>, _>>()?,
+        )
         .build()?;
     let mut namespaces = vec![
         LinuxNamespaceType::Pid,
@@ -297,7 +344,20 @@ mod tests {
             cgroup: "berth/test".into(),
             mounts: Vec::new(),
             stdio: Stdio::default(),
+            rlimits: Vec::new(),
         }
+    }
+
+    #[test]
+    fn ulimits_become_spec_rlimits() {
+        let mut c = cfg();
+        c.rlimits = vec![berth_proto::ulimit::parse("nofile=100:200").unwrap()];
+        let spec = build(&c).unwrap();
+        let r = &spec.process().as_ref().unwrap().rlimits().clone().unwrap()[0];
+        assert_eq!((r.soft(), r.hard()), (100, 200));
+        assert_eq!(rlimit_resource(r.typ()), Some(libc::RLIMIT_NOFILE));
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(json.contains("RLIMIT_NOFILE"), "{json}");
     }
 
     #[test]

@@ -248,11 +248,18 @@ impl Supervisor {
             image_request::Op::Save(_)
                 | image_request::Op::Inspect(_)
                 | image_request::Op::Export(_)
+                | image_request::Op::RemoveContainer(_)
         );
-        let result =
-            tokio::task::spawn_blocking(move || me.image_op_blocking(request_id, op, data))
+        let result = match op {
+            // Removal waits for the process to die: it runs here, not on a
+            // blocking thread.
+            image_request::Op::RemoveContainer(r) => {
+                self.remove(&r.container_id).await.map(|()| None)
+            }
+            op => tokio::task::spawn_blocking(move || me.image_op_blocking(request_id, op, data))
                 .await
-                .unwrap_or_else(|e| Err(format!("the image task failed: {e}")));
+                .unwrap_or_else(|e| Err(format!("the image task failed: {e}"))),
+        };
         if changes_images {
             self.send(agent_message::Msg::Images(agent::ImageInventory {
                 images: self.images(),
@@ -322,6 +329,9 @@ impl Supervisor {
             }
             image_request::Op::Inspect(i) => {
                 Ok(Some(self.images.inspect(&i.reference).map_err(err)?))
+            }
+            image_request::Op::RemoveContainer(_) => {
+                Err("container removal is not an image operation".into())
             }
             image_request::Op::Top(t) => {
                 let dir = self
@@ -442,7 +452,11 @@ impl Supervisor {
         match a.action() {
             Action::Run => self.run(a, true).await,
             Action::Create => self.run(a, false).await,
-            Action::Remove => self.remove(&a.container_id).await,
+            Action::Remove => {
+                if let Err(e) = self.remove(&a.container_id).await {
+                    tracing::warn!(id = %a.container_id, "{e}");
+                }
+            }
             Action::Stop => self.stop(&a).await,
             Action::Kill => {
                 if matches!(a.signal, 2 | 9 | 15) {
@@ -1065,14 +1079,17 @@ impl Supervisor {
         }));
     }
 
-    /// Kills the container if it runs and deletes its bundle.
-    async fn remove(&self, id: &str) {
+    /// Kills the container if it runs and deletes its bundle; the error
+    /// says what could not be done.
+    async fn remove(&self, id: &str) -> Result<(), String> {
         let Some(dir) = self.bundle_dir(id) else {
-            return;
+            return Ok(());
         };
         if !dir.exists() {
-            return;
+            return Ok(());
         }
+        // No restart policy brings back what is being removed.
+        let _ = fs::write(dir.join(STOPPED_MARK), "");
         if !bundle::exit(&dir).exists() {
             let _ =
                 Cgroup::new(Layout::detect(Path::new(CGROUP_ROOT)), &cgroup_of(id)).freeze(false);
@@ -1092,12 +1109,20 @@ impl Supervisor {
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
+                if !bundle::exit(&dir).exists() {
+                    return Err(format!(
+                        "cannot remove container {id}: its process (pid {pid}) did not die within 5 s of SIGKILL"
+                    ));
+                }
             }
         }
         let _ = snapshot::unmount(&bundle::rootfs(&dir));
-        if let Err(e) = fs::remove_dir_all(&dir) {
-            tracing::warn!(%id, "removing {}: {e}", dir.display());
-        }
+        fs::remove_dir_all(&dir).map_err(|e| {
+            format!(
+                "unable to remove filesystem for {id}: {}: {e}",
+                dir.display()
+            )
+        })
     }
 }
 
@@ -1183,6 +1208,11 @@ pub fn container_config(
             stdin_open: spec.stdin_open,
             wait_for_attach: spec.wait_for_attach,
         },
+        rlimits: spec
+            .ulimits
+            .iter()
+            .map(|u| berth_proto::ulimit::parse(u).map_err(RuntimeError::Invalid))
+            .collect::<Result<_, _>>()?,
     })
 }
 

@@ -24,6 +24,7 @@ pub fn spec_from_wire(s: cluster::ContainerSpec) -> records::ContainerSpec {
         restart: s.restart.clone(),
         tty: s.tty,
         stdin_open: s.stdin_open,
+        ulimits: s.ulimits.clone(),
     }
 }
 
@@ -46,6 +47,7 @@ fn spec_to_wire(s: &records::ContainerSpec) -> cluster::ContainerSpec {
         restart: s.restart.clone(),
         tty: s.tty,
         stdin_open: s.stdin_open,
+        ulimits: s.ulimits.clone(),
     }
 }
 

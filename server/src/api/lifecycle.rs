@@ -52,6 +52,24 @@ async fn wait_for(
 
 /// Starts a created or exited container (a running one is left as it is)
 /// and returns once it runs or has ended.
+/// Records that a container can no longer run nor be cleaned up, and why.
+pub async fn mark_dead(app: &App, c: &records::Container, why: &str) {
+    let op = records::command::Op::Transition(records::RecordTransition {
+        id: c.id.clone(),
+        node: c.node.clone(),
+        generation: c.generation,
+        to: ContainerState::Dead as i32,
+        exit_code: c.exit_code,
+        at_ms: crate::app::now_ms(),
+        error: why.to_string(),
+        image_id: String::new(),
+        oom_killed: c.oom_killed,
+    });
+    if let Err(e) = app.write(op).await {
+        tracing::warn!(id = %c.id, "could not mark the container dead: {e}");
+    }
+}
+
 pub async fn start(app: &App, c: records::Container) -> Result<records::Container, Status> {
     CStatus(c.state())
         .check_start(&c.name)

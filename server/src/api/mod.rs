@@ -19,7 +19,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::app::{now_ms, App, AppError};
-use crate::nodes::assignment;
 use crate::scheduler;
 use crate::state::status::Status as CStatus;
 
@@ -82,30 +81,30 @@ impl Cluster for ClusterService {
         for v in &spec.volumes {
             names::check_volume(v).map_err(Status::invalid_argument)?;
         }
+        for u in &spec.ulimits {
+            berth_proto::ulimit::parse(u).map_err(Status::invalid_argument)?;
+        }
         if spec.auto_remove && !matches!(spec.restart.as_str(), "" | "no") {
             return Err(Status::invalid_argument(
                 "conflicting options: --restart and --rm",
             ));
         }
-        let name = if req.name.is_empty() {
-            names::new_name()
-        } else if names::valid_name(&req.name) {
-            req.name.clone()
-        } else {
+        let generated = req.name.is_empty();
+        if !generated && !names::valid_name(&req.name) {
             return Err(Status::invalid_argument(format!(
                 "Invalid container name ({}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
                 req.name
             )));
-        };
+        }
         scheduler::check_feasible(&self.app, &spec.image).map_err(to_status)?;
         let id = names::new_id();
         if spec.hostname.is_empty() {
             spec.hostname = id[..12].to_string();
         }
-        let container = records::Container {
+        let mut container = records::Container {
             schema: SCHEMA_VERSION,
             id,
-            name,
+            name: req.name.clone(),
             spec: Some(spec),
             state: ContainerState::Pending as i32,
             desired: if req.start {
@@ -117,15 +116,41 @@ impl Cluster for ClusterService {
             log_next_seq: 1,
             ..Default::default()
         };
-        let created = self
-            .app
-            .write(Op::Create(records::CreateContainer {
-                container: Some(container),
-            }))
-            .await
-            .map_err(to_status)?
-            .container
-            .unwrap_or_default();
+        // A generated name that is taken (here, or by a create racing this
+        // one) is drawn again; a name the user chose is their conflict.
+        let mut attempt = 0;
+        let created = loop {
+            if generated {
+                container.name = names::new_name(attempt);
+                let taken = self
+                    .app
+                    .state
+                    .find_container(&container.name)
+                    .map_err(|e| to_status(e.into()))?
+                    .is_some_and(|c| c.name == container.name);
+                if taken && attempt + 1 < names::NAME_ATTEMPTS {
+                    attempt += 1;
+                    continue;
+                }
+            }
+            match self
+                .app
+                .write(Op::Create(records::CreateContainer {
+                    container: Some(container.clone()),
+                }))
+                .await
+            {
+                Ok(r) => break r.container.unwrap_or_default(),
+                Err(AppError::Refused(why))
+                    if generated
+                        && names::is_name_conflict(&why)
+                        && attempt + 1 < names::NAME_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                Err(e) => return Err(to_status(e)),
+            }
+        };
         let asked = crate::app::now_ms();
         let placed = scheduler::place(&self.app, &created, req.start)
             .await
@@ -186,6 +211,38 @@ impl Cluster for ClusterService {
                 c.id
             )));
         }
+        // The node deletes what it holds first; if it cannot, the
+        // container is Dead (as Docker's), and only `rm -f` drops its
+        // record. A node that is away deletes it when it registers again.
+        let mut warning = String::new();
+        if !c.node.is_empty() && self.app.nodes.is_connected(&c.node).await {
+            let removal = self
+                .app
+                .nodes
+                .image_call(
+                    &c.node,
+                    berth_proto::agent::image_request::Op::RemoveContainer(
+                        berth_proto::agent::RemoveContainerOp {
+                            container_id: c.id.clone(),
+                        },
+                    ),
+                    &[],
+                )
+                .await;
+            if let Err(why) = removal {
+                if !req.force || c.state() != ContainerState::Dead {
+                    lifecycle::mark_dead(&self.app, &c, &why).await;
+                    return Err(Status::internal(format!(
+                        "{why} (the container is now Dead; `berth rm -f {}` drops it)",
+                        c.name
+                    )));
+                }
+                warning = format!(
+                    "{why}; the record is dropped and node {} tries again when it next registers",
+                    c.node
+                );
+            }
+        }
         self.app
             .write(Op::Remove(records::RemoveContainer {
                 id: c.id.clone(),
@@ -193,13 +250,10 @@ impl Cluster for ClusterService {
             }))
             .await
             .map_err(to_status)?;
-        if !c.node.is_empty() {
-            self.app
-                .nodes
-                .send(&c.node, assignment::remove(&c.id, c.generation))
-                .await;
-        }
-        Ok(Response::new(cluster::RemoveContainerResponse { id: c.id }))
+        Ok(Response::new(cluster::RemoveContainerResponse {
+            id: c.id,
+            warning,
+        }))
     }
 
     async fn start_container(

@@ -3,31 +3,66 @@
 use rand::Rng;
 
 const ADJECTIVES: &[&str] = &[
-    "brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry",
-    "nimble", "proud", "quiet", "rapid", "sharp", "steady", "swift", "tender", "vivid", "witty",
+    "agile", "amber", "ample", "bold", "brave", "bright", "brisk", "calm", "clever", "cosy",
+    "crisp", "daring", "eager", "fancy", "fleet", "gentle", "golden", "happy", "hardy", "jolly",
+    "keen", "kind", "lively", "lucid", "merry", "mighty", "nimble", "noble", "patient", "proud",
+    "quiet", "rapid", "salty", "sharp", "shiny", "steady", "stout", "sunny", "swift", "tender",
+    "tidy", "vivid", "wise", "witty", "zesty",
 ];
 const NOUNS: &[&str] = &[
     "anchor",
+    "barge",
     "beacon",
+    "berth",
+    "bollard",
+    "bosun",
+    "bow",
     "buoy",
+    "canal",
+    "cargo",
+    "channel",
     "cove",
+    "crane",
+    "cutter",
+    "davit",
+    "dinghy",
     "dock",
     "ferry",
+    "galley",
+    "gangway",
     "harbor",
+    "hawser",
+    "helm",
+    "hull",
+    "inlet",
     "jetty",
     "keel",
+    "ketch",
+    "lagoon",
     "lighthouse",
+    "lock",
+    "marina",
     "mast",
+    "mooring",
+    "oar",
     "pier",
+    "pilot",
     "quay",
     "reef",
+    "rudder",
     "sail",
     "schooner",
     "skiff",
+    "sloop",
+    "stern",
     "tide",
+    "tug",
     "wharf",
     "yawl",
 ];
+
+/// How many generated names to try before a create gives up on a name.
+pub const NAME_ATTEMPTS: u32 = 10;
 
 /// A new container id: 32 random bytes in hex, as Docker's.
 pub fn new_id() -> String {
@@ -35,14 +70,26 @@ pub fn new_id() -> String {
     hex::encode(bytes)
 }
 
-/// A generated container name such as `swift_harbor`.
-pub fn new_name() -> String {
+/// A generated container name such as `swift_harbor`. After a few
+/// attempts taken already (`attempt` counts from 0), a random number is
+/// appended, as Docker does, so that a busy cluster still finds a free one.
+pub fn new_name(attempt: u32) -> String {
     let mut rng = rand::thread_rng();
-    format!(
+    let base = format!(
         "{}_{}",
         ADJECTIVES[rng.gen_range(0..ADJECTIVES.len())],
         NOUNS[rng.gen_range(0..NOUNS.len())]
-    )
+    );
+    if attempt < 3 {
+        base
+    } else {
+        format!("{base}{}", rng.gen_range(0..10u32.pow(attempt.min(9))))
+    }
+}
+
+/// Whether a refusal from the state machine is a name already in use.
+pub fn is_name_conflict(why: &str) -> bool {
+    why.starts_with("Conflict. The container name")
 }
 
 /// Checks a user-given container name the way Docker does.
@@ -71,6 +118,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn generated_names_are_valid_and_grow_a_number_after_collisions() {
+        for attempt in 0..NAME_ATTEMPTS {
+            let n = new_name(attempt);
+            assert!(valid_name(&n), "{n}");
+            let (adjective, noun) = n.split_once('_').unwrap();
+            assert!(ADJECTIVES.contains(&adjective), "{n}");
+            if attempt < 3 {
+                assert!(NOUNS.contains(&noun), "{n}");
+            } else {
+                assert!(noun.ends_with(|c: char| c.is_ascii_digit()), "{n}");
+            }
+        }
+    }
+
+    #[test]
     fn references_get_the_latest_tag() {
         assert_eq!(normalize_image("busybox"), "busybox:latest");
         assert_eq!(normalize_image("busybox:1.36"), "busybox:1.36");
@@ -87,7 +149,7 @@ mod tests {
         assert!(!valid_name("-web"));
         assert!(!valid_name("we b"));
         assert!(!valid_name(""));
-        assert!(valid_name(&new_name()));
+        assert!(valid_name(&new_name(0)));
         assert_eq!(new_id().len(), 64);
     }
 }

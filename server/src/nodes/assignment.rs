@@ -77,6 +77,7 @@ fn with_action(c: &Container, action: Action, signal: i32, timeout_s: u32) -> Se
                 tty: spec.tty,
                 stdin_open: spec.stdin_open,
                 wait_for_attach: false,
+                ulimits: spec.ulimits,
             }),
         })),
     }

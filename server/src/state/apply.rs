@@ -354,6 +354,12 @@ fn transition(
     }
     c.set_state(to);
     match to {
+        // Back from Dead (its node returned): the same process, still
+        // running since it started.
+        ContainerState::Running | ContainerState::Paused if from == ContainerState::Dead => {
+            c.error.clear();
+            c.finished_at_ms = 0;
+        }
         ContainerState::Running if from != ContainerState::Paused => {
             c.started_at_ms = t.at_ms;
             c.error.clear();

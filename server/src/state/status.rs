@@ -18,6 +18,8 @@ impl Status {
                 | (Running, Paused | Exited)
                 | (Paused, Running | Exited)
                 | (Exited, Running)
+                // A lost node came back and reports what it holds.
+                | (Dead, Created | Running | Paused | Exited)
         )
     }
 
@@ -102,6 +104,9 @@ mod tests {
         assert!(!Status(Exited).can_move_to(Created));
         assert!(!Status(Running).can_move_to(Created));
         assert!(!Status(Created).can_move_to(Paused));
+        assert!(Status(Running).can_move_to(Dead));
+        assert!(Status(Dead).can_move_to(Running));
+        assert!(!Status(Dead).can_move_to(Pending));
     }
 
     #[test]
