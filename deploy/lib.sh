@@ -37,6 +37,44 @@ berth_install_packages() {
     fi
 }
 
+# For the cgroup v2 test (chaos-tests/tests/cgroup_v2.rs): qemu, cpio, and
+# Debian's kernel with its overlay module in /var/cache/berth/vm, taken
+# from the linux-image package without installing it. Idempotent.
+BERTH_VM_DIR=/var/cache/berth/vm
+berth_install_vm() {
+    local missing=""
+    for p in qemu-system-x86 cpio; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+            missing="$missing $p"
+        fi
+    done
+    if [ -n "$missing" ]; then
+        echo "==> installing Debian packages:$missing"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q --no-install-recommends $missing \
+            || { apt-get update -q && apt-get install -y -q --no-install-recommends $missing; }
+    fi
+    if [ -f "$BERTH_VM_DIR/vmlinuz" ] && [ -f "$BERTH_VM_DIR/overlay.ko" ]; then
+        return
+    fi
+    echo "==> fetching Debian's kernel for the cgroup v2 guest into $BERTH_VM_DIR"
+    local pkg tmp
+    pkg="$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')"
+    if [ -z "$pkg" ]; then
+        apt-get update -q
+        pkg="$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')"
+    fi
+    tmp="$(mktemp -d)"
+    chmod 755 "$tmp"
+    chown _apt "$tmp" 2>/dev/null || true
+    (cd "$tmp" && apt-get download -q "$pkg" && dpkg-deb -x ./*.deb x)
+    mkdir -p "$BERTH_VM_DIR"
+    cp "$tmp"/x/boot/vmlinuz-* "$BERTH_VM_DIR/vmlinuz"
+    find "$tmp/x/lib/modules" -name overlay.ko -exec cp {} "$BERTH_VM_DIR/overlay.ko" \;
+    rm -rf "$tmp"
+    [ -f "$BERTH_VM_DIR/overlay.ko" ] || { echo "berth: no overlay.ko in $pkg" >&2; exit 1; }
+}
+
 # One persistent target directory for every script and CI run, so that
 # only the first build pays for rocksdb.
 berth_target_dir() {

@@ -7,6 +7,7 @@ set -euo pipefail
 
 berth_require_root
 berth_install_packages
+berth_install_vm
 berth_build
 echo "==> cargo test --workspace"
 cd "$BERTH_REPO"
