@@ -182,7 +182,9 @@ impl Cluster {
     /// As [`Cluster::start_servers`], on ports from `base_port` up.
     pub fn start_servers_at(n: usize, base_port: u16) -> anyhow::Result<Self> {
         let mut c = Self {
-            dir: tempfile::tempdir_in("/var/tmp")?,
+            dir: tempfile::tempdir_in(
+                std::env::var("BERTH_BENCH_TMP").unwrap_or_else(|_| "/var/tmp".into()),
+            )?,
             bin: bin_dir()?,
             server: None,
             agent: None,

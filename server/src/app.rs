@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use berth_proto::records::{self, command::Op, CommandResult, SCHEMA_VERSION};
 
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
 use crate::nodes::Nodes;
 use crate::raft::{BerthRaft, Request};
 use crate::state::{StateError, StateReader};
@@ -46,39 +48,52 @@ pub struct App {
     pub state: StateReader,
     pub nodes: Arc<Nodes>,
     pub config: AppConfig,
+    writes: mpsc::UnboundedSender<PendingWrite>,
 }
 
+/// A write waiting for its turn in a Raft entry, and who waits for it.
+type PendingWrite = (Op, oneshot::Sender<Result<CommandResult, AppError>>);
+
+/// The most commands one Raft entry carries.
+const BATCH_MAX: usize = 64;
+/// How many batched entries may be in flight at once. While they are,
+/// new writes queue and go together in the next entry: openraft 0.9 appends
+/// (and fsyncs) every client write on its own, one after another, so one
+/// entry for many writes is what lets throughput grow with clients. A lone
+/// write never waits: it goes at once, as its own entry.
+const BATCHES_IN_FLIGHT: usize = 2;
+
 impl App {
+    /// Makes the core and starts its write batcher (call within tokio).
     pub fn new(raft: BerthRaft, state: StateReader, config: AppConfig) -> Self {
+        let (writes, queue) = mpsc::unbounded_channel();
+        tokio::spawn(batch_writes(raft.clone(), queue));
         Self {
             raft,
             state,
             nodes: Arc::new(Nodes::default()),
             config,
+            writes,
         }
     }
 
     /// Commits one command through Raft and returns what applying it gave.
     /// The caller hears "ok" only after the commit (invariant 1); a command
     /// the state machine refused comes back as [`AppError::Refused`].
+    /// Concurrent writes may share an entry; each still gets its own
+    /// result, and applies as if alone, in the order they were queued.
     pub async fn write(&self, op: Op) -> Result<CommandResult, AppError> {
-        let cmd = records::Command {
-            schema: SCHEMA_VERSION,
-            op: Some(op),
-        };
-        match self.raft.client_write(Request(cmd)).await {
-            Ok(resp) => {
-                let result = resp.data.0;
-                if result.error.is_empty() {
-                    Ok(result)
-                } else {
-                    Err(AppError::Refused(result.error))
-                }
-            }
-            Err(openraft::error::RaftError::APIError(
-                openraft::error::ClientWriteError::ForwardToLeader(f),
-            )) => Err(AppError::NotLeader(f.leader_node.map(|n| n.addr))),
-            Err(e) => Err(AppError::Raft(e.to_string())),
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send((op, tx))
+            .map_err(|_| AppError::Raft("the server is shutting down".into()))?;
+        let result = rx
+            .await
+            .map_err(|_| AppError::Raft("the server is shutting down".into()))??;
+        if result.error.is_empty() {
+            Ok(result)
+        } else {
+            Err(AppError::Refused(result.error))
         }
     }
 
@@ -107,6 +122,83 @@ impl App {
             tokio::time::timeout(Duration::from_secs(1), self.raft.ensure_linearizable()).await,
             Ok(Ok(_))
         )
+    }
+}
+
+/// Takes queued writes and commits them, as many as are waiting (up to
+/// [`BATCH_MAX`]) in one entry, with at most [`BATCHES_IN_FLIGHT`] entries
+/// in flight.
+async fn batch_writes(raft: BerthRaft, mut queue: mpsc::UnboundedReceiver<PendingWrite>) {
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        // Whatever queued while the slot was taken goes along.
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MAX {
+            match queue.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            commit_batch(&raft, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn commit_batch(raft: &BerthRaft, batch: Vec<PendingWrite>) {
+    let (ops, waiters): (Vec<Op>, Vec<_>) = batch.into_iter().unzip();
+    let op = if ops.len() == 1 {
+        ops.into_iter().next().expect("one op")
+    } else {
+        Op::Batch(records::Batch {
+            commands: ops
+                .into_iter()
+                .map(|op| records::Command {
+                    schema: SCHEMA_VERSION,
+                    op: Some(op),
+                })
+                .collect(),
+        })
+    };
+    let batched = matches!(op, Op::Batch(_));
+    let cmd = records::Command {
+        schema: SCHEMA_VERSION,
+        op: Some(op),
+    };
+    let outcome = raft.client_write(Request(cmd)).await;
+    let results: Vec<Result<CommandResult, AppError>> = match outcome {
+        Ok(resp) if batched => {
+            let mut results = resp.data.0.batch.into_iter();
+            waiters
+                .iter()
+                .map(|_| {
+                    results
+                        .next()
+                        .ok_or_else(|| AppError::Raft("a batch result is missing".into()))
+                })
+                .collect()
+        }
+        Ok(resp) => vec![Ok(resp.data.0)],
+        Err(e) => {
+            let err = |e: &openraft::error::RaftError<
+                u64,
+                openraft::error::ClientWriteError<u64, openraft::BasicNode>,
+            >| match e {
+                openraft::error::RaftError::APIError(
+                    openraft::error::ClientWriteError::ForwardToLeader(f),
+                ) => AppError::NotLeader(f.leader_node.clone().map(|n| n.addr)),
+                e => AppError::Raft(e.to_string()),
+            };
+            waiters.iter().map(|_| Err(err(&e))).collect()
+        }
+    };
+    for (w, r) in waiters.into_iter().zip(results) {
+        let _ = w.send(r);
     }
 }
 

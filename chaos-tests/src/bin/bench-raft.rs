@@ -220,6 +220,22 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let mut berth = Cluster::start_servers_at(3, 7491)?;
     let addrs: Vec<String> = berth.all_addrs().split(',').map(str::to_string).collect();
+    // `bench-raft --berth-only [CLIENTS [WRITES_EACH]]`: one berth load,
+    // long enough to profile, and no etcd.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--berth-only") {
+        let clients = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(64);
+        let per = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1000);
+        let (_, bc) = rt
+            .block_on(berth_leader(&addrs))
+            .context("no berth leader")?;
+        let b = rt.block_on(load(clients, per, berth_write(bc)));
+        println!(
+            "berth, {clients} client(s) x {per}: {:.1} writes/s, p50 {:.2} ms, p99 {:.2} ms",
+            b.per_s, b.p50, b.p99
+        );
+        return Ok(());
+    }
     let mut etcd = Etcd::start()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while rt.block_on(etcd_leader()).is_none() {

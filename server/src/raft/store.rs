@@ -275,8 +275,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<u64>>,
     ) -> Result<(), StorageError<u64>> {
+        // Not synced: the committed index is only a lower bound to apply up
+        // to after a restart (the entries themselves are durable), and it
+        // is written on the Raft core's path to every apply.
         if let Some(c) = committed {
-            self.put_meta(KEY_COMMITTED, codec::log_id_to_record(&c).encode_to_vec())
+            self.db
+                .put_cf(
+                    cf(&self.db, CF_META),
+                    KEY_COMMITTED,
+                    codec::log_id_to_record(&c).encode_to_vec(),
+                )
                 .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
         }
         Ok(())
@@ -304,9 +312,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             );
         }
         // The write is synced before the callback: openraft counts an entry
-        // as durable only once it is told so.
-        let res = self.db.write_opt(batch, &sync_writes());
-        match res {
+        // as durable only once it is told so. (openraft 0.9 waits for the
+        // callback before it goes on, so a sync here costs the same as a
+        // sync on another thread; the server batches writes into entries
+        // instead, app.rs.)
+        match self.db.write_opt(batch, &sync_writes()) {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
@@ -319,27 +329,42 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        // Point deletes, not a range tombstone: once a memtable holds a
+        // range tombstone, every later read of it asks rocksdb for the
+        // current CPU, which this librocksdb build does with the cpuid
+        // instruction, a trap to the hypervisor in a VM.
+        let mut batch = WriteBatch::default();
+        let it = self.db.iterator_cf(
+            cf(&self.db, CF_LOGS),
+            IteratorMode::From(&index_key(log_id.index), Direction::Forward),
+        );
+        for item in it {
+            let (k, _) = item.map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+            batch.delete_cf(cf(&self.db, CF_LOGS), k);
+        }
         self.db
-            .delete_range_cf(
-                cf(&self.db, CF_LOGS),
-                index_key(log_id.index),
-                index_key(u64::MAX),
-            )
+            .write_opt(batch, &sync_writes())
             .map_err(|e| StorageIOError::write_logs(io_err(e)).into())
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        self.put_meta(
+        let from = self
+            .read_log_id(KEY_LAST_PURGED)?
+            .map(|l| l.index + 1)
+            .unwrap_or(0);
+        // One batch: the purged mark and the point deletes of the entries
+        // since the last purge (see truncate for why not a range delete).
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            cf(&self.db, CF_META),
             KEY_LAST_PURGED,
             codec::log_id_to_record(&log_id).encode_to_vec(),
-        )
-        .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+        );
+        for index in from..=log_id.index {
+            batch.delete_cf(cf(&self.db, CF_LOGS), index_key(index));
+        }
         self.db
-            .delete_range_cf(
-                cf(&self.db, CF_LOGS),
-                index_key(0),
-                index_key(log_id.index + 1),
-            )
+            .write_opt(batch, &sync_writes())
             .map_err(|e| StorageIOError::write_logs(io_err(e)).into())
     }
 }
@@ -375,29 +400,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut out = Vec::new();
         let mut last = None;
         for e in entries {
-            // Each entry is applied in its own batch so that the next one
-            // reads what this one wrote; the applied index moves with it.
-            let mut batch = WriteBatch::default();
+            // Each entry is one rocksdb batch (a batched entry's commands
+            // see each other's writes through the Tx), with the applied
+            // index in it: an entry lands whole or not at all.
+            let mut tx = state::tx::Tx::new(&self.db, cf(&self.db, CF_SM));
+            let mut meta = Vec::new();
             let result = match &e.payload {
                 EntryPayload::Blank => records::CommandResult::default(),
-                EntryPayload::Normal(req) => state::apply::apply(
-                    &self.db,
-                    cf(&self.db, CF_SM),
-                    &req.0,
-                    e.log_id.index,
-                    &mut batch,
-                )
-                .map_err(|err| StorageIOError::apply(e.log_id, io_err(err)))?,
+                EntryPayload::Normal(req) => {
+                    state::apply::apply(&mut tx, &req.0, e.log_id.index)
+                        .map_err(|err| StorageIOError::apply(e.log_id, io_err(err)))?
+                }
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(e.log_id), m.clone());
-                    batch.put_cf(
-                        cf(&self.db, CF_SM_META),
+                    meta.push((
                         KEY_MEMBERSHIP,
                         codec::stored_membership_to_record(&stored).encode_to_vec(),
-                    );
+                    ));
                     records::CommandResult::default()
                 }
             };
+            let mut batch = tx.into_batch();
+            for (k, v) in meta {
+                batch.put_cf(cf(&self.db, CF_SM_META), k, v);
+            }
             self.set_applied(&mut batch, &e.log_id);
             self.db
                 .write(batch)

@@ -4,10 +4,10 @@
 
 use berth_proto::records::{self, command::Op, CommandResult, Container, ContainerState};
 use prost::Message;
-use rocksdb::{ColumnFamily, WriteBatch, DB};
 
 use super::keys;
 use super::status::Status;
+use super::tx::Tx;
 
 /// The most transitions a container record keeps.
 const HISTORY_LIMIT: usize = 64;
@@ -46,40 +46,49 @@ pub enum ApplyError {
     Decode(#[from] prost::DecodeError),
 }
 
-/// Applies one command, writing its changes into `batch`.
-pub fn apply(
-    db: &DB,
-    sm: &ColumnFamily,
-    cmd: &records::Command,
-    index: u64,
-    batch: &mut WriteBatch,
-) -> Result<CommandResult, ApplyError> {
+/// Applies the command of one Raft entry, a single one or a batch of them
+/// in order (each seeing what the ones before it wrote), into `tx`.
+pub fn apply(tx: &mut Tx, cmd: &records::Command, index: u64) -> Result<CommandResult, ApplyError> {
     let mut events = Vec::new();
-    let result = apply_op(db, sm, cmd, batch, &mut events)?;
+    let result = match &cmd.op {
+        Some(Op::Batch(b)) => {
+            let mut results = Vec::with_capacity(b.commands.len());
+            for c in &b.commands {
+                results.push(apply_op(tx, c, &mut events)?);
+            }
+            CommandResult {
+                batch: results,
+                ..Default::default()
+            }
+        }
+        _ => apply_op(tx, cmd, &mut events)?,
+    };
     for (n, mut e) in events.into_iter().enumerate() {
         e.seq = index;
-        batch.put_cf(sm, keys::event(index, n as u8), e.encode_to_vec());
+        tx.put(keys::event(index, n as u16), e.encode_to_vec());
     }
     if index > EVENTS_KEPT && index.is_multiple_of(100) {
-        // Older events go, a hundred entries at a time.
-        batch.delete_range_cf(sm, keys::event(0, 0), keys::event(index - EVENTS_KEPT, 0));
+        // Older events go, a hundred entries at a time; the window reaches
+        // back further in case an entry at a multiple of 100 was not a
+        // command (a blank or membership entry is not applied here).
+        let from = keys::event((index - EVENTS_KEPT).saturating_sub(1_000), 0);
+        tx.delete_range(&from, &keys::event(index - EVENTS_KEPT, 0))?;
     }
     Ok(result)
 }
 
 fn apply_op(
-    db: &DB,
-    sm: &ColumnFamily,
+    tx: &mut Tx,
     cmd: &records::Command,
-    batch: &mut WriteBatch,
     events: &mut Vec<records::Event>,
 ) -> Result<CommandResult, ApplyError> {
     let Some(op) = &cmd.op else {
         return Ok(refused("empty command"));
     };
     match op {
+        Op::Batch(_) => Ok(refused("a batch inside a batch")),
         Op::Create(c) => {
-            let r = create(db, sm, c, batch)?;
+            let r = create(tx, c)?;
             if let Some(ct) = r.container.as_ref().filter(|_| r.error.is_empty()) {
                 let image = ct
                     .spec
@@ -97,7 +106,7 @@ fn apply_op(
             Ok(r)
         }
         Op::Remove(rm) => {
-            let r = remove(db, sm, rm, batch)?;
+            let r = remove(tx, rm)?;
             if let Some(ct) = r.container.as_ref().filter(|_| r.error.is_empty()) {
                 events.push(event(
                     "container",
@@ -109,10 +118,10 @@ fn apply_op(
             }
             Ok(r)
         }
-        Op::Place(p) => place(db, sm, p, batch),
+        Op::Place(p) => place(tx, p),
         Op::Transition(t) => {
-            let before = load(db, sm, &t.id)?.map(|c| c.state());
-            let r = transition(db, sm, t, batch)?;
+            let before = load(tx, &t.id)?.map(|c| c.state());
+            let r = transition(tx, t)?;
             if let (Some(ct), Some(from)) =
                 (r.container.as_ref().filter(|_| r.error.is_empty()), before)
             {
@@ -144,10 +153,10 @@ fn apply_op(
             }
             Ok(r)
         }
-        Op::Logs(l) => append_logs(db, sm, l, batch),
+        Op::Logs(l) => append_logs(tx, l),
         Op::Node(n) => {
             if let Some(node) = &n.node {
-                let old = match db.get_cf(sm, keys::node(&node.name))? {
+                let old = match tx.get(&keys::node(&node.name))? {
                     Some(v) => Some(records::Node::decode(v.as_slice())?),
                     None => None,
                 };
@@ -195,12 +204,12 @@ fn apply_op(
                 if let Some(o) = &old {
                     node.labels = o.labels.clone();
                 }
-                batch.put_cf(sm, keys::node(&node.name), node.encode_to_vec());
+                tx.put(keys::node(&node.name), node.encode_to_vec());
             }
             Ok(CommandResult::default())
         }
         Op::NodeLabels(l) => {
-            let Some(v) = db.get_cf(sm, keys::node(&l.name))? else {
+            let Some(v) = tx.get(&keys::node(&l.name))? else {
                 return Ok(refused(&format!("No such node: {}", l.name)));
             };
             let mut node = records::Node::decode(v.as_slice())?;
@@ -210,11 +219,11 @@ fn apply_op(
             for (k, v) in &l.set {
                 node.labels.insert(k.clone(), v.clone());
             }
-            batch.put_cf(sm, keys::node(&l.name), node.encode_to_vec());
+            tx.put(keys::node(&l.name), node.encode_to_vec());
             Ok(CommandResult::default())
         }
         Op::NodeStatus(s) => {
-            let Some(v) = db.get_cf(sm, keys::node(&s.name))? else {
+            let Some(v) = tx.get(&keys::node(&s.name))? else {
                 return Ok(refused(&format!("no such node: {}", s.name)));
             };
             let mut node = records::Node::decode(v.as_slice())?;
@@ -223,7 +232,7 @@ fn apply_op(
             }
             node.status = s.status;
             node.updated_at_ms = s.at_ms;
-            batch.put_cf(sm, keys::node(&s.name), node.encode_to_vec());
+            tx.put(keys::node(&s.name), node.encode_to_vec());
             Ok(CommandResult::default())
         }
     }
@@ -232,82 +241,62 @@ fn apply_op(
 fn refused(why: &str) -> CommandResult {
     CommandResult {
         error: why.to_string(),
-        container: None,
+        ..Default::default()
     }
 }
 
 fn ok(c: Container) -> CommandResult {
     CommandResult {
-        error: String::new(),
         container: Some(c),
+        ..Default::default()
     }
 }
 
-fn load(db: &DB, sm: &ColumnFamily, id: &str) -> Result<Option<Container>, ApplyError> {
-    match db.get_cf(sm, keys::container(id))? {
+fn load(tx: &Tx, id: &str) -> Result<Option<Container>, ApplyError> {
+    match tx.get(&keys::container(id))? {
         Some(v) => Ok(Some(Container::decode(v.as_slice())?)),
         None => Ok(None),
     }
 }
 
-fn create(
-    db: &DB,
-    sm: &ColumnFamily,
-    c: &records::CreateContainer,
-    batch: &mut WriteBatch,
-) -> Result<CommandResult, ApplyError> {
+fn create(tx: &mut Tx, c: &records::CreateContainer) -> Result<CommandResult, ApplyError> {
     let Some(container) = &c.container else {
         return Ok(refused("create without a container"));
     };
-    if let Some(other) = db.get_cf(sm, keys::container_name(&container.name))? {
+    if let Some(other) = tx.get(&keys::container_name(&container.name))? {
         return Ok(refused(&format!(
             "Conflict. The container name \"/{}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
             container.name,
             String::from_utf8_lossy(&other)
         )));
     }
-    if load(db, sm, &container.id)?.is_some() {
+    if load(tx, &container.id)?.is_some() {
         return Ok(refused(&format!(
             "container id {} already exists",
             container.id
         )));
     }
-    batch.put_cf(
-        sm,
-        keys::container(&container.id),
-        container.encode_to_vec(),
-    );
-    batch.put_cf(
-        sm,
+    tx.put(keys::container(&container.id), container.encode_to_vec());
+    tx.put(
         keys::container_name(&container.name),
         container.id.as_bytes(),
     );
     Ok(ok(container.clone()))
 }
 
-fn remove(
-    db: &DB,
-    sm: &ColumnFamily,
-    r: &records::RemoveContainer,
-    batch: &mut WriteBatch,
-) -> Result<CommandResult, ApplyError> {
-    let Some(c) = load(db, sm, &r.id)? else {
+fn remove(tx: &mut Tx, r: &records::RemoveContainer) -> Result<CommandResult, ApplyError> {
+    let Some(c) = load(tx, &r.id)? else {
         return Ok(refused(&format!("No such container: {}", r.id)));
     };
-    batch.delete_cf(sm, keys::container(&c.id));
-    batch.delete_cf(sm, keys::container_name(&c.name));
+    tx.delete(keys::container(&c.id));
+    tx.delete(keys::container_name(&c.name));
     let prefix = keys::log_prefix(&c.id);
-    batch.delete_range_cf(sm, &prefix, &keys::prefix_end(&prefix));
+    tx.delete_range(&prefix, &keys::prefix_end(&prefix))?;
     Ok(ok(c))
 }
 
-fn place(
-    db: &DB,
-    sm: &ColumnFamily,
-    p: &records::PlaceContainer,
-    batch: &mut WriteBatch,
-) -> Result<CommandResult, ApplyError> {
-    let Some(mut c) = load(db, sm, &p.id)? else {
+fn place(tx: &mut Tx, p: &records::PlaceContainer) -> Result<CommandResult, ApplyError> {
+    let Some(mut c) = load(tx, &p.id)? else {
         return Ok(refused(&format!("No such container: {}", p.id)));
     };
     if p.generation <= c.generation {
@@ -318,17 +307,12 @@ fn place(
     }
     c.node = p.node.clone();
     c.generation = p.generation;
-    batch.put_cf(sm, keys::container(&c.id), c.encode_to_vec());
+    tx.put(keys::container(&c.id), c.encode_to_vec());
     Ok(ok(c))
 }
 
-fn transition(
-    db: &DB,
-    sm: &ColumnFamily,
-    t: &records::RecordTransition,
-    batch: &mut WriteBatch,
-) -> Result<CommandResult, ApplyError> {
-    let Some(mut c) = load(db, sm, &t.id)? else {
+fn transition(tx: &mut Tx, t: &records::RecordTransition) -> Result<CommandResult, ApplyError> {
+    let Some(mut c) = load(tx, &t.id)? else {
         return Ok(refused(&format!("No such container: {}", t.id)));
     };
     // Only the node that holds the container, at its current generation,
@@ -388,17 +372,12 @@ fn transition(
         let excess = c.history.len() - HISTORY_LIMIT;
         c.history.drain(..excess);
     }
-    batch.put_cf(sm, keys::container(&c.id), c.encode_to_vec());
+    tx.put(keys::container(&c.id), c.encode_to_vec());
     Ok(ok(c))
 }
 
-fn append_logs(
-    db: &DB,
-    sm: &ColumnFamily,
-    l: &records::AppendLogs,
-    batch: &mut WriteBatch,
-) -> Result<CommandResult, ApplyError> {
-    let Some(mut c) = load(db, sm, &l.id)? else {
+fn append_logs(tx: &mut Tx, l: &records::AppendLogs) -> Result<CommandResult, ApplyError> {
+    let Some(mut c) = load(tx, &l.id)? else {
         return Ok(refused(&format!("No such container: {}", l.id)));
     };
     if c.node != l.node || c.generation != l.generation {
@@ -414,12 +393,76 @@ fn append_logs(
         let key = keys::log_line(&c.id, line.seq);
         // At or past the high-water mark a line is new; only a late resend
         // below it needs a look at what is stored.
-        if line.seq == 0 || (line.seq < c.log_next_seq && db.get_cf(sm, &key)?.is_some()) {
+        if line.seq == 0 || (line.seq < c.log_next_seq && tx.get(&key)?.is_some()) {
             continue;
         }
-        batch.put_cf(sm, key, line.encode_to_vec());
+        tx.put(key, line.encode_to_vec());
         c.log_next_seq = c.log_next_seq.max(line.seq + 1);
     }
-    batch.put_cf(sm, keys::container(&c.id), c.encode_to_vec());
+    tx.put(keys::container(&c.id), c.encode_to_vec());
     Ok(ok(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(name: &str, id: &str) -> records::Command {
+        records::Command {
+            schema: records::SCHEMA_VERSION,
+            op: Some(Op::Create(records::CreateContainer {
+                container: Some(Container {
+                    id: id.into(),
+                    name: name.into(),
+                    ..Default::default()
+                }),
+            })),
+        }
+    }
+
+    #[test]
+    fn a_batch_applies_in_order_and_each_command_sees_the_ones_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), ["sm"]).unwrap();
+        let cf = db.cf_handle("sm").unwrap();
+        let batch = records::Command {
+            schema: records::SCHEMA_VERSION,
+            op: Some(Op::Batch(records::Batch {
+                commands: vec![
+                    create("web", "a1"),
+                    create("web", "b2"),
+                    records::Command {
+                        schema: records::SCHEMA_VERSION,
+                        op: Some(Op::Remove(records::RemoveContainer {
+                            id: "a1".into(),
+                            at_ms: 1,
+                        })),
+                    },
+                    create("web", "c3"),
+                ],
+            })),
+        };
+        let mut tx = Tx::new(&db, cf);
+        let r = apply(&mut tx, &batch, 7).unwrap();
+        assert_eq!(r.batch.len(), 4);
+        assert!(r.batch[0].error.is_empty());
+        assert!(
+            r.batch[1].error.contains("already in use"),
+            "{:?}",
+            r.batch[1]
+        );
+        assert!(r.batch[2].error.is_empty());
+        assert!(r.batch[3].error.is_empty(), "{:?}", r.batch[3]);
+        db.write(tx.into_batch()).unwrap();
+        let name = db.get_cf(cf, keys::container_name("web")).unwrap().unwrap();
+        assert_eq!(name, b"c3");
+        assert!(db.get_cf(cf, keys::container("a1")).unwrap().is_none());
+        assert!(db.get_cf(cf, keys::container("b2")).unwrap().is_none());
+        // One entry's events are numbered across its commands.
+        assert!(db.get_cf(cf, keys::event(7, 0)).unwrap().is_some());
+        assert!(db.get_cf(cf, keys::event(7, 2)).unwrap().is_some());
+    }
 }

@@ -35,10 +35,10 @@ pub fn log_prefix(id: &str) -> Vec<u8> {
 }
 
 /// `e/<index><n>`: the n-th event of the Raft entry at `index`.
-pub fn event(index: u64, n: u8) -> Vec<u8> {
+pub fn event(index: u64, n: u16) -> Vec<u8> {
     let mut k = EVENT_PREFIX.to_vec();
     k.extend_from_slice(&index.to_be_bytes());
-    k.push(n);
+    k.extend_from_slice(&n.to_be_bytes());
     k
 }
 

@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod keys;
 pub mod status;
+pub mod tx;
 
 use std::sync::Arc;
 
