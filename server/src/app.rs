@@ -129,7 +129,11 @@ impl App {
 /// [`BATCH_MAX`]) in one entry, with at most [`BATCHES_IN_FLIGHT`] entries
 /// in flight.
 async fn batch_writes(raft: BerthRaft, mut queue: mpsc::UnboundedReceiver<PendingWrite>) {
-    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let n = std::env::var("BERTH_INFLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BATCHES_IN_FLIGHT);
+    let slots = Arc::new(Semaphore::new(n));
     while let Some(first) = queue.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
