@@ -250,6 +250,15 @@ fn hostile_archives_are_refused_and_change_nothing() {
             "outside the layer",
         ),
         (
+            "layer entry setting a trusted.overlay xattr",
+            Oci::new(vec![TarBuilder::new()
+                .file_with_xattrs("etc/x", b"x", &[("trusted.overlay.redirect", b"/")])
+                .finish()])
+            .describe()
+            .archive(),
+            "trusted.overlay.redirect",
+        ),
+        (
             "a whiteout of .. (which would delete every layer)",
             Oci::new(vec![TarBuilder::new().file(".wh...", b"").finish()])
                 .describe()

@@ -139,6 +139,24 @@ impl TarBuilder {
         self.raw(tar::EntryType::Link, path, target, 0o644, &[])
     }
 
+    /// A file preceded by a PAX header carrying extended attributes
+    /// (`SCHILY.xattr.NAME`), as GNU tar and Docker write them.
+    pub fn file_with_xattrs(
+        &mut self,
+        path: &str,
+        data: &[u8],
+        xattrs: &[(&str, &[u8])],
+    ) -> &mut Self {
+        let ext: Vec<(String, &[u8])> = xattrs
+            .iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+            .collect();
+        self.inner
+            .append_pax_extensions(ext.iter().map(|(k, v)| (k.as_str(), *v)))
+            .expect("appending to a Vec");
+        self.file(path, data)
+    }
+
     pub fn char_device(&mut self, path: &str) -> &mut Self {
         self.raw(tar::EntryType::Char, path, "", 0o666, &[])
     }

@@ -539,6 +539,29 @@ fn users_entrypoints_volumes_restart_policies_and_log_options() {
                 r.code != 0 && r.stderr.contains("Read-only file system"),
                 "{r:?}"
             );
+            // :ro holds for mounts below the bound directory too (the test
+            // runs in a mount namespace of its own).
+            let sub = host.join("sub");
+            std::fs::create_dir(&sub)?;
+            let st = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "tmpfs"])
+                .arg(&sub)
+                .status()?;
+            ensure!(st.success(), "mounting a tmpfs below the bind");
+            let r = c.berth(&[
+                "run",
+                "--rm",
+                "-v",
+                &ro,
+                "busybox",
+                "sh",
+                "-c",
+                "echo x > /mnt/sub/nope",
+            ]);
+            ensure!(
+                r.code != 0 && r.stderr.contains("Read-only file system"),
+                "a mount below a :ro bind is writable: {r:?}"
+            );
             c.berth(&[
                 "run",
                 "--rm",

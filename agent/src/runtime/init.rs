@@ -148,14 +148,8 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
             )
         })?;
         if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
-            mount(
-                None::<&str>,
-                &dest,
-                None::<&str>,
-                flags | MsFlags::MS_REMOUNT,
-                None::<&str>,
-            )
-            .map_err(|e| fail(format!("remounting {} read-only", dest.display()), e))?;
+            readonly_recursive(&dest)
+                .map_err(|e| fail(format!("making {} read-only", dest.display()), e))?;
         }
     }
     // Where the /dev tmpfs was mounted: resolved inside the rootfs, never
@@ -437,14 +431,47 @@ fn bind_readonly(src: &Path, dest: &Path) -> Result<(), InitFailure> {
         None::<&str>,
     )
     .map_err(|e| fail(format!("binding {}", dest.display()), e))?;
-    mount(
-        None::<&str>,
-        dest,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| fail(format!("remounting {} read-only", dest.display()), e))
+    readonly_recursive(dest).map_err(|e| fail(format!("making {} read-only", dest.display()), e))
+}
+
+/// Makes a bind mount and every mount below it read-only. A remount with
+/// MS_BIND|MS_RDONLY changes only the top mount: a host directory bound
+/// with `:ro` that holds another mount would leave that one writable.
+fn readonly_recursive(dest: &Path) -> Result<(), nix::Error> {
+    /// struct mount_attr of mount_setattr(2).
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    let path = CString::new(dest.as_os_str().as_encoded_bytes()).map_err(|_| nix::Error::EINVAL)?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr(2) (Linux 5.12) reads the path and the attr
+    // struct we own, of the size we pass; AT_RECURSIVE applies it to the
+    // whole mount tree at the path.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(nix::Error::last())
+    }
 }
 
 /// Empties the inheritable and ambient capability sets of this process.

@@ -31,6 +31,8 @@ pub enum SnapshotError {
     LinkEscape { entry: PathBuf, target: PathBuf },
     #[error("layer entry {0:?} would be written outside the layer (through a symlink)")]
     Escape(PathBuf),
+    #[error("layer entry {entry:?} sets the extended attribute {name:?}, which is the host's (trusted.*) to set")]
+    Xattr { entry: PathBuf, name: String },
     #[error("invalid diff id {0:?}")]
     BadDiffId(String),
     #[error("mounting the overlay at {target}: {source}")]
@@ -207,7 +209,8 @@ pub fn unpack_layer(tar: impl Read, root: &Path) -> Result<(), SnapshotError> {
     let mut archive = tar::Archive::new(tar);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
-    archive.set_unpack_xattrs(true);
+    // Extended attributes are applied here, filtered (see xattrs_of).
+    archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
     let mut dirs = CheckedDirs::new(root)?;
     for entry in archive.entries().map_err(SnapshotError::Tar)? {
@@ -222,6 +225,7 @@ pub fn unpack_layer(tar: impl Read, root: &Path) -> Result<(), SnapshotError> {
         if kind.is_block_special() || kind.is_character_special() {
             return Err(SnapshotError::DeviceNode(path));
         }
+        let xattrs = xattrs_of(&mut entry, &path)?;
         let parent = dirs.parent(&path)?;
         if let Some(hidden) = name.as_bytes().strip_prefix(b".wh.") {
             if hidden.is_empty() || hidden == b"." || hidden == b".." {
@@ -283,8 +287,72 @@ pub fn unpack_layer(tar: impl Read, root: &Path) -> Result<(), SnapshotError> {
             _ => {}
         }
         entry.unpack(&dest).map_err(SnapshotError::Tar)?;
+        for (name, value) in xattrs {
+            set_xattr(&dest, &name, &value)?;
+        }
     }
     Ok(())
+}
+
+/// The extended attributes a layer entry carries (PAX `SCHILY.xattr.*`)
+/// that may land on the host's disk: `user.*` and `security.capability`
+/// (file capabilities, which images such as ping's use). A `trusted.*` one
+/// is refused: overlayfs reads trusted.overlay.* (opaque, redirect,
+/// metacopy) from its layers, and an image must not steer the overlay.
+/// Others (security.selinux and the like) are the host's and dropped.
+fn xattrs_of<R: Read>(
+    entry: &mut tar::Entry<R>,
+    path: &Path,
+) -> Result<Vec<(String, Vec<u8>)>, SnapshotError> {
+    let mut out = Vec::new();
+    let Some(exts) = entry.pax_extensions().map_err(SnapshotError::Tar)? else {
+        return Ok(out);
+    };
+    for ext in exts {
+        let ext = ext.map_err(SnapshotError::Tar)?;
+        let Ok(key) = ext.key() else { continue };
+        let Some(name) = key.strip_prefix("SCHILY.xattr.") else {
+            continue;
+        };
+        if name.starts_with("trusted.") {
+            return Err(SnapshotError::Xattr {
+                entry: path.to_path_buf(),
+                name: name.to_string(),
+            });
+        }
+        if name.starts_with("user.") || name == "security.capability" {
+            out.push((name.to_string(), ext.value_bytes().to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+/// Sets an extended attribute on a path, not through a symlink.
+fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), SnapshotError> {
+    let sys = |source| SnapshotError::Sys {
+        op: "lsetxattr",
+        path: path.to_path_buf(),
+        source,
+    };
+    let p = CString::new(path.as_os_str().as_bytes()).map_err(|_| sys(nix::Error::EINVAL))?;
+    let n = CString::new(name).map_err(|_| sys(nix::Error::EINVAL))?;
+    // SAFETY: lsetxattr(2) reads the two NUL-terminated strings and the
+    // value buffer for its length; all outlive the call. The l- variant
+    // acts on a symlink itself, never on what it points to.
+    let rc = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(sys(nix::Error::last()))
+    }
 }
 
 /// Marks a directory opaque for overlayfs: lower layers' content under it
@@ -446,6 +514,40 @@ mod tests {
         ln[..target.len()].copy_from_slice(target.as_bytes());
         h.set_cksum();
         b.append(&h, std::io::empty()).unwrap();
+    }
+
+    #[test]
+    fn user_xattrs_are_kept_and_host_ones_dropped() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let layer = tar_with(|b| {
+            b.append_pax_extensions([
+                ("SCHILY.xattr.user.note", &b"kept"[..]),
+                (
+                    "SCHILY.xattr.security.selinux",
+                    &b"system_u:object_r:etc_t:s0"[..],
+                ),
+            ])
+            .unwrap();
+            file(b, "etc/conf", b"x");
+        });
+        unpack_layer(layer.as_slice(), dir.path()).unwrap();
+        let path = CString::new(dir.path().join("etc/conf").as_os_str().as_bytes()).unwrap();
+        let get = |name: &str| -> Option<Vec<u8>> {
+            let n = CString::new(name).unwrap();
+            let mut buf = [0u8; 64];
+            // SAFETY: lgetxattr(2) writes at most buf.len() bytes into buf.
+            let len = unsafe {
+                libc::lgetxattr(
+                    path.as_ptr(),
+                    n.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            (len >= 0).then(|| buf[..len as usize].to_vec())
+        };
+        assert_eq!(get("user.note").as_deref(), Some(&b"kept"[..]));
+        assert_eq!(get("security.selinux"), None);
     }
 
     #[test]
