@@ -13,10 +13,14 @@ berth_require_root() {
     fi
 }
 
-# Installs whichever of BERTH_PACKAGES is missing; does nothing if none is.
-berth_install_packages() {
-    local missing=""
-    for p in $BERTH_PACKAGES; do
+# Installs whichever of the packages named after the apt-get options
+# (up to "--") is missing; does nothing if none is.
+#   berth_apt_install [APT_OPTION...] -- PACKAGE...
+berth_apt_install() {
+    local opts="" missing=""
+    while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do opts="$opts $1"; shift; done
+    shift
+    for p in "$@"; do
         if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
             missing="$missing $p"
         fi
@@ -24,8 +28,14 @@ berth_install_packages() {
     if [ -n "$missing" ]; then
         echo "==> installing Debian packages:$missing"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -q $missing || { apt-get update -q && apt-get install -y -q $missing; }
+        apt-get install -y -q $opts $missing \
+            || { apt-get update -q && apt-get install -y -q $opts $missing; }
     fi
+}
+
+# Installs whichever of BERTH_PACKAGES is missing, and finds cargo.
+berth_install_packages() {
+    berth_apt_install -- $BERTH_PACKAGES
     if ! command -v cargo >/dev/null 2>&1; then
         for d in "$HOME/.cargo/bin" /root/.cargo/bin; do
             [ -x "$d/cargo" ] && export PATH="$d:$PATH" && break
@@ -42,18 +52,7 @@ berth_install_packages() {
 # from the linux-image package without installing it. Idempotent.
 BERTH_VM_DIR=/var/cache/berth/vm
 berth_install_vm() {
-    local missing=""
-    for p in qemu-system-x86 cpio; do
-        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
-            missing="$missing $p"
-        fi
-    done
-    if [ -n "$missing" ]; then
-        echo "==> installing Debian packages:$missing"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -q --no-install-recommends $missing \
-            || { apt-get update -q && apt-get install -y -q --no-install-recommends $missing; }
-    fi
+    berth_apt_install --no-install-recommends -- qemu-system-x86 cpio
     if [ -f "$BERTH_VM_DIR/vmlinuz" ] && [ -f "$BERTH_VM_DIR/overlay.ko" ]; then
         return
     fi

@@ -525,16 +525,19 @@ fn users_entrypoints_volumes_restart_policies_and_log_options() {
             ensure!(r.stdout == "from host\n", "{r:?}");
             ensure!(std::fs::read_to_string(host.join("out"))? == "from container\n");
             let ro = format!("{}:/mnt:ro", host.display());
-            let r = c.berth(&[
-                "run",
-                "--rm",
-                "-v",
-                &ro,
-                "busybox",
-                "sh",
-                "-c",
-                "echo x > /mnt/nope",
-            ]);
+            let write_through_ro = |path: &str| {
+                c.berth(&[
+                    "run",
+                    "--rm",
+                    "-v",
+                    &ro,
+                    "busybox",
+                    "sh",
+                    "-c",
+                    &format!("echo x > {path}"),
+                ])
+            };
+            let r = write_through_ro("/mnt/nope");
             ensure!(
                 r.code != 0 && r.stderr.contains("Read-only file system"),
                 "{r:?}"
@@ -548,16 +551,7 @@ fn users_entrypoints_volumes_restart_policies_and_log_options() {
                 .arg(&sub)
                 .status()?;
             ensure!(st.success(), "mounting a tmpfs below the bind");
-            let r = c.berth(&[
-                "run",
-                "--rm",
-                "-v",
-                &ro,
-                "busybox",
-                "sh",
-                "-c",
-                "echo x > /mnt/sub/nope",
-            ]);
+            let r = write_through_ro("/mnt/sub/nope");
             ensure!(
                 r.code != 0 && r.stderr.contains("Read-only file system"),
                 "a mount below a :ro bind is writable: {r:?}"

@@ -8,8 +8,7 @@ use anyhow::Context;
 use berth_proto::agent::agent_session_server::AgentSessionServer;
 use berth_proto::cluster::cluster_server::ClusterServer;
 use berth_proto::raft::raft_server::RaftServer;
-use berth_proto::records::command::Op;
-use berth_proto::records::{ContainerState, NodeStatus, RecordTransition};
+use berth_proto::records::{ContainerState, NodeStatus};
 use berth_server::api::ClusterService;
 use berth_server::nodes::session::{mark_down, SessionService};
 use berth_server::raft::network::RaftService;
@@ -274,24 +273,12 @@ async fn mark_lost_containers_dead(app: &App, nodes: &[berth_proto::records::Nod
             continue;
         }
         tracing::warn!(id = %c.id, node = %n.name, "the container's node is lost; marking it dead");
-        let op = Op::Transition(RecordTransition {
-            id: c.id.clone(),
-            node: c.node.clone(),
-            generation: c.generation,
-            to: ContainerState::Dead as i32,
-            exit_code: c.exit_code,
-            at_ms: now,
-            error: format!(
-                "node {} is lost: down since {} ms ago",
-                n.name,
-                now - n.updated_at_ms
-            ),
-            image_id: String::new(),
-            oom_killed: c.oom_killed,
-        });
-        if let Err(e) = app.write(op).await {
-            tracing::warn!(id = %c.id, "could not mark the container dead: {e}");
-        }
+        let why = format!(
+            "node {} is lost: down since {} ms ago",
+            n.name,
+            now - n.updated_at_ms
+        );
+        berth_server::api::lifecycle::mark_dead(app, &c, &why).await;
     }
 }
 
