@@ -54,7 +54,7 @@ fn main() {
     let args = Args::parse();
     if let Err(e) = real_main(args) {
         // One line naming the cause, whatever RUST_BACKTRACE says.
-        eprintln!("berth-agent: error: {}", one_line(&e));
+        eprintln!("berth-agent: error: {}", berth_proto::one_line(e.as_ref()));
         std::process::exit(1);
     }
 }
@@ -124,20 +124,4 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-}
-
-/// The error and its causes on one line, each cause once: our error types
-/// already quote their sources, and anyhow's chain would repeat them.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let msg = cause.to_string();
-        if !out.contains(&msg) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&msg);
-        }
-    }
-    out
 }

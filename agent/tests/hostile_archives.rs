@@ -8,7 +8,10 @@ use std::path::Path;
 use berth_agent::image::load::load_archive;
 use berth_agent::image::ImageStore;
 use berth_agent::snapshot::Snapshots;
-use berth_chaos::images::{digest, gzip, image_config, oci_archive, OciImage, TarBuilder};
+use berth_chaos::images::{
+    digest, gzip, image_config, oci_archive, whiteout_base_layer, whiteout_layer, OciImage,
+    TarBuilder,
+};
 use serde_json::{json, Value};
 
 /// The pieces of a one-image OCI layout, editable before they are written.
@@ -422,19 +425,8 @@ fn hostile_archives_are_refused_and_change_nothing() {
 #[test]
 fn whiteouts_become_overlay_whiteouts_and_shared_layers_unpack_once() {
     let f = fixture();
-    let base = TarBuilder::new()
-        .dir("data/")
-        .file("data/a", b"a")
-        .file("data/b", b"b")
-        .dir("etc/")
-        .file("etc/motd", b"hello")
-        .finish();
-    let upper1 = TarBuilder::new()
-        .file("etc/.wh.motd", b"")
-        .dir("data/")
-        .file("data/.wh..wh..opq", b"")
-        .file("data/new", b"new")
-        .finish();
+    let base = whiteout_base_layer();
+    let upper1 = whiteout_layer();
     let upper2 = TarBuilder::new().file("second", b"2").finish();
     let archive = oci_archive(&[
         OciImage {

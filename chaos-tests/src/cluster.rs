@@ -81,24 +81,38 @@ impl Cluster {
     /// As [`Cluster::start`], with the server on `addr` (benchmarks run on
     /// the host's loopback, where another port may be taken).
     pub fn start_at(addr: &str) -> anyhow::Result<Self> {
-        let mut c = Self {
-            dir: tempfile::tempdir_in("/var/tmp")?,
+        let mut c = Self::unstarted(addr)?;
+        c.start_server(true)?;
+        c.start_agent()?;
+        c.wait_for_ready_node()?;
+        c.import_busybox()?;
+        Ok(c)
+    }
+
+    /// A cluster with nothing started yet, its scratch directory under
+    /// /var/tmp (or BERTH_BENCH_TMP, for benchmarks on tmpfs).
+    fn unstarted(addr: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            dir: tempfile::tempdir_in(
+                std::env::var("BERTH_BENCH_TMP").unwrap_or_else(|_| "/var/tmp".into()),
+            )?,
             bin: bin_dir()?,
             server: None,
             agent: None,
             addr: addr.to_string(),
             extra: Vec::new(),
             server_flags: Vec::new(),
-        };
-        c.start_server(true)?;
-        c.start_agent()?;
-        c.wait_for_ready_node()?;
-        let tar = c.dir.path().join("busybox.tar");
+        })
+    }
+
+    /// Imports the busybox image, built from busybox-static, on every node.
+    fn import_busybox(&self) -> anyhow::Result<()> {
+        let tar = self.dir.path().join("busybox.tar");
         crate::images::busybox_rootfs_tar(&tar)?;
-        c.berth(&["import", tar.to_str().unwrap_or_default(), "busybox"])
+        self.berth(&["import", tar.to_str().unwrap_or_default(), "busybox"])
             .ok()
             .context("importing busybox")?;
-        Ok(c)
+        Ok(())
     }
 
     /// The cluster's scratch directory (data dirs and logs live under it).
@@ -181,17 +195,7 @@ impl Cluster {
 
     /// As [`Cluster::start_servers`], on ports from `base_port` up.
     pub fn start_servers_at(n: usize, base_port: u16) -> anyhow::Result<Self> {
-        let mut c = Self {
-            dir: tempfile::tempdir_in(
-                std::env::var("BERTH_BENCH_TMP").unwrap_or_else(|_| "/var/tmp".into()),
-            )?,
-            bin: bin_dir()?,
-            server: None,
-            agent: None,
-            addr: format!("127.0.0.1:{base_port}"),
-            extra: Vec::new(),
-            server_flags: Vec::new(),
-        };
+        let mut c = Self::unstarted(&format!("127.0.0.1:{base_port}"))?;
         c.start_server(true)?;
         for id in 2..=n {
             let addr = format!("127.0.0.1:{}", base_port as usize + id - 1);
@@ -208,11 +212,7 @@ impl Cluster {
         })?;
         c.start_agent()?;
         c.wait_for_ready_node()?;
-        let tar = c.dir.path().join("busybox.tar");
-        crate::images::busybox_rootfs_tar(&tar)?;
-        c.berth(&["import", tar.to_str().unwrap_or_default(), "busybox"])
-            .ok()
-            .context("importing busybox")?;
+        c.import_busybox()?;
         Ok(c)
     }
 
@@ -536,4 +536,27 @@ impl PtySession {
         let _ = self.child.kill();
         bail!("berth did not end; the terminal shows {:?}", self.screen())
     }
+}
+
+/// Connects to whichever of `addrs` leads now, with its Raft id.
+pub async fn leader_client(
+    addrs: &[String],
+) -> Option<(
+    u64,
+    berth_proto::cluster::cluster_client::ClusterClient<tonic::transport::Channel>,
+)> {
+    use berth_proto::cluster::{cluster_client::ClusterClient, ClusterStatusRequest};
+    for a in addrs {
+        let Ok(mut c) = ClusterClient::connect(format!("http://{a}")).await else {
+            continue;
+        };
+        let Ok(s) = c.get_cluster_status(ClusterStatusRequest {}).await else {
+            continue;
+        };
+        let s = s.into_inner();
+        if s.leader_id == Some(s.id) {
+            return Some((s.id, c));
+        }
+    }
+    None
 }

@@ -167,6 +167,28 @@ impl TarBuilder {
     }
 }
 
+/// A layer with /data (files a and b) and /etc/motd, for whiteout tests.
+pub fn whiteout_base_layer() -> Vec<u8> {
+    TarBuilder::new()
+        .dir("data/")
+        .file("data/a", b"a")
+        .file("data/b", b"b")
+        .dir("etc/")
+        .file("etc/motd", b"hello")
+        .finish()
+}
+
+/// The layer above [`whiteout_base_layer`]: a plain whiteout of /etc/motd
+/// and an opaque /data that holds only a new file.
+pub fn whiteout_layer() -> Vec<u8> {
+    TarBuilder::new()
+        .file("etc/.wh.motd", b"")
+        .dir("data/")
+        .file("data/.wh..wh..opq", b"")
+        .file("data/new", b"new")
+        .finish()
+}
+
 /// The sha256 digest of bytes, `sha256:<hex>`.
 pub fn digest(data: &[u8]) -> String {
     use sha2::Digest as _;

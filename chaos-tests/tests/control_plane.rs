@@ -252,6 +252,28 @@ fn a_partitioned_leader_commits_nothing_and_catches_up_after_the_heal() {
 }
 
 /// A number from the first line of `cluster status` ("applied: 42").
+/// Waits until member `id` has applied what the leader has, having been
+/// brought up by a snapshot of index `min_snapshot` or more.
+fn caught_up_by_snapshot(
+    c: &Cluster,
+    id: usize,
+    min_snapshot: u64,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    c.wait_until(limit, "the new member to catch up by snapshot", |c| {
+        let leader_applied = field(&c.berth(&["cluster", "status"]).stdout, "applied");
+        let mine = c
+            .berth_within(
+                &["--host", &c.member_addr(id), "cluster", "status"],
+                Duration::from_secs(3),
+            )
+            .stdout;
+        leader_applied.is_some()
+            && field(&mine, "applied") == leader_applied
+            && field(&mine, "snapshot").unwrap_or(0) >= min_snapshot
+    })
+}
+
 fn field(status: &str, name: &str) -> Option<u64> {
     status
         .lines()
@@ -286,18 +308,7 @@ fn a_new_member_is_brought_up_by_snapshot_and_members_can_leave() {
             // A fourth server joins after the entries it would need are gone
             // from the log: only a snapshot can bring it up.
             c.add_member(4)?;
-            c.wait_until(Duration::from_secs(30), "the new member to catch up", |c| {
-                let leader_applied = field(&c.berth(&["cluster", "status"]).stdout, "applied");
-                let mine = c
-                    .berth_within(
-                        &["--host", &c.member_addr(4), "cluster", "status"],
-                        Duration::from_secs(3),
-                    )
-                    .stdout;
-                leader_applied.is_some()
-                    && field(&mine, "applied") == leader_applied
-                    && field(&mine, "snapshot").unwrap_or(0) > 0
-            })?;
+            caught_up_by_snapshot(&c, 4, 1, Duration::from_secs(30))?;
             let status = c.berth(&["cluster", "status"]).ok()?.stdout;
             ensure!(
                 status
@@ -604,22 +615,7 @@ fn after_ten_thousand_writes_a_new_member_comes_up_by_snapshot() {
                 field(&c.berth(&["cluster", "status"]).stdout, "purged").unwrap_or(0) >= 400
             })?;
             c.add_member(4)?;
-            c.wait_until(
-                Duration::from_secs(60),
-                "the new member to catch up by snapshot",
-                |c| {
-                    let leader_applied = field(&c.berth(&["cluster", "status"]).stdout, "applied");
-                    let mine = c
-                        .berth_within(
-                            &["--host", &c.member_addr(4), "cluster", "status"],
-                            Duration::from_secs(3),
-                        )
-                        .stdout;
-                    leader_applied.is_some()
-                        && field(&mine, "applied") == leader_applied
-                        && field(&mine, "snapshot").unwrap_or(0) >= 500
-                },
-            )?;
+            caught_up_by_snapshot(&c, 4, 500, Duration::from_secs(60))?;
             let nodes = c.berth(&["node", "ls"]).ok()?.stdout;
             // Sixteen clients wrote one node concurrently, in shared
             // entries: every client's last write is there.

@@ -6,7 +6,9 @@
 use std::process::Command;
 
 use anyhow::{ensure, Context};
-use berth_chaos::images::{busybox_layer, oci_archive, OciImage, TarBuilder};
+use berth_chaos::images::{
+    busybox_layer, oci_archive, whiteout_base_layer, whiteout_layer, OciImage, TarBuilder,
+};
 use berth_chaos::{sandbox, Cluster};
 
 /// Runs a host tool (skopeo, umoci, tar) and fails with its stderr.
@@ -147,19 +149,8 @@ fn whiteouts_hide_files_in_containers_and_shared_layers_are_kept_once() {
         || {
             let c = Cluster::start()?;
             let base = busybox_layer()?;
-            let data = TarBuilder::new()
-                .dir("data/")
-                .file("data/a", b"a")
-                .file("data/b", b"b")
-                .dir("etc/")
-                .file("etc/motd", b"hello")
-                .finish();
-            let deletes = TarBuilder::new()
-                .file("etc/.wh.motd", b"")
-                .dir("data/")
-                .file("data/.wh..wh..opq", b"")
-                .file("data/new", b"new")
-                .finish();
+            let data = whiteout_base_layer();
+            let deletes = whiteout_layer();
             let other = TarBuilder::new().file("other", b"other").finish();
             let archive = oci_archive(&[
                 OciImage {

@@ -427,29 +427,43 @@ pub struct RmArgs {
 /// Removes each container; like Docker, goes on past failures and exits 1
 /// if any failed.
 pub async fn rm(client: &mut ClusterClient<Channel>, args: RmArgs) -> Result<i32, CliError> {
-    let mut failed = false;
-    for c in &args.containers {
-        match client
-            .remove_container(RemoveContainerRequest {
-                name_or_id: c.clone(),
-                force: args.force,
-            })
-            .await
-        {
-            Ok(r) => {
-                let r = r.into_inner();
-                if !r.warning.is_empty() {
-                    eprintln!("berth: warning: {}", r.warning);
-                }
-                println!("{c}");
+    let force = args.force;
+    Ok(for_each(
+        client,
+        &args.containers,
+        |mut client, name_or_id| async move {
+            let r = client
+                .remove_container(RemoveContainerRequest { name_or_id, force })
+                .await?
+                .into_inner();
+            if !r.warning.is_empty() {
+                eprintln!("berth: warning: {}", r.warning);
             }
+            Ok(())
+        },
+    )
+    .await)
+}
+
+/// Runs `call` for each named container, as Docker's verbs that take
+/// several do: prints the name when the call succeeds and the error when it
+/// fails, goes on past failures, and returns 1 if any failed.
+async fn for_each<F, Fut>(client: &ClusterClient<Channel>, names: &[String], mut call: F) -> i32
+where
+    F: FnMut(ClusterClient<Channel>, String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let mut failed = false;
+    for name in names {
+        match call(client.clone(), name.clone()).await {
+            Ok(()) => println!("{name}"),
             Err(status) => {
                 eprintln!("berth: error: {}", status.message());
                 failed = true;
             }
         }
     }
-    Ok(if failed { 1 } else { 0 })
+    i32::from(failed)
 }
 
 /// `berth create`: as `run`, without starting the container.
@@ -554,26 +568,24 @@ pub async fn stop(
     args: StopArgs,
     restart: bool,
 ) -> Result<i32, CliError> {
-    let mut failed = false;
-    for c in &args.containers {
-        let req = berth_proto::cluster::StopContainerRequest {
-            name_or_id: c.clone(),
-            timeout_s: args.time,
-        };
-        let res = if restart {
-            client.restart_container(req).await
-        } else {
-            client.stop_container(req).await
-        };
-        match res {
-            Ok(_) => println!("{c}"),
-            Err(status) => {
-                eprintln!("berth: error: {}", status.message());
-                failed = true;
+    let timeout_s = args.time;
+    Ok(for_each(
+        client,
+        &args.containers,
+        |mut client, name_or_id| async move {
+            let req = berth_proto::cluster::StopContainerRequest {
+                name_or_id,
+                timeout_s,
+            };
+            if restart {
+                client.restart_container(req).await?;
+            } else {
+                client.stop_container(req).await?;
             }
-        }
-    }
-    Ok(if failed { 1 } else { 0 })
+            Ok(())
+        },
+    )
+    .await)
 }
 
 /// `berth kill`.
@@ -588,23 +600,22 @@ pub struct KillArgs {
 }
 
 pub async fn kill(client: &mut ClusterClient<Channel>, args: KillArgs) -> Result<i32, CliError> {
-    let mut failed = false;
-    for c in &args.containers {
-        match client
-            .kill_container(berth_proto::cluster::KillContainerRequest {
-                name_or_id: c.clone(),
-                signal: args.signal.clone(),
-            })
-            .await
-        {
-            Ok(_) => println!("{c}"),
-            Err(status) => {
-                eprintln!("berth: error: {}", status.message());
-                failed = true;
+    let signal = args.signal;
+    Ok(
+        for_each(client, &args.containers, |mut client, name_or_id| {
+            let signal = signal.clone();
+            async move {
+                client
+                    .kill_container(berth_proto::cluster::KillContainerRequest {
+                        name_or_id,
+                        signal,
+                    })
+                    .await?;
+                Ok(())
             }
-        }
-    }
-    Ok(if failed { 1 } else { 0 })
+        })
+        .await,
+    )
 }
 
 /// `berth wait`: prints each container's exit code once it has stopped.
@@ -720,25 +731,18 @@ pub async fn pause(
     containers: Vec<String>,
     paused: bool,
 ) -> Result<i32, CliError> {
-    let mut failed = false;
-    for c in &containers {
-        let r = ContainerRef {
-            name_or_id: c.clone(),
-        };
-        let res = if paused {
-            client.pause_container(r).await
-        } else {
-            client.unpause_container(r).await
-        };
-        match res {
-            Ok(_) => println!("{c}"),
-            Err(status) => {
-                eprintln!("berth: error: {}", status.message());
-                failed = true;
+    Ok(
+        for_each(client, &containers, |mut client, name_or_id| async move {
+            let r = ContainerRef { name_or_id };
+            if paused {
+                client.pause_container(r).await?;
+            } else {
+                client.unpause_container(r).await?;
             }
-        }
-    }
-    Ok(if failed { 1 } else { 0 })
+            Ok(())
+        })
+        .await,
+    )
 }
 
 /// `run -it`: creates the container, then starts it attached, so that its

@@ -83,44 +83,18 @@ pub fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-/// Days since the epoch to a civil date (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + if m <= 2 { 1 } else { 0 }, m, d)
-}
-
 /// Seconds since the epoch as RFC 3339 UTC, with `fraction` after the
 /// seconds ("123" for milliseconds, nine digits for nanoseconds).
 pub fn utc_time(secs: i64, fraction: &str) -> String {
-    let (y, m, d) = civil_from_days(secs.div_euclid(86400));
-    let rem = secs.rem_euclid(86400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{fraction}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    let t = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default();
+    format!("{}.{fraction}Z", t.format("%Y-%m-%dT%H:%M:%S"))
 }
 
-/// Parses the head of an RFC 3339 UTC time into milliseconds since the epoch.
+/// Parses an RFC 3339 time into milliseconds since the epoch.
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    Some((days * 86400 + h * 3600 + mi * 60 + se) * 1000)
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
 /// Milliseconds since the Unix epoch.

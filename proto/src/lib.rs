@@ -35,6 +35,25 @@ pub mod raft {
     tonic::include_proto!("berth.raft");
 }
 
+/// An error and its causes on one line, each cause once, for the one-line
+/// messages the binaries end with: our error types already quote their
+/// sources, and a plain walk of the chain would repeat them.
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        let msg = c.to_string();
+        if !out.contains(&msg) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&msg);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// The port a berth-server listens on when none is given.
 pub const DEFAULT_PORT: u16 = 7420;
 

@@ -78,7 +78,7 @@ fn main() {
         .and_then(|rt| rt.block_on(real_main(args)));
     if let Err(e) = result {
         // One line naming the cause, whatever RUST_BACKTRACE says.
-        eprintln!("berth-server: error: {}", one_line(&e));
+        eprintln!("berth-server: error: {}", berth_proto::one_line(e.as_ref()));
         std::process::exit(1);
     }
 }
@@ -290,20 +290,4 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("shutting down");
-}
-
-/// The error and its causes on one line, each cause once: our error types
-/// already quote their sources, and anyhow's chain would repeat them.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let msg = cause.to_string();
-        if !out.contains(&msg) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&msg);
-        }
-    }
-    out
 }

@@ -57,6 +57,18 @@ pub struct Input {
     pub pty: Option<OwnedFd>,
 }
 
+impl Input {
+    /// The input side of a terminal: its master takes the bytes and the
+    /// resizes. The master itself is left for the caller to read output
+    /// from.
+    pub fn from_pty(master: &OwnedFd) -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            stdin: Mutex::new(Some(File::from(master.try_clone()?))),
+            pty: Some(master.try_clone()?),
+        }))
+    }
+}
+
 /// The attached clients, to which every piece of output goes.
 #[derive(Default, Clone)]
 pub struct Clients(Arc<Mutex<Vec<UnixStream>>>);

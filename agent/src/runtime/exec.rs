@@ -256,17 +256,13 @@ fn run(b: &Path, id: &str) -> Result<i32, RuntimeError> {
                 // The terminal's master, from the process; without it (its
                 // setup failed) the exit code below says so.
                 if let Ok(Some(master)) = super::console::receive(&ours) {
-                    let io = |source| RuntimeError::Io {
-                        path: "pty".into(),
-                        source,
-                    };
-                    let master_in = master.try_clone().map_err(io)?;
-                    let master_resize = master.try_clone().map_err(io)?;
+                    input = Some(attach::Input::from_pty(&master).map_err(|source| {
+                        RuntimeError::Io {
+                            path: "pty".into(),
+                            source,
+                        }
+                    })?);
                     output = Some(master);
-                    input = Some(Arc::new(attach::Input {
-                        stdin: Mutex::new(Some(File::from(master_in))),
-                        pty: Some(master_resize),
-                    }));
                 }
             }
             let input = input.unwrap_or_else(|| {

@@ -228,8 +228,7 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
         }
     }
     for r in process.rlimits().clone().unwrap_or_default() {
-        let resource = super::spec::rlimit_resource(r.typ())
-            .ok_or_else(|| fail("rlimits", format!("unknown rlimit {:?}", r.typ())))?;
+        let resource = super::spec::rlimit_resource(r.typ());
         let limit = libc::rlimit {
             rlim_cur: r.soft(),
             rlim_max: r.hard(),
@@ -248,10 +247,7 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
             return Err(fail(
                 format!(
                     "setting {} to {}:{} (the node allows a hard limit of at most {})",
-                    serde_json::to_value(r.typ())
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
+                    r.typ(),
                     show_limit(r.soft()),
                     show_limit(r.hard()),
                     show_limit(current.rlim_max),

@@ -218,23 +218,22 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
         child_fds.push(err_w);
         (stdin_fd, o, e, input)
     };
-    // Clients attach through a socket in the bundle.
     let clients = attach::Clients::default();
-    let listener = match terminal || input.is_some() {
-        true => {
-            let path = attach::socket_path(b);
-            let _ = fs::remove_file(&path);
-            let (_dir, short) =
-                attach::short_socket_path(b).map_err(|source| RuntimeError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-            Some(
-                std::os::unix::net::UnixListener::bind(&short)
-                    .map_err(|source| RuntimeError::Io { path, source })?,
-            )
-        }
-        false => None,
+    // Clients attach through a socket in the bundle when the container
+    // takes input (a terminal implies it).
+    let listener = if stdin_open {
+        let path = attach::socket_path(b);
+        let _ = fs::remove_file(&path);
+        let (_dir, short) = attach::short_socket_path(b).map_err(|source| RuntimeError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Some(
+            std::os::unix::net::UnixListener::bind(&short)
+                .map_err(|source| RuntimeError::Io { path, source })?,
+        )
+    } else {
+        None
     };
     let cgroup = container_cgroup(&spec);
     if let Some((cg, limits)) = &cgroup {
@@ -279,17 +278,13 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
     // then the sync pipe below says why.
     if let Some(sock) = console.take() {
         if let Some(master) = console::receive(&sock).map_err(sys("receiving the terminal"))? {
-            let io = |source| RuntimeError::Io {
-                path: "pty".into(),
-                source,
-            };
-            let master_in = master.try_clone().map_err(io)?;
-            let master_resize = master.try_clone().map_err(io)?;
+            input = Some(
+                attach::Input::from_pty(&master).map_err(|source| RuntimeError::Io {
+                    path: "pty".into(),
+                    source,
+                })?,
+            );
             outputs.push(("stdout", master));
-            input = Some(Arc::new(attach::Input {
-                stdin: Mutex::new(Some(File::from(master_in))),
-                pty: Some(master_resize),
-            }));
         }
     }
     if let (Some(listener), Some(input)) = (&listener, &input) {

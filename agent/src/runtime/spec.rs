@@ -137,42 +137,58 @@ fn capability_set(names: &[&str]) -> Result<HashSet<Capability>, RuntimeError> {
         .collect()
 }
 
+/// Each --ulimit name with its runtime-spec type and kernel resource.
+const RLIMITS: &[(&str, PosixRlimitType, libc::__rlimit_resource_t)] = &[
+    ("as", PosixRlimitType::RlimitAs, libc::RLIMIT_AS),
+    ("core", PosixRlimitType::RlimitCore, libc::RLIMIT_CORE),
+    ("cpu", PosixRlimitType::RlimitCpu, libc::RLIMIT_CPU),
+    ("data", PosixRlimitType::RlimitData, libc::RLIMIT_DATA),
+    ("fsize", PosixRlimitType::RlimitFsize, libc::RLIMIT_FSIZE),
+    ("locks", PosixRlimitType::RlimitLocks, libc::RLIMIT_LOCKS),
+    (
+        "memlock",
+        PosixRlimitType::RlimitMemlock,
+        libc::RLIMIT_MEMLOCK,
+    ),
+    (
+        "msgqueue",
+        PosixRlimitType::RlimitMsgqueue,
+        libc::RLIMIT_MSGQUEUE,
+    ),
+    ("nice", PosixRlimitType::RlimitNice, libc::RLIMIT_NICE),
+    ("nofile", PosixRlimitType::RlimitNofile, libc::RLIMIT_NOFILE),
+    ("nproc", PosixRlimitType::RlimitNproc, libc::RLIMIT_NPROC),
+    ("rss", PosixRlimitType::RlimitRss, libc::RLIMIT_RSS),
+    ("rtprio", PosixRlimitType::RlimitRtprio, libc::RLIMIT_RTPRIO),
+    ("rttime", PosixRlimitType::RlimitRttime, libc::RLIMIT_RTTIME),
+    (
+        "sigpending",
+        PosixRlimitType::RlimitSigpending,
+        libc::RLIMIT_SIGPENDING,
+    ),
+    ("stack", PosixRlimitType::RlimitStack, libc::RLIMIT_STACK),
+];
+
 /// A --ulimit as the runtime spec writes it (`RLIMIT_NOFILE`).
 fn rlimit(u: &berth_proto::ulimit::Ulimit) -> Result<PosixRlimit, RuntimeError> {
-    let typ: PosixRlimitType = serde_json::from_value(serde_json::Value::String(format!(
-        "RLIMIT_{}",
-        u.name.to_uppercase()
-    )))
-    .map_err(|e| RuntimeError::Invalid(format!("ulimit {}: {e}", u.name)))?;
+    let (_, typ, _) = RLIMITS
+        .iter()
+        .find(|(name, _, _)| *name == u.name)
+        .ok_or_else(|| RuntimeError::Invalid(format!("unknown ulimit {:?}", u.name)))?;
     Ok(PosixRlimitBuilder::default()
-        .typ(typ)
+        .typ(*typ)
         .soft(u.soft)
         .hard(u.hard)
         .build()?)
 }
 
 /// The kernel resource number of a runtime-spec rlimit, for setrlimit(2).
-pub fn rlimit_resource(typ: PosixRlimitType) -> Option<libc::__rlimit_resource_t> {
-    let name = serde_json::to_value(typ).ok()?;
-    Some(match name.as_str()? {
-        "RLIMIT_AS" => libc::RLIMIT_AS,
-        "RLIMIT_CORE" => libc::RLIMIT_CORE,
-        "RLIMIT_CPU" => libc::RLIMIT_CPU,
-        "RLIMIT_DATA" => libc::RLIMIT_DATA,
-        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
-        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
-        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
-        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
-        "RLIMIT_NICE" => libc::RLIMIT_NICE,
-        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
-        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
-        "RLIMIT_RSS" => libc::RLIMIT_RSS,
-        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
-        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
-        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
-        "RLIMIT_STACK" => libc::RLIMIT_STACK,
-        _ => return None,
-    })
+pub fn rlimit_resource(typ: PosixRlimitType) -> libc::__rlimit_resource_t {
+    RLIMITS
+        .iter()
+        .find(|(_, t, _)| *t == typ)
+        .map(|(_, _, r)| *r)
+        .expect("RLIMITS lists every PosixRlimitType")
 }
 
 /// The kernel number of an oci-spec capability.
@@ -349,15 +365,34 @@ mod tests {
     }
 
     #[test]
+    fn every_ulimit_name_has_an_rlimit() {
+        for name in berth_proto::ulimit::NAMES {
+            assert!(RLIMITS.iter().any(|(n, _, _)| n == name), "{name}");
+        }
+    }
+
+    #[test]
     fn ulimits_become_spec_rlimits() {
         let mut c = cfg();
         c.rlimits = vec![berth_proto::ulimit::parse("nofile=100:200").unwrap()];
         let spec = build(&c).unwrap();
         let r = &spec.process().as_ref().unwrap().rlimits().clone().unwrap()[0];
         assert_eq!((r.soft(), r.hard()), (100, 200));
-        assert_eq!(rlimit_resource(r.typ()), Some(libc::RLIMIT_NOFILE));
+        assert_eq!(rlimit_resource(r.typ()), libc::RLIMIT_NOFILE);
         let json = serde_json::to_string(&spec).unwrap();
         assert!(json.contains("RLIMIT_NOFILE"), "{json}");
+    }
+
+    fn namespaces(spec: &Spec) -> Vec<LinuxNamespaceType> {
+        spec.linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect()
     }
 
     #[test]
@@ -369,16 +404,7 @@ mod tests {
             &vec!["echo".to_string(), "hello".to_string()]
         );
         assert_eq!(p.cwd(), Path::new("/"));
-        let ns: Vec<_> = spec
-            .linux()
-            .as_ref()
-            .unwrap()
-            .namespaces()
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(|n| n.typ())
-            .collect();
+        let ns = namespaces(&spec);
         assert!(ns.contains(&LinuxNamespaceType::Network));
         assert!(ns.contains(&LinuxNamespaceType::Pid));
     }
@@ -388,16 +414,7 @@ mod tests {
         let mut c = cfg();
         c.network = NetworkMode::Host;
         let spec = build(&c).unwrap();
-        let ns: Vec<_> = spec
-            .linux()
-            .as_ref()
-            .unwrap()
-            .namespaces()
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(|n| n.typ())
-            .collect();
+        let ns = namespaces(&spec);
         assert!(!ns.contains(&LinuxNamespaceType::Network));
     }
 

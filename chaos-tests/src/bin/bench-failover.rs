@@ -10,29 +10,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
+use berth_chaos::cluster::leader_client;
 use berth_chaos::Cluster;
 use berth_proto::cluster::{
-    cluster_client::ClusterClient, ClusterStatusRequest, ContainerSpec, CreateContainerRequest,
-    ListContainersRequest,
+    cluster_client::ClusterClient, ContainerSpec, CreateContainerRequest, ListContainersRequest,
 };
 use tonic::transport::Channel;
-
-/// Connects to whichever server leads now.
-async fn leader_client(addrs: &[String]) -> Option<(ClusterClient<Channel>, u64)> {
-    for a in addrs {
-        let Ok(mut c) = ClusterClient::connect(format!("http://{a}")).await else {
-            continue;
-        };
-        let Ok(s) = c.get_cluster_status(ClusterStatusRequest {}).await else {
-            continue;
-        };
-        let s = s.into_inner();
-        if s.leader_id == Some(s.id) {
-            return Some((c, s.id));
-        }
-    }
-    None
-}
 
 async fn write(c: &mut ClusterClient<Channel>, name: &str) -> bool {
     c.create_container(CreateContainerRequest {
@@ -66,7 +49,7 @@ fn main() -> anyhow::Result<()> {
     );
     let mut times = Vec::new();
     for round in 1..=rounds {
-        let (mut client, leader) = rt.block_on(leader_client(&addrs)).context("no leader")?;
+        let (leader, mut client) = rt.block_on(leader_client(&addrs)).context("no leader")?;
         for _ in 0..20 {
             n += 1;
             let name = format!("w{n}");
@@ -78,7 +61,7 @@ fn main() -> anyhow::Result<()> {
         let killed = Instant::now();
         let failover = rt.block_on(async {
             loop {
-                if let Some((mut c, new_leader)) = leader_client(&addrs).await {
+                if let Some((new_leader, mut c)) = leader_client(&addrs).await {
                     if new_leader == leader {
                         // The killed server cannot answer; a stale view can.
                         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -118,7 +101,7 @@ fn main() -> anyhow::Result<()> {
         times[times.len() / 2].as_secs_f64() * 1e3,
         times[times.len() - 1].as_secs_f64() * 1e3
     );
-    let (mut client, _) = rt
+    let (_, mut client) = rt
         .block_on(leader_client(&addrs))
         .context("no leader at the end")?;
     let names: Vec<String> = rt

@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
+use berth_chaos::cluster::leader_client;
 use berth_chaos::Cluster;
-use berth_proto::cluster::{cluster_client::ClusterClient, ClusterStatusRequest, LabelNodeRequest};
+use berth_proto::cluster::{cluster_client::ClusterClient, LabelNodeRequest};
 use tonic::transport::Channel;
 
 mod etcd {
@@ -166,22 +167,6 @@ async fn etcd_leader() -> Option<(usize, etcd::kv_client::KvClient<Channel>)> {
     Some((i, kv))
 }
 
-async fn berth_leader(addrs: &[String]) -> Option<(u64, ClusterClient<Channel>)> {
-    for a in addrs {
-        let Ok(mut c) = ClusterClient::connect(format!("http://{a}")).await else {
-            continue;
-        };
-        let Ok(s) = c.get_cluster_status(ClusterStatusRequest {}).await else {
-            continue;
-        };
-        let s = s.into_inner();
-        if s.leader_id == Some(s.id) {
-            return Some((s.id, c));
-        }
-    }
-    None
-}
-
 fn berth_write(client: ClusterClient<Channel>) -> Write {
     Arc::new(move |c, i| {
         let mut client = client.clone();
@@ -227,7 +212,7 @@ fn main() -> anyhow::Result<()> {
         let clients = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(64);
         let per = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1000);
         let (_, bc) = rt
-            .block_on(berth_leader(&addrs))
+            .block_on(leader_client(&addrs))
             .context("no berth leader")?;
         let b = rt.block_on(load(clients, per, berth_write(bc)));
         println!(
@@ -246,7 +231,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (_, bc) = rt
-        .block_on(berth_leader(&addrs))
+        .block_on(leader_client(&addrs))
         .context("no berth leader")?;
     let (_, ec) = rt.block_on(etcd_leader()).context("no etcd leader")?;
     let mut rows = Vec::new();
@@ -274,13 +259,13 @@ fn main() -> anyhow::Result<()> {
     }
     // Failover: kill -9 of the leader, then the next accepted write.
     let (bl, _) = rt
-        .block_on(berth_leader(&addrs))
+        .block_on(leader_client(&addrs))
         .context("no berth leader")?;
     berth.kill_member(bl as usize)?;
     let t = Instant::now();
     let b_fail = rt.block_on(async {
         loop {
-            if let Some((id, c)) = berth_leader(&addrs).await {
+            if let Some((id, c)) = leader_client(&addrs).await {
                 if id != bl && berth_write(c)(0, 0).await {
                     return t.elapsed();
                 }
