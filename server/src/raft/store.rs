@@ -329,42 +329,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        // Point deletes, not a range tombstone: once a memtable holds a
-        // range tombstone, every later read of it asks rocksdb for the
-        // current CPU, which this librocksdb build does with the cpuid
-        // instruction, a trap to the hypervisor in a VM.
-        let mut batch = WriteBatch::default();
-        let it = self.db.iterator_cf(
-            cf(&self.db, CF_LOGS),
-            IteratorMode::From(&index_key(log_id.index), Direction::Forward),
-        );
-        for item in it {
-            let (k, _) = item.map_err(|e| StorageIOError::write_logs(io_err(e)))?;
-            batch.delete_cf(cf(&self.db, CF_LOGS), k);
-        }
         self.db
-            .write_opt(batch, &sync_writes())
+            .delete_range_cf(
+                cf(&self.db, CF_LOGS),
+                index_key(log_id.index),
+                index_key(u64::MAX),
+            )
             .map_err(|e| StorageIOError::write_logs(io_err(e)).into())
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        let from = self
-            .read_log_id(KEY_LAST_PURGED)?
-            .map(|l| l.index + 1)
-            .unwrap_or(0);
-        // One batch: the purged mark and the point deletes of the entries
-        // since the last purge (see truncate for why not a range delete).
-        let mut batch = WriteBatch::default();
-        batch.put_cf(
-            cf(&self.db, CF_META),
+        self.put_meta(
             KEY_LAST_PURGED,
             codec::log_id_to_record(&log_id).encode_to_vec(),
-        );
-        for index in from..=log_id.index {
-            batch.delete_cf(cf(&self.db, CF_LOGS), index_key(index));
-        }
+        )
+        .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
         self.db
-            .write_opt(batch, &sync_writes())
+            .delete_range_cf(
+                cf(&self.db, CF_LOGS),
+                index_key(0),
+                index_key(log_id.index + 1),
+            )
             .map_err(|e| StorageIOError::write_logs(io_err(e)).into())
     }
 }

@@ -47,10 +47,7 @@ impl<'a> Tx<'a> {
     }
 
     /// Deletes every row in [from, to), stored or written by this entry,
-    /// one key at a time. No range tombstone: once a memtable holds one,
-    /// every read of it asks rocksdb for the current CPU, which this
-    /// librocksdb build does with the cpuid instruction, a trap to the
-    /// hypervisor in a VM.
+    /// one key at a time, so that the entry's later reads see the deletes.
     pub fn delete_range(&mut self, from: &[u8], to: &[u8]) -> Result<(), rocksdb::Error> {
         let mut keys = Vec::new();
         let mut ro = ReadOptions::default();
