@@ -461,12 +461,21 @@ impl Cluster {
 
     /// The server's and the agent's logs, for failure messages.
     pub fn logs(&self) -> String {
-        let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
-        format!(
-            "--- server.log\n{}\n--- agent.log\n{}",
-            read("server.log"),
-            read("agent.log")
-        )
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".log"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|n| {
+                let text = std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
+                format!("--- {n}\n{text}\n")
+            })
+            .collect()
     }
 }
 

@@ -56,6 +56,13 @@ fn a_killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
                 anyhow::anyhow!("no write was accepted after the leader died\n{}", c.logs())
             })?;
             println!("first write accepted {failover:?} after kill -9 of the leader");
+            // The survivors saw the dead leader's port refuse connections and
+            // stood without waiting a random election timeout.
+            let logs = c.logs();
+            ensure!(
+                logs.contains("the leader's address refuses connections"),
+                "no follower took the fast failover path:\n{logs}"
+            );
             let now = leader(&c).ok_or_else(|| anyhow::anyhow!("no leader after the fault"))?;
             ensure!(now != first, "the dead server {first} is still the leader");
             let ps = c.berth(&["ps", "-a"]).ok()?.stdout;
@@ -245,6 +252,13 @@ fn a_partitioned_leader_commits_nothing_and_catches_up_after_the_heal() {
             ensure!(
                 !ps.contains(" lost "),
                 "a write the cluster never acknowledged appeared:\n{ps}"
+            );
+            // A leader that is cut off but alive still accepts connections:
+            // the fast failover must not take it for dead.
+            let logs = c.logs();
+            ensure!(
+                !logs.contains("refuses connections"),
+                "a live leader was taken for dead:\n{logs}"
             );
             Ok(())
         },

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -53,11 +54,15 @@ struct Args {
     /// Raft heartbeat interval.
     #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
-    /// Lower bound of the Raft election timeout.
-    #[arg(long, default_value_t = 150)]
+    /// Lower bound of the Raft election timeout. A follower stands for
+    /// election after the leader lease plus a random timeout between the
+    /// two bounds without a heartbeat (300 to 400 ms by default), or as
+    /// soon as the lease ends if the leader's port refuses connections.
+    #[arg(long, default_value_t = 100)]
     election_min_ms: u64,
-    /// Upper bound of the Raft election timeout.
-    #[arg(long, default_value_t = 300)]
+    /// Upper bound of the Raft election timeout; also the leader lease,
+    /// during which a follower refuses to vote for another.
+    #[arg(long, default_value_t = 200)]
     election_max_ms: u64,
     /// Build a Raft snapshot and compact the log every this many entries.
     #[arg(long, env = "BERTH_SNAPSHOT_LOGS", default_value_t = 5000)]
@@ -73,7 +78,20 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    let result = tokio::runtime::Runtime::new()
+    let threads: usize = std::env::var("BERTH_SERVER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b.enable_all().build()
+    };
+    let result = rt
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(real_main(args)));
     if let Err(e) = result {
@@ -125,6 +143,16 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         },
     );
     tokio::spawn(liveness(app.clone()));
+    let contact = Arc::new(raft::failover::Contact::default());
+    raft::failover::spawn(
+        raft.clone(),
+        contact.clone(),
+        raft::failover::FailoverConfig {
+            node_id: args.id,
+            heartbeat: Duration::from_millis(args.heartbeat_ms),
+            lease: Duration::from_millis(args.election_max_ms),
+        },
+    );
     // A server whose store already belongs to a cluster rejoins by itself:
     // its membership is in its log.
     let member_already = app.state.has_membership().unwrap_or(false);
@@ -151,6 +179,7 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         .add_service(RaftServer::new(RaftService::new(
             raft.clone(),
             berth_server::raft::faults::Faults::from_env(&args.data_dir),
+            contact,
         )))
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await

@@ -2,8 +2,12 @@
 //! loopback, three members each: writes per second and p50/p99 latency at
 //! 1 and at 64 concurrent clients, and the time from kill -9 of the leader
 //! to the next accepted write. A berth write is a node label (one Raft
-//! commit, like an etcd put); both use the same heartbeat (50 ms) and
-//! election timeout (300 ms).
+//! commit, like an etcd put). Both use a 50 ms heartbeat, and in both a
+//! follower waits at least 300 ms without one before it stands on a timer:
+//! etcd with `--election-timeout 300` (randomized to 300-600 ms), berth with
+//! its defaults (a 200 ms lease plus 100-200 ms). berth's followers also
+//! stand when the lease ends if the dead leader's port refuses connections
+//! (server raft/failover.rs).
 //!
 //!     cargo build --release --workspace --bins
 //!     target/release/bench-raft

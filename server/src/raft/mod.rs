@@ -4,6 +4,7 @@
 //! Desired state changes only through a commit here (DESIGN.md, invariant 1).
 
 pub mod codec;
+pub mod failover;
 pub mod faults;
 pub mod network;
 pub mod store;

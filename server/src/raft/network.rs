@@ -165,11 +165,22 @@ impl RaftNetwork<TypeConfig> for Network {
 pub struct RaftService {
     raft: BerthRaft,
     faults: super::faults::Faults,
+    contact: std::sync::Arc<super::failover::Contact>,
 }
 
 impl RaftService {
-    pub fn new(raft: BerthRaft, faults: super::faults::Faults) -> Self {
-        Self { raft, faults }
+    /// The service of `raft`; every AppendEntries it receives is recorded
+    /// in `contact` for the fast failover.
+    pub fn new(
+        raft: BerthRaft,
+        faults: super::faults::Faults,
+        contact: std::sync::Arc<super::failover::Contact>,
+    ) -> Self {
+        Self {
+            raft,
+            faults,
+            contact,
+        }
     }
 
     /// Refuses a message from a peer the fault layer cuts off.
@@ -229,8 +240,11 @@ impl RaftRpc for RaftService {
         req: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
-        self.check(rpc.vote.leader_id().voted_for().unwrap_or_default())?;
-        encode(&self.raft.append_entries(rpc).await)
+        let from = rpc.vote.leader_id().voted_for().unwrap_or_default();
+        self.check(from)?;
+        let res = self.raft.append_entries(rpc).await;
+        self.contact.heard(from);
+        encode(&res)
     }
 
     async fn vote(
