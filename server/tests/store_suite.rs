@@ -1,5 +1,5 @@
-//! openraft's own storage test suite, run against berth's rocksdb log store
-//! and state machine.
+//! openraft's own storage test suite, run against berth's log store (the
+//! segment log, with its metadata in rocksdb) and rocksdb state machine.
 
 #![allow(clippy::result_large_err)]
 
@@ -15,13 +15,14 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let db = store::open(dir.path()).expect("opening rocksdb");
-        let (log, sm, _reader) = store::split(db).expect("splitting the store");
+        let db = store::open(&dir.path().join("raft")).expect("opening rocksdb");
+        let wal = store::open_wal(&db, &dir.path().join("raft-log")).expect("opening the log");
+        let (log, sm, _reader) = store::split(db, wal).expect("splitting the store");
         Ok((dir, log, sm))
     }
 }
 
 #[test]
-fn rocksdb_store_passes_the_openraft_suite() -> Result<(), StorageError<u64>> {
+fn the_store_passes_the_openraft_suite() -> Result<(), StorageError<u64>> {
     Suite::test_all(RocksBuilder)
 }

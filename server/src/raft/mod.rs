@@ -8,6 +8,7 @@ pub mod failover;
 pub mod faults;
 pub mod network;
 pub mod store;
+pub mod wal;
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -79,11 +80,16 @@ pub async fn start(
     restore: Option<&[u8]>,
 ) -> Result<(BerthRaft, StateReader), RaftError> {
     let db = store::open(&data_dir.join("raft"))?;
+    let wal = store::open_wal(&db, &data_dir.join("raft-log"))?;
     if let Some(backup) = restore {
+        if !wal.is_empty() {
+            return Err(store::StoreError::NotEmpty.into());
+        }
         let rows = store::restore(&db, backup)?;
         tracing::info!(rows, "restored the state from a backup");
     }
-    let (log_store, state_machine, reader) = store::split(db)?;
+    let log_used = !wal.is_empty();
+    let (log_store, state_machine, reader) = store::split(db, wal)?;
     let config = openraft::Config {
         cluster_name: "berth".to_string(),
         heartbeat_interval: cfg.heartbeat_ms,
@@ -95,7 +101,7 @@ pub async fn start(
         ..Default::default()
     }
     .validate()?;
-    let already_initialized = reader.has_membership()?;
+    let already_initialized = log_used || reader.has_membership()?;
     let raft = openraft::Raft::new(
         cfg.node_id,
         Arc::new(config),
