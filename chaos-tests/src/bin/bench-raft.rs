@@ -83,7 +83,10 @@ impl Etcd {
     }
 
     fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir_in("/var/tmp")?;
+        // The same medium as berth's data dirs (Cluster::unstarted).
+        let dir = tempfile::tempdir_in(
+            std::env::var("BERTH_BENCH_TMP").unwrap_or_else(|_| "/var/tmp".into()),
+        )?;
         let cluster: Vec<String> = (0..3)
             .map(|i| format!("e{i}=http://127.0.0.1:{}", 23801 + i))
             .collect();

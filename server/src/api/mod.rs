@@ -731,10 +731,10 @@ impl Cluster for ClusterService {
     async fn label_node(
         &self,
         req: Request<cluster::LabelNodeRequest>,
-    ) -> Result<Response<cluster::NodeInfo>, Status> {
+    ) -> Result<Response<cluster::LabelNodeResponse>, Status> {
         let req = req.into_inner();
         for k in req.set.keys().chain(req.remove.iter()) {
-            if k.is_empty() || k.contains('=') {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(Status::invalid_argument(format!("invalid label key {k:?}")));
             }
         }
@@ -746,13 +746,7 @@ impl Cluster for ClusterService {
             }))
             .await
             .map_err(to_status)?;
-        let node = self
-            .app
-            .state
-            .node(&req.node)
-            .map_err(|e| to_status(e.into()))?
-            .ok_or_else(|| Status::not_found(format!("No such node: {}", req.node)))?;
-        Ok(Response::new(convert::node_to_wire(&node)))
+        Ok(Response::new(cluster::LabelNodeResponse { node: req.node }))
     }
 
     async fn list_nodes(

@@ -212,14 +212,21 @@ fn apply_op(
             let Some(v) = tx.get(&keys::node(&l.name))? else {
                 return Ok(refused(&format!("No such node: {}", l.name)));
             };
+            // Labels are rows of their own; those an earlier build kept in
+            // the node record move to rows now.
             let mut node = records::Node::decode(v.as_slice())?;
+            if !node.labels.is_empty() {
+                for (k, v) in std::mem::take(&mut node.labels) {
+                    tx.put(keys::node_label(&l.name, &k), label_row(v));
+                }
+                tx.put(keys::node(&l.name), node.encode_to_vec());
+            }
             for k in &l.remove {
-                node.labels.remove(k);
+                tx.delete(keys::node_label(&l.name, k));
             }
             for (k, v) in &l.set {
-                node.labels.insert(k.clone(), v.clone());
+                tx.put(keys::node_label(&l.name, k), label_row(v.clone()));
             }
-            tx.put(keys::node(&l.name), node.encode_to_vec());
             Ok(CommandResult::default())
         }
         Op::NodeStatus(s) => {
@@ -236,6 +243,15 @@ fn apply_op(
             Ok(CommandResult::default())
         }
     }
+}
+
+/// The row of one node label.
+fn label_row(value: String) -> Vec<u8> {
+    records::NodeLabel {
+        schema: records::SCHEMA_VERSION,
+        value,
+    }
+    .encode_to_vec()
 }
 
 fn refused(why: &str) -> CommandResult {
@@ -464,5 +480,71 @@ mod tests {
         // One entry's events are numbered across its commands.
         assert!(db.get_cf(cf, keys::event(7, 0)).unwrap().is_some());
         assert!(db.get_cf(cf, keys::event(7, 2)).unwrap().is_some());
+    }
+
+    #[test]
+    fn labels_are_rows_and_labels_of_earlier_builds_move_to_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::raft::store::open(dir.path()).unwrap();
+        let cf = db.cf_handle(crate::raft::store::CF_SM).unwrap();
+        // A node record as an earlier build wrote it, labels inside.
+        let mut old = records::Node {
+            schema: records::SCHEMA_VERSION,
+            name: "n1".into(),
+            ..Default::default()
+        };
+        old.labels.insert("zone".into(), "a".into());
+        old.labels.insert("disk".into(), "hdd".into());
+        db.put_cf(cf, keys::node("n1"), old.encode_to_vec()).unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(0);
+        let reader = crate::state::StateReader::new(db.clone(), rx);
+        let labels = |r: &crate::state::StateReader| {
+            let mut v: Vec<(String, String)> =
+                r.node("n1").unwrap().unwrap().labels.into_iter().collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            labels(&reader),
+            vec![("disk".into(), "hdd".into()), ("zone".into(), "a".into())]
+        );
+        let mut set = std::collections::HashMap::new();
+        set.insert("disk".to_string(), "ssd".to_string());
+        set.insert("rack".to_string(), "7".to_string());
+        let cmd = records::Command {
+            schema: records::SCHEMA_VERSION,
+            op: Some(Op::NodeLabels(records::SetNodeLabels {
+                name: "n1".into(),
+                set,
+                remove: vec!["zone".into()],
+            })),
+        };
+        let mut tx = Tx::new(&db, cf);
+        assert!(apply(&mut tx, &cmd, 1).unwrap().error.is_empty());
+        db.write(tx.into_batch()).unwrap();
+        assert_eq!(
+            labels(&reader),
+            vec![("disk".into(), "ssd".into()), ("rack".into(), "7".into())]
+        );
+        // The record no longer holds labels; each is a row.
+        let rec = records::Node::decode(db.get_cf(cf, keys::node("n1")).unwrap().unwrap().as_slice())
+            .unwrap();
+        assert!(rec.labels.is_empty());
+        assert!(db.get_cf(cf, keys::node_label("n1", "rack")).unwrap().is_some());
+        assert!(db.get_cf(cf, keys::node_label("n1", "zone")).unwrap().is_none());
+        // A label of another node whose name starts the same is not mixed in.
+        db.put_cf(cf, keys::node("n10"), records::Node { name: "n10".into(), ..Default::default() }.encode_to_vec()).unwrap();
+        db.put_cf(cf, keys::node_label("n10", "x"), label_row("y".into())).unwrap();
+        assert_eq!(labels(&reader).len(), 2);
+        // A node that does not exist is refused.
+        let cmd = records::Command {
+            schema: records::SCHEMA_VERSION,
+            op: Some(Op::NodeLabels(records::SetNodeLabels {
+                name: "ghost".into(),
+                ..Default::default()
+            })),
+        };
+        let mut tx = Tx::new(&db, cf);
+        assert!(apply(&mut tx, &cmd, 2).unwrap().error.contains("No such node"));
     }
 }

@@ -22,6 +22,18 @@ pub fn node(name: &str) -> Vec<u8> {
 /// The prefix of every node row.
 pub const NODE_PREFIX: &[u8] = b"n/";
 
+/// `nl/<node>\0<key>`: one label of a node (a NUL cannot be in a name).
+pub fn node_label(node: &str, key: &str) -> Vec<u8> {
+    let mut k = node_label_prefix(node);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// `nl/<node>\0`: the prefix of every label of a node.
+pub fn node_label_prefix(node: &str) -> Vec<u8> {
+    [b"nl/".as_slice(), node.as_bytes(), b"\0".as_slice()].concat()
+}
+
 /// `l/<id>/<seq>`: one log line of a container.
 pub fn log_line(id: &str, seq: u64) -> Vec<u8> {
     let mut k = log_prefix(id);

@@ -112,15 +112,37 @@ impl StateReader {
         Ok(out)
     }
 
+    /// Every node, with its labels.
     pub fn nodes(&self) -> Result<Vec<Node>, StateError> {
-        self.scan(keys::NODE_PREFIX)
+        let nodes: Vec<Node> = self.scan(keys::NODE_PREFIX)?;
+        nodes.into_iter().map(|n| self.with_labels(n)).collect()
     }
 
+    /// One node, with its labels.
     pub fn node(&self, name: &str) -> Result<Option<Node>, StateError> {
         match self.db.get_cf(self.sm(), keys::node(name))? {
-            Some(v) => Ok(Some(Node::decode(v.as_slice())?)),
+            Some(v) => Ok(Some(self.with_labels(Node::decode(v.as_slice())?)?)),
             None => Ok(None),
         }
+    }
+
+    /// Fills a node's labels from its label rows (over any an earlier
+    /// build kept in the record).
+    fn with_labels(&self, mut node: Node) -> Result<Node, StateError> {
+        let prefix = keys::node_label_prefix(&node.name);
+        for item in self
+            .db
+            .iterator_cf(self.sm(), IteratorMode::From(&prefix, Direction::Forward))
+        {
+            let (k, v) = item?;
+            let Some(key) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let label = berth_proto::records::NodeLabel::decode(v.as_ref())?;
+            node.labels
+                .insert(String::from_utf8_lossy(key).into_owned(), label.value);
+        }
+        Ok(node)
     }
 
     /// Up to `limit` events from the Raft index `from` on.
