@@ -100,10 +100,14 @@ impl App {
     /// Waits until this server's state is current with the leader's commit
     /// (a read index), so that a read after it sees every acknowledged write.
     pub async fn linearize(&self) -> Result<(), AppError> {
-        match self.raft.ensure_linearizable().await {
+        match self
+            .raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(openraft::error::RaftError::APIError(
-                openraft::error::CheckIsLeaderError::ForwardToLeader(f),
+                openraft::error::LinearizableReadError::ForwardToLeader(f),
             )) => Err(AppError::NotLeader(f.leader_node.map(|n| n.addr))),
             Err(e) => Err(AppError::Raft(e.to_string())),
         }
@@ -114,12 +118,16 @@ impl App {
     /// True if this server leads and a majority confirms it now (a read
     /// index within a second): a leader cut off from the others is not.
     pub async fn is_effective_leader(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
+        let m = crate::raft::metrics(&self.raft);
         if m.current_leader != Some(m.id) {
             return false;
         }
         matches!(
-            tokio::time::timeout(Duration::from_secs(1), self.raft.ensure_linearizable()).await,
+            tokio::time::timeout(
+                Duration::from_secs(1),
+                self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            )
+            .await,
             Ok(Ok(_))
         )
     }
@@ -190,8 +198,8 @@ async fn commit_batch(raft: &BerthRaft, batch: Vec<PendingWrite>) {
         Ok(resp) => vec![Ok(resp.data.0)],
         Err(e) => {
             let err = |e: &openraft::error::RaftError<
-                u64,
-                openraft::error::ClientWriteError<u64, openraft::BasicNode>,
+                crate::raft::TypeConfig,
+                openraft::error::ClientWriteError<crate::raft::TypeConfig>,
             >| match e {
                 openraft::error::RaftError::APIError(
                     openraft::error::ClientWriteError::ForwardToLeader(f),

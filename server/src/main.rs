@@ -243,7 +243,7 @@ async fn liveness(app: App) {
             tracing::warn!(%node, session_id, "agent missed its heartbeat TTL; marking it down");
             mark_down(&app, &node).await;
         }
-        let metrics = app.raft.metrics().borrow().clone();
+        let metrics = berth_server::raft::metrics(&app.raft);
         if metrics.current_leader == Some(metrics.id) && !app.is_effective_leader().await {
             // Cut off from the majority: the agents must find the real leader.
             let n = app.nodes.drop_all().await;

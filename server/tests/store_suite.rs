@@ -5,24 +5,24 @@
 
 use berth_server::raft::store::{self, LogStore, StateMachine};
 use berth_server::raft::TypeConfig;
-use openraft::testing::{StoreBuilder, Suite};
+use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::StorageError;
 
-struct RocksBuilder;
+struct Builder;
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for RocksBuilder {
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let db = store::open(&dir.path().join("raft")).expect("opening rocksdb");
         let wal = store::open_wal(&db, &dir.path().join("raft-log")).expect("opening the log");
-        let (log, sm, _reader) = store::split(db, wal).expect("splitting the store");
+        let (log, sm, _reader) = store::split(db, wal, 0).expect("splitting the store");
         Ok((dir, log, sm))
     }
 }
 
-#[test]
-fn the_store_passes_the_openraft_suite() -> Result<(), StorageError<u64>> {
-    Suite::test_all(RocksBuilder)
+#[tokio::test]
+async fn the_store_passes_the_openraft_suite() -> Result<(), StorageError<TypeConfig>> {
+    Suite::test_all(Builder).await
 }

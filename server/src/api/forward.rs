@@ -40,7 +40,7 @@ impl<S> LeaderForward<S> {
 
     /// The leader's address if this server does not lead and knows who does.
     fn leader_elsewhere(&self) -> Option<String> {
-        let m = self.app.raft.metrics().borrow().clone();
+        let m = crate::raft::metrics(&self.app.raft);
         let leader = m.current_leader.filter(|l| *l != m.id)?;
         m.membership_config
             .membership()

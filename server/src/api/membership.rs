@@ -11,7 +11,7 @@ use crate::app::App;
 
 /// The cluster as this server sees it.
 pub fn status(app: &App) -> cluster::ClusterStatus {
-    let m = app.raft.metrics().borrow().clone();
+    let m = crate::raft::metrics(&app.raft);
     let membership = m.membership_config.membership();
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let leader_addr = m
@@ -77,7 +77,7 @@ pub async fn join(app: &App, id: u64, addr: &str) -> Result<cluster::ClusterStat
         .add_learner(id, node, true)
         .await
         .map_err(|e| Status::unavailable(format!("adding {id} as a learner: {e}")))?;
-    let m = app.raft.metrics().borrow().clone();
+    let m = crate::raft::metrics(&app.raft);
     let mut voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
     if voters.insert(id) {
         app.raft
@@ -90,7 +90,7 @@ pub async fn join(app: &App, id: u64, addr: &str) -> Result<cluster::ClusterStat
 
 /// The highest index a majority of voters holds, as the leader sees it; a
 /// follower knows only what it has applied, a lower bound.
-fn committed_index(m: &openraft::RaftMetrics<u64, BasicNode>, voters: &BTreeSet<u64>) -> u64 {
+fn committed_index(m: &crate::raft::Metrics, voters: &BTreeSet<u64>) -> u64 {
     let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
     let Some(repl) = &m.replication else {
         return applied;
@@ -122,7 +122,7 @@ pub async fn leave(app: &App, id: u64) -> Result<cluster::ClusterStatus, Status>
             st.leader_addr
         )));
     }
-    let m = app.raft.metrics().borrow().clone();
+    let m = crate::raft::metrics(&app.raft);
     let mut voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
     if !voters.remove(&id) {
         return Err(Status::not_found(format!("no member {id} in the cluster")));

@@ -55,7 +55,7 @@ impl AgentSession for SessionService {
         }
         // Only the leader holds agent sessions, and only while a majority
         // confirms it; others send the agent on.
-        let metrics = self.app.raft.metrics().borrow().clone();
+        let metrics = crate::raft::metrics(&self.app.raft);
         if !self.app.is_effective_leader().await {
             // A leader that cannot confirm itself names no one: the agent
             // tries the next server.

@@ -3,16 +3,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_proto::records::{self, SCHEMA_VERSION};
-use openraft::{BasicNode, Entry, EntryPayload, LogId, Membership, StoredMembership, Vote};
+use openraft::{BasicNode, EntryPayload};
 
-use super::{Request, TypeConfig};
+use super::{Entry, LogId, Membership, Request, StoredMembership, Vote};
 
 /// A row that does not decode as the record it should be.
 #[derive(Debug, thiserror::Error)]
 #[error("corrupt raft record: {0}")]
 pub struct CodecError(pub String);
 
-pub fn log_id_to_record(id: &LogId<u64>) -> records::LogId {
+pub fn log_id_to_record(id: &LogId) -> records::LogId {
     records::LogId {
         term: id.leader_id.term,
         leader_node: id.leader_id.node_id,
@@ -20,14 +20,22 @@ pub fn log_id_to_record(id: &LogId<u64>) -> records::LogId {
     }
 }
 
-pub fn log_id_from_record(r: &records::LogId) -> LogId<u64> {
+pub fn log_id_from_record(r: &records::LogId) -> LogId {
+    log_id(r.term, r.leader_node, r.index)
+}
+
+/// The log id of entry `index`, proposed by leader `node` in `term`.
+pub fn log_id(term: u64, node: u64, index: u64) -> LogId {
     LogId::new(
-        openraft::CommittedLeaderId::new(r.term, r.leader_node),
-        r.index,
+        openraft::impls::leader_id_adv::LeaderId {
+            term,
+            node_id: node,
+        },
+        index,
     )
 }
 
-pub fn membership_to_record(m: &Membership<u64, BasicNode>) -> records::Membership {
+pub fn membership_to_record(m: &Membership) -> records::Membership {
     records::Membership {
         configs: m
             .get_joint_config()
@@ -40,7 +48,7 @@ pub fn membership_to_record(m: &Membership<u64, BasicNode>) -> records::Membersh
     }
 }
 
-pub fn membership_from_record(r: &records::Membership) -> Membership<u64, BasicNode> {
+pub fn membership_from_record(r: &records::Membership) -> Result<Membership, CodecError> {
     let configs: Vec<BTreeSet<u64>> = r
         .configs
         .iter()
@@ -51,12 +59,10 @@ pub fn membership_from_record(r: &records::Membership) -> Membership<u64, BasicN
         .iter()
         .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
         .collect();
-    Membership::new(configs, nodes)
+    Membership::new(configs, nodes).map_err(|e| CodecError(format!("membership: {e}")))
 }
 
-pub fn stored_membership_to_record(
-    m: &StoredMembership<u64, BasicNode>,
-) -> records::StoredMembership {
+pub fn stored_membership_to_record(m: &StoredMembership) -> records::StoredMembership {
     records::StoredMembership {
         schema: SCHEMA_VERSION,
         log_id: m.log_id().as_ref().map(log_id_to_record),
@@ -66,17 +72,18 @@ pub fn stored_membership_to_record(
 
 pub fn stored_membership_from_record(
     r: &records::StoredMembership,
-) -> StoredMembership<u64, BasicNode> {
-    StoredMembership::new(
+) -> Result<StoredMembership, CodecError> {
+    Ok(StoredMembership::new(
         r.log_id.as_ref().map(log_id_from_record),
         r.membership
             .as_ref()
             .map(membership_from_record)
+            .transpose()?
             .unwrap_or_default(),
-    )
+    ))
 }
 
-pub fn entry_to_record(e: &Entry<TypeConfig>) -> records::RaftEntry {
+pub fn entry_to_record(e: &Entry) -> records::RaftEntry {
     let payload = match &e.payload {
         EntryPayload::Blank => records::raft_entry::Payload::Blank(records::Blank {}),
         EntryPayload::Normal(req) => records::raft_entry::Payload::Command(req.0.clone()),
@@ -93,25 +100,22 @@ pub fn entry_to_record(e: &Entry<TypeConfig>) -> records::RaftEntry {
     }
 }
 
-pub fn entry_from_record(r: records::RaftEntry) -> Result<Entry<TypeConfig>, CodecError> {
+pub fn entry_from_record(r: records::RaftEntry) -> Result<Entry, CodecError> {
     let payload = match r.payload {
         Some(records::raft_entry::Payload::Blank(_)) => EntryPayload::Blank,
         Some(records::raft_entry::Payload::Command(c)) => EntryPayload::Normal(Request(c)),
         Some(records::raft_entry::Payload::Membership(m)) => {
-            EntryPayload::Membership(membership_from_record(&m))
+            EntryPayload::Membership(membership_from_record(&m)?)
         }
         None => return Err(CodecError(format!("entry {} has no payload", r.index))),
     };
     Ok(Entry {
-        log_id: LogId::new(
-            openraft::CommittedLeaderId::new(r.term, r.leader_node),
-            r.index,
-        ),
+        log_id: log_id(r.term, r.leader_node, r.index),
         payload,
     })
 }
 
-pub fn vote_to_record(v: &Vote<u64>) -> records::Vote {
+pub fn vote_to_record(v: &Vote) -> records::Vote {
     records::Vote {
         schema: SCHEMA_VERSION,
         term: v.leader_id.term,
@@ -120,7 +124,7 @@ pub fn vote_to_record(v: &Vote<u64>) -> records::Vote {
     }
 }
 
-pub fn vote_from_record(r: &records::Vote) -> Vote<u64> {
+pub fn vote_from_record(r: &records::Vote) -> Vote {
     if r.committed {
         Vote::new_committed(r.term, r.node_id)
     } else {
@@ -141,14 +145,14 @@ mod tests {
                 addr: "127.0.0.1:7420".into(),
             },
         );
-        let m = Membership::new(vec![BTreeSet::from([1u64])], nodes);
-        let entries: Vec<Entry<TypeConfig>> = vec![
+        let m = Membership::new(vec![BTreeSet::from([1u64])], nodes).unwrap();
+        let entries: Vec<Entry> = vec![
             Entry {
-                log_id: LogId::new(openraft::CommittedLeaderId::new(3, 1), 7),
+                log_id: log_id(3, 1, 7),
                 payload: EntryPayload::Blank,
             },
             Entry {
-                log_id: LogId::new(openraft::CommittedLeaderId::new(3, 1), 8),
+                log_id: log_id(3, 1, 8),
                 payload: EntryPayload::Normal(Request(records::Command {
                     schema: 1,
                     op: Some(records::command::Op::Remove(records::RemoveContainer {
@@ -158,7 +162,7 @@ mod tests {
                 })),
             },
             Entry {
-                log_id: LogId::new(openraft::CommittedLeaderId::new(4, 2), 9),
+                log_id: log_id(4, 2, 9),
                 payload: EntryPayload::Membership(m),
             },
         ];

@@ -75,7 +75,7 @@ async fn watch(raft: BerthRaft, contact: Arc<Contact>, cfg: FailoverConfig) {
     let mut handled: Option<Instant> = None;
     loop {
         tokio::time::sleep(cfg.heartbeat / 2).await;
-        let m = raft.metrics().borrow().clone();
+        let m = crate::raft::metrics(&raft);
         let (heard, at) = contact.last();
         let (Some(leader), ServerState::Follower) = (m.current_leader, m.state) else {
             continue;
@@ -109,9 +109,9 @@ async fn watch(raft: BerthRaft, contact: Arc<Contact>, cfg: FailoverConfig) {
         );
         tokio::time::sleep_until(stand_at).await;
         let still_silent = contact.last().1 == at;
-        let still_follower = raft.metrics().borrow().state == ServerState::Follower;
+        let still_follower = crate::raft::metrics(&raft).state == ServerState::Follower;
         if still_silent && still_follower {
-            if let Err(e) = raft.trigger().elect().await {
+            if let Err(e) = raft.trigger().elect(false).await {
                 tracing::warn!(error = %e, "could not start an election");
             }
         }

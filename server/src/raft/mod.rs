@@ -11,7 +11,6 @@ pub mod store;
 pub mod wal;
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -38,11 +37,55 @@ openraft::declare_raft_types!(
         R = Response,
         NodeId = u64,
         Node = BasicNode,
-        SnapshotData = Cursor<Vec<u8>>,
 );
 
 /// The Raft handle of a berth-server.
-pub type BerthRaft = openraft::Raft<TypeConfig>;
+pub type BerthRaft = openraft::Raft<TypeConfig, store::StateMachine>;
+/// A Raft log id (leader's term and node, and index).
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+/// A vote (term, candidate, and whether a quorum granted it).
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+/// A Raft log entry.
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+/// A membership configuration.
+pub type Membership = openraft::Membership<u64, BasicNode>;
+/// A membership and the log id it was committed at.
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+/// What openraft knows of a snapshot.
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+/// Openraft's metrics of this member.
+pub type Metrics = openraft::RaftMetrics<TypeConfig>;
+
+/// A copy of this member's current Raft metrics.
+pub fn metrics(raft: &BerthRaft) -> Metrics {
+    use openraft::async_runtime::WatchReceiver;
+    raft.metrics().borrow_watched().clone()
+}
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0.op {
+            Some(op) => write!(f, "{}", op_name(op)),
+            None => f.write_str("empty command"),
+        }
+    }
+}
+
+/// A command's kind, for openraft's logs.
+fn op_name(op: &records::command::Op) -> &'static str {
+    use records::command::Op;
+    match op {
+        Op::Batch(_) => "batch",
+        Op::Create(_) => "create",
+        Op::Remove(_) => "remove",
+        Op::Place(_) => "place",
+        Op::Transition(_) => "transition",
+        Op::Logs(_) => "logs",
+        Op::Node(_) => "node",
+        Op::NodeLabels(_) => "node labels",
+        Op::NodeStatus(_) => "node status",
+    }
+}
 
 /// Timing and identity of one Raft member.
 #[derive(Debug, Clone)]
@@ -89,7 +132,7 @@ pub async fn start(
         tracing::info!(rows, "restored the state from a backup");
     }
     let log_used = !wal.is_empty();
-    let (log_store, state_machine, reader) = store::split(db, wal)?;
+    let (log_store, state_machine, reader) = store::split(db, wal, cfg.node_id)?;
     let config = openraft::Config {
         cluster_name: "berth".to_string(),
         heartbeat_interval: cfg.heartbeat_ms,
@@ -98,6 +141,13 @@ pub async fn start(
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
         max_in_snapshot_log_to_keep: (cfg.snapshot_logs / 5).max(10),
         purge_batch_size: 1,
+        // A member whose data dir was wiped comes back with an empty log;
+        // the leader then starts it over instead of refusing it.
+        allow_log_reversion: Some(true),
+        // Replicate an entry as soon as it is written, while the leader's
+        // own fsync runs (raft/wal.rs); the leader's copy counts toward
+        // the quorum only once durable.
+        broadcast_submitted_on_append: Some(true),
         ..Default::default()
     }
     .validate()?;

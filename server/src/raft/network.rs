@@ -8,19 +8,18 @@ use berth_proto::raft::raft_client::RaftClient;
 use berth_proto::raft::raft_server::Raft as RaftRpc;
 use berth_proto::raft::RaftPayload;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory};
+use openraft::{BasicNode, RaftNetworkFactory, RaftNetworkV2};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
-use super::{BerthRaft, TypeConfig};
+use super::{BerthRaft, SnapshotMeta, TypeConfig, Vote};
 
 /// Makes one [`Network`] per peer.
 #[derive(Debug, Default, Clone)]
@@ -56,11 +55,57 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     }
 }
 
-type RpcResult<T, E = openraft::error::Infallible> =
-    Result<T, RPCError<u64, BasicNode, RaftError<u64, E>>>;
+/// A whole snapshot as it crosses the wire in one InstallSnapshot call.
+#[derive(Serialize, Deserialize)]
+struct FullSnapshot {
+    vote: Vote,
+    meta: SnapshotMeta,
+    #[serde(with = "serde_bytes_compat")]
+    data: Vec<u8>,
+}
+
+/// Bytes as bytes (bincode), not as a sequence of numbers.
+mod serde_bytes_compat {
+    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        super::super::serde_bytes_vec(d)
+    }
+}
+
+/// Why one call failed, before it becomes the error type openraft expects
+/// of that call. A peer answers an error only when its Raft core has
+/// stopped (openraft's `Fatal`); the leader treats that as a network
+/// fault and backs off.
+enum CallError {
+    Unreachable(Unreachable<TypeConfig>),
+    Network(NetworkError<TypeConfig>),
+    Remote(RaftError<TypeConfig>),
+}
+
+impl From<CallError> for RPCError<TypeConfig> {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Unreachable(u) => RPCError::Unreachable(u),
+            CallError::Network(n) => RPCError::Network(n),
+            CallError::Remote(r) => RPCError::Network(NetworkError::new(&r)),
+        }
+    }
+}
+
+impl From<CallError> for StreamingError<TypeConfig> {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Unreachable(u) => StreamingError::Unreachable(u),
+            CallError::Network(n) => StreamingError::Network(n),
+            CallError::Remote(r) => StreamingError::Network(NetworkError::new(&r)),
+        }
+    }
+}
 
 impl Network {
-    fn client(&mut self) -> Result<RaftClient<Channel>, Unreachable> {
+    fn client(&mut self) -> Result<RaftClient<Channel>, Unreachable<TypeConfig>> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
@@ -73,26 +118,26 @@ impl Network {
         Ok(c)
     }
 
-    async fn call<Req, Resp, E>(
+    /// Sends one request and decodes the peer's `Result<Resp, RaftError>`.
+    async fn call<Req, Resp>(
         &mut self,
         kind: RpcKind,
         req: &Req,
-        option: &RPCOption,
-    ) -> RpcResult<Resp, E>
+        timeout: std::time::Duration,
+    ) -> Result<Resp, CallError>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
     {
         if self.faults.blocked(self.target) {
-            return Err(RPCError::Unreachable(Unreachable::new(&StatusError(
+            return Err(CallError::Unreachable(Unreachable::new(&StatusError(
                 tonic::Status::unavailable("partitioned by the fault layer"),
             ))));
         }
-        let json = to_wire(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut client = self.client().map_err(RPCError::Unreachable)?;
+        let json = to_wire(req).map_err(|e| CallError::Network(NetworkError::new(&e)))?;
+        let mut client = self.client().map_err(CallError::Unreachable)?;
         let mut request = tonic::Request::new(RaftPayload { json });
-        request.set_timeout(option.hard_ttl());
+        request.set_timeout(timeout);
         let res = match kind {
             RpcKind::Append => client.append_entries(request).await,
             RpcKind::Vote => client.vote(request).await,
@@ -103,18 +148,12 @@ impl Network {
                 // A dropped connection is a reason to back off, not a fault
                 // of the peer's state.
                 self.client = None;
-                RPCError::Unreachable(Unreachable::new(&StatusError(status)))
+                CallError::Unreachable(Unreachable::new(&StatusError(status)))
             })?
             .into_inner();
-        let result: Result<Resp, RaftError<u64, E>> =
-            from_wire(&payload.json).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| {
-            RPCError::RemoteError(RemoteError::new_with_node(
-                self.target,
-                self.node.clone(),
-                e,
-            ))
-        })
+        let result: Result<Resp, RaftError<TypeConfig>> =
+            from_wire(&payload.json).map_err(|e| CallError::Network(NetworkError::new(&e)))?;
+        result.map_err(CallError::Remote)
     }
 }
 
@@ -135,29 +174,41 @@ impl std::fmt::Display for StatusError {
 
 impl std::error::Error for StatusError {}
 
-impl RaftNetwork<TypeConfig> for Network {
+impl RaftNetworkV2<TypeConfig> for Network {
+    type SnapshotData = std::io::Cursor<Vec<u8>>;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<u64>> {
-        self.call(RpcKind::Append, &rpc, &option).await
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        self.call(RpcKind::Snapshot, &rpc, &option).await
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        Ok(self.call(RpcKind::Append, &rpc, option.hard_ttl()).await?)
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<u64>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> RpcResult<VoteResponse<u64>> {
-        self.call(RpcKind::Vote, &rpc, &option).await
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        Ok(self.call(RpcKind::Vote, &rpc, option.hard_ttl()).await?)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::type_config::alias::SnapshotOf<TypeConfig, std::io::Cursor<Vec<u8>>>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let req = FullSnapshot {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot.into_inner(),
+        };
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = self.call(RpcKind::Snapshot, &req, option.hard_ttl()) => r.map_err(Into::into),
+        }
     }
 }
 
@@ -240,7 +291,7 @@ impl RaftRpc for RaftService {
         req: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
-        let from = rpc.vote.leader_id().voted_for().unwrap_or_default();
+        let from = rpc.vote.leader_id().node_id;
         self.check(from)?;
         let res = self.raft.append_entries(rpc).await;
         self.contact.heard(from);
@@ -251,8 +302,8 @@ impl RaftRpc for RaftService {
         &self,
         req: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let rpc: VoteRequest<u64> = decode(req)?;
-        self.check(rpc.vote.leader_id().voted_for().unwrap_or_default())?;
+        let rpc: VoteRequest<TypeConfig> = decode(req)?;
+        self.check(rpc.vote.leader_id().node_id)?;
         encode(&self.raft.vote(rpc).await)
     }
 
@@ -260,24 +311,33 @@ impl RaftRpc for RaftService {
         &self,
         req: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
-        self.check(rpc.vote.leader_id().voted_for().unwrap_or_default())?;
-        encode(&self.raft.install_snapshot(rpc).await)
+        let full: FullSnapshot = decode(req)?;
+        self.check(full.vote.leader_id().node_id)?;
+        let snapshot = openraft::Snapshot {
+            meta: full.meta,
+            snapshot: std::io::Cursor::new(full.data),
+        };
+        let res: Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>> = self
+            .raft
+            .install_full_snapshot(full.vote, snapshot)
+            .await
+            .map_err(RaftError::Fatal);
+        encode(&res)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::{CommittedLeaderId, LogId, Vote};
+    use crate::raft::codec::log_id;
 
     #[test]
     fn payloads_round_trip_in_bincode_and_json_is_still_read() {
         let req: AppendEntriesRequest<TypeConfig> = AppendEntriesRequest {
             vote: Vote::new_committed(3, 1),
-            prev_log_id: Some(LogId::new(CommittedLeaderId::new(3, 1), 41)),
+            prev_log_id: Some(log_id(3, 1, 41)),
             entries: vec![],
-            leader_commit: Some(LogId::new(CommittedLeaderId::new(3, 1), 40)),
+            leader_commit: Some(log_id(3, 1, 40)),
         };
         let wire = to_wire(&req).unwrap();
         assert_eq!(wire[0], BINCODE);

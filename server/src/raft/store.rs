@@ -11,11 +11,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use berth_proto::records::{self, SCHEMA_VERSION};
-use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
-use openraft::{
-    AnyError, BasicNode, Entry, EntryPayload, LogId, LogState, RaftLogReader, RaftSnapshotBuilder,
-    Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
-};
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, IOFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{EntryPayload, LogState, RaftLogReader, RaftSnapshotBuilder};
 use prost::Message;
 use rocksdb::{
     ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB,
@@ -24,7 +22,7 @@ use tokio::sync::watch;
 
 use super::codec;
 use super::wal::Wal;
-use super::{Response, TypeConfig};
+use super::{Entry, LogId, Response, SnapshotMeta, StoredMembership, TypeConfig, Vote};
 use crate::state::{self, StateReader};
 
 /// The column family where earlier builds kept the Raft log, keyed by
@@ -65,6 +63,8 @@ pub enum StoreError {
     NotEmpty,
     #[error(transparent)]
     Wal(#[from] super::wal::WalError),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
 }
 
 /// Opens (or creates) the rocksdb database at `path`.
@@ -110,7 +110,7 @@ pub fn open_wal(db: &DB, wal_dir: &Path) -> Result<Arc<Wal>, StoreError> {
         // Moved, then deleted: a crash in between moves them again, and
         // appending an entry replaces one at the same index.
         let n = old.len();
-        wal.append(old)?;
+        wal.append_durable(old)?;
         db.delete_range_cf(logs, index_key(0), index_key(u64::MAX))?;
         tracing::info!(entries = n, "moved the raft log from rocksdb to segment files");
     }
@@ -119,17 +119,22 @@ pub fn open_wal(db: &DB, wal_dir: &Path) -> Result<Arc<Wal>, StoreError> {
 
 /// Splits one database and the segment log into openraft's log store and
 /// state machine, plus a reader of the state for queries.
+/// `node_id` is this member's: the log store syncs its own entries (as
+/// leader) in the background, and others' (as follower) before it answers.
 pub fn split(
     db: Arc<DB>,
     wal: Arc<Wal>,
+    node_id: u64,
 ) -> Result<(LogStore, StateMachine, StateReader), StoreError> {
     let applied = read_applied(&db)?.map(|l| l.index).unwrap_or(0);
     let (tx, rx) = watch::channel(applied);
     let reader = StateReader::new(db.clone(), rx);
     Ok((
         LogStore {
+            vote: Arc::new(std::sync::Mutex::new(read_vote(&db)?)),
             db: db.clone(),
             wal,
+            node_id,
         },
         StateMachine {
             db,
@@ -144,6 +149,8 @@ pub fn split(
 pub struct LogStore {
     db: Arc<DB>,
     wal: Arc<Wal>,
+    vote: Arc<std::sync::Mutex<Option<Vote>>>,
+    node_id: u64,
 }
 
 /// The state machine in rocksdb; every applied command lands in [`CF_SM`].
@@ -172,11 +179,12 @@ fn sync_writes() -> WriteOptions {
     wo
 }
 
-fn io_err(e: impl std::error::Error + 'static) -> AnyError {
-    AnyError::new(&e)
+/// Storage errors cross openraft as `io::Error`s that keep their message.
+fn io(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
 }
 
-fn read_applied(db: &DB) -> Result<Option<LogId<u64>>, StoreError> {
+fn read_applied(db: &DB) -> Result<Option<LogId>, StoreError> {
     match db.get_cf(cf(db, CF_SM_META), KEY_APPLIED)? {
         Some(v) => Ok(Some(codec::log_id_from_record(&records::LogId::decode(
             v.as_slice(),
@@ -185,11 +193,12 @@ fn read_applied(db: &DB) -> Result<Option<LogId<u64>>, StoreError> {
     }
 }
 
-fn read_membership(db: &DB) -> Result<StoredMembership<u64, BasicNode>, StoreError> {
+fn read_membership(db: &DB) -> Result<StoredMembership, StoreError> {
     match db.get_cf(cf(db, CF_SM_META), KEY_MEMBERSHIP)? {
         Some(v) => Ok(codec::stored_membership_from_record(
             &records::StoredMembership::decode(v.as_slice())?,
-        )),
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?),
         None => Ok(StoredMembership::default()),
     }
 }
@@ -209,25 +218,30 @@ pub fn has_membership(db: &DB) -> Result<bool, StoreError> {
         .is_some())
 }
 
+fn read_vote(db: &DB) -> Result<Option<Vote>, StoreError> {
+    match db.get_cf(cf(db, CF_META), KEY_VOTE)? {
+        Some(v) => Ok(Some(codec::vote_from_record(&records::Vote::decode(
+            v.as_slice(),
+        )?))),
+        None => Ok(None),
+    }
+}
+
 impl LogStore {
-    fn read_log_id(&self, key: &[u8]) -> Result<Option<LogId<u64>>, StorageError<u64>> {
-        let v = self
-            .db
-            .get_cf(cf(&self.db, CF_META), key)
-            .map_err(|e| StorageIOError::read_logs(io_err(e)))?;
-        match v {
+    fn read_log_id(&self, key: &[u8]) -> Result<Option<LogId>, std::io::Error> {
+        match self.db.get_cf(cf(&self.db, CF_META), key).map_err(io)? {
             Some(v) => {
-                let r = records::LogId::decode(v.as_slice())
-                    .map_err(|e| StorageIOError::read_logs(io_err(e)))?;
+                let r = records::LogId::decode(v.as_slice()).map_err(io)?;
                 Ok(Some(codec::log_id_from_record(&r)))
             }
             None => Ok(None),
         }
     }
 
-    fn put_meta(&self, key: &[u8], value: Vec<u8>) -> Result<(), rocksdb::Error> {
+    fn put_meta(&self, key: &[u8], value: Vec<u8>) -> Result<(), std::io::Error> {
         self.db
             .put_cf_opt(cf(&self.db, CF_META), key, value, &sync_writes())
+            .map_err(io)
     }
 }
 
@@ -235,15 +249,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<u64>> {
+    ) -> Result<Vec<Entry>, std::io::Error> {
         Ok(self.wal.read(range))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
+        // Replication reads the vote around every read of entries: it is
+        // kept in memory, and written through to rocksdb by save_vote.
+        Ok(*self.vote.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, std::io::Error> {
         let last_purged = self.read_log_id(KEY_LAST_PURGED)?;
         let last_log_id = self.wal.last().or(last_purged);
         Ok(LogState {
@@ -256,30 +276,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
-        self.put_meta(KEY_VOTE, codec::vote_to_record(vote).encode_to_vec())
-            .map_err(|e| StorageIOError::write_vote(io_err(e)).into())
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
+        self.put_meta(KEY_VOTE, codec::vote_to_record(vote).encode_to_vec())?;
+        *self.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(*vote);
+        Ok(())
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
-        let v = self
-            .db
-            .get_cf(cf(&self.db, CF_META), KEY_VOTE)
-            .map_err(|e| StorageIOError::read_vote(io_err(e)))?;
-        match v {
-            Some(v) => {
-                let r = records::Vote::decode(v.as_slice())
-                    .map_err(|e| StorageIOError::read_vote(io_err(e)))?;
-                Ok(Some(codec::vote_from_record(&r)))
-            }
-            None => Ok(None),
-        }
-    }
-
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogId<u64>>,
-    ) -> Result<(), StorageError<u64>> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
         // Not synced: the committed index is only a lower bound to apply up
         // to after a restart (the entries themselves are durable), and it
         // is written on the Raft core's path to every apply.
@@ -290,125 +293,129 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     KEY_COMMITTED,
                     codec::log_id_to_record(&c).encode_to_vec(),
                 )
-                .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+                .map_err(io)?;
         }
         Ok(())
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
+    async fn read_committed(&mut self) -> Result<Option<LogId>, std::io::Error> {
         self.read_log_id(KEY_COMMITTED)
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError<u64>>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), std::io::Error>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        // The entries are synced before the callback: openraft counts an
-        // entry as durable only once it is told so. (openraft 0.9 waits
-        // for the callback before it goes on, so a sync here costs the same
-        // as a sync on another thread; the server batches writes into
-        // entries instead, app.rs.)
-        match self.wal.append(entries.into_iter().collect()) {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(StorageIOError::write_logs(io_err(e)).into())
-            }
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let own = entries
+            .first()
+            .is_some_and(|e| e.log_id.leader_id.node_id == self.node_id);
+        if own {
+            // The leader's entries are written now and synced by the log's
+            // sync thread, which tells openraft once they are durable:
+            // openraft counts an entry as the leader's only then, and
+            // meanwhile replicates it, so the leader's fsync and the
+            // followers' run at the same time.
+            self.wal
+                .append(
+                    entries,
+                    Box::new(move |r| callback.io_completed(r.map_err(io))),
+                )
+                .map_err(io)
+        } else {
+            // A follower answers once its entries are durable: syncing here
+            // saves a thread switch.
+            let r = self.wal.append_durable(entries);
+            let failed = r.as_ref().err().map(io);
+            callback.io_completed(r.map_err(io));
+            failed.map_or(Ok(()), Err)
         }
     }
 
-    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        self.wal
-            .truncate(log_id.index)
-            .map_err(|e| StorageIOError::write_logs(io_err(e)).into())
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
+        let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
+        self.wal.truncate(from).map_err(io)
     }
 
-    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+    async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
         self.put_meta(
             KEY_LAST_PURGED,
             codec::log_id_to_record(&log_id).encode_to_vec(),
-        )
-        .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
-        self.wal
-            .purge(log_id.index)
-            .map_err(|e| StorageIOError::write_logs(io_err(e)).into())
+        )?;
+        self.wal.purge(log_id.index).map_err(io)
     }
 }
 
 impl StateMachine {
-    fn set_applied(&self, batch: &mut WriteBatch, log_id: &LogId<u64>) {
+    fn set_applied(&self, batch: &mut WriteBatch, log_id: &LogId) {
         batch.put_cf(
             cf(&self.db, CF_SM_META),
             KEY_APPLIED,
             codec::log_id_to_record(log_id).encode_to_vec(),
         );
     }
+
+    /// Applies one entry in one rocksdb batch (a batched entry's commands
+    /// see each other's writes through the Tx), with the applied index in
+    /// it: an entry lands whole or not at all.
+    fn apply_one(&self, e: &Entry) -> Result<records::CommandResult, std::io::Error> {
+        let mut tx = state::tx::Tx::new(&self.db, cf(&self.db, CF_SM));
+        let mut meta = Vec::new();
+        let result = match &e.payload {
+            EntryPayload::Blank => records::CommandResult::default(),
+            EntryPayload::Normal(req) => state::apply::apply(&mut tx, &req.0, e.log_id.index)
+                .map_err(|err| io(format!("applying entry {}: {err}", e.log_id.index)))?,
+            EntryPayload::Membership(m) => {
+                let stored = StoredMembership::new(Some(e.log_id), m.clone());
+                meta.push((
+                    KEY_MEMBERSHIP,
+                    codec::stored_membership_to_record(&stored).encode_to_vec(),
+                ));
+                records::CommandResult::default()
+            }
+        };
+        let mut batch = tx.into_batch();
+        for (k, v) in meta {
+            batch.put_cf(cf(&self.db, CF_SM_META), k, v);
+        }
+        self.set_applied(&mut batch, &e.log_id);
+        self.db
+            .write(batch)
+            .map_err(|err| io(format!("applying entry {}: {err}", e.log_id.index)))?;
+        Ok(result)
+    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = Cursor<Vec<u8>>;
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
-        let applied =
-            read_applied(&self.db).map_err(|e| StorageIOError::read_state_machine(io_err(e)))?;
-        let membership =
-            read_membership(&self.db).map_err(|e| StorageIOError::read_state_machine(io_err(e)))?;
+    ) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
+        let applied = read_applied(&self.db).map_err(io)?;
+        let membership = read_membership(&self.db).map_err(io)?;
         Ok((applied, membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<u64>>
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), std::io::Error>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
-        I::IntoIter: Send,
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>> + Unpin + Send,
     {
-        let mut out = Vec::new();
         let mut last = None;
-        for e in entries {
-            // Each entry is one rocksdb batch (a batched entry's commands
-            // see each other's writes through the Tx), with the applied
-            // index in it: an entry lands whole or not at all.
-            let mut tx = state::tx::Tx::new(&self.db, cf(&self.db, CF_SM));
-            let mut meta = Vec::new();
-            let result = match &e.payload {
-                EntryPayload::Blank => records::CommandResult::default(),
-                EntryPayload::Normal(req) => {
-                    state::apply::apply(&mut tx, &req.0, e.log_id.index)
-                        .map_err(|err| StorageIOError::apply(e.log_id, io_err(err)))?
-                }
-                EntryPayload::Membership(m) => {
-                    let stored = StoredMembership::new(Some(e.log_id), m.clone());
-                    meta.push((
-                        KEY_MEMBERSHIP,
-                        codec::stored_membership_to_record(&stored).encode_to_vec(),
-                    ));
-                    records::CommandResult::default()
-                }
-            };
-            let mut batch = tx.into_batch();
-            for (k, v) in meta {
-                batch.put_cf(cf(&self.db, CF_SM_META), k, v);
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let result = self.apply_one(&entry)?;
+            last = Some(entry.log_id.index);
+            if let Some(r) = responder {
+                r.send(Response(result));
             }
-            self.set_applied(&mut batch, &e.log_id);
-            self.db
-                .write(batch)
-                .map_err(|err| StorageIOError::apply(e.log_id, io_err(err)))?;
-            last = Some(e.log_id.index);
-            out.push(Response(result));
         }
         if let Some(i) = last {
             self.applied_tx.send_replace(i);
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -417,24 +424,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<u64, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError<u64>> {
+        meta: &SnapshotMeta,
+        snapshot: Cursor<Vec<u8>>,
+    ) -> Result<(), std::io::Error> {
         let bytes = snapshot.into_inner();
-        let snap = records::Snapshot::decode(bytes.as_slice())
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io_err(e)))?;
+        let snap = records::Snapshot::decode(bytes.as_slice()).map_err(io)?;
         let mut batch = WriteBatch::default();
         let sm = cf(&self.db, CF_SM);
         for item in self.db.iterator_cf(sm, IteratorMode::Start) {
-            let (k, _) = item.map_err(|e| StorageIOError::write_state_machine(io_err(e)))?;
+            let (k, _) = item.map_err(io)?;
             batch.delete_cf(sm, k);
         }
         for row in &snap.rows {
@@ -449,9 +449,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             codec::stored_membership_to_record(&meta.last_membership).encode_to_vec(),
         );
         batch.put_cf(cf(&self.db, CF_META), KEY_SNAPSHOT, bytes);
-        self.db
-            .write_opt(batch, &sync_writes())
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), io_err(e)))?;
+        self.db.write_opt(batch, &sync_writes()).map_err(io)?;
         self.applied_tx
             .send_replace(meta.last_log_id.map(|l| l.index).unwrap_or(0));
         Ok(())
@@ -459,54 +457,59 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(
         &mut self,
-    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+    ) -> Result<Option<Snapshot>, std::io::Error> {
         let v = self
             .db
             .get_cf(cf(&self.db, CF_META), KEY_SNAPSHOT)
-            .map_err(|e| StorageIOError::read_snapshot(None, io_err(e)))?;
+            .map_err(io)?;
         let Some(bytes) = v else { return Ok(None) };
-        let snap = records::Snapshot::decode(bytes.as_slice())
-            .map_err(|e| StorageIOError::read_snapshot(None, io_err(e)))?;
+        let snap = records::Snapshot::decode(bytes.as_slice()).map_err(io)?;
         Ok(Some(Snapshot {
-            meta: snapshot_meta(&snap),
-            snapshot: Box::new(Cursor::new(bytes)),
+            meta: snapshot_meta(&snap)?,
+            snapshot: Cursor::new(bytes),
         }))
     }
 }
 
-fn snapshot_meta(snap: &records::Snapshot) -> SnapshotMeta<u64, BasicNode> {
-    SnapshotMeta {
+/// A snapshot as openraft moves it: its metadata and the records.proto
+/// `Snapshot` bytes.
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, Cursor<Vec<u8>>>;
+
+fn snapshot_meta(snap: &records::Snapshot) -> Result<SnapshotMeta, std::io::Error> {
+    Ok(SnapshotMeta {
         last_log_id: snap.last_applied.as_ref().map(codec::log_id_from_record),
         last_membership: snap
             .membership
             .as_ref()
             .map(codec::stored_membership_from_record)
+            .transpose()
+            .map_err(io)?
             .unwrap_or_default(),
-        snapshot_id: snap.snapshot_id.clone(),
-    }
+    })
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
         // A rocksdb snapshot gives one consistent view of the rows and of
         // what they cover, even while apply goes on.
         let view = self.db.snapshot();
-        let err = |e: rocksdb::Error| StorageIOError::read_state_machine(io_err(e));
         let applied = view
             .get_cf(cf(&self.db, CF_SM_META), KEY_APPLIED)
-            .map_err(err)?
+            .map_err(io)?
             .map(|v| records::LogId::decode(v.as_slice()))
             .transpose()
-            .map_err(|e| StorageIOError::read_state_machine(io_err(e)))?;
+            .map_err(io)?;
         let membership = view
             .get_cf(cf(&self.db, CF_SM_META), KEY_MEMBERSHIP)
-            .map_err(err)?
+            .map_err(io)?
             .map(|v| records::StoredMembership::decode(v.as_slice()))
             .transpose()
-            .map_err(|e| StorageIOError::read_state_machine(io_err(e)))?;
+            .map_err(io)?;
         let mut rows = Vec::new();
         for item in view.iterator_cf(cf(&self.db, CF_SM), IteratorMode::Start) {
-            let (k, v) = item.map_err(err)?;
+            let (k, v) = item.map_err(io)?;
             rows.push(records::KeyValue {
                 key: k.to_vec(),
                 value: v.to_vec(),
@@ -526,10 +529,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let bytes = snap.encode_to_vec();
         self.db
             .put_cf_opt(cf(&self.db, CF_META), KEY_SNAPSHOT, &bytes, &sync_writes())
-            .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?;
+            .map_err(io)?;
         Ok(Snapshot {
-            meta: snapshot_meta(&snap),
-            snapshot: Box::new(Cursor::new(bytes)),
+            meta: snapshot_meta(&snap)?,
+            snapshot: Cursor::new(bytes),
         })
     }
 }

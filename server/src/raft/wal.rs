@@ -21,6 +21,13 @@
 //! The entries since the last purge are also kept in memory, so that
 //! replication reads them without touching the disk. The log is purged
 //! after every snapshot (raft::start), which bounds both.
+//!
+//! An append writes its records and returns; a sync thread then flushes
+//! everything written so far with one `fdatasync` and tells each append's
+//! caller that its entries are durable. Openraft replicates an entry as
+//! soon as the append returns, so the leader's fsync runs while the
+//! followers write theirs; it counts the entry as the leader's only when
+//! told it is durable.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -28,14 +35,13 @@ use std::io::{Read, Write};
 use std::ops::RangeBounds;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 
 use berth_proto::records;
-use openraft::{Entry, LogId};
 use prost::Message;
 
 use super::codec;
-use super::TypeConfig;
+use super::{Entry, LogId};
 
 /// The size a segment is created (and zero-filled) at.
 pub const SEGMENT_BYTES: u64 = 8 << 20;
@@ -60,19 +66,36 @@ pub enum WalError {
     },
 }
 
+/// What an append's caller is told once its entries are durable.
+pub type Done = Box<dyn FnOnce(Result<(), WalError>) + Send>;
+
 /// The Raft log: segment files on disk and the live entries in memory.
 pub struct Wal {
     dir: PathBuf,
-    entries: Mutex<BTreeMap<u64, Entry<TypeConfig>>>,
-    files: Mutex<Files>,
+    entries: Mutex<BTreeMap<u64, Entry>>,
+    files: Arc<Mutex<Files>>,
+    syncer: Arc<Syncer>,
 }
 
 /// The segments, and where the next record goes in the last one.
 struct Files {
     segments: Vec<Segment>,
-    current: File,
+    current: Arc<File>,
     offset: u64,
     capacity: u64,
+}
+
+/// Appends waiting for the sync thread.
+#[derive(Default)]
+struct Syncer {
+    queue: Mutex<SyncQueue>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct SyncQueue {
+    waiting: Vec<Done>,
+    closed: bool,
 }
 
 struct Segment {
@@ -130,15 +153,25 @@ impl Wal {
                 (f, 0, SEGMENT_BYTES)
             }
         };
+        let files = Arc::new(Mutex::new(Files {
+            segments,
+            current: Arc::new(current),
+            offset,
+            capacity,
+        }));
+        let syncer = Arc::new(Syncer::default());
+        {
+            let (files, syncer) = (files.clone(), syncer.clone());
+            std::thread::Builder::new()
+                .name("raft-log-sync".into())
+                .spawn(move || sync_loop(&files, &syncer))
+                .map_err(|e| io_err(dir, e))?;
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             entries: Mutex::new(entries),
-            files: Mutex::new(Files {
-                segments,
-                current,
-                offset,
-                capacity,
-            }),
+            files,
+            syncer,
         })
     }
 
@@ -148,18 +181,47 @@ impl Wal {
     }
 
     /// The log id of the last entry, if any.
-    pub fn last(&self) -> Option<LogId<u64>> {
+    pub fn last(&self) -> Option<LogId> {
         self.entries().values().next_back().map(|e| e.log_id)
     }
 
     /// The entries whose index is in `range`, in order.
-    pub fn read(&self, range: impl RangeBounds<u64>) -> Vec<Entry<TypeConfig>> {
+    pub fn read(&self, range: impl RangeBounds<u64>) -> Vec<Entry> {
         self.entries().range(range).map(|(_, e)| e.clone()).collect()
     }
 
-    /// Appends entries; they are on disk (synced) when this returns. An
-    /// entry replaces any entry at its index or above.
-    pub fn append(&self, batch: Vec<Entry<TypeConfig>>) -> Result<(), WalError> {
+    /// Appends entries and returns once they are written; `done` is
+    /// called, from the sync thread, once they are durable. An entry
+    /// replaces any entry at its index or above.
+    pub fn append(&self, batch: Vec<Entry>, done: Done) -> Result<(), WalError> {
+        if batch.is_empty() {
+            done(Ok(()));
+            return Ok(());
+        }
+        self.write_entries(batch)?;
+        let mut q = self.syncer.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.waiting.push(done);
+        self.syncer.wake.notify_one();
+        Ok(())
+    }
+
+    /// Appends entries and syncs them on this thread: durable when this
+    /// returns. (A follower answers only once its entries are durable, so
+    /// it gains nothing from the sync thread but a thread switch.)
+    pub fn append_durable(&self, batch: Vec<Entry>) -> Result<(), WalError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.write_entries(batch)?;
+        let (file, path) = {
+            let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            (files.current.clone(), files.current_path())
+        };
+        file.sync_data().map_err(|e| io_err(&path, e))
+    }
+
+    /// Writes entries' records and makes them readable, unsynced.
+    fn write_entries(&self, batch: Vec<Entry>) -> Result<(), WalError> {
         let Some(first) = batch.first().map(|e| e.log_id.index) else {
             return Ok(());
         };
@@ -186,6 +248,11 @@ impl Wal {
         let mut buf = Vec::new();
         encode_record(&mut buf, KIND_TRUNCATE, &from.to_le_bytes());
         self.write(&buf, None)?;
+        let (file, path) = {
+            let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            (files.current.clone(), files.current_path())
+        };
+        file.sync_data().map_err(|e| io_err(&path, e))?;
         let _ = self.entries().split_off(&from);
         Ok(())
     }
@@ -208,36 +275,84 @@ impl Wal {
         Ok(())
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes encoded records at the end of the log and syncs them.
+    /// Writes encoded records at the end of the log (not yet synced).
     fn write(&self, buf: &[u8], max_index: Option<u64>) -> Result<(), WalError> {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let need = buf.len() as u64 + HEADER as u64;
         if files.offset + need > files.capacity {
+            // What the sync thread has not flushed yet of the full segment
+            // is flushed now, before the log moves on.
+            let path = files.current_path();
+            files.current.sync_data().map_err(|e| io_err(&path, e))?;
             let seq = files.segments.last().map(|s| s.seq + 1).unwrap_or(0);
             let capacity = SEGMENT_BYTES.max(need);
             let (seg, f) = create_segment(&self.dir, seq, capacity)?;
             files.segments.push(seg);
-            files.current = f;
+            files.current = Arc::new(f);
             files.offset = 0;
             files.capacity = capacity;
         }
-        let path = files.segments.last().map(|s| s.path.clone()).unwrap_or_default();
+        let path = files.current_path();
         files
             .current
             .write_all_at(buf, files.offset)
             .map_err(|e| io_err(&path, e))?;
-        // fdatasync: the blocks exist already (zero-filled at creation), so
-        // this flushes data and no metadata (see the module documentation).
-        files.current.sync_data().map_err(|e| io_err(&path, e))?;
         files.offset += buf.len() as u64;
         if let (Some(seg), Some(m)) = (files.segments.last_mut(), max_index) {
             seg.max_index = Some(seg.max_index.map_or(m, |x| x.max(m)));
         }
         Ok(())
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        let mut q = self.syncer.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.closed = true;
+        self.syncer.wake.notify_one();
+    }
+}
+
+impl Files {
+    fn current_path(&self) -> PathBuf {
+        self.segments
+            .last()
+            .map(|s| s.path.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The sync thread: flushes whatever has been written with one
+/// `fdatasync`, then tells every append that waited for it. The blocks
+/// exist already (zero-filled at creation), so this flushes data and no
+/// metadata (see the module documentation).
+fn sync_loop(files: &Mutex<Files>, syncer: &Syncer) {
+    loop {
+        let waiting = {
+            let mut q = syncer.queue.lock().unwrap_or_else(|p| p.into_inner());
+            while q.waiting.is_empty() && !q.closed {
+                q = syncer.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            if q.waiting.is_empty() {
+                return;
+            }
+            std::mem::take(&mut q.waiting)
+        };
+        let (file, path) = {
+            let f = files.lock().unwrap_or_else(|p| p.into_inner());
+            (f.current.clone(), f.current_path())
+        };
+        let result = file.sync_data();
+        for done in waiting {
+            done(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io_err(&path, std::io::Error::new(e.kind(), e.to_string()))),
+            });
+        }
     }
 }
 
@@ -301,7 +416,7 @@ fn create_segment(dir: &Path, seq: u64, capacity: u64) -> Result<(Segment, File)
 fn replay(
     path: &Path,
     last: bool,
-    entries: &mut BTreeMap<u64, Entry<TypeConfig>>,
+    entries: &mut BTreeMap<u64, Entry>,
 ) -> Result<(Option<u64>, u64, u64), WalError> {
     let mut bytes = Vec::new();
     let mut f = OpenOptions::new()
@@ -375,11 +490,11 @@ fn replay(
 mod tests {
     use super::*;
     use crate::raft::Request;
-    use openraft::{CommittedLeaderId, EntryPayload};
+    use openraft::EntryPayload;
 
-    fn entry(term: u64, index: u64, name: &str) -> Entry<TypeConfig> {
+    fn entry(term: u64, index: u64, name: &str) -> Entry {
         Entry {
-            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            log_id: codec::log_id(term, 1, index),
             payload: EntryPayload::Normal(Request(records::Command {
                 schema: 1,
                 op: Some(records::command::Op::Remove(records::RemoveContainer {
@@ -402,11 +517,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let w = Wal::open(dir.path(), None).unwrap();
         assert!(w.is_empty());
-        w.append((1..=5).map(|i| entry(1, i, "a")).collect()).unwrap();
+        w.append_durable((1..=5).map(|i| entry(1, i, "a")).collect()).unwrap();
         w.truncate(4).unwrap();
-        w.append(vec![entry(2, 4, "b")]).unwrap();
+        w.append_durable(vec![entry(2, 4, "b")]).unwrap();
         // An entry over an existing index replaces it and what follows.
-        w.append(vec![entry(2, 3, "c")]).unwrap();
+        w.append_durable(vec![entry(2, 3, "c")]).unwrap();
         assert_eq!(indexes(&w), vec![(1, 1), (1, 2), (2, 3)]);
         drop(w);
         let w = Wal::open(dir.path(), None).unwrap();
@@ -425,7 +540,7 @@ mod tests {
         let w = Wal::open(dir.path(), None).unwrap();
         let big = "x".repeat(1 << 20);
         for i in 1..=20 {
-            w.append(vec![entry(1, i, &big)]).unwrap();
+            w.append_durable(vec![entry(1, i, &big)]).unwrap();
         }
         let count = || {
             std::fs::read_dir(dir.path())
@@ -447,7 +562,7 @@ mod tests {
     fn a_torn_tail_is_dropped_and_corruption_elsewhere_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let w = Wal::open(dir.path(), None).unwrap();
-        w.append(vec![entry(1, 1, "a"), entry(1, 2, "b")]).unwrap();
+        w.append_durable(vec![entry(1, 1, "a"), entry(1, 2, "b")]).unwrap();
         drop(w);
         // Tear the second record: flip a byte in its payload.
         let seg = segment_path(dir.path(), 0);
@@ -458,14 +573,14 @@ mod tests {
         let w = Wal::open(dir.path(), None).unwrap();
         assert_eq!(indexes(&w), vec![(1, 1)]);
         // The log goes on where the torn record was.
-        w.append(vec![entry(1, 2, "c")]).unwrap();
+        w.append_durable(vec![entry(1, 2, "c")]).unwrap();
         drop(w);
         let w = Wal::open(dir.path(), None).unwrap();
         assert_eq!(indexes(&w), vec![(1, 1), (1, 2)]);
         // The same damage in a segment that is not the last is an error.
         let big = "x".repeat(1 << 20);
         for i in 3..=12 {
-            w.append(vec![entry(1, i, &big)]).unwrap();
+            w.append_durable(vec![entry(1, i, &big)]).unwrap();
         }
         drop(w);
         let mut bytes = std::fs::read(&seg).unwrap();
