@@ -125,7 +125,8 @@ impl App {
         matches!(
             tokio::time::timeout(
                 Duration::from_secs(1),
-                self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                self.raft
+                    .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
             )
             .await,
             Ok(Ok(_))

@@ -7,12 +7,16 @@
 use berth_proto::raft::raft_client::RaftClient;
 use berth_proto::raft::raft_server::Raft as RaftRpc;
 use berth_proto::raft::RaftPayload;
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::error::Fatal;
 use openraft::error::{
     NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
+    VoteResponse,
 };
 use openraft::{BasicNode, RaftNetworkFactory, RaftNetworkV2};
 use serde::de::DeserializeOwned;
@@ -185,6 +189,66 @@ impl RaftNetworkV2<TypeConfig> for Network {
         Ok(self.call(RpcKind::Append, &rpc, option.hard_ttl()).await?)
     }
 
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let blocked = |faults: &super::faults::Faults, target| {
+                faults.blocked(target).then(|| {
+                    RPCError::Unreachable(Unreachable::new(&StatusError(
+                        tonic::Status::unavailable("partitioned by the fault layer"),
+                    )))
+                })
+            };
+            if let Some(e) = blocked(&self.faults, self.target) {
+                return Err(e);
+            }
+            let mut client = self.client()?;
+            // A request that does not encode ends the stream; the follower
+            // then answers what came before it.
+            let requests = input
+                .map(|req| to_wire(&req))
+                .take_while(|r| std::future::ready(r.is_ok()))
+                .filter_map(|r| std::future::ready(r.ok()))
+                .map(|json| RaftPayload { json });
+            let answers = match client.append_stream(requests).await {
+                Ok(r) => r.into_inner(),
+                Err(status) => {
+                    self.client = None;
+                    return Err(RPCError::Unreachable(Unreachable::new(&StatusError(
+                        status,
+                    ))));
+                }
+            };
+            let (faults, target) = (self.faults.clone(), self.target);
+            let answers = answers.map(move |item| {
+                if let Some(e) = blocked(&faults, target) {
+                    return Err(e);
+                }
+                let payload = item.map_err(|status| {
+                    RPCError::Unreachable(Unreachable::new(&StatusError(status)))
+                })?;
+                let answer: Result<StreamAppendResult<TypeConfig>, Fatal<TypeConfig>> =
+                    from_wire(&payload.json)
+                        .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+                answer.map_err(|fatal| RPCError::Network(NetworkError::new(&fatal)))
+            });
+            let answers: BoxStream<'s, _> = Box::pin(answers);
+            Ok(answers)
+        })
+    }
+
     async fn vote(
         &mut self,
         rpc: VoteRequest<TypeConfig>,
@@ -284,8 +348,42 @@ fn encode<T: Serialize>(v: &T) -> Result<tonic::Response<RaftPayload>, tonic::St
     Ok(tonic::Response::new(RaftPayload { json }))
 }
 
+type AnswerStream =
+    std::pin::Pin<Box<dyn Stream<Item = Result<RaftPayload, tonic::Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
+    type AppendStreamStream = AnswerStream;
+
+    async fn append_stream(
+        &self,
+        req: tonic::Request<tonic::Streaming<RaftPayload>>,
+    ) -> Result<tonic::Response<AnswerStream>, tonic::Status> {
+        let (faults, contact) = (self.faults.clone(), self.contact.clone());
+        // Requests that do not decode, or that come from a peer the fault
+        // layer cuts off, end the stream.
+        let requests = req
+            .into_inner()
+            .map(move |item| {
+                let payload = item.ok()?;
+                let rpc: AppendEntriesRequest<TypeConfig> = from_wire(&payload.json).ok()?;
+                let from = rpc.vote.leader_id().node_id;
+                if faults.blocked(from) {
+                    return None;
+                }
+                contact.heard(from);
+                Some(rpc)
+            })
+            .take_while(|r| std::future::ready(r.is_some()))
+            .filter_map(std::future::ready);
+        let answers = self.raft.stream_append(requests).map(|answer| {
+            to_wire(&answer)
+                .map(|json| RaftPayload { json })
+                .map_err(|e| tonic::Status::internal(e.to_string()))
+        });
+        Ok(tonic::Response::new(Box::pin(answers)))
+    }
+
     async fn append_entries(
         &self,
         req: tonic::Request<RaftPayload>,

@@ -15,9 +15,7 @@ use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, IOFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{EntryPayload, LogState, RaftLogReader, RaftSnapshotBuilder};
 use prost::Message;
-use rocksdb::{
-    ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB,
-};
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use tokio::sync::watch;
 
 use super::codec;
@@ -112,7 +110,10 @@ pub fn open_wal(db: &DB, wal_dir: &Path) -> Result<Arc<Wal>, StoreError> {
         let n = old.len();
         wal.append_durable(old)?;
         db.delete_range_cf(logs, index_key(0), index_key(u64::MAX))?;
-        tracing::info!(entries = n, "moved the raft log from rocksdb to segment files");
+        tracing::info!(
+            entries = n,
+            "moved the raft log from rocksdb to segment files"
+        );
     }
     Ok(Arc::new(wal))
 }
@@ -195,10 +196,10 @@ fn read_applied(db: &DB) -> Result<Option<LogId>, StoreError> {
 
 fn read_membership(db: &DB) -> Result<StoredMembership, StoreError> {
     match db.get_cf(cf(db, CF_SM_META), KEY_MEMBERSHIP)? {
-        Some(v) => Ok(codec::stored_membership_from_record(
-            &records::StoredMembership::decode(v.as_slice())?,
-        )
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?),
+        Some(v) => Ok(
+            codec::stored_membership_from_record(&records::StoredMembership::decode(v.as_slice())?)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        ),
         None => Ok(StoredMembership::default()),
     }
 }
@@ -302,7 +303,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_log_id(KEY_COMMITTED)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), std::io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), std::io::Error>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -391,9 +396,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotData = Cursor<Vec<u8>>;
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
         let applied = read_applied(&self.db).map_err(io)?;
         let membership = read_membership(&self.db).map_err(io)?;
         Ok((applied, membership))
@@ -455,9 +458,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<Snapshot>, std::io::Error> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
         let v = self
             .db
             .get_cf(cf(&self.db, CF_META), KEY_SNAPSHOT)

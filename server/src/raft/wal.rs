@@ -187,7 +187,10 @@ impl Wal {
 
     /// The entries whose index is in `range`, in order.
     pub fn read(&self, range: impl RangeBounds<u64>) -> Vec<Entry> {
-        self.entries().range(range).map(|(_, e)| e.clone()).collect()
+        self.entries()
+            .range(range)
+            .map(|(_, e)| e.clone())
+            .collect()
     }
 
     /// Appends entries and returns once they are written; `done` is
@@ -517,7 +520,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let w = Wal::open(dir.path(), None).unwrap();
         assert!(w.is_empty());
-        w.append_durable((1..=5).map(|i| entry(1, i, "a")).collect()).unwrap();
+        w.append_durable((1..=5).map(|i| entry(1, i, "a")).collect())
+            .unwrap();
         w.truncate(4).unwrap();
         w.append_durable(vec![entry(2, 4, "b")]).unwrap();
         // An entry over an existing index replaces it and what follows.
@@ -562,7 +566,8 @@ mod tests {
     fn a_torn_tail_is_dropped_and_corruption_elsewhere_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let w = Wal::open(dir.path(), None).unwrap();
-        w.append_durable(vec![entry(1, 1, "a"), entry(1, 2, "b")]).unwrap();
+        w.append_durable(vec![entry(1, 1, "a"), entry(1, 2, "b")])
+            .unwrap();
         drop(w);
         // Tear the second record: flip a byte in its payload.
         let seg = segment_path(dir.path(), 0);

@@ -495,7 +495,8 @@ mod tests {
         };
         old.labels.insert("zone".into(), "a".into());
         old.labels.insert("disk".into(), "hdd".into());
-        db.put_cf(cf, keys::node("n1"), old.encode_to_vec()).unwrap();
+        db.put_cf(cf, keys::node("n1"), old.encode_to_vec())
+            .unwrap();
         let (_tx, rx) = tokio::sync::watch::channel(0);
         let reader = crate::state::StateReader::new(db.clone(), rx);
         let labels = |r: &crate::state::StateReader| {
@@ -527,14 +528,31 @@ mod tests {
             vec![("disk".into(), "ssd".into()), ("rack".into(), "7".into())]
         );
         // The record no longer holds labels; each is a row.
-        let rec = records::Node::decode(db.get_cf(cf, keys::node("n1")).unwrap().unwrap().as_slice())
-            .unwrap();
+        let rec =
+            records::Node::decode(db.get_cf(cf, keys::node("n1")).unwrap().unwrap().as_slice())
+                .unwrap();
         assert!(rec.labels.is_empty());
-        assert!(db.get_cf(cf, keys::node_label("n1", "rack")).unwrap().is_some());
-        assert!(db.get_cf(cf, keys::node_label("n1", "zone")).unwrap().is_none());
+        assert!(db
+            .get_cf(cf, keys::node_label("n1", "rack"))
+            .unwrap()
+            .is_some());
+        assert!(db
+            .get_cf(cf, keys::node_label("n1", "zone"))
+            .unwrap()
+            .is_none());
         // A label of another node whose name starts the same is not mixed in.
-        db.put_cf(cf, keys::node("n10"), records::Node { name: "n10".into(), ..Default::default() }.encode_to_vec()).unwrap();
-        db.put_cf(cf, keys::node_label("n10", "x"), label_row("y".into())).unwrap();
+        db.put_cf(
+            cf,
+            keys::node("n10"),
+            records::Node {
+                name: "n10".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        )
+        .unwrap();
+        db.put_cf(cf, keys::node_label("n10", "x"), label_row("y".into()))
+            .unwrap();
         assert_eq!(labels(&reader).len(), 2);
         // A node that does not exist is refused.
         let cmd = records::Command {
@@ -545,6 +563,9 @@ mod tests {
             })),
         };
         let mut tx = Tx::new(&db, cf);
-        assert!(apply(&mut tx, &cmd, 2).unwrap().error.contains("No such node"));
+        assert!(apply(&mut tx, &cmd, 2)
+            .unwrap()
+            .error
+            .contains("No such node"));
     }
 }
