@@ -57,10 +57,10 @@ type PendingWrite = (Op, oneshot::Sender<Result<CommandResult, AppError>>);
 /// The most commands one Raft entry carries.
 const BATCH_MAX: usize = 64;
 /// How many batched entries may be in flight at once. While they are,
-/// new writes queue and go together in the next entry: openraft 0.9 appends
-/// (and fsyncs) every client write on its own, one after another, so one
-/// entry for many writes is what lets throughput grow with clients. A lone
-/// write never waits: it goes at once, as its own entry.
+/// new writes queue and go together in the next entry: one entry (one
+/// append, one apply, one rocksdb batch) for many writes is what lets
+/// throughput grow with clients. A lone write never waits: it goes at
+/// once, as its own entry.
 const BATCHES_IN_FLIGHT: usize = 2;
 
 impl App {
@@ -138,11 +138,7 @@ impl App {
 /// [`BATCH_MAX`]) in one entry, with at most [`BATCHES_IN_FLIGHT`] entries
 /// in flight.
 async fn batch_writes(raft: BerthRaft, mut queue: mpsc::UnboundedReceiver<PendingWrite>) {
-    let n = std::env::var("BERTH_INFLIGHT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(BATCHES_IN_FLIGHT);
-    let slots = Arc::new(Semaphore::new(n));
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;

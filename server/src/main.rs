@@ -78,22 +78,7 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    let threads: usize = std::env::var("BERTH_SERVER_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let rt = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if threads > 1 {
-            b.worker_threads(threads);
-        }
-        b.enable_all().build()
-    };
-    let result = rt
+    let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(real_main(args)));
     if let Err(e) = result {

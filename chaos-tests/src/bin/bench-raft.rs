@@ -35,6 +35,8 @@ struct Load {
     per_s: f64,
     p50: f64,
     p99: f64,
+    p999: f64,
+    max: f64,
 }
 
 async fn load(clients: usize, per_client: usize, write: Write) -> Load {
@@ -68,6 +70,8 @@ async fn load(clients: usize, per_client: usize, write: Write) -> Load {
         per_s: all.len() as f64 / secs,
         p50: pct(0.5),
         p99: pct(0.99),
+        p999: pct(0.999),
+        max: pct(1.0),
     }
 }
 
@@ -223,8 +227,8 @@ fn main() -> anyhow::Result<()> {
             .context("no berth leader")?;
         let b = rt.block_on(load(clients, per, berth_write(bc)));
         println!(
-            "berth, {clients} client(s) x {per}: {:.1} writes/s, p50 {:.2} ms, p99 {:.2} ms",
-            b.per_s, b.p50, b.p99
+            "berth, {clients} client(s) x {per}: {:.1} writes/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+            b.per_s, b.p50, b.p99, b.p999, b.max
         );
         return Ok(());
     }
@@ -242,8 +246,12 @@ fn main() -> anyhow::Result<()> {
         .context("no berth leader")?;
     let (_, ec) = rt.block_on(etcd_leader()).context("no etcd leader")?;
     let mut rows = Vec::new();
-    for (clients, per) in [(1usize, 2000usize), (64, 100)] {
+    for (clients, per) in [(1usize, 2000usize), (64, 300)] {
+        // Each load is measured after a warm-up of 20 writes per client
+        // (connections, streams and allocators settle), for both.
+        rt.block_on(load(clients, 20, berth_write(bc.clone())));
         let b = rt.block_on(load(clients, per, berth_write(bc.clone())));
+        rt.block_on(load(clients, 20, etcd_write(ec.clone())));
         let e = rt.block_on(load(clients, per, etcd_write(ec.clone())));
         rows.push((
             format!("writes/s, {clients} client(s)"),
