@@ -78,7 +78,24 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    let result = tokio::runtime::Runtime::new()
+    // No transparent huge pages for this process (prctl PR_SET_THP_DISABLE).
+    // With them, the allocator's fresh memory faults in 2 MiB at a time,
+    // each zeroed on the spot: a stall of the one thread that runs
+    // everything, which doubled the 99th-percentile write latency under
+    // load (docs/benchmarks.md). Failing to set it costs only speed.
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!("berth-server: warning: cannot disable transparent huge pages: {e}");
+    }
+    // One thread runs the server's tasks. Its work is a chain of short
+    // steps handed from task to task (gRPC, the Raft core, replication,
+    // the state machine): on one thread a hand-off is a queue push, where
+    // across threads it is a wake-up of another CPU, and on this class of
+    // VM that wake-up was a fifth of a write's latency (docs/benchmarks.md).
+    // The leader's log fsync has a thread of its own (raft/wal.rs).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let result = rt
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(real_main(args)));
     if let Err(e) = result {
