@@ -270,8 +270,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// The data dir of server `id`.
-    fn server_dir(&self, id: usize) -> PathBuf {
+    /// The data dir of member `id` (1 is the first server).
+    pub fn server_dir(&self, id: usize) -> PathBuf {
         if id == 1 {
             self.dir.path().join("server")
         } else {

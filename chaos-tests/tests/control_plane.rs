@@ -587,6 +587,9 @@ fn after_ten_thousand_writes_a_new_member_comes_up_by_snapshot() {
             // them), so 10,000 writes make far fewer than 10,000 entries:
             // a snapshot every 500 entries makes sure the log is compacted.
             std::env::set_var("BERTH_SNAPSHOT_LOGS", "500");
+            // Small log segments, so that compaction has whole segments to
+            // delete from the disk.
+            std::env::set_var("BERTH_LOG_SEGMENT_BYTES", "16384");
             let mut c = Cluster::start_servers(3)?;
             let addr = c.member_addr(leader(&c).ok_or_else(|| anyhow::anyhow!("no leader"))?);
             let rt = tokio::runtime::Runtime::new()?;
@@ -628,6 +631,17 @@ fn after_ten_thousand_writes_a_new_member_comes_up_by_snapshot() {
             c.wait_until(Duration::from_secs(30), "the log to be compacted", |c| {
                 field(&c.berth(&["cluster", "status"]).stdout, "purged").unwrap_or(0) >= 400
             })?;
+            // On every member the first segment files are gone from disk.
+            c.wait_until(
+                Duration::from_secs(30),
+                "the first log segment to be deleted on every member",
+                |c| {
+                    (1..=3).all(|id| {
+                        let log = c.server_dir(id).join("raft-log");
+                        log.is_dir() && !log.join("0000000000000000.wal").exists()
+                    })
+                },
+            )?;
             c.add_member(4)?;
             caught_up_by_snapshot(&c, 4, 500, Duration::from_secs(60))?;
             let nodes = c.berth(&["node", "ls"]).ok()?.stdout;

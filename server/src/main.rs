@@ -67,6 +67,12 @@ struct Args {
     /// Build a Raft snapshot and compact the log every this many entries.
     #[arg(long, env = "BERTH_SNAPSHOT_LOGS", default_value_t = 5000)]
     snapshot_logs: u64,
+    /// The size of a Raft log segment file (in DIR/raft-log), zero-filled
+    /// when created; compaction deletes whole segments, so the log on disk
+    /// is at most about one segment more than what a snapshot keeps.
+    #[arg(long, env = "BERTH_LOG_SEGMENT_BYTES", default_value_t = 8 << 20,
+          value_parser = clap::value_parser!(u64).range(4096..))]
+    log_segment_bytes: u64,
     /// An agent silent for longer than this is marked Down.
     #[arg(long, default_value_t = 2000)]
     node_ttl_ms: u64,
@@ -125,6 +131,7 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         election_min_ms: args.election_min_ms,
         election_max_ms: args.election_max_ms,
         snapshot_logs: args.snapshot_logs,
+        log_segment_bytes: args.log_segment_bytes,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

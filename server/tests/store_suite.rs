@@ -16,7 +16,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let db = store::open(&dir.path().join("raft")).expect("opening rocksdb");
-        let wal = store::open_wal(&db, &dir.path().join("raft-log")).expect("opening the log");
+        let wal =
+            store::open_wal(&db, &dir.path().join("raft-log"), 1 << 20).expect("opening the log");
         let (log, sm, _reader) = store::split(db, wal, 0).expect("splitting the store");
         Ok((dir, log, sm))
     }

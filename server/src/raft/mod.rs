@@ -98,6 +98,8 @@ pub struct RaftConfig {
     pub election_max_ms: u64,
     /// Build a snapshot (and compact the log) every this many entries.
     pub snapshot_logs: u64,
+    /// The size of a raft log segment; compaction deletes whole segments.
+    pub log_segment_bytes: u64,
 }
 
 /// Errors of starting the Raft layer.
@@ -123,7 +125,7 @@ pub async fn start(
     restore: Option<&[u8]>,
 ) -> Result<(BerthRaft, StateReader), RaftError> {
     let db = store::open(&data_dir.join("raft"))?;
-    let wal = store::open_wal(&db, &data_dir.join("raft-log"))?;
+    let wal = store::open_wal(&db, &data_dir.join("raft-log"), cfg.log_segment_bytes)?;
     if let Some(backup) = restore {
         if !wal.is_empty() {
             return Err(store::StoreError::NotEmpty.into());

@@ -84,14 +84,15 @@ pub fn open(path: &Path) -> Result<Arc<DB>, StoreError> {
     Ok(Arc::new(db))
 }
 
-/// Opens the segment log in `wal_dir`, past what `db` records as purged.
-/// A log that earlier builds kept in rocksdb is moved into it first.
-pub fn open_wal(db: &DB, wal_dir: &Path) -> Result<Arc<Wal>, StoreError> {
+/// Opens the segment log in `wal_dir` (new segments `segment_bytes`
+/// long), past what `db` records as purged. A log that earlier builds kept
+/// in rocksdb is moved into it first.
+pub fn open_wal(db: &DB, wal_dir: &Path, segment_bytes: u64) -> Result<Arc<Wal>, StoreError> {
     let last_purged = match db.get_cf(cf(db, CF_META), KEY_LAST_PURGED)? {
         Some(v) => Some(records::LogId::decode(v.as_slice())?.index),
         None => None,
     };
-    let wal = Wal::open(wal_dir, last_purged)?;
+    let wal = Wal::open(wal_dir, last_purged, segment_bytes)?;
     let logs = cf(db, CF_LOGS);
     let mut old = Vec::new();
     for item in db.iterator_cf(logs, IteratorMode::Start) {

@@ -9,7 +9,7 @@
 //! 80 µs. So a segment is filled with zeros (and synced, with its directory)
 //! when it is created, and records are then written over the zeros.
 //!
-//! A segment is `<seq>.wal`, [`SEGMENT_BYTES`] long (longer if one append
+//! A segment is `<seq>.wal`, [`SEGMENT_BYTES`] long by default (longer if one append
 //! needs it). A record is `len: u32 LE, crc32: u32 LE, kind: u8, payload`,
 //! the CRC taken over kind and payload; a zero length ends a segment.
 //! Kinds: an entry (a records.proto `RaftEntry`) or a truncation (entries
@@ -43,8 +43,11 @@ use prost::Message;
 use super::codec;
 use super::{Entry, LogId};
 
-/// The size a segment is created (and zero-filled) at.
+/// The size a segment is created (and zero-filled) at, by default.
 pub const SEGMENT_BYTES: u64 = 8 << 20;
+
+/// The smallest segment size [`Wal::open`] takes.
+pub const MIN_SEGMENT_BYTES: u64 = 4096;
 
 const HEADER: usize = 9;
 const KIND_ENTRY: u8 = 1;
@@ -72,6 +75,7 @@ pub type Done = Box<dyn FnOnce(Result<(), WalError>) + Send>;
 /// The Raft log: segment files on disk and the live entries in memory.
 pub struct Wal {
     dir: PathBuf,
+    segment_bytes: u64,
     entries: Mutex<BTreeMap<u64, Entry>>,
     files: Arc<Mutex<Files>>,
     syncer: Arc<Syncer>,
@@ -107,8 +111,14 @@ struct Segment {
 
 impl Wal {
     /// Opens (or creates) the log in `dir` and replays it; entries at or
-    /// below `last_purged` are dropped.
-    pub fn open(dir: &Path, last_purged: Option<u64>) -> Result<Self, WalError> {
+    /// below `last_purged` are dropped. New segments are `segment_bytes`
+    /// long (at least [`MIN_SEGMENT_BYTES`]).
+    pub fn open(
+        dir: &Path,
+        last_purged: Option<u64>,
+        segment_bytes: u64,
+    ) -> Result<Self, WalError> {
+        let segment_bytes = segment_bytes.max(MIN_SEGMENT_BYTES);
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let mut seqs: Vec<u64> = std::fs::read_dir(dir)
             .map_err(|e| io_err(dir, e))?
@@ -148,9 +158,9 @@ impl Wal {
                 (f, end, capacity)
             }
             _ => {
-                let (seg, f) = create_segment(dir, 0, SEGMENT_BYTES)?;
+                let (seg, f) = create_segment(dir, 0, segment_bytes)?;
                 segments.push(seg);
-                (f, 0, SEGMENT_BYTES)
+                (f, 0, segment_bytes)
             }
         };
         let files = Arc::new(Mutex::new(Files {
@@ -169,6 +179,7 @@ impl Wal {
         }
         Ok(Self {
             dir: dir.to_path_buf(),
+            segment_bytes,
             entries: Mutex::new(entries),
             files,
             syncer,
@@ -292,7 +303,7 @@ impl Wal {
             let path = files.current_path();
             files.current.sync_data().map_err(|e| io_err(&path, e))?;
             let seq = files.segments.last().map(|s| s.seq + 1).unwrap_or(0);
-            let capacity = SEGMENT_BYTES.max(need);
+            let capacity = self.segment_bytes.max(need);
             let (seg, f) = create_segment(&self.dir, seq, capacity)?;
             files.segments.push(seg);
             files.current = Arc::new(f);
@@ -518,7 +529,7 @@ mod tests {
     #[test]
     fn appends_truncations_and_purges_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let w = Wal::open(dir.path(), None).unwrap();
+        let w = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
         assert!(w.is_empty());
         w.append_durable((1..=5).map(|i| entry(1, i, "a")).collect())
             .unwrap();
@@ -528,20 +539,20 @@ mod tests {
         w.append_durable(vec![entry(2, 3, "c")]).unwrap();
         assert_eq!(indexes(&w), vec![(1, 1), (1, 2), (2, 3)]);
         drop(w);
-        let w = Wal::open(dir.path(), None).unwrap();
+        let w = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
         assert_eq!(indexes(&w), vec![(1, 1), (1, 2), (2, 3)]);
         assert_eq!(w.last().map(|l| l.index), Some(3));
         assert_eq!(w.read(2..3).len(), 1);
         w.purge(2).unwrap();
         drop(w);
-        let w = Wal::open(dir.path(), Some(2)).unwrap();
+        let w = Wal::open(dir.path(), Some(2), SEGMENT_BYTES).unwrap();
         assert_eq!(indexes(&w), vec![(2, 3)]);
     }
 
     #[test]
     fn segments_roll_over_and_purged_ones_are_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let w = Wal::open(dir.path(), None).unwrap();
+        let w = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
         let big = "x".repeat(1 << 20);
         for i in 1..=20 {
             w.append_durable(vec![entry(1, i, &big)]).unwrap();
@@ -557,7 +568,7 @@ mod tests {
         // Seven 1 MiB entries fit a segment: 1-7 and 8-14 go, 15-20 stay.
         assert_eq!(count(), 1);
         drop(w);
-        let w = Wal::open(dir.path(), Some(15)).unwrap();
+        let w = Wal::open(dir.path(), Some(15), SEGMENT_BYTES).unwrap();
         assert_eq!(w.read(..).len(), 5);
         assert_eq!(w.last().map(|l| l.index), Some(20));
     }
@@ -565,7 +576,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_dropped_and_corruption_elsewhere_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let w = Wal::open(dir.path(), None).unwrap();
+        let w = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
         w.append_durable(vec![entry(1, 1, "a"), entry(1, 2, "b")])
             .unwrap();
         drop(w);
@@ -575,12 +586,12 @@ mod tests {
         let first_len = u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize;
         bytes[HEADER + first_len + HEADER + 2] ^= 0xff;
         std::fs::write(&seg, &bytes).unwrap();
-        let w = Wal::open(dir.path(), None).unwrap();
+        let w = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
         assert_eq!(indexes(&w), vec![(1, 1)]);
         // The log goes on where the torn record was.
         w.append_durable(vec![entry(1, 2, "c")]).unwrap();
         drop(w);
-        let w = Wal::open(dir.path(), None).unwrap();
+        let w = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
         assert_eq!(indexes(&w), vec![(1, 1), (1, 2)]);
         // The same damage in a segment that is not the last is an error.
         let big = "x".repeat(1 << 20);
@@ -591,7 +602,9 @@ mod tests {
         let mut bytes = std::fs::read(&seg).unwrap();
         bytes[HEADER + 2] ^= 0xff;
         std::fs::write(&seg, &bytes).unwrap();
-        let err = Wal::open(dir.path(), None).err().expect("corruption found");
+        let err = Wal::open(dir.path(), None, SEGMENT_BYTES)
+            .err()
+            .expect("corruption found");
         let msg = err.to_string();
         assert!(
             msg.contains("0000000000000000.wal") && msg.contains("checksum"),
