@@ -22,6 +22,10 @@
 //! replication reads them without touching the disk. The log is purged
 //! after every snapshot (raft::start), which bounds both.
 //!
+//! The next segment is made (zero-filled and synced) ahead of time on a
+//! thread of its own, so that moving to it costs a rename, not the writing
+//! of its zeros on the thread that appends.
+//!
 //! An append writes its records and returns; a sync thread then flushes
 //! everything written so far with one `fdatasync` and tells each append's
 //! caller that its entries are durable. Openraft replicates an entry as
@@ -76,6 +80,7 @@ pub type Done = Box<dyn FnOnce(Result<(), WalError>) + Send>;
 pub struct Wal {
     dir: PathBuf,
     segment_bytes: u64,
+    spare: Arc<Spare>,
     entries: Mutex<BTreeMap<u64, Entry>>,
     files: Arc<Mutex<Files>>,
     syncer: Arc<Syncer>,
@@ -88,6 +93,17 @@ struct Files {
     offset: u64,
     capacity: u64,
 }
+
+/// The next segment, made ahead of time: `spare.tmp`, zero-filled and
+/// synced, once its thread is done.
+#[derive(Default)]
+struct Spare {
+    ready: Mutex<Option<File>>,
+    making: std::sync::atomic::AtomicBool,
+}
+
+/// The name of the segment made ahead of time, until it is taken.
+const SPARE: &str = "spare.tmp";
 
 /// Appends waiting for the sync thread.
 #[derive(Default)]
@@ -120,6 +136,15 @@ impl Wal {
     ) -> Result<Self, WalError> {
         let segment_bytes = segment_bytes.max(MIN_SEGMENT_BYTES);
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        // A segment a crash interrupted before it was named is remade.
+        for e in std::fs::read_dir(dir)
+            .map_err(|e| io_err(dir, e))?
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().ends_with(".tmp") {
+                std::fs::remove_file(e.path()).map_err(|err| io_err(&e.path(), err))?;
+            }
+        }
         let mut seqs: Vec<u64> = std::fs::read_dir(dir)
             .map_err(|e| io_err(dir, e))?
             .filter_map(|e| e.ok())
@@ -177,9 +202,12 @@ impl Wal {
                 .spawn(move || sync_loop(&files, &syncer))
                 .map_err(|e| io_err(dir, e))?;
         }
+        let spare = Arc::new(Spare::default());
+        make_spare(dir, segment_bytes, &spare);
         Ok(Self {
             dir: dir.to_path_buf(),
             segment_bytes,
+            spare,
             entries: Mutex::new(entries),
             files,
             syncer,
@@ -304,7 +332,7 @@ impl Wal {
             files.current.sync_data().map_err(|e| io_err(&path, e))?;
             let seq = files.segments.last().map(|s| s.seq + 1).unwrap_or(0);
             let capacity = self.segment_bytes.max(need);
-            let (seg, f) = create_segment(&self.dir, seq, capacity)?;
+            let (seg, f) = self.next_segment(seq, capacity)?;
             files.segments.push(seg);
             files.current = Arc::new(f);
             files.offset = 0;
@@ -320,6 +348,72 @@ impl Wal {
             seg.max_index = Some(seg.max_index.map_or(m, |x| x.max(m)));
         }
         Ok(())
+    }
+}
+
+impl Wal {
+    /// The segment `seq`: the one made ahead of time if it is ready and
+    /// big enough, else one made now. Then the next is made ahead.
+    fn next_segment(&self, seq: u64, capacity: u64) -> Result<(Segment, File), WalError> {
+        let spare = match capacity <= self.segment_bytes {
+            true => self
+                .spare
+                .ready
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+            false => None,
+        };
+        let made = match spare {
+            Some(f) => {
+                let path = segment_path(&self.dir, seq);
+                name_segment(&self.dir, &self.dir.join(SPARE), &path)?;
+                Ok((
+                    Segment {
+                        seq,
+                        path,
+                        max_index: None,
+                    },
+                    f,
+                ))
+            }
+            None => create_segment(&self.dir, seq, capacity),
+        };
+        make_spare(&self.dir, self.segment_bytes, &self.spare);
+        made
+    }
+}
+
+/// Starts making the next segment on a thread of its own, unless one is
+/// ready or being made. A failure is left for the next rotation, which
+/// then makes its segment itself (and reports the error if it fails too).
+fn make_spare(dir: &Path, segment_bytes: u64, spare: &Arc<Spare>) {
+    use std::sync::atomic::Ordering;
+    if spare
+        .ready
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_some()
+        || spare.making.swap(true, Ordering::AcqRel)
+    {
+        return;
+    }
+    let (dir, spare) = (dir.to_path_buf(), spare.clone());
+    let started = std::thread::Builder::new()
+        .name("raft-log-spare".into())
+        .spawn({
+            let spare = spare.clone();
+            move || {
+                let path = dir.join(SPARE);
+                match zero_filled(&path, segment_bytes) {
+                    Ok(f) => *spare.ready.lock().unwrap_or_else(|p| p.into_inner()) = Some(f),
+                    Err(e) => tracing::warn!(error = %e, "cannot make the next raft log segment ahead of time"),
+                }
+                spare.making.store(false, Ordering::Release);
+            }
+        });
+    if started.is_err() {
+        spare.making.store(false, Ordering::Release);
     }
 }
 
@@ -395,25 +489,8 @@ fn encode_record(buf: &mut Vec<u8>, kind: u8, payload: &[u8]) {
 fn create_segment(dir: &Path, seq: u64, capacity: u64) -> Result<(Segment, File), WalError> {
     let path = segment_path(dir, seq);
     let tmp = dir.join(format!("{seq:016x}.tmp"));
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| io_err(&tmp, e))?;
-    let zeros = vec![0u8; 1 << 20];
-    let mut left = capacity;
-    while left > 0 {
-        let n = left.min(zeros.len() as u64) as usize;
-        f.write_all(&zeros[..n]).map_err(|e| io_err(&tmp, e))?;
-        left -= n as u64;
-    }
-    f.sync_all().map_err(|e| io_err(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err(dir, e))?;
+    let f = zero_filled(&tmp, capacity)?;
+    name_segment(dir, &tmp, &path)?;
     Ok((
         Segment {
             seq,
@@ -422,6 +499,34 @@ fn create_segment(dir: &Path, seq: u64, capacity: u64) -> Result<(Segment, File)
         },
         f,
     ))
+}
+
+/// Creates `path` holding `len` zero bytes, synced.
+fn zero_filled(path: &Path, len: u64) -> Result<File, WalError> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| io_err(path, e))?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n]).map_err(|e| io_err(path, e))?;
+        left -= n as u64;
+    }
+    f.sync_all().map_err(|e| io_err(path, e))?;
+    Ok(f)
+}
+
+/// Gives a made segment its name, durably (the directory is synced).
+fn name_segment(dir: &Path, from: &Path, to: &Path) -> Result<(), WalError> {
+    std::fs::rename(from, to).map_err(|e| io_err(to, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, e))
 }
 
 /// Replays one segment into `entries`. Returns the highest entry index it
@@ -564,6 +669,17 @@ mod tests {
                 .count()
         };
         assert!(count() >= 3, "{} segments", count());
+        // The segment after the current one is made ahead of time.
+        let spare = dir.path().join(SPARE);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while w.spare.ready.lock().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no spare segment made"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(std::fs::metadata(&spare).unwrap().len(), SEGMENT_BYTES);
         w.purge(15).unwrap();
         // Seven 1 MiB entries fit a segment: 1-7 and 8-14 go, 15-20 stay.
         assert_eq!(count(), 1);
