@@ -40,7 +40,11 @@ impl<S> LeaderForward<S> {
 
     /// The leader's address if this server does not lead and knows who does.
     fn leader_elsewhere(&self) -> Option<String> {
-        let m = crate::raft::metrics(&self.app.raft);
+        use openraft::async_runtime::WatchReceiver;
+        // Read in place: this runs on every call, and a copy of the metrics
+        // is a copy of the membership and replication maps.
+        let watch = self.app.raft.metrics();
+        let m = watch.borrow_watched();
         let leader = m.current_leader.filter(|l| *l != m.id)?;
         m.membership_config
             .membership()
