@@ -1,20 +1,23 @@
 //! Fast failover when the leader's process is gone.
 //!
-//! openraft 0.9 lets a follower stand for election only after the leader
-//! lease (the election timeout's upper bound) *plus* a random election
-//! timeout of silence, so that a leader that is merely slow is not deposed.
-//! When the leader's process has died (kill -9, a crash, a stop) while its
-//! host lives on, the host's kernel refuses connections to its port at
-//! once. A follower that has missed two heartbeats asks the leader's
-//! address; a refused connection is proof that no leader listens there, so
-//! the follower stands as soon as the other followers' lease has run out,
-//! and does not wait the random timeout on top.
+//! openraft lets a follower stand for election only after the leader lease
+//! (the election timeout's upper bound) *plus* a random election timeout of
+//! silence, so that a leader that is merely slow is not deposed. When the
+//! leader's process has died (kill -9, a crash, a stop) while its host
+//! lives on, the host's kernel refuses connections to its port at once. A
+//! follower that has missed two heartbeats asks the leader's address; a
+//! refused connection says that no leader listens there, so the follower
+//! stands as soon as the other followers' lease has run out, and does not
+//! wait the random timeout on top.
 //!
 //! A leader that is slow, cut off, or on a dead host accepts the
 //! connection or lets it time out; then nothing here acts and openraft's
-//! own timer decides, as without this module. Nothing here bypasses a
-//! vote's checks: a follower whose lease still runs refuses the vote, and
-//! the candidate falls back to openraft's timer.
+//! own timer decides, as without this module. The election starts with a
+//! pre-vote round, which leaves the term alone unless a majority would
+//! grant the vote: a live leader that only looked dead (a firewall that
+//! rejects, an advertised address that does not reach it) keeps its term,
+//! and a follower whose lease still runs refuses, after which openraft's
+//! timer decides.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -111,7 +114,7 @@ async fn watch(raft: BerthRaft, contact: Arc<Contact>, cfg: FailoverConfig) {
         let still_silent = contact.last().1 == at;
         let still_follower = crate::raft::metrics(&raft).state == ServerState::Follower;
         if still_silent && still_follower {
-            if let Err(e) = raft.trigger().elect(false).await {
+            if let Err(e) = raft.trigger().elect(true).await {
                 tracing::warn!(error = %e, "could not start an election");
             }
         }

@@ -7,6 +7,8 @@
 use berth_proto::raft::raft_client::RaftClient;
 use berth_proto::raft::raft_server::Raft as RaftRpc;
 use berth_proto::raft::RaftPayload;
+use std::sync::Arc;
+
 use futures::{Stream, StreamExt};
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::Fatal;
@@ -21,6 +23,7 @@ use openraft::raft::{
 use openraft::{BasicNode, RaftNetworkFactory, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 use tonic::transport::Channel;
 
 use super::{BerthRaft, SnapshotMeta, TypeConfig, Vote};
@@ -78,6 +81,9 @@ mod serde_bytes_compat {
     }
 }
 
+/// How long a replication stream may take to open.
+const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Why one call failed, before it becomes the error type openraft expects
 /// of that call. A peer answers an error only when its Raft core has
 /// stopped (openraft's `Fatal`); the leader treats that as a network
@@ -114,9 +120,16 @@ impl Network {
             return Ok(c.clone());
         }
         let uri = format!("http://{}", self.node.addr);
+        // Keepalives find a peer that stopped answering (a stopped process,
+        // a half-open connection): the replication stream has no deadline
+        // of its own, so without them it would wait forever.
         let endpoint = Channel::from_shared(uri)
             .map_err(|e| Unreachable::new(&e))?
-            .connect_timeout(std::time::Duration::from_millis(500));
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_keepalive(Some(Duration::from_secs(1)))
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(1))
+            .keep_alive_while_idle(true);
         let c = RaftClient::new(endpoint.connect_lazy());
         self.client = Some(c.clone());
         Ok(c)
@@ -215,19 +228,36 @@ impl RaftNetworkV2<TypeConfig> for Network {
                 return Err(e);
             }
             let mut client = self.client()?;
-            // A request that does not encode ends the stream; the follower
-            // then answers what came before it.
+            // A request that does not encode, or that the fault layer cuts,
+            // ends the stream; the follower then answers what came before.
+            let (faults, target) = (self.faults.clone(), self.target);
             let requests = input
                 .map(|req| to_wire(&req))
-                .take_while(|r| std::future::ready(r.is_ok()))
+                .take_while(move |r| {
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, target, "cannot encode an AppendEntries request");
+                    }
+                    std::future::ready(r.is_ok() && !faults.blocked(target))
+                })
                 .filter_map(|r| std::future::ready(r.ok()))
                 .map(|json| RaftPayload { json });
-            let answers = match client.append_stream(requests).await {
-                Ok(r) => r.into_inner(),
-                Err(status) => {
+            // The stream opens once the follower's headers come back; a
+            // follower that accepts the connection but does not serve (it
+            // is still starting) must not hold this forever.
+            let opened =
+                tokio::time::timeout(STREAM_OPEN_TIMEOUT, client.append_stream(requests)).await;
+            let answers = match opened {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(status)) => {
                     self.client = None;
                     return Err(RPCError::Unreachable(Unreachable::new(&StatusError(
                         status,
+                    ))));
+                }
+                Err(_) => {
+                    self.client = None;
+                    return Err(RPCError::Unreachable(Unreachable::new(&StatusError(
+                        tonic::Status::deadline_exceeded("the replication stream did not open"),
                     ))));
                 }
             };
@@ -360,19 +390,36 @@ impl RaftRpc for RaftService {
         req: tonic::Request<tonic::Streaming<RaftPayload>>,
     ) -> Result<tonic::Response<AnswerStream>, tonic::Status> {
         let (faults, contact) = (self.faults.clone(), self.contact.clone());
-        // Requests that do not decode, or that come from a peer the fault
-        // layer cuts off, end the stream.
+        // A request that does not decode, or that comes from a peer the
+        // fault layer cuts off, ends the stream, and the stream then ends
+        // with an error saying why (not as if the leader had finished).
+        let cut: Arc<std::sync::Mutex<Option<tonic::Status>>> = Arc::default();
+        let why = cut.clone();
         let requests = req
             .into_inner()
             .map(move |item| {
-                let payload = item.ok()?;
-                let rpc: AppendEntriesRequest<TypeConfig> = from_wire(&payload.json).ok()?;
-                let from = rpc.vote.leader_id().node_id;
-                if faults.blocked(from) {
-                    return None;
+                let rpc = item.and_then(|payload| {
+                    from_wire::<AppendEntriesRequest<TypeConfig>>(&payload.json).map_err(|e| {
+                        tonic::Status::invalid_argument(format!("malformed raft request: {e}"))
+                    })
+                });
+                let stop = |status: tonic::Status| {
+                    *why.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+                    None
+                };
+                match rpc {
+                    Err(status) => stop(status),
+                    Ok(rpc) => {
+                        let from = rpc.vote.leader_id().node_id;
+                        if faults.blocked(from) {
+                            return stop(tonic::Status::unavailable(
+                                "partitioned by the fault layer",
+                            ));
+                        }
+                        contact.heard(from);
+                        Some(rpc)
+                    }
                 }
-                contact.heard(from);
-                Some(rpc)
             })
             .take_while(|r| std::future::ready(r.is_some()))
             .filter_map(std::future::ready);
@@ -381,7 +428,12 @@ impl RaftRpc for RaftService {
                 .map(|json| RaftPayload { json })
                 .map_err(|e| tonic::Status::internal(e.to_string()))
         });
-        Ok(tonic::Response::new(Box::pin(answers)))
+        let end =
+            futures::stream::once(
+                async move { cut.lock().unwrap_or_else(|p| p.into_inner()).take() },
+            )
+            .filter_map(|status| std::future::ready(status.map(Err)));
+        Ok(tonic::Response::new(Box::pin(answers.chain(end))))
     }
 
     async fn append_entries(

@@ -95,7 +95,14 @@ pub fn open_wal(db: &DB, wal_dir: &Path, segment_bytes: u64) -> Result<Arc<Wal>,
     let wal = Wal::open(wal_dir, last_purged, segment_bytes)?;
     let logs = cf(db, CF_LOGS);
     let mut old = Vec::new();
-    for item in db.iterator_cf(logs, IteratorMode::Start) {
+    // Only into an empty segment log: once it holds entries, they are newer
+    // than anything left in rocksdb (a crash after a move, before the
+    // delete), and moving again would replace them.
+    let moving = wal.is_empty();
+    for item in db
+        .iterator_cf(logs, IteratorMode::Start)
+        .take_while(|_| moving)
+    {
         let (_, v) = item?;
         let rec = records::RaftEntry::decode(v.as_ref())?;
         let entry = codec::entry_from_record(rec).map_err(|e| super::wal::WalError::Corrupt {
@@ -103,16 +110,21 @@ pub fn open_wal(db: &DB, wal_dir: &Path, segment_bytes: u64) -> Result<Arc<Wal>,
             offset: 0,
             why: e.to_string(),
         })?;
-        old.push(entry);
+        if last_purged.is_none_or(|p| entry.log_id.index > p) {
+            old.push(entry);
+        }
     }
-    if !old.is_empty() {
-        // Moved, then deleted: a crash in between moves them again, and
-        // appending an entry replaces one at the same index.
-        let n = old.len();
+    let moved = old.len();
+    if moved > 0 {
         wal.append_durable(old)?;
-        db.delete_range_cf(logs, index_key(0), index_key(u64::MAX))?;
+    }
+    if db.iterator_cf(logs, IteratorMode::Start).next().is_some() {
+        // Moved (and synced), then deleted, synced too.
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(logs, index_key(0), index_key(u64::MAX));
+        db.write_opt(batch, &sync_writes())?;
         tracing::info!(
-            entries = n,
+            entries = moved,
             "moved the raft log from rocksdb to segment files"
         );
     }
@@ -279,6 +291,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
+        // openraft needs the log's writes and the vote's to land in the
+        // order they were made: what the sync thread has not flushed yet of
+        // the log is flushed first.
+        self.wal.sync().map_err(io)?;
         self.put_meta(KEY_VOTE, codec::vote_to_record(vote).encode_to_vec())?;
         *self.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(*vote);
         Ok(())
@@ -301,7 +317,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, std::io::Error> {
-        self.read_log_id(KEY_COMMITTED)
+        // The committed index is saved unsynced, and openraft may save it
+        // before the leader's own copy of those entries is durable: after a
+        // power loss it can name entries the log no longer holds. It is
+        // only a lower bound; past the log's end it falls back to the purge
+        // point, and the leader tells this member the rest.
+        let committed = self.read_log_id(KEY_COMMITTED)?;
+        let last_purged = self.read_log_id(KEY_LAST_PURGED)?;
+        let held = self.wal.last().or(last_purged);
+        Ok(match committed {
+            Some(c) if held.is_none_or(|h| c.index > h.index) => last_purged,
+            c => c,
+        })
     }
 
     async fn append<I>(
@@ -590,4 +617,83 @@ pub fn restore(db: &DB, backup: &[u8]) -> Result<usize, StoreError> {
     }
     db.write_opt(batch, &sync_writes())?;
     Ok(snap.rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::Request;
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: codec::log_id(1, 1, index),
+            payload: EntryPayload::Normal(Request(records::Command {
+                schema: SCHEMA_VERSION,
+                op: Some(records::command::Op::Remove(records::RemoveContainer {
+                    id: format!("c{index}"),
+                    at_ms: 0,
+                })),
+            })),
+        }
+    }
+
+    fn put_old_log(db: &DB, indexes: std::ops::RangeInclusive<u64>) {
+        for i in indexes {
+            db.put_cf(
+                cf(db, CF_LOGS),
+                index_key(i),
+                codec::entry_to_record(&entry(i)).encode_to_vec(),
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn an_old_log_moves_once_and_never_over_newer_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("raft")).unwrap();
+        put_old_log(&db, 1..=3);
+        let wal = open_wal(&db, &dir.path().join("raft-log"), 1 << 20).unwrap();
+        assert_eq!(wal.last().map(|l| l.index), Some(3));
+        assert!(db
+            .iterator_cf(cf(&db, CF_LOGS), IteratorMode::Start)
+            .next()
+            .is_none());
+        wal.append_durable(vec![entry(4)]).unwrap();
+        drop(wal);
+        // As if a crash had come between the move and the delete.
+        put_old_log(&db, 1..=3);
+        let wal = open_wal(&db, &dir.path().join("raft-log"), 1 << 20).unwrap();
+        assert_eq!(wal.last().map(|l| l.index), Some(4), "entry 4 survives");
+        assert!(db
+            .iterator_cf(cf(&db, CF_LOGS), IteratorMode::Start)
+            .next()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn the_committed_index_never_names_entries_the_log_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("raft")).unwrap();
+        let wal = open_wal(&db, &dir.path().join("raft-log"), 1 << 20).unwrap();
+        wal.append_durable(vec![entry(1), entry(2)]).unwrap();
+        let (mut log, _sm, _reader) = split(db, wal, 1).unwrap();
+        log.save_committed(Some(codec::log_id(1, 1, 2)))
+            .await
+            .unwrap();
+        assert_eq!(
+            log.read_committed().await.unwrap().map(|l| l.index),
+            Some(2)
+        );
+        // Saved unsynced ahead of a log that then lost its tail.
+        log.save_committed(Some(codec::log_id(1, 1, 9)))
+            .await
+            .unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), None);
+        log.purge(codec::log_id(1, 1, 1)).await.unwrap();
+        assert_eq!(
+            log.read_committed().await.unwrap().map(|l| l.index),
+            Some(1)
+        );
+    }
 }

@@ -110,6 +110,11 @@ const SPARE: &str = "spare.tmp";
 struct Syncer {
     queue: Mutex<SyncQueue>,
     wake: Condvar,
+    /// Set by the first failed fsync. The kernel forgets a writeback
+    /// error once reported, so a later fsync of the same file could succeed
+    /// with the failed pages lost: after one failure, the log refuses
+    /// every write and sync.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -255,11 +260,7 @@ impl Wal {
             return Ok(());
         }
         self.write_entries(batch)?;
-        let (file, path) = {
-            let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-            (files.current.clone(), files.current_path())
-        };
-        file.sync_data().map_err(|e| io_err(&path, e))
+        self.sync()
     }
 
     /// Writes entries' records and makes them readable, unsynced.
@@ -290,11 +291,7 @@ impl Wal {
         let mut buf = Vec::new();
         encode_record(&mut buf, KIND_TRUNCATE, &from.to_le_bytes());
         self.write(&buf, None)?;
-        let (file, path) = {
-            let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-            (files.current.clone(), files.current_path())
-        };
-        file.sync_data().map_err(|e| io_err(&path, e))?;
+        self.sync()?;
         let _ = self.entries().split_off(&from);
         Ok(())
     }
@@ -311,8 +308,9 @@ impl Wal {
         // truncation record only ever concerns entries written before it,
         // so it goes together with (or after) the entries it removed.
         while files.segments.len() > 1 && files.segments[0].max_index.is_none_or(|m| m <= upto) {
-            let seg = files.segments.remove(0);
-            std::fs::remove_file(&seg.path).map_err(|e| io_err(&seg.path, e))?;
+            let path = files.segments[0].path.clone();
+            std::fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+            files.segments.remove(0);
         }
         Ok(())
     }
@@ -321,15 +319,51 @@ impl Wal {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Makes everything written so far durable, on this thread. (Before a
+    /// vote is saved: openraft requires the log's writes and the vote's to
+    /// land in order.)
+    pub fn sync(&self) -> Result<(), WalError> {
+        let (file, path) = {
+            let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            (files.current.clone(), files.current_path())
+        };
+        self.sync_file(&file, &path)
+    }
+
+    /// fdatasync of one segment, failing for good after a first failure.
+    fn sync_file(&self, file: &File, path: &Path) -> Result<(), WalError> {
+        use std::sync::atomic::Ordering;
+        if self.syncer.failed.load(Ordering::Acquire) {
+            return Err(io_err(
+                path,
+                std::io::Error::other("an earlier fsync of the raft log failed"),
+            ));
+        }
+        file.sync_data().map_err(|e| {
+            self.syncer.failed.store(true, Ordering::Release);
+            io_err(path, e)
+        })
+    }
+
     /// Writes encoded records at the end of the log (not yet synced).
     fn write(&self, buf: &[u8], max_index: Option<u64>) -> Result<(), WalError> {
+        if self
+            .syncer
+            .failed
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(WalError::Io {
+                path: self.dir.display().to_string(),
+                source: std::io::Error::other("an earlier fsync of the raft log failed"),
+            });
+        }
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let need = buf.len() as u64 + HEADER as u64;
         if files.offset + need > files.capacity {
             // What the sync thread has not flushed yet of the full segment
             // is flushed now, before the log moves on.
             let path = files.current_path();
-            files.current.sync_data().map_err(|e| io_err(&path, e))?;
+            self.sync_file(&files.current, &path)?;
             let seq = files.segments.last().map(|s| s.seq + 1).unwrap_or(0);
             let capacity = self.segment_bytes.max(need);
             let (seg, f) = self.next_segment(seq, capacity)?;
@@ -389,14 +423,13 @@ impl Wal {
 /// then makes its segment itself (and reports the error if it fails too).
 fn make_spare(dir: &Path, segment_bytes: u64, spare: &Arc<Spare>) {
     use std::sync::atomic::Ordering;
-    if spare
-        .ready
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .is_some()
-        || spare.making.swap(true, Ordering::AcqRel)
     {
-        return;
+        // Checked and claimed under the lock the maker publishes under, so
+        // that a rotation never sees "being made" after it was made.
+        let ready = spare.ready.lock().unwrap_or_else(|p| p.into_inner());
+        if ready.is_some() || spare.making.swap(true, Ordering::AcqRel) {
+            return;
+        }
     }
     let (dir, spare) = (dir.to_path_buf(), spare.clone());
     let started = std::thread::Builder::new()
@@ -405,8 +438,10 @@ fn make_spare(dir: &Path, segment_bytes: u64, spare: &Arc<Spare>) {
             let spare = spare.clone();
             move || {
                 let path = dir.join(SPARE);
-                match zero_filled(&path, segment_bytes) {
-                    Ok(f) => *spare.ready.lock().unwrap_or_else(|p| p.into_inner()) = Some(f),
+                let made = zero_filled(&path, segment_bytes);
+                let mut ready = spare.ready.lock().unwrap_or_else(|p| p.into_inner());
+                match made {
+                    Ok(f) => *ready = Some(f),
                     Err(e) => tracing::warn!(error = %e, "cannot make the next raft log segment ahead of time"),
                 }
                 spare.making.store(false, Ordering::Release);
@@ -454,7 +489,17 @@ fn sync_loop(files: &Mutex<Files>, syncer: &Syncer) {
             let f = files.lock().unwrap_or_else(|p| p.into_inner());
             (f.current.clone(), f.current_path())
         };
-        let result = file.sync_data();
+        let result = match syncer.failed.load(std::sync::atomic::Ordering::Acquire) {
+            true => Err(std::io::Error::other(
+                "an earlier fsync of the raft log failed",
+            )),
+            false => file.sync_data(),
+        };
+        if result.is_err() {
+            syncer
+                .failed
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         for done in waiting {
             done(match &result {
                 Ok(()) => Ok(()),
@@ -597,8 +642,15 @@ fn replay(
             return Err(corrupt(off, why));
         }
         tracing::warn!(path = %path.display(), offset = off, %why, "the raft log ends in a torn record; dropping it");
-        let zeros = vec![0u8; bytes.len() - off];
-        f.write_all_at(&zeros, off as u64)
+    }
+    // Past the end of the last segment there must be only zeros. A torn
+    // write can leave bytes there (a record whose first page never reached
+    // the disk while a later one did); they are zeroed, so that records
+    // written over them later cannot end where an old record starts.
+    let end = off.min(bytes.len());
+    if last && bytes[end..].iter().any(|b| *b != 0) {
+        let zeros = vec![0u8; bytes.len() - end];
+        f.write_all_at(&zeros, end as u64)
             .and_then(|()| f.sync_data())
             .map_err(|e| io_err(path, e))?;
     }
@@ -726,5 +778,37 @@ mod tests {
             msg.contains("0000000000000000.wal") && msg.contains("checksum"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn stale_bytes_past_a_clean_end_are_zeroed() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
+        w.append_durable(vec![entry(1, 1, "a")]).unwrap();
+        drop(w);
+        // A torn write: the page after the end reached the disk, the one
+        // holding the next header did not.
+        let seg = segment_path(dir.path(), 0);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let stale = 8192;
+        bytes[stale..stale + 4].copy_from_slice(&[7, 7, 7, 7]);
+        std::fs::write(&seg, &bytes).unwrap();
+        let w = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
+        assert_eq!(indexes(&w), vec![(1, 1)]);
+        let bytes = std::fs::read(&seg).unwrap();
+        assert!(bytes[stale..stale + 4].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn after_a_failed_fsync_the_log_takes_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
+        w.syncer
+            .failed
+            .store(true, std::sync::atomic::Ordering::Release);
+        let err = w.append_durable(vec![entry(1, 1, "a")]).unwrap_err();
+        assert!(err.to_string().contains("earlier fsync"), "{err}");
+        assert!(w.sync().is_err());
+        assert!(w.is_empty());
     }
 }
