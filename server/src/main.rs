@@ -97,7 +97,8 @@ fn main() {
     // the state machine): on one thread a hand-off is a queue push, where
     // across threads it is a wake-up of another CPU, and on this class of
     // VM that wake-up was a fifth of a write's latency (docs/benchmarks.md).
-    // The leader's log fsync has a thread of its own (raft/wal.rs).
+    // The leader's log fsync has a thread of its own (raft/wal.rs), and
+    // what reads every row (snapshots, backups) runs on the blocking pool.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();

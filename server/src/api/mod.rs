@@ -704,7 +704,12 @@ impl Cluster for ClusterService {
     ) -> Result<Response<DataStream>, Status> {
         // Current as of now: a read index first, then one rocksdb snapshot.
         self.app.linearize().await.map_err(to_status)?;
-        let bytes = self.app.state.backup().map_err(|e| to_status(e.into()))?;
+        // Off the server's one thread: it reads every row.
+        let state = self.app.state.clone();
+        let bytes = tokio::task::spawn_blocking(move || state.backup())
+            .await
+            .map_err(|e| Status::internal(format!("the backup task failed: {e}")))?
+            .map_err(|e| to_status(e.into()))?;
         let chunks: Vec<Result<cluster::DataChunk, Status>> = bytes
             .chunks(1 << 20)
             .map(|c| Ok(cluster::DataChunk { data: c.to_vec() }))

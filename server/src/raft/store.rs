@@ -380,15 +380,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-impl StateMachine {
-    fn set_applied(&self, batch: &mut WriteBatch, log_id: &LogId) {
-        batch.put_cf(
-            cf(&self.db, CF_SM_META),
-            KEY_APPLIED,
-            codec::log_id_to_record(log_id).encode_to_vec(),
-        );
-    }
+/// Records in `batch` that the state machine has applied up to `log_id`.
+fn set_applied(db: &DB, batch: &mut WriteBatch, log_id: &LogId) {
+    batch.put_cf(
+        cf(db, CF_SM_META),
+        KEY_APPLIED,
+        codec::log_id_to_record(log_id).encode_to_vec(),
+    );
+}
 
+impl StateMachine {
     /// Applies one entry in one rocksdb batch (a batched entry's commands
     /// see each other's writes through the Tx), with the applied index in
     /// it: an entry lands whole or not at all.
@@ -412,7 +413,7 @@ impl StateMachine {
         for (k, v) in meta {
             batch.put_cf(cf(&self.db, CF_SM_META), k, v);
         }
-        self.set_applied(&mut batch, &e.log_id);
+        set_applied(&self.db, &mut batch, &e.log_id);
         self.db
             .write(batch)
             .map_err(|err| io(format!("applying entry {}: {err}", e.log_id.index)))?;
@@ -460,27 +461,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Cursor<Vec<u8>>,
     ) -> Result<(), std::io::Error> {
-        let bytes = snapshot.into_inner();
-        let snap = records::Snapshot::decode(bytes.as_slice()).map_err(io)?;
-        let mut batch = WriteBatch::default();
-        let sm = cf(&self.db, CF_SM);
-        for item in self.db.iterator_cf(sm, IteratorMode::Start) {
-            let (k, _) = item.map_err(io)?;
-            batch.delete_cf(sm, k);
-        }
-        for row in &snap.rows {
-            batch.put_cf(sm, &row.key, &row.value);
-        }
-        if let Some(l) = &meta.last_log_id {
-            self.set_applied(&mut batch, l);
-        }
-        batch.put_cf(
-            cf(&self.db, CF_SM_META),
-            KEY_MEMBERSHIP,
-            codec::stored_membership_to_record(&meta.last_membership).encode_to_vec(),
-        );
-        batch.put_cf(cf(&self.db, CF_META), KEY_SNAPSHOT, bytes);
-        self.db.write_opt(batch, &sync_writes()).map_err(io)?;
+        // Off the server's one thread, like building one.
+        let (db, meta_owned) = (self.db.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || {
+            install_snapshot(&db, &meta_owned, snapshot.into_inner())
+        })
+        .await
+        .map_err(io)??;
         self.applied_tx
             .send_replace(meta.last_log_id.map(|l| l.index).unwrap_or(0));
         Ok(())
@@ -521,49 +508,83 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = Cursor<Vec<u8>>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
-        // A rocksdb snapshot gives one consistent view of the rows and of
-        // what they cover, even while apply goes on.
-        let view = self.db.snapshot();
-        let applied = view
-            .get_cf(cf(&self.db, CF_SM_META), KEY_APPLIED)
+        // Off the server's one thread: reading every row of a large state
+        // would hold heartbeats and writes for as long.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || build_snapshot(&db))
+            .await
             .map_err(io)?
-            .map(|v| records::LogId::decode(v.as_slice()))
-            .transpose()
-            .map_err(io)?;
-        let membership = view
-            .get_cf(cf(&self.db, CF_SM_META), KEY_MEMBERSHIP)
-            .map_err(io)?
-            .map(|v| records::StoredMembership::decode(v.as_slice()))
-            .transpose()
-            .map_err(io)?;
-        let mut rows = Vec::new();
-        for item in view.iterator_cf(cf(&self.db, CF_SM), IteratorMode::Start) {
-            let (k, v) = item.map_err(io)?;
-            rows.push(records::KeyValue {
-                key: k.to_vec(),
-                value: v.to_vec(),
-            });
-        }
-        let snapshot_id = match &applied {
-            Some(l) => format!("{}-{}-{}", l.term, l.index, now_ms()),
-            None => format!("empty-{}", now_ms()),
-        };
-        let snap = records::Snapshot {
-            schema: SCHEMA_VERSION,
-            last_applied: applied,
-            membership,
-            snapshot_id,
-            rows,
-        };
-        let bytes = snap.encode_to_vec();
-        self.db
-            .put_cf_opt(cf(&self.db, CF_META), KEY_SNAPSHOT, &bytes, &sync_writes())
-            .map_err(io)?;
-        Ok(Snapshot {
-            meta: snapshot_meta(&snap)?,
-            snapshot: Cursor::new(bytes),
-        })
     }
+}
+
+/// Replaces every state-machine row with a snapshot's, in one synced
+/// batch that also records what it covers.
+fn install_snapshot(db: &DB, meta: &SnapshotMeta, bytes: Vec<u8>) -> Result<(), std::io::Error> {
+    let snap = records::Snapshot::decode(bytes.as_slice()).map_err(io)?;
+    let mut batch = WriteBatch::default();
+    let sm = cf(db, CF_SM);
+    for item in db.iterator_cf(sm, IteratorMode::Start) {
+        let (k, _) = item.map_err(io)?;
+        batch.delete_cf(sm, k);
+    }
+    for row in &snap.rows {
+        batch.put_cf(sm, &row.key, &row.value);
+    }
+    if let Some(l) = &meta.last_log_id {
+        set_applied(db, &mut batch, l);
+    }
+    batch.put_cf(
+        cf(db, CF_SM_META),
+        KEY_MEMBERSHIP,
+        codec::stored_membership_to_record(&meta.last_membership).encode_to_vec(),
+    );
+    batch.put_cf(cf(db, CF_META), KEY_SNAPSHOT, bytes);
+    db.write_opt(batch, &sync_writes()).map_err(io)
+}
+
+/// Builds a snapshot of every state-machine row and keeps it in `meta`.
+fn build_snapshot(db: &DB) -> Result<Snapshot, std::io::Error> {
+    // A rocksdb snapshot gives one consistent view of the rows and of
+    // what they cover, even while apply goes on.
+    let view = db.snapshot();
+    let applied = view
+        .get_cf(cf(db, CF_SM_META), KEY_APPLIED)
+        .map_err(io)?
+        .map(|v| records::LogId::decode(v.as_slice()))
+        .transpose()
+        .map_err(io)?;
+    let membership = view
+        .get_cf(cf(db, CF_SM_META), KEY_MEMBERSHIP)
+        .map_err(io)?
+        .map(|v| records::StoredMembership::decode(v.as_slice()))
+        .transpose()
+        .map_err(io)?;
+    let mut rows = Vec::new();
+    for item in view.iterator_cf(cf(db, CF_SM), IteratorMode::Start) {
+        let (k, v) = item.map_err(io)?;
+        rows.push(records::KeyValue {
+            key: k.to_vec(),
+            value: v.to_vec(),
+        });
+    }
+    let snapshot_id = match &applied {
+        Some(l) => format!("{}-{}-{}", l.term, l.index, now_ms()),
+        None => format!("empty-{}", now_ms()),
+    };
+    let snap = records::Snapshot {
+        schema: SCHEMA_VERSION,
+        last_applied: applied,
+        membership,
+        snapshot_id,
+        rows,
+    };
+    let bytes = snap.encode_to_vec();
+    db.put_cf_opt(cf(db, CF_META), KEY_SNAPSHOT, &bytes, &sync_writes())
+        .map_err(io)?;
+    Ok(Snapshot {
+        meta: snapshot_meta(&snap)?,
+        snapshot: Cursor::new(bytes),
+    })
 }
 
 fn now_ms() -> u128 {
