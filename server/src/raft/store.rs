@@ -1,6 +1,6 @@
 //! The store behind openraft: the Raft metadata and the state machine in
 //! rocksdb, each in its own column family, and the log in segment files of
-//! its own (wal.rs), where an fsync costs a third of rocksdb's. Every value
+//! its own (wal.rs), where an fsync flushes only data. Every value
 //! is a records.proto message. Logs written by earlier builds into rocksdb's
 //! `logs` column family are moved to the segment log when the store opens.
 
