@@ -81,17 +81,23 @@ mod serde_bytes_compat {
     }
 }
 
+/// What a message the fault layer drops is told.
+const PARTITIONED: &str = "partitioned by the fault layer";
+
+fn partitioned() -> Unreachable<TypeConfig> {
+    Unreachable::new(&StatusError(tonic::Status::unavailable(PARTITIONED)))
+}
+
 /// How long a replication stream may take to open.
 const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why one call failed, before it becomes the error type openraft expects
 /// of that call. A peer answers an error only when its Raft core has
-/// stopped (openraft's `Fatal`); the leader treats that as a network
-/// fault and backs off.
+/// stopped (openraft's `Fatal`); that counts as a network fault, and the
+/// leader backs off.
 enum CallError {
     Unreachable(Unreachable<TypeConfig>),
     Network(NetworkError<TypeConfig>),
-    Remote(RaftError<TypeConfig>),
 }
 
 impl From<CallError> for RPCError<TypeConfig> {
@@ -99,7 +105,6 @@ impl From<CallError> for RPCError<TypeConfig> {
         match e {
             CallError::Unreachable(u) => RPCError::Unreachable(u),
             CallError::Network(n) => RPCError::Network(n),
-            CallError::Remote(r) => RPCError::Network(NetworkError::new(&r)),
         }
     }
 }
@@ -109,7 +114,6 @@ impl From<CallError> for StreamingError<TypeConfig> {
         match e {
             CallError::Unreachable(u) => StreamingError::Unreachable(u),
             CallError::Network(n) => StreamingError::Network(n),
-            CallError::Remote(r) => StreamingError::Network(NetworkError::new(&r)),
         }
     }
 }
@@ -147,9 +151,7 @@ impl Network {
         Resp: DeserializeOwned,
     {
         if self.faults.blocked(self.target) {
-            return Err(CallError::Unreachable(Unreachable::new(&StatusError(
-                tonic::Status::unavailable("partitioned by the fault layer"),
-            ))));
+            return Err(CallError::Unreachable(partitioned()));
         }
         let json = to_wire(req).map_err(|e| CallError::Network(NetworkError::new(&e)))?;
         let mut client = self.client().map_err(CallError::Unreachable)?;
@@ -170,7 +172,7 @@ impl Network {
             .into_inner();
         let result: Result<Resp, RaftError<TypeConfig>> =
             from_wire(&payload.json).map_err(|e| CallError::Network(NetworkError::new(&e)))?;
-        result.map_err(CallError::Remote)
+        result.map_err(|e| CallError::Network(NetworkError::new(&e)))
     }
 }
 
@@ -218,11 +220,9 @@ impl RaftNetworkV2<TypeConfig> for Network {
     {
         Box::pin(async move {
             let blocked = |faults: &super::faults::Faults, target| {
-                faults.blocked(target).then(|| {
-                    RPCError::Unreachable(Unreachable::new(&StatusError(
-                        tonic::Status::unavailable("partitioned by the fault layer"),
-                    )))
-                })
+                faults
+                    .blocked(target)
+                    .then(|| RPCError::Unreachable(partitioned()))
             };
             if let Some(e) = blocked(&self.faults, self.target) {
                 return Err(e);
@@ -331,7 +331,7 @@ impl RaftService {
     /// Refuses a message from a peer the fault layer cuts off.
     fn check(&self, from: u64) -> Result<(), tonic::Status> {
         if self.faults.blocked(from) {
-            return Err(tonic::Status::unavailable("partitioned by the fault layer"));
+            return Err(tonic::Status::unavailable(PARTITIONED));
         }
         Ok(())
     }
@@ -412,9 +412,7 @@ impl RaftRpc for RaftService {
                     Ok(rpc) => {
                         let from = rpc.vote.leader_id().node_id;
                         if faults.blocked(from) {
-                            return stop(tonic::Status::unavailable(
-                                "partitioned by the fault layer",
-                            ));
+                            return stop(tonic::Status::unavailable(PARTITIONED));
                         }
                         contact.heard(from);
                         Some(rpc)
