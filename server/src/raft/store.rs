@@ -24,7 +24,7 @@ use super::{Entry, LogId, Response, SnapshotMeta, StoredMembership, TypeConfig, 
 use crate::state::{self, StateReader};
 
 /// The column family where earlier builds kept the Raft log, keyed by
-/// big-endian index; now only read once, to move it (see [`split`]).
+/// big-endian index; now only read once, to move it (see [`open_wal`]).
 pub const CF_LOGS: &str = "logs";
 /// The column family of Raft metadata: vote, committed, last purged, snapshot.
 pub const CF_META: &str = "meta";
