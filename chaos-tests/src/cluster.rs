@@ -270,6 +270,31 @@ impl Cluster {
         Ok(())
     }
 
+    /// Stops server `id` as an operator would (SIGTERM), and waits until it
+    /// has exited (at most ten seconds, then kill -9).
+    pub fn stop_member(&mut self, id: usize) -> anyhow::Result<()> {
+        let child = if id == 1 {
+            self.server.take()
+        } else {
+            self.extra[id - 2].1.take()
+        };
+        let Some(mut child) = child else {
+            return Ok(());
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while child.try_wait()?.is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill()?;
+                child.wait()?;
+                anyhow::bail!("server {id} did not stop within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
     /// The data dir of member `id` (1 is the first server).
     pub fn server_dir(&self, id: usize) -> PathBuf {
         if id == 1 {

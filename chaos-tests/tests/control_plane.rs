@@ -84,6 +84,49 @@ fn a_killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
 }
 
 #[test]
+fn a_stopped_leader_hands_its_leadership_over() {
+    sandbox::run("a_stopped_leader_hands_its_leadership_over", || {
+        let mut c = Cluster::start_servers(3)?;
+        let first = leader(&c).ok_or_else(|| anyhow::anyhow!("no leader"))?;
+        let term = |c: &Cluster| field(&c.berth(&["cluster", "status"]).stdout, "term");
+        let before = term(&c).ok_or_else(|| anyhow::anyhow!("no term"))?;
+        for i in 0..3 {
+            c.berth(&["create", "--name", &format!("h{i}"), "busybox", "true"])
+                .ok()?;
+        }
+        // SIGTERM, as a service manager stops it: the leader hands over
+        // before it exits, so no election is needed.
+        let stopped = Instant::now();
+        c.stop_member(first)?;
+        println!("leader {first} stopped in {:?}", stopped.elapsed());
+        let logs = c.logs();
+        ensure!(
+            logs.contains("handed the leadership over"),
+            "the stopping leader did not hand over:\n{logs}"
+        );
+        let now = leader(&c).ok_or_else(|| anyhow::anyhow!("no leader after the stop"))?;
+        ensure!(
+            now != first,
+            "the stopped server {first} is still the leader"
+        );
+        // One term later: the new leader took over, nobody timed out.
+        let after = term(&c).ok_or_else(|| anyhow::anyhow!("no term"))?;
+        ensure!(after == before + 1, "term went from {before} to {after}");
+        ensure!(
+            !logs.contains("refuses connections"),
+            "a follower took the stop for a crash:\n{logs}"
+        );
+        c.berth(&["create", "--name", "h3", "busybox", "true"])
+            .ok()?;
+        let ps = c.berth(&["ps", "-a"]).ok()?.stdout;
+        for name in ["h0", "h1", "h2", "h3"] {
+            ensure!(ps.contains(&format!(" {name} ")), "{name} is lost:\n{ps}");
+        }
+        Ok(())
+    });
+}
+
+#[test]
 fn members_restart_on_their_data_dirs_and_lose_nothing() {
     sandbox::run(
         "members_restart_on_their_data_dirs_and_lose_nothing",

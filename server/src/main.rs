@@ -182,7 +182,8 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
             })
         },
     );
-    tonic::transport::Server::builder()
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serve = tonic::transport::Server::builder()
         .add_service(berth_server::api::forward::LeaderForward::new(
             ClusterServer::new(ClusterService::new(app.clone())),
             app.clone(),
@@ -193,9 +194,24 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
             berth_server::raft::faults::Faults::from_env(&args.data_dir),
             contact,
         )))
-        .serve_with_incoming_shutdown(incoming, shutdown_signal())
-        .await
-        .context("serving gRPC")?;
+        .serve_with_incoming_shutdown(incoming, async {
+            shutdown_signal().await;
+            hand_over(&raft).await;
+            let _ = stopping.send(());
+        });
+    // Agent sessions and followed logs are streams that do not end by
+    // themselves: after a stop they get a moment to finish, then are cut
+    // (agents then find the new leader).
+    tokio::select! {
+        served = serve => served.context("serving gRPC")?,
+        _ = async {
+            if stopped.await.is_ok() {
+                tokio::time::sleep(STREAMS_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => tracing::info!("streams still open; closing them"),
+    }
     raft.shutdown().await.ok();
     Ok(())
 }
@@ -321,6 +337,46 @@ async fn mark_lost_containers_dead(app: &App, nodes: &[berth_proto::records::Nod
         );
         berth_server::api::lifecycle::mark_dead(app, &c, &why).await;
     }
+}
+
+/// How long open streams may go on after a stop.
+const STREAMS_GRACE: Duration = Duration::from_secs(1);
+
+/// On a stop, a leader hands its leadership to the voter that holds the
+/// most of its log, and waits (up to a second) for it to lead, so that
+/// writes pause for a hand-off instead of an election. It keeps serving
+/// meanwhile, forwarding to the new leader once there is one.
+async fn hand_over(raft: &raft::BerthRaft) {
+    let m = raft::metrics(raft);
+    if m.current_leader != Some(m.id) {
+        return;
+    }
+    let voters: std::collections::BTreeSet<u64> =
+        m.membership_config.membership().voter_ids().collect();
+    let Some(to) = m.replication.as_ref().and_then(|repl| {
+        repl.iter()
+            .filter(|(id, _)| **id != m.id && voters.contains(id))
+            .max_by_key(|(_, matched)| matched.map(|l| l.index))
+            .map(|(id, _)| *id)
+    }) else {
+        return;
+    };
+    if raft.trigger().transfer_leader(to).await.is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tokio::time::Instant::now() < deadline {
+        let leader = raft::metrics(raft).current_leader;
+        if leader.is_some() && leader != Some(m.id) {
+            tracing::info!(to = leader, "handed the leadership over");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::warn!(
+        to,
+        "no member took the leadership within a second; stopping anyway"
+    );
 }
 
 async fn shutdown_signal() {

@@ -17,8 +17,8 @@ use openraft::error::{
 };
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, RaftNetworkFactory, RaftNetworkV2};
 use serde::de::DeserializeOwned;
@@ -161,6 +161,7 @@ impl Network {
             RpcKind::Append => client.append_entries(request).await,
             RpcKind::Vote => client.vote(request).await,
             RpcKind::Snapshot => client.install_snapshot(request).await,
+            RpcKind::Transfer => client.transfer_leader(request).await,
         };
         let payload = res
             .map_err(|status| {
@@ -180,6 +181,7 @@ enum RpcKind {
     Append,
     Vote,
     Snapshot,
+    Transfer,
 }
 
 #[derive(Debug)]
@@ -285,6 +287,16 @@ impl RaftNetworkV2<TypeConfig> for Network {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         Ok(self.call(RpcKind::Vote, &rpc, option.hard_ttl()).await?)
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        Ok(self
+            .call(RpcKind::Transfer, &req, option.hard_ttl())
+            .await?)
     }
 
     async fn full_snapshot(
@@ -453,6 +465,20 @@ impl RaftRpc for RaftService {
         let rpc: VoteRequest<TypeConfig> = decode(req)?;
         self.check(rpc.vote.leader_id().node_id)?;
         encode(&self.raft.vote(rpc).await)
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let rpc: TransferLeaderRequest<TypeConfig> = decode(req)?;
+        self.check(rpc.from_leader().leader_id().node_id)?;
+        let res: Result<TransferLeaderResponse<TypeConfig>, RaftError<TypeConfig>> = self
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(RaftError::Fatal);
+        encode(&res)
     }
 
     async fn install_snapshot(
