@@ -594,3 +594,24 @@ pub async fn leader_client(
     }
     None
 }
+
+/// Sets one label of `node` through the API (one Raft commit): the write
+/// the control-plane tests and bench-raft load the cluster with. True if
+/// the cluster acknowledged it.
+pub async fn set_label(
+    client: &mut berth_proto::cluster::cluster_client::ClusterClient<tonic::transport::Channel>,
+    node: &str,
+    key: String,
+    value: String,
+) -> bool {
+    let mut set = std::collections::HashMap::new();
+    set.insert(key, value);
+    client
+        .label_node(berth_proto::cluster::LabelNodeRequest {
+            node: node.into(),
+            set,
+            remove: vec![],
+        })
+        .await
+        .is_ok()
+}

@@ -625,7 +625,8 @@ fn after_ten_thousand_writes_a_new_member_comes_up_by_snapshot() {
     sandbox::run(
         "after_ten_thousand_writes_a_new_member_comes_up_by_snapshot",
         || {
-            use berth_proto::cluster::{cluster_client::ClusterClient, LabelNodeRequest};
+            use berth_chaos::cluster::set_label;
+            use berth_proto::cluster::cluster_client::ClusterClient;
             // Concurrent writes share Raft entries (the server batches
             // them), so 10,000 writes make far fewer than 10,000 entries:
             // a snapshot every 500 entries makes sure the log is compacted.
@@ -644,16 +645,7 @@ fn after_ten_thousand_writes_a_new_member_comes_up_by_snapshot() {
                     tasks.push(tokio::spawn(async move {
                         let mut ok = 0u32;
                         for i in 0..625u32 {
-                            let mut set = std::collections::HashMap::new();
-                            set.insert(format!("k{t}"), format!("{i}"));
-                            if client
-                                .label_node(LabelNodeRequest {
-                                    node: "node1".into(),
-                                    set,
-                                    remove: vec![],
-                                })
-                                .await
-                                .is_ok()
+                            if set_label(&mut client, "node1", format!("k{t}"), i.to_string()).await
                             {
                                 ok += 1;
                             }

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use berth_chaos::cluster::leader_client;
+use berth_chaos::cluster::{leader_client, set_label};
 use berth_chaos::Cluster;
-use berth_proto::cluster::{cluster_client::ClusterClient, LabelNodeRequest};
+use berth_proto::cluster::cluster_client::ClusterClient;
 use tonic::transport::Channel;
 
 mod etcd {
@@ -181,18 +181,9 @@ async fn etcd_leader() -> Option<(usize, etcd::kv_client::KvClient<Channel>)> {
 fn berth_write(client: ClusterClient<Channel>) -> Write {
     Arc::new(move |c, i| {
         let mut client = client.clone();
-        Box::pin(async move {
-            let mut set = std::collections::HashMap::new();
-            set.insert(format!("k{c}"), i.to_string());
-            client
-                .label_node(LabelNodeRequest {
-                    node: "node1".into(),
-                    set,
-                    remove: vec![],
-                })
-                .await
-                .is_ok()
-        })
+        Box::pin(
+            async move { set_label(&mut client, "node1", format!("k{c}"), i.to_string()).await },
+        )
     })
 }
 
