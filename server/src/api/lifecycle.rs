@@ -196,9 +196,7 @@ pub async fn attach(
     c: records::Container,
     start: berth_proto::cluster::AttachStart,
     inbound: tonic::Streaming<berth_proto::cluster::AttachInput>,
-) -> Result<tokio::sync::mpsc::Receiver<Result<berth_proto::cluster::AttachOutput, Status>>, Status>
-{
-    use berth_proto::agent::{server_message, AttachOpen, ServerMessage};
+) -> Result<OutputReceiver, Status> {
     let spec = c.spec.clone().unwrap_or_default();
     if start.start {
         CStatus(c.state())
@@ -221,26 +219,42 @@ pub async fn attach(
             c.name
         )));
     }
+    let (stream_id, rx) = open_stream(app, &c, start.size.unwrap_or_default(), None).await?;
+    if start.start && !app.nodes.send(&c.node, assignment::run_attached(&c)).await {
+        return Err(node_unreachable(&c));
+    }
+    relay_input(app, &c.node, stream_id, inbound);
+    Ok(rx)
+}
+
+/// What a client reads from an attachment or an exec.
+type OutputReceiver =
+    tokio::sync::mpsc::Receiver<Result<berth_proto::cluster::AttachOutput, Status>>;
+
+/// Opens an attachment to `c` on its node (an exec when `exec` is set):
+/// its stream id, and what the node will send on it.
+async fn open_stream(
+    app: &App,
+    c: &records::Container,
+    size: berth_proto::cluster::Resize,
+    exec: Option<berth_proto::agent::ExecSpec>,
+) -> Result<(u64, OutputReceiver), Status> {
+    use berth_proto::agent::{server_message, AttachOpen, ServerMessage};
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let stream_id = app.nodes.open_attachment(&c.node, tx).await;
-    let size = start.size.unwrap_or_default();
     let open = ServerMessage {
         msg: Some(server_message::Msg::AttachOpen(AttachOpen {
             stream_id,
             container_id: c.id.clone(),
             rows: size.rows,
             cols: size.cols,
-            exec: None,
+            exec,
         })),
     };
     if !app.nodes.send(&c.node, open).await {
-        return Err(node_unreachable(&c));
+        return Err(node_unreachable(c));
     }
-    if start.start && !app.nodes.send(&c.node, assignment::run_attached(&c)).await {
-        return Err(node_unreachable(&c));
-    }
-    relay_input(app, &c.node, stream_id, inbound);
-    Ok(rx)
+    Ok((stream_id, rx))
 }
 
 /// Relays a client's input (stdin, resizes, the end of stdin) to the node
@@ -317,9 +331,8 @@ pub async fn exec(
     c: records::Container,
     start: berth_proto::cluster::ExecStart,
     inbound: tonic::Streaming<berth_proto::cluster::AttachInput>,
-) -> Result<tokio::sync::mpsc::Receiver<Result<berth_proto::cluster::AttachOutput, Status>>, Status>
-{
-    use berth_proto::agent::{server_message, AttachOpen, ExecSpec, ServerMessage};
+) -> Result<OutputReceiver, Status> {
+    use berth_proto::agent::ExecSpec;
     if c.state() != ContainerState::Running {
         return Err(Status::failed_precondition(format!(
             "container {} is not running",
@@ -329,28 +342,16 @@ pub async fn exec(
     if start.cmd.is_empty() {
         return Err(Status::invalid_argument("no command given to exec"));
     }
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let stream_id = app.nodes.open_attachment(&c.node, tx).await;
-    let size = start.size.unwrap_or_default();
-    let open = ServerMessage {
-        msg: Some(server_message::Msg::AttachOpen(AttachOpen {
-            stream_id,
-            container_id: c.id.clone(),
-            rows: size.rows,
-            cols: size.cols,
-            exec: Some(ExecSpec {
-                cmd: start.cmd,
-                env: start.env,
-                user: start.user,
-                workdir: start.workdir,
-                tty: start.tty,
-                interactive: start.interactive,
-            }),
-        })),
+    let exec = ExecSpec {
+        cmd: start.cmd,
+        env: start.env,
+        user: start.user,
+        workdir: start.workdir,
+        tty: start.tty,
+        interactive: start.interactive,
     };
-    if !app.nodes.send(&c.node, open).await {
-        return Err(node_unreachable(&c));
-    }
+    let size = start.size.unwrap_or_default();
+    let (stream_id, rx) = open_stream(app, &c, size, Some(exec)).await?;
     relay_input(app, &c.node, stream_id, inbound);
     Ok(rx)
 }
