@@ -213,6 +213,15 @@ ip link set lo up
 mkdir -p /var/lib/berth /tmp
 chmod 1777 /tmp
 check() { echo "BERTH-CHECK $1 $2"; }
+# A watchdog: if the checks hang, the console still says where (the logs
+# and the processes) and the guest powers off, so the test fails in
+# minutes with something to read instead of waiting out the host's limit.
+( sleep 240
+  echo "BERTH-CHECK watchdog fired after 240 s"
+  echo "--- server.log"; tail -n 60 /server.log
+  echo "--- agent.log"; tail -n 60 /agent.log
+  echo "--- ps"; ps
+  poweroff -f ) &
 check kernel "$(uname -r)"
 check cgroupfs "$(awk '$2 == "/sys/fs/cgroup" {print $3}' /proc/mounts)"
 check root_controllers "$(cat /sys/fs/cgroup/cgroup.controllers)"

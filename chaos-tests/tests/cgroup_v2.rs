@@ -66,7 +66,7 @@ fn limits_hold_on_a_cgroup_v2_kernel() {
         let work = tempfile::tempdir_in("/var/tmp")?;
         let tar = work.path().join("busybox.tar");
         berth_chaos::images::busybox_rootfs_tar(&tar)?;
-        let g = vm::run_guest(&bin, &tar, CHECKS, Duration::from_secs(900))?;
+        let g = vm::run_guest(&bin, &tar, CHECKS, Duration::from_secs(420))?;
         let console = || vm::tail(&g.console, 80);
         ensure!(g.check("done")? == "yes", "{}", console());
         // The guest's kernel has cgroup v2 alone, with the controllers.
