@@ -28,6 +28,17 @@ struct Args {
     /// How often to tell the cluster this node is alive.
     #[arg(long, default_value_t = 500)]
     heartbeat_ms: u64,
+    /// A label of this node, KEY=VALUE, that placement constraints can
+    /// name (node.labels.KEY==VALUE); may be repeated.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// The lease on this node's movable containers (service tasks, `run
+    /// --reschedule`): when no server has answered a heartbeat sent this
+    /// long ago, their shims kill them, because the cluster may run them
+    /// elsewhere. Keep it below the servers' --node-ttl-ms plus
+    /// --reschedule-after-ms (2000 + 1000 by default).
+    #[arg(long, default_value_t = 2000)]
+    lease_ms: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -48,6 +59,15 @@ enum Command {
         #[arg(long)]
         exec: String,
     },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {
+            Ok((k.to_string(), v.to_string()))
+        }
+        _ => Err(format!("invalid label {s:?}: use KEY=VALUE")),
+    }
 }
 
 fn main() {
@@ -98,6 +118,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
                 SupervisorConfig {
                     data_dir: args.data_dir.clone(),
                     shim_exe,
+                    lease: Duration::from_millis(args.lease_ms),
                 },
                 outbox_tx,
             )
@@ -108,6 +129,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             servers: args.server.clone(),
             node,
             heartbeat: Duration::from_millis(args.heartbeat_ms),
+            labels: args.labels.iter().cloned().collect(),
         };
         tokio::select! {
             _ = session::run(cfg, HostFacts::probe(), supervisor, outbox_rx) => {}

@@ -24,6 +24,8 @@ pub struct SessionConfig {
     pub servers: Vec<String>,
     pub node: String,
     pub heartbeat: Duration,
+    /// Labels this node registers with (--label K=V).
+    pub labels: std::collections::HashMap<String, String>,
 }
 
 /// Facts about this host sent at registration.
@@ -144,7 +146,10 @@ async fn session(
         memory_bytes: facts.memory_bytes,
         images: supervisor.images(),
         containers: supervisor.local_containers(),
+        labels: cfg.labels.clone(),
     };
+    // The lease runs from when the registration left, once it is answered.
+    let registered_at = crate::runtime::lease::now_ms();
     let _ = tx
         .send(AgentMessage {
             msg: Some(agent_message::Msg::Register(register)),
@@ -166,6 +171,9 @@ async fn session(
         }
     };
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
+    // When each unanswered heartbeat left (CLOCK_MONOTONIC ms), by seq.
+    let mut beats: std::collections::VecDeque<(u64, u64)> = Default::default();
+    let mut next_beat = 0u64;
     // Open attachments: where each one's input goes.
     let mut attachments: HashMap<u64, mpsc::UnboundedSender<berth_proto::agent::AttachData>> =
         HashMap::new();
@@ -181,10 +189,36 @@ async fn session(
                 };
                 match msg.msg {
                     Some(server_message::Msg::Registered(r)) => {
-                        tracing::info!(node = %r.node, server = %addr, "registered");
-                        tokio::spawn(supervisor.clone().resume(r.log_next_seq));
+                        tracing::info!(node = %r.node, server = %addr, stale = r.stale.len(), "registered");
+                        supervisor.lease.renew_from(registered_at);
+                        // Stale copies go before anything else is resumed.
+                        let sup = supervisor.clone();
+                        tokio::spawn(async move {
+                            sup.remove_stale(r.stale).await;
+                            sup.resume(r.log_next_seq).await;
+                        });
+                    }
+                    Some(server_message::Msg::HeartbeatAck(ack)) => {
+                        while let Some(&(seq, sent)) = beats.front() {
+                            if seq > ack.seq {
+                                break;
+                            }
+                            beats.pop_front();
+                            if seq == ack.seq {
+                                supervisor.lease.renew_from(sent);
+                            }
+                        }
                     }
                     Some(server_message::Msg::Assign(a)) => {
+                        let ack = AgentMessage {
+                            msg: Some(agent_message::Msg::AssignAck(berth_proto::agent::AssignAck {
+                                container_id: a.container_id.clone(),
+                                generation: a.generation,
+                            })),
+                        };
+                        if tx.send(ack).await.is_err() {
+                            return Ok("the outbound stream closed".into());
+                        }
                         tokio::spawn(supervisor.clone().assign(a));
                     }
                     Some(server_message::Msg::LogAck(_)) => {}
@@ -224,7 +258,13 @@ async fn session(
                 }
             }
             _ = heartbeat.tick() => {
-                if tx.send(AgentMessage { msg: Some(agent_message::Msg::Heartbeat(Heartbeat {})) }).await.is_err() {
+                next_beat += 1;
+                beats.push_back((next_beat, crate::runtime::lease::now_ms()));
+                if beats.len() > 64 {
+                    beats.pop_front();
+                }
+                let beat = Heartbeat { seq: next_beat };
+                if tx.send(AgentMessage { msg: Some(agent_message::Msg::Heartbeat(beat)) }).await.is_err() {
                     return Ok("the outbound stream closed".into());
                 }
             }

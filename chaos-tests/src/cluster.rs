@@ -1,5 +1,6 @@
-//! A cluster of real processes: one berth-server and one berth-agent, each
-//! with its own data directory, driven through the berth CLI.
+//! A cluster of real processes: berth-servers and berth-agents, each with
+//! its own data directory (and agents with their own node names), driven
+//! through the berth CLI.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -44,6 +45,8 @@ pub struct Cluster {
     extra: Vec<(String, Option<Child>)>,
     /// Flags added to every later start of the (first) server.
     server_flags: Vec<String>,
+    /// Further agents (node2, node3, ...): name, flags, process.
+    agents: Vec<(String, Vec<String>, Option<Child>)>,
 }
 
 /// The directory holding the workspace's binaries: the test binary lives in
@@ -102,6 +105,90 @@ impl Cluster {
             addr: addr.to_string(),
             extra: Vec::new(),
             server_flags: Vec::new(),
+            agents: Vec::new(),
+        })
+    }
+
+    /// Starts one server (with these flags) and agents named `nodes` (the
+    /// first is node1), waits until every node is ready, and imports busybox
+    /// on all of them.
+    pub fn start_nodes(server_flags: &[&str], nodes: &[(&str, &[&str])]) -> anyhow::Result<Self> {
+        let mut c = Self::unstarted(SERVER_ADDR)?;
+        c.server_flags = server_flags.iter().map(|f| f.to_string()).collect();
+        c.start_server(true)?;
+        for (name, flags) in nodes {
+            c.add_agent(name, flags)?;
+        }
+        let names: Vec<String> = nodes.iter().map(|(n, _)| n.to_string()).collect();
+        c.wait_until(Duration::from_secs(30), "every node to be ready", |c| {
+            names.iter().all(|n| c.node_ready(n))
+        })?;
+        c.import_busybox()?;
+        Ok(c)
+    }
+
+    /// Starts an agent named `name` with its own data dir (and these flags).
+    pub fn add_agent(&mut self, name: &str, flags: &[&str]) -> anyhow::Result<()> {
+        self.agents.push((
+            name.to_string(),
+            flags.iter().map(|f| f.to_string()).collect(),
+            None,
+        ));
+        self.start_named_agent(name)
+    }
+
+    /// Starts (again) the agent named `name`, on its data dir.
+    pub fn start_named_agent(&mut self, name: &str) -> anyhow::Result<()> {
+        let i = self
+            .agents
+            .iter()
+            .position(|(n, _, _)| n == name)
+            .with_context(|| format!("no agent named {name}"))?;
+        let data = self.dir.path().join(format!("agent-{name}"));
+        let servers = self.all_addrs();
+        let mut args = vec![
+            "--data-dir".to_string(),
+            data.to_string_lossy().into_owned(),
+            "--server".to_string(),
+            servers,
+            "--name".to_string(),
+            name.to_string(),
+        ];
+        args.extend(self.agents[i].1.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = self.spawn("berth-agent", &args, &format!("agent-{name}.log"))?;
+        self.agents[i].2 = Some(child);
+        Ok(())
+    }
+
+    /// kill -9 of the agent named `name`, and waits until it is gone (its
+    /// shims live on, as they would after a crash).
+    pub fn kill_named_agent(&mut self, name: &str) -> anyhow::Result<()> {
+        if let Some((_, _, child)) = self.agents.iter_mut().find(|(n, _, _)| n == name) {
+            if let Some(mut a) = child.take() {
+                a.kill()?;
+                a.wait()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The data dir of the agent named `name`.
+    pub fn agent_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("agent-{name}"))
+    }
+
+    /// True if `berth node ls` shows the node ready.
+    pub fn node_ready(&self, name: &str) -> bool {
+        self.node_status(name).as_deref() == Some("ready")
+    }
+
+    /// The node's status as `berth node ls` shows it.
+    pub fn node_status(&self, name: &str) -> Option<String> {
+        let r = self.berth(&["node", "ls"]);
+        r.stdout.lines().find_map(|l| {
+            let mut cols = l.split_whitespace();
+            (cols.next() == Some(name)).then(|| cols.next().unwrap_or_default().to_string())
         })
     }
 
@@ -506,6 +593,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        for (_, _, child) in &mut self.agents {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
         for (_, child) in &mut self.extra {
             if let Some(mut c) = child.take() {
                 let _ = c.kill();

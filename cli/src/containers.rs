@@ -69,11 +69,38 @@ pub struct RunArgs {
     /// nofile=1024:2048, nproc=64, core=0); may be repeated.
     #[arg(long = "ulimit", value_parser = parse_ulimit)]
     pub ulimits: Vec<String>,
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+    /// Let the cluster run the container on another node when its node is
+    /// lost. Its node's agent then stops it when cut off from the cluster
+    /// (see docs/operations.md, "Movable containers").
+    #[arg(long)]
+    pub reschedule: bool,
     /// The image to run, NAME[:TAG].
     pub image: String,
     /// The command and its arguments (default: the image's).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+/// Where the scheduler may place a container (run, create, service create).
+#[derive(Debug, Args, Clone, Default)]
+pub struct PlacementArgs {
+    /// Only on nodes where this holds: node.labels.KEY==VALUE,
+    /// node.labels.KEY!=VALUE, node.hostname==NAME, node.hostname!=NAME;
+    /// may be repeated (all must hold).
+    #[arg(long = "constraint")]
+    pub constraints: Vec<String>,
+    /// Memory to reserve on the node (default: --memory).
+    #[arg(long, value_parser = parse_bytes)]
+    pub reserve_memory: Option<u64>,
+    /// CPUs to reserve on the node (default: --cpus).
+    #[arg(long, value_parser = parse_cpus)]
+    pub reserve_cpus: Option<u64>,
+    /// spread (the default: the node with the fewest containers) or
+    /// binpack (the fullest node that fits).
+    #[arg(long, value_parser = ["spread", "binpack"])]
+    pub placement_strategy: Option<String>,
 }
 
 /// The container spec `run` and `create` send.
@@ -97,6 +124,11 @@ fn spec_from(args: &RunArgs) -> ContainerSpec {
         tty: args.tty,
         stdin_open: args.interactive,
         ulimits: args.ulimits.clone(),
+        constraints: args.placement.constraints.clone(),
+        reserve_memory_bytes: args.placement.reserve_memory.unwrap_or(0),
+        reserve_nano_cpus: args.placement.reserve_cpus.unwrap_or(0),
+        reschedule: args.reschedule,
+        placement_strategy: args.placement.placement_strategy.clone().unwrap_or_default(),
     }
 }
 
@@ -120,6 +152,12 @@ pub async fn run(client: &mut ClusterClient<Channel>, args: RunArgs) -> Result<i
         .await
         .map_err(CliError::run)?
         .into_inner();
+    if !created.pending_reason.is_empty() {
+        eprintln!(
+            "berth: container {} is pending: {} (it starts once a node fits)",
+            created.name, created.pending_reason
+        );
+    }
     if args.detach {
         println!("{}", created.id);
         return Ok(0);
@@ -133,13 +171,19 @@ pub async fn run(client: &mut ClusterClient<Channel>, args: RunArgs) -> Result<i
         .map_err(CliError::run)?
         .into_inner();
     if args.rm {
-        client
+        // The cluster removes it too (--rm is carried out by the cluster,
+        // whatever happens to this client): either may come first.
+        match client
             .remove_container(RemoveContainerRequest {
                 name_or_id: created.id.clone(),
                 force: true,
             })
             .await
-            .map_err(CliError::api)?;
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => return Err(CliError::api(s)),
+        }
     }
     if !waited.error.is_empty() {
         return Err(CliError::Exit {
@@ -245,6 +289,7 @@ pub fn status_text(c: &ContainerInfo, now: i64) -> String {
         "paused" => format!("Up {} (Paused)", human_duration(now - c.started_at_ms)),
         "exited" => format!("Exited ({}) {}", c.exit_code, ago(now, c.finished_at_ms)),
         "created" => "Created".into(),
+        "pending" if !c.pending_reason.is_empty() => format!("Pending: {}", c.pending_reason),
         "pending" => "Pending".into(),
         "dead" => "Dead".into(),
         other => other.to_string(),
@@ -668,7 +713,14 @@ pub async fn inspect(
                 "Error": i.error,
                 "StartedAtMs": i.started_at_ms,
                 "FinishedAtMs": i.finished_at_ms,
+                "PendingReason": i.pending_reason,
+                "Desired": i.desired,
             },
+            "Service": if i.service.is_empty() { serde_json::Value::Null } else { serde_json::json!({
+                "Name": i.service,
+                "Slot": i.slot,
+                "Version": i.service_version,
+            }) },
             "Config": {
                 "Image": spec.image,
                 "Cmd": spec.cmd,
@@ -682,11 +734,18 @@ pub async fn inspect(
                 "Memory": spec.memory_bytes,
                 "NanoCpus": spec.nano_cpus,
                 "PidsLimit": spec.pids_limit,
+                "Reschedule": spec.reschedule,
                 "Ulimits": spec.ulimits.iter().filter_map(|u| berth_proto::ulimit::parse(u).ok()).map(|u| serde_json::json!({
                     "Name": u.name,
                     "Soft": u.soft as i64,
                     "Hard": u.hard as i64,
                 })).collect::<Vec<_>>(),
+            },
+            "Placement": {
+                "Constraints": spec.constraints,
+                "ReserveMemory": spec.reserve_memory_bytes,
+                "ReserveNanoCpus": spec.reserve_nano_cpus,
+                "Strategy": if spec.placement_strategy.is_empty() { "spread".to_string() } else { spec.placement_strategy.clone() },
             },
             "History": i.history,
         }));

@@ -8,6 +8,7 @@ mod events;
 mod images;
 mod nodes;
 mod output;
+mod services;
 
 use clap::{Parser, Subcommand};
 
@@ -98,6 +99,9 @@ enum Command {
     /// Manage the cluster's nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage services: replicated tasks the cluster keeps running.
+    #[command(subcommand)]
+    Service(services::ServiceCommand),
     /// The control plane: Raft members, leader, term, indexes.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -133,8 +137,35 @@ enum ClusterCommand {
 
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
-    /// List nodes and their status.
+    /// List nodes: status, availability, containers, resources, labels.
     Ls,
+    /// Show nodes as JSON.
+    Inspect {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Change a node's availability (active, pause, drain) or labels.
+    Update {
+        /// active: takes containers; pause: keeps what it runs, takes
+        /// nothing new; drain: its service tasks and --reschedule
+        /// containers move to other nodes.
+        #[arg(long, value_parser = ["active", "pause", "drain"])]
+        availability: Option<String>,
+        /// Add or change a label (KEY=VALUE).
+        #[arg(long)]
+        label_add: Vec<String>,
+        /// Remove a label (KEY).
+        #[arg(long)]
+        label_rm: Vec<String>,
+        node: String,
+    },
+    /// Remove nodes that are down (--force: also a ready one).
+    Rm {
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Set (KEY=VALUE) or remove (KEY-) labels of a node.
     Label {
         node: String,
@@ -220,6 +251,19 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Image(ImageCommand::Ls(a)) => images::images(&mut client, a).await,
         Command::Node(NodeCommand::Ls) => nodes::ls(&mut client).await,
+        Command::Node(NodeCommand::Inspect { nodes: list }) => {
+            nodes::inspect(&mut client, &list).await
+        }
+        Command::Node(NodeCommand::Update {
+            availability,
+            label_add,
+            label_rm,
+            node,
+        }) => nodes::update(&mut client, &node, availability, &label_add, &label_rm).await,
+        Command::Node(NodeCommand::Rm { force, nodes: list }) => {
+            nodes::rm(&mut client, &list, force).await
+        }
+        Command::Service(cmd) => services::dispatch(&mut client, cmd).await,
         Command::Node(NodeCommand::Label { node, labels }) => {
             nodes::label(&mut client, &node, &labels).await
         }

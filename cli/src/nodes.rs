@@ -1,4 +1,4 @@
-//! Node verbs: `berth node ls`.
+//! Node verbs: `berth node ls|inspect|update|rm|label`, and the cluster verbs.
 
 use berth_proto::cluster::{cluster_client::ClusterClient, ListNodesRequest};
 use tonic::transport::Channel;
@@ -19,13 +19,20 @@ pub async fn ls(client: &mut ClusterClient<Channel>) -> Result<i32, CliError> {
             vec![
                 n.name.clone(),
                 n.status.clone(),
+                n.availability.clone(),
+                n.containers.to_string(),
                 n.cpus.to_string(),
                 human_size(n.memory_bytes),
                 n.cgroup_version.clone(),
                 n.kernel.clone(),
                 {
-                    let mut l: Vec<String> =
-                        n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let mut l: Vec<String> = n
+                        .agent_labels
+                        .iter()
+                        .filter(|(k, _)| !n.labels.contains_key(*k))
+                        .chain(n.labels.iter())
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
                     l.sort();
                     l.join(",")
                 },
@@ -34,10 +41,92 @@ pub async fn ls(client: &mut ClusterClient<Channel>) -> Result<i32, CliError> {
         .collect();
     table(
         &[
-            "NAME", "STATUS", "CPUS", "MEMORY", "CGROUP", "KERNEL", "LABELS",
+            "NAME",
+            "STATUS",
+            "AVAILABILITY",
+            "CONTAINERS",
+            "CPUS",
+            "MEMORY",
+            "CGROUP",
+            "KERNEL",
+            "LABELS",
         ],
         &rows,
     );
+    Ok(0)
+}
+
+/// `berth node inspect NODE...`.
+pub async fn inspect(client: &mut ClusterClient<Channel>, names: &[String]) -> Result<i32, CliError> {
+    let nodes = client
+        .list_nodes(ListNodesRequest {})
+        .await
+        .map_err(CliError::api)?
+        .into_inner()
+        .nodes;
+    let mut out = Vec::new();
+    for name in names {
+        let n = nodes
+            .iter()
+            .find(|n| &n.name == name)
+            .ok_or_else(|| CliError::Api(format!("No such node: {name}")))?;
+        out.push(serde_json::json!({
+            "Name": n.name,
+            "Status": {"State": n.status, "UpdatedAtMs": n.updated_at_ms},
+            "Spec": {"Availability": n.availability, "Labels": n.labels},
+            "Description": {
+                "Hostname": n.name,
+                "Kernel": n.kernel,
+                "CgroupVersion": n.cgroup_version,
+                "Resources": {"NanoCPUs": n.cpus * 1_000_000_000, "MemoryBytes": n.memory_bytes},
+                "EngineLabels": n.agent_labels,
+            },
+            "Reserved": {"NanoCPUs": n.reserved_nano_cpus, "MemoryBytes": n.reserved_memory_bytes},
+            "Containers": n.containers,
+        }));
+    }
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    Ok(0)
+}
+
+/// `berth node update [--availability A] [--label-add K=V]... [--label-rm K]... NODE`.
+pub async fn update(
+    client: &mut ClusterClient<Channel>,
+    node: &str,
+    availability: Option<String>,
+    label_add: &[String],
+    label_rm: &[String],
+) -> Result<i32, CliError> {
+    let mut add = std::collections::HashMap::new();
+    for l in label_add {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        add.insert(k.to_string(), v.to_string());
+    }
+    client
+        .update_node(berth_proto::cluster::UpdateNodeRequest {
+            node: node.to_string(),
+            availability: availability.unwrap_or_default(),
+            label_add: add,
+            label_rm: label_rm.to_vec(),
+        })
+        .await
+        .map_err(CliError::api)?;
+    println!("{node}");
+    Ok(0)
+}
+
+/// `berth node rm [-f] NODE...`.
+pub async fn rm(client: &mut ClusterClient<Channel>, names: &[String], force: bool) -> Result<i32, CliError> {
+    for n in names {
+        client
+            .remove_node(berth_proto::cluster::RemoveNodeRequest {
+                node: n.clone(),
+                force,
+            })
+            .await
+            .map_err(CliError::api)?;
+        println!("{n}");
+    }
     Ok(0)
 }
 

@@ -19,6 +19,7 @@ pub struct AppConfig {
     pub node_ttl: Duration,
     /// A node Down for this long is lost: its containers become Dead.
     pub node_lost: Duration,
+    pub scheduler: crate::scheduler::SchedulerConfig,
 }
 
 /// Errors of the server core, mapped to gRPC statuses at the api edge.
@@ -47,6 +48,7 @@ pub struct App {
     pub raft: BerthRaft,
     pub state: StateReader,
     pub nodes: Arc<Nodes>,
+    pub scheduler: Arc<crate::scheduler::Scheduler>,
     pub config: AppConfig,
     writes: mpsc::UnboundedSender<PendingWrite>,
 }
@@ -72,6 +74,7 @@ impl App {
             raft,
             state,
             nodes: Arc::new(Nodes::default()),
+            scheduler: Arc::new(crate::scheduler::Scheduler::new(config.scheduler.clone())),
             config,
             writes,
         }

@@ -9,9 +9,8 @@ use anyhow::Context;
 use berth_proto::agent::agent_session_server::AgentSessionServer;
 use berth_proto::cluster::cluster_server::ClusterServer;
 use berth_proto::raft::raft_server::RaftServer;
-use berth_proto::records::{ContainerState, NodeStatus};
 use berth_server::api::ClusterService;
-use berth_server::nodes::session::{mark_down, SessionService};
+use berth_server::nodes::session::SessionService;
 use berth_server::raft::network::RaftService;
 use berth_server::raft::{self, RaftConfig};
 use berth_server::{App, AppConfig};
@@ -76,10 +75,19 @@ struct Args {
     /// An agent silent for longer than this is marked Down.
     #[arg(long, default_value_t = 2000)]
     node_ttl_ms: u64,
-    /// A node Down for longer than this is lost: its containers are shown
-    /// Dead until it comes back (`rm -f` clears them).
+    /// A node Down for longer than this is lost: its containers that
+    /// cannot move are shown Dead until it comes back (`rm -f` clears them).
     #[arg(long, default_value_t = 60_000)]
     node_lost_ms: u64,
+    /// A node Down for longer than this has its movable containers
+    /// (service tasks, `run --reschedule`) placed on other nodes. The
+    /// agent's lease (berth-agent --lease-ms) must be shorter than
+    /// --node-ttl-ms plus this, so that the old copies have stopped.
+    #[arg(long, default_value_t = 1000)]
+    reschedule_after_ms: u64,
+    /// A service task that ended is started again after this long.
+    #[arg(long, default_value_t = 1000)]
+    restart_delay_ms: u64,
 }
 
 fn main() {
@@ -152,9 +160,15 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         AppConfig {
             node_ttl: Duration::from_millis(args.node_ttl_ms),
             node_lost: Duration::from_millis(args.node_lost_ms),
+            scheduler: berth_server::scheduler::SchedulerConfig {
+                reschedule_after: Duration::from_millis(args.reschedule_after_ms),
+                restart_delay: Duration::from_millis(args.restart_delay_ms),
+                ..Default::default()
+            },
         },
     );
-    tokio::spawn(liveness(app.clone()));
+    tokio::spawn(berth_server::nodes::liveness::run(app.clone()));
+    berth_server::scheduler::reconciler::spawn(app.clone());
     let contact = Arc::new(raft::failover::Contact::default());
     raft::failover::spawn(
         raft.clone(),
@@ -255,87 +269,6 @@ async fn join(seed: String, id: u64, advertise: String) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-    }
-}
-
-/// Marks agents Down when their heartbeats stop (the TTL of DESIGN.md),
-/// and, once a TTL has passed since this server started, nodes recorded as
-/// Ready that never opened a session here.
-async fn liveness(app: App) {
-    let period = app.config.node_ttl / 4;
-    let started = std::time::Instant::now();
-    let mut leading_since: Option<std::time::Instant> = None;
-    loop {
-        tokio::time::sleep(period).await;
-        for (node, session_id) in app.nodes.expire(app.config.node_ttl).await {
-            tracing::warn!(%node, session_id, "agent missed its heartbeat TTL; marking it down");
-            mark_down(&app, &node).await;
-        }
-        let metrics = berth_server::raft::metrics(&app.raft);
-        if metrics.current_leader == Some(metrics.id) && !app.is_effective_leader().await {
-            // Cut off from the majority: the agents must find the real leader.
-            let n = app.nodes.drop_all().await;
-            if n > 0 {
-                tracing::warn!(
-                    sessions = n,
-                    "no majority confirms this leader; dropping agent sessions"
-                );
-            }
-            continue;
-        }
-        // Agents need a moment to find a new leader: a TTL after this
-        // server started leading, not after it started.
-        if metrics.current_leader != Some(metrics.id) {
-            leading_since = None;
-            continue;
-        }
-        let since = *leading_since.get_or_insert_with(std::time::Instant::now);
-        if started.elapsed() < app.config.node_ttl || since.elapsed() < app.config.node_ttl {
-            continue;
-        }
-        let Ok(nodes) = app.state.nodes() else {
-            continue;
-        };
-        for n in &nodes {
-            if n.status() == NodeStatus::Ready && !app.nodes.is_connected(&n.name).await {
-                tracing::warn!(node = %n.name, "no session from a ready node; marking it down");
-                mark_down(&app, &n.name).await;
-            }
-        }
-        mark_lost_containers_dead(&app, &nodes).await;
-    }
-}
-
-/// Containers of a node Down for longer than `node_lost` can neither run
-/// nor be cleaned up: they become Dead (and come back to life if the node
-/// returns and reports them).
-async fn mark_lost_containers_dead(app: &App, nodes: &[berth_proto::records::Node]) {
-    let now = berth_server::app::now_ms();
-    let lost_ms = app.config.node_lost.as_millis() as i64;
-    let lost: Vec<&berth_proto::records::Node> = nodes
-        .iter()
-        .filter(|n| n.status() == NodeStatus::Down && now - n.updated_at_ms >= lost_ms)
-        .collect();
-    if lost.is_empty() {
-        return;
-    }
-    let Ok(containers) = app.state.containers() else {
-        return;
-    };
-    for c in containers {
-        let Some(n) = lost.iter().find(|n| n.name == c.node) else {
-            continue;
-        };
-        if c.state() == ContainerState::Dead {
-            continue;
-        }
-        tracing::warn!(id = %c.id, node = %n.name, "the container's node is lost; marking it dead");
-        let why = format!(
-            "node {} is lost: down since {} ms ago",
-            n.name,
-            now - n.updated_at_ms
-        );
-        berth_server::api::lifecycle::mark_dead(app, &c, &why).await;
     }
 }
 

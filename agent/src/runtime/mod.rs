@@ -15,6 +15,7 @@ pub mod console;
 pub mod exec;
 pub mod frame;
 pub mod init;
+pub mod lease;
 pub mod shim;
 pub mod spec;
 pub mod users;

@@ -27,6 +27,8 @@ pub const MAX_LINE: usize = 16 * 1024;
 
 /// config.json annotation: keep the container's stdin open (run -i).
 pub const ANNOTATION_STDIN_OPEN: &str = "org.berth.stdin-open";
+/// The annotation naming the agent's lease file, for a movable container.
+pub const ANNOTATION_LEASE: &str = "org.berth.lease";
 /// A file in the bundle: hold this run's process until a client attaches.
 pub const WAIT_ATTACH_MARK: &str = "wait-attach";
 
@@ -314,6 +316,13 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
     }
     let _ = fs::write(bundle::pid(b), pid.as_raw().to_string());
     out.write(&Frame::Start { pid: pid.as_raw() });
+    // A movable container dies with its agent's lease (runtime/lease.rs).
+    let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(lease) = annotations.get(ANNOTATION_LEASE) {
+        let pidfd = pidfd_open(pid).map_err(sys("pidfd_open"))?;
+        let (lease, ended, bundle) = (PathBuf::from(lease), ended.clone(), b.to_path_buf());
+        std::thread::spawn(move || watch_lease(&lease, &pidfd, &ended, &bundle));
+    }
     if let (Some(listener), Some(input)) = (listener, input) {
         let clients = clients.clone();
         std::thread::spawn(move || attach::accept_loop(listener, clients, input));
@@ -336,6 +345,7 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
         let _ = r.join();
     }
     let code = wait_exit(pid)?;
+    ended.store(true, std::sync::atomic::Ordering::Release);
     let _ = fs::remove_file(attach::socket_path(b));
     let oom_killed = cgroup.as_ref().is_some_and(|(cg, _)| cg.oom_killed());
     if let Some((cg, _)) = &cgroup {
@@ -351,6 +361,49 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
         oom_killed,
     });
     Ok(code)
+}
+
+/// Kills the container once the agent's lease has run out (checked every
+/// [`lease::CHECK_EVERY`]), leaving a marker in the bundle that says why.
+fn watch_lease(
+    lease: &Path,
+    pidfd: &OwnedFd,
+    ended: &std::sync::atomic::AtomicBool,
+    bundle: &Path,
+) {
+    while !ended.load(std::sync::atomic::Ordering::Acquire) {
+        if super::lease::expired(lease) {
+            let _ = fs::write(bundle.join(super::lease::EXPIRED_MARK), "");
+            // SAFETY: pidfd_send_signal(2) on a pidfd this shim opened for
+            // its own child: the signal reaches that process and no other,
+            // even if it has been reaped and its pid reused. SIGKILL to the
+            // container's init ends its whole pid namespace.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            }
+            return;
+        }
+        std::thread::sleep(super::lease::CHECK_EVERY);
+    }
+}
+
+/// A pidfd for the shim's own child, which it has not reaped yet.
+fn pidfd_open(pid: Pid) -> Result<OwnedFd, nix::Error> {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new file
+    // descriptor or -1; the child is unreaped, so the pid is still its.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(nix::Error::last());
+    }
+    // SAFETY: the descriptor was just returned by the kernel and is owned
+    // by nothing else.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
 }
 
 /// Reads a stream of the container's output until EOF (or, for a pty,

@@ -34,6 +34,9 @@ pub struct ContainerConfig {
     pub stdio: Stdio,
     /// Resource limits of the process (--ulimit).
     pub rlimits: Vec<berth_proto::ulimit::Ulimit>,
+    /// For a container the cluster may move: the agent's lease file, which
+    /// its shim watches (runtime/lease.rs).
+    pub lease: Option<std::path::PathBuf>,
 }
 
 /// How a container's stdio is set up.
@@ -306,6 +309,12 @@ pub fn build(cfg: &ContainerConfig) -> Result<Spec, RuntimeError> {
             "true".to_string(),
         );
     }
+    if let Some(lease) = &cfg.lease {
+        annotations.insert(
+            super::shim::ANNOTATION_LEASE.to_string(),
+            lease.display().to_string(),
+        );
+    }
     Ok(SpecBuilder::default()
         .version("1.0.2")
         .annotations(annotations)
@@ -361,6 +370,7 @@ mod tests {
             mounts: Vec::new(),
             stdio: Stdio::default(),
             rlimits: Vec::new(),
+            lease: None,
         }
     }
 

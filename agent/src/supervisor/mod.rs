@@ -3,6 +3,8 @@
 //! starts a shim for it, and relays the shim's frames to the cluster as
 //! transitions and log chunks.
 
+pub mod fencing;
+
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,9 @@ pub struct SupervisorConfig {
     pub data_dir: PathBuf,
     /// The executable whose `shim` subcommand runs a container.
     pub shim_exe: PathBuf,
+    /// How long the agent's lease on its movable containers lasts after
+    /// the heartbeat the leader last answered was sent.
+    pub lease: Duration,
 }
 
 /// Errors of preparing a container.
@@ -131,6 +136,10 @@ pub struct Supervisor {
     outbox: mpsc::UnboundedSender<AgentMessage>,
     /// Containers with a task relaying their shim.
     live: Mutex<HashSet<String>>,
+    /// The newest generation seen of each container.
+    generations: fencing::Generations,
+    /// The lease the shims of movable containers watch.
+    pub lease: crate::runtime::lease::Lease,
 }
 
 fn now_ms() -> i64 {
@@ -165,14 +174,20 @@ impl Supervisor {
             path: containers.clone(),
             source,
         })?;
-        Ok(Self {
+        let lease = crate::runtime::lease::Lease::new(&cfg.data_dir, cfg.lease);
+        let mut me = Self {
             cfg,
             _lock: lock,
             images,
             snapshots,
             outbox,
             live: Mutex::new(HashSet::new()),
-        })
+            generations: fencing::Generations::default(),
+            lease,
+        };
+        me.generations =
+            fencing::Generations::new(me.local_metas().into_iter().map(|m| (m.id, m.generation)));
+        Ok(me)
     }
 
     fn bundle_dir(&self, id: &str) -> Option<PathBuf> {
@@ -447,8 +462,20 @@ impl Supervisor {
         out
     }
 
-    /// Acts on an assignment from the leader.
+    /// Acts on an assignment from the leader, unless it is older than one
+    /// already seen of the same container (invariant 3).
     pub async fn assign(self: Arc<Self>, a: Assign) {
+        if let fencing::Verdict::Stale { newest } =
+            self.generations.check(&a.container_id, a.generation)
+        {
+            tracing::info!(
+                id = %a.container_id,
+                generation = a.generation,
+                newest,
+                "dropping a stale assignment"
+            );
+            return;
+        }
         match a.action() {
             Action::Run => self.run(a, true).await,
             Action::Create => self.run(a, false).await,
@@ -725,6 +752,15 @@ impl Supervisor {
             tracing::warn!(id = %a.container_id, "refusing an assignment with a malformed id");
             return;
         };
+        // A copy of an older generation is not this placement: the cluster
+        // placed the container here afresh, and the old copy goes first.
+        if read_meta(&dir).is_some_and(|m| m.generation < a.generation) {
+            tracing::info!(id = %a.container_id, generation = a.generation, "replacing an older copy");
+            if let Err(e) = self.remove(&a.container_id).await {
+                tracing::warn!(id = %a.container_id, "cannot replace the older copy: {e}");
+                return;
+            }
+        }
         // Another task may hold the container: a relay (then it runs, and
         // there is nothing to do), or a create that is finishing (then this
         // start waits for it).
@@ -783,6 +819,7 @@ impl Supervisor {
             return;
         }
         let _ = fs::remove_file(dir.join(STOPPED_MARK));
+        let _ = fs::remove_file(dir.join(crate::runtime::lease::EXPIRED_MARK));
         if a.spec.as_ref().is_some_and(|s| s.wait_for_attach) {
             let _ = fs::write(dir.join(crate::runtime::shim::WAIT_ATTACH_MARK), "");
         }
@@ -793,9 +830,13 @@ impl Supervisor {
                 Ok(code) => code,
                 Err(e) => return fail(e),
             };
-            // The restart policy, unless a user stopped it.
+            // The restart policy, unless a user stopped it or the lease
+            // did (the cluster may run it elsewhere now).
             let policy = read_meta(dir).map(|m| m.restart).unwrap_or_default();
-            if dir.join(STOPPED_MARK).exists() || !should_restart(&policy, code, restarts) {
+            if dir.join(STOPPED_MARK).exists()
+                || dir.join(crate::runtime::lease::EXPIRED_MARK).exists()
+                || !should_restart(&policy, code, restarts)
+            {
                 return;
             }
             // Docker's backoff: 100 ms doubling to a minute; a run of 10 s
@@ -837,6 +878,26 @@ impl Supervisor {
             &bundle::rootfs(dir),
         )
         .map_err(|e| e.to_string())
+    }
+
+    /// After a (re)registration, before anything else: stops and deletes
+    /// the local copies the cluster no longer places here (removed, moved,
+    /// or placed here again at a newer generation).
+    pub async fn remove_stale(&self, stale: Vec<LocalContainer>) {
+        for l in stale {
+            let Some(dir) = self.bundle_dir(&l.id) else {
+                continue;
+            };
+            // A copy newer than the stale one named is not this one.
+            if read_meta(&dir).is_some_and(|m| m.generation > l.generation) {
+                continue;
+            }
+            tracing::info!(id = %l.id, generation = l.generation, "removing a stale copy");
+            match self.remove(&l.id).await {
+                Ok(()) => self.generations.forget(&l.id),
+                Err(e) => tracing::warn!(id = %l.id, "cannot remove a stale copy: {e}"),
+            }
+        }
     }
 
     /// After a (re)registration: resends every log line the cluster has not
@@ -982,6 +1043,7 @@ impl Supervisor {
             &ConfigPaths {
                 rootfs: bundle::rootfs(dir),
                 volumes: self.cfg.data_dir.join("volumes"),
+                lease: spec.movable.then(|| self.lease.path().to_path_buf()),
             },
         )?;
         spec::save(&spec::build(&cfg)?, dir)?;
@@ -1136,6 +1198,8 @@ pub struct ConfigPaths {
     pub rootfs: PathBuf,
     /// Where named volumes live.
     pub volumes: PathBuf,
+    /// The lease file, for a container the cluster may move.
+    pub lease: Option<PathBuf>,
 }
 
 /// Merges a container spec with its image's defaults, as Docker does: the
@@ -1213,6 +1277,7 @@ pub fn container_config(
             .iter()
             .map(|u| berth_proto::ulimit::parse(u).map_err(RuntimeError::Invalid))
             .collect::<Result<_, _>>()?,
+        lease: paths.lease.clone(),
     })
 }
 

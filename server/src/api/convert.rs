@@ -25,10 +25,15 @@ pub fn spec_from_wire(s: cluster::ContainerSpec) -> records::ContainerSpec {
         tty: s.tty,
         stdin_open: s.stdin_open,
         ulimits: s.ulimits.clone(),
+        constraints: s.constraints,
+        reserve_memory_bytes: s.reserve_memory_bytes,
+        reserve_nano_cpus: s.reserve_nano_cpus,
+        reschedule: s.reschedule,
+        placement_strategy: s.placement_strategy,
     }
 }
 
-fn spec_to_wire(s: &records::ContainerSpec) -> cluster::ContainerSpec {
+pub fn spec_to_wire(s: &records::ContainerSpec) -> cluster::ContainerSpec {
     cluster::ContainerSpec {
         image: s.image.clone(),
         cmd: s.cmd.clone(),
@@ -48,6 +53,11 @@ fn spec_to_wire(s: &records::ContainerSpec) -> cluster::ContainerSpec {
         tty: s.tty,
         stdin_open: s.stdin_open,
         ulimits: s.ulimits.clone(),
+        constraints: s.constraints.clone(),
+        reserve_memory_bytes: s.reserve_memory_bytes,
+        reserve_nano_cpus: s.reserve_nano_cpus,
+        reschedule: s.reschedule,
+        placement_strategy: s.placement_strategy.clone(),
     }
 }
 
@@ -80,6 +90,50 @@ pub fn container_to_wire(c: &Container) -> cluster::ContainerInfo {
             .collect(),
         oom_killed: c.oom_killed,
         size_rw: None,
+        pending_reason: c.pending_reason.clone(),
+        service: c.service.clone(),
+        slot: c.slot,
+        service_version: c.service_version,
+        desired: match c.desired() {
+            records::DesiredState::DesiredRunning => "running",
+            records::DesiredState::DesiredStopped => "stopped",
+            records::DesiredState::DesiredRemoved => "removed",
+            records::DesiredState::Unspecified => "",
+        }
+        .into(),
+    }
+}
+
+pub fn service_to_wire(s: &records::Service, running: u64) -> cluster::ServiceInfo {
+    let u = s.update.clone().unwrap_or_default();
+    cluster::ServiceInfo {
+        id: s.id.clone(),
+        spec: Some(cluster::ServiceSpec {
+            name: s.name.clone(),
+            task: s.spec.as_ref().map(spec_to_wire),
+            replicas: s.replicas,
+            restart_condition: s.restart_condition.clone(),
+            update_parallelism: u.parallelism,
+            update_delay_ms: u.delay_ms,
+            update_order: u.order,
+            update_failure_action: u.failure_action,
+        }),
+        version: s.version,
+        created_at_ms: s.created_at_ms,
+        updated_at_ms: s.updated_at_ms,
+        running,
+        update_state: s.update_state.clone(),
+        update_message: s.update_message.clone(),
+        previous_task: s.previous_spec.as_ref().map(spec_to_wire),
+    }
+}
+
+/// The name the CLI shows for a node availability.
+pub fn availability_name(a: records::Availability) -> &'static str {
+    match a {
+        records::Availability::Active => "active",
+        records::Availability::Pause => "pause",
+        records::Availability::Drain => "drain",
     }
 }
 
@@ -109,5 +163,22 @@ pub fn node_to_wire(n: &records::Node) -> cluster::NodeInfo {
         cpus: n.cpus,
         memory_bytes: n.memory_bytes,
         labels: n.labels.clone(),
+        availability: availability_name(n.availability()).into(),
+        agent_labels: n.agent_labels.clone(),
+        containers: 0,
+        reserved_memory_bytes: 0,
+        reserved_nano_cpus: 0,
+        updated_at_ms: n.updated_at_ms,
     }
+}
+
+/// A node with what is placed on it.
+pub fn node_with_usage(n: &records::Node, containers: &[Container]) -> cluster::NodeInfo {
+    let mut info = node_to_wire(n);
+    let view = crate::scheduler::feasibility::NodeView::build(std::slice::from_ref(n), containers)
+        .remove(0);
+    info.containers = view.containers as u32;
+    info.reserved_memory_bytes = view.reserved_memory;
+    info.reserved_nano_cpus = view.reserved_cpus;
+    info
 }

@@ -4,12 +4,11 @@
 
 use std::time::Duration;
 
-use berth_proto::records::{self, ContainerState};
+use berth_proto::records::{self, ContainerState, DesiredState};
 use tonic::Status;
 
 use crate::app::App;
 use crate::nodes::assignment;
-use crate::scheduler;
 use crate::state::status::Status as CStatus;
 
 fn node_unreachable(c: &records::Container) -> Status {
@@ -50,8 +49,6 @@ async fn wait_for(
     })?
 }
 
-/// Starts a created or exited container (a running one is left as it is)
-/// and returns once it runs or has ended.
 /// Records that a container can no longer run nor be cleaned up, and why.
 pub async fn mark_dead(app: &App, c: &records::Container, why: &str) {
     let op = records::command::Op::Transition(records::RecordTransition {
@@ -70,6 +67,8 @@ pub async fn mark_dead(app: &App, c: &records::Container, why: &str) {
     }
 }
 
+/// Starts a created or exited container (a running one is left as it is)
+/// and returns once it runs or has ended.
 pub async fn start(app: &App, c: records::Container) -> Result<records::Container, Status> {
     CStatus(c.state())
         .check_start(&c.name)
@@ -78,20 +77,43 @@ pub async fn start(app: &App, c: records::Container) -> Result<records::Containe
         return Ok(c);
     }
     let asked = crate::app::now_ms();
-    if c.node.is_empty() {
-        scheduler::place(app, &c, true)
-            .await
-            .map_err(super::to_status)?;
-    } else if !app.nodes.send(&c.node, assignment::run(&c)).await {
+    let c = set_desired(app, &c, DesiredState::DesiredRunning, 0, 0).await?;
+    // A container not placed yet is the reconciler's to place and start;
+    // a placed one is started on its node now.
+    if !c.node.is_empty() && !app.nodes.send(&c.node, assignment::run(&c)).await {
         return Err(node_unreachable(&c));
     }
     wait_started(app, &c.id, asked).await
 }
 
-/// Waits until the container has started, or ended, since `asked` (ms).
+/// Commits what the user wants of a container.
+pub async fn set_desired(
+    app: &App,
+    c: &records::Container,
+    desired: DesiredState,
+    stop_signal: i32,
+    stop_timeout_s: u32,
+) -> Result<records::Container, Status> {
+    app.write(records::command::Op::Desired(records::SetDesired {
+        id: c.id.clone(),
+        desired: desired as i32,
+        stop_signal,
+        stop_timeout_s,
+    }))
+    .await
+    .map_err(super::to_status)?
+    .container
+    .ok_or_else(|| Status::internal("the desired state was committed without its container"))
+}
+
+/// Waits until the container has started, or ended, since `asked` (ms),
+/// or the scheduler has said why it cannot place it (then it is returned
+/// Pending, with the reason; it starts once a node fits).
 pub async fn wait_started(app: &App, id: &str, asked: i64) -> Result<records::Container, Status> {
     wait_for(app, id, Duration::from_secs(60), |now| {
-        now.started_at_ms >= asked || now.finished_at_ms >= asked
+        now.started_at_ms >= asked
+            || now.finished_at_ms >= asked
+            || (now.state() == ContainerState::Pending && !now.pending_reason.is_empty())
     })
     .await
 }
@@ -104,14 +126,14 @@ pub async fn stop(
     c: records::Container,
     timeout_s: u32,
 ) -> Result<records::Container, Status> {
-    if !CStatus(c.state()).is_running() {
+    let running = CStatus(c.state()).is_running();
+    // Stopped by the user: no restart policy, no reconciler brings it
+    // back; the reconciler sends the stop to its node.
+    let c = set_desired(app, &c, DesiredState::DesiredStopped, 0, timeout_s).await?;
+    if !running {
         return Ok(c);
     }
-    if !app
-        .nodes
-        .send(&c.node, assignment::stop(&c, 0, timeout_s))
-        .await
-    {
+    if !app.nodes.is_connected(&c.node).await {
         return Err(node_unreachable(&c));
     }
     wait_for(
@@ -179,10 +201,13 @@ pub async fn pause(
     .await
 }
 
-/// Waits until the node has created the container (or failed to).
+/// Waits until the node has created the container (or failed to), or the
+/// scheduler has said why it cannot place it.
 pub async fn wait_created(app: &App, id: &str) -> Result<records::Container, Status> {
     wait_for(app, id, Duration::from_secs(60), |now| {
-        now.state() != ContainerState::Pending || !now.error.is_empty()
+        now.state() != ContainerState::Pending
+            || !now.error.is_empty()
+            || !now.pending_reason.is_empty()
     })
     .await
 }
@@ -219,6 +244,11 @@ pub async fn attach(
             c.name
         )));
     }
+    let c = if start.start {
+        set_desired(app, &c, DesiredState::DesiredRunning, 0, 0).await?
+    } else {
+        c
+    };
     let (stream_id, rx) = open_stream(app, &c, start.size.unwrap_or_default(), None).await?;
     if start.start && !app.nodes.send(&c.node, assignment::run_attached(&c)).await {
         return Err(node_unreachable(&c));

@@ -7,6 +7,7 @@ pub mod images;
 pub mod lifecycle;
 pub mod membership;
 pub mod names;
+pub mod services;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -39,6 +40,40 @@ impl ClusterService {
             .map_err(|e| to_status(e.into()))?
             .ok_or_else(|| Status::not_found(format!("No such container: {name_or_id}")))
     }
+}
+
+/// The exit code of a container's last `die` event, if the events still
+/// hold it.
+fn last_exit(app: &App, id: &str) -> Option<i32> {
+    let mut from = 0;
+    let mut found = None;
+    loop {
+        let batch = app.state.events(from, 1024).ok()?;
+        let Some(last) = batch.last() else {
+            return found;
+        };
+        from = last.seq + 1;
+        for e in &batch {
+            if e.actor == id && e.action == "die" {
+                found = e.attributes.get("exitCode").and_then(|c| c.parse().ok());
+            }
+        }
+    }
+}
+
+/// Checks what the scheduler will read of a spec: its constraints and
+/// placement strategy.
+pub fn check_placement(spec: &records::ContainerSpec) -> Result<(), Status> {
+    for c in &spec.constraints {
+        scheduler::feasibility::Constraint::parse(c).map_err(Status::invalid_argument)?;
+    }
+    if !matches!(spec.placement_strategy.as_str(), "" | "spread" | "binpack") {
+        return Err(Status::invalid_argument(format!(
+            "unknown placement strategy {:?}: use spread or binpack",
+            spec.placement_strategy
+        )));
+    }
+    Ok(())
 }
 
 /// Maps a core error to the gRPC status the CLI shows.
@@ -96,7 +131,8 @@ impl Cluster for ClusterService {
                 req.name
             )));
         }
-        scheduler::check_feasible(&self.app, &spec.image).map_err(to_status)?;
+        check_placement(&spec)?;
+        scheduler::check_image(&self.app, &spec.image).map_err(to_status)?;
         let id = names::new_id();
         if spec.hostname.is_empty() {
             spec.hostname = id[..12].to_string();
@@ -151,16 +187,15 @@ impl Cluster for ClusterService {
                 Err(e) => return Err(to_status(e)),
             }
         };
-        let asked = crate::app::now_ms();
-        let placed = scheduler::place(&self.app, &created, req.start)
-            .await
-            .map_err(to_status)?;
-        // As `docker run -d`, answer once the container runs (or has ended);
-        // as `docker create`, once the node has created it.
+        // The reconciler places it. As `docker run -d`, answer once it
+        // runs (or has ended); as `docker create`, once the node has
+        // created it; either, once the scheduler says why it cannot place
+        // it yet (it stays Pending, and runs once a node fits).
+        let asked = created.created_at_ms;
         let placed = if req.start {
-            lifecycle::wait_started(&self.app, &placed.id, asked).await?
+            lifecycle::wait_started(&self.app, &created.id, asked).await?
         } else {
-            lifecycle::wait_created(&self.app, &placed.id).await?
+            lifecycle::wait_created(&self.app, &created.id).await?
         };
         Ok(Response::new(convert::container_to_wire(&placed)))
     }
@@ -407,7 +442,10 @@ impl Cluster for ClusterService {
         let c = self.find(&req.name_or_id)?;
         let (tx, rx) = mpsc::channel(256);
         let state = self.app.state.clone();
+        // While a client follows the output, the cluster's --rm waits.
+        let hold = req.follow.then(|| self.app.scheduler.hold(&c.id));
         tokio::spawn(async move {
+            let _hold = hold;
             let mut changes = state.subscribe();
             // Sequence numbers start at 1 (records.proto, Container.log_next_seq);
             // --tail N starts N lines before the end.
@@ -471,15 +509,28 @@ impl Cluster for ClusterService {
         req: Request<cluster::ContainerRef>,
     ) -> Result<Response<cluster::WaitResponse>, Status> {
         let c = self.find(&req.into_inner().name_or_id)?;
+        // While a client waits, the cluster's --rm waits too.
+        let _hold = self.app.scheduler.hold(&c.id);
         let mut changes = self.app.state.subscribe();
         loop {
             changes.borrow_and_update();
-            let now = self
+            let Some(now) = self
                 .app
                 .state
                 .container(&c.id)
                 .map_err(|e| to_status(e.into()))?
-                .ok_or_else(|| Status::not_found(format!("No such container: {}", c.id)))?;
+            else {
+                // Removed (its --rm) before this wait began: its end is
+                // in the events.
+                return match last_exit(&self.app, &c.id) {
+                    Some(exit_code) => Ok(Response::new(cluster::WaitResponse {
+                        exit_code,
+                        state: "removed".into(),
+                        error: String::new(),
+                    })),
+                    None => Err(Status::not_found(format!("No such container: {}", c.id))),
+                };
+            };
             if CStatus(now.state()).is_finished() {
                 return Ok(Response::new(cluster::WaitResponse {
                     exit_code: now.exit_code,
@@ -759,14 +810,176 @@ impl Cluster for ClusterService {
         _req: Request<cluster::ListNodesRequest>,
     ) -> Result<Response<cluster::ListNodesResponse>, Status> {
         self.app.linearize().await.map_err(to_status)?;
+        let containers = self
+            .app
+            .state
+            .containers()
+            .map_err(|e| to_status(e.into()))?;
         let nodes = self
             .app
             .state
             .nodes()
             .map_err(|e| to_status(e.into()))?
             .iter()
-            .map(convert::node_to_wire)
+            .map(|n| convert::node_with_usage(n, &containers))
             .collect();
         Ok(Response::new(cluster::ListNodesResponse { nodes }))
+    }
+
+    async fn update_node(
+        &self,
+        req: Request<cluster::UpdateNodeRequest>,
+    ) -> Result<Response<cluster::NodeInfo>, Status> {
+        let req = req.into_inner();
+        let node = self
+            .app
+            .state
+            .node(&req.node)
+            .map_err(|e| to_status(e.into()))?
+            .ok_or_else(|| Status::not_found(format!("No such node: {}", req.node)))?;
+        for k in req.label_add.keys().chain(req.label_rm.iter()) {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(Status::invalid_argument(format!("invalid label key {k:?}")));
+            }
+        }
+        let availability = match req.availability.as_str() {
+            "" => None,
+            "active" => Some(records::Availability::Active),
+            "pause" => Some(records::Availability::Pause),
+            "drain" => Some(records::Availability::Drain),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "invalid availability {other:?}: use active, pause or drain"
+                )))
+            }
+        };
+        if let Some(a) = availability {
+            self.app
+                .write(Op::NodeAvailability(records::SetNodeAvailability {
+                    name: node.name.clone(),
+                    availability: a as i32,
+                }))
+                .await
+                .map_err(to_status)?;
+        }
+        if !req.label_add.is_empty() || !req.label_rm.is_empty() {
+            self.app
+                .write(Op::NodeLabels(records::SetNodeLabels {
+                    name: node.name.clone(),
+                    set: req.label_add,
+                    remove: req.label_rm,
+                }))
+                .await
+                .map_err(to_status)?;
+        }
+        let containers = self
+            .app
+            .state
+            .containers()
+            .map_err(|e| to_status(e.into()))?;
+        let node = self
+            .app
+            .state
+            .node(&node.name)
+            .map_err(|e| to_status(e.into()))?
+            .ok_or_else(|| Status::not_found(format!("No such node: {}", req.node)))?;
+        Ok(Response::new(convert::node_with_usage(&node, &containers)))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<cluster::RemoveNodeRequest>,
+    ) -> Result<Response<cluster::RemoveNodeResponse>, Status> {
+        let req = req.into_inner();
+        let node = self
+            .app
+            .state
+            .node(&req.node)
+            .map_err(|e| to_status(e.into()))?
+            .ok_or_else(|| Status::not_found(format!("No such node: {}", req.node)))?;
+        if node.status() == records::NodeStatus::Ready && !req.force {
+            return Err(Status::failed_precondition(format!(
+                "node {} is ready: stop its agent first (or drain it), or remove it with --force",
+                node.name
+            )));
+        }
+        // Its movable containers are placed elsewhere by the reconciler;
+        // the others stay as records until removed.
+        self.app
+            .write(Op::RemoveNode(records::RemoveNode {
+                name: node.name.clone(),
+            }))
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(cluster::RemoveNodeResponse { node: node.name }))
+    }
+
+    async fn create_service(
+        &self,
+        req: Request<cluster::CreateServiceRequest>,
+    ) -> Result<Response<cluster::ServiceInfo>, Status> {
+        let spec = req
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("no service spec given"))?;
+        Ok(Response::new(services::create(&self.app, spec).await?))
+    }
+
+    async fn list_services(
+        &self,
+        _req: Request<cluster::ListServicesRequest>,
+    ) -> Result<Response<cluster::ListServicesResponse>, Status> {
+        self.app.linearize().await.map_err(to_status)?;
+        let containers = self
+            .app
+            .state
+            .containers()
+            .map_err(|e| to_status(e.into()))?;
+        let running = scheduler::planner::running_tasks(&containers);
+        let services = self
+            .app
+            .state
+            .services()
+            .map_err(|e| to_status(e.into()))?
+            .iter()
+            .map(|s| convert::service_to_wire(s, running.get(&s.name).copied().unwrap_or(0)))
+            .collect();
+        Ok(Response::new(cluster::ListServicesResponse { services }))
+    }
+
+    async fn inspect_service(
+        &self,
+        req: Request<cluster::ServiceRef>,
+    ) -> Result<Response<cluster::ServiceInfo>, Status> {
+        self.app.linearize().await.map_err(to_status)?;
+        let svc = services::find(&self.app, &req.into_inner().name)?;
+        Ok(Response::new(services::info(&self.app, &svc)?))
+    }
+
+    async fn update_service(
+        &self,
+        req: Request<cluster::UpdateServiceRequest>,
+    ) -> Result<Response<cluster::ServiceInfo>, Status> {
+        Ok(Response::new(
+            services::update(&self.app, req.into_inner()).await?,
+        ))
+    }
+
+    async fn remove_service(
+        &self,
+        req: Request<cluster::ServiceRef>,
+    ) -> Result<Response<cluster::ServiceInfo>, Status> {
+        Ok(Response::new(
+            services::remove(&self.app, &req.into_inner().name).await?,
+        ))
+    }
+
+    async fn service_tasks(
+        &self,
+        req: Request<cluster::ServiceRef>,
+    ) -> Result<Response<cluster::ServiceTasksResponse>, Status> {
+        self.app.linearize().await.map_err(to_status)?;
+        let tasks = services::tasks(&self.app, &req.into_inner().name)?;
+        Ok(Response::new(cluster::ServiceTasksResponse { tasks }))
     }
 }

@@ -78,19 +78,8 @@ fn with_action(c: &Container, action: Action, signal: i32, timeout_s: u32) -> Se
                 stdin_open: spec.stdin_open,
                 wait_for_attach: false,
                 ulimits: spec.ulimits,
+                movable: crate::scheduler::planner::movable(c),
             }),
-        })),
-    }
-}
-
-/// "Kill this container if it runs and delete what you hold of it."
-pub fn remove(id: &str, generation: u64) -> ServerMessage {
-    ServerMessage {
-        msg: Some(server_message::Msg::Assign(Assign {
-            container_id: id.to_string(),
-            generation,
-            action: Action::Remove as i32,
-            ..Default::default()
         })),
     }
 }

@@ -3,6 +3,7 @@
 //! agent.proto types are converted).
 
 pub mod assignment;
+pub mod liveness;
 pub mod session;
 
 use std::collections::HashMap;
@@ -54,16 +55,17 @@ impl Nodes {
     }
 
     /// Forgets the session, if it is still the node's current one, and
-    /// fails the image requests waiting on it. Returns true if it was.
-    pub async fn detach(&self, node: &str, session_id: u64) -> bool {
+    /// fails the image requests waiting on it. Returns when its last
+    /// heartbeat came if it was.
+    pub async fn detach(&self, node: &str, session_id: u64) -> Option<Instant> {
         let mut map = self.connected.lock().await;
         if map.get(node).map(|c| c.session_id) == Some(session_id) {
-            map.remove(node);
+            let last = map.remove(node).map(|c| c.last_heartbeat);
             self.requests.lock().await.retain(|_, (n, _)| n != node);
             self.attachments.lock().await.retain(|_, (n, _)| n != node);
-            true
+            last
         } else {
-            false
+            None
         }
     }
 
@@ -98,15 +100,16 @@ impl Nodes {
         self.connected.lock().await.keys().cloned().collect()
     }
 
-    /// Removes and returns the sessions whose heartbeat is older than `ttl`.
-    pub async fn expire(&self, ttl: std::time::Duration) -> Vec<(String, u64)> {
+    /// Removes and returns the sessions whose heartbeat is older than
+    /// `ttl`, with when their last heartbeat came.
+    pub async fn expire(&self, ttl: std::time::Duration) -> Vec<(String, u64, Instant)> {
         let mut map = self.connected.lock().await;
-        let dead: Vec<(String, u64)> = map
+        let dead: Vec<(String, u64, Instant)> = map
             .iter()
             .filter(|(_, c)| c.last_heartbeat.elapsed() > ttl)
-            .map(|(n, c)| (n.clone(), c.session_id))
+            .map(|(n, c)| (n.clone(), c.session_id, c.last_heartbeat))
             .collect();
-        for (n, _) in &dead {
+        for (n, _, _) in &dead {
             map.remove(n);
         }
         dead

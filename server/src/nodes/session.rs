@@ -5,7 +5,8 @@
 use std::pin::Pin;
 
 use berth_proto::agent::{
-    agent_message, agent_session_server::AgentSession, server_message, AgentMessage, LogAck,
+    agent_message, agent_session_server::AgentSession, server_message, AgentMessage, HeartbeatAck,
+    LocalContainer, LogAck,
     Register, Registered, ServerMessage,
 };
 use berth_proto::records::{self, command::Op, NodeStatus, SCHEMA_VERSION};
@@ -14,7 +15,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::assignment;
 use crate::app::{now_ms, App, AppError};
 use crate::state::status::{parse_state, Status as CStatus};
 
@@ -80,21 +80,28 @@ impl AgentSession for SessionService {
         }
         tracing::info!(%node, session_id, "agent registered");
         // Where each of this node's container logs stands, so that the agent
-        // resends what the cluster has not committed (invariant 7).
-        let log_next_seq = self
+        // resends what the cluster has not committed (invariant 7), and which
+        // of its local containers the cluster no longer places there.
+        let containers = self
             .app
             .state
             .containers()
-            .map_err(|e| Status::internal(e.to_string()))?
-            .into_iter()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let log_next_seq = containers
+            .iter()
             .filter(|c| c.node == node)
-            .map(|c| (c.id, c.log_next_seq))
+            .map(|c| (c.id.clone(), c.log_next_seq))
             .collect();
+        let stale = stale_copies(&node, &register.containers, &containers);
+        if !stale.is_empty() {
+            tracing::info!(%node, count = stale.len(), "the node holds stale copies; it removes them");
+        }
         let _ = tx
             .send(ServerMessage {
                 msg: Some(server_message::Msg::Registered(Registered {
                     node: node.clone(),
                     log_next_seq,
+                    stale,
                 })),
             })
             .await;
@@ -103,10 +110,11 @@ impl AgentSession for SessionService {
             if let Err(e) = reconcile(&app, &register).await {
                 tracing::warn!(%node, "reconciling the node's containers: {e}");
             }
+            app.scheduler.node_reconnected(&node);
             let reason = serve(&app, &node, session_id, &mut inbound, &tx).await;
             tracing::info!(%node, session_id, "agent session ended: {reason}");
-            if app.nodes.detach(&node, session_id).await {
-                mark_down(&app, &node).await;
+            if let Some(last) = app.nodes.detach(&node, session_id).await {
+                mark_down(&app, &node, down_since(&app, last)).await;
             }
         });
         let out = ReceiverStream::new(rx).map(Ok);
@@ -114,12 +122,20 @@ impl AgentSession for SessionService {
     }
 }
 
-/// Commits that a node is Down.
-pub async fn mark_down(app: &App, node: &str) {
+/// When a node whose last heartbeat came at `last` counts as Down: one
+/// TTL after it, even if its session ended sooner (an agent killed at
+/// once). The reschedule delay counts from there, so that the agent's
+/// lease, which runs from its last answered heartbeat, ends first.
+pub fn down_since(app: &App, last: std::time::Instant) -> i64 {
+    now_ms() - last.elapsed().as_millis() as i64 + app.config.node_ttl.as_millis() as i64
+}
+
+/// Commits that a node is Down, since `since_ms` (see [`down_since`]).
+pub async fn mark_down(app: &App, node: &str, since_ms: i64) {
     let op = Op::NodeStatus(records::SetNodeStatus {
         name: node.to_string(),
         status: NodeStatus::Down as i32,
-        at_ms: now_ms(),
+        at_ms: since_ms,
     });
     if let Err(e) = app.write(op).await {
         tracing::warn!(%node, "could not record the node as down: {e}");
@@ -155,54 +171,64 @@ async fn upsert_node(app: &App, r: &Register) -> Result<(), AppError> {
         updated_at_ms: now_ms(),
         // Kept from the stored record when applied.
         labels: Default::default(),
+        availability: 0,
+        agent_labels: r.labels.clone(),
     };
     app.write(Op::Node(records::UpsertNode { node: Some(node) }))
         .await?;
     Ok(())
 }
 
+/// The local containers of `node` that the cluster no longer places
+/// there: removed, moved to another node, or placed again at a newer
+/// generation (invariant 3). The agent stops and deletes them first.
+pub fn stale_copies(
+    node: &str,
+    local: &[LocalContainer],
+    cluster: &[records::Container],
+) -> Vec<LocalContainer> {
+    local
+        .iter()
+        .filter(|l| match cluster.iter().find(|c| c.id == l.id) {
+            None => true,
+            Some(c) => c.node != node || c.generation != l.generation,
+        })
+        .cloned()
+        .collect()
+}
+
 /// Brings the cluster's view and the agent's local state together after a
-/// registration: reports the agent missed, assignments it has not heard of,
-/// and containers it holds that the cluster removed.
+/// registration: the reports the agent missed, for the containers it holds
+/// at their current generation. (Assignments it has not heard of are the
+/// reconciler's, which sends them again to a node whose session is new.)
 async fn reconcile(app: &App, r: &Register) -> Result<(), AppError> {
     let containers = app.state.containers()?;
     for local in &r.containers {
-        match containers.iter().find(|c| c.id == local.id) {
-            None => {
-                app.nodes
-                    .send(&r.node, assignment::remove(&local.id, local.generation))
-                    .await;
-            }
-            Some(c) if c.node == r.node && c.generation == local.generation => {
-                let Some(to) = parse_state(&local.state) else {
-                    continue;
-                };
-                if to != c.state() && CStatus(c.state()).can_move_to(to) {
-                    let op = Op::Transition(records::RecordTransition {
-                        id: c.id.clone(),
-                        node: r.node.clone(),
-                        generation: local.generation,
-                        to: to as i32,
-                        exit_code: local.exit_code,
-                        at_ms: now_ms(),
-                        error: String::new(),
-                        image_id: String::new(),
-                        oom_killed: false,
-                    });
-                    if let Err(e) = app.write(op).await {
-                        tracing::debug!("reconcile transition refused: {e}");
-                    }
-                }
-            }
-            Some(_) => {}
+        let Some(c) = containers.iter().find(|c| c.id == local.id) else {
+            continue;
+        };
+        if c.node != r.node || c.generation != local.generation {
+            continue;
         }
-    }
-    for c in containers.iter().filter(|c| {
-        c.node == r.node
-            && c.state() == records::ContainerState::Pending
-            && !r.containers.iter().any(|l| l.id == c.id)
-    }) {
-        app.nodes.send(&r.node, assignment::run(c)).await;
+        let Some(to) = parse_state(&local.state) else {
+            continue;
+        };
+        if to != c.state() && CStatus(c.state()).can_move_to(to) {
+            let op = Op::Transition(records::RecordTransition {
+                id: c.id.clone(),
+                node: r.node.clone(),
+                generation: local.generation,
+                to: to as i32,
+                exit_code: local.exit_code,
+                at_ms: now_ms(),
+                error: String::new(),
+                image_id: String::new(),
+                oom_killed: false,
+            });
+            if let Err(e) = app.write(op).await {
+                tracing::debug!("reconcile transition refused: {e}");
+            }
+        }
     }
     Ok(())
 }
@@ -223,10 +249,19 @@ async fn serve(
         };
         let Some(msg) = msg.msg else { continue };
         match msg {
-            agent_message::Msg::Heartbeat(_) => {
+            agent_message::Msg::Heartbeat(hb) => {
                 if !app.nodes.heartbeat(node, session_id).await {
                     return "the session expired or was replaced".into();
                 }
+                // The agent's lease runs from when it sent this heartbeat.
+                // Never waits: a full stream drops the ack, and the next
+                // heartbeat's ack renews the lease.
+                let _ = tx.try_send(ServerMessage {
+                    msg: Some(server_message::Msg::HeartbeatAck(HeartbeatAck { seq: hb.seq })),
+                });
+            }
+            agent_message::Msg::AssignAck(a) => {
+                app.scheduler.acked(node, &a.container_id, a.generation);
             }
             agent_message::Msg::Register(_) => return "a second Register on one session".into(),
             agent_message::Msg::Transition(t) => {

@@ -84,6 +84,12 @@ fn op_name(op: &records::command::Op) -> &'static str {
         Op::Node(_) => "node",
         Op::NodeLabels(_) => "node labels",
         Op::NodeStatus(_) => "node status",
+        Op::Desired(_) => "desired",
+        Op::Service(_) => "service",
+        Op::RemoveService(_) => "remove service",
+        Op::NodeAvailability(_) => "node availability",
+        Op::RemoveNode(_) => "remove node",
+        Op::PendingReason(_) => "pending reason",
     }
 }
 

@@ -1,149 +1,196 @@
-//! Placement: which node runs a container. Only the leader schedules, and a
-//! placement is committed before any agent hears of it (invariant 2).
+//! The scheduler: a reconcile loop on the leader. The api commits desired
+//! state only; the reconciler reads the replicated state, plans
+//! ([`planner`]: feasibility, ranking, services, moves) and carries the
+//! plan out: placements committed before any agent hears of them
+//! (invariant 2), assignments sent until the agent acknowledges their
+//! generation.
 
-use berth_proto::records::{command::Op, Container, Node, NodeStatus, PlaceContainer};
+pub mod feasibility;
+pub mod planner;
+pub mod ranking;
+pub mod reconciler;
 
-use crate::app::{App, AppError};
-use crate::nodes::assignment;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-/// Why a container cannot be placed.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum ScheduleError {
-    #[error("no node of the cluster is ready to run containers")]
-    NoReadyNode,
-    #[error(
-        "No such image: {0} (no ready node holds it; use `berth import` or `berth load` first)"
-    )]
-    NoSuchImage(String),
-}
+use tokio::sync::Notify;
 
-/// Picks the ready node that holds `image` and runs the fewest containers.
-pub fn choose_node<'a>(
-    nodes: &'a [Node],
-    image: &str,
-    running_on: impl Fn(&str) -> usize,
-) -> Result<&'a Node, ScheduleError> {
-    let ready: Vec<&Node> = nodes
-        .iter()
-        .filter(|n| n.status() == NodeStatus::Ready)
-        .collect();
-    if ready.is_empty() {
-        return Err(ScheduleError::NoReadyNode);
+/// Refuses an image no node of the cluster has ever reported (while any
+/// node has joined): nothing could run it, as Docker's "No such image".
+/// Whether a node that holds it is ready, or has room, is the planner's:
+/// the container is accepted and waits, Pending with the reason.
+pub fn check_image(app: &crate::App, image: &str) -> Result<(), crate::AppError> {
+    let nodes = app.state.nodes()?;
+    if nodes.is_empty() || nodes.iter().any(|n| feasibility::has_image(n, image)) {
+        return Ok(());
     }
-    ready
-        .into_iter()
-        .filter(|n| {
-            n.images
-                .iter()
-                .any(|i| i.tags.iter().any(|t| t == image) || i.id == image)
-        })
-        .min_by_key(|n| (running_on(&n.name), n.name.clone()))
-        .ok_or_else(|| ScheduleError::NoSuchImage(image.to_string()))
+    Err(crate::AppError::Refused(format!(
+        "No such image: {image} (no node holds it; use `berth import` or `berth load` first)"
+    )))
 }
 
-/// Checks that some ready node could run `image`, before anything is committed.
-pub fn check_feasible(app: &App, image: &str) -> Result<(), AppError> {
-    let nodes = app.state.nodes()?;
-    choose_node(&nodes, image, |_| 0)
-        .map(|_| ())
-        .map_err(|e| AppError::Refused(e.to_string()))
+/// Timing of the reconciler.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// A node Down this long has its movable containers placed elsewhere.
+    pub reschedule_after: Duration,
+    /// A service task that ended starts again after this long.
+    pub restart_delay: Duration,
+    /// An assignment not acknowledged in this time is sent again.
+    pub resend_after: Duration,
 }
 
-/// Places a committed container on a node, commits the placement with the
-/// next generation, and sends the assignment to the node's agent: run it,
-/// or with `start` false only create it.
-pub async fn place(app: &App, container: &Container, start: bool) -> Result<Container, AppError> {
-    let nodes = app.state.nodes()?;
-    let all = app.state.containers()?;
-    let node = choose_node(
-        &nodes,
-        &container
-            .spec
-            .as_ref()
-            .map(|s| s.image.clone())
-            .unwrap_or_default(),
-        |name| {
-            all.iter()
-                .filter(|c| c.node == name && c.finished_at_ms == 0)
-                .count()
-        },
-    )
-    .map_err(|e| AppError::Refused(e.to_string()))?;
-    let placed = app
-        .write(Op::Place(PlaceContainer {
-            id: container.id.clone(),
-            node: node.name.clone(),
-            generation: container.generation + 1,
-        }))
-        .await?
-        .container
-        .unwrap_or_default();
-    let msg = if start {
-        assignment::run(&placed)
-    } else {
-        assignment::create(&placed)
-    };
-    app.nodes.send(&placed.node, msg).await;
-    Ok(placed)
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            reschedule_after: Duration::from_millis(1000),
+            restart_delay: Duration::from_millis(1000),
+            resend_after: Duration::from_secs(2),
+        }
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use berth_proto::records::Image;
+/// The reconciler's memory on the leader: what it sent, what is in
+/// progress, and who waits on a container. None of it is replicated: a new
+/// leader starts from the replicated state and sends again.
+#[derive(Default)]
+pub struct Scheduler {
+    pub config: SchedulerConfig,
+    /// Wakes the loop (a node's session changed, an ack came, a hold ended).
+    pub wake: Notify,
+    sent: Mutex<HashMap<String, Sent>>,
+    busy: Mutex<HashSet<String>>,
+    holds: Mutex<HashMap<String, usize>>,
+}
 
-    fn node(name: &str, status: NodeStatus, images: &[&str]) -> Node {
-        Node {
-            name: name.into(),
-            status: status as i32,
-            images: images
-                .iter()
-                .map(|t| Image {
-                    id: format!("sha256:{t}"),
-                    tags: vec![t.to_string()],
-                    ..Default::default()
-                })
-                .collect(),
+/// An assignment sent to a node.
+#[derive(Debug, Clone)]
+struct Sent {
+    node: String,
+    generation: u64,
+    action: planner::Delivery,
+    at: Instant,
+    acked: bool,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig) -> Self {
+        Self {
+            config,
             ..Default::default()
         }
     }
 
-    #[test]
-    fn picks_a_ready_node_holding_the_image() {
-        let nodes = vec![
-            node("a", NodeStatus::Down, &["busybox:latest"]),
-            node("b", NodeStatus::Ready, &["alpine:latest"]),
-            node("c", NodeStatus::Ready, &["busybox:latest"]),
-        ];
-        assert_eq!(
-            choose_node(&nodes, "busybox:latest", |_| 0).unwrap().name,
-            "c"
+    /// Records that a node acknowledged an assignment of `generation`.
+    pub fn acked(&self, node: &str, id: &str, generation: u64) {
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = sent.get_mut(id) {
+            if s.node == node && s.generation == generation {
+                s.acked = true;
+            }
+        }
+    }
+
+    /// Forgets what was sent to a node (its session began again), so that
+    /// the next pass sends it again.
+    pub fn node_reconnected(&self, node: &str) {
+        self.sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, s| s.node != node);
+        self.wake.notify_one();
+    }
+
+    /// Keeps the cluster from removing a container (its --rm) while a
+    /// client reads its output or waits for its end; the guard lets go.
+    pub fn hold(self: &std::sync::Arc<Self>, id: &str) -> Hold {
+        *self
+            .holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default() += 1;
+        Hold {
+            scheduler: self.clone(),
+            id: id.to_string(),
+        }
+    }
+
+    fn held(&self, id: &str) -> bool {
+        self.holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_some_and(|n| *n > 0)
+    }
+
+    /// True if the assignment must go (again): never sent at this
+    /// generation, or not acknowledged in time.
+    fn should_send(&self, node: &str, id: &str, generation: u64, action: planner::Delivery) -> bool {
+        let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        match sent.get(id) {
+            Some(s) if s.node == node && s.generation == generation && s.action == action => {
+                !s.acked && s.at.elapsed() >= self.config.resend_after
+            }
+            _ => true,
+        }
+    }
+
+    fn record_sent(&self, node: &str, id: &str, generation: u64, action: planner::Delivery) {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id.to_string(),
+            Sent {
+                node: node.to_string(),
+                generation,
+                action,
+                at: Instant::now(),
+                acked: false,
+            },
         );
     }
 
-    #[test]
-    fn prefers_the_least_loaded_node() {
-        let nodes = vec![
-            node("a", NodeStatus::Ready, &["busybox:latest"]),
-            node("b", NodeStatus::Ready, &["busybox:latest"]),
-        ];
-        let load = |n: &str| if n == "a" { 3 } else { 1 };
-        assert_eq!(
-            choose_node(&nodes, "busybox:latest", load).unwrap().name,
-            "b"
-        );
+    fn forget_sent(&self) {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    #[test]
-    fn says_what_is_missing() {
-        let nodes = vec![node("a", NodeStatus::Ready, &["busybox:latest"])];
-        assert_eq!(
-            choose_node(&nodes, "nginx:latest", |_| 0).unwrap_err(),
-            ScheduleError::NoSuchImage("nginx:latest".into())
-        );
-        assert_eq!(
-            choose_node(&[], "x:latest", |_| 0).unwrap_err(),
-            ScheduleError::NoReadyNode
-        );
+    /// Marks a container as having a step in progress; false if it has one.
+    fn begin(&self, id: &str) -> bool {
+        self.busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string())
+    }
+
+    fn end(&self, id: &str) {
+        self.busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.wake.notify_one();
+    }
+}
+
+/// A client reading or waiting on a container; see [`Scheduler::hold`].
+pub struct Hold {
+    scheduler: std::sync::Arc<Scheduler>,
+    id: String,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut holds = self
+            .scheduler
+            .holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = holds.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                holds.remove(&self.id);
+            }
+        }
+        drop(holds);
+        self.scheduler.wake.notify_one();
     }
 }

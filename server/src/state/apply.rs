@@ -2,7 +2,9 @@
 //! every member in log order and must be deterministic: it reads only the
 //! rows and the command, never the clock or the network.
 
-use berth_proto::records::{self, command::Op, CommandResult, Container, ContainerState};
+use berth_proto::records::{
+    self, command::Op, CommandResult, Container, ContainerState, DesiredState,
+};
 use prost::Message;
 
 use super::keys;
@@ -154,6 +156,50 @@ fn apply_op(
             Ok(r)
         }
         Op::Logs(l) => append_logs(tx, l),
+        Op::Desired(d) => set_desired(tx, d),
+        Op::Service(p) => put_service(tx, p),
+        Op::RemoveService(r) => {
+            let key = keys::service(&r.name);
+            let Some(v) = tx.get(&key)? else {
+                return Ok(refused(&format!("No such service: {}", r.name)));
+            };
+            let svc = records::Service::decode(v.as_slice())?;
+            tx.delete(key);
+            Ok(CommandResult {
+                service: Some(svc),
+                ..Default::default()
+            })
+        }
+        Op::NodeAvailability(a) => {
+            let Some(v) = tx.get(&keys::node(&a.name))? else {
+                return Ok(refused(&format!("No such node: {}", a.name)));
+            };
+            let mut node = records::Node::decode(v.as_slice())?;
+            node.availability = a.availability;
+            tx.put(keys::node(&a.name), node.encode_to_vec());
+            Ok(CommandResult::default())
+        }
+        Op::RemoveNode(r) => {
+            if tx.get(&keys::node(&r.name))?.is_none() {
+                return Ok(refused(&format!("No such node: {}", r.name)));
+            }
+            tx.delete(keys::node(&r.name));
+            let prefix = keys::node_label_prefix(&r.name);
+            tx.delete_range(&prefix, &keys::prefix_end(&prefix))?;
+            events.push(event("node", "remove", &r.name, 0, &[]));
+            Ok(CommandResult::default())
+        }
+        Op::PendingReason(p) => {
+            for (id, why) in p.ids.iter().zip(p.reasons.iter()) {
+                let Some(mut c) = load(tx, id)? else { continue };
+                if c.state() != ContainerState::Pending || c.pending_reason == *why {
+                    continue;
+                }
+                c.pending_reason = why.clone();
+                tx.put(keys::container(&c.id), c.encode_to_vec());
+            }
+            Ok(CommandResult::default())
+        }
         Op::Node(n) => {
             if let Some(node) = &n.node {
                 let old = match tx.get(&keys::node(&node.name))? {
@@ -199,10 +245,12 @@ fn apply_op(
                         ));
                     }
                 }
-                // Labels belong to the cluster, not to the agent's report.
+                // Labels and availability belong to the cluster, not to the
+                // agent's report.
                 let mut node = node.clone();
                 if let Some(o) = &old {
                     node.labels = o.labels.clone();
+                    node.availability = o.availability;
                 }
                 tx.put(keys::node(&node.name), node.encode_to_vec());
             }
@@ -321,10 +369,80 @@ fn place(tx: &mut Tx, p: &records::PlaceContainer) -> Result<CommandResult, Appl
             c.id, p.generation, c.generation
         )));
     }
+    let from = c.state();
     c.node = p.node.clone();
     c.generation = p.generation;
+    c.pending_reason.clear();
+    if let Some(spec) = &p.spec {
+        c.spec = Some(spec.clone());
+        c.service_version = p.service_version;
+    }
+    // A placement starts the container's life on its node afresh: it is
+    // Pending until that node reports.
+    if from != ContainerState::Pending {
+        c.set_state(ContainerState::Pending);
+        c.history.push(records::Transition {
+            from: from as i32,
+            to: ContainerState::Pending as i32,
+            at_ms: c.finished_at_ms.max(c.started_at_ms),
+            exit_code: c.exit_code,
+        });
+        trim_history(&mut c);
+    }
     tx.put(keys::container(&c.id), c.encode_to_vec());
     Ok(ok(c))
+}
+
+fn trim_history(c: &mut Container) {
+    if c.history.len() > HISTORY_LIMIT {
+        let excess = c.history.len() - HISTORY_LIMIT;
+        c.history.drain(..excess);
+    }
+}
+
+fn set_desired(tx: &mut Tx, d: &records::SetDesired) -> Result<CommandResult, ApplyError> {
+    let Some(mut c) = load(tx, &d.id)? else {
+        return Ok(refused(&format!("No such container: {}", d.id)));
+    };
+    c.desired = d.desired;
+    if d.desired() == DesiredState::DesiredStopped {
+        c.stop_signal = d.stop_signal;
+        c.stop_timeout_s = d.stop_timeout_s;
+    }
+    tx.put(keys::container(&c.id), c.encode_to_vec());
+    Ok(ok(c))
+}
+
+fn put_service(tx: &mut Tx, p: &records::PutService) -> Result<CommandResult, ApplyError> {
+    let Some(svc) = &p.service else {
+        return Ok(refused("a service write without a service"));
+    };
+    let key = keys::service(&svc.name);
+    let old = match tx.get(&key)? {
+        Some(v) => Some(records::Service::decode(v.as_slice())?),
+        None => None,
+    };
+    match (&old, p.create) {
+        (Some(_), true) => {
+            return Ok(refused(&format!(
+                "Conflict. The service name {} is already in use",
+                svc.name
+            )))
+        }
+        (None, false) => return Ok(refused(&format!("No such service: {}", svc.name))),
+        (Some(o), false) if o.version != p.expect_version => {
+            return Ok(refused(&format!(
+                "update out of sequence: service {} is at version {}, not {}",
+                svc.name, o.version, p.expect_version
+            )))
+        }
+        _ => {}
+    }
+    tx.put(key, svc.encode_to_vec());
+    Ok(CommandResult {
+        service: Some(svc.clone()),
+        ..Default::default()
+    })
 }
 
 fn transition(tx: &mut Tx, t: &records::RecordTransition) -> Result<CommandResult, ApplyError> {
@@ -384,10 +502,7 @@ fn transition(tx: &mut Tx, t: &records::RecordTransition) -> Result<CommandResul
         at_ms: t.at_ms,
         exit_code: t.exit_code,
     });
-    if c.history.len() > HISTORY_LIMIT {
-        let excess = c.history.len() - HISTORY_LIMIT;
-        c.history.drain(..excess);
-    }
+    trim_history(&mut c);
     tx.put(keys::container(&c.id), c.encode_to_vec());
     Ok(ok(c))
 }

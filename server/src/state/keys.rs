@@ -22,6 +22,14 @@ pub fn node(name: &str) -> Vec<u8> {
 /// The prefix of every node row.
 pub const NODE_PREFIX: &[u8] = b"n/";
 
+/// `s/<name>`: a service record.
+pub fn service(name: &str) -> Vec<u8> {
+    [b"s/".as_slice(), name.as_bytes()].concat()
+}
+
+/// The prefix of every service row.
+pub const SERVICE_PREFIX: &[u8] = b"s/";
+
 /// `nl/<node>\0<key>`: one label of a node (a NUL cannot be in a name).
 pub fn node_label(node: &str, key: &str) -> Vec<u8> {
     let mut k = node_label_prefix(node);

@@ -145,6 +145,19 @@ impl StateReader {
         Ok(node)
     }
 
+    /// Every service, by name.
+    pub fn services(&self) -> Result<Vec<berth_proto::records::Service>, StateError> {
+        self.scan(keys::SERVICE_PREFIX)
+    }
+
+    /// One service.
+    pub fn service(&self, name: &str) -> Result<Option<berth_proto::records::Service>, StateError> {
+        match self.db.get_cf(self.sm(), keys::service(name))? {
+            Some(v) => Ok(Some(berth_proto::records::Service::decode(v.as_slice())?)),
+            None => Ok(None),
+        }
+    }
+
     /// Up to `limit` events from the Raft index `from` on.
     pub fn events(
         &self,

@@ -1,0 +1,292 @@
+//! The reconcile loop: on the leader only, woken by applied commits, by
+//! node sessions and acknowledgements, and by a tick for the rules that
+//! depend on time. Each pass reads the replicated state off the server's
+//! one thread, plans, and carries the steps out; a pass waits for its
+//! commits, so the next one sees them and never places a container twice.
+
+use std::time::Duration;
+
+use berth_proto::agent::{image_request, RemoveContainerOp};
+use berth_proto::records::{self, command::Op, NodeStatus};
+use futures::future::join_all;
+
+use super::planner::{self, Delivery, PlanConfig, Snapshot, Step};
+use crate::app::{now_ms, App, AppError};
+use crate::nodes::assignment;
+
+/// How often a pass runs when nothing wakes the loop (for time rules:
+/// reschedule delays, restart delays, resends).
+const TICK: Duration = Duration::from_millis(200);
+
+/// The shortest time between two passes, so that a stream of commits (log
+/// chunks) does not turn the loop into a busy one.
+const MIN_GAP: Duration = Duration::from_millis(5);
+
+/// Starts the loop; it runs for the life of the server and acts only
+/// while this server leads.
+pub fn spawn(app: App) {
+    tokio::spawn(run(app));
+}
+
+async fn run(app: App) {
+    let mut changes = app.state.subscribe();
+    let mut leading_term: Option<u64> = None;
+    loop {
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = app.scheduler.wake.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        changes.borrow_and_update();
+        let m = crate::raft::metrics(&app.raft);
+        if m.current_leader != Some(m.id) {
+            if leading_term.take().is_some() {
+                app.scheduler.forget_sent();
+            }
+            continue;
+        }
+        if leading_term != Some(m.current_term) {
+            // A new term: the state must hold every commit of earlier
+            // leaders before it is planned from (a read index).
+            if app.linearize().await.is_err() {
+                continue;
+            }
+            app.scheduler.forget_sent();
+            leading_term = Some(m.current_term);
+            tracing::info!(term = m.current_term, "reconciler: leading");
+        }
+        if let Err(e) = pass(&app).await {
+            tracing::warn!("reconciler pass: {e}");
+        }
+        tokio::time::sleep(MIN_GAP).await;
+    }
+}
+
+/// One pass: read, plan, act.
+pub async fn pass(app: &App) -> Result<(), AppError> {
+    let state = app.state.clone();
+    let cfg = PlanConfig {
+        reschedule_after_ms: app.scheduler.config.reschedule_after.as_millis() as i64,
+        restart_delay_ms: app.scheduler.config.restart_delay.as_millis() as i64,
+    };
+    let (steps, nodes) = tokio::task::spawn_blocking(move || {
+        let snapshot = Snapshot {
+            containers: state.containers()?,
+            nodes: state.nodes()?,
+            services: state.services()?,
+            now_ms: now_ms(),
+        };
+        let steps = planner::plan(&snapshot, &cfg);
+        Ok::<_, crate::state::StateError>((steps, snapshot.nodes))
+    })
+    .await
+    .map_err(|e| AppError::Raft(format!("the planning task failed: {e}")))??;
+    let mut writes = Vec::new();
+    for step in steps {
+        match step {
+            Step::CreateTask(c) => writes.push(Op::Create(records::CreateContainer {
+                container: Some(*c),
+            })),
+            Step::Place {
+                id,
+                node,
+                generation,
+            } => writes.push(Op::Place(records::PlaceContainer {
+                id,
+                node,
+                generation,
+                spec: None,
+                service_version: 0,
+            })),
+            Step::Unplaceable(list) => {
+                let (ids, reasons) = list.into_iter().unzip();
+                writes.push(Op::PendingReason(records::SetPendingReason { ids, reasons }));
+            }
+            Step::Unplace {
+                container,
+                evict,
+                spec,
+                why,
+            } => unplace(app, *container, evict, spec, why),
+            Step::Remove(c) => remove(app, *c, &nodes).await,
+            Step::Deliver { container, action } => deliver(app, &container, action).await,
+            Step::UpdateState {
+                service,
+                version,
+                state,
+                message,
+                rollback,
+            } => writes.push(update_state(app, &service, version, state, message, rollback)?),
+        }
+    }
+    for r in join_all(writes.into_iter().map(|op| app.write(op))).await {
+        match r {
+            Ok(_) => {}
+            // Another pass or a user got there first: the next pass sees it.
+            Err(AppError::Refused(why)) => tracing::debug!("reconciler: refused: {why}"),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Sends a node the assignment a container needs, unless it was sent at
+/// this generation and acknowledged (or is not yet due again).
+async fn deliver(app: &App, c: &records::Container, action: Delivery) {
+    if !app
+        .scheduler
+        .should_send(&c.node, &c.id, c.generation, action)
+    {
+        return;
+    }
+    let msg = match action {
+        Delivery::Run => assignment::run(c),
+        Delivery::Create => assignment::create(c),
+        Delivery::Stop => assignment::stop(c, c.stop_signal, c.stop_timeout_s),
+    };
+    if app.nodes.send(&c.node, msg).await {
+        app.scheduler
+            .record_sent(&c.node, &c.id, c.generation, action);
+    }
+}
+
+/// Takes a container off its node, in a task of its own: the node deletes
+/// its copy first when asked to (`evict`) and reachable, then the
+/// container is committed unplaced at the next generation, which fences
+/// any copy left behind (invariant 3).
+fn unplace(
+    app: &App,
+    c: records::Container,
+    evict: bool,
+    spec: Option<(records::ContainerSpec, u64)>,
+    why: &'static str,
+) {
+    if !app.scheduler.begin(&c.id) {
+        return;
+    }
+    let app = app.clone();
+    tokio::spawn(async move {
+        let result = async {
+            if evict && app.nodes.is_connected(&c.node).await {
+                remove_on_node(&app, &c).await?;
+            }
+            let (spec, service_version) = match spec {
+                Some((mut s, v)) => {
+                    // A task keeps its host name across versions.
+                    if s.hostname.is_empty() {
+                        s.hostname = c.spec.as_ref().map(|o| o.hostname.clone()).unwrap_or_default();
+                    }
+                    (Some(s), v)
+                }
+                None => (None, c.service_version),
+            };
+            app.write(Op::Place(records::PlaceContainer {
+                id: c.id.clone(),
+                node: String::new(),
+                generation: c.generation + 1,
+                spec,
+                service_version,
+            }))
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok::<_, String>(())
+        }
+        .await;
+        match result {
+            Ok(()) => tracing::info!(id = %c.id, name = %c.name, from = %c.node, "moving: {why}"),
+            Err(e) => tracing::warn!(id = %c.id, name = %c.name, "cannot move it ({why}): {e}"),
+        }
+        app.scheduler.end(&c.id);
+    });
+}
+
+/// Removes a container: from its node first (if it has one that is
+/// connected), then its record. A node that is down or gone deletes its
+/// copy when it registers again (the container is then stale). Waits
+/// while a client reads its output or waits for it.
+async fn remove(app: &App, c: records::Container, nodes: &[records::Node]) {
+    if app.scheduler.held(&c.id) {
+        return;
+    }
+    let connected = !c.node.is_empty() && app.nodes.is_connected(&c.node).await;
+    let away = c.node.is_empty()
+        || nodes
+            .iter()
+            .find(|n| n.name == c.node)
+            .is_none_or(|n| n.status() != NodeStatus::Ready);
+    if !connected && !away {
+        // Ready but not (yet) connected here: wait for its session.
+        return;
+    }
+    if !app.scheduler.begin(&c.id) {
+        return;
+    }
+    let app = app.clone();
+    tokio::spawn(async move {
+        let result = async {
+            if connected {
+                remove_on_node(&app, &c).await?;
+            }
+            app.write(Op::Remove(records::RemoveContainer {
+                id: c.id.clone(),
+                at_ms: now_ms(),
+            }))
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok::<_, String>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(id = %c.id, name = %c.name, "cannot remove it: {e}");
+        }
+        app.scheduler.end(&c.id);
+    });
+}
+
+async fn remove_on_node(app: &App, c: &records::Container) -> Result<(), String> {
+    app.nodes
+        .image_call(
+            &c.node,
+            image_request::Op::RemoveContainer(RemoveContainerOp {
+                container_id: c.id.clone(),
+            }),
+            &[],
+        )
+        .await
+        .map(|_| ())
+}
+
+/// The write that records a service's update state (and, to roll back,
+/// puts the previous spec back as a new version).
+fn update_state(
+    app: &App,
+    service: &str,
+    version: u64,
+    state: &str,
+    message: String,
+    rollback: bool,
+) -> Result<Op, AppError> {
+    let mut svc = app
+        .state
+        .service(service)?
+        .ok_or_else(|| AppError::Refused(format!("service {service} not found")))?;
+    if svc.version != version {
+        return Err(AppError::Refused(format!(
+            "service {service} changed meanwhile"
+        )));
+    }
+    svc.update_state = state.to_string();
+    svc.update_message = message;
+    svc.updated_at_ms = now_ms();
+    if rollback {
+        if let Some(prev) = svc.previous_spec.take() {
+            svc.previous_spec = svc.spec.replace(prev);
+            svc.version += 1;
+        }
+    }
+    Ok(Op::Service(records::PutService {
+        service: Some(svc),
+        expect_version: version,
+        create: false,
+    }))
+}
