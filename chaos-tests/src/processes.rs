@@ -17,7 +17,12 @@ pub fn count(argv: &[&str]) -> usize {
     };
     entries
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .filter(|e| {
             // A zombie has an empty command line; it runs nothing.
             std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want)

@@ -46,6 +46,8 @@ pub fn run(test: &str, body: impl FnOnce() -> anyhow::Result<()>) {
         "{test} failed in its sandbox ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
         out.status
     );
+    // What the test printed, for whoever runs it with --nocapture.
+    println!("{stdout}");
     // The inner run must really have run the test, not filtered it away.
     assert!(
         stdout.contains("1 passed"),

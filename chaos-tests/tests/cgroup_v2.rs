@@ -18,7 +18,7 @@ wait_for() { # wait_for SECONDS COMMAND...: polls until the command succeeds
         n=$((n - 1)); [ $n -gt 0 ] || return 1; sleep 0.1
     done
 }
-check layout "$(berth node ls | awk '$1 == "vm" {print $5}')"
+check layout "$(berth node ls | awk '$1 == "vm" {print $7}')"
 
 # --memory: the kernel's OOM killer ends the container; berth says so.
 berth run --name oom -m 32m busybox sh -c 'x=aaaaaaaa; while true; do x="$x$x"; done'

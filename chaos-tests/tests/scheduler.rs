@@ -55,7 +55,14 @@ fn a_service_spreads_and_placement_keeps_constraints_and_reservations() {
             // Six replicas over three nodes: two each.
             let r = c.berth_within(
                 &[
-                    "service", "create", "--name", "web", "--replicas", "6", "busybox", "sleep",
+                    "service",
+                    "create",
+                    "--name",
+                    "web",
+                    "--replicas",
+                    "6",
+                    "busybox",
+                    "sleep",
                     "600",
                 ],
                 Duration::from_secs(60),
@@ -135,7 +142,8 @@ fn a_service_spreads_and_placement_keeps_constraints_and_reservations() {
             );
             let ps = c.berth(&["ps", "-a"]).ok()?;
             ensure!(
-                ps.stdout.contains("Pending: no node has 100000 GiB of free memory"),
+                ps.stdout
+                    .contains("Pending: no node has 100000 GiB of free memory"),
                 "{}",
                 ps.stdout
             );
@@ -152,7 +160,14 @@ fn a_service_spreads_and_placement_keeps_constraints_and_reservations() {
             for i in 0..7 {
                 let name = format!("r{i}");
                 c.berth(&[
-                    "run", "-d", "--name", &name, "--reserve-memory", &share, "busybox", "sleep",
+                    "run",
+                    "-d",
+                    "--name",
+                    &name,
+                    "--reserve-memory",
+                    &share,
+                    "busybox",
+                    "sleep",
                     "600",
                 ])
                 .ok()?;
@@ -164,7 +179,9 @@ fn a_service_spreads_and_placement_keeps_constraints_and_reservations() {
                 if v["State"]["Status"] == "pending" {
                     pending.push(v["State"]["PendingReason"].to_string());
                 } else {
-                    *placed.entry(v["Node"].as_str().unwrap_or_default().into()).or_default() += 1;
+                    *placed
+                        .entry(v["Node"].as_str().unwrap_or_default().into())
+                        .or_default() += 1;
                 }
             }
             ensure!(
@@ -201,9 +218,8 @@ fn a_service_spreads_and_placement_keeps_constraints_and_reservations() {
             c.berth(&["import", tar.to_str().unwrap_or_default(), "busybox"])
                 .ok()?;
             c.wait_until(Duration::from_secs(30), "late to run on node4", |c| {
-                inspect(c, "late").is_ok_and(|v| {
-                    v["Node"] == "node4" && v["State"]["Status"] == "running"
-                })
+                inspect(c, "late")
+                    .is_ok_and(|v| v["Node"] == "node4" && v["State"]["Status"] == "running")
             })?;
             Ok(())
         },
@@ -218,7 +234,14 @@ fn a_killed_agents_replicas_move_and_never_run_twice() {
         let sampler = Sampler::start(&["sleep", "31337"], Duration::from_millis(10));
         let r = c.berth_within(
             &[
-                "service", "create", "--name", "web", "--replicas", "6", "busybox", "sleep",
+                "service",
+                "create",
+                "--name",
+                "web",
+                "--replicas",
+                "6",
+                "busybox",
+                "sleep",
                 "31337",
             ],
             Duration::from_secs(60),
@@ -240,9 +263,8 @@ fn a_killed_agents_replicas_move_and_never_run_twice() {
             "node2 down and its replicas running elsewhere",
             |c| {
                 c.node_status("node2").as_deref() == Some("down")
-                    && task_nodes(c, "web").is_ok_and(|t| {
-                        t.len() == 6 && t.iter().all(|(_, n)| n != "node2")
-                    })
+                    && task_nodes(c, "web")
+                        .is_ok_and(|t| t.len() == 6 && t.iter().all(|(_, n)| n != "node2"))
             },
         )?;
         let moved_in = killed.elapsed();
@@ -268,16 +290,21 @@ fn a_killed_agents_replicas_move_and_never_run_twice() {
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect();
             let after = task_nodes(c, "web")?;
-            Ok(on_node2.iter().all(|t| !after.iter().any(|(n, node)| n == t && node == "node2"))
+            Ok(on_node2
+                .iter()
+                .all(|t| !after.iter().any(|(n, node)| n == t && node == "node2"))
                 && ids.is_empty())
         };
-        c.wait_until(Duration::from_secs(10), "node2 to delete its stale copies", |c| {
-            stale_gone(c).unwrap_or(false)
-        })?;
+        c.wait_until(
+            Duration::from_secs(10),
+            "node2 to delete its stale copies",
+            |c| stale_gone(c).unwrap_or(false),
+        )?;
         ensure!(task_nodes(&c, "web")?.len() == 6);
         let max = sampler.max();
         let history = sampler.history();
         drop(sampler);
+        println!("replicas moved in {moved_in:?}; sleep processes over time: {history:?}");
         if max > 6 {
             bail!("{max} copies ran at once; history (time, count): {history:?}");
         }
@@ -294,8 +321,10 @@ fn rm_is_carried_out_by_the_cluster() {
             r.code == 0 && !r.stdout.contains(name)
         };
         // run -d --rm: nobody waits, and the cluster removes it once it ends.
-        c.berth(&["run", "-d", "--rm", "--name", "brief", "busybox", "sleep", "1"])
-            .ok()?;
+        c.berth(&[
+            "run", "-d", "--rm", "--name", "brief", "busybox", "sleep", "1",
+        ])
+        .ok()?;
         ensure!(!gone(&c, "brief"), "removed before it ended");
         c.wait_until(Duration::from_secs(20), "brief to be removed", |c| {
             gone(c, "brief")
@@ -330,9 +359,19 @@ fn drain_moves_replicas_and_a_rolling_update_rolls_back_on_failure() {
             let c = Cluster::start_nodes(&[], &[("node1", &[]), ("node2", &[])])?;
             let r = c.berth_within(
                 &[
-                    "service", "create", "--name", "web", "--replicas", "4",
-                    "--update-parallelism", "2", "--update-failure-action", "rollback",
-                    "busybox", "sleep", "600",
+                    "service",
+                    "create",
+                    "--name",
+                    "web",
+                    "--replicas",
+                    "4",
+                    "--update-parallelism",
+                    "2",
+                    "--update-failure-action",
+                    "rollback",
+                    "busybox",
+                    "sleep",
+                    "600",
                 ],
                 Duration::from_secs(60),
             );

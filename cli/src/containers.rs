@@ -128,7 +128,11 @@ fn spec_from(args: &RunArgs) -> ContainerSpec {
         reserve_memory_bytes: args.placement.reserve_memory.unwrap_or(0),
         reserve_nano_cpus: args.placement.reserve_cpus.unwrap_or(0),
         reschedule: args.reschedule,
-        placement_strategy: args.placement.placement_strategy.clone().unwrap_or_default(),
+        placement_strategy: args
+            .placement
+            .placement_strategy
+            .clone()
+            .unwrap_or_default(),
     }
 }
 
@@ -148,6 +152,7 @@ pub async fn run(client: &mut ClusterClient<Channel>, args: RunArgs) -> Result<i
             name: args.name.clone().unwrap_or_default(),
             spec: Some(spec_from(&args)),
             start: true,
+            attached: !args.detach,
         })
         .await
         .map_err(CliError::run)?
@@ -518,6 +523,7 @@ pub async fn create(client: &mut ClusterClient<Channel>, args: RunArgs) -> Resul
             name: args.name.clone().unwrap_or_default(),
             spec: Some(spec_from(&args)),
             start: false,
+            attached: false,
         })
         .await
         .map_err(CliError::run)?
@@ -850,6 +856,7 @@ async fn create_quiet(
             name: args.name.clone().unwrap_or_default(),
             spec: Some(spec_from(&args)),
             start: false,
+            attached: true,
         })
         .await
         .map_err(CliError::run)?

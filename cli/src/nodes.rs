@@ -57,7 +57,10 @@ pub async fn ls(client: &mut ClusterClient<Channel>) -> Result<i32, CliError> {
 }
 
 /// `berth node inspect NODE...`.
-pub async fn inspect(client: &mut ClusterClient<Channel>, names: &[String]) -> Result<i32, CliError> {
+pub async fn inspect(
+    client: &mut ClusterClient<Channel>,
+    names: &[String],
+) -> Result<i32, CliError> {
     let nodes = client
         .list_nodes(ListNodesRequest {})
         .await
@@ -116,7 +119,11 @@ pub async fn update(
 }
 
 /// `berth node rm [-f] NODE...`.
-pub async fn rm(client: &mut ClusterClient<Channel>, names: &[String], force: bool) -> Result<i32, CliError> {
+pub async fn rm(
+    client: &mut ClusterClient<Channel>,
+    names: &[String],
+    force: bool,
+) -> Result<i32, CliError> {
     for n in names {
         client
             .remove_node(berth_proto::cluster::RemoveNodeRequest {

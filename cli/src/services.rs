@@ -424,9 +424,7 @@ async fn scale(
         let (name, n) = s
             .split_once('=')
             .and_then(|(n, r)| r.parse::<u64>().ok().map(|r| (n.to_string(), r)))
-            .ok_or_else(|| {
-                CliError::Usage(format!("invalid scale {s:?}: use SERVICE=REPLICAS"))
-            })?;
+            .ok_or_else(|| CliError::Usage(format!("invalid scale {s:?}: use SERVICE=REPLICAS")))?;
         parsed.push((name, n));
     }
     for (name, n) in parsed {

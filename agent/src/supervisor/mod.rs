@@ -140,6 +140,8 @@ pub struct Supervisor {
     generations: fencing::Generations,
     /// The lease the shims of movable containers watch.
     pub lease: crate::runtime::lease::Lease,
+    /// Removals under way, one lock per container.
+    removals: std::sync::Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>,
 }
 
 fn now_ms() -> i64 {
@@ -184,6 +186,7 @@ impl Supervisor {
             live: Mutex::new(HashSet::new()),
             generations: fencing::Generations::default(),
             lease,
+            removals: Default::default(),
         };
         me.generations =
             fencing::Generations::new(me.local_metas().into_iter().map(|m| (m.id, m.generation)));
@@ -1147,6 +1150,23 @@ impl Supervisor {
         let Some(dir) = self.bundle_dir(id) else {
             return Ok(());
         };
+        // One removal of a container at a time: a second one (the cluster's
+        // --rm beside the client's) waits for the first, then finds nothing.
+        let lock = {
+            let mut locks = self.removals.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(id.to_string()).or_default().clone()
+        };
+        let _removing = lock.lock().await;
+        let result = self.remove_locked(id, &dir).await;
+        self.removals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        result
+    }
+
+    async fn remove_locked(&self, id: &str, dir: &Path) -> Result<(), String> {
+        let dir = dir.to_path_buf();
         if !dir.exists() {
             return Ok(());
         }

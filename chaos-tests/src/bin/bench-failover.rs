@@ -26,6 +26,7 @@ async fn write(c: &mut ClusterClient<Channel>, name: &str) -> bool {
             ..Default::default()
         }),
         start: false,
+        attached: false,
     })
     .await
     .is_ok()

@@ -253,7 +253,7 @@ pub async fn attach(
     if start.start && !app.nodes.send(&c.node, assignment::run_attached(&c)).await {
         return Err(node_unreachable(&c));
     }
-    relay_input(app, &c.node, stream_id, inbound);
+    relay_input(app, &c.node, &c.id, stream_id, inbound);
     Ok(rx)
 }
 
@@ -293,6 +293,7 @@ async fn open_stream(
 fn relay_input(
     app: &App,
     node: &str,
+    container: &str,
     stream_id: u64,
     mut inbound: tonic::Streaming<berth_proto::cluster::AttachInput>,
 ) {
@@ -300,7 +301,10 @@ fn relay_input(
     use berth_proto::cluster::attach_input::Msg;
     let nodes = app.nodes.clone();
     let node = node.to_string();
+    // While a client is attached, the cluster's --rm waits.
+    let hold = app.scheduler.hold(container);
     tokio::spawn(async move {
+        let _hold = hold;
         let send = |d: AttachData| {
             let nodes = nodes.clone();
             let node = node.clone();
@@ -382,6 +386,6 @@ pub async fn exec(
     };
     let size = start.size.unwrap_or_default();
     let (stream_id, rx) = open_stream(app, &c, size, Some(exec)).await?;
-    relay_input(app, &c.node, stream_id, inbound);
+    relay_input(app, &c.node, &c.id, stream_id, inbound);
     Ok(rx)
 }

@@ -42,9 +42,9 @@ impl ClusterService {
     }
 }
 
-/// The exit code of a container's last `die` event, if the events still
-/// hold it.
-fn last_exit(app: &App, id: &str) -> Option<i32> {
+/// The exit code and error of a container's last `die` event, if the
+/// events still hold it.
+fn last_exit(app: &App, id: &str) -> Option<(i32, String)> {
     let mut from = 0;
     let mut found = None;
     loop {
@@ -55,7 +55,11 @@ fn last_exit(app: &App, id: &str) -> Option<i32> {
         from = last.seq + 1;
         for e in &batch {
             if e.actor == id && e.action == "die" {
-                found = e.attributes.get("exitCode").and_then(|c| c.parse().ok());
+                found = e
+                    .attributes
+                    .get("exitCode")
+                    .and_then(|c| c.parse().ok())
+                    .map(|code| (code, e.attributes.get("error").cloned().unwrap_or_default()));
             }
         }
     }
@@ -176,7 +180,13 @@ impl Cluster for ClusterService {
                 }))
                 .await
             {
-                Ok(r) => break r.container.unwrap_or_default(),
+                Ok(r) => {
+                    let c = r.container.unwrap_or_default();
+                    if req.attached {
+                        self.app.scheduler.hold_for_client(&c.id);
+                    }
+                    break c;
+                }
                 Err(AppError::Refused(why))
                     if generated
                         && names::is_name_conflict(&why)
@@ -523,10 +533,10 @@ impl Cluster for ClusterService {
                 // Removed (its --rm) before this wait began: its end is
                 // in the events.
                 return match last_exit(&self.app, &c.id) {
-                    Some(exit_code) => Ok(Response::new(cluster::WaitResponse {
+                    Some((exit_code, error)) => Ok(Response::new(cluster::WaitResponse {
                         exit_code,
                         state: "removed".into(),
-                        error: String::new(),
+                        error,
                     })),
                     None => Err(Status::not_found(format!("No such container: {}", c.id))),
                 };
@@ -911,7 +921,9 @@ impl Cluster for ClusterService {
             }))
             .await
             .map_err(to_status)?;
-        Ok(Response::new(cluster::RemoveNodeResponse { node: node.name }))
+        Ok(Response::new(cluster::RemoveNodeResponse {
+            node: node.name,
+        }))
     }
 
     async fn create_service(

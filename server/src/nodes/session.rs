@@ -6,8 +6,7 @@ use std::pin::Pin;
 
 use berth_proto::agent::{
     agent_message, agent_session_server::AgentSession, server_message, AgentMessage, HeartbeatAck,
-    LocalContainer, LogAck,
-    Register, Registered, ServerMessage,
+    LocalContainer, LogAck, Register, Registered, ServerMessage,
 };
 use berth_proto::records::{self, command::Op, NodeStatus, SCHEMA_VERSION};
 use futures::{Stream, StreamExt};
@@ -257,7 +256,9 @@ async fn serve(
                 // Never waits: a full stream drops the ack, and the next
                 // heartbeat's ack renews the lease.
                 let _ = tx.try_send(ServerMessage {
-                    msg: Some(server_message::Msg::HeartbeatAck(HeartbeatAck { seq: hb.seq })),
+                    msg: Some(server_message::Msg::HeartbeatAck(HeartbeatAck {
+                        seq: hb.seq,
+                    })),
                 });
             }
             agent_message::Msg::AssignAck(a) => {

@@ -37,7 +37,9 @@ impl Constraint {
         };
         let (lhs, rhs) = (lhs.trim(), rhs.trim());
         if rhs.is_empty() {
-            return Err(format!("invalid constraint {s:?}: no value after the operator"));
+            return Err(format!(
+                "invalid constraint {s:?}: no value after the operator"
+            ));
         }
         if let Some(key) = lhs.strip_prefix("node.labels.") {
             if key.is_empty() {
@@ -268,10 +270,7 @@ pub fn explain(demand: &Demand, refusals: &[(String, Refusal)]) -> String {
                 "no node has {} of free memory",
                 human_bytes(demand.memory_bytes)
             ),
-            Refusal::Cpu => format!(
-                "no node has {} free CPUs",
-                demand.nano_cpus as f64 / 1e9
-            ),
+            Refusal::Cpu => format!("no node has {} free CPUs", demand.nano_cpus as f64 / 1e9),
             Refusal::NoImage => format!(
                 "no node holds the image {} (use `berth import` or `berth load`)",
                 demand.image
@@ -340,7 +339,12 @@ mod tests {
         assert!(c("node.hostname==n1"));
         assert!(c("node.hostname!=n2"));
         assert!(!c("node.hostname!=n1"));
-        for bad in ["zone=a", "node.labels.==a", "node.cpu==2", "node.labels.a=="] {
+        for bad in [
+            "zone=a",
+            "node.labels.==a",
+            "node.cpu==2",
+            "node.labels.a==",
+        ] {
             assert!(Constraint::parse(bad).is_err(), "{bad}");
         }
     }
@@ -383,7 +387,11 @@ mod tests {
         let mut v = view(node("a", 1));
         v.add(&spec, "");
         let d = Demand::of(&spec, "").unwrap();
-        assert_eq!(check(&v, &d), Err(Refusal::Memory), "1 GiB holds one 600 MiB");
+        assert_eq!(
+            check(&v, &d),
+            Err(Refusal::Memory),
+            "1 GiB holds one 600 MiB"
+        );
         // A reservation below the limit is what counts.
         let small = ContainerSpec {
             reserve_memory_bytes: 100 << 20,
@@ -406,7 +414,10 @@ mod tests {
         assert_eq!(one, "no node has 100000 GiB of free memory");
         let mixed = explain(
             &d,
-            &[("a".into(), Refusal::Memory), ("b".into(), Refusal::NotReady)],
+            &[
+                ("a".into(), Refusal::Memory),
+                ("b".into(), Refusal::NotReady),
+            ],
         );
         assert!(mixed.contains("1 node not ready"), "{mixed}");
         assert!(mixed.contains("1 node without 100000 GiB"), "{mixed}");

@@ -62,7 +62,13 @@ pub struct Scheduler {
     sent: Mutex<HashMap<String, Sent>>,
     busy: Mutex<HashSet<String>>,
     holds: Mutex<HashMap<String, usize>>,
+    /// Holds taken at creation for a client that will follow the
+    /// container: until it opens its own hold, or the deadline.
+    handoffs: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a hold taken at creation waits for its client's streams.
+pub const HANDOFF: Duration = Duration::from_secs(30);
 
 /// An assignment sent to a node.
 #[derive(Debug, Clone)]
@@ -102,9 +108,23 @@ impl Scheduler {
         self.wake.notify_one();
     }
 
+    /// Keeps the cluster from removing a new container (its --rm) until
+    /// the client that created it takes a [`Scheduler::hold`] of its own,
+    /// or [`HANDOFF`] passes (a client lost in between).
+    pub fn hold_for_client(&self, id: &str) {
+        self.handoffs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), Instant::now() + HANDOFF);
+    }
+
     /// Keeps the cluster from removing a container (its --rm) while a
     /// client reads its output or waits for its end; the guard lets go.
     pub fn hold(self: &std::sync::Arc<Self>, id: &str) -> Hold {
+        self.handoffs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         *self
             .holds
             .lock()
@@ -118,16 +138,35 @@ impl Scheduler {
     }
 
     fn held(&self, id: &str) -> bool {
-        self.holds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .is_some_and(|n| *n > 0)
+        let handoff = {
+            let mut h = self.handoffs.lock().unwrap_or_else(|p| p.into_inner());
+            match h.get(id) {
+                Some(deadline) if *deadline > Instant::now() => true,
+                Some(_) => {
+                    h.remove(id);
+                    false
+                }
+                None => false,
+            }
+        };
+        handoff
+            || self
+                .holds
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(id)
+                .is_some_and(|n| *n > 0)
     }
 
     /// True if the assignment must go (again): never sent at this
     /// generation, or not acknowledged in time.
-    fn should_send(&self, node: &str, id: &str, generation: u64, action: planner::Delivery) -> bool {
+    fn should_send(
+        &self,
+        node: &str,
+        id: &str,
+        generation: u64,
+        action: planner::Delivery,
+    ) -> bool {
         let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
         match sent.get(id) {
             Some(s) if s.node == node && s.generation == generation && s.action == action => {

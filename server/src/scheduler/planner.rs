@@ -120,9 +120,8 @@ pub fn plan(s: &Snapshot, cfg: &PlanConfig) -> Vec<Step> {
             && services
                 .get(c.service.as_str())
                 .is_none_or(|svc| c.slot as u64 > svc.replicas);
-        let auto_removed = c.service.is_empty()
-            && c.spec.as_ref().is_some_and(|s| s.auto_remove)
-            && finished;
+        let auto_removed =
+            c.service.is_empty() && c.spec.as_ref().is_some_and(|s| s.auto_remove) && finished;
         if c.desired() == DesiredState::DesiredRemoved || orphan || auto_removed {
             steps.push(Step::Remove(Box::new(c.clone())));
             continue;
@@ -198,12 +197,14 @@ pub fn plan(s: &Snapshot, cfg: &PlanConfig) -> Vec<Step> {
                     action: Delivery::Create,
                 })
             }
-            (ContainerState::Running | ContainerState::Paused, false, DesiredState::DesiredStopped) => {
-                steps.push(Step::Deliver {
-                    container: Box::new(c.clone()),
-                    action: Delivery::Stop,
-                })
-            }
+            (
+                ContainerState::Running | ContainerState::Paused,
+                false,
+                DesiredState::DesiredStopped,
+            ) => steps.push(Step::Deliver {
+                container: Box::new(c.clone()),
+                action: Delivery::Stop,
+            }),
             _ => {}
         }
     }
@@ -306,9 +307,9 @@ fn update_steps(svc: &Service, tasks: &[&Container], now_ms: i64) -> Vec<Step> {
         return steps;
     }
     // A task of the new version that failed since the update began.
-    let failed = current.iter().find(|c| {
-        Status(c.state()).is_finished() && (c.exit_code != 0 || !c.error.is_empty())
-    });
+    let failed = current
+        .iter()
+        .find(|c| Status(c.state()).is_finished() && (c.exit_code != 0 || !c.error.is_empty()));
     if let Some(f) = failed {
         if svc.update_state == "updating" {
             let cfg = svc.update.clone().unwrap_or_default();
@@ -338,10 +339,7 @@ fn update_steps(svc: &Service, tasks: &[&Container], now_ms: i64) -> Vec<Step> {
     }
     if outdated.is_empty() {
         // Every task runs the new version: the update is done once they run.
-        if current
-            .iter()
-            .all(|c| c.state() == ContainerState::Running)
-        {
+        if current.iter().all(|c| c.state() == ContainerState::Running) {
             steps.push(Step::UpdateState {
                 service: svc.name.clone(),
                 version: svc.version,
@@ -367,11 +365,7 @@ fn update_steps(svc: &Service, tasks: &[&Container], now_ms: i64) -> Vec<Step> {
         return steps;
     }
     // The delay counts from when the last replaced task started.
-    let last_started = current
-        .iter()
-        .map(|c| c.started_at_ms)
-        .max()
-        .unwrap_or(0);
+    let last_started = current.iter().map(|c| c.started_at_ms).max().unwrap_or(0);
     if last_started > 0 && now_ms - last_started < cfg.delay_ms as i64 {
         return steps;
     }
@@ -490,10 +484,16 @@ mod tests {
         };
         settle(&mut s);
         assert_eq!(s.containers.len(), 6);
-        assert_eq!(per_node(&s).values().copied().collect::<Vec<_>>(), [2, 2, 2]);
+        assert_eq!(
+            per_node(&s).values().copied().collect::<Vec<_>>(),
+            [2, 2, 2]
+        );
         let mut names: Vec<&str> = s.containers.iter().map(|c| c.name.as_str()).collect();
         names.sort();
-        assert_eq!(names, ["web.1", "web.2", "web.3", "web.4", "web.5", "web.6"]);
+        assert_eq!(
+            names,
+            ["web.1", "web.2", "web.3", "web.4", "web.5", "web.6"]
+        );
     }
 
     #[test]
@@ -525,7 +525,10 @@ mod tests {
             Step::Unplaceable(v) => Some(v[0].1.clone()),
             _ => None,
         });
-        assert_eq!(reason.as_deref(), Some("no node has 1.5 GiB of free memory"));
+        assert_eq!(
+            reason.as_deref(),
+            Some("no node has 1.5 GiB of free memory")
+        );
     }
 
     #[test]
@@ -551,14 +554,20 @@ mod tests {
         let moved: Vec<String> = plan(&s, &CFG)
             .into_iter()
             .filter_map(|st| match st {
-                Step::Unplace { container, evict, .. } => {
+                Step::Unplace {
+                    container, evict, ..
+                } => {
                     assert!(!evict, "a lost node is not asked");
                     Some(container.name)
                 }
                 _ => None,
             })
             .collect();
-        assert_eq!(moved.len(), 1, "only the service task on a moves: {moved:?}");
+        assert_eq!(
+            moved.len(),
+            1,
+            "only the service task on a moves: {moved:?}"
+        );
         assert!(moved[0].starts_with("web."));
     }
 
@@ -621,11 +630,17 @@ mod tests {
         t.exit_code = 0;
         t.finished_at_ms = 1000;
         s.now_ms = 1200;
-        assert!(!plan(&s, &CFG).iter().any(|st| matches!(st, Step::Unplace { .. })));
+        assert!(!plan(&s, &CFG)
+            .iter()
+            .any(|st| matches!(st, Step::Unplace { .. })));
         s.now_ms = 1500;
-        assert!(plan(&s, &CFG).iter().any(|st| matches!(st, Step::Unplace { .. })));
+        assert!(plan(&s, &CFG)
+            .iter()
+            .any(|st| matches!(st, Step::Unplace { .. })));
         s.services[0].restart_condition = "on-failure".into();
-        assert!(!plan(&s, &CFG).iter().any(|st| matches!(st, Step::Unplace { .. })));
+        assert!(!plan(&s, &CFG)
+            .iter()
+            .any(|st| matches!(st, Step::Unplace { .. })));
         // A plain container with --rm is removed once it ends.
         let mut rm = new_task(&service("x", 1), 1, 0);
         rm.service.clear();

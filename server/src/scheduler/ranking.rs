@@ -3,7 +3,6 @@
 //! service, then the fewest containers, then the most free memory;
 //! binpack prefers the node with the least room left that still fits.
 
-
 use super::feasibility::{Demand, NodeView};
 
 /// A key that sorts the best node first.

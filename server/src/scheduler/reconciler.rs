@@ -100,7 +100,10 @@ pub async fn pass(app: &App) -> Result<(), AppError> {
             })),
             Step::Unplaceable(list) => {
                 let (ids, reasons) = list.into_iter().unzip();
-                writes.push(Op::PendingReason(records::SetPendingReason { ids, reasons }));
+                writes.push(Op::PendingReason(records::SetPendingReason {
+                    ids,
+                    reasons,
+                }));
             }
             Step::Unplace {
                 container,
@@ -116,7 +119,9 @@ pub async fn pass(app: &App) -> Result<(), AppError> {
                 state,
                 message,
                 rollback,
-            } => writes.push(update_state(app, &service, version, state, message, rollback)?),
+            } => writes.push(update_state(
+                app, &service, version, state, message, rollback,
+            )?),
         }
     }
     for r in join_all(writes.into_iter().map(|op| app.write(op))).await {
@@ -174,7 +179,11 @@ fn unplace(
                 Some((mut s, v)) => {
                     // A task keeps its host name across versions.
                     if s.hostname.is_empty() {
-                        s.hostname = c.spec.as_ref().map(|o| o.hostname.clone()).unwrap_or_default();
+                        s.hostname = c
+                            .spec
+                            .as_ref()
+                            .map(|o| o.hostname.clone())
+                            .unwrap_or_default();
                     }
                     (Some(s), v)
                 }

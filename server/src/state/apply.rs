@@ -149,6 +149,9 @@ fn apply_op(
                     let mut attrs = vec![("name", ct.name.clone()), ("node", ct.node.clone())];
                     if action == "die" {
                         attrs.push(("exitCode", ct.exit_code.to_string()));
+                        if !ct.error.is_empty() {
+                            attrs.push(("error", ct.error.clone()));
+                        }
                     }
                     events.push(event("container", action, &ct.id, t.at_ms, &attrs));
                 }
