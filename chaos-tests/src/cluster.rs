@@ -47,6 +47,9 @@ pub struct Cluster {
     server_flags: Vec<String>,
     /// Further agents (node2, node3, ...): name, flags, process.
     agents: Vec<(String, Vec<String>, Option<Child>)>,
+    /// Test hosts, when the cluster runs on them: the server on host
+    /// "srv", each named agent on a host of its name, the CLI on "cli".
+    net: Option<crate::net::TestNet>,
 }
 
 /// The directory holding the workspace's binaries: the test binary lives in
@@ -106,7 +109,62 @@ impl Cluster {
             extra: Vec::new(),
             server_flags: Vec::new(),
             agents: Vec::new(),
+            net: None,
         })
+    }
+
+    /// As [`Cluster::start_nodes`], with every process on a test host of
+    /// its own (a network namespace on a shared bridge, net.rs): the
+    /// server on "srv", each agent on a host named as its node, the CLI on
+    /// "cli". [`Cluster::cut`] and [`Cluster::heal`] cut links.
+    pub fn start_on_test_hosts(
+        server_flags: &[&str],
+        nodes: &[(&str, &[&str])],
+    ) -> anyhow::Result<Self> {
+        let mut net = crate::net::TestNet::new()?;
+        let srv = net.add_host("srv", 1)?;
+        net.add_host("cli", 2)?;
+        for (i, (name, _)) in nodes.iter().enumerate() {
+            net.add_host(name, 10 + i as u8)?;
+        }
+        let mut c = Self::unstarted(&format!("{srv}:7420"))?;
+        c.net = Some(net);
+        c.server_flags = server_flags.iter().map(|f| f.to_string()).collect();
+        c.start_server(true)?;
+        for (name, flags) in nodes {
+            c.add_agent(name, flags)?;
+        }
+        let names: Vec<String> = nodes.iter().map(|(n, _)| n.to_string()).collect();
+        c.wait_until(Duration::from_secs(30), "every node to be ready", |c| {
+            names.iter().all(|n| c.node_ready(n))
+        })?;
+        c.import_busybox()?;
+        Ok(c)
+    }
+
+    /// Cuts test host `host` off from every other (both ways).
+    pub fn cut(&self, host: &str) -> anyhow::Result<()> {
+        self.net
+            .as_ref()
+            .context("the cluster is not on test hosts")?
+            .cut(host)
+    }
+
+    /// Joins a cut test host again.
+    pub fn heal_host(&self, host: &str) -> anyhow::Result<()> {
+        self.net
+            .as_ref()
+            .context("the cluster is not on test hosts")?
+            .heal(host)
+    }
+
+    /// A command for the CLI: on the "cli" test host when there are hosts.
+    fn cli_command(&self) -> Command {
+        let bin = self.bin.join("berth");
+        match &self.net {
+            Some(_) => crate::net::TestNet::command("cli", &bin),
+            None => Command::new(bin),
+        }
     }
 
     /// Starts one server (with these flags) and agents named `nodes` (the
@@ -156,7 +214,12 @@ impl Cluster {
         ];
         args.extend(self.agents[i].1.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let child = self.spawn("berth-agent", &args, &format!("agent-{name}.log"))?;
+        let child = self.spawn_on(
+            Some(name),
+            "berth-agent",
+            &args,
+            &format!("agent-{name}.log"),
+        )?;
         self.agents[i].2 = Some(child);
         Ok(())
     }
@@ -208,12 +271,26 @@ impl Cluster {
     }
 
     fn spawn(&self, name: &str, args: &[&str], log: &str) -> anyhow::Result<Child> {
+        self.spawn_on(None, name, args, log)
+    }
+
+    /// Starts a process, on test host `host` if there is one.
+    fn spawn_on(
+        &self,
+        host: Option<&str>,
+        name: &str,
+        args: &[&str],
+        log: &str,
+    ) -> anyhow::Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join(log))?;
-        Command::new(self.bin.join(name))
-            .args(args)
+        let mut cmd = match (host, &self.net) {
+            (Some(h), Some(_)) => crate::net::TestNet::command(h, &self.bin.join(name)),
+            _ => Command::new(self.bin.join(name)),
+        };
+        cmd.args(args)
             // The Raft fault layer (raft/faults.rs) answers to partition().
             .env("BERTH_FAULTS", "1")
             .stdin(Stdio::null())
@@ -237,7 +314,7 @@ impl Cluster {
             args.push("--bootstrap");
         }
         args.extend(self.server_flags.iter().map(String::as_str));
-        self.server = Some(self.spawn("berth-server", &args, "server.log")?);
+        self.server = Some(self.spawn_on(Some("srv"), "berth-server", &args, "server.log")?);
         Ok(())
     }
 
@@ -301,6 +378,33 @@ impl Cluster {
         c.wait_for_ready_node()?;
         c.import_busybox()?;
         Ok(c)
+    }
+
+    /// Starts `n` servers and agents named `nodes` (node1 first, with no
+    /// flags), waits until every node is ready, and imports busybox on all.
+    pub fn start_servers_with_nodes(n: usize, nodes: &[&str]) -> anyhow::Result<Self> {
+        let mut c = Self::start_servers(n)?;
+        for name in nodes.iter().filter(|n| **n != "node1") {
+            c.add_agent(name, &[])?;
+        }
+        let names: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+        c.wait_until(Duration::from_secs(30), "every node to be ready", |c| {
+            names.iter().all(|n| c.node_ready(n))
+        })?;
+        c.import_busybox()?;
+        Ok(c)
+    }
+
+    /// The id of the member that leads now, from `berth cluster status`.
+    pub fn leader(&self) -> Option<usize> {
+        let s = self.berth(&["cluster", "status"]).stdout;
+        s.lines()
+            .next()?
+            .strip_prefix("leader: ")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     }
 
     /// Every server address, comma-separated, as BERTH_HOST takes them.
@@ -430,7 +534,8 @@ impl Cluster {
 
     /// Runs the CLI, killing it after `limit` (then the code is -1).
     pub fn berth_within(&self, args: &[&str], limit: Duration) -> CommandResult {
-        let child = Command::new(self.bin.join("berth"))
+        let child = self
+            .cli_command()
             .args(args)
             .env("BERTH_HOST", self.all_addrs())
             .stdin(Stdio::null())
@@ -487,7 +592,8 @@ impl Cluster {
 
     /// Runs the berth CLI against this cluster.
     pub fn berth(&self, args: &[&str]) -> CommandResult {
-        let out = Command::new(self.bin.join("berth"))
+        let out = self
+            .cli_command()
             .args(args)
             .env("BERTH_HOST", self.all_addrs())
             .stdin(Stdio::null())
@@ -510,7 +616,8 @@ impl Cluster {
     pub fn berth_pty(&self, args: &[&str]) -> anyhow::Result<PtySession> {
         let pty = nix::pty::openpty(None, None)?;
         let slave = std::fs::File::from(pty.slave);
-        let child = Command::new(self.bin.join("berth"))
+        let child = self
+            .cli_command()
             .args(args)
             .env("BERTH_HOST", self.all_addrs())
             .stdin(Stdio::from(slave.try_clone()?))

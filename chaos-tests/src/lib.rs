@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod images;
+pub mod net;
 pub mod processes;
 pub mod sandbox;
 pub mod vm;

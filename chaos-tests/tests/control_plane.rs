@@ -593,6 +593,7 @@ fn any_server_answers_any_call() {
                         ..Default::default()
                     }),
                     start: true,
+                    attached: false,
                 })
                 .await?;
             let list = client

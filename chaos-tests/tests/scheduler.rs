@@ -432,3 +432,216 @@ fn drain_moves_replicas_and_a_rolling_update_rolls_back_on_failure() {
         },
     );
 }
+
+#[test]
+fn a_killed_leader_leaves_every_container_running_and_its_successor_places() {
+    sandbox::run(
+        "a_killed_leader_leaves_every_container_running_and_its_successor_places",
+        || {
+            let mut c = Cluster::start_servers_with_nodes(3, &["node1", "node2", "node3"])?;
+            let web = Sampler::start(&["sleep", "31337"], Duration::from_millis(10));
+            let late = Sampler::start(&["sleep", "31338"], Duration::from_millis(10));
+            let r = c.berth_within(
+                &[
+                    "service",
+                    "create",
+                    "--name",
+                    "web",
+                    "--replicas",
+                    "6",
+                    "busybox",
+                    "sleep",
+                    "31337",
+                ],
+                Duration::from_secs(60),
+            );
+            ensure!(r.code == 0, "service create: {r:?}");
+            let before = task_nodes(&c, "web")?;
+            ensure!(per_node(&before).len() == 3, "{before:?}");
+            let generations = |c: &Cluster| -> anyhow::Result<Vec<String>> {
+                (1..=6)
+                    .map(|i| Ok(inspect(c, &format!("web.{i}"))?["Generation"].to_string()))
+                    .collect()
+            };
+            let gen_before = generations(&c)?;
+            // A container no node fits yet, committed (Pending) before the kill.
+            let r = c
+                .berth(&[
+                    "run",
+                    "-d",
+                    "--name",
+                    "waiting",
+                    "--constraint",
+                    "node.labels.ready==yes",
+                    "busybox",
+                    "sleep",
+                    "31339",
+                ])
+                .ok()?;
+            ensure!(r.stderr.contains("pending"), "{r:?}");
+            let leader = c.leader().context("no leader")?;
+            // Acknowledged at its commit; the leader dies right after.
+            c.berth(&[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "late",
+                "--replicas",
+                "3",
+                "busybox",
+                "sleep",
+                "31338",
+            ])
+            .ok()?;
+            c.kill_member(leader)?;
+            let killed = Instant::now();
+            c.wait_until(Duration::from_secs(30), "late's 3 tasks to run", |c| {
+                task_nodes(c, "late").is_ok_and(|t| t.len() == 3)
+            })?;
+            // The new leader places what was waiting once it fits.
+            c.berth(&["node", "update", "--label-add", "ready=yes", "node3"])
+                .ok()?;
+            c.wait_until(Duration::from_secs(30), "waiting to run on node3", |c| {
+                inspect(c, "waiting")
+                    .is_ok_and(|v| v["Node"] == "node3" && v["State"]["Status"] == "running")
+            })?;
+            // Every agent reports to the new leader: all ready, every web
+            // task where it was, at the generation it had.
+            c.wait_until(Duration::from_secs(30), "every node ready", |c| {
+                ["node1", "node2", "node3"].iter().all(|n| c.node_ready(n))
+            })?;
+            let after = task_nodes(&c, "web")?;
+            let mut b = before.clone();
+            let mut a = after.clone();
+            b.sort();
+            a.sort();
+            ensure!(a == b, "web moved: before {b:?}, after {a:?}");
+            ensure!(
+                generations(&c)? == gen_before,
+                "a web task was placed again"
+            );
+            let new_leader = c.leader().context("no new leader")?;
+            ensure!(new_leader != leader);
+            // The real processes: 6 web copies throughout, never more; 3 of late.
+            let history = web.history();
+            // Once all six ran, six ran at every sample: none stopped.
+            let first_six = history.iter().position(|(_, n)| *n == 6);
+            ensure!(
+                first_six.is_some_and(|i| history[i..].iter().all(|(_, n)| *n == 6)),
+                "web copies over time: {history:?}"
+            );
+            ensure!(
+                late.max() == 3,
+                "late copies over time: {:?}",
+                late.history()
+            );
+            ensure!(processes::count(&["sleep", "31339"]) == 1);
+            println!(
+                "leader {leader} killed; late placed and running {:?} later; web copies: {history:?}",
+                killed.elapsed()
+            );
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn a_cut_off_agent_stops_its_movable_containers_before_they_are_replaced() {
+    sandbox::run(
+        "a_cut_off_agent_stops_its_movable_containers_before_they_are_replaced",
+        || {
+            let c = Cluster::start_on_test_hosts(
+                &[],
+                &[("node1", &[]), ("node2", &[]), ("node3", &[])],
+            )?;
+            let tasks = Sampler::start(&["sleep", "31337"], Duration::from_millis(5));
+            let r = c.berth_within(
+                &[
+                    "service",
+                    "create",
+                    "--name",
+                    "web",
+                    "--replicas",
+                    "6",
+                    "busybox",
+                    "sleep",
+                    "31337",
+                ],
+                Duration::from_secs(60),
+            );
+            ensure!(r.code == 0, "service create: {r:?}\n{}", c.logs());
+            // A plain container on node2: not movable, it keeps running.
+            c.berth(&[
+                "run",
+                "-d",
+                "--name",
+                "plain",
+                "--constraint",
+                "node.hostname==node2",
+                "busybox",
+                "sleep",
+                "31340",
+            ])
+            .ok()?;
+            let on_node2: Vec<String> = task_nodes(&c, "web")?
+                .into_iter()
+                .filter(|(_, n)| n == "node2")
+                .map(|(t, _)| t)
+                .collect();
+            ensure!(on_node2.len() == 2, "{on_node2:?}");
+
+            let cut_at = Instant::now();
+            c.cut("node2")?;
+            c.wait_until(
+                Duration::from_secs(15),
+                "node2's replicas to run elsewhere",
+                |c| {
+                    task_nodes(c, "web")
+                        .is_ok_and(|t| t.len() == 6 && t.iter().all(|(_, n)| n != "node2"))
+                },
+            )?;
+            let moved_in = cut_at.elapsed();
+            // The cut-off agent lives on; its plain container runs on.
+            ensure!(
+                processes::count(&["sleep", "31340"]) == 1,
+                "the plain container stopped"
+            );
+            c.heal_host("node2")?;
+            c.wait_until(Duration::from_secs(30), "node2 ready again", |c| {
+                c.node_ready("node2")
+            })?;
+            c.wait_until(
+                Duration::from_secs(15),
+                "node2 to delete its stale copies",
+                |c| {
+                    let dir = c.agent_dir("node2").join("containers");
+                    let plain = inspect(c, "plain")
+                        .map(|v| v["Id"].as_str().unwrap_or_default().to_string());
+                    std::fs::read_dir(&dir).is_ok_and(|d| {
+                        d.flatten().all(|e| {
+                            plain
+                                .as_ref()
+                                .is_ok_and(|p| e.file_name().to_string_lossy() == *p)
+                        })
+                    })
+                },
+            )?;
+            ensure!(inspect(&c, "plain")?["State"]["Status"] == "running");
+            ensure!(task_nodes(&c, "web")?.len() == 6);
+            let history = tasks.history();
+            drop(tasks);
+            // Never two copies of a task: never more than six in all. The
+            // two on node2 stopped (6 -> 4) before their replacements ran.
+            ensure!(
+                history.iter().all(|(_, n)| *n <= 6),
+                "more than 6 copies ran at once; history (time, count): {history:?}"
+            );
+            let full = history.iter().position(|(_, n)| *n == 6).unwrap_or(0);
+            let dip = history[full..].iter().map(|(_, n)| *n).min();
+            ensure!(dip == Some(4), "history: {history:?}");
+            println!("cut node2: replicas ran elsewhere {moved_in:?} later; copies over time: {history:?}");
+            Ok(())
+        },
+    );
+}
