@@ -68,6 +68,78 @@ impl HostFacts {
     }
 }
 
+/// A task that ends when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends a heartbeat every `every` on a connection of its own and renews
+/// the lease from the send time of each one the server answers; reports
+/// on `failed` why it stopped.
+async fn heartbeats(
+    endpoint: tonic::transport::Endpoint,
+    node: String,
+    session_id: u64,
+    every: Duration,
+    supervisor: Arc<Supervisor>,
+    failed: mpsc::Sender<String>,
+) {
+    let why = async {
+        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let mut client = AgentSessionClient::new(channel);
+        let (tx, rx) = mpsc::channel::<Heartbeat>(4);
+        let mut acks = client
+            .heartbeats(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When each unanswered heartbeat left (CLOCK_MONOTONIC ms).
+        let mut sent: std::collections::VecDeque<(u64, u64)> = Default::default();
+        let mut seq = 0u64;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    seq += 1;
+                    sent.push_back((seq, crate::runtime::lease::now_ms()));
+                    if sent.len() > 64 {
+                        sent.pop_front();
+                    }
+                    let beat = Heartbeat { seq, node: node.clone(), session_id };
+                    if tx.send(beat).await.is_err() {
+                        return Err::<(), String>("the heartbeat stream closed".into());
+                    }
+                }
+                ack = acks.message() => {
+                    let ack = match ack {
+                        Ok(Some(a)) => a,
+                        Ok(None) => return Err("the server ended the heartbeat stream".into()),
+                        Err(s) => return Err(s.message().to_string()),
+                    };
+                    while let Some(&(s, at)) = sent.front() {
+                        if s > ack.seq {
+                            break;
+                        }
+                        sent.pop_front();
+                        if s == ack.seq {
+                            supervisor.lease.renew_from(at);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    if let Err(why) = why {
+        let _ = failed.send(why).await;
+    }
+}
+
 /// Keeps a session with the cluster for as long as the agent runs.
 pub async fn run(
     cfg: SessionConfig,
@@ -170,10 +242,10 @@ async fn session(
             )));
         }
     };
-    let mut heartbeat = tokio::time::interval(cfg.heartbeat);
-    // When each unanswered heartbeat left (CLOCK_MONOTONIC ms), by seq.
-    let mut beats: std::collections::VecDeque<(u64, u64)> = Default::default();
-    let mut next_beat = 0u64;
+    // The heartbeats go on a connection of their own once registered; if
+    // they fail, the session is over.
+    let (beat_failed_tx, mut beat_failed) = mpsc::channel::<String>(1);
+    let mut beating: Option<AbortOnDrop> = None;
     // Open attachments: where each one's input goes.
     let mut attachments: HashMap<u64, mpsc::UnboundedSender<berth_proto::agent::AttachData>> =
         HashMap::new();
@@ -191,6 +263,14 @@ async fn session(
                     Some(server_message::Msg::Registered(r)) => {
                         tracing::info!(node = %r.node, server = %addr, stale = r.stale.len(), "registered");
                         supervisor.lease.renew_from(registered_at);
+                        beating = Some(AbortOnDrop(tokio::spawn(heartbeats(
+                            endpoint.clone(),
+                            cfg.node.clone(),
+                            r.session_id,
+                            cfg.heartbeat,
+                            supervisor.clone(),
+                            beat_failed_tx.clone(),
+                        ))));
                         // Stale copies go before anything else is resumed.
                         let sup = supervisor.clone();
                         tokio::spawn(async move {
@@ -198,17 +278,8 @@ async fn session(
                             sup.resume(r.log_next_seq).await;
                         });
                     }
-                    Some(server_message::Msg::HeartbeatAck(ack)) => {
-                        while let Some(&(seq, sent)) = beats.front() {
-                            if seq > ack.seq {
-                                break;
-                            }
-                            beats.pop_front();
-                            if seq == ack.seq {
-                                supervisor.lease.renew_from(sent);
-                            }
-                        }
-                    }
+                    // Answers to heartbeats come on their own stream.
+                    Some(server_message::Msg::HeartbeatAck(_)) => {}
                     Some(server_message::Msg::Assign(a)) => {
                         let ack = AgentMessage {
                             msg: Some(agent_message::Msg::AssignAck(berth_proto::agent::AssignAck {
@@ -257,16 +328,9 @@ async fn session(
                     return Ok("the outbound stream closed".into());
                 }
             }
-            _ = heartbeat.tick() => {
-                next_beat += 1;
-                beats.push_back((next_beat, crate::runtime::lease::now_ms()));
-                if beats.len() > 64 {
-                    beats.pop_front();
-                }
-                let beat = Heartbeat { seq: next_beat };
-                if tx.send(AgentMessage { msg: Some(agent_message::Msg::Heartbeat(beat)) }).await.is_err() {
-                    return Ok("the outbound stream closed".into());
-                }
+            Some(why) = beat_failed.recv() => {
+                drop(beating.take());
+                return Ok(format!("heartbeats failed: {why}"));
             }
         }
     }

@@ -329,18 +329,30 @@ fn rm_is_carried_out_by_the_cluster() {
         c.wait_until(Duration::from_secs(20), "brief to be removed", |c| {
             gone(c, "brief")
         })?;
-        // An interrupted `run --rm`: the client is killed while it waits.
+        // An interrupted `run --rm`: the client is killed while it prints
+        // the container's output (as Ctrl+C would end it).
+        let out = c.dir().join("cut.out");
         let mut child = std::process::Command::new(berth_chaos::cluster::bin_dir()?.join("berth"))
-            .args(["run", "--rm", "--name", "cut", "busybox", "sleep", "2"])
+            .args([
+                "run",
+                "--rm",
+                "--name",
+                "cut",
+                "busybox",
+                "sh",
+                "-c",
+                "echo started; sleep 2",
+            ])
             .env("BERTH_HOST", c.all_addrs())
-            .stdout(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out)?)
             .stderr(std::process::Stdio::null())
             .spawn()?;
-        c.wait_until(Duration::from_secs(20), "cut to run", |c| {
-            c.berth(&["ps"]).stdout.contains("cut")
+        c.wait_until(Duration::from_secs(20), "cut to print", |_| {
+            std::fs::read_to_string(&out).is_ok_and(|s| s.contains("started"))
         })?;
         child.kill()?;
         child.wait()?;
+        ensure!(!gone(&c, "cut"), "removed before it ended");
         c.wait_until(Duration::from_secs(20), "cut to be removed", |c| {
             gone(c, "cut")
         })?;

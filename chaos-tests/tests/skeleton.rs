@@ -249,14 +249,21 @@ fn a_dead_agent_is_marked_down_and_comes_back() {
                 .lines()
                 .any(|l| l.starts_with("node1") && l.contains("down"))
         })?;
-        let r = c.berth(&["run", "busybox", "true"]);
-        ensure!(r.code == 125, "{r:?}");
-        ensure!(
-            r.stderr.contains("no node of the cluster is ready"),
-            "{r:?}"
-        );
+        // With no node ready, a container is accepted and waits, Pending
+        // with the reason, until one is.
+        let r = c
+            .berth(&["run", "-d", "--name", "waiter", "busybox", "echo", "waited"])
+            .ok()?;
+        ensure!(r.stderr.contains("is pending: no node is ready"), "{r:?}");
+        let ps = c.berth(&["ps", "-a"]).ok()?;
+        ensure!(ps.stdout.contains("Pending: no node is ready"), "{ps:?}");
         c.start_agent()?;
         c.wait_for_ready_node()?;
+        c.wait_until(
+            Duration::from_secs(20),
+            "the waiting container to run",
+            |c| c.berth(&["logs", "waiter"]).stdout == "waited\n",
+        )?;
         // The restarted agent kept its images.
         let r = c.berth(&["run", "busybox", "echo", "back"]).ok()?;
         ensure!(r.stdout == "back\n", "{r:?}");

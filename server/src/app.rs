@@ -56,6 +56,9 @@ pub struct App {
 /// A write waiting for its turn in a Raft entry, and who waits for it.
 type PendingWrite = (Op, oneshot::Sender<Result<CommandResult, AppError>>);
 
+/// How long a call waits for an election to end when no leader is known.
+const ELECTION_WAIT: Duration = Duration::from_secs(3);
+
 /// The most commands one Raft entry carries.
 const BATCH_MAX: usize = 64;
 /// How many batched entries may be in flight at once. While they are,
@@ -86,6 +89,28 @@ impl App {
     /// Concurrent writes may share an entry; each still gets its own
     /// result, and applies as if alone, in the order they were queued.
     pub async fn write(&self, op: Op) -> Result<CommandResult, AppError> {
+        match self.write_once(op.clone()).await {
+            // An election is on: wait for its outcome, and if this server
+            // won it, write here (DESIGN.md: a leader change is latency).
+            Err(AppError::NotLeader(None)) if self.await_leader().await => {
+                self.write_once(op).await
+            }
+            r => r,
+        }
+    }
+
+    /// Waits (up to [`ELECTION_WAIT`]) until some member leads; true if
+    /// it is this one.
+    async fn await_leader(&self) -> bool {
+        let waited = self
+            .raft
+            .wait(Some(ELECTION_WAIT))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await;
+        waited.is_ok_and(|m| m.current_leader == Some(m.id))
+    }
+
+    async fn write_once(&self, op: Op) -> Result<CommandResult, AppError> {
         let (tx, rx) = oneshot::channel();
         self.writes
             .send((op, tx))
@@ -103,6 +128,15 @@ impl App {
     /// Waits until this server's state is current with the leader's commit
     /// (a read index), so that a read after it sees every acknowledged write.
     pub async fn linearize(&self) -> Result<(), AppError> {
+        match self.linearize_once().await {
+            Err(AppError::NotLeader(None)) if self.await_leader().await => {
+                self.linearize_once().await
+            }
+            r => r,
+        }
+    }
+
+    async fn linearize_once(&self) -> Result<(), AppError> {
         match self
             .raft
             .ensure_linearizable(openraft::ReadPolicy::ReadIndex)

@@ -52,6 +52,15 @@ impl<S> LeaderForward<S> {
             .map(|n| n.addr.clone())
     }
 
+    /// Waits, up to three seconds, until some member is known to lead.
+    async fn await_leader(app: App) {
+        let _ = app
+            .raft
+            .wait(Some(std::time::Duration::from_secs(3)))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await;
+    }
+
     fn channel(&self, addr: &str) -> Option<Channel> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(addr) {
@@ -90,19 +99,28 @@ where
     fn call(&mut self, mut req: http::Request<BoxBody>) -> Self::Future {
         let local = req.uri().path().ends_with("/GetClusterStatus")
             || req.headers().contains_key(FORWARDED);
-        let target = if local { None } else { self.leader_elsewhere() };
-        let Some(addr) = target else {
-            let fut = self.inner.call(req);
-            return Box::pin(fut);
-        };
-        let Some(mut channel) = self.channel(&addr) else {
-            let status = tonic::Status::unavailable(format!("cannot reach the leader at {addr}"));
-            return Box::pin(async move { Ok(status.into_http()) });
-        };
-        req.headers_mut()
-            .insert(FORWARDED, http::HeaderValue::from_static("1"));
-        // The request's URI names this server; the channel sends it on.
+        if local {
+            return Box::pin(self.inner.call(req));
+        }
+        let this = self.clone();
         Box::pin(async move {
+            // During an election no leader is known: wait for its outcome
+            // rather than fail the call (a leader change is latency only).
+            Self::await_leader(this.app.clone()).await;
+            let Some(addr) = this.leader_elsewhere() else {
+                let mut inner = this.inner.clone();
+                let _ = std::future::poll_fn(|cx| inner.poll_ready(cx)).await;
+                return inner.call(req).await;
+            };
+            let Some(mut channel) = this.channel(&addr) else {
+                return Ok(tonic::Status::unavailable(format!(
+                    "cannot reach the leader at {addr}"
+                ))
+                .into_http());
+            };
+            req.headers_mut()
+                .insert(FORWARDED, http::HeaderValue::from_static("1"));
+            // The request's URI names this server; the channel sends it on.
             std::future::poll_fn(|cx| channel.poll_ready(cx)).await.ok();
             match channel.call(req).await {
                 Ok(resp) => Ok(resp),

@@ -518,7 +518,23 @@ impl Cluster for ClusterService {
         &self,
         req: Request<cluster::ContainerRef>,
     ) -> Result<Response<cluster::WaitResponse>, Status> {
-        let c = self.find(&req.into_inner().name_or_id)?;
+        let name_or_id = req.into_inner().name_or_id;
+        let c = match self.find(&name_or_id) {
+            Ok(c) => c,
+            // Removed already (its --rm, once its output was read): its end
+            // is in the events, found by its full id.
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                return match last_exit(&self.app, &name_or_id) {
+                    Some((exit_code, error)) => Ok(Response::new(cluster::WaitResponse {
+                        exit_code,
+                        state: "removed".into(),
+                        error,
+                    })),
+                    None => Err(s),
+                };
+            }
+            Err(s) => return Err(s),
+        };
         // While a client waits, the cluster's --rm waits too.
         let _hold = self.app.scheduler.hold(&c.id);
         let mut changes = self.app.state.subscribe();

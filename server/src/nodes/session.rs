@@ -30,9 +30,45 @@ impl SessionService {
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
 
+type AckStream = Pin<Box<dyn Stream<Item = Result<HeartbeatAck, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl AgentSession for SessionService {
     type SessionStream = OutStream;
+    type HeartbeatsStream = AckStream;
+
+    /// Heartbeats of a session, answered one by one: the answer renews the
+    /// agent's lease. The stream ends when the session is no longer the
+    /// node's current one (it expired, or a newer one replaced it).
+    async fn heartbeats(
+        &self,
+        req: Request<Streaming<berth_proto::agent::Heartbeat>>,
+    ) -> Result<Response<AckStream>, Status> {
+        let mut inbound = req.into_inner();
+        let nodes = self.app.nodes.clone();
+        let (tx, rx) = mpsc::channel::<Result<HeartbeatAck, Status>>(16);
+        tokio::spawn(async move {
+            loop {
+                let hb = match inbound.message().await {
+                    Ok(Some(hb)) => hb,
+                    _ => return,
+                };
+                if !nodes.heartbeat(&hb.node, hb.session_id).await {
+                    let _ = tx
+                        .send(Err(Status::not_found(format!(
+                            "session {} of node {} is not current here",
+                            hb.session_id, hb.node
+                        ))))
+                        .await;
+                    return;
+                }
+                if tx.send(Ok(HeartbeatAck { seq: hb.seq })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 
     async fn session(
         &self,
@@ -101,6 +137,7 @@ impl AgentSession for SessionService {
                     node: node.clone(),
                     log_next_seq,
                     stale,
+                    session_id,
                 })),
             })
             .await;
