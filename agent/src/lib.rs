@@ -3,8 +3,10 @@
 //! (config.json) -> runtime (shim, namespaces); the supervisor drives it
 //! from the cluster's assignments and the session carries both ways.
 
+pub mod engine;
 pub mod image;
 pub mod runtime;
 pub mod session;
+pub mod simulate;
 pub mod snapshot;
 pub mod supervisor;

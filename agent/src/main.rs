@@ -39,6 +39,19 @@ struct Args {
     /// --reschedule-after-ms (2000 + 1000 by default).
     #[arg(long, default_value_t = 2000)]
     lease_ms: u64,
+    /// Run N simulated nodes instead of this host: light nodes named
+    /// NAME-1 ... NAME-N that register with --simulate-cpus and
+    /// --simulate-memory, hold the image busybox:latest, and report the
+    /// transitions of their assignments without running any process. For
+    /// scale tests and benchmarks of the control plane.
+    #[arg(long, value_name = "N")]
+    simulate: Option<u32>,
+    /// The CPUs each simulated node registers with.
+    #[arg(long, default_value_t = 8, requires = "simulate")]
+    simulate_cpus: u64,
+    /// The memory each simulated node registers with, in GiB.
+    #[arg(long, default_value_t = 32, requires = "simulate")]
+    simulate_memory_gib: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -102,13 +115,16 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let node = match args.name {
+    let node = match args.name.clone() {
         Some(n) => n,
         None => nix::unistd::gethostname()
             .context("reading the host name")?
             .to_string_lossy()
             .into_owned(),
     };
+    if let Some(n) = args.simulate {
+        return simulate(&args, &node, n);
+    }
     let shim_exe = std::env::current_exe().context("finding the berth-agent executable")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -132,9 +148,37 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             labels: args.labels.iter().cloned().collect(),
         };
         tokio::select! {
-            _ = session::run(cfg, HostFacts::probe(), supervisor, outbox_rx) => {}
+            _ = session::run(cfg, HostFacts::probe(), supervisor as Arc<dyn berth_agent::engine::Engine>, outbox_rx) => {}
             _ = shutdown_signal() => tracing::info!("shutting down; containers keep running"),
         }
+        Ok(())
+    })
+}
+
+/// Runs `n` simulated nodes, each with a session of its own, until stopped.
+fn simulate(args: &Args, name: &str, n: u32) -> anyhow::Result<()> {
+    use berth_agent::simulate::SimNode;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        tracing::info!(nodes = n, servers = ?args.server, "simulating nodes");
+        let facts = HostFacts {
+            kernel: "simulated".into(),
+            cgroup_version: "none".into(),
+            cpus: args.simulate_cpus,
+            memory_bytes: args.simulate_memory_gib << 30,
+        };
+        for i in 1..=n {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let node = Arc::new(SimNode::new(tx));
+            let cfg = SessionConfig {
+                servers: args.server.clone(),
+                node: format!("{name}-{i}"),
+                heartbeat: Duration::from_millis(args.heartbeat_ms),
+                labels: args.labels.iter().cloned().collect(),
+            };
+            tokio::spawn(session::run(cfg, facts.clone(), node, rx));
+        }
+        shutdown_signal().await;
         Ok(())
     })
 }

@@ -15,7 +15,7 @@ use berth_proto::agent::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::supervisor::Supervisor;
+use crate::engine::Engine;
 
 /// How the agent reaches the cluster.
 #[derive(Debug, Clone)]
@@ -85,7 +85,7 @@ async fn heartbeats(
     node: String,
     session_id: u64,
     every: Duration,
-    supervisor: Arc<Supervisor>,
+    supervisor: Arc<dyn Engine>,
     failed: mpsc::Sender<String>,
 ) {
     let why = async {
@@ -127,7 +127,7 @@ async fn heartbeats(
                         }
                         sent.pop_front();
                         if s == ack.seq {
-                            supervisor.lease.renew_from(at);
+                            supervisor.renew_lease(at);
                         }
                     }
                 }
@@ -144,7 +144,7 @@ async fn heartbeats(
 pub async fn run(
     cfg: SessionConfig,
     facts: HostFacts,
-    supervisor: Arc<Supervisor>,
+    supervisor: Arc<dyn Engine>,
     mut outbox: mpsc::UnboundedReceiver<AgentMessage>,
 ) {
     // Right after a session ends (a leader died, an election is on) the
@@ -194,7 +194,7 @@ async fn session(
     cfg: &SessionConfig,
     facts: &HostFacts,
     addr: &str,
-    supervisor: &Arc<Supervisor>,
+    supervisor: &Arc<dyn Engine>,
     outbox: &mut mpsc::UnboundedReceiver<AgentMessage>,
 ) -> Result<String, SessionEnd> {
     let endpoint = tonic::transport::Channel::from_shared(format!("http://{addr}"))
@@ -262,7 +262,7 @@ async fn session(
                 match msg.msg {
                     Some(server_message::Msg::Registered(r)) => {
                         tracing::info!(node = %r.node, server = %addr, stale = r.stale.len(), "registered");
-                        supervisor.lease.renew_from(registered_at);
+                        supervisor.renew_lease(registered_at);
                         beating = Some(AbortOnDrop(tokio::spawn(heartbeats(
                             endpoint.clone(),
                             cfg.node.clone(),
@@ -272,11 +272,7 @@ async fn session(
                             beat_failed_tx.clone(),
                         ))));
                         // Stale copies go before anything else is resumed.
-                        let sup = supervisor.clone();
-                        tokio::spawn(async move {
-                            sup.remove_stale(r.stale).await;
-                            sup.resume(r.log_next_seq).await;
-                        });
+                        tokio::spawn(supervisor.clone().registered(r.stale, r.log_next_seq));
                     }
                     // Answers to heartbeats come on their own stream.
                     Some(server_message::Msg::HeartbeatAck(_)) => {}

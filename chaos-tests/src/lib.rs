@@ -9,6 +9,7 @@
 //! or port behind and tests can run side by side.
 
 pub mod cluster;
+pub mod dockerd;
 pub mod images;
 pub mod net;
 pub mod processes;

@@ -17,11 +17,12 @@
 //! installed, and stopped at the end.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use berth_chaos::cluster::bin_dir;
+use berth_chaos::dockerd::Dockerd;
 use berth_chaos::Cluster;
 
 fn run_quiet(cmd: &mut Command) -> anyhow::Result<()> {
@@ -87,74 +88,6 @@ fn measure(
         times.push(t.elapsed());
     }
     Ok(Stats { name, times })
-}
-
-/// A private dockerd, stopped when dropped.
-struct Dockerd {
-    child: Child,
-    sock: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Dockerd {
-    fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir_in("/var/tmp")?;
-        let sock = format!("unix://{}/docker.sock", dir.path().display());
-        let child = Command::new("dockerd")
-            .arg("--data-root")
-            .arg(dir.path().join("data"))
-            .arg("--exec-root")
-            .arg(dir.path().join("exec"))
-            .arg("--pidfile")
-            .arg(dir.path().join("docker.pid"))
-            .args([
-                "-H",
-                &sock,
-                "--iptables=false",
-                "--ip-forward=false",
-                "--bridge=none",
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("dockerd.log"))?)
-            .spawn()
-            .context("starting dockerd")?;
-        let d = Self {
-            child,
-            sock,
-            _dir: dir,
-        };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(60) {
-            if d.docker()
-                .arg("info")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()?
-                .success()
-            {
-                return Ok(d);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        bail!("dockerd did not answer within 60 s")
-    }
-
-    fn docker(&self) -> Command {
-        let mut c = Command::new("docker");
-        c.args(["-H", &self.sock]);
-        c
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        // SIGTERM lets dockerd stop its containerd and unmount.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
 }
 
 fn main() -> anyhow::Result<()> {

@@ -1,0 +1,91 @@
+//! What the session asks of a node: the real one (the supervisor, which
+//! runs containers) or a simulated one (simulate.rs, for scale tests and
+//! benchmarks). The session code is the same for both.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use berth_proto::agent::{self, image_request, Assign, LocalContainer};
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+
+/// A node the session registers and drives.
+pub trait Engine: Send + Sync + 'static {
+    /// The images the node holds, for registration.
+    fn images(&self) -> Vec<agent::Image>;
+    /// Every container the node holds, for registration.
+    fn local_containers(&self) -> Vec<LocalContainer>;
+    /// Extends the lease on movable containers to `sent_ms` (CLOCK_MONOTONIC,
+    /// when the answered heartbeat left) plus its duration.
+    fn renew_lease(&self, sent_ms: u64);
+    /// After a registration: removes the stale copies first, then resends
+    /// the log lines the cluster lacks and follows what runs.
+    fn registered(
+        self: Arc<Self>,
+        stale: Vec<LocalContainer>,
+        log_next_seq: HashMap<String, u64>,
+    ) -> BoxFuture<'static, ()>;
+    /// Acts on an assignment.
+    fn assign(self: Arc<Self>, a: Assign) -> BoxFuture<'static, ()>;
+    /// Relays an attachment until either side ends.
+    fn attach(
+        self: Arc<Self>,
+        open: agent::AttachOpen,
+        input: mpsc::UnboundedReceiver<agent::AttachData>,
+    ) -> BoxFuture<'static, ()>;
+    /// Carries out an image operation and answers it.
+    fn image_op(
+        self: Arc<Self>,
+        request_id: u64,
+        op: image_request::Op,
+        data: Vec<u8>,
+    ) -> BoxFuture<'static, ()>;
+}
+
+impl Engine for crate::supervisor::Supervisor {
+    fn images(&self) -> Vec<agent::Image> {
+        crate::supervisor::Supervisor::images(self)
+    }
+
+    fn local_containers(&self) -> Vec<LocalContainer> {
+        crate::supervisor::Supervisor::local_containers(self)
+    }
+
+    fn renew_lease(&self, sent_ms: u64) {
+        self.lease.renew_from(sent_ms);
+    }
+
+    fn registered(
+        self: Arc<Self>,
+        stale: Vec<LocalContainer>,
+        log_next_seq: HashMap<String, u64>,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            self.remove_stale(stale).await;
+            self.resume(log_next_seq).await;
+        })
+    }
+
+    fn assign(self: Arc<Self>, a: Assign) -> BoxFuture<'static, ()> {
+        Box::pin(crate::supervisor::Supervisor::assign(self, a))
+    }
+
+    fn attach(
+        self: Arc<Self>,
+        open: agent::AttachOpen,
+        input: mpsc::UnboundedReceiver<agent::AttachData>,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(crate::supervisor::Supervisor::attach(self, open, input))
+    }
+
+    fn image_op(
+        self: Arc<Self>,
+        request_id: u64,
+        op: image_request::Op,
+        data: Vec<u8>,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(crate::supervisor::Supervisor::image_op(
+            self, request_id, op, data,
+        ))
+    }
+}
