@@ -356,6 +356,31 @@ fn rm_is_carried_out_by_the_cluster() {
         c.wait_until(Duration::from_secs(20), "cut to be removed", |c| {
             gone(c, "cut")
         })?;
+        // A service task that fails starts again (its restart condition),
+        // as a new copy whose log goes on after the last one's.
+        c.berth(&[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "flap",
+            "--restart-condition",
+            "on-failure",
+            "busybox",
+            "sh",
+            "-c",
+            "echo ran; exit 1",
+        ])
+        .ok()?;
+        c.wait_until(Duration::from_secs(30), "flap.1 to run three times", |c| {
+            c.berth(&["logs", "flap.1"]).stdout.matches("ran\n").count() >= 3
+        })?;
+        let v = inspect(&c, "flap.1")?;
+        ensure!(v["Generation"].as_u64().unwrap_or(0) >= 3, "{v}");
+        c.berth(&["service", "rm", "flap"]).ok()?;
+        c.wait_until(Duration::from_secs(20), "flap's task to go", |c| {
+            gone(c, "flap.1")
+        })?;
         // An attached `run --rm` still gets its output and exit code.
         let r = c.berth(&["run", "--rm", "busybox", "sh", "-c", "echo bye; exit 4"]);
         ensure!(r.code == 4 && r.stdout == "bye\n", "{r:?}");

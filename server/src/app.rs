@@ -59,6 +59,13 @@ type PendingWrite = (Op, oneshot::Sender<Result<CommandResult, AppError>>);
 /// How long a call waits for an election to end when no leader is known.
 const ELECTION_WAIT: Duration = Duration::from_secs(3);
 
+/// The most commands of one [`App::write_all`] entry: a placement is about
+/// 100 bytes and a new task about 600, so that an entry (and an
+/// AppendEntries of up to 64 of them, raft/mod.rs) stays under the gRPC
+/// message limit of 4 MiB. (Entries of 256 new tasks outgrew it: followers
+/// refused the AppendEntries and nothing committed.)
+const BULK_MAX: usize = 64;
+
 /// The most commands one Raft entry carries.
 const BATCH_MAX: usize = 64;
 /// How many batched entries may be in flight at once. While they are,
@@ -97,6 +104,59 @@ impl App {
             }
             r => r,
         }
+    }
+
+    /// Commits many commands in few entries (up to [`BULK_MAX`] each, as
+    /// batches), for the reconciler's placements; each gets its result, in
+    /// order, as if written alone.
+    pub async fn write_all(&self, ops: Vec<Op>) -> Vec<Result<CommandResult, AppError>> {
+        let mut out = Vec::with_capacity(ops.len());
+        let mut chunks = Vec::new();
+        let mut ops = ops.into_iter().peekable();
+        while ops.peek().is_some() {
+            let chunk: Vec<Op> = ops.by_ref().take(BULK_MAX).collect();
+            chunks.push(chunk);
+        }
+        let results = futures::future::join_all(chunks.into_iter().map(|chunk| async move {
+            let n = chunk.len();
+            if n == 1 {
+                return vec![self.write(chunk.into_iter().next().expect("one op")).await];
+            }
+            let batch = Op::Batch(records::Batch {
+                commands: chunk
+                    .into_iter()
+                    .map(|op| records::Command {
+                        schema: SCHEMA_VERSION,
+                        op: Some(op),
+                    })
+                    .collect(),
+            });
+            let cmd = records::Command {
+                schema: SCHEMA_VERSION,
+                op: Some(batch),
+            };
+            match self.raft.client_write(Request(cmd)).await {
+                Ok(resp) => resp
+                    .data
+                    .0
+                    .batch
+                    .into_iter()
+                    .map(|r| {
+                        if r.error.is_empty() {
+                            Ok(r)
+                        } else {
+                            Err(AppError::Refused(r.error))
+                        }
+                    })
+                    .collect(),
+                Err(e) => (0..n).map(|_| Err(AppError::Raft(e.to_string()))).collect(),
+            }
+        }))
+        .await;
+        for r in results {
+            out.extend(r);
+        }
+        out
     }
 
     /// Waits (up to [`ELECTION_WAIT`]) until some member leads; true if

@@ -68,4 +68,9 @@ pub mod bundle {
     pub fn meta(b: &Path) -> PathBuf {
         b.join("meta.json")
     }
+    /// The sequence number of the container's first log line, when its
+    /// log continues one the cluster already holds (a task placed again).
+    pub fn log_start(b: &Path) -> PathBuf {
+        b.join("log-start")
+    }
 }

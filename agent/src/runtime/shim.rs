@@ -76,7 +76,8 @@ impl FrameWriter {
             .append(true)
             .open(bundle::log(b))
             .ok();
-        // A restarted container goes on from the last sequence number.
+        // A restarted container goes on from the last sequence number; a
+        // new bundle from where the cluster's log of the container stands.
         let next_seq = fs::read_to_string(bundle::log(b))
             .ok()
             .and_then(|s| {
@@ -86,6 +87,11 @@ impl FrameWriter {
                         Ok(Frame::Log { seq, .. }) => Some(seq + 1),
                         _ => None,
                     })
+            })
+            .or_else(|| {
+                fs::read_to_string(bundle::log_start(b))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
             })
             .unwrap_or(1);
         Self {

@@ -104,7 +104,7 @@ pub fn container_to_wire(c: &Container) -> cluster::ContainerInfo {
     }
 }
 
-pub fn service_to_wire(s: &records::Service, running: u64) -> cluster::ServiceInfo {
+pub fn service_to_wire(s: &records::Service, running: u64, placed: u64) -> cluster::ServiceInfo {
     let u = s.update.clone().unwrap_or_default();
     cluster::ServiceInfo {
         id: s.id.clone(),
@@ -122,6 +122,7 @@ pub fn service_to_wire(s: &records::Service, running: u64) -> cluster::ServiceIn
         created_at_ms: s.created_at_ms,
         updated_at_ms: s.updated_at_ms,
         running,
+        placed,
         update_state: s.update_state.clone(),
         update_message: s.update_message.clone(),
         previous_task: s.previous_spec.as_ref().map(spec_to_wire),

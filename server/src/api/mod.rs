@@ -963,14 +963,17 @@ impl Cluster for ClusterService {
             .state
             .containers()
             .map_err(|e| to_status(e.into()))?;
-        let running = scheduler::planner::running_tasks(&containers);
+        let counts = scheduler::planner::task_counts(&containers);
         let services = self
             .app
             .state
             .services()
             .map_err(|e| to_status(e.into()))?
             .iter()
-            .map(|s| convert::service_to_wire(s, running.get(&s.name).copied().unwrap_or(0)))
+            .map(|s| {
+                let (running, placed) = counts.get(&s.name).copied().unwrap_or((0, 0));
+                convert::service_to_wire(s, running, placed)
+            })
             .collect();
         Ok(Response::new(cluster::ListServicesResponse { services }))
     }

@@ -181,11 +181,11 @@ pub fn tasks(app: &App, name: &str) -> Result<Vec<cluster::ContainerInfo>, Statu
 /// A service as the CLI shows it, with how many tasks run.
 pub fn info(app: &App, svc: &records::Service) -> Result<cluster::ServiceInfo, Status> {
     let containers = app.state.containers().map_err(|e| to_status(e.into()))?;
-    let running = planner::running_tasks(&containers)
+    let (running, placed) = planner::task_counts(&containers)
         .get(&svc.name)
         .copied()
-        .unwrap_or(0);
-    Ok(convert::service_to_wire(svc, running))
+        .unwrap_or((0, 0));
+    Ok(convert::service_to_wire(svc, running, placed))
 }
 
 fn check_task(task: cluster::ContainerSpec) -> Result<records::ContainerSpec, Status> {

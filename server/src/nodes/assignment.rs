@@ -59,6 +59,7 @@ fn with_action(c: &Container, action: Action, signal: i32, timeout_s: u32) -> Se
             action: action as i32,
             signal,
             timeout_s,
+            log_first_seq: c.log_next_seq.max(1),
             spec: Some(agent::ContainerSpec {
                 image: spec.image,
                 cmd: spec.cmd,

@@ -115,6 +115,16 @@ impl Nodes {
         dead
     }
 
+    /// The session stream of every connected node.
+    pub async fn senders(&self) -> HashMap<String, mpsc::Sender<ServerMessage>> {
+        self.connected
+            .lock()
+            .await
+            .iter()
+            .map(|(n, c)| (n.clone(), c.tx.clone()))
+            .collect()
+    }
+
     /// Sends a message to a node's agent; false if it is not connected.
     pub async fn send(&self, node: &str, msg: ServerMessage) -> bool {
         let tx = match self.connected.lock().await.get(node) {

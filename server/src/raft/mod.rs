@@ -156,6 +156,9 @@ pub async fn start(
         // own fsync runs (raft/wal.rs); the leader's copy counts toward
         // the quorum only once durable.
         broadcast_submitted_on_append: Some(true),
+        // At most 64 entries in one AppendEntries, so that a request of
+        // batched entries stays under the 4 MiB gRPC message limit.
+        max_payload_entries: 64,
         ..Default::default()
     }
     .validate()?;

@@ -9,7 +9,7 @@ use berth_proto::records::{Availability, Container, ContainerSpec, Node, NodeSta
 use crate::state::status::Status;
 
 /// One placement constraint, as `--constraint` spells it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Constraint {
     /// `node.labels.K==V` (operator labels over agent labels).
     LabelEq(String, String),
@@ -75,8 +75,8 @@ impl Constraint {
     }
 }
 
-/// What a container asks of a node.
-#[derive(Debug, Clone, Default)]
+/// What a container asks of a node. Tasks of one service ask the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Demand {
     pub image: String,
     pub memory_bytes: u64,

@@ -45,7 +45,8 @@ pub enum Delivery {
 /// One step toward the desired state.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    /// Commit a new task of a service (Pending, unplaced).
+    /// Commit a new task of a service: Pending, placed already when a node
+    /// fits (its placement is in the same commit), or with the reason.
     CreateTask(Box<Container>),
     /// Commit a placement of a Pending container on `node`.
     Place {
@@ -94,6 +95,7 @@ pub fn plan(s: &Snapshot, cfg: &PlanConfig) -> Vec<Step> {
     let services: HashMap<&str, &Service> =
         s.services.iter().map(|v| (v.name.as_str(), v)).collect();
     let mut to_place: Vec<&Container> = Vec::new();
+    let mut new_tasks: Vec<Container> = Vec::new();
 
     // Services: a task per slot, no task beyond the replicas.
     for svc in &s.services {
@@ -105,7 +107,7 @@ pub fn plan(s: &Snapshot, cfg: &PlanConfig) -> Vec<Step> {
         let slots: HashSet<u32> = tasks.iter().map(|c| c.slot).collect();
         for slot in 1..=svc.replicas as u32 {
             if !slots.contains(&slot) {
-                steps.push(Step::CreateTask(Box::new(new_task(svc, slot, s.now_ms))));
+                new_tasks.push(new_task(svc, slot, s.now_ms));
             }
         }
         steps.extend(update_steps(svc, &tasks, s.now_ms));
@@ -209,41 +211,107 @@ pub fn plan(s: &Snapshot, cfg: &PlanConfig) -> Vec<Step> {
         }
     }
 
-    steps.extend(place(&s.nodes, &s.containers, &to_place));
+    // New tasks are placed in the same pass and created placed (one
+    // commit each, the placement in it), after the containers waiting.
+    to_place.extend(new_tasks.iter());
+    let placed = place(&s.nodes, &s.containers, &to_place);
+    let new_ids: HashMap<&str, usize> = new_tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.id.as_str(), i))
+        .collect();
+    let mut created: Vec<Option<Container>> = new_tasks.iter().cloned().map(Some).collect();
+    for step in placed {
+        match step {
+            Step::Place {
+                id,
+                node,
+                generation,
+            } if new_ids.contains_key(id.as_str()) => {
+                if let Some(t) = created[new_ids[id.as_str()]].as_mut() {
+                    t.node = node;
+                    t.generation = generation;
+                }
+            }
+            Step::Unplaceable(list) => {
+                let mut old = Vec::new();
+                for (id, why) in list {
+                    match new_ids.get(id.as_str()) {
+                        Some(&i) => {
+                            if let Some(t) = created[i].as_mut() {
+                                t.pending_reason = why;
+                            }
+                        }
+                        None => old.push((id, why)),
+                    }
+                }
+                if !old.is_empty() {
+                    steps.push(Step::Unplaceable(old));
+                }
+            }
+            other => steps.push(other),
+        }
+    }
+    steps.extend(
+        created
+            .into_iter()
+            .flatten()
+            .map(|t| Step::CreateTask(Box::new(t))),
+    );
     steps
 }
 
 /// Places each container on the best feasible node, counting every
 /// placement against its node before the next, so that one pass spreads.
+/// Containers that ask the same share a heap of their feasible nodes by
+/// rank; a node's rank changes only when it takes a container, so a
+/// popped entry is checked against the node's rank now and pushed back if
+/// it moved: a pass costs about P log N, not P times N.
 pub fn place(nodes: &[Node], containers: &[Container], pending: &[&Container]) -> Vec<Step> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
     let mut views = NodeView::build(nodes, containers);
     let mut steps = Vec::new();
     let mut unplaceable = Vec::new();
+    let mut heaps: HashMap<Demand, BinaryHeap<Reverse<(ranking::RankKey, usize)>>> = HashMap::new();
     for c in pending {
-        let spec = c.spec.clone().unwrap_or_default();
-        let demand = match Demand::of(&spec, &c.service) {
+        let Some(spec) = c.spec.as_ref() else {
+            unplaceable.push((c.id.clone(), "the container has no spec".into()));
+            continue;
+        };
+        let demand = match Demand::of(spec, &c.service) {
             Ok(d) => d,
             Err(why) => {
                 unplaceable.push((c.id.clone(), why));
                 continue;
             }
         };
-        let mut refusals = Vec::new();
-        let mut best: Option<(ranking::RankKey, usize)> = None;
-        for (i, v) in views.iter().enumerate() {
-            match feasibility::check(v, &demand) {
-                Ok(()) => {
-                    let key = ranking::rank(v, &demand);
-                    if best.as_ref().is_none_or(|(k, _)| key < *k) {
-                        best = Some((key, i));
-                    }
-                }
-                Err(r) => refusals.push((v.node.name.clone(), r)),
+        let heap = heaps.entry(demand.clone()).or_insert_with(|| {
+            views
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| feasibility::check(v, &demand).is_ok())
+                .map(|(i, v)| Reverse((ranking::rank(v, &demand), i)))
+                .collect()
+        });
+        let mut chosen = None;
+        while let Some(Reverse((key, i))) = heap.pop() {
+            // Full now (this pass placed others here): out for good.
+            if feasibility::check(&views[i], &demand).is_err() {
+                continue;
             }
+            let now = ranking::rank(&views[i], &demand);
+            if now != key {
+                heap.push(Reverse((now, i)));
+                continue;
+            }
+            chosen = Some(i);
+            break;
         }
-        match best {
-            Some((_, i)) => {
-                views[i].add(&spec, &c.service);
+        match chosen {
+            Some(i) => {
+                views[i].add(spec, &c.service);
+                heap.push(Reverse((ranking::rank(&views[i], &demand), i)));
                 steps.push(Step::Place {
                     id: c.id.clone(),
                     node: views[i].node.name.clone(),
@@ -251,6 +319,15 @@ pub fn place(nodes: &[Node], containers: &[Container], pending: &[&Container]) -
                 });
             }
             None => {
+                // Only when nothing fits: each node's refusal, for the reason.
+                let refusals: Vec<(String, feasibility::Refusal)> = views
+                    .iter()
+                    .filter_map(|v| {
+                        feasibility::check(v, &demand)
+                            .err()
+                            .map(|r| (v.node.name.clone(), r))
+                    })
+                    .collect();
                 let why = feasibility::explain(&demand, &refusals);
                 if c.pending_reason != why {
                     unplaceable.push((c.id.clone(), why));
@@ -383,12 +460,17 @@ fn update_steps(svc: &Service, tasks: &[&Container], now_ms: i64) -> Vec<Step> {
     steps
 }
 
-/// How many tasks of each service run now, by service name.
-pub fn running_tasks(containers: &[Container]) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for c in containers {
-        if !c.service.is_empty() && c.state() == ContainerState::Running {
-            *out.entry(c.service.clone()).or_default() += 1;
+/// How many tasks of each service run now, and how many are placed on
+/// a node, by service name.
+pub fn task_counts(containers: &[Container]) -> BTreeMap<String, (u64, u64)> {
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for c in containers.iter().filter(|c| !c.service.is_empty()) {
+        let e = out.entry(c.service.clone()).or_default();
+        if c.state() == ContainerState::Running {
+            e.0 += 1;
+        }
+        if !c.node.is_empty() {
+            e.1 += 1;
         }
     }
     out
@@ -443,7 +525,11 @@ mod tests {
             let mut changed = false;
             for step in steps {
                 match step {
-                    Step::CreateTask(c) => {
+                    Step::CreateTask(mut c) => {
+                        // Created placed: its node reports it running.
+                        if !c.node.is_empty() {
+                            c.set_state(ContainerState::Running);
+                        }
                         s.containers.push(*c);
                         changed = true;
                     }
@@ -520,15 +606,17 @@ mod tests {
         settle(&mut s);
         let placed = s.containers.iter().filter(|c| !c.node.is_empty()).count();
         assert_eq!(placed, 6);
-        let steps = plan(&s, &CFG);
-        let reason = steps.iter().find_map(|st| match st {
-            Step::Unplaceable(v) => Some(v[0].1.clone()),
-            _ => None,
-        });
+        // The seventh was created with the reason, and no later pass
+        // writes it again.
+        let waiting: Vec<&Container> = s.containers.iter().filter(|c| c.node.is_empty()).collect();
+        assert_eq!(waiting.len(), 1);
         assert_eq!(
-            reason.as_deref(),
-            Some("no node has 1.5 GiB of free memory")
+            waiting[0].pending_reason,
+            "no node has 1.5 GiB of free memory"
         );
+        assert!(!plan(&s, &CFG)
+            .iter()
+            .any(|st| matches!(st, Step::Unplaceable(_))));
     }
 
     #[test]

@@ -5,29 +5,27 @@
 
 use super::feasibility::{Demand, NodeView};
 
-/// A key that sorts the best node first.
-pub type RankKey = (u64, u64, u64, String);
+/// A key that sorts the best node first. Ties go to the node listed first
+/// (nodes are listed by name), so that plans are deterministic.
+pub type RankKey = (u64, u64, u64);
 
-/// The rank of a feasible node for `demand`: lower is better. Ties go to
-/// the node whose name sorts first, so that plans are deterministic.
+/// The rank of a feasible node for `demand`: lower is better.
 pub fn rank(view: &NodeView, demand: &Demand) -> RankKey {
     let same_service = if demand.service.is_empty() {
         0
     } else {
         view.per_service.get(&demand.service).copied().unwrap_or(0) as u64
     };
-    let name = view.node.name.clone();
     if demand.binpack {
         let left = view.free_memory().saturating_sub(demand.memory_bytes);
         let cpus_left = view.free_cpus().saturating_sub(demand.nano_cpus);
         // Least room left first; among equals the busiest node.
-        (left, cpus_left, u64::MAX - view.containers as u64, name)
+        (left, cpus_left, u64::MAX - view.containers as u64)
     } else {
         (
             same_service,
             view.containers as u64,
             u64::MAX - view.free_memory(),
-            name,
         )
     }
 }
@@ -57,7 +55,14 @@ mod tests {
     }
 
     fn best<'a>(views: &'a [NodeView], d: &Demand) -> &'a str {
-        &views.iter().min_by_key(|v| rank(v, d)).unwrap().node.name
+        &views
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, v)| (rank(v, d), *i))
+            .unwrap()
+            .1
+            .node
+            .name
     }
 
     #[test]

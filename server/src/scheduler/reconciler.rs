@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use berth_proto::agent::{image_request, RemoveContainerOp};
 use berth_proto::records::{self, command::Op, NodeStatus};
-use futures::future::join_all;
 
 use super::planner::{self, Delivery, PlanConfig, Snapshot, Step};
 use crate::app::{now_ms, App, AppError};
@@ -64,6 +63,7 @@ async fn run(app: App) {
 
 /// One pass: read, plan, act.
 pub async fn pass(app: &App) -> Result<(), AppError> {
+    let began = std::time::Instant::now();
     let state = app.state.clone();
     let cfg = PlanConfig {
         reschedule_after_ms: app.scheduler.config.reschedule_after.as_millis() as i64,
@@ -81,6 +81,10 @@ pub async fn pass(app: &App) -> Result<(), AppError> {
     })
     .await
     .map_err(|e| AppError::Raft(format!("the planning task failed: {e}")))??;
+    let planned = began.elapsed();
+    // The nodes' session streams, taken once for every assignment of the pass.
+    let senders = app.nodes.senders().await;
+    let count = steps.len();
     let mut writes = Vec::new();
     for step in steps {
         match step {
@@ -112,7 +116,7 @@ pub async fn pass(app: &App) -> Result<(), AppError> {
                 why,
             } => unplace(app, *container, evict, spec, why),
             Step::Remove(c) => remove(app, *c, &nodes).await,
-            Step::Deliver { container, action } => deliver(app, &container, action).await,
+            Step::Deliver { container, action } => deliver(app, &senders, &container, action),
             Step::UpdateState {
                 service,
                 version,
@@ -124,7 +128,20 @@ pub async fn pass(app: &App) -> Result<(), AppError> {
             )?),
         }
     }
-    for r in join_all(writes.into_iter().map(|op| app.write(op))).await {
+    let sent = began.elapsed();
+    let n_writes = writes.len();
+    let results = app.write_all(writes).await;
+    if count > 0 {
+        tracing::debug!(
+            steps = count,
+            writes = n_writes,
+            planned_ms = planned.as_millis() as u64,
+            sent_ms = (sent - planned).as_millis() as u64,
+            committed_ms = (began.elapsed() - sent).as_millis() as u64,
+            "reconciler pass"
+        );
+    }
+    for r in results {
         match r {
             Ok(_) => {}
             // Another pass or a user got there first: the next pass sees it.
@@ -136,8 +153,20 @@ pub async fn pass(app: &App) -> Result<(), AppError> {
 }
 
 /// Sends a node the assignment a container needs, unless it was sent at
-/// this generation and acknowledged (or is not yet due again).
-async fn deliver(app: &App, c: &records::Container, action: Delivery) {
+/// this generation and acknowledged (or is not yet due again). Never
+/// waits: a node whose stream is full gets it on a later pass.
+fn deliver(
+    app: &App,
+    senders: &std::collections::HashMap<
+        String,
+        tokio::sync::mpsc::Sender<berth_proto::agent::ServerMessage>,
+    >,
+    c: &records::Container,
+    action: Delivery,
+) {
+    let Some(tx) = senders.get(&c.node) else {
+        return;
+    };
     if !app
         .scheduler
         .should_send(&c.node, &c.id, c.generation, action)
@@ -149,7 +178,7 @@ async fn deliver(app: &App, c: &records::Container, action: Delivery) {
         Delivery::Create => assignment::create(c),
         Delivery::Stop => assignment::stop(c, c.stop_signal, c.stop_timeout_s),
     };
-    if app.nodes.send(&c.node, msg).await {
+    if tx.try_send(msg).is_ok() {
         app.scheduler
             .record_sent(&c.node, &c.id, c.generation, action);
     }

@@ -1,0 +1,286 @@
+//! Image operations (import, load, save, tag, remove, inspect, export,
+//! sizes, top), answered as ImageReply pieces through the outbox.
+
+use super::*;
+
+impl Supervisor {
+    /// Carries out an image operation and answers it through the outbox:
+    /// downloads as data pieces, then one last reply with the result as
+    /// JSON or the error. Operations that change the images send the new
+    /// inventory first, so the cluster knows of it when the answer comes.
+    pub async fn image_op(self: Arc<Self>, request_id: u64, op: image_request::Op, data: Vec<u8>) {
+        let me = self.clone();
+        let changes_images = !matches!(
+            op,
+            image_request::Op::Save(_)
+                | image_request::Op::Inspect(_)
+                | image_request::Op::Export(_)
+                | image_request::Op::RemoveContainer(_)
+        );
+        let result = match op {
+            // Removal waits for the process to die: it runs here, not on a
+            // blocking thread.
+            image_request::Op::RemoveContainer(r) => {
+                self.remove(&r.container_id).await.map(|()| None)
+            }
+            op => tokio::task::spawn_blocking(move || me.image_op_blocking(request_id, op, data))
+                .await
+                .unwrap_or_else(|e| Err(format!("the image task failed: {e}"))),
+        };
+        if changes_images {
+            self.send(agent_message::Msg::Images(agent::ImageInventory {
+                images: self.images(),
+            }));
+        }
+        let (json, error) = match result {
+            Ok(v) => (v.map(|v| v.to_string()).unwrap_or_default(), String::new()),
+            Err(e) => (String::new(), e),
+        };
+        self.send(agent_message::Msg::ImageReply(agent::ImageReply {
+            request_id,
+            data: Vec::new(),
+            last: true,
+            error,
+            json,
+        }));
+    }
+
+    pub(super) fn image_op_blocking(
+        &self,
+        request_id: u64,
+        op: image_request::Op,
+        data: Vec<u8>,
+    ) -> Result<Option<serde_json::Value>, String> {
+        let err = |e: ImageError| e.to_string();
+        let to_json = |v: &dyn erased::Json| v.json();
+        match op {
+            image_request::Op::Import(i) => {
+                let s = import::import_rootfs(
+                    &self.images,
+                    &self.snapshots,
+                    &i.reference,
+                    &data,
+                    now_ms(),
+                )
+                .map_err(err)?;
+                Ok(Some(to_json(&vec![s])))
+            }
+            image_request::Op::Load(_) => {
+                let loaded = load::load_archive(&self.images, &self.snapshots, data.as_slice())
+                    .map_err(err)?;
+                Ok(Some(to_json(&loaded)))
+            }
+            image_request::Op::Save(s) => {
+                let mut w = ChunkWriter::new(request_id, self.outbox.clone());
+                save::save_archive(&self.images, &s.references, &mut w).map_err(err)?;
+                w.finish();
+                Ok(None)
+            }
+            image_request::Op::Tag(t) => {
+                self.images.tag(&t.source, &t.target).map_err(err)?;
+                Ok(None)
+            }
+            image_request::Op::Remove(r) => {
+                let keep: Vec<String> = self
+                    .local_metas()
+                    .into_iter()
+                    .flat_map(|m| m.diff_ids)
+                    .collect();
+                let (untagged, deleted) = self
+                    .images
+                    .remove(&r.reference, &self.snapshots, &keep)
+                    .map_err(err)?;
+                Ok(Some(
+                    serde_json::json!({"untagged": untagged, "deleted": deleted}),
+                ))
+            }
+            image_request::Op::Inspect(i) => {
+                Ok(Some(self.images.inspect(&i.reference).map_err(err)?))
+            }
+            image_request::Op::RemoveContainer(_) => {
+                Err("container removal is not an image operation".into())
+            }
+            image_request::Op::Top(t) => {
+                let dir = self
+                    .bundle_dir(&t.container_id)
+                    .filter(|d| d.exists())
+                    .ok_or_else(|| format!("No such container on this node: {}", t.container_id))?;
+                if self.running_pid(&dir).is_none() {
+                    return Err(format!("container {} is not running", t.container_id));
+                }
+                let cg = Cgroup::new(
+                    Layout::detect(Path::new(CGROUP_ROOT)),
+                    &cgroup_of(&t.container_id),
+                );
+                Ok(Some(to_json(&top_rows(&cg.pids()))))
+            }
+            image_request::Op::Sizes(_) => {
+                let sizes: std::collections::HashMap<String, u64> = self
+                    .local_metas()
+                    .into_iter()
+                    .filter_map(|m| {
+                        let dir = self.bundle_dir(&m.id)?;
+                        Some((m.id, dir_size(&bundle::upper(&dir))))
+                    })
+                    .collect();
+                Ok(Some(to_json(&sizes)))
+            }
+            image_request::Op::Export(e) => {
+                let mut w = ChunkWriter::new(request_id, self.outbox.clone());
+                self.export(&e.container_id, &mut w)?;
+                w.finish();
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes a container's merged filesystem as a tar stream.
+    pub(super) fn export(&self, id: &str, out: &mut dyn std::io::Write) -> Result<(), String> {
+        let dir = self
+            .bundle_dir(id)
+            .filter(|d| d.exists())
+            .ok_or_else(|| format!("No such container on this node: {id}"))?;
+        let meta = read_meta(&dir).ok_or_else(|| format!("container {id} has no metadata"))?;
+        let running = self.running_pid(&dir).is_some();
+        // A running container is frozen while it is read, so that it cannot
+        // swap a file for a symlink under the walk; the walk reads a
+        // read-only overlay of its own, never the container's mount.
+        let cg = Cgroup::new(Layout::detect(Path::new(CGROUP_ROOT)), &cgroup_of(id));
+        if running {
+            cg.freeze(true)
+                .map_err(|e| format!("freezing {id} for the export: {e}"))?;
+        }
+        let staging = self.images.staging_dir().map_err(|e| e.to_string())?;
+        let root = staging.path().join("rootfs");
+        let mut lowers = vec![bundle::upper(&dir)];
+        for d in meta.diff_ids.iter().rev() {
+            lowers.push(self.snapshots.path(d).map_err(|e| e.to_string())?);
+        }
+        let mounted = snapshot::mount_readonly(&lowers, &root).map_err(|e| e.to_string());
+        let result = mounted.and_then(|()| {
+            (|| {
+                let mut tar = tar::Builder::new(out);
+                tar.follow_symlinks(false);
+                tar.append_dir_all(".", &root)?;
+                tar.finish()
+            })()
+            .map_err(|e| e.to_string())
+        });
+        let _ = snapshot::unmount(&root);
+        if running {
+            let _ = cg.freeze(false);
+        }
+        result.map_err(|e| format!("exporting {id}: {e}"))
+    }
+}
+
+/// One row per process: pid, parent pid, uid, CPU seconds, command line.
+fn top_rows(pids: &[i32]) -> Vec<Vec<String>> {
+    // SAFETY: sysconf(_SC_CLK_TCK) only reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut rows = Vec::new();
+    for pid in pids {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The command in stat is in parentheses and may hold spaces.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ppid = f.get(1).copied().unwrap_or("0").to_string();
+        let cpu: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        let uid = fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        let cmd = fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        rows.push(vec![
+            pid.to_string(),
+            ppid,
+            uid,
+            format!("{:.2}", cpu / ticks),
+            cmd,
+        ]);
+    }
+    rows
+}
+
+/// Serializes any serde value to JSON (a helper for the image operations).
+mod erased {
+    pub trait Json {
+        fn json(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or_default()
+        }
+    }
+}
+
+/// A writer that sends what is written to the cluster as ImageReply
+/// pieces of about 1 MiB.
+struct ChunkWriter {
+    request_id: u64,
+    outbox: mpsc::UnboundedSender<AgentMessage>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    const PIECE: usize = 1 << 20;
+
+    fn new(request_id: u64, outbox: mpsc::UnboundedSender<AgentMessage>) -> Self {
+        Self {
+            request_id,
+            outbox,
+            buf: Vec::with_capacity(Self::PIECE),
+        }
+    }
+
+    fn send_buf(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::PIECE));
+        self.outbox
+            .send(AgentMessage {
+                msg: Some(agent_message::Msg::ImageReply(agent::ImageReply {
+                    request_id: self.request_id,
+                    data,
+                    ..Default::default()
+                })),
+            })
+            .map_err(|_| std::io::Error::other("the agent is shutting down"))
+    }
+
+    fn finish(mut self) {
+        let _ = self.send_buf();
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= Self::PIECE {
+            self.send_buf()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+//! Removal: kill the container if it runs and delete its bundle, one
+//! removal of a container at a time; and the stale copies the leader names
+//! at registration.
+
+use super::*;
+
+impl Supervisor {
+    /// Kills the container if it runs and deletes its bundle; the error
+    /// says what could not be done.
+    pub(super) async fn remove(&self, id: &str) -> Result<(), String> {
+        let Some(dir) = self.bundle_dir(id) else {
+            return Ok(());
+        };
+        // One removal of a container at a time: a second one (the cluster's
+        // --rm beside the client's) waits for the first, then finds nothing.
+        let lock = {
+            let mut locks = self.removals.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(id.to_string()).or_default().clone()
+        };
+        let _removing = lock.lock().await;
+        let result = self.remove_locked(id, &dir).await;
+        self.removals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        result
+    }
+
+    pub(super) async fn remove_locked(&self, id: &str, dir: &Path) -> Result<(), String> {
+        let dir = dir.to_path_buf();
+        if !dir.exists() {
+            return Ok(());
+        }
+        // No restart policy brings back what is being removed.
+        let _ = fs::write(dir.join(STOPPED_MARK), "");
+        if !bundle::exit(&dir).exists() {
+            let _ =
+                Cgroup::new(Layout::detect(Path::new(CGROUP_ROOT)), &cgroup_of(id)).freeze(false);
+            if let Some(pid) = fs::read_to_string(bundle::pid(&dir))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                // kill(2): SIGKILL to the container's init ends its whole
+                // pid namespace.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                for _ in 0..250 {
+                    if bundle::exit(&dir).exists() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if !bundle::exit(&dir).exists() {
+                    return Err(format!(
+                        "cannot remove container {id}: its process (pid {pid}) did not die within 5 s of SIGKILL"
+                    ));
+                }
+            }
+        }
+        let _ = snapshot::unmount(&bundle::rootfs(&dir));
+        fs::remove_dir_all(&dir).map_err(|e| {
+            format!(
+                "unable to remove filesystem for {id}: {}: {e}",
+                dir.display()
+            )
+        })
+    }
+
+    /// After a (re)registration, before anything else: stops and deletes
+    /// the local copies the cluster no longer places here (removed, moved,
+    /// or placed here again at a newer generation).
+    pub async fn remove_stale(&self, stale: Vec<LocalContainer>) {
+        for l in stale {
+            let Some(dir) = self.bundle_dir(&l.id) else {
+                continue;
+            };
+            // A copy newer than the stale one named is not this one.
+            if read_meta(&dir).is_some_and(|m| m.generation > l.generation) {
+                continue;
+            }
+            tracing::info!(id = %l.id, generation = l.generation, "removing a stale copy");
+            match self.remove(&l.id).await {
+                Ok(()) => self.generations.forget(&l.id),
+                Err(e) => tracing::warn!(id = %l.id, "cannot remove a stale copy: {e}"),
+            }
+        }
+    }
+}
