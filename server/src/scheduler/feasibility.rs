@@ -290,7 +290,7 @@ pub fn explain(demand: &Demand, refusals: &[(String, Refusal)]) -> String {
 pub fn human_bytes(b: u64) -> String {
     const GIB: u64 = 1 << 30;
     const MIB: u64 = 1 << 20;
-    if b >= GIB && b % GIB == 0 {
+    if b >= GIB && b.is_multiple_of(GIB) {
         format!("{} GiB", b / GIB)
     } else if b >= GIB {
         format!("{:.1} GiB", b as f64 / GIB as f64)

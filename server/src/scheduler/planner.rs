@@ -63,7 +63,7 @@ pub enum Step {
     Unplace {
         container: Box<Container>,
         evict: bool,
-        spec: Option<(ContainerSpec, u64)>,
+        spec: Option<Box<(ContainerSpec, u64)>>,
         why: &'static str,
     },
     /// Delete the container from its node, then its record.
@@ -453,7 +453,7 @@ fn update_steps(svc: &Service, tasks: &[&Container], now_ms: i64) -> Vec<Step> {
         steps.push(Step::Unplace {
             container: Box::new((**c).clone()),
             evict: true,
-            spec: Some((spec.clone(), svc.version)),
+            spec: Some(Box::new((spec.clone(), svc.version))),
             why: "its service is updating",
         });
     }
@@ -765,10 +765,11 @@ mod tests {
             .filter_map(|st| match st {
                 Step::Unplace {
                     container,
-                    spec: Some((spec, 2)),
+                    spec: Some(new),
                     ..
                 } => {
-                    assert_eq!(spec.image, "busybox:2");
+                    assert_eq!(new.0.image, "busybox:2");
+                    assert_eq!(new.1, 2);
                     Some(container.slot)
                 }
                 _ => None,

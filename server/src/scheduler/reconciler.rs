@@ -192,7 +192,7 @@ fn unplace(
     app: &App,
     c: records::Container,
     evict: bool,
-    spec: Option<(records::ContainerSpec, u64)>,
+    spec: Option<Box<(records::ContainerSpec, u64)>>,
     why: &'static str,
 ) {
     if !app.scheduler.begin(&c.id) {
@@ -204,7 +204,7 @@ fn unplace(
             if evict && app.nodes.is_connected(&c.node).await {
                 remove_on_node(&app, &c).await?;
             }
-            let (spec, service_version) = match spec {
+            let (spec, service_version) = match spec.map(|b| *b) {
                 Some((mut s, v)) => {
                     // A task keeps its host name across versions.
                     if s.hostname.is_empty() {
