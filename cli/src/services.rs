@@ -253,7 +253,11 @@ async fn converge(client: &mut ClusterClient<Channel>, name: &str) -> Result<(),
             .tasks;
         let current: Vec<_> = tasks
             .iter()
-            .filter(|t| t.service_version == info.version && t.desired != "removed")
+            .filter(|t| {
+                t.service_version == info.version
+                    && t.desired != "removed"
+                    && u64::from(t.slot) <= want
+            })
             .collect();
         let running = current.iter().filter(|t| t.state == "running").count() as u64;
         let reasons: Vec<String> = current
