@@ -682,3 +682,54 @@ fn a_cut_off_agent_stops_its_movable_containers_before_they_are_replaced() {
         },
     );
 }
+
+#[test]
+fn binpack_fills_one_node_and_node_rm_takes_only_a_down_node() {
+    sandbox::run(
+        "binpack_fills_one_node_and_node_rm_takes_only_a_down_node",
+        || {
+            let mut c = Cluster::start_nodes(&[], &[("node1", &[]), ("node2", &[])])?;
+            // Binpack: the fullest node that fits, again and again.
+            for i in 0..3 {
+                let name = format!("packed{i}");
+                c.berth(&[
+                    "run",
+                    "-d",
+                    "--name",
+                    &name,
+                    "--placement-strategy",
+                    "binpack",
+                    "--reserve-memory",
+                    "64m",
+                    "busybox",
+                    "sleep",
+                    "600",
+                ])
+                .ok()?;
+            }
+            let nodes: Vec<String> = (0..3)
+                .map(|i| Ok(inspect(&c, &format!("packed{i}"))?["Node"].to_string()))
+                .collect::<anyhow::Result<_>>()?;
+            ensure!(
+                nodes.iter().all(|n| *n == nodes[0]),
+                "binpack spread: {nodes:?}"
+            );
+            // Spread (the default) takes the other node next.
+            c.berth(&["run", "-d", "--name", "spread", "busybox", "sleep", "600"])
+                .ok()?;
+            ensure!(inspect(&c, "spread")?["Node"].to_string() != nodes[0]);
+            // node rm: a ready node only with -f; a down one at once.
+            let r = c.berth(&["node", "rm", "node2"]);
+            ensure!(r.code != 0 && r.stderr.contains("is ready"), "{r:?}");
+            c.kill_named_agent("node2")?;
+            c.wait_until(Duration::from_secs(10), "node2 down", |c| {
+                c.node_status("node2").as_deref() == Some("down")
+            })?;
+            c.berth(&["node", "rm", "node2"]).ok()?;
+            ensure!(c.node_status("node2").is_none(), "node2 is still listed");
+            let r = c.berth(&["node", "rm", "nosuchnode"]);
+            ensure!(r.code != 0 && r.stderr.contains("No such node"), "{r:?}");
+            Ok(())
+        },
+    );
+}
