@@ -274,8 +274,6 @@ async fn session(
                         // Stale copies go before anything else is resumed.
                         tokio::spawn(supervisor.clone().registered(r.stale, r.log_next_seq));
                     }
-                    // Answers to heartbeats come on their own stream.
-                    Some(server_message::Msg::HeartbeatAck(_)) => {}
                     Some(server_message::Msg::Assign(a)) => {
                         let ack = AgentMessage {
                             msg: Some(agent_message::Msg::AssignAck(berth_proto::agent::AssignAck {

@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use crate::engine::Engine;
+use crate::supervisor::now_ms;
 
 /// The image every simulated node holds (`busybox:latest`).
 pub const IMAGE: &str = "busybox:latest";
@@ -58,13 +59,6 @@ impl SimNode {
             .get(id)
             .copied()
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Engine for SimNode {

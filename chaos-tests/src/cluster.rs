@@ -134,11 +134,7 @@ impl Cluster {
         for (name, flags) in nodes {
             c.add_agent(name, flags)?;
         }
-        let names: Vec<String> = nodes.iter().map(|(n, _)| n.to_string()).collect();
-        c.wait_until(Duration::from_secs(30), "every node to be ready", |c| {
-            names.iter().all(|n| c.node_ready(n))
-        })?;
-        c.import_busybox()?;
+        c.ready_with_busybox(nodes.iter().map(|(n, _)| *n))?;
         Ok(c)
     }
 
@@ -177,12 +173,17 @@ impl Cluster {
         for (name, flags) in nodes {
             c.add_agent(name, flags)?;
         }
-        let names: Vec<String> = nodes.iter().map(|(n, _)| n.to_string()).collect();
-        c.wait_until(Duration::from_secs(30), "every node to be ready", |c| {
+        c.ready_with_busybox(nodes.iter().map(|(n, _)| *n))?;
+        Ok(c)
+    }
+
+    /// Waits until every named node is ready, then imports busybox on all.
+    fn ready_with_busybox<'a>(&self, nodes: impl Iterator<Item = &'a str>) -> anyhow::Result<()> {
+        let names: Vec<&str> = nodes.collect();
+        self.wait_until(Duration::from_secs(30), "every node to be ready", |c| {
             names.iter().all(|n| c.node_ready(n))
         })?;
-        c.import_busybox()?;
-        Ok(c)
+        self.import_busybox()
     }
 
     /// Starts an agent named `name` with its own data dir (and these flags).
@@ -387,11 +388,7 @@ impl Cluster {
         for name in nodes.iter().filter(|n| **n != "node1") {
             c.add_agent(name, &[])?;
         }
-        let names: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
-        c.wait_until(Duration::from_secs(30), "every node to be ready", |c| {
-            names.iter().all(|n| c.node_ready(n))
-        })?;
-        c.import_busybox()?;
+        c.ready_with_busybox(nodes.iter().copied())?;
         Ok(c)
     }
 
@@ -650,11 +647,7 @@ impl Cluster {
     /// Polls `berth node ls` until the node is ready (30 s at most).
     pub fn wait_for_ready_node(&self) -> anyhow::Result<()> {
         self.wait_until(Duration::from_secs(30), "node1 to be ready", |c| {
-            let r = c.berth(&["node", "ls"]);
-            r.code == 0
-                && r.stdout
-                    .lines()
-                    .any(|l| l.starts_with("node1") && l.contains("ready"))
+            c.node_ready("node1")
         })
     }
 

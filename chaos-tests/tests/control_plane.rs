@@ -6,24 +6,13 @@ use std::time::{Duration, Instant};
 use anyhow::ensure;
 use berth_chaos::{sandbox, Cluster};
 
-fn leader(c: &Cluster) -> Option<usize> {
-    let s = c.berth(&["cluster", "status"]).stdout;
-    s.lines()
-        .next()?
-        .strip_prefix("leader: ")?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 #[test]
 fn a_killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
     sandbox::run(
         "a_killed_leader_is_replaced_and_no_acknowledged_write_is_lost",
         || {
             let mut c = Cluster::start_servers(3)?;
-            let first = leader(&c).ok_or_else(|| anyhow::anyhow!("no leader"))?;
+            let first = c.leader().ok_or_else(|| anyhow::anyhow!("no leader"))?;
             // Writes before, then kill -9 of the leader, then writes until the
             // new leader takes them: every one acknowledged must survive.
             let mut acknowledged = Vec::new();
@@ -63,7 +52,9 @@ fn a_killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
                 logs.contains("the leader's address refuses connections"),
                 "no follower took the fast failover path:\n{logs}"
             );
-            let now = leader(&c).ok_or_else(|| anyhow::anyhow!("no leader after the fault"))?;
+            let now = c
+                .leader()
+                .ok_or_else(|| anyhow::anyhow!("no leader after the fault"))?;
             ensure!(now != first, "the dead server {first} is still the leader");
             let ps = c.berth(&["ps", "-a"]).ok()?.stdout;
             for name in &acknowledged {
@@ -87,7 +78,7 @@ fn a_killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
 fn a_stopped_leader_hands_its_leadership_over() {
     sandbox::run("a_stopped_leader_hands_its_leadership_over", || {
         let mut c = Cluster::start_servers(3)?;
-        let first = leader(&c).ok_or_else(|| anyhow::anyhow!("no leader"))?;
+        let first = c.leader().ok_or_else(|| anyhow::anyhow!("no leader"))?;
         let term = |c: &Cluster| field(&c.berth(&["cluster", "status"]).stdout, "term");
         let before = term(&c).ok_or_else(|| anyhow::anyhow!("no term"))?;
         for i in 0..3 {
@@ -104,7 +95,9 @@ fn a_stopped_leader_hands_its_leadership_over() {
             logs.contains("handed the leadership over"),
             "the stopping leader did not hand over:\n{logs}"
         );
-        let now = leader(&c).ok_or_else(|| anyhow::anyhow!("no leader after the stop"))?;
+        let now = c
+            .leader()
+            .ok_or_else(|| anyhow::anyhow!("no leader after the stop"))?;
         ensure!(
             now != first,
             "the stopped server {first} is still the leader"
@@ -137,7 +130,7 @@ fn members_restart_on_their_data_dirs_and_lose_nothing() {
                     .ok()?;
             }
             // One member down: the other two go on; back, it catches up.
-            let follower = (1..=3).find(|id| Some(*id) != leader(&c)).unwrap_or(3);
+            let follower = (1..=3).find(|id| Some(*id) != c.leader()).unwrap_or(3);
             c.kill_member(follower)?;
             for i in 0..5 {
                 c.berth(&["create", "--name", &format!("b{i}"), "busybox", "true"])
@@ -171,7 +164,7 @@ fn members_restart_on_their_data_dirs_and_lose_nothing() {
             c.wait_until(
                 Duration::from_secs(20),
                 "a leader after a full restart",
-                |c| leader(c).is_some(),
+                |c| c.leader().is_some(),
             )?;
             let ps = c.berth(&["ps", "-a"]).ok()?.stdout;
             for name in ["a0", "a4", "b0", "b4"] {
@@ -206,7 +199,7 @@ fn a_partitioned_leader_commits_nothing_and_catches_up_after_the_heal() {
                 c.berth(&["create", "--name", &format!("a{i}"), "busybox", "true"])
                     .ok()?;
             }
-            let old = leader(&c).ok_or_else(|| anyhow::anyhow!("no leader"))?;
+            let old = c.leader().ok_or_else(|| anyhow::anyhow!("no leader"))?;
             let before = applied(&c, old).ok_or_else(|| {
                 let r = c.berth_within(
                     &["--host", &c.member_addr(old), "cluster", "status"],
@@ -282,7 +275,7 @@ fn a_partitioned_leader_commits_nothing_and_catches_up_after_the_heal() {
             // every write the cluster acknowledged is there, the lost one not.
             c.heal(3)?;
             c.wait_until(Duration::from_secs(15), "the old leader to catch up", |c| {
-                let new_leader = leader(c);
+                let new_leader = c.leader();
                 match (new_leader.and_then(|l| applied(c, l)), applied(c, old)) {
                     (Some(a), Some(b)) => a == b && a > before,
                     _ => false,
@@ -378,7 +371,7 @@ fn a_new_member_is_brought_up_by_snapshot_and_members_can_leave() {
             );
             // A live member leaves; a dead one is removed.
             c.berth(&["cluster", "leave", "4"]).ok()?;
-            let follower = (2..=3).find(|id| Some(*id) != leader(&c)).unwrap_or(3);
+            let follower = (2..=3).find(|id| Some(*id) != c.leader()).unwrap_or(3);
             c.kill_member(follower)?;
             c.berth(&["cluster", "leave", &follower.to_string()]).ok()?;
             let status = c.berth(&["cluster", "status"]).ok()?.stdout;
@@ -577,7 +570,7 @@ fn any_server_answers_any_call() {
             ListContainersRequest,
         };
         let c = Cluster::start_servers(3)?;
-        let lead = leader(&c).ok_or_else(|| anyhow::anyhow!("no leader"))?;
+        let lead = c.leader().ok_or_else(|| anyhow::anyhow!("no leader"))?;
         let follower = (1..=3).find(|m| *m != lead).unwrap_or(2);
         let addr = c.member_addr(follower);
         // A client that talks to a follower only: the follower forwards.
@@ -636,7 +629,7 @@ fn after_ten_thousand_writes_a_new_member_comes_up_by_snapshot() {
             // delete from the disk.
             std::env::set_var("BERTH_LOG_SEGMENT_BYTES", "16384");
             let mut c = Cluster::start_servers(3)?;
-            let addr = c.member_addr(leader(&c).ok_or_else(|| anyhow::anyhow!("no leader"))?);
+            let addr = c.member_addr(c.leader().ok_or_else(|| anyhow::anyhow!("no leader"))?);
             let rt = tokio::runtime::Runtime::new()?;
             let written = rt.block_on(async {
                 let client = ClusterClient::connect(format!("http://{addr}")).await?;

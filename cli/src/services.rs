@@ -108,7 +108,7 @@ pub struct CreateArgs {
 }
 
 /// `berth service update`.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Default)]
 pub struct UpdateArgs {
     #[arg(long)]
     pub image: Option<String>,
@@ -177,20 +177,10 @@ pub async fn dispatch(
         ServiceCommand::Update(a) => update(client, a).await,
         ServiceCommand::Rollback { service, detach } => {
             let a = UpdateArgs {
-                image: None,
-                replicas: None,
-                env_add: vec![],
-                env_rm: vec![],
-                args: None,
-                constraint_add: vec![],
-                constraint_rm: vec![],
-                update_parallelism: None,
-                update_delay: None,
-                update_order: None,
-                update_failure_action: None,
                 rollback: true,
                 detach,
                 service,
+                ..Default::default()
             };
             update(client, a).await
         }

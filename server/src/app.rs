@@ -110,53 +110,17 @@ impl App {
     /// batches), for the reconciler's placements; each gets its result, in
     /// order, as if written alone.
     pub async fn write_all(&self, ops: Vec<Op>) -> Vec<Result<CommandResult, AppError>> {
-        let mut out = Vec::with_capacity(ops.len());
         let mut chunks = Vec::new();
         let mut ops = ops.into_iter().peekable();
         while ops.peek().is_some() {
-            let chunk: Vec<Op> = ops.by_ref().take(BULK_MAX).collect();
-            chunks.push(chunk);
+            chunks.push(ops.by_ref().take(BULK_MAX).collect::<Vec<Op>>());
         }
-        let results = futures::future::join_all(chunks.into_iter().map(|chunk| async move {
-            let n = chunk.len();
-            if n == 1 {
-                return vec![self.write(chunk.into_iter().next().expect("one op")).await];
-            }
-            let batch = Op::Batch(records::Batch {
-                commands: chunk
-                    .into_iter()
-                    .map(|op| records::Command {
-                        schema: SCHEMA_VERSION,
-                        op: Some(op),
-                    })
-                    .collect(),
-            });
-            let cmd = records::Command {
-                schema: SCHEMA_VERSION,
-                op: Some(batch),
-            };
-            match self.raft.client_write(Request(cmd)).await {
-                Ok(resp) => resp
-                    .data
-                    .0
-                    .batch
-                    .into_iter()
-                    .map(|r| {
-                        if r.error.is_empty() {
-                            Ok(r)
-                        } else {
-                            Err(AppError::Refused(r.error))
-                        }
-                    })
-                    .collect(),
-                Err(e) => (0..n).map(|_| Err(AppError::Raft(e.to_string()))).collect(),
-            }
-        }))
-        .await;
-        for r in results {
-            out.extend(r);
-        }
-        out
+        futures::future::join_all(chunks.into_iter().map(|chunk| commit(&self.raft, chunk)))
+            .await
+            .into_iter()
+            .flatten()
+            .map(|r| r.and_then(refusal))
+            .collect()
     }
 
     /// Waits (up to [`ELECTION_WAIT`]) until some member leads; true if
@@ -178,11 +142,7 @@ impl App {
         let result = rx
             .await
             .map_err(|_| AppError::Raft("the server is shutting down".into()))??;
-        if result.error.is_empty() {
-            Ok(result)
-        } else {
-            Err(AppError::Refused(result.error))
-        }
+        refusal(result)
     }
 
     /// Waits until this server's state is current with the leader's commit
@@ -258,7 +218,16 @@ async fn batch_writes(raft: BerthRaft, mut queue: mpsc::UnboundedReceiver<Pendin
 
 async fn commit_batch(raft: &BerthRaft, batch: Vec<PendingWrite>) {
     let (ops, waiters): (Vec<Op>, Vec<_>) = batch.into_iter().unzip();
-    let op = if ops.len() == 1 {
+    for (w, r) in waiters.into_iter().zip(commit(raft, ops).await) {
+        let _ = w.send(r);
+    }
+}
+
+/// Commits `ops` as one entry (a batch when there are several) and returns
+/// each one's result, in order; a refusal is a result with its error set.
+async fn commit(raft: &BerthRaft, ops: Vec<Op>) -> Vec<Result<CommandResult, AppError>> {
+    let n = ops.len();
+    let op = if n == 1 {
         ops.into_iter().next().expect("one op")
     } else {
         Op::Batch(records::Batch {
@@ -276,12 +245,10 @@ async fn commit_batch(raft: &BerthRaft, batch: Vec<PendingWrite>) {
         schema: SCHEMA_VERSION,
         op: Some(op),
     };
-    let outcome = raft.client_write(Request(cmd)).await;
-    let results: Vec<Result<CommandResult, AppError>> = match outcome {
+    match raft.client_write(Request(cmd)).await {
         Ok(resp) if batched => {
             let mut results = resp.data.0.batch.into_iter();
-            waiters
-                .iter()
+            (0..n)
                 .map(|_| {
                     results
                         .next()
@@ -291,20 +258,23 @@ async fn commit_batch(raft: &BerthRaft, batch: Vec<PendingWrite>) {
         }
         Ok(resp) => vec![Ok(resp.data.0)],
         Err(e) => {
-            let err = |e: &openraft::error::RaftError<
-                crate::raft::TypeConfig,
-                openraft::error::ClientWriteError<crate::raft::TypeConfig>,
-            >| match e {
+            let err = || match &e {
                 openraft::error::RaftError::APIError(
                     openraft::error::ClientWriteError::ForwardToLeader(f),
                 ) => AppError::NotLeader(f.leader_node.clone().map(|n| n.addr)),
                 e => AppError::Raft(e.to_string()),
             };
-            waiters.iter().map(|_| Err(err(&e))).collect()
+            (0..n).map(|_| Err(err())).collect()
         }
-    };
-    for (w, r) in waiters.into_iter().zip(results) {
-        let _ = w.send(r);
+    }
+}
+
+/// A result the state machine refused as [`AppError::Refused`].
+fn refusal(result: CommandResult) -> Result<CommandResult, AppError> {
+    if result.error.is_empty() {
+        Ok(result)
+    } else {
+        Err(AppError::Refused(result.error))
     }
 }
 

@@ -89,11 +89,6 @@ impl Lease {
             tracing::warn!("cannot renew the lease in {}: {e}", self.path.display());
         }
     }
-
-    /// True if the lease has run out.
-    pub fn expired(&self) -> bool {
-        now_ms() >= self.deadline.load(std::sync::atomic::Ordering::Acquire)
-    }
 }
 
 #[cfg(test)]
@@ -109,7 +104,6 @@ mod tests {
         lease.renew_from(now);
         assert_eq!(read(lease.path()), Some(now + 60_000));
         assert!(!expired(lease.path()));
-        assert!(!lease.expired());
         // An older answer does not shorten it.
         lease.renew_from(now - 30_000);
         assert_eq!(read(lease.path()), Some(now + 60_000));

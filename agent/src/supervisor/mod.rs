@@ -113,7 +113,8 @@ pub struct Supervisor {
     removals: std::sync::Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>,
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch, for report times.
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

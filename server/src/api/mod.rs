@@ -42,6 +42,18 @@ impl ClusterService {
     }
 }
 
+/// What a wait answers for a container its --rm removed: the exit code
+/// and error of its last `die` event, found by its full id, if the events
+/// still hold it.
+fn removed_wait(app: &App, id: &str) -> Option<cluster::WaitResponse> {
+    let (exit_code, error) = last_exit(app, id)?;
+    Some(cluster::WaitResponse {
+        exit_code,
+        state: "removed".into(),
+        error,
+    })
+}
+
 /// The exit code and error of a container's last `die` event, if the
 /// events still hold it.
 fn last_exit(app: &App, id: &str) -> Option<(i32, String)> {
@@ -65,9 +77,34 @@ fn last_exit(app: &App, id: &str) -> Option<(i32, String)> {
     }
 }
 
+/// Converts and checks a container spec from the wire, as `run`, `create`
+/// and services share it: an image (normalized), a known network, valid
+/// volumes, ulimits, constraints and placement strategy.
+pub fn check_spec(spec: cluster::ContainerSpec) -> Result<records::ContainerSpec, Status> {
+    let mut spec = convert::spec_from_wire(spec);
+    if spec.image.is_empty() {
+        return Err(Status::invalid_argument("no image given"));
+    }
+    if !spec.network.is_empty() && spec.network != "none" && spec.network != "host" {
+        return Err(Status::invalid_argument(format!(
+            "unknown network {:?}: use none or host",
+            spec.network
+        )));
+    }
+    spec.image = names::normalize_image(&spec.image);
+    for v in &spec.volumes {
+        names::check_volume(v).map_err(Status::invalid_argument)?;
+    }
+    for u in &spec.ulimits {
+        berth_proto::ulimit::parse(u).map_err(Status::invalid_argument)?;
+    }
+    check_placement(&spec)?;
+    Ok(spec)
+}
+
 /// Checks what the scheduler will read of a spec: its constraints and
 /// placement strategy.
-pub fn check_placement(spec: &records::ContainerSpec) -> Result<(), Status> {
+fn check_placement(spec: &records::ContainerSpec) -> Result<(), Status> {
     for c in &spec.constraints {
         scheduler::feasibility::Constraint::parse(c).map_err(Status::invalid_argument)?;
     }
@@ -105,24 +142,8 @@ impl Cluster for ClusterService {
         req: Request<cluster::CreateContainerRequest>,
     ) -> Result<Response<cluster::ContainerInfo>, Status> {
         let req = req.into_inner();
-        let mut spec = convert::spec_from_wire(req.spec.unwrap_or_default());
-        if spec.image.is_empty() {
-            return Err(Status::invalid_argument("no image given"));
-        }
-        if !spec.network.is_empty() && spec.network != "none" && spec.network != "host" {
-            return Err(Status::invalid_argument(format!(
-                "unknown network {:?}: use none or host",
-                spec.network
-            )));
-        }
-        spec.image = names::normalize_image(&spec.image);
+        let mut spec = check_spec(req.spec.unwrap_or_default())?;
         names::check_restart(&spec.restart).map_err(Status::invalid_argument)?;
-        for v in &spec.volumes {
-            names::check_volume(v).map_err(Status::invalid_argument)?;
-        }
-        for u in &spec.ulimits {
-            berth_proto::ulimit::parse(u).map_err(Status::invalid_argument)?;
-        }
         if spec.auto_remove && !matches!(spec.restart.as_str(), "" | "no") {
             return Err(Status::invalid_argument(
                 "conflicting options: --restart and --rm",
@@ -135,7 +156,6 @@ impl Cluster for ClusterService {
                 req.name
             )));
         }
-        check_placement(&spec)?;
         scheduler::check_image(&self.app, &spec.image).map_err(to_status)?;
         let id = names::new_id();
         if spec.hostname.is_empty() {
@@ -521,17 +541,11 @@ impl Cluster for ClusterService {
         let name_or_id = req.into_inner().name_or_id;
         let c = match self.find(&name_or_id) {
             Ok(c) => c,
-            // Removed already (its --rm, once its output was read): its end
-            // is in the events, found by its full id.
+            // Removed already (its --rm, once its output was read).
             Err(s) if s.code() == tonic::Code::NotFound => {
-                return match last_exit(&self.app, &name_or_id) {
-                    Some((exit_code, error)) => Ok(Response::new(cluster::WaitResponse {
-                        exit_code,
-                        state: "removed".into(),
-                        error,
-                    })),
-                    None => Err(s),
-                };
+                return removed_wait(&self.app, &name_or_id)
+                    .ok_or(s)
+                    .map(Response::new)
             }
             Err(s) => return Err(s),
         };
@@ -546,16 +560,9 @@ impl Cluster for ClusterService {
                 .container(&c.id)
                 .map_err(|e| to_status(e.into()))?
             else {
-                // Removed (its --rm) before this wait began: its end is
-                // in the events.
-                return match last_exit(&self.app, &c.id) {
-                    Some((exit_code, error)) => Ok(Response::new(cluster::WaitResponse {
-                        exit_code,
-                        state: "removed".into(),
-                        error,
-                    })),
-                    None => Err(Status::not_found(format!("No such container: {}", c.id))),
-                };
+                return removed_wait(&self.app, &c.id)
+                    .ok_or_else(|| Status::not_found(format!("No such container: {}", c.id)))
+                    .map(Response::new);
             };
             if CStatus(now.state()).is_finished() {
                 return Ok(Response::new(cluster::WaitResponse {

@@ -6,7 +6,7 @@ use berth_proto::cluster;
 use berth_proto::records::{self, command::Op, SCHEMA_VERSION};
 use tonic::Status;
 
-use super::{check_placement, convert, names, to_status};
+use super::{check_spec, convert, names, to_status};
 use crate::app::{now_ms, App};
 use crate::scheduler::planner;
 
@@ -189,11 +189,7 @@ pub fn info(app: &App, svc: &records::Service) -> Result<cluster::ServiceInfo, S
 }
 
 fn check_task(task: cluster::ContainerSpec) -> Result<records::ContainerSpec, Status> {
-    let mut task = convert::spec_from_wire(task);
-    if task.image.is_empty() {
-        return Err(Status::invalid_argument("no image given"));
-    }
-    task.image = names::normalize_image(&task.image);
+    let mut task = check_spec(task)?;
     if task.auto_remove {
         return Err(Status::invalid_argument(
             "--rm is not for services: the cluster keeps their tasks",
@@ -204,21 +200,8 @@ fn check_task(task: cluster::ContainerSpec) -> Result<records::ContainerSpec, St
             "service tasks take no terminal or stdin (-t, -i)",
         ));
     }
-    if !task.network.is_empty() && task.network != "none" && task.network != "host" {
-        return Err(Status::invalid_argument(format!(
-            "unknown network {:?}: use none or host",
-            task.network
-        )));
-    }
-    for v in &task.volumes {
-        names::check_volume(v).map_err(Status::invalid_argument)?;
-    }
-    for u in &task.ulimits {
-        berth_proto::ulimit::parse(u).map_err(Status::invalid_argument)?;
-    }
     // Tasks restart by the service's restart condition, not the engine's.
     task.restart.clear();
-    check_placement(&task)?;
     Ok(task)
 }
 

@@ -285,18 +285,12 @@ async fn serve(
         };
         let Some(msg) = msg.msg else { continue };
         match msg {
-            agent_message::Msg::Heartbeat(hb) => {
+            // Heartbeats come on their own stream (heartbeats() above);
+            // one on the session still counts.
+            agent_message::Msg::Heartbeat(_) => {
                 if !app.nodes.heartbeat(node, session_id).await {
                     return "the session expired or was replaced".into();
                 }
-                // The agent's lease runs from when it sent this heartbeat.
-                // Never waits: a full stream drops the ack, and the next
-                // heartbeat's ack renews the lease.
-                let _ = tx.try_send(ServerMessage {
-                    msg: Some(server_message::Msg::HeartbeatAck(HeartbeatAck {
-                        seq: hb.seq,
-                    })),
-                });
             }
             agent_message::Msg::AssignAck(a) => {
                 app.scheduler.acked(node, &a.container_id, a.generation);

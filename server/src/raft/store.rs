@@ -142,7 +142,8 @@ pub fn split(
 ) -> Result<(LogStore, StateMachine, StateReader), StoreError> {
     let applied = read_applied(&db)?.map(|l| l.index).unwrap_or(0);
     let (tx, rx) = watch::channel(applied);
-    let reader = StateReader::new(db.clone(), rx);
+    let (changes_tx, changes_rx) = watch::channel(applied);
+    let reader = StateReader::new(db.clone(), rx, changes_rx);
     Ok((
         LogStore {
             vote: Arc::new(std::sync::Mutex::new(read_vote(&db)?)),
@@ -153,6 +154,7 @@ pub fn split(
         StateMachine {
             db,
             applied_tx: Arc::new(tx),
+            changes_tx: Arc::new(changes_tx),
         },
         reader,
     ))
@@ -171,6 +173,8 @@ pub struct LogStore {
 pub struct StateMachine {
     db: Arc<DB>,
     applied_tx: Arc<watch::Sender<u64>>,
+    /// The index of the last applied entry that was more than log lines.
+    changes_tx: Arc<watch::Sender<u64>>,
 }
 
 /// Builds snapshots from an iterator over the state-machine rows.
@@ -436,16 +440,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>> + Unpin + Send,
     {
         let mut last = None;
+        let mut changed = None;
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let result = self.apply_one(&entry)?;
             last = Some(entry.log_id.index);
+            if !matches!(&entry.payload, EntryPayload::Normal(req) if state::apply::only_logs(&req.0))
+            {
+                changed = last;
+            }
             if let Some(r) = responder {
                 r.send(Response(result));
             }
         }
         if let Some(i) = last {
             self.applied_tx.send_replace(i);
+        }
+        if let Some(i) = changed {
+            self.changes_tx.send_replace(i);
         }
         Ok(())
     }
@@ -468,8 +480,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(io)??;
-        self.applied_tx
-            .send_replace(meta.last_log_id.map(|l| l.index).unwrap_or(0));
+        let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        self.applied_tx.send_replace(index);
+        self.changes_tx.send_replace(index);
         Ok(())
     }
 

@@ -17,8 +17,8 @@ use crate::nodes::assignment;
 /// reschedule delays, restart delays, resends).
 const TICK: Duration = Duration::from_millis(200);
 
-/// The shortest time between two passes, so that a stream of commits (log
-/// chunks) does not turn the loop into a busy one.
+/// The shortest time between two passes, so that a stream of commits does
+/// not turn the loop into a busy one.
 const MIN_GAP: Duration = Duration::from_millis(5);
 
 /// Starts the loop; it runs for the life of the server and acts only
@@ -28,7 +28,8 @@ pub fn spawn(app: App) {
 }
 
 async fn run(app: App) {
-    let mut changes = app.state.subscribe();
+    // Log chunks do not wake it: they change nothing it plans from.
+    let mut changes = app.state.subscribe_changes();
     let mut leading_term: Option<u64> = None;
     loop {
         tokio::select! {

@@ -48,6 +48,16 @@ pub enum ApplyError {
     Decode(#[from] prost::DecodeError),
 }
 
+/// True if a command only appends log lines (alone or in a batch): it
+/// changes nothing the scheduler plans from.
+pub fn only_logs(cmd: &records::Command) -> bool {
+    match &cmd.op {
+        Some(Op::Logs(_)) => true,
+        Some(Op::Batch(b)) => b.commands.iter().all(only_logs),
+        _ => false,
+    }
+}
+
 /// Applies the command of one Raft entry, a single one or a batch of them
 /// in order (each seeing what the ones before it wrote), into `tx`.
 pub fn apply(tx: &mut Tx, cmd: &records::Command, index: u64) -> Result<CommandResult, ApplyError> {
@@ -555,6 +565,22 @@ mod tests {
     }
 
     #[test]
+    fn only_log_chunks_leave_the_scheduler_asleep() {
+        let logs = records::Command {
+            schema: records::SCHEMA_VERSION,
+            op: Some(Op::Logs(records::AppendLogs::default())),
+        };
+        let batch = |cmds: Vec<records::Command>| records::Command {
+            schema: records::SCHEMA_VERSION,
+            op: Some(Op::Batch(records::Batch { commands: cmds })),
+        };
+        assert!(only_logs(&logs));
+        assert!(only_logs(&batch(vec![logs.clone(), logs.clone()])));
+        assert!(!only_logs(&batch(vec![logs.clone(), create("web", "a1")])));
+        assert!(!only_logs(&create("web", "a1")));
+    }
+
+    #[test]
     fn a_batch_applies_in_order_and_each_command_sees_the_ones_before() {
         let dir = tempfile::tempdir().unwrap();
         let mut opts = rocksdb::Options::default();
@@ -616,7 +642,7 @@ mod tests {
         db.put_cf(cf, keys::node("n1"), old.encode_to_vec())
             .unwrap();
         let (_tx, rx) = tokio::sync::watch::channel(0);
-        let reader = crate::state::StateReader::new(db.clone(), rx);
+        let reader = crate::state::StateReader::new(db.clone(), rx.clone(), rx);
         let labels = |r: &crate::state::StateReader| {
             let mut v: Vec<(String, String)> =
                 r.node("n1").unwrap().unwrap().labels.into_iter().collect();

@@ -34,11 +34,25 @@ pub enum StateError {
 pub struct StateReader {
     db: Arc<DB>,
     applied: watch::Receiver<u64>,
+    changes: watch::Receiver<u64>,
 }
 
 impl StateReader {
-    pub fn new(db: Arc<DB>, applied: watch::Receiver<u64>) -> Self {
-        Self { db, applied }
+    /// `applied` changes with every applied entry; `changes` with every
+    /// one that is more than log lines (see [`StateReader::subscribe_changes`]).
+    pub fn new(db: Arc<DB>, applied: watch::Receiver<u64>, changes: watch::Receiver<u64>) -> Self {
+        Self {
+            db,
+            applied,
+            changes,
+        }
+    }
+
+    /// A receiver that changes whenever an entry other than log lines is
+    /// applied: what the reconciler plans from. A flood of log chunks does
+    /// not wake it.
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
     }
 
     /// True if this store has ever been part of a cluster.
