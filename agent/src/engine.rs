@@ -1,20 +1,25 @@
 //! What the session asks of a node: the real one (the supervisor, which
 //! runs containers) or a simulated one (simulate.rs, for scale tests and
-//! benchmarks). The session code is the same for both.
+//! benchmarks). The session code is the same for both. Assignments and
+//! what the node holds are the typed values of orders.rs; attachments and
+//! image operations keep their wire form, which the engine relays as is.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use berth_proto::agent::{self, image_request, Assign, LocalContainer};
+use berth_proto::agent::{self, image_request};
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
+
+use crate::image::ImageSummary;
+use crate::orders::{Assignment, LocalCopy};
 
 /// A node the session registers and drives.
 pub trait Engine: Send + Sync + 'static {
     /// The images the node holds, for registration.
-    fn images(&self) -> Vec<agent::Image>;
+    fn images(&self) -> Vec<ImageSummary>;
     /// Every container the node holds, for registration.
-    fn local_containers(&self) -> Vec<LocalContainer>;
+    fn local_containers(&self) -> Vec<LocalCopy>;
     /// Extends the lease on movable containers to `sent_ms` (CLOCK_MONOTONIC,
     /// when the answered heartbeat left) plus its duration.
     fn renew_lease(&self, sent_ms: u64);
@@ -22,11 +27,11 @@ pub trait Engine: Send + Sync + 'static {
     /// the log lines the cluster lacks and follows what runs.
     fn registered(
         self: Arc<Self>,
-        stale: Vec<LocalContainer>,
+        stale: Vec<LocalCopy>,
         log_next_seq: HashMap<String, u64>,
     ) -> BoxFuture<'static, ()>;
     /// Acts on an assignment.
-    fn assign(self: Arc<Self>, a: Assign) -> BoxFuture<'static, ()>;
+    fn assign(self: Arc<Self>, a: Assignment) -> BoxFuture<'static, ()>;
     /// Relays an attachment until either side ends.
     fn attach(
         self: Arc<Self>,
@@ -43,11 +48,11 @@ pub trait Engine: Send + Sync + 'static {
 }
 
 impl Engine for crate::supervisor::Supervisor {
-    fn images(&self) -> Vec<agent::Image> {
+    fn images(&self) -> Vec<ImageSummary> {
         crate::supervisor::Supervisor::images(self)
     }
 
-    fn local_containers(&self) -> Vec<LocalContainer> {
+    fn local_containers(&self) -> Vec<LocalCopy> {
         crate::supervisor::Supervisor::local_containers(self)
     }
 
@@ -57,7 +62,7 @@ impl Engine for crate::supervisor::Supervisor {
 
     fn registered(
         self: Arc<Self>,
-        stale: Vec<LocalContainer>,
+        stale: Vec<LocalCopy>,
         log_next_seq: HashMap<String, u64>,
     ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
@@ -66,7 +71,7 @@ impl Engine for crate::supervisor::Supervisor {
         })
     }
 
-    fn assign(self: Arc<Self>, a: Assign) -> BoxFuture<'static, ()> {
+    fn assign(self: Arc<Self>, a: Assignment) -> BoxFuture<'static, ()> {
         Box::pin(crate::supervisor::Supervisor::assign(self, a))
     }
 

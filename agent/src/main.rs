@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use berth_agent::runtime::shim::{self, ShimConfig};
 use berth_agent::session::{self, HostFacts, SessionConfig};
+use berth_agent::supervisor::host::RealHost;
 use berth_agent::supervisor::{Supervisor, SupervisorConfig};
 use clap::{Parser, Subcommand};
 
@@ -133,9 +134,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             Supervisor::open(
                 SupervisorConfig {
                     data_dir: args.data_dir.clone(),
-                    shim_exe,
                     lease: Duration::from_millis(args.lease_ms),
                 },
+                Arc::new(RealHost { shim_exe }),
                 outbox_tx,
             )
             .with_context(|| format!("opening the agent's data dir {}", args.data_dir.display()))?,

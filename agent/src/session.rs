@@ -3,19 +3,23 @@
 //! hands assignments to the supervisor, and sends what the supervisor
 //! reports. When the stream breaks it reconnects to any server with
 //! backoff; containers keep running meanwhile.
+//!
+//! It is the one place where agent.proto meets the node's typed orders and
+//! reports (orders.rs): `wire` below converts both ways.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::agent::{
-    agent_message, agent_session_client::AgentSessionClient, image_request, server_message,
+    self, agent_message, agent_session_client::AgentSessionClient, image_request, server_message,
     AgentMessage, Heartbeat, Register,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::engine::Engine;
+use crate::orders::Report;
 
 /// How the agent reaches the cluster.
 #[derive(Debug, Clone)]
@@ -145,7 +149,7 @@ pub async fn run(
     cfg: SessionConfig,
     facts: HostFacts,
     supervisor: Arc<dyn Engine>,
-    mut outbox: mpsc::UnboundedReceiver<AgentMessage>,
+    mut outbox: mpsc::UnboundedReceiver<Report>,
 ) {
     // Right after a session ends (a leader died, an election is on) the
     // agent retries every 25 ms, so that it is back within a few ms of the
@@ -195,7 +199,7 @@ async fn session(
     facts: &HostFacts,
     addr: &str,
     supervisor: &Arc<dyn Engine>,
-    outbox: &mut mpsc::UnboundedReceiver<AgentMessage>,
+    outbox: &mut mpsc::UnboundedReceiver<Report>,
 ) -> Result<String, SessionEnd> {
     let endpoint = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .map_err(|e| SessionEnd::Failed(e.to_string()))?
@@ -216,8 +220,12 @@ async fn session(
         cgroup_version: facts.cgroup_version.clone(),
         cpus: facts.cpus,
         memory_bytes: facts.memory_bytes,
-        images: supervisor.images(),
-        containers: supervisor.local_containers(),
+        images: supervisor.images().into_iter().map(wire::image).collect(),
+        containers: supervisor
+            .local_containers()
+            .into_iter()
+            .map(wire::local_copy)
+            .collect(),
         labels: cfg.labels.clone(),
     };
     // The lease runs from when the registration left, once it is answered.
@@ -272,7 +280,14 @@ async fn session(
                             beat_failed_tx.clone(),
                         ))));
                         // Stale copies go before anything else is resumed.
-                        tokio::spawn(supervisor.clone().registered(r.stale, r.log_next_seq));
+                        let stale = r.stale.into_iter().filter_map(|l| match wire::stale_copy(l) {
+                            Ok(l) => Some(l),
+                            Err(e) => {
+                                tracing::warn!("ignoring a stale copy: {e}");
+                                None
+                            }
+                        }).collect();
+                        tokio::spawn(supervisor.clone().registered(stale, r.log_next_seq));
                     }
                     Some(server_message::Msg::Assign(a)) => {
                         let ack = AgentMessage {
@@ -284,7 +299,14 @@ async fn session(
                         if tx.send(ack).await.is_err() {
                             return Ok("the outbound stream closed".into());
                         }
-                        tokio::spawn(supervisor.clone().assign(a));
+                        match wire::assignment(a) {
+                            Ok(a) => {
+                                tokio::spawn(supervisor.clone().assign(a));
+                            }
+                            // Acknowledged all the same: a resend would be
+                            // as malformed.
+                            Err(e) => tracing::warn!("refusing an assignment: {e}"),
+                        }
                     }
                     Some(server_message::Msg::LogAck(_)) => {}
                     Some(server_message::Msg::AttachOpen(open)) => {
@@ -317,8 +339,8 @@ async fn session(
                     None => {}
                 }
             }
-            Some(m) = outbox.recv() => {
-                if tx.send(m).await.is_err() {
+            Some(r) = outbox.recv() => {
+                if tx.send(wire::report(r)).await.is_err() {
                     return Ok("the outbound stream closed".into());
                 }
             }
@@ -326,6 +348,271 @@ async fn session(
                 drop(beating.take());
                 return Ok(format!("heartbeats failed: {why}"));
             }
+        }
+    }
+}
+
+/// Conversions between agent.proto and the node's typed orders and reports.
+mod wire {
+    use std::time::Duration;
+
+    use super::agent::{self, agent_message, Action, AgentMessage};
+    use crate::image::ImageSummary;
+    use crate::orders::{
+        Assignment, ContainerState, LocalCopy, Order, Report, RunSpec, Transition,
+    };
+
+    /// What makes a message from the server unusable.
+    #[derive(Debug, thiserror::Error, PartialEq)]
+    pub enum WireError {
+        #[error("the assignment of {0} has no action")]
+        NoAction(String),
+        #[error("the run assignment of {0} has no container spec")]
+        NoSpec(String),
+        #[error("the stale copy {id} names an unknown state {state:?}")]
+        UnknownState { id: String, state: String },
+    }
+
+    /// An assignment from the leader.
+    pub fn assignment(a: agent::Assign) -> Result<Assignment, WireError> {
+        let order = match a.action() {
+            Action::Unspecified => return Err(WireError::NoAction(a.container_id)),
+            Action::Run | Action::Create => {
+                let start = a.action() == Action::Run;
+                let Some(spec) = a.spec else {
+                    return Err(WireError::NoSpec(a.container_id));
+                };
+                Order::Run {
+                    spec: Box::new(run_spec(spec, a.log_first_seq)),
+                    start,
+                }
+            }
+            Action::Stop => Order::Stop {
+                signal: (a.signal != 0).then_some(a.signal),
+                grace: Duration::from_secs(u64::from(a.timeout_s)),
+            },
+            Action::Kill => Order::Kill { signal: a.signal },
+            Action::Pause => Order::Pause,
+            Action::Unpause => Order::Unpause,
+            Action::Remove => Order::Remove,
+        };
+        Ok(Assignment {
+            container: a.container_id,
+            name: a.name,
+            generation: a.generation,
+            order,
+        })
+    }
+
+    fn run_spec(s: agent::ContainerSpec, log_first_seq: u64) -> RunSpec {
+        RunSpec {
+            image: s.image,
+            cmd: s.cmd,
+            entrypoint: s.entrypoint_set.then_some(s.entrypoint),
+            env: s.env,
+            hostname: s.hostname,
+            workdir: s.workdir,
+            user: s.user,
+            network: s.network,
+            memory_bytes: (s.memory_bytes > 0).then_some(s.memory_bytes),
+            nano_cpus: (s.nano_cpus > 0).then_some(s.nano_cpus),
+            pids_limit: (s.pids_limit > 0).then_some(s.pids_limit),
+            volumes: s.volumes,
+            restart: s.restart,
+            tty: s.tty,
+            stdin_open: s.stdin_open,
+            wait_for_attach: s.wait_for_attach,
+            ulimits: s.ulimits,
+            movable: s.movable,
+            log_first_seq,
+        }
+    }
+
+    /// A copy the leader names as stale at registration.
+    pub fn stale_copy(l: agent::LocalContainer) -> Result<LocalCopy, WireError> {
+        let state = match l.state.as_str() {
+            "created" => ContainerState::Created,
+            "running" => ContainerState::Running,
+            "paused" => ContainerState::Paused,
+            "exited" => ContainerState::Exited,
+            _ => {
+                return Err(WireError::UnknownState {
+                    id: l.id,
+                    state: l.state,
+                })
+            }
+        };
+        Ok(LocalCopy {
+            container: l.id,
+            generation: l.generation,
+            state,
+            exit_code: l.exit_code,
+        })
+    }
+
+    /// A copy this node holds, for registration.
+    pub fn local_copy(l: LocalCopy) -> agent::LocalContainer {
+        agent::LocalContainer {
+            id: l.container,
+            generation: l.generation,
+            state: l.state.name().to_string(),
+            exit_code: l.exit_code,
+        }
+    }
+
+    pub fn image(i: ImageSummary) -> agent::Image {
+        agent::Image {
+            id: i.id,
+            tags: i.tags,
+            size: i.size,
+            created_ms: i.created_ms,
+        }
+    }
+
+    fn transition(t: Transition) -> agent::Transition {
+        agent::Transition {
+            container_id: t.container,
+            generation: t.generation,
+            to: t.to.name().to_string(),
+            at_ms: t.at_ms,
+            exit_code: t.exit_code,
+            error: t.error.unwrap_or_default(),
+            image_id: t.image_id.unwrap_or_default(),
+            oom_killed: t.oom_killed,
+        }
+    }
+
+    /// A report of this node, for the server.
+    pub fn report(r: Report) -> AgentMessage {
+        let msg = match r {
+            Report::Transition(t) => agent_message::Msg::Transition(transition(t)),
+            Report::Logs(b) => agent_message::Msg::Logs(agent::LogChunk {
+                container_id: b.container,
+                generation: b.generation,
+                lines: b
+                    .lines
+                    .into_iter()
+                    .map(|l| agent::LogLine {
+                        seq: l.seq,
+                        stream: l.stream,
+                        time_ns: l.time_ns,
+                        line: l.line,
+                    })
+                    .collect(),
+            }),
+            Report::Images(images) => agent_message::Msg::Images(agent::ImageInventory {
+                images: images.into_iter().map(image).collect(),
+            }),
+            Report::ImageReply(r) => agent_message::Msg::ImageReply(agent::ImageReply {
+                request_id: r.request_id,
+                data: r.data,
+                last: r.last,
+                error: r.error.unwrap_or_default(),
+                json: r.json,
+            }),
+            Report::AttachOutput(o) => agent_message::Msg::AttachOutput(agent::AttachData {
+                stream_id: o.stream_id,
+                data: o.data,
+                close: o.close,
+                exit_code: o.exit_code,
+                ..Default::default()
+            }),
+        };
+        AgentMessage { msg: Some(msg) }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn assignments_convert_to_orders_and_malformed_ones_are_named() {
+            let base = agent::Assign {
+                container_id: "ab".into(),
+                name: "web.1".into(),
+                generation: 4,
+                ..Default::default()
+            };
+            let stop = assignment(agent::Assign {
+                action: Action::Stop as i32,
+                timeout_s: 7,
+                ..base.clone()
+            })
+            .unwrap();
+            assert_eq!(
+                stop.order,
+                Order::Stop {
+                    signal: None,
+                    grace: Duration::from_secs(7)
+                }
+            );
+            assert_eq!((stop.generation, stop.name.as_str()), (4, "web.1"));
+            let create = assignment(agent::Assign {
+                action: Action::Create as i32,
+                log_first_seq: 9,
+                spec: Some(agent::ContainerSpec {
+                    image: "busybox".into(),
+                    entrypoint_set: true,
+                    memory_bytes: 0,
+                    nano_cpus: 500_000_000,
+                    ..Default::default()
+                }),
+                ..base.clone()
+            })
+            .unwrap();
+            let Order::Run { spec, start } = create.order else {
+                panic!("{create:?}");
+            };
+            assert!(!start);
+            assert_eq!(spec.entrypoint, Some(vec![]));
+            assert_eq!(
+                (spec.memory_bytes, spec.nano_cpus, spec.log_first_seq),
+                (None, Some(500_000_000), 9)
+            );
+            assert_eq!(
+                assignment(agent::Assign {
+                    action: Action::Run as i32,
+                    ..base.clone()
+                }),
+                Err(WireError::NoSpec("ab".into()))
+            );
+            assert_eq!(assignment(base), Err(WireError::NoAction("ab".into())));
+        }
+
+        #[test]
+        fn reports_convert_to_the_wire() {
+            let m = report(Report::Transition(Transition {
+                container: "ab".into(),
+                generation: 2,
+                to: ContainerState::Exited,
+                at_ms: 5,
+                exit_code: 3,
+                error: Some("boom".into()),
+                image_id: None,
+                oom_killed: true,
+            }));
+            let Some(agent_message::Msg::Transition(t)) = m.msg else {
+                panic!("{m:?}");
+            };
+            assert_eq!(
+                (t.to.as_str(), t.exit_code, t.error.as_str(), t.oom_killed),
+                ("exited", 3, "boom", true)
+            );
+            let copy = local_copy(LocalCopy {
+                container: "ab".into(),
+                generation: 3,
+                state: ContainerState::Running,
+                exit_code: 0,
+            });
+            assert_eq!(
+                stale_copy(copy.clone()).unwrap().state,
+                ContainerState::Running
+            );
+            assert!(stale_copy(agent::LocalContainer {
+                state: "zombie".into(),
+                ..copy
+            })
+            .is_err());
         }
     }
 }

@@ -7,13 +7,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use berth_proto::agent::{
-    self, agent_message, image_request, Action, AgentMessage, Assign, LocalContainer,
-};
+use berth_proto::agent::{self, image_request};
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use crate::engine::Engine;
+use crate::image::ImageSummary;
+use crate::orders::{
+    Assignment, AttachOutput, ContainerState, ImageReply, LocalCopy, Order, Report, Transition,
+};
 use crate::supervisor::now_ms;
 
 /// The image every simulated node holds (`busybox:latest`).
@@ -22,37 +24,37 @@ const IMAGE_ID: &str = "sha256:0000000000000000000000000000000000000000000000000
 
 /// One simulated node.
 pub struct SimNode {
-    outbox: mpsc::UnboundedSender<AgentMessage>,
-    /// Each container's generation and state ("created", "running", ...).
-    containers: Mutex<HashMap<String, (u64, &'static str)>>,
+    outbox: mpsc::UnboundedSender<Report>,
+    /// Each container's generation and state.
+    containers: Mutex<HashMap<String, (u64, ContainerState)>>,
 }
 
 impl SimNode {
-    pub fn new(outbox: mpsc::UnboundedSender<AgentMessage>) -> Self {
+    pub fn new(outbox: mpsc::UnboundedSender<Report>) -> Self {
         Self {
             outbox,
             containers: Mutex::new(HashMap::new()),
         }
     }
 
-    fn report(&self, id: &str, generation: u64, to: &'static str, exit_code: i32) {
+    fn report(&self, id: &str, generation: u64, to: ContainerState, exit_code: i32) {
         self.containers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.to_string(), (generation, to));
-        let _ = self.outbox.send(AgentMessage {
-            msg: Some(agent_message::Msg::Transition(agent::Transition {
-                container_id: id.to_string(),
-                generation,
-                to: to.to_string(),
-                at_ms: now_ms(),
-                exit_code,
-                ..Default::default()
-            })),
-        });
+        let _ = self.outbox.send(Report::Transition(Transition {
+            container: id.to_string(),
+            generation,
+            to,
+            at_ms: now_ms(),
+            exit_code,
+            error: None,
+            image_id: None,
+            oom_killed: false,
+        }));
     }
 
-    fn state(&self, id: &str) -> Option<(u64, &'static str)> {
+    fn state(&self, id: &str) -> Option<(u64, ContainerState)> {
         self.containers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -62,8 +64,8 @@ impl SimNode {
 }
 
 impl Engine for SimNode {
-    fn images(&self) -> Vec<agent::Image> {
-        vec![agent::Image {
+    fn images(&self) -> Vec<ImageSummary> {
+        vec![ImageSummary {
             id: IMAGE_ID.into(),
             tags: vec![IMAGE.into()],
             size: 1 << 20,
@@ -71,15 +73,15 @@ impl Engine for SimNode {
         }]
     }
 
-    fn local_containers(&self) -> Vec<LocalContainer> {
+    fn local_containers(&self) -> Vec<LocalCopy> {
         self.containers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(id, (generation, state))| LocalContainer {
-                id: id.clone(),
+            .map(|(id, (generation, state))| LocalCopy {
+                container: id.clone(),
                 generation: *generation,
-                state: state.to_string(),
+                state: *state,
                 exit_code: 0,
             })
             .collect()
@@ -89,44 +91,43 @@ impl Engine for SimNode {
 
     fn registered(
         self: Arc<Self>,
-        stale: Vec<LocalContainer>,
+        stale: Vec<LocalCopy>,
         _log_next_seq: HashMap<String, u64>,
     ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let mut containers = self.containers.lock().unwrap_or_else(|p| p.into_inner());
             for l in stale {
-                containers.remove(&l.id);
+                containers.remove(&l.container);
             }
         })
     }
 
-    fn assign(self: Arc<Self>, a: Assign) -> BoxFuture<'static, ()> {
+    fn assign(self: Arc<Self>, a: Assignment) -> BoxFuture<'static, ()> {
+        use ContainerState::*;
         Box::pin(async move {
-            let id = a.container_id.as_str();
+            let id = a.container.as_str();
             let known = self.state(id);
             if known.is_some_and(|(g, _)| g > a.generation) {
                 return;
             }
-            let running = matches!(known, Some((_, "running" | "paused")));
-            match a.action() {
-                Action::Run if !running => {
+            let running = matches!(known, Some((_, Running | Paused)));
+            match a.order {
+                Order::Run { start: true, .. } if !running => {
                     if known.is_none_or(|(g, _)| g < a.generation) {
-                        self.report(id, a.generation, "created", 0);
+                        self.report(id, a.generation, Created, 0);
                     }
-                    self.report(id, a.generation, "running", 0);
+                    self.report(id, a.generation, Running, 0);
                 }
-                Action::Create if known.is_none() => self.report(id, a.generation, "created", 0),
-                Action::Stop | Action::Kill if running => {
-                    let code = if a.action() == Action::Kill {
-                        128 + a.signal
-                    } else {
-                        0
-                    };
-                    self.report(id, a.generation, "exited", code);
+                Order::Run { start: false, .. } if known.is_none() => {
+                    self.report(id, a.generation, Created, 0)
                 }
-                Action::Pause if running => self.report(id, a.generation, "paused", 0),
-                Action::Unpause if running => self.report(id, a.generation, "running", 0),
-                Action::Remove => {
+                Order::Stop { .. } if running => self.report(id, a.generation, Exited, 0),
+                Order::Kill { signal } if running => {
+                    self.report(id, a.generation, Exited, 128 + signal)
+                }
+                Order::Pause if running => self.report(id, a.generation, Paused, 0),
+                Order::Unpause if running => self.report(id, a.generation, Running, 0),
+                Order::Remove => {
                     self.containers
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -143,14 +144,12 @@ impl Engine for SimNode {
         _input: mpsc::UnboundedReceiver<agent::AttachData>,
     ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            let _ = self.outbox.send(AgentMessage {
-                msg: Some(agent_message::Msg::AttachOutput(agent::AttachData {
-                    stream_id: open.stream_id,
-                    data: b"a simulated node runs no process\r\n".to_vec(),
-                    close: true,
-                    ..Default::default()
-                })),
-            });
+            let _ = self.outbox.send(Report::AttachOutput(AttachOutput {
+                stream_id: open.stream_id,
+                data: b"a simulated node runs no process\r\n".to_vec(),
+                close: true,
+                exit_code: None,
+            }));
         })
     }
 
@@ -167,24 +166,22 @@ impl Engine for SimNode {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&r.container_id);
-                    (String::new(), String::new())
+                    (String::new(), None)
                 }
-                image_request::Op::Sizes(_) => ("{}".to_string(), String::new()),
-                image_request::Op::Top(_) => ("[]".to_string(), String::new()),
+                image_request::Op::Sizes(_) => ("{}".to_string(), None),
+                image_request::Op::Top(_) => ("[]".to_string(), None),
                 _ => (
                     String::new(),
-                    "a simulated node has no image store".to_string(),
+                    Some("a simulated node has no image store".to_string()),
                 ),
             };
-            let _ = self.outbox.send(AgentMessage {
-                msg: Some(agent_message::Msg::ImageReply(agent::ImageReply {
-                    request_id,
-                    last: true,
-                    error,
-                    json,
-                    ..Default::default()
-                })),
-            });
+            let _ = self.outbox.send(Report::ImageReply(ImageReply {
+                request_id,
+                last: true,
+                error,
+                json,
+                data: Vec::new(),
+            }));
         })
     }
 }
@@ -192,20 +189,35 @@ impl Engine for SimNode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    fn assign(id: &str, generation: u64, action: Action) -> Assign {
-        Assign {
-            container_id: id.into(),
+    fn assign(id: &str, generation: u64, order: Order) -> Assignment {
+        Assignment {
+            container: id.into(),
+            name: id.into(),
             generation,
-            action: action as i32,
-            ..Default::default()
+            order,
         }
     }
 
-    fn reports(rx: &mut mpsc::UnboundedReceiver<AgentMessage>) -> Vec<(String, u64)> {
+    fn run() -> Order {
+        Order::Run {
+            spec: Box::default(),
+            start: true,
+        }
+    }
+
+    fn stop() -> Order {
+        Order::Stop {
+            signal: None,
+            grace: Duration::from_secs(1),
+        }
+    }
+
+    fn reports(rx: &mut mpsc::UnboundedReceiver<Report>) -> Vec<(ContainerState, u64)> {
         let mut out = Vec::new();
-        while let Ok(m) = rx.try_recv() {
-            if let Some(agent_message::Msg::Transition(t)) = m.msg {
+        while let Ok(r) = rx.try_recv() {
+            if let Report::Transition(t) = r {
                 out.push((t.to, t.generation));
             }
         }
@@ -214,19 +226,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_simulated_node_reports_as_a_real_one_and_drops_stale_assignments() {
+        use ContainerState::*;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let node = Arc::new(SimNode::new(tx));
-        node.clone().assign(assign("a", 2, Action::Run)).await;
-        assert_eq!(
-            reports(&mut rx),
-            [("created".to_string(), 2), ("running".to_string(), 2)]
-        );
+        node.clone().assign(assign("a", 2, run())).await;
+        assert_eq!(reports(&mut rx), [(Created, 2), (Running, 2)]);
         // Running already: nothing new; an older generation: dropped.
-        node.clone().assign(assign("a", 2, Action::Run)).await;
-        node.clone().assign(assign("a", 1, Action::Stop)).await;
+        node.clone().assign(assign("a", 2, run())).await;
+        node.clone().assign(assign("a", 1, stop())).await;
         assert!(reports(&mut rx).is_empty());
-        node.clone().assign(assign("a", 2, Action::Stop)).await;
-        assert_eq!(reports(&mut rx), [("exited".to_string(), 2)]);
+        node.clone().assign(assign("a", 2, stop())).await;
+        assert_eq!(reports(&mut rx), [(Exited, 2)]);
         assert_eq!(node.local_containers().len(), 1);
         node.clone()
             .registered(node.local_containers(), HashMap::new())

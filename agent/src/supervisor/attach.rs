@@ -16,11 +16,11 @@ impl Supervisor {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let stream_id = open.stream_id;
         let out = |data: Vec<u8>, close: bool| {
-            self.send(agent_message::Msg::AttachOutput(agent::AttachData {
+            self.send(Report::AttachOutput(AttachOutput {
                 stream_id,
                 data,
                 close,
-                ..Default::default()
+                exit_code: None,
             }))
         };
         let Some(dir) = self.bundle_dir(&open.container_id) else {
@@ -47,18 +47,7 @@ impl Supervisor {
             };
             let path = crate::runtime::exec::config_path(&dir, id);
             if fs::write(&path, serde_json::to_vec(&cfg).unwrap_or_default()).is_err()
-                || tokio::process::Command::new(&self.cfg.shim_exe)
-                    .arg("exec-shim")
-                    .arg("--bundle")
-                    .arg(&dir)
-                    .arg("--exec")
-                    .arg(id)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .process_group(0)
-                    .spawn()
-                    .is_err()
+                || self.host.start_exec_shim(&dir, id).is_err()
             {
                 return out(b"cannot start the exec\r\n".to_vec(), true);
             }
@@ -146,11 +135,11 @@ impl Supervisor {
             }
             None => None,
         };
-        self.send(agent_message::Msg::AttachOutput(agent::AttachData {
+        self.send(Report::AttachOutput(AttachOutput {
             stream_id,
+            data: Vec::new(),
             close: true,
             exit_code,
-            ..Default::default()
         }));
     }
 }

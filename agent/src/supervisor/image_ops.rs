@@ -28,15 +28,13 @@ impl Supervisor {
                 .unwrap_or_else(|e| Err(format!("the image task failed: {e}"))),
         };
         if changes_images {
-            self.send(agent_message::Msg::Images(agent::ImageInventory {
-                images: self.images(),
-            }));
+            self.send(Report::Images(self.images()));
         }
         let (json, error) = match result {
-            Ok(v) => (v.map(|v| v.to_string()).unwrap_or_default(), String::new()),
-            Err(e) => (String::new(), e),
+            Ok(v) => (v.map(|v| v.to_string()).unwrap_or_default(), None),
+            Err(e) => (String::new(), Some(e)),
         };
-        self.send(agent_message::Msg::ImageReply(agent::ImageReply {
+        self.send(Report::ImageReply(ImageReply {
             request_id,
             data: Vec::new(),
             last: true,
@@ -145,9 +143,9 @@ impl Supervisor {
         // A running container is frozen while it is read, so that it cannot
         // swap a file for a symlink under the walk; the walk reads a
         // read-only overlay of its own, never the container's mount.
-        let cg = Cgroup::new(Layout::detect(Path::new(CGROUP_ROOT)), &cgroup_of(id));
         if running {
-            cg.freeze(true)
+            self.host
+                .freeze(id, true)
                 .map_err(|e| format!("freezing {id} for the export: {e}"))?;
         }
         let staging = self.images.staging_dir().map_err(|e| e.to_string())?;
@@ -168,7 +166,7 @@ impl Supervisor {
         });
         let _ = snapshot::unmount(&root);
         if running {
-            let _ = cg.freeze(false);
+            let _ = self.host.freeze(id, false);
         }
         result.map_err(|e| format!("exporting {id}: {e}"))
     }
@@ -235,14 +233,14 @@ mod erased {
 /// pieces of about 1 MiB.
 struct ChunkWriter {
     request_id: u64,
-    outbox: mpsc::UnboundedSender<AgentMessage>,
+    outbox: mpsc::UnboundedSender<Report>,
     buf: Vec<u8>,
 }
 
 impl ChunkWriter {
     const PIECE: usize = 1 << 20;
 
-    fn new(request_id: u64, outbox: mpsc::UnboundedSender<AgentMessage>) -> Self {
+    fn new(request_id: u64, outbox: mpsc::UnboundedSender<Report>) -> Self {
         Self {
             request_id,
             outbox,
@@ -256,13 +254,11 @@ impl ChunkWriter {
         }
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::PIECE));
         self.outbox
-            .send(AgentMessage {
-                msg: Some(agent_message::Msg::ImageReply(agent::ImageReply {
-                    request_id: self.request_id,
-                    data,
-                    ..Default::default()
-                })),
-            })
+            .send(Report::ImageReply(ImageReply {
+                request_id: self.request_id,
+                data,
+                ..Default::default()
+            }))
             .map_err(|_| std::io::Error::other("the agent is shutting down"))
     }
 

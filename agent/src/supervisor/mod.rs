@@ -8,31 +8,37 @@
 //! `resume.rs` (after a registration), `attach.rs` (attachments and
 //! execs), `image_ops.rs` (image operations), and `fencing.rs`, the one
 //! generation check. This file holds the state they share and the
-//! dispatch of assignments.
+//! dispatch of assignments. `host.rs` is its access to the host (mounts,
+//! shims, processes, the freezer), behind a trait so that `tests.rs` can
+//! test it with a fake.
 
 mod attach;
 pub mod fencing;
+pub mod host;
 mod image_ops;
 mod remove;
 mod resume;
 mod run;
 mod signal;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_proto::agent::{
-    self, agent_message, image_request, Action, AgentMessage, Assign, LocalContainer,
-};
+use berth_proto::agent::{self, image_request};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, Mutex};
 
-use crate::image::{import, load, save, ImageError, ImageStore};
+use crate::image::{import, load, save, ImageError, ImageStore, ImageSummary};
+use crate::orders::{
+    Assignment, AttachOutput, ContainerState, ImageReply, LocalCopy, LogBatch, LogLine, Order,
+    Report, RunSpec, Transition,
+};
 use crate::runtime::cgroups::{Cgroup, Layout, Limits};
 use crate::runtime::frame::Frame;
 use crate::runtime::shim::CGROUP_ROOT;
@@ -40,6 +46,7 @@ use crate::runtime::spec::{self, ContainerConfig, NetworkMode};
 use crate::runtime::{bundle, RuntimeError};
 use crate::snapshot::{self, Snapshots};
 
+use host::Host;
 pub use resume::read_log_from;
 
 /// A file in a bundle that says a user stopped the container.
@@ -52,8 +59,6 @@ const CHUNK_LINES: usize = 256;
 #[derive(Debug, Clone)]
 pub struct SupervisorConfig {
     pub data_dir: PathBuf,
-    /// The executable whose `shim` subcommand runs a container.
-    pub shim_exe: PathBuf,
     /// How long the agent's lease on its movable containers lasts after
     /// the heartbeat the leader last answered was sent.
     pub lease: Duration,
@@ -102,7 +107,8 @@ pub struct Supervisor {
     _lock: nix::fcntl::Flock<fs::File>,
     images: ImageStore,
     snapshots: Snapshots,
-    outbox: mpsc::UnboundedSender<AgentMessage>,
+    host: Arc<dyn Host>,
+    outbox: mpsc::UnboundedSender<Report>,
     /// Containers with a task relaying their shim.
     live: Mutex<HashSet<String>>,
     /// The newest generation seen of each container.
@@ -122,9 +128,12 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 impl Supervisor {
+    /// Opens (or makes) the data dir and takes its lock; reports go to
+    /// `outbox`.
     pub fn open(
         cfg: SupervisorConfig,
-        outbox: mpsc::UnboundedSender<AgentMessage>,
+        host: Arc<dyn Host>,
+        outbox: mpsc::UnboundedSender<Report>,
     ) -> Result<Self, SupervisorError> {
         fs::create_dir_all(&cfg.data_dir).map_err(|source| SupervisorError::Io {
             path: cfg.data_dir.clone(),
@@ -152,6 +161,7 @@ impl Supervisor {
             _lock: lock,
             images,
             snapshots,
+            host,
             outbox,
             live: Mutex::new(HashSet::new()),
             generations: fencing::Generations::default(),
@@ -171,58 +181,47 @@ impl Supervisor {
         Some(self.cfg.data_dir.join("containers").join(id))
     }
 
-    fn send(&self, msg: agent_message::Msg) {
-        let _ = self.outbox.send(AgentMessage { msg: Some(msg) });
+    fn send(&self, report: Report) {
+        let _ = self.outbox.send(report);
     }
 
-    fn transition(
-        &self,
-        id: &str,
-        generation: u64,
-        to: &str,
-        exit_code: i32,
-        error: String,
-        image_id: String,
-    ) {
-        self.send(agent_message::Msg::Transition(agent::Transition {
-            container_id: id.to_string(),
+    fn transition(&self, id: &str, generation: u64, to: ContainerState) {
+        self.send(Report::Transition(Transition {
+            container: id.to_string(),
             generation,
-            to: to.to_string(),
+            to,
             at_ms: now_ms(),
-            exit_code,
-            error,
-            image_id,
+            exit_code: 0,
+            error: None,
+            image_id: None,
             oom_killed: false,
         }));
     }
 
-    /// Reports that a container ended.
-    fn exited(&self, id: &str, generation: u64, code: i32, error: String, oom_killed: bool) {
-        self.send(agent_message::Msg::Transition(agent::Transition {
-            container_id: id.to_string(),
+    /// Reports that a container ended (or never ran, with `error`).
+    fn exited(
+        &self,
+        id: &str,
+        generation: u64,
+        code: i32,
+        error: Option<String>,
+        oom_killed: bool,
+    ) {
+        self.send(Report::Transition(Transition {
+            container: id.to_string(),
             generation,
-            to: "exited".to_string(),
+            to: ContainerState::Exited,
             at_ms: now_ms(),
             exit_code: code,
             error,
-            image_id: String::new(),
+            image_id: None,
             oom_killed,
         }));
     }
 
     /// The images this node holds, as the cluster sees them.
-    pub fn images(&self) -> Vec<agent::Image> {
-        self.images
-            .list()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|i| agent::Image {
-                id: i.id,
-                tags: i.tags,
-                size: i.size,
-                created_ms: i.created_ms,
-            })
-            .collect()
+    pub fn images(&self) -> Vec<ImageSummary> {
+        self.images.list().unwrap_or_default()
     }
 
     fn local_metas(&self) -> Vec<Meta> {
@@ -237,7 +236,7 @@ impl Supervisor {
     }
 
     /// Every container this node holds on disk, for registration.
-    pub fn local_containers(&self) -> Vec<LocalContainer> {
+    pub fn local_containers(&self) -> Vec<LocalCopy> {
         let dir = self.cfg.data_dir.join("containers");
         let Ok(entries) = fs::read_dir(&dir) else {
             return Vec::new();
@@ -247,19 +246,19 @@ impl Supervisor {
             let b = e.path();
             let Some(meta) = read_meta(&b) else { continue };
             let (state, exit_code) = match fs::read_to_string(bundle::exit(&b)) {
-                Ok(code) => ("exited", code.trim().parse().unwrap_or(255)),
+                Ok(code) => (ContainerState::Exited, code.trim().parse().unwrap_or(255)),
                 Err(_) => match fs::read_to_string(bundle::pid(&b)) {
-                    Ok(pid) if Path::new(&format!("/proc/{}", pid.trim())).exists() => {
-                        ("running", 0)
+                    Ok(pid) if pid.trim().parse().is_ok_and(|p| self.host.alive(p)) => {
+                        (ContainerState::Running, 0)
                     }
-                    Ok(_) => ("exited", 255),
-                    Err(_) => ("created", 0),
+                    Ok(_) => (ContainerState::Exited, 255),
+                    Err(_) => (ContainerState::Created, 0),
                 },
             };
-            out.push(LocalContainer {
-                id: meta.id,
+            out.push(LocalCopy {
+                container: meta.id,
                 generation: meta.generation,
-                state: state.to_string(),
+                state,
                 exit_code,
             });
         }
@@ -268,40 +267,39 @@ impl Supervisor {
 
     /// Acts on an assignment from the leader, unless it is older than one
     /// already seen of the same container (invariant 3).
-    pub async fn assign(self: Arc<Self>, a: Assign) {
+    pub async fn assign(self: Arc<Self>, a: Assignment) {
         if let fencing::Verdict::Stale { newest } =
-            self.generations.check(&a.container_id, a.generation)
+            self.generations.check(&a.container, a.generation)
         {
             tracing::info!(
-                id = %a.container_id,
+                id = %a.container,
                 generation = a.generation,
                 newest,
                 "dropping a stale assignment"
             );
             return;
         }
-        match a.action() {
-            Action::Run => self.run(a, true).await,
-            Action::Create => self.run(a, false).await,
-            Action::Remove => {
-                if let Err(e) = self.remove(&a.container_id).await {
-                    tracing::warn!(id = %a.container_id, "{e}");
+        match &a.order {
+            Order::Run { spec, start } => {
+                let (spec, start) = (spec.clone(), *start);
+                self.run(&a, &spec, start).await
+            }
+            Order::Remove => {
+                if let Err(e) = self.remove(&a.container).await {
+                    tracing::warn!(id = %a.container, "{e}");
                 }
             }
-            Action::Stop => self.stop(&a).await,
-            Action::Kill => {
-                if matches!(a.signal, 2 | 9 | 15) {
-                    if let Some(dir) = self.bundle_dir(&a.container_id) {
+            Order::Stop { signal, grace } => self.stop(&a, *signal, *grace).await,
+            Order::Kill { signal } => {
+                if matches!(signal, 2 | 9 | 15) {
+                    if let Some(dir) = self.bundle_dir(&a.container) {
                         let _ = fs::write(dir.join(STOPPED_MARK), "");
                     }
                 }
-                self.signal(&a.container_id, a.signal)
+                self.signal(&a.container, *signal)
             }
-            Action::Pause => self.freeze(&a, true),
-            Action::Unpause => self.freeze(&a, false),
-            Action::Unspecified => {
-                tracing::warn!(id = %a.container_id, "assignment without an action")
-            }
+            Order::Pause => self.freeze(&a, true),
+            Order::Unpause => self.freeze(&a, false),
         }
     }
 
@@ -315,7 +313,7 @@ impl Supervisor {
             .trim()
             .parse()
             .ok()?;
-        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+        self.host.alive(pid).then_some(pid)
     }
 }
 
@@ -338,23 +336,18 @@ pub struct ConfigPaths {
 /// image's; a given entrypoint replaces the image's and drops its command.
 pub fn container_config(
     id: &str,
-    spec: &agent::ContainerSpec,
+    spec: &RunSpec,
     image: &oci_spec::image::ImageConfiguration,
     paths: &ConfigPaths,
 ) -> Result<ContainerConfig, RuntimeError> {
     let ic = image.config().clone().unwrap_or_default();
-    let mut args: Vec<String> = if spec.entrypoint_set {
-        spec.entrypoint
-            .iter()
-            .filter(|e| !e.is_empty())
-            .cloned()
-            .collect()
-    } else {
-        ic.entrypoint().clone().unwrap_or_default()
+    let mut args: Vec<String> = match &spec.entrypoint {
+        Some(e) => e.iter().filter(|e| !e.is_empty()).cloned().collect(),
+        None => ic.entrypoint().clone().unwrap_or_default(),
     };
     if !spec.cmd.is_empty() {
         args.extend(spec.cmd.iter().cloned());
-    } else if !spec.entrypoint_set {
+    } else if spec.entrypoint.is_none() {
         args.extend(ic.cmd().clone().unwrap_or_default());
     }
     let mut env: Vec<String> = ic.env().clone().unwrap_or_default();
@@ -391,10 +384,11 @@ pub fn container_config(
         uid,
         gid,
         limits: Limits {
-            memory_bytes: (spec.memory_bytes > 0).then_some(spec.memory_bytes),
-            cpu_quota_us: (spec.nano_cpus > 0)
-                .then(|| spec.nano_cpus * crate::runtime::cgroups::CPU_PERIOD_US / 1_000_000_000),
-            pids: (spec.pids_limit > 0).then_some(spec.pids_limit),
+            memory_bytes: spec.memory_bytes,
+            cpu_quota_us: spec
+                .nano_cpus
+                .map(|n| n * crate::runtime::cgroups::CPU_PERIOD_US / 1_000_000_000),
+            pids: spec.pids_limit,
         },
         cgroup: cgroup_of(id).display().to_string(),
         mounts,

@@ -34,18 +34,14 @@ impl Supervisor {
         // No restart policy brings back what is being removed.
         let _ = fs::write(dir.join(STOPPED_MARK), "");
         if !bundle::exit(&dir).exists() {
-            let _ =
-                Cgroup::new(Layout::detect(Path::new(CGROUP_ROOT)), &cgroup_of(id)).freeze(false);
             if let Some(pid) = fs::read_to_string(bundle::pid(&dir))
                 .ok()
                 .and_then(|p| p.trim().parse::<i32>().ok())
             {
-                // kill(2): SIGKILL to the container's init ends its whole
-                // pid namespace.
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                let _ = self.host.freeze(id, false);
+                // SIGKILL to the container's init ends its whole pid
+                // namespace.
+                let _ = self.host.kill(pid, nix::sys::signal::Signal::SIGKILL);
                 for _ in 0..250 {
                     if bundle::exit(&dir).exists() {
                         break;
@@ -59,7 +55,7 @@ impl Supervisor {
                 }
             }
         }
-        let _ = snapshot::unmount(&bundle::rootfs(&dir));
+        self.host.unmount_rootfs(&dir);
         fs::remove_dir_all(&dir).map_err(|e| {
             format!(
                 "unable to remove filesystem for {id}: {}: {e}",
@@ -71,19 +67,19 @@ impl Supervisor {
     /// After a (re)registration, before anything else: stops and deletes
     /// the local copies the cluster no longer places here (removed, moved,
     /// or placed here again at a newer generation).
-    pub async fn remove_stale(&self, stale: Vec<LocalContainer>) {
+    pub async fn remove_stale(&self, stale: Vec<LocalCopy>) {
         for l in stale {
-            let Some(dir) = self.bundle_dir(&l.id) else {
+            let Some(dir) = self.bundle_dir(&l.container) else {
                 continue;
             };
             // A copy newer than the stale one named is not this one.
             if read_meta(&dir).is_some_and(|m| m.generation > l.generation) {
                 continue;
             }
-            tracing::info!(id = %l.id, generation = l.generation, "removing a stale copy");
-            match self.remove(&l.id).await {
-                Ok(()) => self.generations.forget(&l.id),
-                Err(e) => tracing::warn!(id = %l.id, "cannot remove a stale copy: {e}"),
+            tracing::info!(id = %l.container, generation = l.generation, "removing a stale copy");
+            match self.remove(&l.container).await {
+                Ok(()) => self.generations.forget(&l.container),
+                Err(e) => tracing::warn!(id = %l.container, "cannot remove a stale copy: {e}"),
             }
         }
     }

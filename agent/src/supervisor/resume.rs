@@ -27,10 +27,10 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn send_lines(&self, id: &str, generation: u64, lines: Vec<agent::LogLine>) {
+    pub(super) fn send_lines(&self, id: &str, generation: u64, lines: Vec<LogLine>) {
         for chunk in lines.chunks(CHUNK_LINES) {
-            self.send(agent_message::Msg::Logs(agent::LogChunk {
-                container_id: id.to_string(),
+            self.send(Report::Logs(LogBatch {
+                container: id.to_string(),
                 generation,
                 lines: chunk.to_vec(),
             }));
@@ -59,12 +59,12 @@ impl Supervisor {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(255);
-        let _ = snapshot::unmount(&bundle::rootfs(&dir));
+        self.host.unmount_rootfs(&dir);
         self.exited(
             &meta.id,
             meta.generation,
             code,
-            String::new(),
+            None,
             dir.join("oom").exists(),
         );
         self.live.lock().await.remove(&meta.id);
@@ -74,7 +74,7 @@ impl Supervisor {
 /// Log lines of a bundle's log file from sequence number `from`, reading
 /// from byte `offset`; returns them with the offset after the last complete
 /// line.
-pub fn read_log_from(dir: &Path, from: u64, offset: u64) -> (Vec<agent::LogLine>, u64) {
+pub fn read_log_from(dir: &Path, from: u64, offset: u64) -> (Vec<LogLine>, u64) {
     use std::io::{BufRead, Seek, SeekFrom};
     let Ok(mut f) = fs::File::open(bundle::log(dir)) else {
         return (Vec::new(), offset);
@@ -105,7 +105,7 @@ pub fn read_log_from(dir: &Path, from: u64, offset: u64) -> (Vec<agent::LogLine>
         }) = serde_json::from_str::<Frame>(line.trim_end())
         {
             if seq >= from {
-                out.push(agent::LogLine {
+                out.push(LogLine {
                     seq,
                     stream,
                     time_ns,

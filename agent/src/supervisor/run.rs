@@ -7,17 +7,17 @@ use super::*;
 impl Supervisor {
     /// Creates the container if this node does not hold it, and with
     /// `start` starts it (again, if it has exited).
-    pub(super) async fn run(self: Arc<Self>, a: Assign, start: bool) {
-        let Some(dir) = self.bundle_dir(&a.container_id) else {
-            tracing::warn!(id = %a.container_id, "refusing an assignment with a malformed id");
+    pub(super) async fn run(self: Arc<Self>, a: &Assignment, spec: &RunSpec, start: bool) {
+        let Some(dir) = self.bundle_dir(&a.container) else {
+            tracing::warn!(id = %a.container, "refusing an assignment with a malformed id");
             return;
         };
         // A copy of an older generation is not this placement: the cluster
         // placed the container here afresh, and the old copy goes first.
         if read_meta(&dir).is_some_and(|m| m.generation < a.generation) {
-            tracing::info!(id = %a.container_id, generation = a.generation, "replacing an older copy");
-            if let Err(e) = self.remove(&a.container_id).await {
-                tracing::warn!(id = %a.container_id, "cannot replace the older copy: {e}");
+            tracing::info!(id = %a.container, generation = a.generation, "replacing an older copy");
+            if let Err(e) = self.remove(&a.container).await {
+                tracing::warn!(id = %a.container, "cannot replace the older copy: {e}");
                 return;
             }
         }
@@ -26,7 +26,7 @@ impl Supervisor {
         // start waits for it).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            if self.live.lock().await.insert(a.container_id.clone()) {
+            if self.live.lock().await.insert(a.container.clone()) {
                 break;
             }
             if self.running_pid(&dir).is_some() || tokio::time::Instant::now() > deadline {
@@ -34,21 +34,27 @@ impl Supervisor {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        self.clone().run_inner(&a, &dir, start).await;
-        self.live.lock().await.remove(&a.container_id);
+        self.clone().run_inner(a, spec, &dir, start).await;
+        self.live.lock().await.remove(&a.container);
     }
 
-    pub(super) async fn run_inner(self: Arc<Self>, a: &Assign, dir: &Path, start: bool) {
-        let id = &a.container_id;
+    pub(super) async fn run_inner(
+        self: Arc<Self>,
+        a: &Assignment,
+        spec: &RunSpec,
+        dir: &Path,
+        start: bool,
+    ) {
+        let id = &a.container;
         let fail = |e: String| {
             tracing::warn!(%id, "cannot start the container: {e}");
-            let _ = snapshot::unmount(&bundle::rootfs(dir));
-            self.transition(id, a.generation, "exited", 125, e, String::new());
+            self.host.unmount_rootfs(dir);
+            self.exited(id, a.generation, 125, Some(e), false);
         };
         if !dir.exists() {
             let me = self.clone();
-            let (a2, d2) = (a.clone(), dir.to_path_buf());
-            let prepared = tokio::task::spawn_blocking(move || me.prepare(&a2, &d2))
+            let (a2, s2, d2) = (a.clone(), spec.clone(), dir.to_path_buf());
+            let prepared = tokio::task::spawn_blocking(move || me.prepare(&a2, &s2, &d2))
                 .await
                 .unwrap_or_else(|e| {
                     Err(SupervisorError::Io {
@@ -57,9 +63,10 @@ impl Supervisor {
                     })
                 });
             match prepared {
-                Ok(image_id) => {
-                    self.transition(id, a.generation, "created", 0, String::new(), image_id)
-                }
+                Ok(image_id) => self.send(Report::Transition(Transition {
+                    image_id: Some(image_id),
+                    ..created(id, a.generation)
+                })),
                 Err(e) => return fail(e.to_string()),
             }
         } else if self.running_pid(dir).is_some() {
@@ -80,7 +87,7 @@ impl Supervisor {
         }
         let _ = fs::remove_file(dir.join(STOPPED_MARK));
         let _ = fs::remove_file(dir.join(crate::runtime::lease::EXPIRED_MARK));
-        if a.spec.as_ref().is_some_and(|s| s.wait_for_attach) {
+        if spec.wait_for_attach {
             let _ = fs::write(dir.join(crate::runtime::shim::WAIT_ATTACH_MARK), "");
         }
         let mut restarts = 0u32;
@@ -130,19 +137,19 @@ impl Supervisor {
             .map(|d| self.snapshots.path(d))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
-        let _ = snapshot::unmount(&bundle::rootfs(dir));
-        snapshot::mount_overlay(
-            &lowers,
-            &bundle::upper(dir),
-            &bundle::work(dir),
-            &bundle::rootfs(dir),
-        )
-        .map_err(|e| e.to_string())
+        self.host.unmount_rootfs(dir);
+        self.host
+            .mount_rootfs(&lowers, dir)
+            .map_err(|e| e.to_string())
     }
 
     /// Resolves the image, mounts the rootfs and writes config.json.
-    pub(super) fn prepare(&self, a: &Assign, dir: &Path) -> Result<String, SupervisorError> {
-        let spec = a.spec.clone().unwrap_or_default();
+    pub(super) fn prepare(
+        &self,
+        a: &Assignment,
+        spec: &RunSpec,
+        dir: &Path,
+    ) -> Result<String, SupervisorError> {
         let image = self.images.resolve(&spec.image)?;
         let lowers = image
             .diff_ids
@@ -165,10 +172,10 @@ impl Supervisor {
             path: dir.to_path_buf(),
             source,
         })?;
-        let result = self.prepare_bundle(a, &spec, &image, &lowers, dir);
+        let result = self.prepare_bundle(a, spec, &image, &lowers, dir);
         if result.is_err() {
             // Nothing half-made stays: a later start creates it afresh.
-            let _ = snapshot::unmount(&bundle::rootfs(dir));
+            self.host.unmount_rootfs(dir);
             let _ = fs::remove_dir_all(dir);
         }
         result.map(|()| image.id)
@@ -176,14 +183,14 @@ impl Supervisor {
 
     pub(super) fn prepare_bundle(
         &self,
-        a: &Assign,
-        spec: &agent::ContainerSpec,
+        a: &Assignment,
+        spec: &RunSpec,
         image: &crate::image::ResolvedImage,
         lowers: &[PathBuf],
         dir: &Path,
     ) -> Result<(), SupervisorError> {
         let meta = Meta {
-            id: a.container_id.clone(),
+            id: a.container.clone(),
             name: a.name.clone(),
             generation: a.generation,
             image_id: image.id.clone(),
@@ -196,13 +203,13 @@ impl Supervisor {
                 .and_then(|s| parse_signal(&s)),
             restart: spec.restart.clone(),
         };
-        if a.log_first_seq > 1 {
-            fs::write(bundle::log_start(dir), a.log_first_seq.to_string()).map_err(|source| {
-                SupervisorError::Io {
+        if spec.log_first_seq > 1 {
+            fs::write(bundle::log_start(dir), spec.log_first_seq.to_string()).map_err(
+                |source| SupervisorError::Io {
                     path: bundle::log_start(dir),
                     source,
-                }
-            })?;
+                },
+            )?;
         }
         fs::write(
             bundle::meta(dir),
@@ -212,14 +219,9 @@ impl Supervisor {
             path: bundle::meta(dir),
             source,
         })?;
-        snapshot::mount_overlay(
-            lowers,
-            &bundle::upper(dir),
-            &bundle::work(dir),
-            &bundle::rootfs(dir),
-        )?;
+        self.host.mount_rootfs(lowers, dir)?;
         let cfg = container_config(
-            &a.container_id,
+            &a.container,
             spec,
             &image.config,
             &ConfigPaths {
@@ -233,22 +235,13 @@ impl Supervisor {
     }
 
     /// Starts the shim and relays its frames until the container ends.
-    pub(super) async fn start_shim(self: Arc<Self>, a: &Assign, dir: &Path) -> Result<i32, String> {
-        let shim_log = fs::File::create(dir.join("shim.log")).map_err(|e| e.to_string())?;
-        let mut child = tokio::process::Command::new(&self.cfg.shim_exe)
-            .arg("shim")
-            .arg("--bundle")
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(shim_log)
-            // Its own process group: a signal to the agent's group (a
-            // Ctrl+C in its terminal) must not reach the containers.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("cannot start the shim {}: {e}", self.cfg.shim_exe.display()))?;
-        let stdout = child.stdout.take().ok_or("the shim has no stdout")?;
-        let mut reader = BufReader::new(stdout);
+    pub(super) async fn start_shim(
+        self: Arc<Self>,
+        a: &Assignment,
+        dir: &Path,
+    ) -> Result<i32, String> {
+        let shim = self.host.start_shim(dir)?;
+        let mut reader = shim.frames;
         let mut batch = Vec::new();
         let mut exit: Option<(i32, Option<String>, bool)> = None;
         let mut line = String::new();
@@ -259,20 +252,15 @@ impl Supervisor {
                 Ok(_) => {}
             }
             match serde_json::from_str::<Frame>(line.trim_end()) {
-                Ok(Frame::Start { .. }) => self.transition(
-                    &a.container_id,
-                    a.generation,
-                    "running",
-                    0,
-                    String::new(),
-                    String::new(),
-                ),
+                Ok(Frame::Start { .. }) => {
+                    self.transition(&a.container, a.generation, ContainerState::Running)
+                }
                 Ok(Frame::Log {
                     seq,
                     stream,
                     time_ns,
                     line,
-                }) => batch.push(agent::LogLine {
+                }) => batch.push(LogLine {
                     seq,
                     stream,
                     time_ns,
@@ -283,15 +271,15 @@ impl Supervisor {
                     error,
                     oom_killed,
                 }) => exit = Some((code, error, oom_killed)),
-                Err(e) => tracing::warn!(id = %a.container_id, "unreadable shim frame: {e}"),
+                Err(e) => tracing::warn!(id = %a.container, "unreadable shim frame: {e}"),
             }
             if !batch.is_empty() && (reader.buffer().is_empty() || batch.len() >= CHUNK_LINES) {
                 self.send_logs(a, &mut batch);
             }
         }
         self.send_logs(a, &mut batch);
-        let _ = child.wait().await;
-        let _ = snapshot::unmount(&bundle::rootfs(dir));
+        shim.ended.await;
+        self.host.unmount_rootfs(dir);
         let (code, error, oom_killed) = exit.unwrap_or_else(|| {
             (
                 fs::read_to_string(bundle::exit(dir))
@@ -302,24 +290,32 @@ impl Supervisor {
                 dir.join("oom").exists(),
             )
         });
-        self.exited(
-            &a.container_id,
-            a.generation,
-            code,
-            error.unwrap_or_default(),
-            oom_killed,
-        );
+        self.exited(&a.container, a.generation, code, error, oom_killed);
         Ok(code)
     }
 
-    pub(super) fn send_logs(&self, a: &Assign, batch: &mut Vec<agent::LogLine>) {
+    pub(super) fn send_logs(&self, a: &Assignment, batch: &mut Vec<LogLine>) {
         if batch.is_empty() {
             return;
         }
-        self.send(agent_message::Msg::Logs(agent::LogChunk {
-            container_id: a.container_id.clone(),
+        self.send(Report::Logs(LogBatch {
+            container: a.container.clone(),
             generation: a.generation,
             lines: std::mem::take(batch),
         }));
+    }
+}
+
+/// The report of a container created at `generation`.
+fn created(id: &str, generation: u64) -> Transition {
+    Transition {
+        container: id.to_string(),
+        generation,
+        to: ContainerState::Created,
+        at_ms: now_ms(),
+        exit_code: 0,
+        error: None,
+        image_id: None,
+        oom_killed: false,
     }
 }

@@ -213,14 +213,16 @@ pub async fn tag(app: &App, source: &str, target: &str) -> Result<Vec<String>, S
             normalize_image(source)
         )));
     }
-    let op = Op::Tag(TagOp {
-        source: holders[0].1.id.clone(),
-        target: normalize_image(target),
-    });
+    // Each node tags its own image: an import made on two nodes a second
+    // apart has two ids (the config records its creation time).
     let mut nodes = Vec::new();
-    for (n, _) in &holders {
+    for (n, image) in &holders {
+        let op = Op::Tag(TagOp {
+            source: image.id.clone(),
+            target: normalize_image(target),
+        });
         app.nodes
-            .image_call(n, op.clone(), &[])
+            .image_call(n, op, &[])
             .await
             .map_err(|e| Status::failed_precondition(format!("{n}: {e}")))?;
         nodes.push(n.clone());
@@ -253,10 +255,12 @@ pub async fn remove(
         .state
         .containers()
         .map_err(|e| Status::internal(e.to_string()))?;
+    // An image made on each node apart (an import) has an id per node.
+    let ids: Vec<&str> = holders.iter().map(|(_, i)| i.id.as_str()).collect();
     let users: Vec<&records::Container> = containers
         .iter()
         .filter(|c| {
-            c.image_id == image.id
+            ids.contains(&c.image_id.as_str())
                 || (c.image_id.is_empty()
                     && c.spec
                         .as_ref()
@@ -281,23 +285,18 @@ pub async fn remove(
             &user.id[..12]
         )));
     }
-    let target = if image.tags.iter().any(|t| *t == normalize_image(reference)) {
-        normalize_image(reference)
-    } else {
-        image.id.clone()
-    };
+    let by_tag = image.tags.iter().any(|t| *t == normalize_image(reference));
     let mut untagged = Vec::new();
     let mut deleted = Vec::new();
-    for (n, _) in &holders {
+    for (n, held) in &holders {
+        let target = if by_tag {
+            normalize_image(reference)
+        } else {
+            held.id.clone()
+        };
         let json = app
             .nodes
-            .image_call(
-                n,
-                Op::Remove(RemoveImageOp {
-                    reference: target.clone(),
-                }),
-                &[],
-            )
+            .image_call(n, Op::Remove(RemoveImageOp { reference: target }), &[])
             .await
             .map_err(|e| Status::failed_precondition(format!("{n}: {e}")))?;
         #[derive(Deserialize)]

@@ -1,0 +1,123 @@
+//! The supervisor's access to the host: mounts, shims, processes and the
+//! freezer. The real host makes the syscalls; the supervisor's unit tests
+//! put a fake in its place (tests.rs), so that its decisions (fencing,
+//! restart policies, grace periods, removal) are tested without root.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::Stdio;
+
+use futures::future::BoxFuture;
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncRead, BufReader};
+
+use crate::runtime::cgroups::{Cgroup, Layout};
+use crate::runtime::shim::CGROUP_ROOT;
+use crate::snapshot::{self, SnapshotError};
+
+/// A shim the host started for a bundle.
+pub struct Shim {
+    /// Its frames (runtime/frame.rs), one JSON object a line.
+    pub frames: BufReader<Pin<Box<dyn AsyncRead + Send>>>,
+    /// Resolves once the shim process has ended.
+    pub ended: BoxFuture<'static, ()>,
+}
+
+/// What the supervisor does to the host.
+pub trait Host: Send + Sync + 'static {
+    /// Mounts a bundle's rootfs: its layers (bottom last) under its upper dir.
+    fn mount_rootfs(&self, lowers: &[PathBuf], bundle: &Path) -> Result<(), SnapshotError>;
+    /// Unmounts a bundle's rootfs, if it is mounted.
+    fn unmount_rootfs(&self, bundle: &Path);
+    /// Starts the shim that runs the bundle's container.
+    fn start_shim(&self, bundle: &Path) -> Result<Shim, String>;
+    /// Starts the shim of an exec (`exec` names its config in the bundle).
+    fn start_exec_shim(&self, bundle: &Path, exec: &str) -> Result<(), String>;
+    /// True while the process `pid` exists.
+    fn alive(&self, pid: i32) -> bool;
+    /// Sends `signal` to the process `pid`.
+    fn kill(&self, pid: i32, signal: Signal) -> Result<(), String>;
+    /// Freezes or thaws every process of the container `id`.
+    fn freeze(&self, id: &str, frozen: bool) -> Result<(), String>;
+}
+
+/// The host this agent runs on.
+pub struct RealHost {
+    /// The executable whose `shim` and `exec-shim` subcommands run containers.
+    pub shim_exe: PathBuf,
+}
+
+impl Host for RealHost {
+    fn mount_rootfs(&self, lowers: &[PathBuf], bundle: &Path) -> Result<(), SnapshotError> {
+        use crate::runtime::bundle;
+        snapshot::mount_overlay(
+            lowers,
+            &bundle::upper(bundle),
+            &bundle::work(bundle),
+            &bundle::rootfs(bundle),
+        )
+    }
+
+    fn unmount_rootfs(&self, bundle: &Path) {
+        let _ = snapshot::unmount(&crate::runtime::bundle::rootfs(bundle));
+    }
+
+    fn start_shim(&self, bundle: &Path) -> Result<Shim, String> {
+        let shim_log = std::fs::File::create(bundle.join("shim.log")).map_err(|e| e.to_string())?;
+        let mut child = tokio::process::Command::new(&self.shim_exe)
+            .arg("shim")
+            .arg("--bundle")
+            .arg(bundle)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(shim_log)
+            // Its own process group: a signal to the agent's group (a
+            // Ctrl+C in its terminal) must not reach the containers.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start the shim {}: {e}", self.shim_exe.display()))?;
+        let stdout = child.stdout.take().ok_or("the shim has no stdout")?;
+        Ok(Shim {
+            frames: BufReader::new(Box::pin(stdout)),
+            ended: Box::pin(async move {
+                let _ = child.wait().await;
+            }),
+        })
+    }
+
+    fn start_exec_shim(&self, bundle: &Path, exec: &str) -> Result<(), String> {
+        tokio::process::Command::new(&self.shim_exe)
+            .arg("exec-shim")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--exec")
+            .arg(exec)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map(drop)
+            .map_err(|e| format!("cannot start the exec shim: {e}"))
+    }
+
+    fn alive(&self, pid: i32) -> bool {
+        pid > 0 && Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    fn kill(&self, pid: i32, signal: Signal) -> Result<(), String> {
+        // kill(2) to the container's init: from outside its pid namespace
+        // the signal arrives if init handles it (SIGKILL always does).
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+            .map_err(|e| format!("kill({pid}, {signal}): {e}"))
+    }
+
+    fn freeze(&self, id: &str, frozen: bool) -> Result<(), String> {
+        Cgroup::new(
+            Layout::detect(Path::new(CGROUP_ROOT)),
+            &super::cgroup_of(id),
+        )
+        .freeze(frozen)
+        .map_err(|e| e.to_string())
+    }
+}
