@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use crate::image::ImageSummary;
-use crate::orders::{Assignment, LocalCopy};
+use crate::orders::{Assignment, LocalCopy, LogAck, LogLine, ReadLogs};
 
 /// A node the session registers and drives.
 pub trait Engine: Send + Sync + 'static {
@@ -32,6 +32,14 @@ pub trait Engine: Send + Sync + 'static {
     ) -> BoxFuture<'static, ()>;
     /// Acts on an assignment.
     fn assign(self: Arc<Self>, a: Assignment) -> BoxFuture<'static, ()>;
+    /// Hands the cluster's answer to a log batch to the container's shipper.
+    fn log_ack(&self, container: &str, ack: LogAck);
+    /// Answers a read of a container's log, batch by batch, into `out`.
+    fn read_logs(
+        self: Arc<Self>,
+        req: ReadLogs,
+        out: mpsc::Sender<Vec<LogLine>>,
+    ) -> BoxFuture<'static, Result<(), String>>;
     /// Relays an attachment until either side ends.
     fn attach(
         self: Arc<Self>,
@@ -73,6 +81,18 @@ impl Engine for crate::supervisor::Supervisor {
 
     fn assign(self: Arc<Self>, a: Assignment) -> BoxFuture<'static, ()> {
         Box::pin(crate::supervisor::Supervisor::assign(self, a))
+    }
+
+    fn log_ack(&self, container: &str, ack: LogAck) {
+        crate::supervisor::Supervisor::log_ack(self, container, ack)
+    }
+
+    fn read_logs(
+        self: Arc<Self>,
+        req: ReadLogs,
+        out: mpsc::Sender<Vec<LogLine>>,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        Box::pin(async move { crate::supervisor::Supervisor::read_logs(&self, req, out).await })
     }
 
     fn attach(

@@ -5,6 +5,7 @@
 
 pub mod engine;
 pub mod image;
+pub mod logs;
 pub mod orders;
 pub mod runtime;
 pub mod session;

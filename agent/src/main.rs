@@ -40,6 +40,22 @@ struct Args {
     /// --reschedule-after-ms (2000 + 1000 by default).
     #[arg(long, default_value_t = 2000)]
     lease_ms: u64,
+    /// Rotate each container's log file at this size (like Docker's
+    /// json-file max-size; 0 never rotates). The file is the full record
+    /// of a container's output while this node lives; the cluster keeps a
+    /// tail of it.
+    #[arg(long, default_value = "64m", value_parser = parse_size)]
+    log_max_size: u64,
+    /// How many log files of a container to keep, the current one
+    /// included (like json-file max-file).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    log_max_file: u32,
+    /// The most bytes of log lines per second this node ships to the
+    /// cluster, all containers together (0: no limit). A container that
+    /// writes faster is slowed in shipping only, never in running: its
+    /// lines wait in its log file.
+    #[arg(long, default_value = "8m", value_parser = parse_size)]
+    log_ship_rate: u64,
     /// Run N simulated nodes instead of this host: light nodes named
     /// NAME-1 ... NAME-N that register with --simulate-cpus and
     /// --simulate-memory, hold the image busybox:latest, and report the
@@ -82,6 +98,27 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         }
         _ => Err(format!("invalid label {s:?}: use KEY=VALUE")),
     }
+}
+
+/// A size in bytes: a number with an optional k, m or g (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let (digits, unit) = match lower.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => lower.split_at(i),
+        None => (lower.as_str(), ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: use a number with k, m or g"))?;
+    let shift = match unit.trim_end_matches('b') {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        _ => return Err(format!("invalid size {s:?}: use a number with k, m or g")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 fn main() {
@@ -135,6 +172,14 @@ fn real_main(args: Args) -> anyhow::Result<()> {
                 SupervisorConfig {
                     data_dir: args.data_dir.clone(),
                     lease: Duration::from_millis(args.lease_ms),
+                    ship: berth_agent::logs::shipper::ShipConfig {
+                        rate_bytes: args.log_ship_rate,
+                        ..Default::default()
+                    },
+                    log_rotation: berth_agent::runtime::shim::Rotation {
+                        max_size: args.log_max_size,
+                        max_file: args.log_max_file,
+                    },
                 },
                 Arc::new(RealHost { shim_exe }),
                 outbox_tx,

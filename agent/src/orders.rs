@@ -181,3 +181,26 @@ pub enum Report {
     ImageReply(ImageReply),
     AttachOutput(AttachOutput),
 }
+
+/// The cluster's answer to one batch of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogAck {
+    /// Every line before this one is committed: ship from here.
+    pub next_seq: u64,
+    /// The first sequence number of the batch answered.
+    pub chunk_first_seq: u64,
+    /// The cluster takes no more lines of this copy.
+    pub stop: bool,
+}
+
+/// A read of a container's log from this node's own file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadLogs {
+    pub request_id: u64,
+    pub container: String,
+    pub from_seq: u64,
+    /// Only the last N lines (of those from `from_seq` on).
+    pub tail: Option<u64>,
+    /// Until the container has ended and every line is read.
+    pub follow: bool,
+}

@@ -211,8 +211,8 @@ async fn session(
         .await
         .map_err(|e| SessionEnd::Failed(format!("{e}")))?;
     let mut client = AgentSessionClient::new(channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
+        .max_decoding_message_size(berth_proto::limits::MAX_MESSAGE)
+        .max_encoding_message_size(berth_proto::limits::MAX_MESSAGE);
     let (tx, rx) = mpsc::channel::<AgentMessage>(256);
     let register = Register {
         node: cfg.node.clone(),
@@ -259,6 +259,7 @@ async fn session(
         HashMap::new();
     // Image requests still receiving their upload: the operation and the bytes so far.
     let mut pending: HashMap<u64, (Option<image_request::Op>, Vec<u8>)> = HashMap::new();
+    let mut session_id = 0u64;
     loop {
         tokio::select! {
             msg = inbound.message() => {
@@ -271,6 +272,7 @@ async fn session(
                     Some(server_message::Msg::Registered(r)) => {
                         tracing::info!(node = %r.node, server = %addr, stale = r.stale.len(), "registered");
                         supervisor.renew_lease(registered_at);
+                        session_id = r.session_id;
                         beating = Some(AbortOnDrop(tokio::spawn(heartbeats(
                             endpoint.clone(),
                             cfg.node.clone(),
@@ -308,7 +310,19 @@ async fn session(
                             Err(e) => tracing::warn!("refusing an assignment: {e}"),
                         }
                     }
-                    Some(server_message::Msg::LogAck(_)) => {}
+                    Some(server_message::Msg::LogAck(a)) => {
+                        let (id, ack) = wire::log_ack(a);
+                        supervisor.log_ack(&id, ack);
+                    }
+                    Some(server_message::Msg::ReadLogs(r)) => {
+                        tokio::spawn(answer_read(
+                            endpoint.clone(),
+                            cfg.node.clone(),
+                            session_id,
+                            wire::read_logs(r),
+                            supervisor.clone(),
+                        ));
+                    }
                     Some(server_message::Msg::AttachOpen(open)) => {
                         let (in_tx, in_rx) = mpsc::unbounded_channel();
                         attachments.insert(open.stream_id, in_tx);
@@ -352,6 +366,66 @@ async fn session(
     }
 }
 
+/// Answers a read of a container's log on a LogRead stream of its own
+/// connection: HTTP/2 flow control paces the reading to the reader, and
+/// the session never carries the bulk.
+async fn answer_read(
+    endpoint: tonic::transport::Endpoint,
+    node: String,
+    session_id: u64,
+    req: crate::orders::ReadLogs,
+    engine: Arc<dyn Engine>,
+) {
+    let request_id = req.request_id;
+    let (pieces, pieces_rx) = mpsc::channel::<agent::LogPiece>(2);
+    let upload = async {
+        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        AgentSessionClient::new(channel)
+            .max_encoding_message_size(berth_proto::limits::MAX_MESSAGE)
+            .log_read(ReceiverStream::new(pieces_rx))
+            .await
+            .map(drop)
+            .map_err(|s| s.message().to_string())
+    };
+    let reading = async {
+        let first = agent::LogPiece {
+            request_id,
+            node,
+            session_id,
+            ..Default::default()
+        };
+        if pieces.send(first).await.is_err() {
+            return;
+        }
+        let (batches, mut batches_rx) = mpsc::channel::<Vec<crate::orders::LogLine>>(2);
+        let forward = async {
+            while let Some(lines) = batches_rx.recv().await {
+                let piece = agent::LogPiece {
+                    request_id,
+                    lines: lines.into_iter().map(wire::log_line).collect(),
+                    ..Default::default()
+                };
+                if pieces.send(piece).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let (result, ()) = tokio::join!(engine.read_logs(req, batches), forward);
+        let _ = pieces
+            .send(agent::LogPiece {
+                request_id,
+                end: true,
+                error: result.err().unwrap_or_default(),
+                ..Default::default()
+            })
+            .await;
+    };
+    let ((), uploaded) = tokio::join!(reading, upload);
+    if let Err(e) = uploaded {
+        tracing::debug!(request_id, "a log read ended early: {e}");
+    }
+}
+
 /// Conversions between agent.proto and the node's typed orders and reports.
 mod wire {
     use std::time::Duration;
@@ -359,7 +433,8 @@ mod wire {
     use super::agent::{self, agent_message, Action, AgentMessage};
     use crate::image::ImageSummary;
     use crate::orders::{
-        Assignment, ContainerState, LocalCopy, Order, Report, RunSpec, Transition,
+        Assignment, ContainerState, LocalCopy, LogAck, LogLine, Order, ReadLogs, Report, RunSpec,
+        Transition,
     };
 
     /// What makes a message from the server unusable.
@@ -428,6 +503,38 @@ mod wire {
         }
     }
 
+    /// The cluster's answer to a log batch, with the container it is for.
+    pub fn log_ack(a: agent::LogAck) -> (String, LogAck) {
+        (
+            a.container_id,
+            LogAck {
+                next_seq: a.next_seq,
+                chunk_first_seq: a.chunk_first_seq,
+                stop: a.stop,
+            },
+        )
+    }
+
+    /// A read of a container's log.
+    pub fn read_logs(r: agent::ReadLogs) -> ReadLogs {
+        ReadLogs {
+            request_id: r.request_id,
+            container: r.container_id,
+            from_seq: r.from_seq,
+            tail: r.tail,
+            follow: r.follow,
+        }
+    }
+
+    pub fn log_line(l: LogLine) -> agent::LogLine {
+        agent::LogLine {
+            seq: l.seq,
+            stream: l.stream,
+            time_ns: l.time_ns,
+            line: l.line,
+        }
+    }
+
     /// A copy the leader names as stale at registration.
     pub fn stale_copy(l: agent::LocalContainer) -> Result<LocalCopy, WireError> {
         let state = match l.state.as_str() {
@@ -489,16 +596,7 @@ mod wire {
             Report::Logs(b) => agent_message::Msg::Logs(agent::LogChunk {
                 container_id: b.container,
                 generation: b.generation,
-                lines: b
-                    .lines
-                    .into_iter()
-                    .map(|l| agent::LogLine {
-                        seq: l.seq,
-                        stream: l.stream,
-                        time_ns: l.time_ns,
-                        line: l.line,
-                    })
-                    .collect(),
+                lines: b.lines.into_iter().map(log_line).collect(),
             }),
             Report::Images(images) => agent_message::Msg::Images(agent::ImageInventory {
                 images: images.into_iter().map(image).collect(),

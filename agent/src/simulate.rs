@@ -138,6 +138,17 @@ impl Engine for SimNode {
         })
     }
 
+    fn log_ack(&self, _container: &str, _ack: crate::orders::LogAck) {}
+
+    fn read_logs(
+        self: Arc<Self>,
+        _req: crate::orders::ReadLogs,
+        _out: mpsc::Sender<Vec<crate::orders::LogLine>>,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        // A simulated container writes nothing.
+        Box::pin(async { Ok(()) })
+    }
+
     fn attach(
         self: Arc<Self>,
         open: agent::AttachOpen,

@@ -19,6 +19,7 @@ pub enum ConnectError {
 /// to the Raft leader it names (writes commit there, reads are current
 /// there); if the leader cannot be reached, stays with the server found.
 pub async fn connect(hosts: &str) -> Result<ClusterClient<Channel>, ConnectError> {
+    let _ = HOSTS.set(hosts.to_string());
     let addrs: Vec<&str> = hosts
         .split(',')
         .map(str::trim)
@@ -54,6 +55,15 @@ pub async fn connect(hosts: &str) -> Result<ClusterClient<Channel>, ConnectError
     })
 }
 
+/// The servers the CLI was pointed at, for [`reconnect`].
+static HOSTS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Connects again to the servers of the first [`connect`] (to the leader
+/// they name now): for a stream to resume after a leader change.
+pub async fn reconnect() -> Result<ClusterClient<Channel>, ConnectError> {
+    connect(HOSTS.get().map(String::as_str).unwrap_or_default()).await
+}
+
 async fn connect_one(addr: &str) -> Result<ClusterClient<Channel>, ConnectError> {
     let uri = if addr.contains("://") {
         addr.to_string()
@@ -65,8 +75,8 @@ async fn connect_one(addr: &str) -> Result<ClusterClient<Channel>, ConnectError>
         .connect_timeout(Duration::from_secs(3));
     match endpoint.connect().await {
         Ok(ch) => Ok(ClusterClient::new(ch)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)),
+            .max_decoding_message_size(berth_proto::limits::MAX_MESSAGE)
+            .max_encoding_message_size(berth_proto::limits::MAX_MESSAGE)),
         Err(e) => Err(ConnectError::Unreachable {
             addrs: addr.to_string(),
             reason: root_cause(&e),

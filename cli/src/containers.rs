@@ -1,10 +1,10 @@
 //! Container verbs: run, ps, logs, rm.
 
-use std::io::Write;
+use std::time::Duration;
 
 use berth_proto::cluster::{
     cluster_client::ClusterClient, ContainerInfo, ContainerRef, ContainerSpec,
-    CreateContainerRequest, ListContainersRequest, LogsRequest, RemoveContainerRequest,
+    CreateContainerRequest, ListContainersRequest, RemoveContainerRequest,
 };
 use clap::Args;
 use tonic::transport::Channel;
@@ -167,14 +167,7 @@ pub async fn run(client: &mut ClusterClient<Channel>, args: RunArgs) -> Result<i
         println!("{}", created.id);
         return Ok(0);
     }
-    stream_logs(client, &created.id, true).await?;
-    let waited = client
-        .wait_container(ContainerRef {
-            name_or_id: created.id.clone(),
-        })
-        .await
-        .map_err(CliError::run)?
-        .into_inner();
+    let waited = follow_and_wait(client, &created.id).await?;
     if args.rm {
         // The cluster removes it too (--rm is carried out by the cluster,
         // whatever happens to this client): either may come first.
@@ -199,37 +192,35 @@ pub async fn run(client: &mut ClusterClient<Channel>, args: RunArgs) -> Result<i
     Ok(waited.exit_code)
 }
 
-/// Prints a container's log lines to stdout and stderr by stream.
-pub async fn stream_logs(
+/// Prints a container's output until it ends (resuming across a broken
+/// stream), then waits for its exit.
+pub async fn follow_and_wait(
     client: &mut ClusterClient<Channel>,
     id: &str,
-    follow: bool,
-) -> Result<(), CliError> {
-    let mut stream = client
-        .logs(LogsRequest {
-            name_or_id: id.to_string(),
-            follow,
-            tail: None,
-        })
-        .await
-        .map_err(CliError::api)?
-        .into_inner();
-    let stdout = std::io::stdout();
-    let stderr = std::io::stderr();
-    while let Some(entry) = stream.message().await.map_err(CliError::api)? {
-        // A closed pipe on our side (berth logs | head) ends quietly.
-        let res = if entry.stream == "stderr" {
-            let mut e = stderr.lock();
-            e.write_all(&entry.line).and_then(|_| e.flush())
-        } else {
-            let mut o = stdout.lock();
-            o.write_all(&entry.line).and_then(|_| o.flush())
-        };
-        if res.is_err() {
-            return Ok(());
+) -> Result<berth_proto::cluster::WaitResponse, CliError> {
+    let opts = crate::logs::LogOptions {
+        follow: true,
+        ..Default::default()
+    };
+    crate::logs::print(client, id, &opts).await?;
+    let began = std::time::Instant::now();
+    loop {
+        match client
+            .wait_container(ContainerRef {
+                name_or_id: id.to_string(),
+            })
+            .await
+        {
+            Ok(w) => return Ok(w.into_inner()),
+            Err(s) if crate::logs::resumable(&s) && began.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Ok(c) = crate::connect::reconnect().await {
+                    *client = c;
+                }
+            }
+            Err(s) => return Err(CliError::api(s)),
         }
     }
-    Ok(())
 }
 
 /// `berth ps`.
@@ -394,6 +385,13 @@ pub struct LogsArgs {
     /// Only the last N lines ("all" for every line).
     #[arg(short = 'n', long, default_value = "all")]
     pub tail: String,
+    /// Only lines written since this time: RFC 3339 (2026-01-02T15:04:05Z),
+    /// Unix seconds, or a duration before now (1h30m, 42m, 10s).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only lines written until this time (the same forms as --since).
+    #[arg(long)]
+    pub until: Option<String>,
     /// The container's name or id.
     pub container: String,
 }
@@ -406,61 +404,22 @@ pub async fn logs(client: &mut ClusterClient<Channel>, args: LogsArgs) -> Result
                 .map_err(|_| CliError::Usage(format!("invalid --tail {n:?}: a number or all")))?,
         ),
     };
-    let opts = LogOptions {
+    let now_ns = crate::output::now_ms() * 1_000_000;
+    let time = |flag: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|s| crate::logs::parse_time(s, now_ns))
+            .transpose()
+            .map_err(|e| CliError::Usage(format!("--{flag}: {e}")))
+    };
+    let opts = crate::logs::LogOptions {
         follow: args.follow,
         timestamps: args.timestamps,
         tail,
+        since_ns: time("since", &args.since)?,
+        until_ns: time("until", &args.until)?,
     };
-    print_logs(client, &args.container, &opts).await?;
+    crate::logs::print(client, &args.container, &opts).await?;
     Ok(0)
-}
-
-/// How `logs` prints.
-pub struct LogOptions {
-    pub follow: bool,
-    pub timestamps: bool,
-    pub tail: Option<u64>,
-}
-
-async fn print_logs(
-    client: &mut ClusterClient<Channel>,
-    id: &str,
-    opts: &LogOptions,
-) -> Result<(), CliError> {
-    let mut stream = client
-        .logs(LogsRequest {
-            name_or_id: id.to_string(),
-            follow: opts.follow,
-            tail: opts.tail,
-        })
-        .await
-        .map_err(CliError::api)?
-        .into_inner();
-    while let Some(entry) = stream.message().await.map_err(CliError::api)? {
-        let mut line = Vec::new();
-        if opts.timestamps {
-            line.extend_from_slice(
-                crate::output::utc_time(
-                    entry.time_ns.div_euclid(1_000_000_000),
-                    &format!("{:09}", entry.time_ns.rem_euclid(1_000_000_000)),
-                )
-                .as_bytes(),
-            );
-            line.push(b' ');
-        }
-        line.extend_from_slice(&entry.line);
-        let res = if entry.stream == "stderr" {
-            let mut e = std::io::stderr().lock();
-            e.write_all(&line).and_then(|_| e.flush())
-        } else {
-            let mut o = std::io::stdout().lock();
-            o.write_all(&line).and_then(|_| o.flush())
-        };
-        if res.is_err() {
-            return Ok(());
-        }
-    }
-    Ok(())
 }
 
 /// `berth rm`.
@@ -582,14 +541,7 @@ pub async fn start(client: &mut ClusterClient<Channel>, args: StartArgs) -> Resu
             Ok(info) => {
                 let info = info.into_inner();
                 if args.attach {
-                    stream_logs(client, &info.id, true).await?;
-                    let w = client
-                        .wait_container(ContainerRef {
-                            name_or_id: info.id.clone(),
-                        })
-                        .await
-                        .map_err(CliError::api)?
-                        .into_inner();
+                    let w = follow_and_wait(client, &info.id).await?;
                     return Ok(w.exit_code);
                 }
                 println!("{c}");

@@ -6,6 +6,7 @@ mod connect;
 mod containers;
 mod events;
 mod images;
+mod logs;
 mod nodes;
 mod output;
 mod services;

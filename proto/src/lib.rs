@@ -30,6 +30,21 @@ pub mod agent {
     tonic::include_proto!("berth.agent");
 }
 
+/// The message limits every gRPC server and client of berth sets, the same
+/// on both ends of every connection (tonic's default is 4 MiB to receive).
+/// Nothing berth sends comes near them: uploads and downloads move in 1 MiB
+/// pieces, log batches in 256 KiB, snapshots in chunks, and the server's
+/// batcher bounds a Raft entry (see `MAX_ENTRY`).
+pub mod limits {
+    /// The largest gRPC message sent or received.
+    pub const MAX_MESSAGE: usize = 64 << 20;
+    /// The largest Raft entry the batcher builds (commands beyond it go in
+    /// the next entry); a single command larger than this is refused.
+    /// An AppendEntries carries up to 64 entries (raft/mod.rs), so that
+    /// one of them stays under [`MAX_MESSAGE`].
+    pub const MAX_ENTRY: usize = 512 << 10;
+}
+
 /// Server-to-server Raft transport.
 pub mod raft {
     tonic::include_proto!("berth.raft");

@@ -20,6 +20,25 @@ pub struct AppConfig {
     /// A node Down for this long is lost: its containers become Dead.
     pub node_lost: Duration,
     pub scheduler: crate::scheduler::SchedulerConfig,
+    /// The replicated tail of each container's log: at least this many
+    /// lines or this many bytes, whichever is reached first.
+    pub log_tail: LogTail,
+}
+
+/// How much of each container's log the cluster keeps (`--log-tail-*`).
+#[derive(Debug, Clone, Copy)]
+pub struct LogTail {
+    pub lines: u64,
+    pub bytes: u64,
+}
+
+impl Default for LogTail {
+    fn default() -> Self {
+        Self {
+            lines: 10_000,
+            bytes: 1 << 20,
+        }
+    }
 }
 
 /// Errors of the server core, mapped to gRPC statuses at the api edge.
@@ -74,6 +93,8 @@ const BATCH_MAX: usize = 64;
 /// throughput grow with clients. A lone write never waits: it goes at
 /// once, as its own entry.
 const BATCHES_IN_FLIGHT: usize = 2;
+
+use berth_proto::limits::MAX_ENTRY;
 
 impl App {
     /// Makes the core and starts its write batcher (call within tokio).
@@ -135,6 +156,12 @@ impl App {
     }
 
     async fn write_once(&self, op: Op) -> Result<CommandResult, AppError> {
+        let size = op.encoded_len();
+        if size > MAX_ENTRY {
+            return Err(AppError::Refused(format!(
+                "the change is {size} bytes, more than the {MAX_ENTRY} one Raft entry may carry"
+            )));
+        }
         let (tx, rx) = oneshot::channel();
         self.writes
             .send((op, tx))
@@ -196,15 +223,34 @@ impl App {
 /// in flight.
 async fn batch_writes(raft: BerthRaft, mut queue: mpsc::UnboundedReceiver<PendingWrite>) {
     let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
-    while let Some(first) = queue.recv().await {
+    // A write that did not fit in the last entry starts the next one.
+    let mut carried: Option<PendingWrite> = None;
+    loop {
+        let first = match carried.take() {
+            Some(w) => w,
+            None => match queue.recv().await {
+                Some(w) => w,
+                None => return,
+            },
+        };
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        // Whatever queued while the slot was taken goes along.
+        // Whatever queued while the slot was taken goes along, up to
+        // BATCH_MAX commands and MAX_ENTRY bytes.
+        let mut size = first.0.encoded_len();
         let mut batch = vec![first];
         while batch.len() < BATCH_MAX {
             match queue.try_recv() {
-                Ok(w) => batch.push(w),
+                Ok(w) => {
+                    let more = w.0.encoded_len() + 8;
+                    if size + more > MAX_ENTRY {
+                        carried = Some(w);
+                        break;
+                    }
+                    size += more;
+                    batch.push(w);
+                }
                 Err(_) => break,
             }
         }

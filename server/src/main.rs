@@ -88,6 +88,16 @@ struct Args {
     /// A service task that ended is started again after this long.
     #[arg(long, default_value_t = 1000)]
     restart_delay_ms: u64,
+    /// The cluster keeps the last lines of each container's log, for
+    /// `berth logs` once its node is gone: at least this many lines, or
+    /// --log-tail-bytes, whichever is reached first. (While the node
+    /// lives, its agent's log file is the full record.)
+    #[arg(long, default_value_t = 10_000)]
+    log_tail_lines: u64,
+    /// The bytes of each container's log the cluster keeps (see
+    /// --log-tail-lines).
+    #[arg(long, default_value_t = 1 << 20)]
+    log_tail_bytes: u64,
 }
 
 fn main() {
@@ -165,6 +175,10 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
                 restart_delay: Duration::from_millis(args.restart_delay_ms),
                 ..Default::default()
             },
+            log_tail: berth_server::app::LogTail {
+                lines: args.log_tail_lines,
+                bytes: args.log_tail_bytes,
+            },
         },
     );
     tokio::spawn(berth_server::nodes::liveness::run(app.clone()));
@@ -197,17 +211,30 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         },
     );
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    // The same message limits on every service and every client
+    // (berth_proto::limits).
+    use berth_proto::limits::MAX_MESSAGE;
     let serve = tonic::transport::Server::builder()
         .add_service(berth_server::api::forward::LeaderForward::new(
-            ClusterServer::new(ClusterService::new(app.clone())),
+            ClusterServer::new(ClusterService::new(app.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
             app.clone(),
         ))
-        .add_service(AgentSessionServer::new(SessionService::new(app.clone())))
-        .add_service(RaftServer::new(RaftService::new(
-            raft.clone(),
-            berth_server::raft::faults::Faults::from_env(&args.data_dir),
-            contact,
-        )))
+        .add_service(
+            AgentSessionServer::new(SessionService::new(app.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            RaftServer::new(RaftService::new(
+                raft.clone(),
+                berth_server::raft::faults::Faults::from_env(&args.data_dir),
+                contact,
+            ))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+        )
         .serve_with_incoming_shutdown(incoming, async {
             shutdown_signal().await;
             hand_over(&raft).await;

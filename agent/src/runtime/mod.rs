@@ -56,6 +56,18 @@ pub mod bundle {
     pub fn log(b: &Path) -> PathBuf {
         b.join("log.jsonl")
     }
+    /// The `n`-th rotated log file (1 is the newest of them).
+    pub fn rotated_log(b: &Path, n: u32) -> PathBuf {
+        b.join(format!("log.jsonl.{n}"))
+    }
+    /// The first sequence number the cluster lacks, as it last answered.
+    pub fn log_acked(b: &Path) -> PathBuf {
+        b.join("log-acked")
+    }
+    /// The rotation of the log file: `MAX_SIZE MAX_FILE` (bytes, count).
+    pub fn log_rotation(b: &Path) -> PathBuf {
+        b.join("log-rotation")
+    }
     /// The host pid of the container's first process, once started.
     pub fn pid(b: &Path) -> PathBuf {
         b.join("pid")

@@ -62,32 +62,60 @@ pub fn main(cfg: ShimConfig) -> i32 {
     }
 }
 
-/// Writes frames to the agent (stdout) and log lines to the log file.
+/// Writes frames to the agent (stdout) and log lines to the log file,
+/// which it rotates by size and count (`bundle::log_rotation`). Log lines
+/// go to the file only: the agent ships them from there, so a slow agent
+/// or cluster never holds the container's output back.
 struct FrameWriter {
     stdout: std::io::Stdout,
-    log: Option<File>,
+    log: Option<std::io::BufWriter<File>>,
+    path: PathBuf,
+    size: u64,
+    rotation: Rotation,
     next_seq: u64,
+}
+
+/// When the log file is rotated: at `max_size` bytes (0: never), keeping
+/// `max_file` files in all (the current one included), as Docker's
+/// json-file max-size and max-file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    pub max_size: u64,
+    pub max_file: u32,
+}
+
+impl Rotation {
+    /// Reads a bundle's rotation file (`MAX_SIZE MAX_FILE`); none means
+    /// no rotation.
+    pub fn read(b: &Path) -> Self {
+        let text = fs::read_to_string(bundle::log_rotation(b)).unwrap_or_default();
+        let mut it = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+        match (it.next().flatten(), it.next().flatten()) {
+            (Some(max_size), Some(max_file)) => Self {
+                max_size,
+                max_file: max_file.clamp(1, 1000) as u32,
+            },
+            _ => Self {
+                max_size: 0,
+                max_file: 1,
+            },
+        }
+    }
+
+    /// The text of a rotation file.
+    pub fn to_file(self) -> String {
+        format!("{} {}\n", self.max_size, self.max_file)
+    }
 }
 
 impl FrameWriter {
     fn new(b: &Path) -> Self {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(bundle::log(b))
-            .ok();
+        let path = bundle::log(b);
+        let log = open_log(&path);
+        let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         // A restarted container goes on from the last sequence number; a
         // new bundle from where the cluster's log of the container stands.
-        let next_seq = fs::read_to_string(bundle::log(b))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .rev()
-                    .find_map(|l| match serde_json::from_str::<Frame>(l) {
-                        Ok(Frame::Log { seq, .. }) => Some(seq + 1),
-                        _ => None,
-                    })
-            })
+        let next_seq = crate::logs::reader::next_after_last(b)
             .or_else(|| {
                 fs::read_to_string(bundle::log_start(b))
                     .ok()
@@ -97,6 +125,9 @@ impl FrameWriter {
         Self {
             stdout: std::io::stdout(),
             log,
+            path,
+            size,
+            rotation: Rotation::read(b),
             next_seq,
         }
     }
@@ -108,19 +139,56 @@ impl FrameWriter {
         let _ = self.stdout.flush();
     }
 
-    fn log_line(&mut self, stream: &'static str, bytes: &[u8]) {
-        let f = Frame::Log {
-            seq: self.next_seq,
-            stream: stream.to_string(),
-            time_ns: now_ns(),
-            line: String::from_utf8_lossy(bytes).into_owned(),
-        };
-        self.next_seq += 1;
+    /// Writes out what is buffered: before the exit is reported, and
+    /// whenever the container pauses its output.
+    fn flush(&mut self) {
         if let Some(log) = &mut self.log {
-            let _ = log.write_all(f.to_line().as_bytes());
+            let _ = log.flush();
         }
-        self.write(&f);
     }
+
+    fn log_line(&mut self, stream: &'static str, bytes: &[u8]) {
+        let f = Frame::log(self.next_seq, stream, now_ns(), bytes);
+        self.next_seq += 1;
+        let line = f.to_line();
+        if self.rotation.max_size > 0 && self.size + line.len() as u64 > self.rotation.max_size
+        {
+            self.rotate();
+        }
+        if let Some(log) = &mut self.log {
+            let _ = log.write_all(line.as_bytes());
+            self.size += line.len() as u64;
+        }
+    }
+
+    /// log.jsonl becomes log.jsonl.1 (and each older one moves up by one;
+    /// the oldest beyond max-file goes), and a new log.jsonl begins.
+    fn rotate(&mut self) {
+        self.flush();
+        self.log = None;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let keep = self.rotation.max_file.saturating_sub(1);
+        if keep == 0 {
+            let _ = fs::remove_file(&self.path);
+        } else {
+            let _ = fs::remove_file(bundle::rotated_log(dir, keep));
+            for n in (1..keep).rev() {
+                let _ = fs::rename(bundle::rotated_log(dir, n), bundle::rotated_log(dir, n + 1));
+            }
+            let _ = fs::rename(&self.path, bundle::rotated_log(dir, 1));
+        }
+        self.log = open_log(&self.path);
+        self.size = 0;
+    }
+}
+
+fn open_log(path: &Path) -> Option<std::io::BufWriter<File>> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .ok()
+        .map(|f| std::io::BufWriter::with_capacity(64 * 1024, f))
 }
 
 fn now_ns() -> i64 {
@@ -344,9 +412,23 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
         })
         .collect();
     drop(tx);
-    for (stream, line) in rx {
+    // Lines are written in batches; whatever is buffered goes out as soon
+    // as the container pauses its output.
+    loop {
+        let (stream, line) = match rx.try_recv() {
+            Ok(l) => l,
+            Err(mpsc::TryRecvError::Empty) => {
+                out.flush();
+                match rx.recv() {
+                    Ok(l) => l,
+                    Err(_) => break,
+                }
+            }
+            Err(mpsc::TryRecvError::Disconnected) => break,
+        };
         out.log_line(stream, &line);
     }
+    out.flush();
     for r in readers {
         let _ = r.join();
     }

@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::image::{import, load, save, ImageError, ImageStore, ImageSummary};
 use crate::orders::{
-    Assignment, AttachOutput, ContainerState, ImageReply, LocalCopy, LogBatch, LogLine, Order,
+    Assignment, AttachOutput, ContainerState, ImageReply, LocalCopy, LogLine, Order,
     Report, RunSpec, Transition,
 };
 use crate::runtime::cgroups::{Cgroup, Layout, Limits};
@@ -46,14 +46,11 @@ use crate::runtime::spec::{self, ContainerConfig, NetworkMode};
 use crate::runtime::{bundle, RuntimeError};
 use crate::snapshot::{self, Snapshots};
 
+use crate::logs::shipper::{self, ShipConfig, Shippers};
 use host::Host;
-pub use resume::read_log_from;
 
 /// A file in a bundle that says a user stopped the container.
 const STOPPED_MARK: &str = "stopped";
-
-/// The most log lines sent in one chunk.
-const CHUNK_LINES: usize = 256;
 
 /// Where the supervisor keeps its state, and how it starts shims.
 #[derive(Debug, Clone)]
@@ -62,6 +59,10 @@ pub struct SupervisorConfig {
     /// How long the agent's lease on its movable containers lasts after
     /// the heartbeat the leader last answered was sent.
     pub lease: Duration,
+    /// How container logs are shipped to the cluster.
+    pub ship: ShipConfig,
+    /// When each container's log file is rotated.
+    pub log_rotation: crate::runtime::shim::Rotation,
 }
 
 /// Errors of preparing a container.
@@ -115,6 +116,8 @@ pub struct Supervisor {
     generations: fencing::Generations,
     /// The lease the shims of movable containers watch.
     pub lease: crate::runtime::lease::Lease,
+    /// The shippers of the containers' logs.
+    shippers: Arc<Shippers>,
     /// Removals under way, one lock per container.
     removals: std::sync::Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>,
 }
@@ -156,6 +159,7 @@ impl Supervisor {
             source,
         })?;
         let lease = crate::runtime::lease::Lease::new(&cfg.data_dir, cfg.lease);
+        let shippers = Arc::new(Shippers::new(cfg.ship.clone(), outbox.clone()));
         let mut me = Self {
             cfg,
             _lock: lock,
@@ -166,6 +170,7 @@ impl Supervisor {
             live: Mutex::new(HashSet::new()),
             generations: fencing::Generations::default(),
             lease,
+            shippers,
             removals: Default::default(),
         };
         me.generations =
@@ -301,6 +306,39 @@ impl Supervisor {
             Order::Pause => self.freeze(&a, true),
             Order::Unpause => self.freeze(&a, false),
         }
+    }
+
+    /// Ships a container's log from where the cluster last acknowledged
+    /// it (a new copy: from where the cluster's log of it stands), or wakes
+    /// its shipper.
+    fn ship(&self, id: &str, generation: u64, dir: &Path) {
+        let from = shipper::acked(dir)
+            .or_else(|| {
+                fs::read_to_string(bundle::log_start(dir))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+            })
+            .unwrap_or(1);
+        self.shippers.start(id, generation, dir, from);
+    }
+
+    /// Hands the cluster's answer to a log batch to its shipper.
+    pub fn log_ack(&self, id: &str, ack: crate::orders::LogAck) {
+        self.shippers.ack(id, ack);
+    }
+
+    /// Answers a read of a container's log from this node's file.
+    pub async fn read_logs(
+        &self,
+        req: crate::orders::ReadLogs,
+        out: mpsc::Sender<Vec<LogLine>>,
+    ) -> Result<(), String> {
+        let dir = self
+            .bundle_dir(&req.container)
+            .ok_or_else(|| format!("No such container on this node: {}", req.container))?;
+        crate::logs::serve::serve(&dir, &req, &out)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// The host pid of a container's first process while it runs.

@@ -90,6 +90,7 @@ impl Supervisor {
         if spec.wait_for_attach {
             let _ = fs::write(dir.join(crate::runtime::shim::WAIT_ATTACH_MARK), "");
         }
+        self.ship(id, a.generation, dir);
         let mut restarts = 0u32;
         loop {
             let began = std::time::Instant::now();
@@ -212,6 +213,14 @@ impl Supervisor {
             )?;
         }
         fs::write(
+            bundle::log_rotation(dir),
+            self.cfg.log_rotation.to_file(),
+        )
+        .map_err(|source| SupervisorError::Io {
+            path: bundle::log_rotation(dir),
+            source,
+        })?;
+        fs::write(
             bundle::meta(dir),
             serde_json::to_vec(&meta).unwrap_or_default(),
         )
@@ -242,7 +251,6 @@ impl Supervisor {
     ) -> Result<i32, String> {
         let shim = self.host.start_shim(dir)?;
         let mut reader = shim.frames;
-        let mut batch = Vec::new();
         let mut exit: Option<(i32, Option<String>, bool)> = None;
         let mut line = String::new();
         loop {
@@ -255,17 +263,8 @@ impl Supervisor {
                 Ok(Frame::Start { .. }) => {
                     self.transition(&a.container, a.generation, ContainerState::Running)
                 }
-                Ok(Frame::Log {
-                    seq,
-                    stream,
-                    time_ns,
-                    line,
-                }) => batch.push(LogLine {
-                    seq,
-                    stream,
-                    time_ns,
-                    line: line.into_bytes(),
-                }),
+                // Log lines are shipped from the log file (logs/shipper.rs).
+                Ok(Frame::Log { .. }) => {}
                 Ok(Frame::Exit {
                     code,
                     error,
@@ -273,11 +272,7 @@ impl Supervisor {
                 }) => exit = Some((code, error, oom_killed)),
                 Err(e) => tracing::warn!(id = %a.container, "unreadable shim frame: {e}"),
             }
-            if !batch.is_empty() && (reader.buffer().is_empty() || batch.len() >= CHUNK_LINES) {
-                self.send_logs(a, &mut batch);
-            }
         }
-        self.send_logs(a, &mut batch);
         shim.ended.await;
         self.host.unmount_rootfs(dir);
         let (code, error, oom_killed) = exit.unwrap_or_else(|| {
@@ -290,19 +285,10 @@ impl Supervisor {
                 dir.join("oom").exists(),
             )
         });
+        // The shipper sends the last lines, then ends with the container.
+        self.ship(&a.container, a.generation, dir);
         self.exited(&a.container, a.generation, code, error, oom_killed);
         Ok(code)
-    }
-
-    pub(super) fn send_logs(&self, a: &Assignment, batch: &mut Vec<LogLine>) {
-        if batch.is_empty() {
-            return;
-        }
-        self.send(Report::Logs(LogBatch {
-            container: a.container.clone(),
-            generation: a.generation,
-            lines: std::mem::take(batch),
-        }));
     }
 }
 

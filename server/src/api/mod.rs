@@ -5,6 +5,7 @@ pub mod convert;
 pub mod forward;
 pub mod images;
 pub mod lifecycle;
+pub mod logs;
 pub mod membership;
 pub mod names;
 pub mod services;
@@ -471,65 +472,12 @@ impl Cluster for ClusterService {
         let req = req.into_inner();
         let c = self.find(&req.name_or_id)?;
         let (tx, rx) = mpsc::channel(256);
-        let state = self.app.state.clone();
         // While a client follows the output, the cluster's --rm waits.
         let hold = req.follow.then(|| self.app.scheduler.hold(&c.id));
+        let app = self.app.clone();
         tokio::spawn(async move {
             let _hold = hold;
-            let mut changes = state.subscribe();
-            // Sequence numbers start at 1 (records.proto, Container.log_next_seq);
-            // --tail N starts N lines before the end.
-            let mut next = match req.tail {
-                Some(n) => state
-                    .container(&c.id)
-                    .ok()
-                    .flatten()
-                    .map(|now| now.log_next_seq.saturating_sub(n).max(1))
-                    .unwrap_or(1),
-                None => 1u64,
-            };
-            loop {
-                changes.borrow_and_update();
-                let lines = match state.log_lines(&c.id, next, 512) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                        return;
-                    }
-                };
-                for l in &lines {
-                    if tx.send(Ok(convert::log_to_wire(l))).await.is_err() {
-                        return;
-                    }
-                    next = l.seq + 1;
-                }
-                if !lines.is_empty() {
-                    continue;
-                }
-                if !req.follow {
-                    return;
-                }
-                // Logs are committed before the transition that ends the
-                // container, so a finished container with nothing after
-                // the cursor has no more lines to come.
-                match state.container(&c.id) {
-                    Ok(Some(now))
-                        if CStatus(now.state()).is_finished() && next >= now.log_next_seq =>
-                    {
-                        return
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => return,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                        return;
-                    }
-                }
-                tokio::select! {
-                    r = changes.changed() => if r.is_err() { return },
-                    _ = tx.closed() => return,
-                }
-            }
+            logs::stream(app, c.id, req, tx).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -27,6 +27,15 @@ struct Connected {
 /// Where an attachment's output goes: the client's stream.
 type AttachSender = mpsc::Sender<Result<berth_proto::cluster::AttachOutput, tonic::Status>>;
 
+/// One step of a log read: a batch of lines, the end (`None`), or why the
+/// read failed. A channel that closes without its end (the node's session
+/// ended) is a failure too.
+pub type LogReadEvent = Result<Option<Vec<berth_proto::agent::LogLine>>, String>;
+
+/// Where the lines of a log read go. The channel is small: the client's
+/// pace sets the agent's.
+pub type LogReadSender = mpsc::Sender<LogReadEvent>;
+
 /// The registry of agent sessions on this server. Heartbeats live here,
 /// in memory, and never go through Raft (invariant 4).
 #[derive(Default)]
@@ -36,6 +45,8 @@ pub struct Nodes {
     attachments: Mutex<HashMap<u64, (String, AttachSender)>>,
     /// Image requests waiting for their replies, with the node they went to.
     requests: Mutex<HashMap<u64, (String, mpsc::UnboundedSender<ImageReply>)>>,
+    /// Log reads waiting for their node's LogRead stream, with the node.
+    log_reads: Mutex<HashMap<u64, (String, LogReadSender)>>,
     next_id: AtomicU64,
 }
 
@@ -63,6 +74,7 @@ impl Nodes {
             let last = map.remove(node).map(|c| c.last_heartbeat);
             self.requests.lock().await.retain(|_, (n, _)| n != node);
             self.attachments.lock().await.retain(|_, (n, _)| n != node);
+            self.log_reads.lock().await.retain(|_, (n, _)| n != node);
             last
         } else {
             None
@@ -88,6 +100,15 @@ impl Nodes {
             }
             _ => false,
         }
+    }
+
+    /// True if `session_id` is the node's current session here.
+    pub async fn is_current(&self, node: &str, session_id: u64) -> bool {
+        self.connected
+            .lock()
+            .await
+            .get(node)
+            .is_some_and(|c| c.session_id == session_id)
     }
 
     /// True if the node has a live session here.
@@ -195,6 +216,41 @@ impl Nodes {
         match tokio::time::timeout(std::time::Duration::from_secs(600), wait).await {
             Ok(r) => r,
             Err(_) => Err(format!("node {node} did not answer in 600 s")),
+        }
+    }
+
+    /// Asks a node's agent to read a container's log from its own file;
+    /// its lines come on the returned channel as the agent's LogRead
+    /// stream brings them.
+    pub async fn read_logs(
+        &self,
+        node: &str,
+        mut req: berth_proto::agent::ReadLogs,
+    ) -> Result<mpsc::Receiver<LogReadEvent>, String> {
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        req.request_id = request_id;
+        let (tx, rx) = mpsc::channel(2);
+        self.log_reads
+            .lock()
+            .await
+            .insert(request_id, (node.to_string(), tx));
+        let msg = ServerMessage {
+            msg: Some(server_message::Msg::ReadLogs(req)),
+        };
+        if !self.send(node, msg).await {
+            self.log_reads.lock().await.remove(&request_id);
+            return Err(format!("node {node} is not connected"));
+        }
+        Ok(rx)
+    }
+
+    /// Takes the waiting log read `request_id`, if it was sent to `node`:
+    /// the one node that may answer it.
+    pub async fn take_log_read(&self, node: &str, request_id: u64) -> Option<LogReadSender> {
+        let mut reads = self.log_reads.lock().await;
+        match reads.get(&request_id) {
+            Some((n, _)) if n == node => reads.remove(&request_id).map(|(_, tx)| tx),
+            _ => None,
         }
     }
 

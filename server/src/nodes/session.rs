@@ -37,6 +37,66 @@ impl AgentSession for SessionService {
     type SessionStream = OutStream;
     type HeartbeatsStream = AckStream;
 
+    /// The answer to a ReadLogs: its pieces go to the reader that asked,
+    /// as fast as it takes them. Only the node the read was sent to, on
+    /// its current session, may answer it.
+    async fn log_read(
+        &self,
+        req: Request<Streaming<berth_proto::agent::LogPiece>>,
+    ) -> Result<Response<berth_proto::agent::LogReadEnd>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("a LogRead stream begins with its request"))?;
+        if !self.app.nodes.is_current(&first.node, first.session_id).await {
+            return Err(Status::permission_denied(format!(
+                "session {} of node {} is not current here",
+                first.session_id, first.node
+            )));
+        }
+        let Some(out) = self
+            .app
+            .nodes
+            .take_log_read(&first.node, first.request_id)
+            .await
+        else {
+            return Err(Status::not_found(format!(
+                "no log read {} is waiting for node {}",
+                first.request_id, first.node
+            )));
+        };
+        loop {
+            let piece = match inbound.message().await {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    let _ = out
+                        .send(Err(format!("node {} ended the read early", first.node)))
+                        .await;
+                    break;
+                }
+                Err(s) => {
+                    let _ = out.send(Err(s.message().to_string())).await;
+                    break;
+                }
+            };
+            if !piece.lines.is_empty() && out.send(Ok(Some(piece.lines))).await.is_err() {
+                // The reader is gone: ending the stream stops the agent.
+                break;
+            }
+            if piece.end {
+                let end = if piece.error.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(piece.error)
+                };
+                let _ = out.send(end).await;
+                break;
+            }
+        }
+        Ok(Response::new(berth_proto::agent::LogReadEnd {}))
+    }
+
     /// Heartbeats of a session, answered one by one: the answer renews the
     /// agent's lease. The stream ends when the session is no longer the
     /// node's current one (it expired, or a newer one replaced it).
@@ -322,6 +382,36 @@ async fn serve(
             }
             agent_message::Msg::Logs(chunk) => {
                 let id = chunk.container_id.clone();
+                let first = chunk.lines.first().map(|l| l.seq).unwrap_or(0);
+                let last = chunk.lines.last().map(|l| l.seq).unwrap_or(0);
+                let ack = |next_seq: u64, stop: bool| ServerMessage {
+                    msg: Some(server_message::Msg::LogAck(LogAck {
+                        container_id: id.clone(),
+                        next_seq,
+                        chunk_first_seq: first,
+                        stop,
+                    })),
+                };
+                // What this session sent before is applied already (the
+                // loop waits for each commit): a batch of duplicates, or
+                // one that would leave a gap, needs no Raft entry at all,
+                // only the answer of where to go on from.
+                match app.state.container(&id) {
+                    Ok(Some(c)) if c.node == node && c.generation == chunk.generation => {
+                        let next = c.log_next_seq.max(1);
+                        if chunk.lines.is_empty() || first > next || last < next {
+                            let _ = tx.send(ack(next, false)).await;
+                            continue;
+                        }
+                    }
+                    // Gone, or placed elsewhere: this copy's lines are not
+                    // the container's any more.
+                    Ok(_) => {
+                        let _ = tx.send(ack(0, true)).await;
+                        continue;
+                    }
+                    Err(e) => return format!("cannot read the state: {e}"),
+                }
                 let lines = chunk
                     .lines
                     .into_iter()
@@ -342,21 +432,17 @@ async fn serve(
                     node: node.to_string(),
                     generation: chunk.generation,
                     lines,
+                    keep_lines: app.config.log_tail.lines,
+                    keep_bytes: app.config.log_tail.bytes,
                 });
                 match app.write(op).await {
                     Ok(res) => {
                         let next_seq = res.container.map(|c| c.log_next_seq).unwrap_or(0);
-                        let _ = tx
-                            .send(ServerMessage {
-                                msg: Some(server_message::Msg::LogAck(LogAck {
-                                    container_id: id,
-                                    next_seq,
-                                })),
-                            })
-                            .await;
+                        let _ = tx.send(ack(next_seq, false)).await;
                     }
                     Err(AppError::Refused(why)) => {
-                        tracing::debug!(%node, "log chunk refused: {why}")
+                        tracing::debug!(%node, "log chunk refused: {why}");
+                        let _ = tx.send(ack(0, true)).await;
                     }
                     Err(e) => return format!("cannot commit: {e}"),
                 }

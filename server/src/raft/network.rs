@@ -134,7 +134,9 @@ impl Network {
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(1))
             .keep_alive_while_idle(true);
-        let c = RaftClient::new(endpoint.connect_lazy());
+        let c = RaftClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(berth_proto::limits::MAX_MESSAGE)
+            .max_encoding_message_size(berth_proto::limits::MAX_MESSAGE);
         self.client = Some(c.clone());
         Ok(c)
     }

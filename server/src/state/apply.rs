@@ -3,7 +3,7 @@
 //! rows and the command, never the clock or the network.
 
 use berth_proto::records::{
-    self, command::Op, CommandResult, Container, ContainerState, DesiredState,
+    self, command::Op, CommandResult, Container, ContainerState, DesiredState, SCHEMA_VERSION,
 };
 use prost::Message;
 
@@ -520,6 +520,21 @@ fn transition(tx: &mut Tx, t: &records::RecordTransition) -> Result<CommandResul
     Ok(ok(c))
 }
 
+/// The most lines and bytes one stored log chunk holds.
+pub const CHUNK_LINES: u32 = 1024;
+pub const CHUNK_BYTES: u64 = 64 * 1024;
+
+/// What a stored line counts for against a chunk's and the tail's bytes.
+fn line_size(l: &records::LogLine) -> u64 {
+    l.line.len() as u64 + 16
+}
+
+/// Appends a batch of a container's log lines to its replicated tail, in
+/// order only (invariant 7): lines before `log_next_seq` are duplicates and
+/// skipped; a batch that starts after it would leave a gap and changes
+/// nothing (the agent is told where to go on from). Lines go into chunks
+/// of up to [`CHUNK_LINES`] and [`CHUNK_BYTES`]; then the oldest chunks are
+/// dropped while the rest still hold the tail asked to be kept.
 fn append_logs(tx: &mut Tx, l: &records::AppendLogs) -> Result<CommandResult, ApplyError> {
     let Some(mut c) = load(tx, &l.id)? else {
         return Ok(refused(&format!("No such container: {}", l.id)));
@@ -530,21 +545,99 @@ fn append_logs(tx: &mut Tx, l: &records::AppendLogs) -> Result<CommandResult, Ap
             c.id, l.node
         )));
     }
-    // Lines carry their sequence numbers; a line already stored is skipped,
-    // so a resent chunk adds no duplicate, and a line that arrives after
-    // later ones (a resend after a reconnect) fills its gap (invariant 7).
-    for line in &l.lines {
-        let key = keys::log_line(&c.id, line.seq);
-        // At or past the high-water mark a line is new; only a late resend
-        // below it needs a look at what is stored.
-        if line.seq == 0 || (line.seq < c.log_next_seq && tx.get(&key)?.is_some()) {
-            continue;
-        }
-        tx.put(key, line.encode_to_vec());
-        c.log_next_seq = c.log_next_seq.max(line.seq + 1);
+    let start = c.log_next_seq.max(1);
+    let mut next = start;
+    let mut new = l.lines.iter().filter(|x| x.seq >= start).peekable();
+    if new.peek().is_none_or(|first| first.seq != next) {
+        return Ok(ok(c));
     }
+    // The last chunk takes lines while it has room.
+    let mut open: Option<records::LogChunk> = match c.log_chunks.last() {
+        Some(m) if m.lines < CHUNK_LINES && m.bytes < CHUNK_BYTES => tx
+            .get(&keys::log_chunk(&c.id, m.first_seq))?
+            .map(|v| records::LogChunk::decode(v.as_slice()))
+            .transpose()?,
+        _ => None,
+    };
+    let mut open_bytes = 0;
+    if let Some(ch) = &open {
+        c.log_chunks.pop();
+        open_bytes = ch.lines.iter().map(line_size).sum();
+    }
+    let mut metas = Vec::new();
+    for line in new {
+        // Consecutive only: the rest of a batch with a hole waits for a
+        // resend from the hole.
+        if line.seq != next {
+            break;
+        }
+        let size = line_size(line);
+        let full = open.as_ref().is_some_and(|ch| {
+            ch.lines.len() as u32 >= CHUNK_LINES || open_bytes + size > CHUNK_BYTES
+        });
+        if full {
+            if let Some(ch) = open.take() {
+                metas.push(store_chunk(tx, &c.id, &ch));
+            }
+            open_bytes = 0;
+        }
+        open_bytes += size;
+        open.get_or_insert_with(|| records::LogChunk {
+            schema: SCHEMA_VERSION,
+            first_seq: line.seq,
+            lines: Vec::new(),
+        })
+        .lines
+        .push(line.clone());
+        // Never reached by counting, but a forged number must not overflow.
+        let Some(after) = line.seq.checked_add(1) else {
+            break;
+        };
+        next = after;
+    }
+    if let Some(ch) = open.take() {
+        metas.push(store_chunk(tx, &c.id, &ch));
+    }
+    c.log_chunks.extend(metas);
+    c.log_next_seq = next;
+    trim_logs(tx, &mut c, l.keep_lines, l.keep_bytes);
     tx.put(keys::container(&c.id), c.encode_to_vec());
     Ok(ok(c))
+}
+
+fn store_chunk(tx: &mut Tx, id: &str, ch: &records::LogChunk) -> records::LogChunkMeta {
+    tx.put(keys::log_chunk(id, ch.first_seq), ch.encode_to_vec());
+    records::LogChunkMeta {
+        first_seq: ch.first_seq,
+        lines: ch.lines.len() as u32,
+        bytes: ch.lines.iter().map(line_size).sum(),
+    }
+}
+
+/// Drops the oldest chunks while the others still hold `keep_lines` lines
+/// or `keep_bytes` bytes (0 keeps everything): what is kept is at least
+/// the tail asked for, and at most one chunk more.
+fn trim_logs(tx: &mut Tx, c: &mut Container, keep_lines: u64, keep_bytes: u64) {
+    if keep_lines == 0 && keep_bytes == 0 {
+        return;
+    }
+    let (keep_lines, keep_bytes) = (
+        if keep_lines == 0 { u64::MAX } else { keep_lines },
+        if keep_bytes == 0 { u64::MAX } else { keep_bytes },
+    );
+    let mut lines: u64 = c.log_chunks.iter().map(|m| u64::from(m.lines)).sum();
+    let mut bytes: u64 = c.log_chunks.iter().map(|m| m.bytes).sum();
+    let mut drop = 0;
+    for m in &c.log_chunks[..c.log_chunks.len().saturating_sub(1)] {
+        let (rest_lines, rest_bytes) = (lines - u64::from(m.lines), bytes - m.bytes);
+        if rest_lines < keep_lines && rest_bytes < keep_bytes {
+            break;
+        }
+        tx.delete(keys::log_chunk(&c.id, m.first_seq));
+        (lines, bytes) = (rest_lines, rest_bytes);
+        drop += 1;
+    }
+    c.log_chunks.drain(..drop);
 }
 
 #[cfg(test)]
@@ -711,5 +804,77 @@ mod tests {
             .unwrap()
             .error
             .contains("No such node"));
+    }
+
+    #[test]
+    fn log_lines_are_taken_in_order_into_chunks_and_the_tail_is_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), ["sm"]).unwrap();
+        let cf = db.cf_handle("sm").unwrap();
+        let c = Container {
+            id: "a1".into(),
+            name: "flood".into(),
+            node: "n1".into(),
+            generation: 2,
+            log_next_seq: 1,
+            ..Default::default()
+        };
+        db.put_cf(cf, keys::container("a1"), c.encode_to_vec()).unwrap();
+        let batch = |seqs: std::ops::RangeInclusive<u64>, generation| records::Command {
+            schema: SCHEMA_VERSION,
+            op: Some(Op::Logs(records::AppendLogs {
+                id: "a1".into(),
+                node: "n1".into(),
+                generation,
+                lines: seqs
+                    .map(|seq| records::LogLine {
+                        schema: SCHEMA_VERSION,
+                        seq,
+                        line: vec![b'x'; 100],
+                        ..Default::default()
+                    })
+                    .collect(),
+                keep_lines: 3000,
+                keep_bytes: 0,
+            })),
+        };
+        let mut append = |cmd: records::Command| {
+            let mut tx = Tx::new(&db, cf);
+            let r = apply(&mut tx, &cmd, 1).unwrap();
+            db.write(tx.into_batch()).unwrap();
+            r
+        };
+        let next = |r: &CommandResult| r.container.as_ref().map(|c| c.log_next_seq);
+        assert_eq!(next(&append(batch(1..=500, 2))), Some(501));
+        // A resend of lines held already adds nothing; one that would
+        // leave a gap changes nothing; an overlap adds only what is new.
+        assert_eq!(next(&append(batch(1..=500, 2))), Some(501));
+        assert_eq!(next(&append(batch(600..=700, 2))), Some(501));
+        assert_eq!(next(&append(batch(400..=1200, 2))), Some(1201));
+        // Another copy's lines are refused.
+        assert!(!append(batch(1201..=1300, 1)).error.is_empty());
+        // Lines go into chunks of at most CHUNK_BYTES (116 bytes each line
+        // here: 564 a chunk).
+        let r = append(batch(1201..=5000, 2));
+        let c = r.container.unwrap();
+        assert_eq!(c.log_next_seq, 5001);
+        let per_chunk = (CHUNK_BYTES / 116) as u32;
+        assert!(c.log_chunks.iter().all(|m| m.lines <= per_chunk && m.bytes <= CHUNK_BYTES));
+        // The tail keeps at least 3000 lines, and at most one chunk more.
+        let kept: u64 = c.log_chunks.iter().map(|m| u64::from(m.lines)).sum();
+        assert!((3000..3000 + u64::from(per_chunk)).contains(&kept), "{kept}");
+        let first = c.log_chunks[0].first_seq;
+        assert_eq!(first, 5001 - kept);
+        // Every kept line is there, once, in order; the trimmed chunks are gone.
+        let mut seqs = Vec::new();
+        for m in &c.log_chunks {
+            let v = db.get_cf(cf, keys::log_chunk("a1", m.first_seq)).unwrap().unwrap();
+            seqs.extend(records::LogChunk::decode(v.as_slice()).unwrap().lines.iter().map(|l| l.seq));
+        }
+        assert_eq!(seqs, (first..=5000).collect::<Vec<_>>());
+        assert!(db.get_cf(cf, keys::log_chunk("a1", 1)).unwrap().is_none());
     }
 }

@@ -42,16 +42,17 @@ pub fn node_label_prefix(node: &str) -> Vec<u8> {
     [b"nl/".as_slice(), node.as_bytes(), b"\0".as_slice()].concat()
 }
 
-/// `l/<id>/<seq>`: one log line of a container.
-pub fn log_line(id: &str, seq: u64) -> Vec<u8> {
+/// `lc/<id>/<first_seq>`: a chunk of a container's replicated log tail,
+/// by the sequence number of its first line.
+pub fn log_chunk(id: &str, first_seq: u64) -> Vec<u8> {
     let mut k = log_prefix(id);
-    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(&first_seq.to_be_bytes());
     k
 }
 
-/// `l/<id>/`: the prefix of every log line of a container.
+/// `lc/<id>/`: the prefix of every log chunk of a container.
 pub fn log_prefix(id: &str) -> Vec<u8> {
-    [b"l/".as_slice(), id.as_bytes(), b"/".as_slice()].concat()
+    [b"lc/".as_slice(), id.as_bytes(), b"/".as_slice()].concat()
 }
 
 /// `e/<index><n>`: the n-th event of the Raft entry at `index`.
@@ -85,7 +86,7 @@ mod tests {
     fn log_keys_sort_by_sequence_number() {
         let mut keys: Vec<Vec<u8>> = [300u64, 2, 256, 1]
             .iter()
-            .map(|s| log_line("abc", *s))
+            .map(|s| log_chunk("abc", *s))
             .collect();
         keys.sort();
         let seqs: Vec<u64> = keys
@@ -99,7 +100,7 @@ mod tests {
     fn prefix_end_bounds_the_prefix() {
         let p = log_prefix("abc");
         let end = prefix_end(&p);
-        assert!(log_line("abc", u64::MAX) < end);
-        assert!(log_line("abd", 0) >= end);
+        assert!(log_chunk("abc", u64::MAX) < end);
+        assert!(log_chunk("abd", 0) >= end);
     }
 }

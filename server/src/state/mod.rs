@@ -193,20 +193,33 @@ impl StateReader {
         Ok(out)
     }
 
-    /// Up to `limit` log lines of a container from sequence number `from`.
+    /// Up to `limit` lines of a container's replicated log tail from
+    /// sequence number `from` (the oldest kept, if those before it were
+    /// trimmed).
     pub fn log_lines(&self, id: &str, from: u64, limit: usize) -> Result<Vec<LogLine>, StateError> {
-        let prefix = keys::log_prefix(id);
-        let start = keys::log_line(id, from);
+        let Some(c) = self.container(id)? else {
+            return Ok(Vec::new());
+        };
+        // The last chunk that starts at or before `from`.
+        let start = c
+            .log_chunks
+            .iter()
+            .rposition(|m| m.first_seq <= from)
+            .unwrap_or(0);
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.sm(), IteratorMode::From(&start, Direction::Forward))
-        {
-            let (k, v) = item?;
-            if !k.starts_with(&prefix) || out.len() >= limit {
-                break;
+        for m in &c.log_chunks[start..] {
+            let Some(v) = self.db.get_cf(self.sm(), keys::log_chunk(id, m.first_seq))? else {
+                continue;
+            };
+            let chunk = berth_proto::records::LogChunk::decode(v.as_slice())?;
+            for l in chunk.lines {
+                if l.seq >= from {
+                    out.push(l);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
             }
-            out.push(LogLine::decode(v.as_ref())?);
         }
         Ok(out)
     }

@@ -1,0 +1,157 @@
+//! `berth logs` (and the output of an attached `berth run`): a container's
+//! lines in order, each once. While the container's node is connected its
+//! agent's log file is the full record, read through the agent on a stream
+//! of its own (not through Raft); otherwise, or if that read fails, the
+//! cluster's replicated tail. Every line carries its sequence number, so
+//! the two sources join without a gap or a duplicate, and a client that
+//! lost its stream asks again from the line after its last.
+
+use std::time::Duration;
+
+use berth_proto::agent::{LogLine, ReadLogs};
+use berth_proto::cluster::{LogEntry, LogsRequest};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::app::App;
+use crate::state::status::Status as CStatus;
+
+/// How long after a failed read through the agent the next one is tried.
+const AGENT_RETRY: Duration = Duration::from_secs(1);
+
+/// Streams the container's lines that `req` asks for into `tx`.
+pub async fn stream(app: App, id: String, req: LogsRequest, tx: mpsc::Sender<Result<LogEntry, Status>>) {
+    let mut out = Out {
+        tx,
+        next: req.from_seq.unwrap_or(1).max(1),
+        since: req.since_ns,
+        until: req.until_ns,
+    };
+    let mut tail = req.tail;
+    let mut changes = app.state.subscribe();
+    let mut agent_failed: Option<tokio::time::Instant> = None;
+    loop {
+        changes.borrow_and_update();
+        let now = match app.state.container(&id) {
+            Ok(Some(c)) => c,
+            Ok(None) => return,
+            Err(e) => return out.fail(Status::internal(e.to_string())).await,
+        };
+        let agent_ok = agent_failed.is_none_or(|t| t.elapsed() >= AGENT_RETRY);
+        if agent_ok && !now.node.is_empty() && app.nodes.is_connected(&now.node).await {
+            let read = ReadLogs {
+                request_id: 0,
+                container_id: id.clone(),
+                from_seq: out.next,
+                tail,
+                follow: req.follow,
+            };
+            match app.nodes.read_logs(&now.node, read).await {
+                Ok(mut rx) => {
+                    let ended = loop {
+                        match rx.recv().await {
+                            Some(Ok(Some(lines))) => {
+                                tail = None;
+                                if !out.send(lines).await {
+                                    return;
+                                }
+                            }
+                            Some(Ok(None)) => break true,
+                            Some(Err(e)) => {
+                                tracing::debug!(%id, "a log read through {} failed: {e}", now.node);
+                                break false;
+                            }
+                            None => break false,
+                        }
+                    };
+                    if ended {
+                        return;
+                    }
+                    agent_failed = Some(tokio::time::Instant::now());
+                    continue;
+                }
+                Err(_) => agent_failed = Some(tokio::time::Instant::now()),
+            }
+        }
+        // The cluster's tail: from where the client is, or from its oldest
+        // line if the ones before were trimmed.
+        if let Some(n) = tail.take() {
+            out.next = out.next.max(now.log_next_seq.saturating_sub(n).max(1));
+        }
+        let lines = match app.state.log_lines(&id, out.next, 512) {
+            Ok(l) => l,
+            Err(e) => return out.fail(Status::internal(e.to_string())).await,
+        };
+        if !lines.is_empty() {
+            if !out.send(lines.into_iter().map(from_record).collect()).await {
+                return;
+            }
+            continue;
+        }
+        if !req.follow {
+            return;
+        }
+        // A finished container whose every line the cluster holds has no
+        // more to come.
+        if CStatus(now.state()).is_finished() && out.next >= now.log_next_seq {
+            return;
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(AGENT_RETRY) => {}
+            _ = out.tx.closed() => return,
+        }
+    }
+}
+
+/// The client's stream, where it stands, and its time window.
+struct Out {
+    tx: mpsc::Sender<Result<LogEntry, Status>>,
+    next: u64,
+    since: Option<i64>,
+    until: Option<i64>,
+}
+
+impl Out {
+    /// Sends the lines the client has not had, in order; false once the
+    /// client is gone.
+    async fn send(&mut self, lines: Vec<LogLine>) -> bool {
+        for l in lines {
+            if l.seq < self.next {
+                continue;
+            }
+            self.next = l.seq + 1;
+            if self.since.is_some_and(|s| l.time_ns < s) || self.until.is_some_and(|u| l.time_ns > u)
+            {
+                continue;
+            }
+            let entry = LogEntry {
+                seq: l.seq,
+                stream: l.stream,
+                time_ns: l.time_ns,
+                line: l.line,
+            };
+            if self.tx.send(Ok(entry)).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn fail(&self, status: Status) {
+        let _ = self.tx.send(Err(status)).await;
+    }
+}
+
+fn from_record(l: berth_proto::records::LogLine) -> LogLine {
+    LogLine {
+        seq: l.seq,
+        stream: if l.stream == berth_proto::records::LogStream::Stderr as i32 {
+            "stderr".into()
+        } else {
+            "stdout".into()
+        },
+        time_ns: l.time_ns,
+        line: l.line,
+    }
+}
