@@ -260,6 +260,9 @@ async fn session(
     // Image requests still receiving their upload: the operation and the bytes so far.
     let mut pending: HashMap<u64, (Option<image_request::Op>, Vec<u8>)> = HashMap::new();
     let mut session_id = 0u64;
+    // Reads asked for before the registration was answered wait for it:
+    // their answer names the session.
+    let mut early_reads: Vec<berth_proto::agent::ReadLogs> = Vec::new();
     loop {
         tokio::select! {
             msg = inbound.message() => {
@@ -273,6 +276,15 @@ async fn session(
                         tracing::info!(node = %r.node, server = %addr, stale = r.stale.len(), "registered");
                         supervisor.renew_lease(registered_at);
                         session_id = r.session_id;
+                        for read in early_reads.drain(..) {
+                            tokio::spawn(answer_read(
+                                endpoint.clone(),
+                                cfg.node.clone(),
+                                session_id,
+                                wire::read_logs(read),
+                                supervisor.clone(),
+                            ));
+                        }
                         beating = Some(AbortOnDrop(tokio::spawn(heartbeats(
                             endpoint.clone(),
                             cfg.node.clone(),
@@ -313,6 +325,9 @@ async fn session(
                     Some(server_message::Msg::LogAck(a)) => {
                         let (id, ack) = wire::log_ack(a);
                         supervisor.log_ack(&id, ack);
+                    }
+                    Some(server_message::Msg::ReadLogs(r)) if session_id == 0 => {
+                        early_reads.push(r);
                     }
                     Some(server_message::Msg::ReadLogs(r)) => {
                         tokio::spawn(answer_read(

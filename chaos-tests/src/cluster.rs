@@ -546,10 +546,23 @@ impl Cluster {
                 stderr: "cannot run berth".into(),
             };
         };
+        // The pipes are read while it runs: a large output must not fill
+        // them and stop it.
+        let read = |p: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut p) = p {
+                    let _ = p.read_to_end(&mut buf);
+                }
+                String::from_utf8_lossy(&buf).into_owned()
+            })
+        };
+        let out = read(child.stdout.take().map(|p| Box::new(p) as _));
+        let err = read(child.stderr.take().map(|p| Box::new(p) as _));
         let start = Instant::now();
-        loop {
+        let code = loop {
             match child.try_wait() {
-                Ok(Some(_)) => break,
+                Ok(Some(s)) => break s.code().unwrap_or(-1),
                 Ok(None) if start.elapsed() < limit => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
@@ -558,23 +571,16 @@ impl Cluster {
                     let _ = child.wait();
                     return CommandResult {
                         code: -1,
-                        stdout: String::new(),
+                        stdout: out.join().unwrap_or_default(),
                         stderr: "timed out".into(),
                     };
                 }
             }
-        }
-        match child.wait_with_output() {
-            Ok(o) => CommandResult {
-                code: o.status.code().unwrap_or(-1),
-                stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-            },
-            Err(e) => CommandResult {
-                code: -1,
-                stdout: String::new(),
-                stderr: e.to_string(),
-            },
+        };
+        CommandResult {
+            code,
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
         }
     }
 
@@ -585,6 +591,39 @@ impl Cluster {
             a.wait()?;
         }
         Ok(())
+    }
+
+    /// Starts the CLI in the background, its output going to `stdout`
+    /// and `stderr`.
+    pub fn berth_spawn(
+        &self,
+        args: &[&str],
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> std::io::Result<Child> {
+        self.cli_command()
+            .args(args)
+            .env("BERTH_HOST", self.all_addrs())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+    }
+
+    /// Runs the CLI and returns its stdout as bytes (it must succeed).
+    pub fn berth_bytes(&self, args: &[&str]) -> anyhow::Result<Vec<u8>> {
+        let o = self
+            .cli_command()
+            .args(args)
+            .env("BERTH_HOST", self.all_addrs())
+            .stdin(Stdio::null())
+            .output()?;
+        anyhow::ensure!(
+            o.status.success(),
+            "berth {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Ok(o.stdout)
     }
 
     /// Runs the berth CLI against this cluster.

@@ -674,6 +674,10 @@ pub async fn inspect(
                 "PendingReason": i.pending_reason,
                 "Desired": i.desired,
             },
+            "LogTail": {
+                "FirstSeq": i.log_first_seq,
+                "NextSeq": i.log_next_seq,
+            },
             "Service": if i.service.is_empty() { serde_json::Value::Null } else { serde_json::json!({
                 "Name": i.service,
                 "Slot": i.slot,

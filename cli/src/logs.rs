@@ -226,14 +226,23 @@ mod tests {
     #[test]
     fn times_parse_as_docker_reads_them() {
         let now = 1_000_000 * 1_000_000_000i64;
-        assert_eq!(parse_time("2026-01-02T15:04:05Z", now), Ok(1_767_366_245_000_000_000));
+        assert_eq!(
+            parse_time("2026-01-02T15:04:05Z", now),
+            Ok(1_767_366_245_000_000_000)
+        );
         assert_eq!(parse_time("1767366245", now), Ok(1_767_366_245_000_000_000));
-        assert_eq!(parse_time("1767366245.5", now), Ok(1_767_366_245_500_000_000));
+        assert_eq!(
+            parse_time("1767366245.5", now),
+            Ok(1_767_366_245_500_000_000)
+        );
         assert_eq!(parse_time("1h30m", now), Ok(now - 5_400_000_000_000));
         assert_eq!(parse_time("42m", now), Ok(now - 2_520_000_000_000));
         assert_eq!(parse_time("250ms", now), Ok(now - 250_000_000));
         let err = parse_time("yesterday", now).unwrap_err();
-        assert!(err.contains("\"yesterday\"") && err.contains("1h30m"), "{err}");
+        assert!(
+            err.contains("\"yesterday\"") && err.contains("1h30m"),
+            "{err}"
+        );
         assert!(parse_time("10x", now).is_err());
         assert!(parse_time("", now).is_err());
     }

@@ -199,6 +199,16 @@ impl App {
 }
 
 impl App {
+    /// True if this server believes it leads (no round trip: for checks
+    /// that run often).
+    pub fn is_leader(&self) -> bool {
+        use openraft::async_runtime::WatchReceiver;
+        // Read in place: a copy of the metrics copies the membership.
+        let watch = self.raft.metrics();
+        let m = watch.borrow_watched();
+        m.current_leader == Some(m.id)
+    }
+
     /// True if this server leads and a majority confirms it now (a read
     /// index within a second): a leader cut off from the others is not.
     pub async fn is_effective_leader(&self) -> bool {

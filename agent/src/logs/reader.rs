@@ -221,10 +221,7 @@ fn last_seq(path: &Path) -> Option<u64> {
                 continue;
             }
         };
-        let from = complete
-            .iter()
-            .rposition(|b| *b == b'\n')
-            .map(|p| p + 1);
+        let from = complete.iter().rposition(|b| *b == b'\n').map(|p| p + 1);
         match from {
             Some(p) => return seq_of(&complete[p..]),
             None if start == 0 => return seq_of(complete),
@@ -245,8 +242,12 @@ mod tests {
             .open(path)
             .unwrap();
         for s in seqs {
-            f.write_all(Frame::log(s, "stdout", 0, format!("{s}\n").as_bytes()).to_line().as_bytes())
-                .unwrap();
+            f.write_all(
+                Frame::log(s, "stdout", 0, format!("{s}\n").as_bytes())
+                    .to_line()
+                    .as_bytes(),
+            )
+            .unwrap();
         }
     }
 

@@ -72,6 +72,7 @@ pub async fn serve(
             continue;
         }
         if !req.follow || ended || !dir.exists() {
+            tracing::debug!(id = %req.container, next = reader.next_seq(), "a log read is complete");
             return Ok(());
         }
         tokio::select! {
@@ -95,8 +96,12 @@ mod tests {
             .open(bundle::log(dir))
             .unwrap();
         for s in seqs {
-            f.write_all(Frame::log(s, "stdout", 0, format!("{s}\n").as_bytes()).to_line().as_bytes())
-                .unwrap();
+            f.write_all(
+                Frame::log(s, "stdout", 0, format!("{s}\n").as_bytes())
+                    .to_line()
+                    .as_bytes(),
+            )
+            .unwrap();
         }
     }
 

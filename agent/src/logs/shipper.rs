@@ -50,6 +50,8 @@ enum Control {
     Rewind(u64),
     /// New lines or an exit may be there.
     Wake,
+    /// The container is being removed: stop at once.
+    Stop,
 }
 
 /// The shippers of this node's containers.
@@ -121,12 +123,21 @@ impl Shippers {
         }
     }
 
+    /// Stops the container's shipper (its bundle is going away).
+    pub fn stop(&self, id: &str) {
+        if let Some((_, tx)) = self.lock().remove(id) {
+            let _ = tx.send(Control::Stop);
+        }
+    }
+
     /// True while the container's log is being shipped.
     pub fn is_running(&self, id: &str) -> bool {
         self.lock().contains_key(id)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, mpsc::UnboundedSender<Control>)>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (u64, mpsc::UnboundedSender<Control>)>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -240,6 +251,7 @@ impl Ship {
     ) -> bool {
         match c {
             Control::Wake => true,
+            Control::Stop => false,
             Control::Rewind(next) => {
                 inflight.clear();
                 reader.rewind(next);
@@ -333,8 +345,12 @@ mod tests {
             .open(bundle::log(dir))
             .unwrap();
         for s in seqs {
-            f.write_all(Frame::log(s, "stdout", 0, format!("{s}\n").as_bytes()).to_line().as_bytes())
-                .unwrap();
+            f.write_all(
+                Frame::log(s, "stdout", 0, format!("{s}\n").as_bytes())
+                    .to_line()
+                    .as_bytes(),
+            )
+            .unwrap();
         }
     }
 

@@ -151,8 +151,7 @@ impl FrameWriter {
         let f = Frame::log(self.next_seq, stream, now_ns(), bytes);
         self.next_seq += 1;
         let line = f.to_line();
-        if self.rotation.max_size > 0 && self.size + line.len() as u64 > self.rotation.max_size
-        {
+        if self.rotation.max_size > 0 && self.size + line.len() as u64 > self.rotation.max_size {
             self.rotate();
         }
         if let Some(log) = &mut self.log {
@@ -402,7 +401,10 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
         std::thread::spawn(move || attach::accept_loop(listener, clients, input));
     }
 
-    let (tx, rx) = mpsc::channel::<(&'static str, Vec<u8>)>();
+    // Bounded: output waits in the pipe (and the container with it) while
+    // the log file takes what came before, so the shim's memory stays
+    // small and a kill is not held up by a backlog.
+    let (tx, rx) = mpsc::sync_channel::<(&'static str, Vec<u8>)>(1024);
     let readers: Vec<_> = outputs
         .into_iter()
         .map(|(stream, fd)| {
@@ -501,7 +503,7 @@ fn read_output(
     stream: &'static str,
     mut f: File,
     clients: &attach::Clients,
-    tx: mpsc::Sender<(&'static str, Vec<u8>)>,
+    tx: mpsc::SyncSender<(&'static str, Vec<u8>)>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     let mut line = Vec::new();

@@ -36,8 +36,8 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::image::{import, load, save, ImageError, ImageStore, ImageSummary};
 use crate::orders::{
-    Assignment, AttachOutput, ContainerState, ImageReply, LocalCopy, LogLine, Order,
-    Report, RunSpec, Transition,
+    Assignment, AttachOutput, ContainerState, ImageReply, LocalCopy, LogLine, Order, Report,
+    RunSpec, Transition,
 };
 use crate::runtime::cgroups::{Cgroup, Layout, Limits};
 use crate::runtime::frame::Frame;

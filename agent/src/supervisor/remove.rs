@@ -55,13 +55,27 @@ impl Supervisor {
                 }
             }
         }
+        self.shippers.stop(id);
         self.host.unmount_rootfs(&dir);
-        fs::remove_dir_all(&dir).map_err(|e| {
-            format!(
-                "unable to remove filesystem for {id}: {}: {e}",
-                dir.display()
-            )
-        })
+        // A shipper that was recording its position as it stopped may put
+        // a file back in the directory: a second pass takes it.
+        let mut attempt = 0;
+        loop {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(_) if attempt < 5 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "unable to remove filesystem for {id}: {}: {e}",
+                        dir.display()
+                    ))
+                }
+            }
+        }
     }
 
     /// After a (re)registration, before anything else: stops and deletes

@@ -212,14 +212,12 @@ impl Supervisor {
                 },
             )?;
         }
-        fs::write(
-            bundle::log_rotation(dir),
-            self.cfg.log_rotation.to_file(),
-        )
-        .map_err(|source| SupervisorError::Io {
-            path: bundle::log_rotation(dir),
-            source,
-        })?;
+        fs::write(bundle::log_rotation(dir), self.cfg.log_rotation.to_file()).map_err(
+            |source| SupervisorError::Io {
+                path: bundle::log_rotation(dir),
+                source,
+            },
+        )?;
         fs::write(
             bundle::meta(dir),
             serde_json::to_vec(&meta).unwrap_or_default(),

@@ -89,6 +89,12 @@ pub fn container_to_wire(c: &Container) -> cluster::ContainerInfo {
             })
             .collect(),
         oom_killed: c.oom_killed,
+        log_first_seq: c
+            .log_chunks
+            .first()
+            .map(|m| m.first_seq)
+            .unwrap_or(c.log_next_seq),
+        log_next_seq: c.log_next_seq,
         size_rw: None,
         pending_reason: c.pending_reason.clone(),
         service: c.service.clone(),

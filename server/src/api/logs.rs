@@ -18,9 +18,16 @@ use crate::state::status::Status as CStatus;
 
 /// How long after a failed read through the agent the next one is tried.
 const AGENT_RETRY: Duration = Duration::from_secs(1);
+/// How long a node has to begin answering a read.
+const AGENT_ANSWER: Duration = Duration::from_secs(10);
 
 /// Streams the container's lines that `req` asks for into `tx`.
-pub async fn stream(app: App, id: String, req: LogsRequest, tx: mpsc::Sender<Result<LogEntry, Status>>) {
+pub async fn stream(
+    app: App,
+    id: String,
+    req: LogsRequest,
+    tx: mpsc::Sender<Result<LogEntry, Status>>,
+) {
     let mut out = Out {
         tx,
         next: req.from_seq.unwrap_or(1).max(1),
@@ -32,6 +39,16 @@ pub async fn stream(app: App, id: String, req: LogsRequest, tx: mpsc::Sender<Res
     let mut agent_failed: Option<tokio::time::Instant> = None;
     loop {
         changes.borrow_and_update();
+        // Agents hold their sessions with the leader only: a server that
+        // no longer leads sends the client on, to ask the leader from
+        // where it stands.
+        if !app.is_leader() {
+            return out
+                .fail(Status::unavailable(
+                    "this server no longer leads; ask the leader from the last line read",
+                ))
+                .await;
+        }
         let now = match app.state.container(&id) {
             Ok(Some(c)) => c,
             Ok(None) => return,
@@ -48,8 +65,21 @@ pub async fn stream(app: App, id: String, req: LogsRequest, tx: mpsc::Sender<Res
             };
             match app.nodes.read_logs(&now.node, read).await {
                 Ok(mut rx) => {
+                    let mut begun = false;
                     let ended = loop {
-                        match rx.recv().await {
+                        let event = if begun {
+                            rx.recv().await
+                        } else {
+                            match tokio::time::timeout(AGENT_ANSWER, rx.recv()).await {
+                                Ok(e) => e,
+                                Err(_) => {
+                                    tracing::debug!(%id, "{} did not begin a log read", now.node);
+                                    break false;
+                                }
+                            }
+                        };
+                        begun = true;
+                        match event {
                             Some(Ok(Some(lines))) => {
                                 tail = None;
                                 if !out.send(lines).await {
@@ -65,6 +95,7 @@ pub async fn stream(app: App, id: String, req: LogsRequest, tx: mpsc::Sender<Res
                         }
                     };
                     if ended {
+                        tracing::debug!(%id, next = out.next, "a log read through {} ended", now.node);
                         return;
                     }
                     agent_failed = Some(tokio::time::Instant::now());
@@ -77,6 +108,22 @@ pub async fn stream(app: App, id: String, req: LogsRequest, tx: mpsc::Sender<Res
         // line if the ones before were trimmed.
         if let Some(n) = tail.take() {
             out.next = out.next.max(now.log_next_seq.saturating_sub(n).max(1));
+        }
+        // Lines older than the cluster's tail are only in the node's file:
+        // a follower waits for the node to come back while the container
+        // may still (it is not over), rather than skip them.
+        let first_kept = now
+            .log_chunks
+            .first()
+            .map_or(now.log_next_seq, |m| m.first_seq);
+        let gap = out.next < first_kept;
+        if gap && req.follow && !CStatus(now.state()).is_finished() {
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(AGENT_RETRY) => {}
+                _ = out.tx.closed() => return,
+            }
+            continue;
         }
         let lines = match app.state.log_lines(&id, out.next, 512) {
             Ok(l) => l,
@@ -121,7 +168,8 @@ impl Out {
                 continue;
             }
             self.next = l.seq + 1;
-            if self.since.is_some_and(|s| l.time_ns < s) || self.until.is_some_and(|u| l.time_ns > u)
+            if self.since.is_some_and(|s| l.time_ns < s)
+                || self.until.is_some_and(|u| l.time_ns > u)
             {
                 continue;
             }

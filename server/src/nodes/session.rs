@@ -49,7 +49,12 @@ impl AgentSession for SessionService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("a LogRead stream begins with its request"))?;
-        if !self.app.nodes.is_current(&first.node, first.session_id).await {
+        if !self
+            .app
+            .nodes
+            .is_current(&first.node, first.session_id)
+            .await
+        {
             return Err(Status::permission_denied(format!(
                 "session {} of node {} is not current here",
                 first.session_id, first.node
@@ -66,6 +71,11 @@ impl AgentSession for SessionService {
                 first.request_id, first.node
             )));
         };
+        // An empty batch says the read has begun (the reader stops waiting
+        // for the node to answer at all).
+        if out.send(Ok(Some(Vec::new()))).await.is_err() {
+            return Ok(Response::new(berth_proto::agent::LogReadEnd {}));
+        }
         loop {
             let piece = match inbound.message().await {
                 Ok(Some(p)) => p,

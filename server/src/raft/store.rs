@@ -74,9 +74,16 @@ pub fn open(path: &Path) -> Result<Arc<DB>, StoreError> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    let cfs = [CF_LOGS, CF_META, CF_SM, CF_SM_META]
-        .into_iter()
-        .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+    // A bounded disk under a steady stream of writes (container logs):
+    // memtables flush at 8 MiB, and the write-ahead log is cut back by
+    // forced flushes once it passes 32 MiB (rocksdb's defaults, 64 MiB
+    // memtables and a WAL bounded only by them, let it grow far more).
+    opts.set_max_total_wal_size(32 << 20);
+    let cfs = [CF_LOGS, CF_META, CF_SM, CF_SM_META].into_iter().map(|n| {
+        let mut cf = Options::default();
+        cf.set_write_buffer_size(8 << 20);
+        ColumnFamilyDescriptor::new(n, cf)
+    });
     let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| StoreError::Open {
         path: path.display().to_string(),
         source,

@@ -523,6 +523,11 @@ fn transition(tx: &mut Tx, t: &records::RecordTransition) -> Result<CommandResul
 /// The most lines and bytes one stored log chunk holds.
 pub const CHUNK_LINES: u32 = 1024;
 pub const CHUNK_BYTES: u64 = 64 * 1024;
+/// A batch goes on in the last chunk only while that chunk is small: an
+/// append rewrites at most this much, and a trickle of one-line batches
+/// still makes chunks of some size.
+const MERGE_LINES: u32 = 64;
+const MERGE_BYTES: u64 = 4096;
 
 /// What a stored line counts for against a chunk's and the tail's bytes.
 fn line_size(l: &records::LogLine) -> u64 {
@@ -553,7 +558,7 @@ fn append_logs(tx: &mut Tx, l: &records::AppendLogs) -> Result<CommandResult, Ap
     }
     // The last chunk takes lines while it has room.
     let mut open: Option<records::LogChunk> = match c.log_chunks.last() {
-        Some(m) if m.lines < CHUNK_LINES && m.bytes < CHUNK_BYTES => tx
+        Some(m) if m.lines < MERGE_LINES && m.bytes < MERGE_BYTES => tx
             .get(&keys::log_chunk(&c.id, m.first_seq))?
             .map(|v| records::LogChunk::decode(v.as_slice()))
             .transpose()?,
@@ -622,8 +627,16 @@ fn trim_logs(tx: &mut Tx, c: &mut Container, keep_lines: u64, keep_bytes: u64) {
         return;
     }
     let (keep_lines, keep_bytes) = (
-        if keep_lines == 0 { u64::MAX } else { keep_lines },
-        if keep_bytes == 0 { u64::MAX } else { keep_bytes },
+        if keep_lines == 0 {
+            u64::MAX
+        } else {
+            keep_lines
+        },
+        if keep_bytes == 0 {
+            u64::MAX
+        } else {
+            keep_bytes
+        },
     );
     let mut lines: u64 = c.log_chunks.iter().map(|m| u64::from(m.lines)).sum();
     let mut bytes: u64 = c.log_chunks.iter().map(|m| m.bytes).sum();
@@ -822,7 +835,8 @@ mod tests {
             log_next_seq: 1,
             ..Default::default()
         };
-        db.put_cf(cf, keys::container("a1"), c.encode_to_vec()).unwrap();
+        db.put_cf(cf, keys::container("a1"), c.encode_to_vec())
+            .unwrap();
         let batch = |seqs: std::ops::RangeInclusive<u64>, generation| records::Command {
             schema: SCHEMA_VERSION,
             op: Some(Op::Logs(records::AppendLogs {
@@ -862,17 +876,32 @@ mod tests {
         let c = r.container.unwrap();
         assert_eq!(c.log_next_seq, 5001);
         let per_chunk = (CHUNK_BYTES / 116) as u32;
-        assert!(c.log_chunks.iter().all(|m| m.lines <= per_chunk && m.bytes <= CHUNK_BYTES));
+        assert!(c
+            .log_chunks
+            .iter()
+            .all(|m| m.lines <= per_chunk && m.bytes <= CHUNK_BYTES));
         // The tail keeps at least 3000 lines, and at most one chunk more.
         let kept: u64 = c.log_chunks.iter().map(|m| u64::from(m.lines)).sum();
-        assert!((3000..3000 + u64::from(per_chunk)).contains(&kept), "{kept}");
+        assert!(
+            (3000..3000 + u64::from(per_chunk)).contains(&kept),
+            "{kept}"
+        );
         let first = c.log_chunks[0].first_seq;
         assert_eq!(first, 5001 - kept);
         // Every kept line is there, once, in order; the trimmed chunks are gone.
         let mut seqs = Vec::new();
         for m in &c.log_chunks {
-            let v = db.get_cf(cf, keys::log_chunk("a1", m.first_seq)).unwrap().unwrap();
-            seqs.extend(records::LogChunk::decode(v.as_slice()).unwrap().lines.iter().map(|l| l.seq));
+            let v = db
+                .get_cf(cf, keys::log_chunk("a1", m.first_seq))
+                .unwrap()
+                .unwrap();
+            seqs.extend(
+                records::LogChunk::decode(v.as_slice())
+                    .unwrap()
+                    .lines
+                    .iter()
+                    .map(|l| l.seq),
+            );
         }
         assert_eq!(seqs, (first..=5000).collect::<Vec<_>>());
         assert!(db.get_cf(cf, keys::log_chunk("a1", 1)).unwrap().is_none());

@@ -208,7 +208,10 @@ impl StateReader {
             .unwrap_or(0);
         let mut out = Vec::new();
         for m in &c.log_chunks[start..] {
-            let Some(v) = self.db.get_cf(self.sm(), keys::log_chunk(id, m.first_seq))? else {
+            let Some(v) = self
+                .db
+                .get_cf(self.sm(), keys::log_chunk(id, m.first_seq))?
+            else {
                 continue;
             };
             let chunk = berth_proto::records::LogChunk::decode(v.as_slice())?;

@@ -1,0 +1,267 @@
+//! Logs you can trust (issue P3.2): every line once, in order, through
+//! kills of the agent and of the leader; a tail that outlives the host;
+//! a replicated tail that stays bounded.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use berth_chaos::{sandbox, Cluster};
+
+/// "1\n2\n...n\n".
+fn numbers(from: u64, to: u64) -> String {
+    let mut s = String::new();
+    for i in from..=to {
+        s.push_str(&i.to_string());
+        s.push('\n');
+    }
+    s
+}
+
+/// The first place two outputs differ, to say what went wrong briefly.
+fn first_difference(got: &str, want: &str) -> String {
+    let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+    match g.iter().zip(&w).position(|(a, b)| a != b) {
+        Some(i) => format!(
+            "line {} is {:?}, wanted {:?} ({} lines, wanted {})",
+            i + 1,
+            g[i],
+            w[i],
+            g.len(),
+            w.len()
+        ),
+        None => format!("{} lines, wanted {}", g.len(), w.len()),
+    }
+}
+
+fn inspect(c: &Cluster, name: &str) -> anyhow::Result<serde_json::Value> {
+    let out = c.berth(&["inspect", name]).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    Ok(v[0].clone())
+}
+
+#[test]
+fn a_million_lines_arrive_whole_through_agent_and_leader_kills() {
+    sandbox::run(
+        "a_million_lines_arrive_whole_through_agent_and_leader_kills",
+        || {
+            const N: u64 = 1_000_000;
+            let mut c = Cluster::start_servers(3)?;
+            let out_path = c.dir().join("run.out");
+            let err_path = c.dir().join("run.err");
+            let mut run = c.berth_spawn(
+                &[
+                    "run",
+                    "--name",
+                    "flood",
+                    "busybox",
+                    "seq",
+                    "1",
+                    &N.to_string(),
+                ],
+                Stdio::from(std::fs::File::create(&out_path)?),
+                Stdio::from(std::fs::File::create(&err_path)?),
+            )?;
+            let printed = |at_least: u64| {
+                std::fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0) >= at_least
+            };
+            // Faults while the output is on its way: the agent twice, then
+            // the leader.
+            let mut seen = 0;
+            for round in 0..2 {
+                seen += 200_000;
+                c.wait_until(Duration::from_secs(120), "more of run's output", |_| {
+                    printed(seen)
+                })?;
+                c.kill_agent()?;
+                c.start_agent()?;
+                c.wait_until(Duration::from_secs(30), "the agent back", |c| {
+                    c.node_ready("node1")
+                })
+                .with_context(|| format!("round {round}"))?;
+            }
+            seen += 200_000;
+            c.wait_until(Duration::from_secs(120), "more of run's output", |_| {
+                printed(seen)
+            })?;
+            let leader = c.leader().context("no leader")?;
+            c.kill_member(leader)?;
+            c.wait_until(Duration::from_secs(30), "a new leader", |c| {
+                c.leader().is_some_and(|l| l != leader)
+            })?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(300);
+            let status = loop {
+                if let Some(s) = run.try_wait()? {
+                    break s;
+                }
+                ensure!(
+                    std::time::Instant::now() < deadline,
+                    "berth run did not end; it printed {} bytes; {}\n{}",
+                    std::fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0),
+                    std::fs::read_to_string(&err_path).unwrap_or_default(),
+                    c.logs()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            let want = numbers(1, N);
+            let got = std::fs::read_to_string(&out_path)?;
+            let err = std::fs::read_to_string(&err_path)?;
+            ensure!(status.success(), "berth run: {status:?}: {err}");
+            ensure!(
+                got == want,
+                "berth run printed: {}",
+                first_difference(&got, &want)
+            );
+            // `berth logs` has every line too, once, in order (read through
+            // the agent, whose file is the full record).
+            let logs = c.berth(&["logs", "flood"]);
+            ensure!(logs.code == 0, "{}", logs.stderr);
+            ensure!(
+                logs.stdout == want,
+                "berth logs printed: {}",
+                first_difference(&logs.stdout, &want)
+            );
+            // The cluster's copy is its bounded tail, and has all of it.
+            let tail = c.berth(&["logs", "--tail", "5", "flood"]).ok()?;
+            ensure!(tail.stdout == numbers(N - 4, N), "{}", tail.stdout);
+            let v = inspect(&c, "flood")?;
+            ensure!(v["LogTail"]["NextSeq"] == N + 1, "{v}");
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn the_tail_outlives_its_host_and_stays_bounded() {
+    sandbox::run("the_tail_outlives_its_host_and_stays_bounded", || {
+        let mut c = Cluster::start_nodes(
+            &[
+                "--log-tail-lines",
+                "1000",
+                "--log-tail-bytes",
+                "1000000",
+                "--snapshot-logs",
+                "100",
+            ],
+            &[("node1", &[]), ("node2", &[])],
+        )?;
+        // Bytes that are not UTF-8 come back as they were written.
+        let r = c.berth(&[
+            "run",
+            "--name",
+            "bytes",
+            "--constraint",
+            "node.hostname==node1",
+            "busybox",
+            "printf",
+            "\\377\\376 raw\\n",
+        ]);
+        ensure!(r.code == 0, "{r:?}");
+        let raw = c.berth_bytes(&["logs", "bytes"])?;
+        ensure!(raw == b"\xff\xfe raw\n", "{raw:?}");
+        // A container on node1 writes 20,000 lines and ends; node1 is then
+        // lost for good.
+        c.berth(&[
+            "run",
+            "-d",
+            "--name",
+            "gone",
+            "--constraint",
+            "node.hostname==node1",
+            "busybox",
+            "seq",
+            "1",
+            "20000",
+        ])
+        .ok()?;
+        c.wait_until(Duration::from_secs(60), "every line in the cluster", |c| {
+            inspect(c, "gone").is_ok_and(|v| v["LogTail"]["NextSeq"] == 20001)
+        })?;
+        // The cluster keeps about the tail asked for: at least 1,000 lines
+        // and not much more (a chunk holds at most 1,024).
+        let v = inspect(&c, "gone")?;
+        let first = v["LogTail"]["FirstSeq"].as_u64().context("FirstSeq")?;
+        ensure!((20001 - 1000 - 1024..=20001 - 1000).contains(&first), "{v}");
+        c.kill_named_agent("node1")?;
+        c.wait_until(Duration::from_secs(30), "node1 down", |c| {
+            c.node_status("node1").as_deref() == Some("down")
+        })?;
+        let logs = c.berth(&["logs", "gone"]).ok()?;
+        ensure!(
+            logs.stdout == numbers(first, 20000),
+            "{}",
+            first_difference(&logs.stdout, &numbers(first, 20000))
+        );
+        let tail = c.berth(&["logs", "--tail", "3", "gone"]).ok()?;
+        ensure!(tail.stdout == numbers(19998, 20000), "{}", tail.stdout);
+        // A container that logs without end, on node2: the cluster's copy
+        // stays bounded while the lines keep coming, and so does the
+        // server's disk (the Raft log is compacted by snapshots, every 100
+        // entries here, and trimmed chunks are deleted).
+        c.berth(&[
+            "run",
+            "-d",
+            "--name",
+            "forever",
+            "--constraint",
+            "node.hostname==node2",
+            "busybox",
+            "sh",
+            "-c",
+            "i=0; while :; do i=$((i+1)); echo line $i; done",
+        ])
+        .ok()?;
+        let shipped = |c: &Cluster| {
+            inspect(c, "forever")
+                .map(|v| v["LogTail"]["NextSeq"].as_u64().unwrap_or(0))
+                .unwrap_or(0)
+        };
+        let disk = || -> u64 {
+            std::process::Command::new("du")
+                .args(["-sb", c.server_dir(1).to_str().unwrap_or_default()])
+                .output()
+                .ok()
+                .and_then(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                })
+                .unwrap_or(u64::MAX)
+        };
+        c.wait_until(Duration::from_secs(120), "200,000 lines shipped", |c| {
+            shipped(c) > 200_000
+        })?;
+        let disk_before = disk();
+        let disk_max = std::cell::Cell::new(disk_before);
+        c.wait_until(Duration::from_secs(300), "1,000,000 lines shipped", |c| {
+            disk_max.set(disk_max.get().max(disk()));
+            shipped(c) > 1_000_000
+        })?;
+        let disk_max = disk_max.get();
+        let v = inspect(&c, "forever")?;
+        let (first, next) = (
+            v["LogTail"]["FirstSeq"].as_u64().unwrap_or(0),
+            v["LogTail"]["NextSeq"].as_u64().unwrap_or(0),
+        );
+        ensure!(next - first < 1000 + 1024, "{v}");
+        // 800,000 lines (about 11 MB of output, more in Raft entries)
+        // moved through; the data dir stayed within a fixed bound of where
+        // it was (rocksdb's write-ahead log, one memtable, a Raft segment).
+        let du = std::process::Command::new("du")
+            .args([
+                "-ab",
+                "-d",
+                "2",
+                c.server_dir(1).to_str().unwrap_or_default(),
+            ])
+            .output()?;
+        ensure!(
+            disk_max < disk_before + (48 << 20),
+            "the server's data dir grew from {disk_before} to {disk_max} bytes:\n{}",
+            String::from_utf8_lossy(&du.stdout)
+        );
+        c.berth(&["rm", "-f", "forever"]).ok()?;
+        Ok(())
+    });
+}
