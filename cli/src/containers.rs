@@ -397,7 +397,26 @@ pub struct LogsArgs {
 }
 
 pub async fn logs(client: &mut ClusterClient<Channel>, args: LogsArgs) -> Result<i32, CliError> {
-    let tail = match args.tail.as_str() {
+    let opts = log_options(
+        args.follow,
+        args.timestamps,
+        &args.tail,
+        &args.since,
+        &args.until,
+    )?;
+    crate::logs::print(client, &args.container, &opts).await?;
+    Ok(0)
+}
+
+/// The options of `logs` and `service logs`, from their flags.
+pub fn log_options(
+    follow: bool,
+    timestamps: bool,
+    tail: &str,
+    since: &Option<String>,
+    until: &Option<String>,
+) -> Result<crate::logs::LogOptions, CliError> {
+    let tail = match tail {
         "all" => None,
         n => Some(
             n.parse::<u64>()
@@ -411,15 +430,13 @@ pub async fn logs(client: &mut ClusterClient<Channel>, args: LogsArgs) -> Result
             .transpose()
             .map_err(|e| CliError::Usage(format!("--{flag}: {e}")))
     };
-    let opts = crate::logs::LogOptions {
-        follow: args.follow,
-        timestamps: args.timestamps,
+    Ok(crate::logs::LogOptions {
+        follow,
+        timestamps,
         tail,
-        since_ns: time("since", &args.since)?,
-        until_ns: time("until", &args.until)?,
-    };
-    crate::logs::print(client, &args.container, &opts).await?;
-    Ok(0)
+        since_ns: time("since", since)?,
+        until_ns: time("until", until)?,
+    })
 }
 
 /// `berth rm`.

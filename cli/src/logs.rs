@@ -9,7 +9,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use berth_proto::cluster::{cluster_client::ClusterClient, LogEntry, LogsRequest};
-use futures::FutureExt;
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::{connect, CliError};
@@ -35,12 +35,119 @@ pub async fn print(
     id: &str,
     opts: &LogOptions,
 ) -> Result<(), CliError> {
-    let mut out = Printer::new(opts.timestamps);
+    let (tx, rx) = mpsc::channel(1024);
+    let reading = tokio::spawn(entries(client.clone(), id.to_string(), opts.clone(), tx));
+    print_from(rx, opts.timestamps, |_| "").await;
+    reading
+        .await
+        .map_err(|e| CliError::Api(format!("reading the log: {e}")))?
+}
+
+/// Prints the lines of every task of a service as they come, each after
+/// its task's `NAME.N@NODE |`, as `docker service logs` does.
+pub async fn print_service(
+    client: &mut ClusterClient<Channel>,
+    tasks: Vec<(String, String)>,
+    opts: &LogOptions,
+) -> Result<(), CliError> {
+    let width = tasks.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
+    let prefixes: Vec<String> = tasks
+        .iter()
+        .map(|(_, p)| format!("{p:<width$} | "))
+        .collect();
+    let (tx, rx) = mpsc::channel::<(usize, LogEntry)>(1024);
+    let mut readers = Vec::new();
+    for (i, (id, _)) in tasks.into_iter().enumerate() {
+        let (one_tx, mut one_rx) = mpsc::channel(256);
+        readers.push(tokio::spawn(entries(
+            client.clone(),
+            id,
+            opts.clone(),
+            one_tx,
+        )));
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(e) = one_rx.recv().await {
+                if tx.send((i, e)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    print_tagged(rx, opts.timestamps, &prefixes).await;
+    for r in readers {
+        r.await
+            .map_err(|e| CliError::Api(format!("reading the log: {e}")))??;
+    }
+    Ok(())
+}
+
+async fn print_from(
+    mut rx: mpsc::Receiver<LogEntry>,
+    timestamps: bool,
+    prefix: impl Fn(&LogEntry) -> &'static str,
+) {
+    let mut out = Printer::new(timestamps);
+    loop {
+        // Flush only when nothing more is ready: blocks, not lines.
+        let e = match rx.try_recv() {
+            Ok(e) => e,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                out.flush();
+                match rx.recv().await {
+                    Some(e) => e,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
+        // A closed pipe on our side (berth logs | head) ends quietly.
+        if !out.line(&e, prefix(&e)) {
+            break;
+        }
+    }
+    out.flush();
+}
+
+async fn print_tagged(
+    mut rx: mpsc::Receiver<(usize, LogEntry)>,
+    timestamps: bool,
+    prefixes: &[String],
+) {
+    let mut out = Printer::new(timestamps);
+    loop {
+        let (i, e) = match rx.try_recv() {
+            Ok(x) => x,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                out.flush();
+                match rx.recv().await {
+                    Some(x) => x,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
+        if !out.line(&e, prefixes.get(i).map(String::as_str).unwrap_or_default()) {
+            break;
+        }
+    }
+    out.flush();
+}
+
+/// Streams a container's lines into `tx`, in order, each once: when the
+/// stream breaks it connects again and asks from the line after the last.
+async fn entries(
+    mut client: ClusterClient<Channel>,
+    id: String,
+    opts: LogOptions,
+    tx: mpsc::Sender<LogEntry>,
+) -> Result<(), CliError> {
     let mut next: Option<u64> = None;
     let mut broken_since: Option<Instant> = None;
     loop {
         let req = LogsRequest {
-            name_or_id: id.to_string(),
+            name_or_id: id.clone(),
             follow: opts.follow,
             // After the first line, the position replaces the tail.
             tail: if next.is_some() { None } else { opts.tail },
@@ -50,30 +157,18 @@ pub async fn print(
         };
         let result = async {
             let mut stream = client.logs(req).await?.into_inner();
-            loop {
-                // Flush only when nothing more is ready: blocks, not lines.
-                let msg = match stream.message().now_or_never() {
-                    Some(m) => m,
-                    None => {
-                        out.flush();
-                        stream.message().await
-                    }
-                }?;
-                let Some(entry) = msg else {
-                    return Ok(true);
-                };
+            while let Some(entry) = stream.message().await? {
                 next = Some(entry.seq + 1);
                 broken_since = None;
-                if !out.line(&entry) {
-                    // A closed pipe on our side (berth logs | head).
-                    return Ok(false);
+                if tx.send(entry).await.is_err() {
+                    break;
                 }
             }
+            Ok::<(), tonic::Status>(())
         }
         .await;
-        out.flush();
         match result {
-            Ok(_) => return Ok(()),
+            Ok(()) => return Ok(()),
             Err(s) if resumable(&s) => {
                 let since = *broken_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > RESUME_FOR {
@@ -81,7 +176,7 @@ pub async fn print(
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 if let Ok(c) = connect::reconnect().await {
-                    *client = c;
+                    client = c;
                 }
             }
             Err(s) => return Err(CliError::api(s)),
@@ -117,7 +212,7 @@ impl Printer {
         }
     }
 
-    fn line(&mut self, e: &LogEntry) -> bool {
+    fn line(&mut self, e: &LogEntry, prefix: &str) -> bool {
         let is_err = e.stream == "stderr";
         if is_err != self.last_err {
             self.flush();
@@ -134,13 +229,13 @@ impl Printer {
                 &format!("{:09}", e.time_ns.rem_euclid(1_000_000_000)),
             )
         });
-        let res = match stamp {
+        let res = w.write_all(prefix.as_bytes()).and_then(|_| match stamp {
             Some(t) => w
                 .write_all(t.as_bytes())
                 .and_then(|_| w.write_all(b" "))
                 .and_then(|_| w.write_all(&e.line)),
             None => w.write_all(&e.line),
-        };
+        });
         res.is_ok()
     }
 

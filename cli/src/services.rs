@@ -43,11 +43,36 @@ pub enum ServiceCommand {
         #[arg(short = 'd', long)]
         detach: bool,
     },
+    /// Print the output of every task of a service, each line after its
+    /// task's NAME.N@NODE.
+    Logs(ServiceLogsArgs),
     /// Remove services and their tasks.
     Rm {
         #[arg(required = true)]
         services: Vec<String>,
     },
+}
+
+/// `berth service logs`.
+#[derive(Debug, Args)]
+pub struct ServiceLogsArgs {
+    /// Keep printing new lines until every task has exited.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Print each line's time before it.
+    #[arg(short = 't', long)]
+    pub timestamps: bool,
+    /// Only the last N lines of each task ("all" for every line).
+    #[arg(short = 'n', long, default_value = "all")]
+    pub tail: String,
+    /// Only lines written since this time (RFC 3339, Unix seconds, or a
+    /// duration before now such as 1h30m).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only lines written until this time.
+    #[arg(long)]
+    pub until: Option<String>,
+    pub service: String,
 }
 
 /// `berth service create`.
@@ -184,6 +209,7 @@ pub async fn dispatch(
             };
             update(client, a).await
         }
+        ServiceCommand::Logs(a) => logs(client, a).await,
         ServiceCommand::Rm { services } => rm(client, services).await,
     }
 }
@@ -312,6 +338,37 @@ async fn ls(client: &mut ClusterClient<Channel>) -> Result<i32, CliError> {
         })
         .collect();
     table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE"], &rows);
+    Ok(0)
+}
+
+async fn logs(client: &mut ClusterClient<Channel>, args: ServiceLogsArgs) -> Result<i32, CliError> {
+    let opts = crate::containers::log_options(
+        args.follow,
+        args.timestamps,
+        &args.tail,
+        &args.since,
+        &args.until,
+    )?;
+    let tasks = client
+        .service_tasks(ServiceRef {
+            name: args.service.clone(),
+        })
+        .await
+        .map_err(CliError::api)?
+        .into_inner()
+        .tasks;
+    let tasks = tasks
+        .into_iter()
+        .map(|t| {
+            let node = if t.node.is_empty() {
+                "-".to_string()
+            } else {
+                t.node.clone()
+            };
+            (t.id, format!("{}@{node}", t.name))
+        })
+        .collect();
+    crate::logs::print_service(client, tasks, &opts).await?;
     Ok(0)
 }
 

@@ -231,6 +231,7 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
                 raft.clone(),
                 berth_server::raft::faults::Faults::from_env(&args.data_dir),
                 contact,
+                berth_server::raft::snapshot_dir(&args.data_dir),
             ))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),

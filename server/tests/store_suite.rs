@@ -18,7 +18,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let db = store::open(&dir.path().join("raft")).expect("opening rocksdb");
         let wal =
             store::open_wal(&db, &dir.path().join("raft-log"), 1 << 20).expect("opening the log");
-        let (log, sm, _reader) = store::split(db, wal, 0).expect("splitting the store");
+        let (log, sm, _reader) =
+            store::split(db, wal, 0, dir.path().join("snapshots")).expect("splitting the store");
         Ok((dir, log, sm))
     }
 }

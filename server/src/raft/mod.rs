@@ -7,6 +7,7 @@ pub mod codec;
 pub mod failover;
 pub mod faults;
 pub mod network;
+pub mod snapshot;
 pub mod store;
 pub mod wal;
 
@@ -121,6 +122,11 @@ pub enum RaftError {
     Fatal(String),
 }
 
+/// Where a member keeps its snapshot files.
+pub fn snapshot_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("snapshots")
+}
+
 /// Opens the rocksdb store under `data_dir` and starts the Raft member.
 /// With `bootstrap`, a fresh store is initialized as a one-member cluster;
 /// a store that already holds a cluster is reused as it is.
@@ -140,7 +146,8 @@ pub async fn start(
         tracing::info!(rows, "restored the state from a backup");
     }
     let log_used = !wal.is_empty();
-    let (log_store, state_machine, reader) = store::split(db, wal, cfg.node_id)?;
+    let (log_store, state_machine, reader) =
+        store::split(db, wal, cfg.node_id, snapshot_dir(data_dir))?;
     let config = openraft::Config {
         cluster_name: "berth".to_string(),
         heartbeat_interval: cfg.heartbeat_ms,
@@ -157,7 +164,8 @@ pub async fn start(
         // the quorum only once durable.
         broadcast_submitted_on_append: Some(true),
         // At most 64 entries in one AppendEntries, so that a request of
-        // batched entries stays under the 4 MiB gRPC message limit.
+        // batched entries (each at most berth_proto::limits::MAX_ENTRY)
+        // stays under the gRPC message limit.
         max_payload_entries: 64,
         ..Default::default()
     }

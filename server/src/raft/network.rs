@@ -6,7 +6,8 @@
 
 use berth_proto::raft::raft_client::RaftClient;
 use berth_proto::raft::raft_server::Raft as RaftRpc;
-use berth_proto::raft::RaftPayload;
+use berth_proto::raft::{RaftPayload, SnapshotPiece};
+use prost::Message as _;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
@@ -62,7 +63,16 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     }
 }
 
-/// A whole snapshot as it crosses the wire in one InstallSnapshot call.
+/// The first piece of a streamed snapshot: what the data is.
+#[derive(Serialize, Deserialize)]
+struct SnapshotHead {
+    vote: Vote,
+    meta: SnapshotMeta,
+    snapshot_id: String,
+}
+
+/// A whole snapshot as an older member sent it, in one InstallSnapshot
+/// call (records.proto `Snapshot` bytes); still taken.
 #[derive(Serialize, Deserialize)]
 struct FullSnapshot {
     vote: Vote,
@@ -162,7 +172,6 @@ impl Network {
         let res = match kind {
             RpcKind::Append => client.append_entries(request).await,
             RpcKind::Vote => client.vote(request).await,
-            RpcKind::Snapshot => client.install_snapshot(request).await,
             RpcKind::Transfer => client.transfer_leader(request).await,
         };
         let payload = res
@@ -182,7 +191,6 @@ impl Network {
 enum RpcKind {
     Append,
     Vote,
-    Snapshot,
     Transfer,
 }
 
@@ -198,7 +206,7 @@ impl std::fmt::Display for StatusError {
 impl std::error::Error for StatusError {}
 
 impl RaftNetworkV2<TypeConfig> for Network {
-    type SnapshotData = std::io::Cursor<Vec<u8>>;
+    type SnapshotData = std::fs::File;
 
     async fn append_entries(
         &mut self,
@@ -304,27 +312,118 @@ impl RaftNetworkV2<TypeConfig> for Network {
     async fn full_snapshot(
         &mut self,
         vote: Vote,
-        snapshot: openraft::type_config::alias::SnapshotOf<TypeConfig, std::io::Cursor<Vec<u8>>>,
+        snapshot: openraft::type_config::alias::SnapshotOf<TypeConfig, std::fs::File>,
         cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let req = FullSnapshot {
+        if self.faults.blocked(self.target) {
+            return Err(StreamingError::Unreachable(partitioned()));
+        }
+        let network = |e: &dyn std::error::Error| {
+            StreamingError::Network(NetworkError::new(&AnyError(e.to_string())))
+        };
+        // The file names its snapshot id in its header.
+        let mut file = snapshot.snapshot;
+        let id = {
+            use std::io::Seek;
+            let f = file.try_clone().map_err(|e| network(&e))?;
+            let id = super::snapshot::Reader::open(f, std::path::Path::new("snapshot"))
+                .map_err(|e| network(&e))?
+                .header
+                .snapshot_id;
+            file.rewind().map_err(|e| network(&e))?;
+            id
+        };
+        let head = to_wire(&SnapshotHead {
             vote,
             meta: snapshot.meta,
-            data: snapshot.snapshot.into_inner(),
+            snapshot_id: id,
+        })
+        .map_err(|e| network(&e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotPiece>(2);
+        // The file goes piece by piece: at most two pieces are in memory.
+        let reading = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            if tx
+                .blocking_send(SnapshotPiece {
+                    head,
+                    data: Vec::new(),
+                })
+                .is_err()
+            {
+                return Ok(());
+            }
+            loop {
+                let mut piece = vec![0u8; super::snapshot::PIECE];
+                let mut filled = 0;
+                while filled < piece.len() {
+                    match file.read(&mut piece[filled..])? {
+                        0 => break,
+                        n => filled += n,
+                    }
+                }
+                if filled == 0 {
+                    return Ok::<(), std::io::Error>(());
+                }
+                piece.truncate(filled);
+                if tx
+                    .blocking_send(SnapshotPiece {
+                        head: Vec::new(),
+                        data: piece,
+                    })
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+        });
+        let mut client = self.client().map_err(StreamingError::Unreachable)?;
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request.set_timeout(option.hard_ttl());
+        let sent = async {
+            let res = client.install_snapshot_stream(request).await;
+            let payload = res
+                .map_err(|status| {
+                    StreamingError::Unreachable(Unreachable::new(&StatusError(status)))
+                })?
+                .into_inner();
+            let result: Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>> =
+                from_wire(&payload.json).map_err(|e| network(&e))?;
+            result.map_err(|e| network(&e))
         };
-        tokio::select! {
+        let result = tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
-            r = self.call(RpcKind::Snapshot, &req, option.hard_ttl()) => r.map_err(Into::into),
+            r = sent => r,
+        };
+        if let Ok(Err(e)) = reading.await {
+            return Err(network(&e));
         }
+        if result.is_err() {
+            self.client = None;
+        }
+        result
     }
 }
+
+/// An error known only by its message.
+#[derive(Debug)]
+struct AnyError(String);
+
+impl std::fmt::Display for AnyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AnyError {}
 
 /// The receiving side of the Raft transport.
 pub struct RaftService {
     raft: BerthRaft,
     faults: super::faults::Faults,
     contact: std::sync::Arc<super::failover::Contact>,
+    /// Where received snapshots are written (raft::snapshot_dir).
+    snap_dir: std::path::PathBuf,
 }
 
 impl RaftService {
@@ -334,11 +433,13 @@ impl RaftService {
         raft: BerthRaft,
         faults: super::faults::Faults,
         contact: std::sync::Arc<super::failover::Contact>,
+        snap_dir: std::path::PathBuf,
     ) -> Self {
         Self {
             raft,
             faults,
             contact,
+            snap_dir,
         }
     }
 
@@ -487,15 +588,82 @@ impl RaftRpc for RaftService {
         &self,
         req: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        // An older member's whole snapshot in one message: written out as a
+        // snapshot file, then installed as a streamed one is.
         let full: FullSnapshot = decode(req)?;
         self.check(full.vote.leader_id().node_id)?;
+        let old = berth_proto::records::Snapshot::decode(full.data.as_slice())
+            .map_err(|e| tonic::Status::invalid_argument(format!("not a snapshot: {e}")))?;
+        let dir = self.snap_dir.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            let header = berth_proto::records::SnapshotHeader {
+                schema: old.schema,
+                last_applied: old.last_applied,
+                membership: old.membership,
+                snapshot_id: old.snapshot_id,
+                row_count: old.rows.len() as u64,
+            };
+            let mut w = super::snapshot::Writer::create(&dir, &header)?;
+            for row in &old.rows {
+                w.row(&row.key, &row.value)?;
+            }
+            let (path, _) = w.finish()?;
+            std::fs::File::open(&path)
+                .map_err(|source| super::snapshot::SnapshotError::Io { path, source })
+        })
+        .await
+        .map_err(|e| tonic::Status::internal(e.to_string()))?
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        self.install_file(full.vote, full.meta, file).await
+    }
+
+    async fn install_snapshot_stream(
+        &self,
+        req: tonic::Request<tonic::Streaming<SnapshotPiece>>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let mut pieces = req.into_inner();
+        let first = pieces.message().await?.ok_or_else(|| {
+            tonic::Status::invalid_argument("a snapshot stream begins with its head")
+        })?;
+        let head: SnapshotHead = from_wire(&first.head)
+            .map_err(|e| tonic::Status::invalid_argument(format!("snapshot head: {e}")))?;
+        self.check(head.vote.leader_id().node_id)?;
+        // Written piece by piece under a name of its own, then moved to
+        // where the snapshot's id puts it.
+        std::fs::create_dir_all(&self.snap_dir)
+            .map_err(|e| tonic::Status::internal(format!("{}: {e}", self.snap_dir.display())))?;
+        let dest = super::snapshot::path(&self.snap_dir, &head.snapshot_id);
+        let incoming = dest.with_extension("snap.incoming");
+        let io =
+            |e: std::io::Error| tonic::Status::internal(format!("{}: {e}", incoming.display()));
+        let mut out = tokio::fs::File::create(&incoming).await.map_err(io)?;
+        while let Some(p) = pieces.message().await? {
+            tokio::io::AsyncWriteExt::write_all(&mut out, &p.data)
+                .await
+                .map_err(io)?;
+        }
+        out.sync_all().await.map_err(io)?;
+        drop(out);
+        tokio::fs::rename(&incoming, &dest).await.map_err(io)?;
+        let file = std::fs::File::open(&dest).map_err(io)?;
+        self.install_file(head.vote, head.meta, file).await
+    }
+}
+
+impl RaftService {
+    async fn install_file(
+        &self,
+        vote: Vote,
+        meta: SnapshotMeta,
+        file: std::fs::File,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let snapshot = openraft::Snapshot {
-            meta: full.meta,
-            snapshot: std::io::Cursor::new(full.data),
+            meta,
+            snapshot: file,
         };
         let res: Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>> = self
             .raft
-            .install_full_snapshot(full.vote, snapshot)
+            .install_full_snapshot(vote, snapshot)
             .await
             .map_err(RaftError::Fatal);
         encode(&res)

@@ -5,9 +5,10 @@
 //! `logs` column family are moved to the segment log when the store opens.
 
 use std::fmt::Debug;
-use std::io::Cursor;
+use std::fs::File;
 use std::ops::RangeBounds;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use berth_proto::records::{self, SCHEMA_VERSION};
@@ -19,6 +20,7 @@ use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOp
 use tokio::sync::watch;
 
 use super::codec;
+use super::snapshot;
 use super::wal::Wal;
 use super::{Entry, LogId, Response, SnapshotMeta, StoredMembership, TypeConfig, Vote};
 use crate::state::{self, StateReader};
@@ -37,6 +39,9 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
+/// Set while a snapshot is being installed, to the snapshot's id: a member
+/// that stopped in the middle installs it again when it starts.
+const KEY_INSTALLING: &[u8] = b"installing";
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 
@@ -146,7 +151,9 @@ pub fn split(
     db: Arc<DB>,
     wal: Arc<Wal>,
     node_id: u64,
+    snap_dir: PathBuf,
 ) -> Result<(LogStore, StateMachine, StateReader), StoreError> {
+    finish_interrupted_install(&db, &snap_dir)?;
     let applied = read_applied(&db)?.map(|l| l.index).unwrap_or(0);
     let (tx, rx) = watch::channel(applied);
     let (changes_tx, changes_rx) = watch::channel(applied);
@@ -160,6 +167,7 @@ pub fn split(
         },
         StateMachine {
             db,
+            snap_dir,
             applied_tx: Arc::new(tx),
             changes_tx: Arc::new(changes_tx),
         },
@@ -179,6 +187,8 @@ pub struct LogStore {
 /// The state machine in rocksdb; every applied command lands in [`CF_SM`].
 pub struct StateMachine {
     db: Arc<DB>,
+    /// Where snapshot files live (raft/snapshot.rs).
+    snap_dir: PathBuf,
     applied_tx: Arc<watch::Sender<u64>>,
     /// The index of the last applied entry that was more than log lines.
     changes_tx: Arc<watch::Sender<u64>>,
@@ -187,6 +197,7 @@ pub struct StateMachine {
 /// Builds snapshots from an iterator over the state-machine rows.
 pub struct SnapshotBuilder {
     db: Arc<DB>,
+    snap_dir: PathBuf,
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
@@ -433,7 +444,7 @@ impl StateMachine {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = File;
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
@@ -472,21 +483,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             db: self.db.clone(),
+            snap_dir: self.snap_dir.clone(),
         }
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Cursor<Vec<u8>>,
+        snapshot: File,
     ) -> Result<(), std::io::Error> {
         // Off the server's one thread, like building one.
-        let (db, meta_owned) = (self.db.clone(), meta.clone());
-        tokio::task::spawn_blocking(move || {
-            install_snapshot(&db, &meta_owned, snapshot.into_inner())
-        })
-        .await
-        .map_err(io)??;
+        let (db, dir, meta_owned) = (self.db.clone(), self.snap_dir.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || install_file(&db, &dir, &meta_owned, snapshot))
+            .await
+            .map_err(io)??;
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
         self.applied_tx.send_replace(index);
         self.changes_tx.send_replace(index);
@@ -499,22 +509,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .get_cf(cf(&self.db, CF_META), KEY_SNAPSHOT)
             .map_err(io)?;
         let Some(bytes) = v else { return Ok(None) };
-        let snap = records::Snapshot::decode(bytes.as_slice()).map_err(io)?;
-        Ok(Some(Snapshot {
-            meta: snapshot_meta(&snap)?,
-            snapshot: Cursor::new(bytes),
-        }))
+        let header = records::SnapshotHeader::decode(bytes.as_slice()).map_err(io)?;
+        // A snapshot of an older build kept no file: there is none to
+        // send, and openraft builds a new one.
+        match File::open(snapshot::path(&self.snap_dir, &header.snapshot_id)) {
+            Ok(file) => Ok(Some(Snapshot {
+                meta: snapshot_meta(&header)?,
+                snapshot: file,
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
-/// A snapshot as openraft moves it: its metadata and the records.proto
-/// `Snapshot` bytes.
-pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, Cursor<Vec<u8>>>;
+/// A snapshot as openraft moves it: its metadata and its file
+/// (raft/snapshot.rs).
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, File>;
 
-fn snapshot_meta(snap: &records::Snapshot) -> Result<SnapshotMeta, std::io::Error> {
+fn snapshot_meta(h: &records::SnapshotHeader) -> Result<SnapshotMeta, std::io::Error> {
     Ok(SnapshotMeta {
-        last_log_id: snap.last_applied.as_ref().map(codec::log_id_from_record),
-        last_membership: snap
+        last_log_id: h.last_applied.as_ref().map(codec::log_id_from_record),
+        last_membership: h
             .membership
             .as_ref()
             .map(codec::stored_membership_from_record)
@@ -525,30 +541,61 @@ fn snapshot_meta(snap: &records::Snapshot) -> Result<SnapshotMeta, std::io::Erro
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = File;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
         // Off the server's one thread: reading every row of a large state
         // would hold heartbeats and writes for as long.
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || build_snapshot(&db))
+        let (db, dir) = (self.db.clone(), self.snap_dir.clone());
+        tokio::task::spawn_blocking(move || build_snapshot(&db, &dir))
             .await
             .map_err(io)?
     }
 }
 
-/// Replaces every state-machine row with a snapshot's, in one synced
-/// batch that also records what it covers.
-fn install_snapshot(db: &DB, meta: &SnapshotMeta, bytes: Vec<u8>) -> Result<(), std::io::Error> {
-    let snap = records::Snapshot::decode(bytes.as_slice()).map_err(io)?;
-    let mut batch = WriteBatch::default();
+/// Replaces every state-machine row with a snapshot file's, streaming its
+/// rows in batches. The store records the install as under way first and
+/// as done last (with what the snapshot covers), so that a member stopped
+/// in between installs it again when it starts, never keeping half of it.
+fn install_file(
+    db: &DB,
+    dir: &std::path::Path,
+    meta: &SnapshotMeta,
+    file: File,
+) -> Result<(), std::io::Error> {
+    let id = snapshot::Reader::open(file.try_clone()?, dir)
+        .map_err(io)?
+        .header
+        .snapshot_id;
+    let path = snapshot::path(dir, &id);
+    // The file becomes this member's current snapshot: it must be in its
+    // own directory (a received one is written there already).
+    let file = if path.exists() {
+        File::open(&path)?
+    } else {
+        snapshot::keep_copy(file, &path).map_err(io)?
+    };
+    let mut reader = snapshot::Reader::open(file, &path).map_err(io)?;
+    db.put_cf_opt(
+        cf(db, CF_META),
+        KEY_INSTALLING,
+        id.as_bytes(),
+        &sync_writes(),
+    )
+    .map_err(io)?;
     let sm = cf(db, CF_SM);
-    for item in db.iterator_cf(sm, IteratorMode::Start) {
-        let (k, _) = item.map_err(io)?;
-        batch.delete_cf(sm, k);
-    }
-    for row in &snap.rows {
+    let mut batch = WriteBatch::default();
+    // Every row goes: state-machine keys are printable prefixes, all
+    // below 0xFF.
+    batch.delete_range_cf(sm, &[][..], &[0xffu8; 8][..]);
+    let mut size = 0;
+    while let Some(row) = reader.next_row().map_err(io)? {
+        size += row.key.len() + row.value.len();
         batch.put_cf(sm, &row.key, &row.value);
+        if size >= snapshot::INSTALL_BATCH {
+            db.write(std::mem::take(&mut batch)).map_err(io)?;
+            size = 0;
+        }
     }
     if let Some(l) = &meta.last_log_id {
         set_applied(db, &mut batch, l);
@@ -558,12 +605,41 @@ fn install_snapshot(db: &DB, meta: &SnapshotMeta, bytes: Vec<u8>) -> Result<(), 
         KEY_MEMBERSHIP,
         codec::stored_membership_to_record(&meta.last_membership).encode_to_vec(),
     );
-    batch.put_cf(cf(db, CF_META), KEY_SNAPSHOT, bytes);
-    db.write_opt(batch, &sync_writes()).map_err(io)
+    batch.put_cf(cf(db, CF_META), KEY_SNAPSHOT, reader.header.encode_to_vec());
+    batch.delete_cf(cf(db, CF_META), KEY_INSTALLING);
+    db.write_opt(batch, &sync_writes()).map_err(io)?;
+    snapshot::remove_others(dir, &path);
+    Ok(())
 }
 
-/// Builds a snapshot of every state-machine row and keeps it in `meta`.
-fn build_snapshot(db: &DB) -> Result<Snapshot, std::io::Error> {
+/// Installs again a snapshot whose install a stop interrupted.
+fn finish_interrupted_install(db: &DB, dir: &std::path::Path) -> Result<(), StoreError> {
+    let Some(id) = db.get_cf(cf(db, CF_META), KEY_INSTALLING)? else {
+        return Ok(());
+    };
+    let id = String::from_utf8_lossy(&id).into_owned();
+    let path = snapshot::path(dir, &id);
+    let file = File::open(&path).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "an interrupted snapshot install needs {}: {e}",
+            path.display()
+        ))
+    })?;
+    let header = snapshot::Reader::open(
+        file.try_clone()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        &path,
+    )
+    .map_err(|e| StoreError::Corrupt(e.to_string()))?
+    .header;
+    let meta = snapshot_meta(&header).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    tracing::info!(snapshot = %id, "finishing an interrupted snapshot install");
+    install_file(db, dir, &meta, file).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Builds a snapshot file of every state-machine row and makes it the
+/// current snapshot.
+fn build_snapshot(db: &DB, dir: &std::path::Path) -> Result<Snapshot, std::io::Error> {
     // A rocksdb snapshot gives one consistent view of the rows and of
     // what they cover, even while apply goes on.
     let view = db.snapshot();
@@ -579,31 +655,35 @@ fn build_snapshot(db: &DB) -> Result<Snapshot, std::io::Error> {
         .map(|v| records::StoredMembership::decode(v.as_slice()))
         .transpose()
         .map_err(io)?;
-    let mut rows = Vec::new();
-    for item in view.iterator_cf(cf(db, CF_SM), IteratorMode::Start) {
-        let (k, v) = item.map_err(io)?;
-        rows.push(records::KeyValue {
-            key: k.to_vec(),
-            value: v.to_vec(),
-        });
-    }
     let snapshot_id = match &applied {
         Some(l) => format!("{}-{}-{}", l.term, l.index, now_ms()),
         None => format!("empty-{}", now_ms()),
     };
-    let snap = records::Snapshot {
+    let mut header = records::SnapshotHeader {
         schema: SCHEMA_VERSION,
         last_applied: applied,
         membership,
         snapshot_id,
-        rows,
+        row_count: 0,
     };
-    let bytes = snap.encode_to_vec();
-    db.put_cf_opt(cf(db, CF_META), KEY_SNAPSHOT, &bytes, &sync_writes())
-        .map_err(io)?;
+    let mut w = snapshot::Writer::create(dir, &header).map_err(io)?;
+    for item in view.iterator_cf(cf(db, CF_SM), IteratorMode::Start) {
+        let (k, v) = item.map_err(io)?;
+        w.row(&k, &v).map_err(io)?;
+    }
+    let (path, rows) = w.finish().map_err(io)?;
+    header.row_count = rows;
+    db.put_cf_opt(
+        cf(db, CF_META),
+        KEY_SNAPSHOT,
+        header.encode_to_vec(),
+        &sync_writes(),
+    )
+    .map_err(io)?;
+    snapshot::remove_others(dir, &path);
     Ok(Snapshot {
-        meta: snapshot_meta(&snap)?,
-        snapshot: Cursor::new(bytes),
+        meta: snapshot_meta(&header)?,
+        snapshot: File::open(&path)?,
     })
 }
 
@@ -718,7 +798,7 @@ mod tests {
         let db = open(&dir.path().join("raft")).unwrap();
         let wal = open_wal(&db, &dir.path().join("raft-log"), 1 << 20).unwrap();
         wal.append_durable(vec![entry(1), entry(2)]).unwrap();
-        let (mut log, _sm, _reader) = split(db, wal, 1).unwrap();
+        let (mut log, _sm, _reader) = split(db, wal, 1, dir.path().join("snapshots")).unwrap();
         log.save_committed(Some(codec::log_id(1, 1, 2)))
             .await
             .unwrap();
