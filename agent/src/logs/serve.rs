@@ -21,22 +21,14 @@ pub enum ServeError {
     Read { id: String, reason: String },
 }
 
-/// How long a read waits for a container's bundle to appear (an
-/// assignment on its way, for `berth run`).
-const BUNDLE_WAIT: Duration = Duration::from_secs(30);
-
 /// Sends the lines `req` asks for to `out`, in batches, in order.
 pub async fn serve(
     dir: &Path,
     req: &ReadLogs,
     out: &mpsc::Sender<Vec<LogLine>>,
 ) -> Result<(), ServeError> {
-    let deadline = tokio::time::Instant::now() + BUNDLE_WAIT;
-    while !bundle::meta(dir).exists() {
-        if !req.follow || tokio::time::Instant::now() > deadline {
-            return Err(ServeError::NoSuchContainer(req.container.clone()));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if !bundle::meta(dir).exists() {
+        return Err(ServeError::NoSuchContainer(req.container.clone()));
     }
     let mut from = req.from_seq.max(1);
     if let Some(n) = req.tail {
@@ -152,9 +144,11 @@ mod tests {
     async fn a_read_of_a_container_the_node_lacks_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let (tx, _rx) = mpsc::channel(1);
-        assert_eq!(
-            serve(&dir.path().join("nope"), &req(false, None), &tx).await,
-            Err(ServeError::NoSuchContainer("ab".into()))
-        );
+        for follow in [false, true] {
+            assert_eq!(
+                serve(&dir.path().join("nope"), &req(follow, None), &tx).await,
+                Err(ServeError::NoSuchContainer("ab".into()))
+            );
+        }
     }
 }

@@ -41,6 +41,14 @@ impl Generations {
         Verdict::Current
     }
 
+    /// True if an assignment of `id` has been seen.
+    pub fn knows(&self, id: &str) -> bool {
+        self.newest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+    }
+
     /// Forgets a container the node no longer holds.
     pub fn forget(&self, id: &str) {
         self.newest

@@ -336,6 +336,19 @@ impl Supervisor {
         let dir = self
             .bundle_dir(&req.container)
             .ok_or_else(|| format!("No such container on this node: {}", req.container))?;
+        // A follower (berth run) may ask before the container is made
+        // here: it waits while the assignment is on its way or the
+        // container is being made, not once making it has failed.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while req.follow && !bundle::meta(&dir).exists() {
+            let making = self.live.lock().await.contains(&req.container);
+            if (self.generations.knows(&req.container) && !making)
+                || tokio::time::Instant::now() > deadline
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         crate::logs::serve::serve(&dir, &req, &out)
             .await
             .map_err(|e| e.to_string())
