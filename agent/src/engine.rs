@@ -29,6 +29,7 @@ pub trait Engine: Send + Sync + 'static {
         self: Arc<Self>,
         stale: Vec<LocalCopy>,
         log_next_seq: HashMap<String, u64>,
+        log_tail_lines: u64,
     ) -> BoxFuture<'static, ()>;
     /// Acts on an assignment.
     fn assign(self: Arc<Self>, a: Assignment) -> BoxFuture<'static, ()>;
@@ -72,8 +73,10 @@ impl Engine for crate::supervisor::Supervisor {
         self: Arc<Self>,
         stale: Vec<LocalCopy>,
         log_next_seq: HashMap<String, u64>,
+        log_tail_lines: u64,
     ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
+            self.set_log_tail(log_tail_lines);
             self.remove_stale(stale).await;
             self.resume(log_next_seq).await;
         })

@@ -54,7 +54,7 @@ struct Args {
     /// cluster, all containers together (0: no limit). A container that
     /// writes faster is slowed in shipping only, never in running: its
     /// lines wait in its log file.
-    #[arg(long, default_value = "8m", value_parser = parse_size)]
+    #[arg(long, default_value = "4m", value_parser = parse_size)]
     log_ship_rate: u64,
     /// Run N simulated nodes instead of this host: light nodes named
     /// NAME-1 ... NAME-N that register with --simulate-cpus and

@@ -134,6 +134,9 @@ pub struct LogBatch {
     pub container: String,
     pub generation: u64,
     pub lines: Vec<LogLine>,
+    /// Set when the lines skip a backlog longer than the cluster keeps:
+    /// they start here, and the ones before stay in the node's file only.
+    pub skip_to: Option<u64>,
 }
 
 /// A container the node holds on disk: what it registers with, and what

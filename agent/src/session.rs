@@ -301,7 +301,7 @@ async fn session(
                                 None
                             }
                         }).collect();
-                        tokio::spawn(supervisor.clone().registered(stale, r.log_next_seq));
+                        tokio::spawn(supervisor.clone().registered(stale, r.log_next_seq, r.log_tail_lines));
                     }
                     Some(server_message::Msg::Assign(a)) => {
                         let ack = AgentMessage {
@@ -612,6 +612,7 @@ mod wire {
                 container_id: b.container,
                 generation: b.generation,
                 lines: b.lines.into_iter().map(log_line).collect(),
+                skip_to: b.skip_to.unwrap_or(0),
             }),
             Report::Images(images) => agent_message::Msg::Images(agent::ImageInventory {
                 images: images.into_iter().map(image).collect(),

@@ -93,6 +93,7 @@ impl Engine for SimNode {
         self: Arc<Self>,
         stale: Vec<LocalCopy>,
         _log_next_seq: HashMap<String, u64>,
+        _log_tail_lines: u64,
     ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let mut containers = self.containers.lock().unwrap_or_else(|p| p.into_inner());
@@ -250,7 +251,7 @@ mod tests {
         assert_eq!(reports(&mut rx), [(Exited, 2)]);
         assert_eq!(node.local_containers().len(), 1);
         node.clone()
-            .registered(node.local_containers(), HashMap::new())
+            .registered(node.local_containers(), HashMap::new(), 0)
             .await;
         assert!(node.local_containers().is_empty());
     }

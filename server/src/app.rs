@@ -199,6 +199,17 @@ impl App {
 }
 
 impl App {
+    /// Every container, read and decoded on the blocking pool: with tens
+    /// of thousands of them, doing it on the server's one thread would hold
+    /// Raft's heartbeats and votes for as long.
+    pub async fn containers(&self) -> Result<Vec<records::Container>, AppError> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || state.containers())
+            .await
+            .map_err(|e| AppError::Raft(format!("reading the containers: {e}")))?
+            .map_err(AppError::from)
+    }
+
     /// True if this server believes it leads (no round trip: for checks
     /// that run often).
     pub fn is_leader(&self) -> bool {

@@ -92,11 +92,11 @@ struct Args {
     /// `berth logs` once its node is gone: at least this many lines, or
     /// --log-tail-bytes, whichever is reached first. (While the node
     /// lives, its agent's log file is the full record.)
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, env = "BERTH_LOG_TAIL_LINES", default_value_t = 10_000)]
     log_tail_lines: u64,
     /// The bytes of each container's log the cluster keeps (see
     /// --log-tail-lines).
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, env = "BERTH_LOG_TAIL_BYTES", default_value_t = 1 << 20)]
     log_tail_bytes: u64,
 }
 

@@ -37,7 +37,7 @@ impl Default for ShipConfig {
             batch_lines: 512,
             batch_bytes: 256 * 1024,
             window: 4,
-            rate_bytes: 8 << 20,
+            rate_bytes: 4 << 20,
         }
     }
 }
@@ -60,6 +60,9 @@ pub struct Shippers {
     outbox: mpsc::UnboundedSender<Report>,
     running: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<Control>)>>,
     rate: RateLimit,
+    /// How many last lines the cluster keeps of each container (0: not
+    /// known yet, never skip).
+    tail_lines: std::sync::atomic::AtomicU64,
 }
 
 impl Shippers {
@@ -70,6 +73,7 @@ impl Shippers {
             outbox,
             running: Mutex::new(HashMap::new()),
             rate,
+            tail_lines: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -103,6 +107,12 @@ impl Shippers {
                 running.remove(&ship.id);
             }
         });
+    }
+
+    /// Sets how many last lines the cluster keeps of each container.
+    pub fn set_tail(&self, lines: u64) {
+        self.tail_lines
+            .store(lines, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Hands the cluster's answer to the container's shipper.
@@ -166,6 +176,8 @@ impl Ship {
         let mut inflight: VecDeque<(u64, u64)> = VecDeque::new();
         let mut acked = self.from;
         let mut idle = Duration::from_millis(5);
+        // When the shipper last looked how far behind it is.
+        let mut last_look = Instant::now() - Duration::from_secs(1);
         loop {
             // Every answer first: they open the window and may rewind.
             while let Ok(c) = rx.try_recv() {
@@ -175,6 +187,22 @@ impl Ship {
             }
             if inflight.len() < cfg.window {
                 let dir = self.dir.clone();
+                // Far behind (a flood, or a long time cut off): the cluster
+                // keeps only a tail, so only the last lines are shipped,
+                // and the lines before stay in the node's file.
+                let tail = shippers
+                    .tail_lines
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let mut skip_to = None;
+                if tail > 0 && last_look.elapsed() >= Duration::from_secs(1) {
+                    last_look = Instant::now();
+                    let end = super::reader::next_after_last(&self.dir).unwrap_or(0);
+                    if end > reader.next_seq() + 2 * tail {
+                        let to = end - tail;
+                        reader.rewind(to);
+                        skip_to = Some(to);
+                    }
+                }
                 let (lines, r) = {
                     let (max_lines, max_bytes) = (cfg.batch_lines, cfg.batch_bytes);
                     // File reads and JSON decoding off the async threads.
@@ -205,6 +233,7 @@ impl Ship {
                         container: self.id.clone(),
                         generation: self.generation,
                         lines,
+                        skip_to: skip_to.filter(|s| *s == first),
                     }));
                     if sent.is_err() {
                         return;
@@ -412,6 +441,23 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(acked(d), Some(11));
+    }
+
+    #[tokio::test]
+    async fn a_shipper_far_behind_skips_to_the_tail_the_cluster_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        write_lines(dir.path(), 1..=10);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = Arc::new(Shippers::new(ShipConfig::default(), tx));
+        s.set_tail(2);
+        s.start("ef", 1, dir.path(), 1);
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(Report::Logs(b))) => {
+                assert_eq!(b.skip_to, Some(9));
+                assert_eq!(b.lines.iter().map(|l| l.seq).collect::<Vec<_>>(), [9, 10]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -322,6 +322,12 @@ impl Supervisor {
         self.shippers.start(id, generation, dir, from);
     }
 
+    /// How many last lines of each container the cluster keeps (from the
+    /// registration): a shipper further behind skips to them.
+    pub fn set_log_tail(&self, lines: u64) {
+        self.shippers.set_tail(lines);
+    }
+
     /// Hands the cluster's answer to a log batch to its shipper.
     pub fn log_ack(&self, id: &str, ack: crate::orders::LogAck) {
         self.shippers.ack(id, ack);

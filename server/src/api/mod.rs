@@ -239,9 +239,9 @@ impl Cluster for ClusterService {
         let req = req.into_inner();
         let mut containers: Vec<cluster::ContainerInfo> = self
             .app
-            .state
             .containers()
-            .map_err(|e| to_status(e.into()))?
+            .await
+            .map_err(to_status)?
             .iter()
             .filter(|c| {
                 req.all || !CStatus(c.state()).is_finished() && c.state() != ContainerState::Created
@@ -791,11 +791,7 @@ impl Cluster for ClusterService {
         _req: Request<cluster::ListNodesRequest>,
     ) -> Result<Response<cluster::ListNodesResponse>, Status> {
         self.app.linearize().await.map_err(to_status)?;
-        let containers = self
-            .app
-            .state
-            .containers()
-            .map_err(|e| to_status(e.into()))?;
+        let containers = self.app.containers().await.map_err(to_status)?;
         let nodes = self
             .app
             .state
@@ -853,11 +849,7 @@ impl Cluster for ClusterService {
                 .await
                 .map_err(to_status)?;
         }
-        let containers = self
-            .app
-            .state
-            .containers()
-            .map_err(|e| to_status(e.into()))?;
+        let containers = self.app.containers().await.map_err(to_status)?;
         let node = self
             .app
             .state
@@ -913,11 +905,7 @@ impl Cluster for ClusterService {
         _req: Request<cluster::ListServicesRequest>,
     ) -> Result<Response<cluster::ListServicesResponse>, Status> {
         self.app.linearize().await.map_err(to_status)?;
-        let containers = self
-            .app
-            .state
-            .containers()
-            .map_err(|e| to_status(e.into()))?;
+        let containers = self.app.containers().await.map_err(to_status)?;
         let counts = scheduler::planner::task_counts(&containers);
         let services = self
             .app
@@ -939,7 +927,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<cluster::ServiceInfo>, Status> {
         self.app.linearize().await.map_err(to_status)?;
         let svc = services::find(&self.app, &req.into_inner().name)?;
-        Ok(Response::new(services::info(&self.app, &svc)?))
+        Ok(Response::new(services::info(&self.app, &svc).await?))
     }
 
     async fn update_service(
@@ -965,7 +953,7 @@ impl Cluster for ClusterService {
         req: Request<cluster::ServiceRef>,
     ) -> Result<Response<cluster::ServiceTasksResponse>, Status> {
         self.app.linearize().await.map_err(to_status)?;
-        let tasks = services::tasks(&self.app, &req.into_inner().name)?;
+        let tasks = services::tasks(&self.app, &req.into_inner().name).await?;
         Ok(Response::new(cluster::ServiceTasksResponse { tasks }))
     }
 }

@@ -46,7 +46,7 @@ pub async fn create(app: &App, spec: cluster::ServiceSpec) -> Result<cluster::Se
         }))
         .await
         .map_err(to_status)?;
-    info(app, &r.service.unwrap_or_default())
+    info(app, &r.service.unwrap_or_default()).await
 }
 
 /// Applies an update (scale, image, env, command, update settings,
@@ -131,13 +131,13 @@ pub async fn update(
         }))
         .await
         .map_err(to_status)?;
-    info(app, &r.service.unwrap_or_default())
+    info(app, &r.service.unwrap_or_default()).await
 }
 
 /// Removes a service; the reconciler removes its tasks.
 pub async fn remove(app: &App, name: &str) -> Result<cluster::ServiceInfo, Status> {
     let svc = find(app, name)?;
-    let info = info(app, &svc)?;
+    let info = info(app, &svc).await?;
     app.write(Op::RemoveService(records::RemoveService {
         name: svc.name.clone(),
     }))
@@ -165,12 +165,12 @@ pub fn find(app: &App, name: &str) -> Result<records::Service, Status> {
 }
 
 /// The tasks of a service, by slot.
-pub fn tasks(app: &App, name: &str) -> Result<Vec<cluster::ContainerInfo>, Status> {
+pub async fn tasks(app: &App, name: &str) -> Result<Vec<cluster::ContainerInfo>, Status> {
     let svc = find(app, name)?;
     let mut tasks: Vec<records::Container> = app
-        .state
         .containers()
-        .map_err(|e| to_status(e.into()))?
+        .await
+        .map_err(to_status)?
         .into_iter()
         .filter(|c| c.service == svc.name)
         .collect();
@@ -179,8 +179,8 @@ pub fn tasks(app: &App, name: &str) -> Result<Vec<cluster::ContainerInfo>, Statu
 }
 
 /// A service as the CLI shows it, with how many tasks run.
-pub fn info(app: &App, svc: &records::Service) -> Result<cluster::ServiceInfo, Status> {
-    let containers = app.state.containers().map_err(|e| to_status(e.into()))?;
+pub async fn info(app: &App, svc: &records::Service) -> Result<cluster::ServiceInfo, Status> {
+    let containers = app.containers().await.map_err(to_status)?;
     let (running, placed) = planner::task_counts(&containers)
         .get(&svc.name)
         .copied()

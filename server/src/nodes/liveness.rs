@@ -71,7 +71,7 @@ async fn mark_lost_containers_dead(app: &App, nodes: &[Node]) {
     if lost.is_empty() {
         return;
     }
-    let Ok(containers) = app.state.containers() else {
+    let Ok(containers) = app.containers().await else {
         return;
     };
     for c in containers {

@@ -189,8 +189,8 @@ impl AgentSession for SessionService {
         // of its local containers the cluster no longer places there.
         let containers = self
             .app
-            .state
             .containers()
+            .await
             .map_err(|e| Status::internal(e.to_string()))?;
         let log_next_seq = containers
             .iter()
@@ -208,6 +208,7 @@ impl AgentSession for SessionService {
                     log_next_seq,
                     stale,
                     session_id,
+                    log_tail_lines: self.app.config.log_tail.lines,
                 })),
             })
             .await;
@@ -308,9 +309,14 @@ pub fn stale_copies(
 /// at their current generation. (Assignments it has not heard of are the
 /// reconciler's, which sends them again to a node whose session is new.)
 async fn reconcile(app: &App, r: &Register) -> Result<(), AppError> {
-    let containers = app.state.containers()?;
+    let containers: std::collections::HashMap<String, records::Container> = app
+        .containers()
+        .await?
+        .into_iter()
+        .map(|c| (c.id.clone(), c))
+        .collect();
     for local in &r.containers {
-        let Some(c) = containers.iter().find(|c| c.id == local.id) else {
+        let Some(c) = containers.get(&local.id) else {
             continue;
         };
         if c.node != r.node || c.generation != local.generation {
@@ -409,7 +415,8 @@ async fn serve(
                 match app.state.container(&id) {
                     Ok(Some(c)) if c.node == node && c.generation == chunk.generation => {
                         let next = c.log_next_seq.max(1);
-                        if chunk.lines.is_empty() || first > next || last < next {
+                        let skips = chunk.skip_to > next && first == chunk.skip_to;
+                        if chunk.lines.is_empty() || (!skips && (first > next || last < next)) {
                             let _ = tx.send(ack(next, false)).await;
                             continue;
                         }
@@ -444,6 +451,7 @@ async fn serve(
                     lines,
                     keep_lines: app.config.log_tail.lines,
                     keep_bytes: app.config.log_tail.bytes,
+                    skip_to: chunk.skip_to,
                 });
                 match app.write(op).await {
                     Ok(res) => {

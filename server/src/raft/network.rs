@@ -378,8 +378,10 @@ impl RaftNetworkV2<TypeConfig> for Network {
             }
         });
         let mut client = self.client().map_err(StreamingError::Unreachable)?;
-        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-        request.set_timeout(option.hard_ttl());
+        // No deadline for the whole: a large snapshot takes as long as it
+        // takes, and the channel's keepalives find a peer that stopped.
+        let _ = option;
+        let request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         let sent = async {
             let res = client.install_snapshot_stream(request).await;
             let payload = res

@@ -550,6 +550,14 @@ fn append_logs(tx: &mut Tx, l: &records::AppendLogs) -> Result<CommandResult, Ap
             c.id, l.node
         )));
     }
+    // A skip past lines never to be shipped: the older tail goes, and the
+    // lines start over at the skip.
+    if l.skip_to > c.log_next_seq.max(1) {
+        for m in c.log_chunks.drain(..) {
+            tx.delete(keys::log_chunk(&c.id, m.first_seq));
+        }
+        c.log_next_seq = l.skip_to;
+    }
     let start = c.log_next_seq.max(1);
     let mut next = start;
     let mut new = l.lines.iter().filter(|x| x.seq >= start).peekable();
@@ -853,9 +861,10 @@ mod tests {
                     .collect(),
                 keep_lines: 3000,
                 keep_bytes: 0,
+                skip_to: 0,
             })),
         };
-        let mut append = |cmd: records::Command| {
+        let append = |cmd: records::Command| {
             let mut tx = Tx::new(&db, cf);
             let r = apply(&mut tx, &cmd, 1).unwrap();
             db.write(tx.into_batch()).unwrap();
