@@ -437,3 +437,66 @@ fn a_fourth_server_catches_up_on_a_large_state_by_a_chunked_snapshot() {
         },
     );
 }
+
+#[test]
+fn service_logs_merge_every_task_after_its_name_and_node() {
+    sandbox::run(
+        "service_logs_merge_every_task_after_its_name_and_node",
+        || {
+            let c = Cluster::start_nodes(&[], &[("node1", &[]), ("node2", &[])])?;
+            let r = c.berth_within(
+                &[
+                    "service",
+                    "create",
+                    "--name",
+                    "web",
+                    "--replicas",
+                    "2",
+                    "busybox",
+                    "sh",
+                    "-c",
+                    "echo one; echo two; sleep 600",
+                ],
+                Duration::from_secs(60),
+            );
+            ensure!(r.code == 0, "{r:?}");
+            c.wait_until(Duration::from_secs(30), "both tasks' lines", |c| {
+                c.berth(&["service", "logs", "web"]).stdout.lines().count() == 4
+            })?;
+            let out = c.berth(&["service", "logs", "web"]).ok()?.stdout;
+            let mut got: Vec<&str> = out.lines().collect();
+            got.sort();
+            // Spread: one task on each node; each line after its task's name
+            // and node, padded to one width.
+            let tasks = c.berth(&["service", "ps", "web"]).ok()?.stdout;
+            let node_of = |task: &str| {
+                tasks
+                    .lines()
+                    .find(|l| l.split_whitespace().nth(1) == Some(task))
+                    .and_then(|l| l.split_whitespace().nth(3))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let want: Vec<String> = {
+                let mut w = Vec::new();
+                for t in ["web.1", "web.2"] {
+                    for l in ["one", "two"] {
+                        w.push(format!("{t}@{} | {l}", node_of(t)));
+                    }
+                }
+                w.sort();
+                w
+            };
+            ensure!(got == want, "{got:?}\nwanted {want:?}");
+            let tail = c
+                .berth(&["service", "logs", "--tail", "1", "web"])
+                .ok()?
+                .stdout;
+            ensure!(
+                tail.lines().count() == 2 && tail.lines().all(|l| l.ends_with("| two")),
+                "{tail}"
+            );
+            Ok(())
+        },
+    );
+}
