@@ -1,0 +1,259 @@
+//! Log benchmark, in one run on one machine (issue P3.2):
+//!
+//! - throughput: `berth run` attached (its output read to the end) and
+//!   `berth logs -f` of a finished container, for LINES lines of 71 bytes,
+//!   beside `docker run` and `docker logs -f` of the same workload on a
+//!   private dockerd (Debian's, json-file logs), from the same rootfs;
+//! - the control plane under a flood: three servers and one agent; other
+//!   clients' write latency (p50, p99) idle and while a container floods,
+//!   how often the node was seen other than ready, and the peak RSS of
+//!   the servers and the agent.
+//!
+//! Run as root from a release build:
+//!
+//!     cargo build --release --workspace --bins
+//!     target/release/bench-logs [LINES]
+//!
+//! Default: 1,000,000 lines (71 MB).
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use berth_chaos::dockerd::Dockerd;
+use berth_chaos::Cluster;
+
+/// The workload: LINES lines of 70 characters and a newline.
+fn workload(lines: usize) -> String {
+    format!("yes 0123456789012345678901234567890123456789012345678901234567890123456789 | head -n {lines}")
+}
+
+/// Runs a command, reads its stdout to the end, and returns the bytes and
+/// the time it took.
+fn timed(cmd: &mut Command) -> anyhow::Result<(u64, Duration)> {
+    let t0 = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut out = child.stdout.take().context("no stdout")?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = out.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    child.wait()?;
+    Ok((total, t0.elapsed()))
+}
+
+fn mbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64()
+}
+
+/// The peak resident memory (VmHWM, KiB) of the processes whose command
+/// line holds both `exe` and `marker`.
+fn peak_rss_kib(exe: &str, marker: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if !cmd.contains(exe) || !cmd.contains(marker) || cmd.contains(" shim") {
+            continue;
+        }
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        if let Some(kb) = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+        {
+            out.push(kb);
+        }
+    }
+    out
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// `n` label writes, one after another, each timed.
+async fn write_latencies(addr: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut client =
+        berth_proto::cluster::cluster_client::ClusterClient::connect(format!("http://{addr}"))
+            .await?;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        if berth_chaos::cluster::set_label(&mut client, "node1", "bench".into(), i.to_string()).await
+        {
+            out.push(t.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn main() -> anyhow::Result<()> {
+    let lines: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()
+        .context("LINES must be a number")?
+        .unwrap_or(1_000_000);
+    let bytes = lines as u64 * 71;
+    let rt = tokio::runtime::Runtime::new()?;
+
+    // berth: three servers, one agent.
+    let c = Cluster::start_servers_at(3, 7550)?;
+    let leader = c.leader().context("no leader")?;
+    let addr = c.member_addr(leader);
+    let marker = c.dir().to_string_lossy().into_owned();
+    let host = c.all_addrs();
+    let berth = berth_chaos::cluster::bin_dir()?.join("berth");
+    let berth_cmd = |args: &[&str]| {
+        let mut cmd = Command::new(&berth);
+        cmd.args(args).env("BERTH_HOST", &host);
+        cmd
+    };
+    let w = workload(lines);
+
+    let (run_bytes, run_time) =
+        timed(&mut berth_cmd(&["run", "--rm", "busybox", "sh", "-c", &w]))?;
+    ensure!(run_bytes == bytes, "berth run printed {run_bytes} of {bytes} bytes");
+    c.berth(&["run", "-d", "--name", "done", "busybox", "sh", "-c", &w])
+        .ok()?;
+    c.wait_until(Duration::from_secs(600), "the container to end", |c| {
+        c.berth(&["ps", "-a"])
+            .stdout
+            .lines()
+            .any(|l| l.contains("done") && l.contains("Exited"))
+    })?;
+    let (logs_bytes, logs_time) = timed(&mut berth_cmd(&["logs", "-f", "done"]))?;
+    ensure!(logs_bytes == bytes, "berth logs printed {logs_bytes} of {bytes} bytes");
+
+    // The control plane, idle and under a flood ten times the workload.
+    let idle = rt.block_on(write_latencies(&addr, 400))?;
+    c.berth(&[
+        "run",
+        "-d",
+        "--name",
+        "flood",
+        "busybox",
+        "sh",
+        "-c",
+        &workload(lines * 10),
+    ])
+    .ok()?;
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let not_ready = {
+        let (sampling, host, berth) = (sampling.clone(), host.clone(), berth.clone());
+        std::thread::spawn(move || {
+            let mut seen = 0u32;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = Command::new(&berth)
+                    .args(["node", "ls"])
+                    .env("BERTH_HOST", &host)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                if out.lines().any(|l| l.starts_with("node1") && !l.contains(" ready ")) {
+                    seen += 1;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            seen
+        })
+    };
+    let flooded = rt.block_on(write_latencies(&addr, 400))?;
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let down_samples = not_ready.join().unwrap_or(u32::MAX);
+    let servers_kib = peak_rss_kib("berth-server", &marker);
+    let agent_kib = peak_rss_kib("berth-agent", &marker);
+    let tail = c.berth(&["inspect", "flood"]).ok()?.stdout;
+    c.berth(&["rm", "-f", "flood"]).ok()?;
+
+    // Docker, the same workload.
+    let tar = c.dir().join("busybox.tar");
+    let d = Dockerd::start()?;
+    let status = d.docker().args(["import"]).arg(&tar).arg("busybox:latest").output()?;
+    ensure!(status.status.success(), "docker import failed");
+    let (drun_bytes, drun_time) = timed(d.docker().args([
+        "run", "--rm", "--network", "none", "busybox:latest", "sh", "-c", &w,
+    ]))?;
+    let id = String::from_utf8(
+        d.docker()
+            .args(["run", "-d", "--network", "none", "busybox:latest", "sh", "-c", &w])
+            .output()?
+            .stdout,
+    )?
+    .trim()
+    .to_string();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < deadline {
+        let out = d.docker().args(["inspect", "-f", "{{.State.Running}}", &id]).output()?;
+        if String::from_utf8_lossy(&out.stdout).trim() == "false" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (dlogs_bytes, dlogs_time) = timed(d.docker().args(["logs", "-f", &id]))?;
+    drop(d);
+
+    let p = |v: &[Duration], q| percentile(v, q).as_secs_f64() * 1000.0;
+    println!();
+    println!("| | berth | Docker | berth / Docker |");
+    println!("|---|---|---|---|");
+    println!(
+        "| `run` attached, {lines} lines ({:.0} MB) | {:.1} MB/s ({:.2} s) | {:.1} MB/s ({:.2} s, {drun_bytes} bytes) | {:.2}x |",
+        bytes as f64 / 1e6,
+        mbps(run_bytes, run_time),
+        run_time.as_secs_f64(),
+        mbps(drun_bytes, drun_time),
+        drun_time.as_secs_f64(),
+        mbps(run_bytes, run_time) / mbps(drun_bytes, drun_time)
+    );
+    println!(
+        "| `logs -f` of the finished container | {:.1} MB/s ({:.2} s) | {:.1} MB/s ({:.2} s, {dlogs_bytes} bytes) | {:.2}x |",
+        mbps(logs_bytes, logs_time),
+        logs_time.as_secs_f64(),
+        mbps(dlogs_bytes, dlogs_time),
+        dlogs_time.as_secs_f64(),
+        mbps(logs_bytes, logs_time) / mbps(dlogs_bytes, dlogs_time)
+    );
+    println!();
+    println!("| control plane, 3 servers, 1 agent | idle | during a {}-line flood |", lines * 10);
+    println!("|---|---|---|");
+    println!(
+        "| label writes: p50 / p99 | {:.2} / {:.2} ms | {:.2} / {:.2} ms ({:.2}x the idle p99) |",
+        p(&idle, 0.5),
+        p(&idle, 0.99),
+        p(&flooded, 0.5),
+        p(&flooded, 0.99),
+        p(&flooded, 0.99) / p(&idle, 0.99).max(f64::MIN_POSITIVE)
+    );
+    println!("| samples of node1 not ready (every 100 ms) | | {down_samples} |");
+    println!(
+        "| peak RSS: servers / agent | | {} MiB / {} MiB |",
+        servers_kib.iter().map(|k| (k / 1024).to_string()).collect::<Vec<_>>().join(", "),
+        agent_kib.iter().map(|k| (k / 1024).to_string()).collect::<Vec<_>>().join(", ")
+    );
+    let v: serde_json::Value = serde_json::from_str(&tail).unwrap_or_default();
+    println!(
+        "| the flood's lines the cluster held, of those shipped | | {} of {} |",
+        v[0]["LogTail"]["NextSeq"].as_u64().unwrap_or(0)
+            - v[0]["LogTail"]["FirstSeq"].as_u64().unwrap_or(0),
+        v[0]["LogTail"]["NextSeq"].as_u64().unwrap_or(1) - 1
+    );
+    Ok(())
+}
