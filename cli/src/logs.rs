@@ -157,11 +157,13 @@ async fn entries(
         };
         let result = async {
             let mut stream = client.logs(req).await?.into_inner();
-            while let Some(entry) = stream.message().await? {
-                next = Some(entry.seq + 1);
+            while let Some(batch) = stream.message().await? {
                 broken_since = None;
-                if tx.send(entry).await.is_err() {
-                    break;
+                for entry in batch.entries {
+                    next = Some(entry.seq + 1);
+                    if tx.send(entry).await.is_err() {
+                        return Ok(());
+                    }
                 }
             }
             Ok::<(), tonic::Status>(())

@@ -35,7 +35,7 @@ impl Default for ShipConfig {
     fn default() -> Self {
         Self {
             batch_lines: 512,
-            batch_bytes: 256 * 1024,
+            batch_bytes: 64 * 1024,
             window: 4,
             rate_bytes: 4 << 20,
         }

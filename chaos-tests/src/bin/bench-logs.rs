@@ -94,7 +94,8 @@ async fn write_latencies(addr: &str, n: usize) -> anyhow::Result<Vec<Duration>> 
     let mut out = Vec::new();
     for i in 0..n {
         let t = Instant::now();
-        if berth_chaos::cluster::set_label(&mut client, "node1", "bench".into(), i.to_string()).await
+        if berth_chaos::cluster::set_label(&mut client, "node1", "bench".into(), i.to_string())
+            .await
         {
             out.push(t.elapsed());
         }
@@ -128,9 +129,11 @@ fn main() -> anyhow::Result<()> {
     };
     let w = workload(lines);
 
-    let (run_bytes, run_time) =
-        timed(&mut berth_cmd(&["run", "--rm", "busybox", "sh", "-c", &w]))?;
-    ensure!(run_bytes == bytes, "berth run printed {run_bytes} of {bytes} bytes");
+    let (run_bytes, run_time) = timed(&mut berth_cmd(&["run", "--rm", "busybox", "sh", "-c", &w]))?;
+    ensure!(
+        run_bytes == bytes,
+        "berth run printed {run_bytes} of {bytes} bytes"
+    );
     c.berth(&["run", "-d", "--name", "done", "busybox", "sh", "-c", &w])
         .ok()?;
     c.wait_until(Duration::from_secs(600), "the container to end", |c| {
@@ -140,7 +143,10 @@ fn main() -> anyhow::Result<()> {
             .any(|l| l.contains("done") && l.contains("Exited"))
     })?;
     let (logs_bytes, logs_time) = timed(&mut berth_cmd(&["logs", "-f", "done"]))?;
-    ensure!(logs_bytes == bytes, "berth logs printed {logs_bytes} of {bytes} bytes");
+    ensure!(
+        logs_bytes == bytes,
+        "berth logs printed {logs_bytes} of {bytes} bytes"
+    );
 
     // The control plane, idle and under a flood ten times the workload.
     let idle = rt.block_on(write_latencies(&addr, 400))?;
@@ -167,7 +173,10 @@ fn main() -> anyhow::Result<()> {
                     .output()
                     .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                     .unwrap_or_default();
-                if out.lines().any(|l| l.starts_with("node1") && !l.contains(" ready ")) {
+                if out
+                    .lines()
+                    .any(|l| l.starts_with("node1") && !l.contains(" ready "))
+                {
                     seen += 1;
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -186,14 +195,35 @@ fn main() -> anyhow::Result<()> {
     // Docker, the same workload.
     let tar = c.dir().join("busybox.tar");
     let d = Dockerd::start()?;
-    let status = d.docker().args(["import"]).arg(&tar).arg("busybox:latest").output()?;
+    let status = d
+        .docker()
+        .args(["import"])
+        .arg(&tar)
+        .arg("busybox:latest")
+        .output()?;
     ensure!(status.status.success(), "docker import failed");
     let (drun_bytes, drun_time) = timed(d.docker().args([
-        "run", "--rm", "--network", "none", "busybox:latest", "sh", "-c", &w,
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox:latest",
+        "sh",
+        "-c",
+        &w,
     ]))?;
     let id = String::from_utf8(
         d.docker()
-            .args(["run", "-d", "--network", "none", "busybox:latest", "sh", "-c", &w])
+            .args([
+                "run",
+                "-d",
+                "--network",
+                "none",
+                "busybox:latest",
+                "sh",
+                "-c",
+                &w,
+            ])
             .output()?
             .stdout,
     )?
@@ -201,7 +231,10 @@ fn main() -> anyhow::Result<()> {
     .to_string();
     let deadline = Instant::now() + Duration::from_secs(600);
     while Instant::now() < deadline {
-        let out = d.docker().args(["inspect", "-f", "{{.State.Running}}", &id]).output()?;
+        let out = d
+            .docker()
+            .args(["inspect", "-f", "{{.State.Running}}", &id])
+            .output()?;
         if String::from_utf8_lossy(&out.stdout).trim() == "false" {
             break;
         }
@@ -232,7 +265,10 @@ fn main() -> anyhow::Result<()> {
         mbps(logs_bytes, logs_time) / mbps(dlogs_bytes, dlogs_time)
     );
     println!();
-    println!("| control plane, 3 servers, 1 agent | idle | during a {}-line flood |", lines * 10);
+    println!(
+        "| control plane, 3 servers, 1 agent | idle | during a {}-line flood |",
+        lines * 10
+    );
     println!("|---|---|---|");
     println!(
         "| label writes: p50 / p99 | {:.2} / {:.2} ms | {:.2} / {:.2} ms ({:.2}x the idle p99) |",
@@ -245,8 +281,16 @@ fn main() -> anyhow::Result<()> {
     println!("| samples of node1 not ready (every 100 ms) | | {down_samples} |");
     println!(
         "| peak RSS: servers / agent | | {} MiB / {} MiB |",
-        servers_kib.iter().map(|k| (k / 1024).to_string()).collect::<Vec<_>>().join(", "),
-        agent_kib.iter().map(|k| (k / 1024).to_string()).collect::<Vec<_>>().join(", ")
+        servers_kib
+            .iter()
+            .map(|k| (k / 1024).to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        agent_kib
+            .iter()
+            .map(|k| (k / 1024).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let v: serde_json::Value = serde_json::from_str(&tail).unwrap_or_default();
     println!(

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use berth_proto::agent::{LogLine, ReadLogs};
-use berth_proto::cluster::{LogEntry, LogsRequest};
+use berth_proto::cluster::{LogEntries, LogEntry, LogsRequest};
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -26,7 +26,7 @@ pub async fn stream(
     app: App,
     id: String,
     req: LogsRequest,
-    tx: mpsc::Sender<Result<LogEntry, Status>>,
+    tx: mpsc::Sender<Result<LogEntries, Status>>,
 ) {
     let mut out = Out {
         tx,
@@ -153,16 +153,17 @@ pub async fn stream(
 
 /// The client's stream, where it stands, and its time window.
 struct Out {
-    tx: mpsc::Sender<Result<LogEntry, Status>>,
+    tx: mpsc::Sender<Result<LogEntries, Status>>,
     next: u64,
     since: Option<i64>,
     until: Option<i64>,
 }
 
 impl Out {
-    /// Sends the lines the client has not had, in order; false once the
-    /// client is gone.
+    /// Sends the lines the client has not had, in order, as one message;
+    /// false once the client is gone.
     async fn send(&mut self, lines: Vec<LogLine>) -> bool {
+        let mut entries = Vec::with_capacity(lines.len());
         for l in lines {
             if l.seq < self.next {
                 continue;
@@ -173,17 +174,14 @@ impl Out {
             {
                 continue;
             }
-            let entry = LogEntry {
+            entries.push(LogEntry {
                 seq: l.seq,
                 stream: l.stream,
                 time_ns: l.time_ns,
                 line: l.line,
-            };
-            if self.tx.send(Ok(entry)).await.is_err() {
-                return false;
-            }
+            });
         }
-        true
+        entries.is_empty() || self.tx.send(Ok(LogEntries { entries })).await.is_ok()
     }
 
     async fn fail(&self, status: Status) {

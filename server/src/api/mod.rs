@@ -131,7 +131,7 @@ pub fn to_status(e: AppError) -> Status {
     }
 }
 
-type LogStream = Pin<Box<dyn Stream<Item = Result<cluster::LogEntry, Status>> + Send>>;
+type LogStream = Pin<Box<dyn Stream<Item = Result<cluster::LogEntries, Status>> + Send>>;
 type DataStream = Pin<Box<dyn Stream<Item = Result<cluster::DataChunk, Status>> + Send>>;
 type AttachStream = Pin<Box<dyn Stream<Item = Result<cluster::AttachOutput, Status>> + Send>>;
 type EventStream = Pin<Box<dyn Stream<Item = Result<cluster::EventInfo, Status>> + Send>>;
@@ -471,7 +471,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<LogStream>, Status> {
         let req = req.into_inner();
         let c = self.find(&req.name_or_id)?;
-        let (tx, rx) = mpsc::channel(256);
+        let (tx, rx) = mpsc::channel(8);
         // While a client follows the output, the cluster's --rm waits.
         let hold = req.follow.then(|| self.app.scheduler.hold(&c.id));
         let app = self.app.clone();
