@@ -127,14 +127,15 @@ fn a_million_lines_arrive_whole_through_agent_and_leader_kills() {
                 "berth logs printed: {}",
                 first_difference(&logs.stdout, &want)
             );
-            // The cluster's copy is its bounded tail, and has all of it.
-            let tail = c.berth(&["logs", "--tail", "5", "flood"]).ok()?;
-            ensure!(tail.stdout == numbers(N - 4, N), "{}", tail.stdout);
             // The cluster's copy catches up at its own pace (the shipping
             // rate), and ends with the last line.
             c.wait_until(Duration::from_secs(120), "the cluster's copy to end", |c| {
                 inspect(c, "flood").is_ok_and(|v| v["LogTail"]["NextSeq"] == N + 1)
             })?;
+            // The last lines, from the node or (its session down a moment
+            // under the load) from the cluster's copy: the same either way.
+            let tail = c.berth(&["logs", "--tail", "5", "flood"]).ok()?;
+            ensure!(tail.stdout == numbers(N - 4, N), "{}", tail.stdout);
             Ok(())
         },
     );
