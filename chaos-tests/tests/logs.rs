@@ -39,6 +39,22 @@ fn first_difference(got: &str, want: &str) -> String {
 /// fail a write that is not the point of either test.
 static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The leader, waiting up to 30 s for an election to end (under the
+/// floods of these tests, debug servers hold some).
+fn leader_within(c: &Cluster) -> anyhow::Result<usize> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(l) = c.leader() {
+            return Ok(l);
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no leader within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn inspect(c: &Cluster, name: &str) -> anyhow::Result<serde_json::Value> {
     let out = c.berth(&["inspect", name]).ok()?;
     let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
@@ -90,7 +106,7 @@ fn a_million_lines_arrive_whole_through_agent_and_leader_kills() {
             c.wait_until(Duration::from_secs(120), "more of run's output", |_| {
                 printed(seen)
             })?;
-            let leader = c.leader().context("no leader")?;
+            let leader = leader_within(&c)?;
             c.kill_member(leader)?;
             c.wait_until(Duration::from_secs(30), "a new leader", |c| {
                 c.leader().is_some_and(|l| l != leader)
@@ -385,7 +401,7 @@ fn a_fourth_server_catches_up_on_a_large_state_by_a_chunked_snapshot() {
                 }
                 false
             })?;
-            let leader = c.leader().context("no leader")?;
+            let leader = leader_within(&c)?;
             let snap_bytes: u64 = std::fs::read_dir(c.server_dir(leader).join("snapshots"))?
                 .flatten()
                 .filter_map(|e| e.metadata().ok())
