@@ -117,6 +117,23 @@ pub struct Transition {
     pub oom_killed: bool,
 }
 
+impl Transition {
+    /// A change of `container` (copy `generation`) to `to`, now, with
+    /// nothing else to say.
+    pub fn now(container: &str, generation: u64, to: ContainerState) -> Self {
+        Self {
+            container: container.to_string(),
+            generation,
+            to,
+            at_ms: crate::supervisor::now_ms(),
+            exit_code: 0,
+            error: None,
+            image_id: None,
+            oom_killed: false,
+        }
+    }
+}
+
 /// One line of a container's output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogLine {

@@ -16,7 +16,6 @@ use crate::image::ImageSummary;
 use crate::orders::{
     Assignment, AttachOutput, ContainerState, ImageReply, LocalCopy, Order, Report, Transition,
 };
-use crate::supervisor::now_ms;
 
 /// The image every simulated node holds (`busybox:latest`).
 pub const IMAGE: &str = "busybox:latest";
@@ -43,14 +42,8 @@ impl SimNode {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.to_string(), (generation, to));
         let _ = self.outbox.send(Report::Transition(Transition {
-            container: id.to_string(),
-            generation,
-            to,
-            at_ms: now_ms(),
             exit_code,
-            error: None,
-            image_id: None,
-            oom_killed: false,
+            ..Transition::now(id, generation, to)
         }));
     }
 

@@ -392,6 +392,20 @@ impl Cluster {
         Ok(c)
     }
 
+    /// A number from the first line of `berth cluster status` ("applied",
+    /// "snapshot", "purged", ...).
+    pub fn status_field(status: &str, name: &str) -> Option<u64> {
+        status
+            .lines()
+            .next()?
+            .split(&format!("{name}: "))
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
     /// The id of the member that leads now, from `berth cluster status`.
     pub fn leader(&self) -> Option<usize> {
         let s = self.berth(&["cluster", "status"]).stdout;

@@ -325,15 +325,7 @@ fn caught_up_by_snapshot(
 }
 
 fn field(status: &str, name: &str) -> Option<u64> {
-    status
-        .lines()
-        .next()?
-        .split(&format!("{name}: "))
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    Cluster::status_field(status, name)
 }
 
 #[test]

@@ -310,15 +310,7 @@ fn log_tails(c: &Cluster) -> String {
 }
 
 fn status_field(status: &str, name: &str) -> Option<u64> {
-    status
-        .lines()
-        .next()?
-        .split(&format!("{name}: "))
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    Cluster::status_field(status, name)
 }
 
 #[test]

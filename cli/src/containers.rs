@@ -376,13 +376,22 @@ pub async fn ps(client: &mut ClusterClient<Channel>, args: PsArgs) -> Result<i32
 /// `berth logs`.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// Keep printing new lines until the container exits.
+    #[command(flatten)]
+    pub flags: LogFlags,
+    /// The container's name or id.
+    pub container: String,
+}
+
+/// The flags of `logs` and `service logs`.
+#[derive(Debug, Args)]
+pub struct LogFlags {
+    /// Keep printing new lines until the container (every task) has exited.
     #[arg(short = 'f', long)]
     pub follow: bool,
     /// Print each line's time (RFC 3339, nanoseconds) before it.
     #[arg(short = 't', long)]
     pub timestamps: bool,
-    /// Only the last N lines ("all" for every line).
+    /// Only the last N lines (of each task; "all" for every line).
     #[arg(short = 'n', long, default_value = "all")]
     pub tail: String,
     /// Only lines written since this time: RFC 3339 (2026-01-02T15:04:05Z),
@@ -392,31 +401,17 @@ pub struct LogsArgs {
     /// Only lines written until this time (the same forms as --since).
     #[arg(long)]
     pub until: Option<String>,
-    /// The container's name or id.
-    pub container: String,
 }
 
 pub async fn logs(client: &mut ClusterClient<Channel>, args: LogsArgs) -> Result<i32, CliError> {
-    let opts = log_options(
-        args.follow,
-        args.timestamps,
-        &args.tail,
-        &args.since,
-        &args.until,
-    )?;
+    let opts = log_options(&args.flags)?;
     crate::logs::print(client, &args.container, &opts).await?;
     Ok(0)
 }
 
 /// The options of `logs` and `service logs`, from their flags.
-pub fn log_options(
-    follow: bool,
-    timestamps: bool,
-    tail: &str,
-    since: &Option<String>,
-    until: &Option<String>,
-) -> Result<crate::logs::LogOptions, CliError> {
-    let tail = match tail {
+pub fn log_options(f: &LogFlags) -> Result<crate::logs::LogOptions, CliError> {
+    let tail = match f.tail.as_str() {
         "all" => None,
         n => Some(
             n.parse::<u64>()
@@ -431,11 +426,11 @@ pub fn log_options(
             .map_err(|e| CliError::Usage(format!("--{flag}: {e}")))
     };
     Ok(crate::logs::LogOptions {
-        follow,
-        timestamps,
+        follow: f.follow,
+        timestamps: f.timestamps,
         tail,
-        since_ns: time("since", since)?,
-        until_ns: time("until", until)?,
+        since_ns: time("since", &f.since)?,
+        until_ns: time("until", &f.until)?,
     })
 }
 

@@ -35,12 +35,7 @@ pub async fn print(
     id: &str,
     opts: &LogOptions,
 ) -> Result<(), CliError> {
-    let (tx, rx) = mpsc::channel(1024);
-    let reading = tokio::spawn(entries(client.clone(), id.to_string(), opts.clone(), tx));
-    print_from(rx, opts.timestamps, |_| "").await;
-    reading
-        .await
-        .map_err(|e| CliError::Api(format!("reading the log: {e}")))?
+    print_each(client, vec![(id.to_string(), String::new())], opts).await
 }
 
 /// Prints the lines of every task of a service as they come, each after
@@ -51,28 +46,32 @@ pub async fn print_service(
     opts: &LogOptions,
 ) -> Result<(), CliError> {
     let width = tasks.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
-    let prefixes: Vec<String> = tasks
-        .iter()
-        .map(|(_, p)| format!("{p:<width$} | "))
+    let tasks = tasks
+        .into_iter()
+        .map(|(id, p)| (id, format!("{p:<width$} | ")))
         .collect();
+    print_each(client, tasks, opts).await
+}
+
+/// Prints the lines of each container `(id, prefix)` as they come, each
+/// after its prefix.
+async fn print_each(
+    client: &mut ClusterClient<Channel>,
+    containers: Vec<(String, String)>,
+    opts: &LogOptions,
+) -> Result<(), CliError> {
     let (tx, rx) = mpsc::channel::<(usize, LogEntry)>(1024);
+    let mut prefixes = Vec::new();
     let mut readers = Vec::new();
-    for (i, (id, _)) in tasks.into_iter().enumerate() {
-        let (one_tx, mut one_rx) = mpsc::channel(256);
+    for (i, (id, prefix)) in containers.into_iter().enumerate() {
+        prefixes.push(prefix);
         readers.push(tokio::spawn(entries(
             client.clone(),
             id,
             opts.clone(),
-            one_tx,
+            i,
+            tx.clone(),
         )));
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while let Some(e) = one_rx.recv().await {
-                if tx.send((i, e)).await.is_err() {
-                    return;
-                }
-            }
-        });
     }
     drop(tx);
     print_tagged(rx, opts.timestamps, &prefixes).await;
@@ -83,33 +82,6 @@ pub async fn print_service(
     Ok(())
 }
 
-async fn print_from(
-    mut rx: mpsc::Receiver<LogEntry>,
-    timestamps: bool,
-    prefix: impl Fn(&LogEntry) -> &'static str,
-) {
-    let mut out = Printer::new(timestamps);
-    loop {
-        // Flush only when nothing more is ready: blocks, not lines.
-        let e = match rx.try_recv() {
-            Ok(e) => e,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                out.flush();
-                match rx.recv().await {
-                    Some(e) => e,
-                    None => break,
-                }
-            }
-            Err(mpsc::error::TryRecvError::Disconnected) => break,
-        };
-        // A closed pipe on our side (berth logs | head) ends quietly.
-        if !out.line(&e, prefix(&e)) {
-            break;
-        }
-    }
-    out.flush();
-}
-
 async fn print_tagged(
     mut rx: mpsc::Receiver<(usize, LogEntry)>,
     timestamps: bool,
@@ -117,6 +89,7 @@ async fn print_tagged(
 ) {
     let mut out = Printer::new(timestamps);
     loop {
+        // Flush only when nothing more is ready: blocks, not lines.
         let (i, e) = match rx.try_recv() {
             Ok(x) => x,
             Err(mpsc::error::TryRecvError::Empty) => {
@@ -128,6 +101,7 @@ async fn print_tagged(
             }
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
+        // A closed pipe on our side (berth logs | head) ends quietly.
         if !out.line(&e, prefixes.get(i).map(String::as_str).unwrap_or_default()) {
             break;
         }
@@ -135,13 +109,15 @@ async fn print_tagged(
     out.flush();
 }
 
-/// Streams a container's lines into `tx`, in order, each once: when the
-/// stream breaks it connects again and asks from the line after the last.
+/// Streams a container's lines into `tx`, in order, each once and tagged
+/// `tag`: when the stream breaks it connects again and asks from the line
+/// after the last.
 async fn entries(
     mut client: ClusterClient<Channel>,
     id: String,
     opts: LogOptions,
-    tx: mpsc::Sender<LogEntry>,
+    tag: usize,
+    tx: mpsc::Sender<(usize, LogEntry)>,
 ) -> Result<(), CliError> {
     let mut next: Option<u64> = None;
     let mut broken_since: Option<Instant> = None;
@@ -161,7 +137,7 @@ async fn entries(
                 broken_since = None;
                 for entry in batch.entries {
                     next = Some(entry.seq + 1);
-                    if tx.send(entry).await.is_err() {
+                    if tx.send((tag, entry)).await.is_err() {
                         return Ok(());
                     }
                 }

@@ -56,22 +56,8 @@ pub enum ServiceCommand {
 /// `berth service logs`.
 #[derive(Debug, Args)]
 pub struct ServiceLogsArgs {
-    /// Keep printing new lines until every task has exited.
-    #[arg(short = 'f', long)]
-    pub follow: bool,
-    /// Print each line's time before it.
-    #[arg(short = 't', long)]
-    pub timestamps: bool,
-    /// Only the last N lines of each task ("all" for every line).
-    #[arg(short = 'n', long, default_value = "all")]
-    pub tail: String,
-    /// Only lines written since this time (RFC 3339, Unix seconds, or a
-    /// duration before now such as 1h30m).
-    #[arg(long)]
-    pub since: Option<String>,
-    /// Only lines written until this time.
-    #[arg(long)]
-    pub until: Option<String>,
+    #[command(flatten)]
+    pub flags: crate::containers::LogFlags,
     pub service: String,
 }
 
@@ -342,13 +328,7 @@ async fn ls(client: &mut ClusterClient<Channel>) -> Result<i32, CliError> {
 }
 
 async fn logs(client: &mut ClusterClient<Channel>, args: ServiceLogsArgs) -> Result<i32, CliError> {
-    let opts = crate::containers::log_options(
-        args.follow,
-        args.timestamps,
-        &args.tail,
-        &args.since,
-        &args.until,
-    )?;
+    let opts = crate::containers::log_options(&args.flags)?;
     let tasks = client
         .service_tasks(ServiceRef {
             name: args.service.clone(),

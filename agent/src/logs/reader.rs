@@ -230,26 +230,30 @@ fn last_seq(path: &Path) -> Option<u64> {
     }
 }
 
+/// Appends log lines numbered `seqs` (each line its own number) to a log
+/// file, as the shim writes them: for the tests of logs/.
+#[cfg(test)]
+pub(crate) fn append_numbered(path: &Path, seqs: std::ops::RangeInclusive<u64>) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    for s in seqs {
+        f.write_all(
+            Frame::log(s, "stdout", 0, format!("{s}\n").as_bytes())
+                .to_line()
+                .as_bytes(),
+        )
+        .unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
-
-    fn write_lines(path: &Path, seqs: std::ops::RangeInclusive<u64>) {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        for s in seqs {
-            f.write_all(
-                Frame::log(s, "stdout", 0, format!("{s}\n").as_bytes())
-                    .to_line()
-                    .as_bytes(),
-            )
-            .unwrap();
-        }
-    }
 
     fn seqs(lines: &[LogLine]) -> Vec<u64> {
         lines.iter().map(|l| l.seq).collect()
@@ -259,20 +263,20 @@ mod tests {
     fn lines_are_read_by_sequence_across_rotations() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        write_lines(&bundle::rotated_log(d, 2), 1..=3);
-        write_lines(&bundle::rotated_log(d, 1), 4..=6);
-        write_lines(&bundle::log(d), 7..=8);
+        append_numbered(&bundle::rotated_log(d, 2), 1..=3);
+        append_numbered(&bundle::rotated_log(d, 1), 4..=6);
+        append_numbered(&bundle::log(d), 7..=8);
         assert_eq!(next_after_last(d), Some(9));
         let mut r = LogReader::open(d, 5);
         assert_eq!(seqs(&r.read(100, 1 << 20).unwrap()), [5, 6, 7, 8]);
         assert!(r.read(100, 1 << 20).unwrap().is_empty());
         // More lines, then a rotation under the reader: it finishes the
         // old file and goes on in the new one.
-        write_lines(&bundle::log(d), 9..=9);
+        append_numbered(&bundle::log(d), 9..=9);
         std::fs::rename(bundle::rotated_log(d, 2), bundle::rotated_log(d, 3)).unwrap();
         std::fs::rename(bundle::rotated_log(d, 1), bundle::rotated_log(d, 2)).unwrap();
         std::fs::rename(bundle::log(d), bundle::rotated_log(d, 1)).unwrap();
-        write_lines(&bundle::log(d), 10..=11);
+        append_numbered(&bundle::log(d), 10..=11);
         assert_eq!(seqs(&r.read(100, 1 << 20).unwrap()), [9, 10, 11]);
         // At most max_lines at a time, and a rewind reads again.
         r.rewind(2);

@@ -78,23 +78,9 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::frame::Frame;
-    use std::io::Write;
 
     fn append(dir: &Path, seqs: std::ops::RangeInclusive<u64>) {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(bundle::log(dir))
-            .unwrap();
-        for s in seqs {
-            f.write_all(
-                Frame::log(s, "stdout", 0, format!("{s}\n").as_bytes())
-                    .to_line()
-                    .as_bytes(),
-            )
-            .unwrap();
-        }
+        super::super::reader::append_numbered(&bundle::log(dir), seqs)
     }
 
     fn req(follow: bool, tail: Option<u64>) -> ReadLogs {

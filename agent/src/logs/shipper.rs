@@ -364,23 +364,9 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::frame::Frame;
-    use std::io::Write;
 
     fn write_lines(dir: &Path, seqs: std::ops::RangeInclusive<u64>) {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(bundle::log(dir))
-            .unwrap();
-        for s in seqs {
-            f.write_all(
-                Frame::log(s, "stdout", 0, format!("{s}\n").as_bytes())
-                    .to_line()
-                    .as_bytes(),
-            )
-            .unwrap();
-        }
+        super::super::reader::append_numbered(&bundle::log(dir), seqs)
     }
 
     async fn batch(rx: &mut mpsc::UnboundedReceiver<Report>) -> Option<(u64, u64)> {

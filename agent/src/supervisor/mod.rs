@@ -191,16 +191,7 @@ impl Supervisor {
     }
 
     fn transition(&self, id: &str, generation: u64, to: ContainerState) {
-        self.send(Report::Transition(Transition {
-            container: id.to_string(),
-            generation,
-            to,
-            at_ms: now_ms(),
-            exit_code: 0,
-            error: None,
-            image_id: None,
-            oom_killed: false,
-        }));
+        self.send(Report::Transition(Transition::now(id, generation, to)));
     }
 
     /// Reports that a container ended (or never ran, with `error`).
@@ -213,14 +204,10 @@ impl Supervisor {
         oom_killed: bool,
     ) {
         self.send(Report::Transition(Transition {
-            container: id.to_string(),
-            generation,
-            to: ContainerState::Exited,
-            at_ms: now_ms(),
             exit_code: code,
             error,
-            image_id: None,
             oom_killed,
+            ..Transition::now(id, generation, ContainerState::Exited)
         }));
     }
 

@@ -65,7 +65,7 @@ impl Supervisor {
             match prepared {
                 Ok(image_id) => self.send(Report::Transition(Transition {
                     image_id: Some(image_id),
-                    ..created(id, a.generation)
+                    ..Transition::now(id, a.generation, ContainerState::Created)
                 })),
                 Err(e) => return fail(e.to_string()),
             }
@@ -287,19 +287,5 @@ impl Supervisor {
         self.ship(&a.container, a.generation, dir);
         self.exited(&a.container, a.generation, code, error, oom_killed);
         Ok(code)
-    }
-}
-
-/// The report of a container created at `generation`.
-fn created(id: &str, generation: u64) -> Transition {
-    Transition {
-        container: id.to_string(),
-        generation,
-        to: ContainerState::Created,
-        at_ms: now_ms(),
-        exit_code: 0,
-        error: None,
-        image_id: None,
-        oom_killed: false,
     }
 }

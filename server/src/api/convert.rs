@@ -144,8 +144,10 @@ pub fn availability_name(a: records::Availability) -> &'static str {
     }
 }
 
-pub fn log_to_wire(l: &records::LogLine) -> cluster::LogEntry {
-    cluster::LogEntry {
+/// A line of the cluster's log tail as the agents send lines, so that
+/// api/logs.rs handles both sources alike.
+pub fn log_from_record(l: records::LogLine) -> berth_proto::agent::LogLine {
+    berth_proto::agent::LogLine {
         seq: l.seq,
         stream: if l.stream() == records::LogStream::Stderr {
             "stderr".into()
@@ -153,7 +155,7 @@ pub fn log_to_wire(l: &records::LogLine) -> cluster::LogEntry {
             "stdout".into()
         },
         time_ns: l.time_ns,
-        line: l.line.clone(),
+        line: l.line,
     }
 }
 

@@ -130,7 +130,15 @@ pub async fn stream(
             Err(e) => return out.fail(Status::internal(e.to_string())).await,
         };
         if !lines.is_empty() {
-            if !out.send(lines.into_iter().map(from_record).collect()).await {
+            if !out
+                .send(
+                    lines
+                        .into_iter()
+                        .map(super::convert::log_from_record)
+                        .collect(),
+                )
+                .await
+            {
                 return;
             }
             continue;
@@ -186,18 +194,5 @@ impl Out {
 
     async fn fail(&self, status: Status) {
         let _ = self.tx.send(Err(status)).await;
-    }
-}
-
-fn from_record(l: berth_proto::records::LogLine) -> LogLine {
-    LogLine {
-        seq: l.seq,
-        stream: if l.stream == berth_proto::records::LogStream::Stderr as i32 {
-            "stderr".into()
-        } else {
-            "stdout".into()
-        },
-        time_ns: l.time_ns,
-        line: l.line,
     }
 }
