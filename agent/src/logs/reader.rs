@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use crate::orders::LogLine;
 use crate::runtime::bundle;
+#[cfg(test)]
 use crate::runtime::frame::Frame;
+use crate::runtime::frame::LogRecord;
 
 /// The most rotated files looked for.
 const MAX_ROTATIONS: u32 = 1000;
@@ -94,22 +96,16 @@ impl LogReader {
                     }
                 }
             }
-            let Ok(Frame::Log {
-                seq,
-                stream,
-                time_ns,
-                line,
-                b64,
-            }) = serde_json::from_slice::<Frame>(&self.line)
-            else {
+            let Some(rec) = LogRecord::parse(&self.line) else {
                 continue;
             };
-            if seq < self.next {
+            if rec.seq < self.next {
                 continue;
             }
-            let line = Frame::line_bytes(line, b64);
+            self.next = rec.seq.saturating_add(1);
+            let (seq, time_ns, stream) = (rec.seq, rec.time_ns, rec.stream.clone().into_owned());
+            let line = rec.into_bytes();
             bytes += line.len() + 32;
-            self.next = seq + 1;
             out.push(LogLine {
                 seq,
                 stream,
@@ -188,10 +184,7 @@ fn open(path: &Path) -> std::io::Result<Option<(BufReader<File>, u64)>> {
 }
 
 fn seq_of(line: &[u8]) -> Option<u64> {
-    match serde_json::from_slice::<Frame>(line) {
-        Ok(Frame::Log { seq, .. }) => Some(seq),
-        _ => None,
-    }
+    LogRecord::parse(line).map(|r| r.seq)
 }
 
 fn first_seq(path: &Path) -> Option<u64> {

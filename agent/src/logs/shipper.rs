@@ -37,7 +37,7 @@ impl Default for ShipConfig {
             batch_lines: 512,
             batch_bytes: 64 * 1024,
             window: 4,
-            rate_bytes: 4 << 20,
+            rate_bytes: 1 << 20,
         }
     }
 }

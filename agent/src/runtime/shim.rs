@@ -19,7 +19,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use super::attach;
 use super::cgroups::{Cgroup, Layout, Limits};
-use super::frame::Frame;
+use super::frame::{self, Frame};
 use super::{bundle, console, init, RuntimeError};
 
 /// The longest line kept whole; longer output is split.
@@ -73,6 +73,18 @@ struct FrameWriter {
     size: u64,
     rotation: Rotation,
     next_seq: u64,
+    /// Where each line is encoded before it is written.
+    scratch: Vec<u8>,
+}
+
+/// Whole lines of one stream, as one read of the container's output
+/// brought them: `data` holds them one after another, and `ends` where each
+/// one ends. One message a read, not one a line, so that the reader and
+/// the writer meet once per read.
+struct Block {
+    stream: &'static str,
+    data: Vec<u8>,
+    ends: Vec<u32>,
 }
 
 /// When the log file is rotated: at `max_size` bytes (0: never), keeping
@@ -129,6 +141,7 @@ impl FrameWriter {
             size,
             rotation: Rotation::read(b),
             next_seq,
+            scratch: Vec::with_capacity(4096),
         }
     }
 
@@ -147,16 +160,27 @@ impl FrameWriter {
         }
     }
 
-    fn log_line(&mut self, stream: &'static str, bytes: &[u8]) {
-        let f = Frame::log(self.next_seq, stream, now_ns(), bytes);
+    /// Logs each line of a block, all with the time it came.
+    fn log_block(&mut self, block: &Block) {
+        let time_ns = now_ns();
+        let mut start = 0;
+        for &end in &block.ends {
+            self.log_line(block.stream, time_ns, &block.data[start..end as usize]);
+            start = end as usize;
+        }
+    }
+
+    fn log_line(&mut self, stream: &'static str, time_ns: i64, bytes: &[u8]) {
+        self.scratch.clear();
+        frame::encode_log(&mut self.scratch, self.next_seq, stream, time_ns, bytes);
         self.next_seq += 1;
-        let line = f.to_line();
-        if self.rotation.max_size > 0 && self.size + line.len() as u64 > self.rotation.max_size {
+        let len = self.scratch.len() as u64;
+        if self.rotation.max_size > 0 && self.size + len > self.rotation.max_size {
             self.rotate();
         }
         if let Some(log) = &mut self.log {
-            let _ = log.write_all(line.as_bytes());
-            self.size += line.len() as u64;
+            let _ = log.write_all(&self.scratch);
+            self.size += len;
         }
     }
 
@@ -404,7 +428,7 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
     // Bounded: output waits in the pipe (and the container with it) while
     // the log file takes what came before, so the shim's memory stays
     // small and a kill is not held up by a backlog.
-    let (tx, rx) = mpsc::sync_channel::<(&'static str, Vec<u8>)>(1024);
+    let (tx, rx) = mpsc::sync_channel::<Block>(64);
     let readers: Vec<_> = outputs
         .into_iter()
         .map(|(stream, fd)| {
@@ -417,18 +441,18 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
     // Lines are written in batches; whatever is buffered goes out as soon
     // as the container pauses its output.
     loop {
-        let (stream, line) = match rx.try_recv() {
-            Ok(l) => l,
+        let block = match rx.try_recv() {
+            Ok(b) => b,
             Err(mpsc::TryRecvError::Empty) => {
                 out.flush();
                 match rx.recv() {
-                    Ok(l) => l,
+                    Ok(b) => b,
                     Err(_) => break,
                 }
             }
             Err(mpsc::TryRecvError::Disconnected) => break,
         };
-        out.log_line(stream, &line);
+        out.log_block(&block);
     }
     out.flush();
     for r in readers {
@@ -503,28 +527,55 @@ fn read_output(
     stream: &'static str,
     mut f: File,
     clients: &attach::Clients,
-    tx: mpsc::SyncSender<(&'static str, Vec<u8>)>,
+    tx: mpsc::SyncSender<Block>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
-    let mut line = Vec::new();
+    // The start of a line whose end has not come yet.
+    let mut partial = Vec::new();
     loop {
         let n = match f.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         clients.broadcast(&buf[..n]);
-        for &byte in &buf[..n] {
-            line.push(byte);
-            if (byte == b'\n' || line.len() >= MAX_LINE)
-                && tx.send((stream, std::mem::take(&mut line))).is_err()
-            {
-                return;
-            }
+        partial.extend_from_slice(&buf[..n]);
+        let (block, rest) = split_lines(stream, &partial, MAX_LINE);
+        partial.drain(..rest);
+        if !block.ends.is_empty() && tx.send(block).is_err() {
+            return;
         }
     }
-    if !line.is_empty() {
-        let _ = tx.send((stream, line));
+    if !partial.is_empty() {
+        let ends = vec![partial.len() as u32];
+        let _ = tx.send(Block {
+            stream,
+            data: partial,
+            ends,
+        });
     }
+}
+
+/// The whole lines at the start of `pending` (each ends with a newline, or
+/// is cut at `max_line` bytes), and how many bytes they take.
+fn split_lines(stream: &'static str, pending: &[u8], max_line: usize) -> (Block, usize) {
+    let mut ends = Vec::new();
+    let mut start = 0;
+    loop {
+        let rest = &pending[start..];
+        let window = &rest[..rest.len().min(max_line)];
+        match window.iter().position(|b| *b == b'\n') {
+            Some(i) => start += i + 1,
+            None if rest.len() >= max_line => start += max_line,
+            None => break,
+        }
+        ends.push(start as u32);
+    }
+    let block = Block {
+        stream,
+        data: pending[..start].to_vec(),
+        ends,
+    };
+    (block, start)
 }
 
 /// Waits for the container's first process; a signal death is 128 + signal,
@@ -564,4 +615,35 @@ pub fn container_cgroup(spec: &Spec) -> Option<(Cgroup, Limits)> {
     };
     let layout = Layout::detect(Path::new(CGROUP_ROOT));
     Some((Cgroup::new(layout, path), limits))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(pending: &[u8], max: usize) -> (Vec<&[u8]>, usize) {
+        let (block, used) = split_lines("stdout", pending, max);
+        let mut out = Vec::new();
+        let mut start = 0;
+        for &end in &block.ends {
+            out.push(&pending[start..end as usize]);
+            start = end as usize;
+        }
+        assert_eq!(&block.data[..], &pending[..used]);
+        (out, used)
+    }
+
+    #[test]
+    fn output_splits_into_whole_lines_and_long_lines_are_cut() {
+        assert_eq!(lines(b"a\nbc\nd", 8), (vec![&b"a\n"[..], b"bc\n"], 5));
+        assert_eq!(lines(b"partial", 8), (vec![], 0));
+        // At the limit a line is cut, its newline counted in it.
+        assert_eq!(
+            lines(b"abcdefghij\n", 4),
+            (vec![&b"abcd"[..], b"efgh", b"ij\n"], 11)
+        );
+        assert_eq!(lines(b"abcdefghij", 4), (vec![&b"abcd"[..], b"efgh"], 8));
+        assert_eq!(lines(b"abc\n", 4), (vec![&b"abc\n"[..]], 4));
+        assert_eq!(lines(b"", 4), (vec![], 0));
+    }
 }
