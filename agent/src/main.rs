@@ -55,7 +55,7 @@ struct Args {
     /// writes faster is slowed in shipping only, never in running: its
     /// lines wait in its log file. The cluster keeps only a tail of each
     /// container (1 MiB by default), so a second at this rate ships it.
-    #[arg(long, default_value = "1m", value_parser = parse_size)]
+    #[arg(long, env = "BERTH_LOG_SHIP_RATE", default_value = "1m", value_parser = parse_size)]
     log_ship_rate: u64,
     /// Run N simulated nodes instead of this host: light nodes named
     /// NAME-1 ... NAME-N that register with --simulate-cpus and

@@ -438,6 +438,7 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
         })
         .collect();
     drop(tx);
+    lower_priority();
     // Lines are written in batches; whatever is buffered goes out as soon
     // as the container pauses its output.
     loop {
@@ -529,6 +530,7 @@ fn read_output(
     clients: &attach::Clients,
     tx: mpsc::SyncSender<Block>,
 ) {
+    lower_priority();
     let mut buf = vec![0u8; 16 * 1024];
     // The start of a line whose end has not come yet.
     let mut partial = Vec::new();
@@ -553,6 +555,22 @@ fn read_output(
             ends,
         });
     }
+}
+
+/// The nice value of the shim's threads that move output.
+const OUTPUT_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to [`OUTPUT_NICE`]: moving a
+/// container's output gives way to the agent and the servers when the
+/// CPUs are busy, so a container that floods slows its own output (it
+/// waits on a full pipe) rather than the control plane. Only this thread
+/// changes: the container, cloned before, keeps its own priority.
+fn lower_priority() {
+    let tid = nix::unistd::gettid().as_raw();
+    // SAFETY: setpriority takes plain integers; on Linux a PRIO_PROCESS
+    // of a thread id sets that one thread's nice value. Raising nice needs
+    // no privilege, and a failure leaves the priority as it was.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, OUTPUT_NICE) };
 }
 
 /// The whole lines at the start of `pending` (each ends with a newline, or
