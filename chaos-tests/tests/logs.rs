@@ -208,16 +208,59 @@ fn the_tail_outlives_its_host_and_stays_bounded() {
         let v = inspect(&c, "gone")?;
         let first = v["LogTail"]["FirstSeq"].as_u64().context("FirstSeq")?;
         ensure!((20001 - 1000 - 1024..=20001 - 1000).contains(&first), "{v}");
+        // While node1's agent restarts (the node not yet Down), `logs`
+        // waits for it rather than answer with the cluster's tail.
+        c.kill_named_agent("node1")?;
+        let out_path = c.dir().join("during-restart.out");
+        let err_path = c.dir().join("during-restart.err");
+        let mut reader = c.berth_spawn(
+            &["logs", "gone"],
+            Stdio::from(std::fs::File::create(&out_path)?),
+            Stdio::from(std::fs::File::create(&err_path)?),
+        )?;
+        // It has not answered a second later: it waits for the node.
+        let asked = std::time::Instant::now();
+        while asked.elapsed() < Duration::from_secs(1) {
+            if let Some(early) = reader.try_wait()? {
+                anyhow::bail!(
+                    "logs answered while node1 was away ({early:?}): {}",
+                    std::fs::read_to_string(&err_path)?
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c.start_named_agent("node1")?;
+        let status = reader.wait()?;
+        let (out, err) = (
+            std::fs::read_to_string(&out_path)?,
+            std::fs::read_to_string(&err_path)?,
+        );
+        ensure!(status.success() && err.is_empty(), "{status:?}: {err}");
+        ensure!(
+            out == numbers(1, 20000),
+            "{}",
+            first_difference(&out, &numbers(1, 20000))
+        );
+        c.wait_until(Duration::from_secs(30), "node1 ready again", |c| {
+            c.node_ready("node1")
+        })?;
         c.kill_named_agent("node1")?;
         c.wait_until(Duration::from_secs(30), "node1 down", |c| {
             c.node_status("node1").as_deref() == Some("down")
         })?;
+        // Down for good: the tail, and a word on stderr about the lines
+        // that only node1 had.
         let logs = c.berth(&["logs", "gone"]).ok()?;
         ensure!(
             logs.stdout == numbers(first, 20000),
             "{}",
             first_difference(&logs.stdout, &numbers(first, 20000))
         );
+        let notice = format!(
+            "lines 1 to {} of gone are only in the log file on node node1, which is not connected",
+            first - 1
+        );
+        ensure!(logs.stderr.contains(&notice), "{}", logs.stderr);
         let tail = c.berth(&["logs", "--tail", "3", "gone"]).ok()?;
         ensure!(tail.stdout == numbers(19998, 20000), "{}", tail.stdout);
         // A container that logs without end, on node2: the cluster's copy

@@ -135,6 +135,9 @@ async fn entries(
             let mut stream = client.logs(req).await?.into_inner();
             while let Some(batch) = stream.message().await? {
                 broken_since = None;
+                if !batch.notice.is_empty() {
+                    eprintln!("berth: {}", batch.notice);
+                }
                 for entry in batch.entries {
                     next = Some(entry.seq + 1);
                     if tx.send((tag, entry)).await.is_err() {

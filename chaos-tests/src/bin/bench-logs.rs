@@ -170,8 +170,12 @@ fn main() -> anyhow::Result<()> {
     let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let not_ready = {
-        let (sampling, flooding, host, berth) =
-            (sampling.clone(), flooding.clone(), host.clone(), berth.clone());
+        let (sampling, flooding, host, berth) = (
+            sampling.clone(),
+            flooding.clone(),
+            host.clone(),
+            berth.clone(),
+        );
         std::thread::spawn(move || {
             let mut seen = 0u32;
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
@@ -209,11 +213,10 @@ fn main() -> anyhow::Result<()> {
     .ok()?;
     flooding.store(true, std::sync::atomic::Ordering::Relaxed);
     let flooded = rt.block_on(write_latencies(&addr, WRITES))?;
-    let flood_ran_throughout = serde_json::from_str::<serde_json::Value>(
-        &c.berth(&["inspect", "flood"]).stdout,
-    )
-    .map(|v| v[0]["State"]["Running"] == serde_json::Value::Bool(true))
-    .unwrap_or(false);
+    let flood_ran_throughout =
+        serde_json::from_str::<serde_json::Value>(&c.berth(&["inspect", "flood"]).stdout)
+            .map(|v| v[0]["State"]["Running"] == serde_json::Value::Bool(true))
+            .unwrap_or(false);
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let down_samples = not_ready.join().unwrap_or(u32::MAX);
     let tail = c.berth(&["inspect", "flood"]).ok()?.stdout;

@@ -13,6 +13,8 @@ use berth_proto::cluster::{LogEntries, LogEntry, LogsRequest};
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use berth_proto::records::NodeStatus;
+
 use crate::app::App;
 use crate::state::status::Status as CStatus;
 
@@ -20,6 +22,10 @@ use crate::state::status::Status as CStatus;
 const AGENT_RETRY: Duration = Duration::from_secs(1);
 /// How long a node has to begin answering a read.
 const AGENT_ANSWER: Duration = Duration::from_secs(10);
+/// How long a read that needs lines only a node has waits for that node to
+/// come back: an agent that restarts is back within it. A node Down for
+/// longer than this is not waited for.
+const NODE_RETURN: Duration = Duration::from_secs(5);
 
 /// Streams the container's lines that `req` asks for into `tx`.
 pub async fn stream(
@@ -37,6 +43,7 @@ pub async fn stream(
     let mut tail = req.tail;
     let mut changes = app.state.subscribe();
     let mut agent_failed: Option<tokio::time::Instant> = None;
+    let mut node_wait: Option<tokio::time::Instant> = None;
     loop {
         changes.borrow_and_update();
         // Agents hold their sessions with the leader only: a server that
@@ -116,14 +123,43 @@ pub async fn stream(
             .log_chunks
             .first()
             .map_or(now.log_next_seq, |m| m.first_seq);
-        let gap = out.next < first_kept;
-        if gap && req.follow && !CStatus(now.state()).is_finished() {
-            tokio::select! {
-                r = changes.changed() => if r.is_err() { return },
-                _ = tokio::time::sleep(AGENT_RETRY) => {}
-                _ = out.tx.closed() => return,
+        if out.next < first_kept {
+            let finished = CStatus(now.state()).is_finished();
+            let deadline =
+                *node_wait.get_or_insert_with(|| tokio::time::Instant::now() + NODE_RETURN);
+            let node_expected = !now.node.is_empty()
+                && match app.state.node(&now.node) {
+                    Ok(Some(n)) => {
+                        n.status() == NodeStatus::Ready
+                            || crate::app::now_ms() - n.updated_at_ms
+                                < NODE_RETURN.as_millis() as i64
+                    }
+                    _ => false,
+                };
+            // A follower of a container that may still write waits for as
+            // long as it takes; any other read, for a node that may be
+            // coming back (ready, or down only a moment), for a while.
+            if (req.follow && !finished)
+                || (node_expected && tokio::time::Instant::now() < deadline)
+            {
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = out.tx.closed() => return,
+                }
+                continue;
             }
-            continue;
+            let notice = format!(
+                "lines {} to {} of {} are only in the log file on node {}, which is not connected; the cluster's copy follows",
+                out.next,
+                first_kept - 1,
+                now.name,
+                if now.node.is_empty() { "(none)" } else { &now.node },
+            );
+            if !out.notice(notice).await {
+                return;
+            }
+            out.next = first_kept;
         }
         let lines = match app.state.log_lines(&id, out.next, 512) {
             Ok(l) => l,
@@ -189,7 +225,26 @@ impl Out {
                 line: l.line,
             });
         }
-        entries.is_empty() || self.tx.send(Ok(LogEntries { entries })).await.is_ok()
+        entries.is_empty()
+            || self
+                .tx
+                .send(Ok(LogEntries {
+                    entries,
+                    notice: String::new(),
+                }))
+                .await
+                .is_ok()
+    }
+
+    /// Tells the client why lines are left out; false once it is gone.
+    async fn notice(&self, notice: String) -> bool {
+        self.tx
+            .send(Ok(LogEntries {
+                entries: Vec::new(),
+                notice,
+            }))
+            .await
+            .is_ok()
     }
 
     async fn fail(&self, status: Status) {
