@@ -12,8 +12,10 @@
 pub mod api;
 pub mod app;
 pub mod nodes;
+pub mod pki;
 pub mod raft;
 pub mod scheduler;
 pub mod state;
+pub mod tls;
 
 pub use app::{App, AppConfig, AppError};

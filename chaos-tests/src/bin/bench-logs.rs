@@ -54,6 +54,11 @@ fn timed(cmd: &mut Command) -> anyhow::Result<(u64, Duration)> {
     Ok((total, t0.elapsed()))
 }
 
+/// The memory bounds docs/operations.md states for a server and an agent
+/// (a shim apart), in MiB.
+const SERVER_BOUND_MIB: u64 = 256;
+const AGENT_BOUND_MIB: u64 = 64;
+
 /// How many times each throughput is measured; the table gives the median.
 const ROUNDS: usize = 3;
 
@@ -330,8 +335,10 @@ fn main() -> anyhow::Result<()> {
         p(&flooded, 0.99) / p(&idle, 0.99).max(f64::MIN_POSITIVE)
     );
     println!("| samples of node1 not ready (every 100 ms) | | {down_samples} |");
+    let within = servers_kib.iter().all(|k| k / 1024 <= SERVER_BOUND_MIB)
+        && agent_kib.iter().all(|k| k / 1024 <= AGENT_BOUND_MIB);
     println!(
-        "| peak RSS: servers / agent | | {} MiB / {} MiB |",
+        "| peak RSS: servers / agent (bounds {SERVER_BOUND_MIB} / {AGENT_BOUND_MIB} MiB) | | {} MiB / {} MiB {} |",
         servers_kib
             .iter()
             .map(|k| (k / 1024).to_string())
@@ -341,11 +348,12 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .map(|k| (k / 1024).to_string())
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        if within { "✓" } else { "✗ (over a bound)" }
     );
     let v: serde_json::Value = serde_json::from_str(&tail).unwrap_or_default();
     println!(
-        "| the flood's lines the cluster held, of those shipped | | {} of {} |",
+        "| the flood's lines in the cluster's tail, of the lines it had come to | | {} of {} |",
         v[0]["LogTail"]["NextSeq"].as_u64().unwrap_or(0)
             - v[0]["LogTail"]["FirstSeq"].as_u64().unwrap_or(0),
         v[0]["LogTail"]["NextSeq"].as_u64().unwrap_or(1) - 1
