@@ -45,6 +45,9 @@ pub struct Cluster {
     extra: Vec<(String, Option<Child>)>,
     /// Flags added to every later start of the (first) server.
     server_flags: Vec<String>,
+    /// Members start with no --id: the cluster gives them theirs, and
+    /// their data dirs keep it.
+    ids_from_cluster: bool,
     /// Further agents (node2, node3, ...): name, flags, process.
     agents: Vec<(String, Vec<String>, Option<Child>)>,
     /// Test hosts, when the cluster runs on them: the server on host
@@ -108,6 +111,7 @@ impl Cluster {
             addr: addr.to_string(),
             extra: Vec::new(),
             server_flags: Vec::new(),
+            ids_from_cluster: false,
             agents: Vec::new(),
             net: None,
         })
@@ -381,6 +385,32 @@ impl Cluster {
         Ok(c)
     }
 
+    /// Starts `n` servers, none of them given an --id: the first
+    /// bootstraps (and is 1), the others join one at a time and get theirs
+    /// from the cluster (2, 3, ... in the order they join). No agent.
+    pub fn start_servers_without_ids(n: usize, base_port: u16) -> anyhow::Result<Self> {
+        let mut c = Self::unstarted(&format!("127.0.0.1:{base_port}"))?;
+        c.ids_from_cluster = true;
+        c.start_server(true)?;
+        for id in 2..=n {
+            let addr = format!("127.0.0.1:{}", base_port as usize + id - 1);
+            c.extra.push((addr.clone(), None));
+            c.start_member(id)?;
+            c.wait_until(Duration::from_secs(30), "the server to join", |c| {
+                c.berth(&["cluster", "status"])
+                    .stdout
+                    .lines()
+                    .skip(2)
+                    .any(|l| {
+                        let f: Vec<&str> = l.split_whitespace().collect();
+                        f.first() == Some(&id.to_string().as_str())
+                            && f.get(1) == Some(&addr.as_str())
+                    })
+            })?;
+        }
+        Ok(c)
+    }
+
     /// Starts `n` servers and agents named `nodes` (node1 first, with no
     /// flags), waits until every node is ready, and imports busybox on all.
     pub fn start_servers_with_nodes(n: usize, nodes: &[&str]) -> anyhow::Result<Self> {
@@ -432,16 +462,17 @@ impl Cluster {
         let addr = self.extra[id - 2].0.clone();
         let first = self.addr.clone();
         let id_s = id.to_string();
-        let args = [
+        let mut args = vec![
             "--data-dir",
             data.to_str().unwrap_or_default(),
             "--listen",
             &addr,
-            "--id",
-            &id_s,
             "--join",
             &first,
         ];
+        if !self.ids_from_cluster {
+            args.extend(["--id", &id_s]);
+        }
         let child = self.spawn("berth-server", &args, &format!("server{id}.log"))?;
         self.extra[id - 2].1 = Some(child);
         Ok(())

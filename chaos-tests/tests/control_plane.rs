@@ -178,6 +178,68 @@ fn members_restart_on_their_data_dirs_and_lose_nothing() {
     );
 }
 
+#[test]
+fn servers_started_without_ids_come_back_as_the_same_members() {
+    sandbox::run(
+        "servers_started_without_ids_come_back_as_the_same_members",
+        || {
+            // As an operator's unit files would: --bootstrap on one, --join
+            // on the others, no --id anywhere.
+            let mut c = Cluster::start_servers_without_ids(3, 7470)?;
+            let members = |c: &Cluster| -> Vec<(String, String)> {
+                c.berth(&["cluster", "status"])
+                    .stdout
+                    .lines()
+                    .skip(2)
+                    .filter_map(|l| {
+                        let f: Vec<&str> = l.split_whitespace().collect();
+                        Some((f.first()?.to_string(), f.get(1)?.to_string()))
+                    })
+                    .collect()
+            };
+            let before = members(&c);
+            let expected: Vec<(String, String)> = (1..=3)
+                .map(|i| (i.to_string(), format!("127.0.0.1:{}", 7469 + i)))
+                .collect();
+            ensure!(before == expected, "{before:?}");
+            for id in 1..=3 {
+                ensure!(
+                    std::fs::read_to_string(c.server_dir(id).join("server-id"))?.trim()
+                        == id.to_string(),
+                    "server {id}'s data dir does not keep its id"
+                );
+            }
+            // All three down, all three up with the same flags.
+            for id in 1..=3 {
+                c.kill_member(id)?;
+            }
+            c.start_server(false)?;
+            c.start_member(2)?;
+            c.start_member(3)?;
+            c.wait_until(Duration::from_secs(30), "a leader again", |c| {
+                c.leader().is_some() && members(c) == expected
+            })?;
+            c.berth(&["create", "--name", "after", "busybox", "true"])
+                .ok()?;
+            // An --id that contradicts the data dir is refused by name.
+            c.kill_member(2)?;
+            let out =
+                std::process::Command::new(berth_chaos::cluster::bin_dir()?.join("berth-server"))
+                    .args(["--data-dir"])
+                    .arg(c.server_dir(2))
+                    .args(["--listen", "127.0.0.1:7471", "--id", "7"])
+                    .output()?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            ensure!(!out.status.success(), "a conflicting --id was accepted");
+            ensure!(
+                err.contains("belongs to server 2; --id 7 contradicts it"),
+                "{err}"
+            );
+            Ok(())
+        },
+    );
+}
+
 /// The applied index server `id` reports.
 fn applied(c: &Cluster, id: usize) -> Option<u64> {
     let s = c

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod app;
+pub mod member_id;
 pub mod nodes;
 pub mod pki;
 pub mod raft;

@@ -44,12 +44,16 @@ struct Args {
     #[arg(long, requires = "bootstrap")]
     restore: Option<PathBuf>,
     /// Join the cluster of the server at HOST:PORT (any member; the leader
-    /// is found from it). Needs a unique --id.
+    /// is found from it). The cluster gives the server its id, unless
+    /// --id names one.
     #[arg(long, conflicts_with = "bootstrap")]
     join: Option<String>,
-    /// This member's Raft node id.
-    #[arg(long, default_value_t = 1)]
-    id: u64,
+    /// This member's Raft node id. Kept in the data dir from the first
+    /// start on (`server-id`): later starts need none, and one that
+    /// contradicts the data dir is refused. Without it, a bootstrap is 1
+    /// and a joiner gets the next free id from the cluster.
+    #[arg(long)]
+    id: Option<u64>,
     /// Raft heartbeat interval.
     #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
@@ -143,8 +147,16 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         .advertise
         .clone()
         .unwrap_or_else(|| args.listen.to_string());
+    let id = match berth_server::member_id::resolve(&args.data_dir, args.id)? {
+        berth_server::member_id::Known::Id(id) => id,
+        berth_server::member_id::Known::AskTheCluster => match &args.join {
+            Some(seed) => reserve_id(seed.clone(), advertise.clone()).await,
+            None => 1,
+        },
+    };
+    berth_server::member_id::store(&args.data_dir, id)?;
     let cfg = RaftConfig {
-        node_id: args.id,
+        node_id: id,
         advertise: advertise.clone(),
         heartbeat_ms: args.heartbeat_ms,
         election_min_ms: args.election_min_ms,
@@ -188,7 +200,7 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         raft.clone(),
         contact.clone(),
         raft::failover::FailoverConfig {
-            node_id: args.id,
+            node_id: id,
             heartbeat: Duration::from_millis(args.heartbeat_ms),
             lease: Duration::from_millis(args.election_max_ms),
         },
@@ -197,9 +209,9 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
     // its membership is in its log.
     let member_already = app.state.has_membership().unwrap_or(false);
     if let (Some(seed), false) = (args.join.clone(), member_already) {
-        tokio::spawn(join(seed, args.id, advertise.clone()));
+        tokio::spawn(join(seed, id, advertise.clone()));
     }
-    tracing::info!(listen = %args.listen, %advertise, id = args.id, "berth-server serving");
+    tracing::info!(listen = %args.listen, %advertise, id, "berth-server serving");
     // TCP_NODELAY on every connection: without it, a small gRPC message
     // can wait for a delayed ACK (40 ms) before it is sent.
     let incoming = tokio_stream::StreamExt::map(
@@ -261,7 +273,35 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
 /// Asks the cluster at `seed` to take this server in, following the
 /// leader's address, until it answers.
 async fn join(seed: String, id: u64, advertise: String) {
-    use berth_proto::cluster::{cluster_client::ClusterClient, JoinRequest};
+    let req = berth_proto::cluster::JoinRequest {
+        id,
+        addr: advertise,
+        reserve_id: false,
+    };
+    let s = ask_to_join(seed, req).await;
+    tracing::info!(leader = ?s.leader_id, members = s.members.len(), "joined the cluster");
+}
+
+/// Asks the cluster of `seed` for an id for a server listening at
+/// `advertise`, until it answers.
+async fn reserve_id(seed: String, advertise: String) -> u64 {
+    let req = berth_proto::cluster::JoinRequest {
+        id: 0,
+        addr: advertise,
+        reserve_id: true,
+    };
+    let s = ask_to_join(seed, req).await;
+    tracing::info!(id = s.reserved_id, "the cluster gave this server its id");
+    s.reserved_id
+}
+
+/// Sends a join request to the leader (found from `seed`) until it is
+/// answered.
+async fn ask_to_join(
+    seed: String,
+    req: berth_proto::cluster::JoinRequest,
+) -> berth_proto::cluster::ClusterStatus {
+    use berth_proto::cluster::cluster_client::ClusterClient;
     let mut target = seed;
     loop {
         let result = async {
@@ -269,20 +309,13 @@ async fn join(seed: String, id: u64, advertise: String) {
                 .await
                 .map_err(|e| e.to_string())?;
             client
-                .join_cluster(JoinRequest {
-                    id,
-                    addr: advertise.clone(),
-                })
+                .join_cluster(req.clone())
                 .await
                 .map_err(|s| s.message().to_string())
         }
         .await;
         match result {
-            Ok(status) => {
-                let s = status.into_inner();
-                tracing::info!(leader = ?s.leader_id, members = s.members.len(), "joined the cluster");
-                return;
-            }
+            Ok(status) => return status.into_inner(),
             Err(e) => {
                 if let Some(leader) = e
                     .split("the leader is at ")

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use berth_proto::cluster;
+use berth_proto::records::command::Op;
 use openraft::{BasicNode, ServerState};
 use tonic::Status;
 
@@ -44,6 +45,7 @@ pub fn status(app: &App) -> cluster::ClusterStatus {
         members,
         snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
         purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+        reserved_id: 0,
         state: match m.state {
             ServerState::Leader => "leader",
             ServerState::Follower => "follower",
@@ -57,6 +59,38 @@ pub fn status(app: &App) -> cluster::ClusterStatus {
 
 /// Adds a server: a learner first, brought up to date, then a voter. Only
 /// the leader changes membership; another server names the leader.
+/// Gives a server about to join an id of its own, through Raft: no two
+/// joiners get the same one, whichever server leads when they ask, and
+/// none gets the id of a member, past or present, the leader knows.
+pub async fn reserve_id(app: &App, addr: &str) -> Result<cluster::ClusterStatus, Status> {
+    let st = status(app);
+    if st.leader_id != Some(st.id) {
+        return Err(Status::unavailable(format!(
+            "this server is not the leader (the leader is at {})",
+            st.leader_addr
+        )));
+    }
+    let m = crate::raft::metrics(&app.raft);
+    let highest = m
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .max()
+        .unwrap_or(0);
+    let res = app
+        .write(Op::ReserveServerId(berth_proto::records::ReserveServerId {
+            floor: highest.saturating_add(1),
+            addr: addr.to_string(),
+        }))
+        .await
+        .map_err(|e| Status::unavailable(format!("reserving a server id: {e}")))?;
+    tracing::info!(id = res.server_id, %addr, "a server id was given to a joining server");
+    let mut st = status(app);
+    st.reserved_id = res.server_id;
+    Ok(st)
+}
+
 pub async fn join(app: &App, id: u64, addr: &str) -> Result<cluster::ClusterStatus, Status> {
     let st = status(app);
     if st.leader_id != Some(st.id) {
@@ -65,9 +99,14 @@ pub async fn join(app: &App, id: u64, addr: &str) -> Result<cluster::ClusterStat
             st.leader_addr
         )));
     }
-    if id == 0 || addr.is_empty() {
+    if addr.is_empty() {
         return Err(Status::invalid_argument(
-            "a joining server needs an id and an address",
+            "a joining server needs an address",
+        ));
+    }
+    if id == 0 {
+        return Err(Status::invalid_argument(
+            "a joining server needs an id: ask for one first (reserve_id)",
         ));
     }
     let node = BasicNode {

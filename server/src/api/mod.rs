@@ -670,6 +670,11 @@ impl Cluster for ClusterService {
         req: Request<cluster::JoinRequest>,
     ) -> Result<Response<cluster::ClusterStatus>, Status> {
         let req = req.into_inner();
+        if req.reserve_id {
+            return Ok(Response::new(
+                membership::reserve_id(&self.app, &req.addr).await?,
+            ));
+        }
         Ok(Response::new(
             membership::join(&self.app, req.id, &req.addr).await?,
         ))

@@ -17,9 +17,9 @@ mod ca;
 mod identity;
 mod token;
 
-pub use ca::{ClusterCa, Issued};
+pub use ca::{digest_of_pem, first_der, request, ClusterCa, Issued};
 pub use identity::{identity_of, Identity};
-pub use token::{secret_hash, JoinToken};
+pub use token::{same_hash, secret_hash, JoinToken};
 
 use std::fmt;
 use std::str::FromStr;

@@ -91,6 +91,7 @@ fn op_name(op: &records::command::Op) -> &'static str {
         Op::NodeAvailability(_) => "node availability",
         Op::RemoveNode(_) => "remove node",
         Op::PendingReason(_) => "pending reason",
+        Op::ReserveServerId(_) => "reserve server id",
     }
 }
 

@@ -202,6 +202,23 @@ fn apply_op(
             events.push(event("node", "remove", &r.name, 0, &[]));
             Ok(CommandResult::default())
         }
+        Op::ReserveServerId(r) => {
+            let stored = match tx.get(keys::NEXT_SERVER_ID)? {
+                Some(v) if v.len() == 8 => {
+                    u64::from_be_bytes(v[..8].try_into().unwrap_or_default())
+                }
+                _ => 0,
+            };
+            let id = stored.max(r.floor).max(1);
+            let Some(next) = id.checked_add(1) else {
+                return Ok(refused("no server id is left to give"));
+            };
+            tx.put(keys::NEXT_SERVER_ID, next.to_be_bytes());
+            Ok(CommandResult {
+                server_id: id,
+                ..Default::default()
+            })
+        }
         Op::PendingReason(p) => {
             for (id, why) in p.ids.iter().zip(p.reasons.iter()) {
                 let Some(mut c) = load(tx, id)? else { continue };
@@ -738,6 +755,35 @@ mod tests {
         // One entry's events are numbered across its commands.
         assert!(db.get_cf(cf, keys::event(7, 0)).unwrap().is_some());
         assert!(db.get_cf(cf, keys::event(7, 2)).unwrap().is_some());
+    }
+
+    #[test]
+    fn server_ids_are_given_once_each_and_never_below_the_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::raft::store::open(dir.path()).unwrap();
+        let cf = db.cf_handle(crate::raft::store::CF_SM).unwrap();
+        let reserve = |floor: u64| records::Command {
+            schema: records::SCHEMA_VERSION,
+            op: Some(Op::ReserveServerId(records::ReserveServerId {
+                floor,
+                addr: "a".into(),
+            })),
+        };
+        let mut given = Vec::new();
+        for (i, floor) in [2, 2, 1, 9, 3].into_iter().enumerate() {
+            let mut tx = Tx::new(&db, cf);
+            given.push(
+                apply(&mut tx, &reserve(floor), i as u64 + 1)
+                    .unwrap()
+                    .server_id,
+            );
+            db.write(tx.into_batch()).unwrap();
+        }
+        assert_eq!(given, vec![2, 3, 4, 9, 10]);
+        // The last id there is: refused, not wrapped around.
+        let mut tx = Tx::new(&db, cf);
+        let r = apply(&mut tx, &reserve(u64::MAX), 9).unwrap();
+        assert!(r.error.contains("no server id is left"), "{r:?}");
     }
 
     #[test]

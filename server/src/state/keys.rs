@@ -66,6 +66,10 @@ pub fn event(index: u64, n: u16) -> Vec<u8> {
 /// The prefix of every event row.
 pub const EVENT_PREFIX: &[u8] = b"e/";
 
+/// The next server id the cluster will give a joining server (u64, big
+/// endian).
+pub const NEXT_SERVER_ID: &[u8] = b"m/next_server_id";
+
 /// The first key after every key that starts with `prefix`.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
