@@ -240,6 +240,104 @@ fn servers_started_without_ids_come_back_as_the_same_members() {
     );
 }
 
+#[test]
+fn the_cluster_makes_its_ca_once_and_each_server_its_certificate() {
+    sandbox::run(
+        "the_cluster_makes_its_ca_once_and_each_server_its_certificate",
+        || {
+            let c = Cluster::start_servers_without_ids(3, 7480)?;
+            let tls = |id: usize, f: &str| c.server_dir(id).join("tls").join(f);
+            c.wait_until(
+                Duration::from_secs(30),
+                "every server's certificate",
+                |_| (1..=3).all(|id| tls(id, "cert.pem").exists() && tls(id, "ca.pem").exists()),
+            )?;
+            // The admin credential of the bootstrap server: its owner's only.
+            let admin_path = c.server_dir(1).join("admin.conf");
+            c.wait_until(Duration::from_secs(30), "admin.conf", |_| {
+                admin_path.exists()
+            })?;
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&admin_path)?.permissions().mode() & 0o777;
+            ensure!(mode == 0o600, "admin.conf is {mode:o}");
+            let key_mode = std::fs::metadata(tls(2, "key.pem"))?.permissions().mode() & 0o777;
+            ensure!(key_mode == 0o600, "a server's key is {key_mode:o}");
+            let admin: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&admin_path)?)?;
+            ensure!(admin["endpoints"][0] == "127.0.0.1:7480", "{admin}");
+            let dir = c.dir().join("pki-check");
+            std::fs::create_dir_all(&dir)?;
+            let ca = dir.join("ca.pem");
+            std::fs::write(&ca, admin["ca"].as_str().unwrap_or_default())?;
+            let admin_cert = dir.join("admin.pem");
+            std::fs::write(&admin_cert, admin["cert"].as_str().unwrap_or_default())?;
+            // One CA for all (made once, replicated), and every certificate
+            // signed by it, as openssl checks them.
+            for id in 1..=3 {
+                ensure!(
+                    std::fs::read(tls(id, "ca.pem"))? == std::fs::read(&ca)?,
+                    "server {id} trusts another CA"
+                );
+            }
+            let check = |cert: &std::path::Path, uri: &str| -> anyhow::Result<()> {
+                let v = std::process::Command::new("openssl")
+                    .args(["verify", "-CAfile"])
+                    .arg(&ca)
+                    .arg(cert)
+                    .output()?;
+                ensure!(
+                    v.status.success(),
+                    "{}: {}",
+                    cert.display(),
+                    String::from_utf8_lossy(&v.stderr)
+                );
+                let text = std::process::Command::new("openssl")
+                    .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+                    .arg(cert)
+                    .output()?;
+                let text = String::from_utf8_lossy(&text.stdout);
+                ensure!(text.contains(uri), "{}: {text}", cert.display());
+                Ok(())
+            };
+            check(&admin_cert, "URI:berth://admin/admin")?;
+            for id in 1..=3 {
+                check(&tls(id, "cert.pem"), &format!("URI:berth://server/{id}"))?;
+            }
+            // A certificate of another CA does not pass openssl's check.
+            let stranger = dir.join("stranger.pem");
+            let made = std::process::Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-subj",
+                    "/CN=x",
+                    "-days",
+                    "1",
+                    "-keyout",
+                ])
+                .arg(dir.join("stranger.key"))
+                .arg("-out")
+                .arg(&stranger)
+                .output()?;
+            ensure!(
+                made.status.success(),
+                "{}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+            ensure!(
+                check(&stranger, "URI:berth://").is_err(),
+                "a stranger passed"
+            );
+            Ok(())
+        },
+    );
+}
+
 /// The applied index server `id` reports.
 fn applied(c: &Cluster, id: usize) -> Option<u64> {
     let s = c

@@ -92,6 +92,10 @@ struct Args {
     /// A service task that ended is started again after this long.
     #[arg(long, default_value_t = 1000)]
     restart_delay_ms: u64,
+    /// How long the certificates the cluster signs are valid; each is
+    /// signed again when a third of this is left.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    cert_days: u64,
     /// The cluster keeps the last lines of each container's log, for
     /// `berth logs` once its node is gone: at least this many lines, or
     /// --log-tail-bytes, whichever is reached first. (While the node
@@ -194,6 +198,25 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         },
     );
     tokio::spawn(berth_server::nodes::liveness::run(app.clone()));
+    let host = advertise
+        .rsplit_once(':')
+        .map_or(advertise.as_str(), |(h, _)| h)
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_string();
+    let mut hosts = vec![host, args.listen.ip().to_string()];
+    hosts.dedup();
+    tokio::spawn(berth_server::pki::setup::run(
+        app.clone(),
+        berth_server::pki::setup::SetupConfig {
+            data_dir: args.data_dir.clone(),
+            id,
+            hosts,
+            validity: Duration::from_secs(args.cert_days * 24 * 3600),
+            admin: args
+                .bootstrap
+                .then(|| (args.data_dir.join("admin.conf"), vec![advertise.clone()])),
+        },
+    ));
     berth_server::scheduler::reconciler::spawn(app.clone());
     let contact = Arc::new(raft::failover::Contact::default());
     raft::failover::spawn(

@@ -9,12 +9,16 @@
 //! - `identity.rs`: who a peer is, read from its certificate: a role
 //!   (admin, agent, server) and a name (the node's or the server's id),
 //!   carried as the URI `berth://ROLE/NAME` among its subject names.
+//! - `setup.rs`: makes the CA once (any leader that finds none) and keeps
+//!   this server's certificate, and the bootstrap server's admin
+//!   credential, in the data dir.
 //! - `token.rs`: join tokens, `BERTH1-<CA digest>-<role>-<secret>`, like
 //!   Swarm's: the digest lets the joiner check the cluster before it
-//!   trusts it, and the cluster keeps only a hash of the secret.
+//!   trusts it.
 
 mod ca;
 mod identity;
+pub mod setup;
 mod token;
 
 pub use ca::{digest_of_pem, first_der, request, ClusterCa, Issued};

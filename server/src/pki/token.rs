@@ -4,7 +4,8 @@
 //! joiner check, before it sends anything, that the servers it reached
 //! hold the cluster's CA. The secret (32 random bytes, 64 hex digits)
 //! proves to the cluster that the joiner was given the token; the
-//! cluster keeps only its hash, per role, and `--rotate` replaces it.
+//! cluster keeps it per role in the replicated state (as Swarm does, so
+//! that `join-token` can print it again), and `--rotate` replaces it.
 
 use std::fmt;
 use std::str::FromStr;

@@ -92,6 +92,7 @@ fn op_name(op: &records::command::Op) -> &'static str {
         Op::RemoveNode(_) => "remove node",
         Op::PendingReason(_) => "pending reason",
         Op::ReserveServerId(_) => "reserve server id",
+        Op::InitPki(_) => "init pki",
     }
 }
 

@@ -202,6 +202,16 @@ fn apply_op(
             events.push(event("node", "remove", &r.name, 0, &[]));
             Ok(CommandResult::default())
         }
+        Op::InitPki(p) => {
+            let Some(pki) = &p.pki else {
+                return Ok(refused("InitPki carries no Pki"));
+            };
+            if tx.get(keys::PKI)?.is_some() {
+                return Ok(refused("the cluster has its CA already"));
+            }
+            tx.put(keys::PKI, pki.encode_to_vec());
+            Ok(CommandResult::default())
+        }
         Op::ReserveServerId(r) => {
             let stored = match tx.get(keys::NEXT_SERVER_ID)? {
                 Some(v) if v.len() == 8 => {

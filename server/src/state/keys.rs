@@ -70,6 +70,9 @@ pub const EVENT_PREFIX: &[u8] = b"e/";
 /// endian).
 pub const NEXT_SERVER_ID: &[u8] = b"m/next_server_id";
 
+/// The cluster's CA and token secrets (records.proto `Pki`).
+pub const PKI: &[u8] = b"m/pki";
+
 /// The first key after every key that starts with `prefix`.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();

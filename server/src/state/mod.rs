@@ -133,6 +133,14 @@ impl StateReader {
     }
 
     /// One node, with its labels.
+    /// The cluster's CA and token secrets, once a leader has made them.
+    pub fn pki(&self) -> Result<Option<berth_proto::records::Pki>, StateError> {
+        match self.db.get_cf(self.sm(), keys::PKI)? {
+            Some(v) => Ok(Some(berth_proto::records::Pki::decode(v.as_slice())?)),
+            None => Ok(None),
+        }
+    }
+
     pub fn node(&self, name: &str) -> Result<Option<Node>, StateError> {
         match self.db.get_cf(self.sm(), keys::node(name))? {
             Some(v) => Ok(Some(self.with_labels(Node::decode(v.as_slice())?)?)),

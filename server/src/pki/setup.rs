@@ -1,0 +1,219 @@
+//! Makes the cluster's identity once, and keeps this server's credentials
+//! and (on the bootstrap server) the admin credential in the data dir.
+//!
+//! Any leader that finds no CA in the state makes one (with the secrets
+//! of the join tokens) and commits it; a race between two is settled by
+//! the state, which takes the first. Every server then signs its own
+//! certificate with the replicated CA, and signs it again when a third
+//! of its validity is left.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_proto::records::{self, command::Op, SCHEMA_VERSION};
+
+use super::{identity_of, ClusterCa, JoinToken, Role};
+use crate::app::App;
+use crate::tls::credential_paths;
+
+/// What this server keeps.
+#[derive(Debug, Clone)]
+pub struct SetupConfig {
+    pub data_dir: PathBuf,
+    /// This server's id: the name in its certificate.
+    pub id: u64,
+    /// The addresses and host names clients reach it by.
+    pub hosts: Vec<String>,
+    /// How long a certificate is valid (90 days by default).
+    pub validity: Duration,
+    /// Where to write the admin credential, on the bootstrap server's
+    /// first start, and the endpoints it names.
+    pub admin: Option<(PathBuf, Vec<String>)>,
+}
+
+/// Why a credential could not be kept.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Pki(#[from] super::PkiError),
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("reading the state: {0}")]
+    State(String),
+}
+
+/// The admin credential file (`DATA_DIR/admin.conf`), as the CLI reads it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct AdminConf {
+    /// The servers to reach.
+    pub endpoints: Vec<String>,
+    /// The cluster's CA certificate, PEM.
+    pub ca: String,
+    /// The admin certificate and key, PEM.
+    pub cert: String,
+    pub key: String,
+}
+
+/// Runs for as long as the server does.
+pub async fn run(app: App, cfg: SetupConfig) {
+    let mut changes = app.state.subscribe();
+    loop {
+        match step(&app, &cfg).await {
+            Ok(true) => tokio::time::sleep(RECHECK).await,
+            Ok(false) => {
+                tokio::select! {
+                    _ = changes.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("keeping this server's credentials: {e}");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+}
+
+/// How often kept credentials are looked at again (for renewal).
+const RECHECK: Duration = Duration::from_secs(3600);
+
+/// One look: true once this server's credentials are in place.
+async fn step(app: &App, cfg: &SetupConfig) -> Result<bool, SetupError> {
+    let pki = match app
+        .state
+        .pki()
+        .map_err(|e| SetupError::State(e.to_string()))?
+    {
+        Some(p) => p,
+        None => {
+            if app.is_leader() {
+                make_pki(app).await?;
+            }
+            return Ok(false);
+        }
+    };
+    let ca = ClusterCa::from_pem(&pki.ca_cert_pem, &pki.ca_key_pem)?;
+    keep_server_credentials(&ca, cfg)?;
+    if let Some((path, endpoints)) = &cfg.admin {
+        if !path.exists() {
+            write_admin_conf(&ca, path, endpoints, cfg.validity)?;
+        }
+    }
+    Ok(true)
+}
+
+async fn make_pki(app: &App) -> Result<(), SetupError> {
+    let ca = ClusterCa::generate(&uuid::Uuid::new_v4().simple().to_string()[..8])?;
+    let digest = ca.digest()?;
+    let pki = records::Pki {
+        schema: SCHEMA_VERSION,
+        ca_cert_pem: ca.cert_pem().to_string(),
+        ca_key_pem: ca.key_pem().to_string(),
+        agent_token_secret: JoinToken::generate(&digest, Role::Agent).secret,
+        server_token_secret: JoinToken::generate(&digest, Role::Server).secret,
+    };
+    match app
+        .write(Op::InitPki(records::InitPki { pki: Some(pki) }))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(ca = %digest, "made the cluster's CA");
+            Ok(())
+        }
+        // Another leader made it first: the state keeps that one.
+        Err(e) => {
+            tracing::debug!("the cluster's CA was not committed here: {e}");
+            Ok(())
+        }
+    }
+}
+
+/// Signs this server's certificate again when it is missing, from
+/// another CA, or two thirds of the way to its expiry.
+fn keep_server_credentials(ca: &ClusterCa, cfg: &SetupConfig) -> Result<(), SetupError> {
+    let (cert_path, key_path, ca_path) = credential_paths(&cfg.data_dir);
+    let current = std::fs::read_to_string(&cert_path).ok();
+    let fresh = current.as_deref().is_some_and(|pem| {
+        let trusted = std::fs::read_to_string(&ca_path).unwrap_or_default();
+        trusted.contains(ca.cert_pem().trim())
+            && super::first_der(pem)
+                .ok()
+                .and_then(|der| identity_of(&der).ok())
+                .is_some_and(|id| {
+                    let left = id.not_after - now_s();
+                    id.role == Role::Server
+                        && id.name == cfg.id.to_string()
+                        && left > cfg.validity.as_secs() as i64 / 3
+                })
+    });
+    if fresh {
+        return Ok(());
+    }
+    let issued = ca.issue(Role::Server, &cfg.id.to_string(), &cfg.hosts, cfg.validity)?;
+    let dir = cert_path.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| file_err(dir, e))?;
+    write_private(&key_path, issued.key_pem.as_deref().unwrap_or_default())?;
+    write_private(&cert_path, &issued.cert_pem)?;
+    write_private(&ca_path, ca.cert_pem())?;
+    tracing::info!(serial = %issued.serial, "signed this server's certificate");
+    Ok(())
+}
+
+fn write_admin_conf(
+    ca: &ClusterCa,
+    path: &Path,
+    endpoints: &[String],
+    validity: Duration,
+) -> Result<(), SetupError> {
+    let issued = ca.issue(Role::Admin, "admin", &[], validity)?;
+    let conf = AdminConf {
+        endpoints: endpoints.to_vec(),
+        ca: ca.cert_pem().to_string(),
+        cert: issued.cert_pem,
+        key: issued.key_pem.unwrap_or_default(),
+    };
+    let text = serde_json::to_string_pretty(&conf).map_err(|e| SetupError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    write_private(path, &text)?;
+    tracing::info!(path = %path.display(), "wrote the admin credential");
+    Ok(())
+}
+
+/// Writes a file only its owner can read (0600): a new file, synced, then
+/// renamed over the old one.
+pub fn write_private(path: &Path, contents: &str) -> Result<(), SetupError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| file_err(&tmp, e))?;
+    f.write_all(contents.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| file_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
+}
+
+fn file_err(path: &Path, e: std::io::Error) -> SetupError {
+    SetupError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
