@@ -183,17 +183,29 @@ impl App {
         }
     }
 
+    /// A read index; a quorum that did not answer this round (a follower
+    /// busy for a moment) is asked again, for up to [`ELECTION_WAIT`], as a
+    /// write waits for an election: it is latency, not an error.
     async fn linearize_once(&self) -> Result<(), AppError> {
-        match self
-            .raft
-            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(openraft::error::RaftError::APIError(
-                openraft::error::LinearizableReadError::ForwardToLeader(f),
-            )) => Err(AppError::NotLeader(f.leader_node.map(|n| n.addr))),
-            Err(e) => Err(AppError::Raft(e.to_string())),
+        let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
+        loop {
+            match self
+                .raft
+                .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::LinearizableReadError::ForwardToLeader(f),
+                )) => return Err(AppError::NotLeader(f.leader_node.map(|n| n.addr))),
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::LinearizableReadError::QuorumNotEnough(q),
+                )) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!("a read index found no quorum this round: {q}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(AppError::Raft(e.to_string())),
+            }
         }
     }
 }

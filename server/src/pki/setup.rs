@@ -94,18 +94,29 @@ async fn step(app: &App, cfg: &SetupConfig) -> Result<bool, SetupError> {
             return Ok(false);
         }
     };
-    let ca = ClusterCa::from_pem(&pki.ca_cert_pem, &pki.ca_key_pem)?;
-    keep_server_credentials(&ca, cfg)?;
-    if let Some((path, endpoints)) = &cfg.admin {
-        if !path.exists() {
-            write_admin_conf(&ca, path, endpoints, cfg.validity)?;
+    // Keys, signatures and synced files, off the server's one thread:
+    // Raft's heartbeats must not wait behind them.
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || {
+        let ca = ClusterCa::from_pem(&pki.ca_cert_pem, &pki.ca_key_pem)?;
+        keep_server_credentials(&ca, &cfg)?;
+        if let Some((path, endpoints)) = &cfg.admin {
+            if !path.exists() {
+                write_admin_conf(&ca, path, endpoints, cfg.validity)?;
+            }
         }
-    }
-    Ok(true)
+        Ok(true)
+    })
+    .await
+    .map_err(|e| SetupError::State(format!("the credentials task failed: {e}")))?
 }
 
 async fn make_pki(app: &App) -> Result<(), SetupError> {
-    let ca = ClusterCa::generate(&uuid::Uuid::new_v4().simple().to_string()[..8])?;
+    let ca = tokio::task::spawn_blocking(|| {
+        ClusterCa::generate(&uuid::Uuid::new_v4().simple().to_string()[..8])
+    })
+    .await
+    .map_err(|e| SetupError::State(format!("the CA task failed: {e}")))??;
     let digest = ca.digest()?;
     let pki = records::Pki {
         schema: SCHEMA_VERSION,
