@@ -117,13 +117,21 @@ impl App {
     /// Concurrent writes may share an entry; each still gets its own
     /// result, and applies as if alone, in the order they were queued.
     pub async fn write(&self, op: Op) -> Result<CommandResult, AppError> {
-        match self.write_once(op.clone()).await {
-            // An election is on: wait for its outcome, and if this server
-            // won it, write here (DESIGN.md: a leader change is latency).
-            Err(AppError::NotLeader(None)) if self.await_leader().await => {
-                self.write_once(op).await
+        let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
+        loop {
+            match self.write_once(op.clone()).await {
+                // An election is on, or this server has only just taken up
+                // its leadership again after a restart (openraft refuses
+                // writes until it is established): wait, and if this server
+                // leads, write here (DESIGN.md: a leader change is latency).
+                Err(AppError::NotLeader(None)) if tokio::time::Instant::now() < deadline => {
+                    if !self.await_leader().await {
+                        return Err(AppError::NotLeader(None));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                r => return r,
             }
-            r => r,
         }
     }
 
@@ -175,11 +183,17 @@ impl App {
     /// Waits until this server's state is current with the leader's commit
     /// (a read index), so that a read after it sees every acknowledged write.
     pub async fn linearize(&self) -> Result<(), AppError> {
-        match self.linearize_once().await {
-            Err(AppError::NotLeader(None)) if self.await_leader().await => {
-                self.linearize_once().await
+        let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
+        loop {
+            match self.linearize_once().await {
+                Err(AppError::NotLeader(None)) if tokio::time::Instant::now() < deadline => {
+                    if !self.await_leader().await {
+                        return Err(AppError::NotLeader(None));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                r => return r,
             }
-            r => r,
         }
     }
 

@@ -96,7 +96,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<BoxBody>) -> Self::Future {
+    fn call(&mut self, req: http::Request<BoxBody>) -> Self::Future {
         let local = req.uri().path().ends_with("/GetClusterStatus")
             || req.headers().contains_key(FORWARDED);
         if local {
@@ -107,28 +107,113 @@ where
             // During an election no leader is known: wait for its outcome
             // rather than fail the call (a leader change is latency only).
             Self::await_leader(this.app.clone()).await;
-            let Some(addr) = this.leader_elsewhere() else {
-                let mut inner = this.inner.clone();
-                let _ = std::future::poll_fn(|cx| inner.poll_ready(cx)).await;
-                return inner.call(req).await;
-            };
-            let Some(mut channel) = this.channel(&addr) else {
-                return Ok(tonic::Status::unavailable(format!(
-                    "cannot reach the leader at {addr}"
-                ))
-                .into_http());
-            };
-            req.headers_mut()
-                .insert(FORWARDED, http::HeaderValue::from_static("1"));
-            // The request's URI names this server; the channel sends it on.
-            std::future::poll_fn(|cx| channel.poll_ready(cx)).await.ok();
-            match channel.call(req).await {
-                Ok(resp) => Ok(resp),
-                Err(e) => Ok(tonic::Status::unavailable(format!(
-                    "forwarding to the leader at {addr}: {e}"
-                ))
-                .into_http()),
+            if client_streaming(req.uri().path()) {
+                return Ok(this.send(req).await);
             }
+            // A call that reached a server which then found it no longer
+            // led, before it proposed the call's change (NOT_LEADER: nothing
+            // was written), goes on to the leader elected since: the call
+            // is kept whole to be sent again.
+            let (parts, body) = req.into_parts();
+            let bytes = match http_body_util::BodyExt::collect(body).await {
+                Ok(b) => b.to_bytes(),
+                Err(s) => return Ok(s.into_http()),
+            };
+            let mut attempt = http::Request::from_parts(parts, body_of(bytes.clone()));
+            for _ in 0..MOVES {
+                let again = copy_request(&attempt, bytes.clone());
+                let resp = this.send(attempt).await;
+                if !resp.headers().contains_key(NOT_LEADER) {
+                    return Ok(resp);
+                }
+                tracing::debug!(path = %again.uri().path(), "the leadership moved during a call: it goes on to the new leader");
+                Self::await_leader(this.app.clone()).await;
+                attempt = again;
+            }
+            Ok(this.send(attempt).await)
         })
     }
+}
+
+/// How many times one call follows the leadership as it moves.
+const MOVES: usize = 3;
+
+impl<S> LeaderForward<S>
+where
+    S: Service<http::Request<BoxBody>, Response = http::Response<BoxBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    /// Serves a call here if this server leads (or none is known), else
+    /// sends it on to the leader.
+    fn send(
+        &self,
+        req: http::Request<BoxBody>,
+    ) -> impl Future<Output = http::Response<BoxBody>> + Send + 'static {
+        let leader = self.leader_elsewhere();
+        let channel = leader.as_deref().and_then(|addr| self.channel(addr));
+        let mut inner = self.inner.clone();
+        async move {
+            match leader {
+                Some(addr) => forward(channel, &addr, req).await,
+                None => {
+                    let _ = std::future::poll_fn(|cx| inner.poll_ready(cx)).await;
+                    match inner.call(req).await {
+                        Ok(resp) => resp,
+                        Err(never) => match never {},
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends a call on to the leader at `addr`, marked as forwarded.
+async fn forward(
+    channel: Option<Channel>,
+    addr: &str,
+    mut req: http::Request<BoxBody>,
+) -> http::Response<BoxBody> {
+    let Some(mut channel) = channel else {
+        return tonic::Status::unavailable(format!("cannot reach the leader at {addr}"))
+            .into_http();
+    };
+    req.headers_mut()
+        .insert(FORWARDED, http::HeaderValue::from_static("1"));
+    // The request's URI names this server; the channel sends it on.
+    std::future::poll_fn(|cx| channel.poll_ready(cx)).await.ok();
+    match channel.call(req).await {
+        Ok(resp) => resp,
+        Err(e) => tonic::Status::unavailable(format!("forwarding to the leader at {addr}: {e}"))
+            .into_http(),
+    }
+}
+
+/// The metadata key of a status that says this server was not the leader
+/// when it came to propose the call's change: nothing was written.
+pub const NOT_LEADER: &str = "x-berth-not-leader";
+
+/// The calls whose requests are streams (uploads, attachments): never
+/// buffered, so never replayed.
+fn client_streaming(path: &str) -> bool {
+    ["/Attach", "/Exec", "/ImportImage", "/LoadImages"]
+        .iter()
+        .any(|m| path.ends_with(m))
+}
+
+fn body_of(bytes: bytes::Bytes) -> BoxBody {
+    tonic::body::boxed(http_body_util::Full::new(bytes))
+}
+
+/// A copy of a unary call to send elsewhere: its method, URI, headers and
+/// body (not its connection's extensions).
+fn copy_request(of: &http::Request<BoxBody>, bytes: bytes::Bytes) -> http::Request<BoxBody> {
+    let mut req = http::Request::new(body_of(bytes));
+    *req.method_mut() = of.method().clone();
+    *req.uri_mut() = of.uri().clone();
+    *req.version_mut() = of.version();
+    *req.headers_mut() = of.headers().clone();
+    req
 }

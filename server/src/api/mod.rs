@@ -121,7 +121,15 @@ fn check_placement(spec: &records::ContainerSpec) -> Result<(), Status> {
 /// Maps a core error to the gRPC status the CLI shows.
 pub fn to_status(e: AppError) -> Status {
     match &e {
-        AppError::NotLeader(_) | AppError::Raft(_) => Status::unavailable(e.to_string()),
+        AppError::NotLeader(_) => {
+            let mut s = Status::unavailable(e.to_string());
+            s.metadata_mut().insert(
+                forward::NOT_LEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            s
+        }
+        AppError::Raft(_) => Status::unavailable(e.to_string()),
         AppError::Refused(why) if why.starts_with("No such") => Status::not_found(why.clone()),
         AppError::Refused(why) if why.starts_with("Conflict") => {
             Status::already_exists(why.clone())
