@@ -396,19 +396,26 @@ impl Cluster {
             let addr = format!("127.0.0.1:{}", base_port as usize + id - 1);
             c.extra.push((addr.clone(), None));
             c.start_member(id)?;
+            let member = (id.to_string(), addr);
             c.wait_until(Duration::from_secs(30), "the server to join", |c| {
-                c.berth(&["cluster", "status"])
-                    .stdout
-                    .lines()
-                    .skip(2)
-                    .any(|l| {
-                        let f: Vec<&str> = l.split_whitespace().collect();
-                        f.first() == Some(&id.to_string().as_str())
-                            && f.get(1) == Some(&addr.as_str())
-                    })
+                c.members().contains(&member)
             })?;
         }
         Ok(c)
+    }
+
+    /// The members `berth cluster status` lists: (id, address), in its
+    /// order.
+    pub fn members(&self) -> Vec<(String, String)> {
+        self.berth(&["cluster", "status"])
+            .stdout
+            .lines()
+            .skip(2)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((f.first()?.to_string(), f.get(1)?.to_string()))
+            })
+            .collect()
     }
 
     /// Starts `n` servers and agents named `nodes` (node1 first, with no

@@ -186,18 +186,7 @@ fn servers_started_without_ids_come_back_as_the_same_members() {
             // As an operator's unit files would: --bootstrap on one, --join
             // on the others, no --id anywhere.
             let mut c = Cluster::start_servers_without_ids(3, 7470)?;
-            let members = |c: &Cluster| -> Vec<(String, String)> {
-                c.berth(&["cluster", "status"])
-                    .stdout
-                    .lines()
-                    .skip(2)
-                    .filter_map(|l| {
-                        let f: Vec<&str> = l.split_whitespace().collect();
-                        Some((f.first()?.to_string(), f.get(1)?.to_string()))
-                    })
-                    .collect()
-            };
-            let before = members(&c);
+            let before = c.members();
             let expected: Vec<(String, String)> = (1..=3)
                 .map(|i| (i.to_string(), format!("127.0.0.1:{}", 7469 + i)))
                 .collect();
@@ -217,7 +206,7 @@ fn servers_started_without_ids_come_back_as_the_same_members() {
             c.start_member(2)?;
             c.start_member(3)?;
             c.wait_until(Duration::from_secs(30), "a leader again", |c| {
-                c.leader().is_some() && members(c) == expected
+                c.leader().is_some() && c.members() == expected
             })?;
             c.berth(&["create", "--name", "after", "busybox", "true"])
                 .ok()?;

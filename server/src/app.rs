@@ -118,21 +118,8 @@ impl App {
     /// result, and applies as if alone, in the order they were queued.
     pub async fn write(&self, op: Op) -> Result<CommandResult, AppError> {
         let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
-        loop {
-            match self.write_once(op.clone()).await {
-                // An election is on, or this server has only just taken up
-                // its leadership again after a restart (openraft refuses
-                // writes until it is established): wait, and if this server
-                // leads, write here (DESIGN.md: a leader change is latency).
-                Err(AppError::NotLeader(None)) if tokio::time::Instant::now() < deadline => {
-                    if !self.await_leader().await {
-                        return Err(AppError::NotLeader(None));
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                r => return r,
-            }
-        }
+        self.while_electing(deadline, || self.write_once(op.clone()))
+            .await
     }
 
     /// Commits many commands in few entries (up to [`BULK_MAX`] each, as
@@ -150,6 +137,33 @@ impl App {
             .flatten()
             .map(|r| r.and_then(refusal))
             .collect()
+    }
+
+    /// Runs `once` again while this server finds no established leader:
+    /// an election is on, or this server has only just taken up its
+    /// leadership again after a restart (openraft refuses it writes and
+    /// reads until it is established). Until `deadline`; if another member
+    /// wins, the caller is told (DESIGN.md: a leader change is latency).
+    async fn while_electing<T, F, Fut>(
+        &self,
+        deadline: tokio::time::Instant,
+        mut once: F,
+    ) -> Result<T, AppError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, AppError>>,
+    {
+        loop {
+            match once().await {
+                Err(AppError::NotLeader(None)) if tokio::time::Instant::now() < deadline => {
+                    if !self.await_leader().await {
+                        return Err(AppError::NotLeader(None));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Waits (up to [`ELECTION_WAIT`]) until some member leads; true if
@@ -184,24 +198,14 @@ impl App {
     /// (a read index), so that a read after it sees every acknowledged write.
     pub async fn linearize(&self) -> Result<(), AppError> {
         let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
-        loop {
-            match self.linearize_once().await {
-                Err(AppError::NotLeader(None)) if tokio::time::Instant::now() < deadline => {
-                    if !self.await_leader().await {
-                        return Err(AppError::NotLeader(None));
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                r => return r,
-            }
-        }
+        self.while_electing(deadline, || self.linearize_once(deadline))
+            .await
     }
 
     /// A read index; a quorum that did not answer this round (a follower
-    /// busy for a moment) is asked again, for up to [`ELECTION_WAIT`], as a
-    /// write waits for an election: it is latency, not an error.
-    async fn linearize_once(&self) -> Result<(), AppError> {
-        let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
+    /// busy for a moment) is asked again until `deadline`, as a write
+    /// waits for an election: it is latency, not an error.
+    async fn linearize_once(&self, deadline: tokio::time::Instant) -> Result<(), AppError> {
         loop {
             match self
                 .raft

@@ -3,7 +3,6 @@
 //! the data dir is refused, so that a restarted server never comes back
 //! as another member.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Why the server's id could not be settled.
@@ -90,14 +89,7 @@ pub fn store(data_dir: &Path, id: u64) -> Result<(), MemberIdError> {
         reason: e.to_string(),
     };
     std::fs::create_dir_all(data_dir).map_err(err)?;
-    let tmp = data_dir.join("server-id.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(format!("{id}\n").as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, &p).map_err(err)?;
-    std::fs::File::open(data_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err)
+    crate::files::write_synced(&p, format!("{id}\n").as_bytes(), 0o644).map_err(err)
 }
 
 #[cfg(test)]

@@ -103,7 +103,7 @@ impl LogReader {
                 continue;
             }
             self.next = rec.seq.saturating_add(1);
-            let (seq, time_ns, stream) = (rec.seq, rec.time_ns, rec.stream.clone().into_owned());
+            let (seq, time_ns, stream) = (rec.seq, rec.time_ns, rec.stream.to_string());
             let line = rec.into_bytes();
             bytes += line.len() + 32;
             out.push(LogLine {

@@ -36,30 +36,21 @@ pub enum Frame {
 impl Frame {
     /// A log frame for `bytes`, as text when they are UTF-8.
     pub fn log(seq: u64, stream: &str, time_ns: i64, bytes: &[u8]) -> Self {
-        use base64::Engine as _;
-        let (line, b64) = match std::str::from_utf8(bytes) {
-            Ok(s) => (s.to_string(), None),
-            Err(_) => (
-                String::new(),
-                Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
-            ),
-        };
+        let (line, b64) = text_or_b64(bytes);
         Frame::Log {
             seq,
             stream: stream.to_string(),
             time_ns,
-            line,
+            line: line.to_string(),
             b64,
         }
     }
 
     /// The bytes of a log line, whichever way the frame carries them.
+    #[cfg(test)]
     pub fn line_bytes(line: String, b64: Option<String>) -> Vec<u8> {
-        use base64::Engine as _;
         match b64 {
-            Some(b) => base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .unwrap_or_default(),
+            Some(b) => decode_b64(&b),
             None => line.into_bytes(),
         }
     }
@@ -151,6 +142,7 @@ impl<'a> LogRecord<'a> {
     }
 
     /// The output bytes of the line, as the container wrote them.
+    #[cfg(test)]
     pub fn bytes(&self) -> Vec<u8> {
         match &self.b64 {
             Some(b) => decode_b64(b),
@@ -164,6 +156,18 @@ impl<'a> LogRecord<'a> {
             Some(b) => decode_b64(&b),
             None => self.line.into_owned().into_bytes(),
         }
+    }
+}
+
+/// A line as JSON carries it: its text when it is UTF-8, else base64.
+fn text_or_b64(bytes: &[u8]) -> (&str, Option<String>) {
+    use base64::Engine as _;
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (s, None),
+        Err(_) => (
+            "",
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
     }
 }
 
@@ -201,14 +205,7 @@ pub fn encode_log(out: &mut Vec<u8>, seq: u64, stream: &str, time_ns: i64, bytes
         #[serde(skip_serializing_if = "Option::is_none")]
         b64: Option<String>,
     }
-    use base64::Engine as _;
-    let (line, b64) = match std::str::from_utf8(bytes) {
-        Ok(s) => (s, None),
-        Err(_) => (
-            "",
-            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
-        ),
-    };
+    let (line, b64) = text_or_b64(bytes);
     let rec = Out {
         t: "log",
         seq,

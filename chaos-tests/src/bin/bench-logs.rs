@@ -119,6 +119,14 @@ fn peak_rss_kib(exe: &str, marker: &str) -> Vec<u64> {
     out
 }
 
+/// KiB figures as "A, B, C" in MiB.
+fn mib_list(kib: &[u64]) -> String {
+    kib.iter()
+        .map(|k| (k / 1024).to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -257,35 +265,18 @@ fn main() -> anyhow::Result<()> {
         .arg("busybox:latest")
         .output()?;
     ensure!(status.status.success(), "docker import failed");
-    let drun = rounds("docker run", bytes, || {
-        timed(d.docker().args([
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "busybox:latest",
-            "sh",
-            "-c",
-            &w,
-        ]))
-    })?;
-    let id = String::from_utf8(
-        d.docker()
-            .args([
-                "run",
-                "-d",
-                "--network",
-                "none",
-                "busybox:latest",
-                "sh",
-                "-c",
-                &w,
-            ])
-            .output()?
-            .stdout,
-    )?
-    .trim()
-    .to_string();
+    // The same workload under Docker, with these flags before the image.
+    let docker_run = |flags: &[&str]| {
+        let mut cmd = d.docker();
+        cmd.arg("run")
+            .args(flags)
+            .args(["--network", "none", "busybox:latest", "sh", "-c", &w]);
+        cmd
+    };
+    let drun = rounds("docker run", bytes, || timed(&mut docker_run(&["--rm"])))?;
+    let id = String::from_utf8(docker_run(&["-d"]).output()?.stdout)?
+        .trim()
+        .to_string();
     let deadline = Instant::now() + Duration::from_secs(600);
     while Instant::now() < deadline {
         let out = d
@@ -339,16 +330,8 @@ fn main() -> anyhow::Result<()> {
         && agent_kib.iter().all(|k| k / 1024 <= AGENT_BOUND_MIB);
     println!(
         "| peak RSS: servers / agent (bounds {SERVER_BOUND_MIB} / {AGENT_BOUND_MIB} MiB) | | {} MiB / {} MiB {} |",
-        servers_kib
-            .iter()
-            .map(|k| (k / 1024).to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        agent_kib
-            .iter()
-            .map(|k| (k / 1024).to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
+        mib_list(&servers_kib),
+        mib_list(&agent_kib),
         if within { "✓" } else { "✗ (over a bound)" }
     );
     let v: serde_json::Value = serde_json::from_str(&tail).unwrap_or_default();

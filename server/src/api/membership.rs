@@ -57,19 +57,11 @@ pub fn status(app: &App) -> cluster::ClusterStatus {
     }
 }
 
-/// Adds a server: a learner first, brought up to date, then a voter. Only
-/// the leader changes membership; another server names the leader.
 /// Gives a server about to join an id of its own, through Raft: no two
 /// joiners get the same one, whichever server leads when they ask, and
 /// none gets the id of a member, past or present, the leader knows.
 pub async fn reserve_id(app: &App, addr: &str) -> Result<cluster::ClusterStatus, Status> {
-    let st = status(app);
-    if st.leader_id != Some(st.id) {
-        return Err(Status::unavailable(format!(
-            "this server is not the leader (the leader is at {})",
-            st.leader_addr
-        )));
-    }
+    require_leader(app)?;
     let m = crate::raft::metrics(&app.raft);
     let highest = m
         .membership_config
@@ -91,14 +83,10 @@ pub async fn reserve_id(app: &App, addr: &str) -> Result<cluster::ClusterStatus,
     Ok(st)
 }
 
+/// Adds a server: a learner first, brought up to date, then a voter. Only
+/// the leader changes membership; another server names the leader.
 pub async fn join(app: &App, id: u64, addr: &str) -> Result<cluster::ClusterStatus, Status> {
-    let st = status(app);
-    if st.leader_id != Some(st.id) {
-        return Err(Status::unavailable(format!(
-            "this server is not the leader (the leader is at {})",
-            st.leader_addr
-        )));
-    }
+    require_leader(app)?;
     if addr.is_empty() {
         return Err(Status::invalid_argument(
             "a joining server needs an address",
@@ -125,6 +113,19 @@ pub async fn join(app: &App, id: u64, addr: &str) -> Result<cluster::ClusterStat
             .map_err(|e| Status::unavailable(format!("making {id} a voter: {e}")))?;
     }
     Ok(status(app))
+}
+
+/// Membership changes and server ids are the leader's: another server
+/// names the leader, for the caller to ask it.
+fn require_leader(app: &App) -> Result<(), Status> {
+    let st = status(app);
+    if st.leader_id != Some(st.id) {
+        return Err(Status::unavailable(format!(
+            "this server is not the leader (the leader is at {})",
+            st.leader_addr
+        )));
+    }
+    Ok(())
 }
 
 /// The highest index a majority of voters holds, as the leader sees it; a
@@ -154,13 +155,7 @@ fn committed_index(m: &crate::raft::Metrics, voters: &BTreeSet<u64>) -> u64 {
 /// Removes a member from the cluster (it may be dead). Only the leader
 /// changes membership, and a cluster keeps at least one voter.
 pub async fn leave(app: &App, id: u64) -> Result<cluster::ClusterStatus, Status> {
-    let st = status(app);
-    if st.leader_id != Some(st.id) {
-        return Err(Status::unavailable(format!(
-            "this server is not the leader (the leader is at {})",
-            st.leader_addr
-        )));
-    }
+    require_leader(app)?;
     let m = crate::raft::metrics(&app.raft);
     let mut voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
     if !voters.remove(&id) {

@@ -7,8 +7,7 @@
 //! certificate with the replicated CA, and signs it again when a third
 //! of its validity is left.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -198,21 +197,9 @@ fn write_admin_conf(
     Ok(())
 }
 
-/// Writes a file only its owner can read (0600): a new file, synced, then
-/// renamed over the old one.
+/// Writes a file only its owner can read (0600), whole or not at all.
 pub fn write_private(path: &Path, contents: &str) -> Result<(), SetupError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| file_err(&tmp, e))?;
-    f.write_all(contents.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(|e| file_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
+    crate::files::write_synced(path, contents.as_bytes(), 0o600).map_err(|e| file_err(path, e))
 }
 
 fn file_err(path: &Path, e: std::io::Error) -> SetupError {
