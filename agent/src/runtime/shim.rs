@@ -428,7 +428,7 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
     // Bounded: output waits in the pipe (and the container with it) while
     // the log file takes what came before, so the shim's memory stays
     // small and a kill is not held up by a backlog.
-    let (tx, rx) = mpsc::sync_channel::<Block>(64);
+    let (tx, rx) = mpsc::sync_channel::<Block>(OUTPUT_QUEUE);
     let readers: Vec<_> = outputs
         .into_iter()
         .map(|(stream, fd)| {
@@ -438,7 +438,6 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
         })
         .collect();
     drop(tx);
-    lower_priority();
     // Lines are written in batches; whatever is buffered goes out as soon
     // as the container pauses its output.
     loop {
@@ -557,14 +556,21 @@ fn read_output(
     }
 }
 
-/// The nice value of the shim's threads that move output.
+/// The blocks of output between the threads that read it and the one that
+/// writes the log: at most about 128 KiB, so that what is left to write
+/// when the container ends (before its exit is reported) is small.
+const OUTPUT_QUEUE: usize = 8;
+
+/// The nice value of the shim's threads that read output.
 const OUTPUT_NICE: i32 = 10;
 
-/// Lowers the calling thread's CPU priority to [`OUTPUT_NICE`]: moving a
-/// container's output gives way to the agent and the servers when the
+/// Lowers the calling thread's CPU priority to [`OUTPUT_NICE`]: taking in
+/// a container's output gives way to the agent and the servers when the
 /// CPUs are busy, so a container that floods slows its own output (it
-/// waits on a full pipe) rather than the control plane. Only this thread
-/// changes: the container, cloned before, keeps its own priority.
+/// waits on a full pipe) rather than the control plane. Only the readers
+/// change: the writer drains at the shim's own priority, so that a
+/// container's end (and a removal waiting on it) is not held up behind
+/// busy CPUs, and the container, cloned before, keeps its own.
 fn lower_priority() {
     let tid = nix::unistd::gettid().as_raw();
     // SAFETY: setpriority takes plain integers; on Linux a PRIO_PROCESS
