@@ -33,16 +33,42 @@ if alive berth-server; then
 else
     bootstrap=""
     [ -d "$STATE/server" ] || bootstrap="--bootstrap"
+    if [ -d "$STATE/server" ] && [ ! -d "$STATE/server/tls" ]; then
+        echo "berth: $STATE/server is from a berth without TLS; remove $STATE (after deploy/stop.sh) to start over" >&2
+        exit 1
+    fi
     echo "==> starting berth-server on $ADDR (data in $STATE/server)"
     setsid "$BERTH_BIN/berth-server" --data-dir "$STATE/server" --listen "$ADDR" $bootstrap \
         >>"$STATE/server.log" 2>&1 < /dev/null &
     echo $! > "$STATE/berth-server.pid"
 fi
+# Every connection is mutual TLS: the server writes the admin credential
+# at its bootstrap, and the CLI finds it as the "quickstart" context
+# (~/.berth/config, or $BERTH_CONFIG_DIR/config).
+echo "==> waiting for the admin credential ($STATE/server/admin.conf)"
+for _ in $(seq 1 300); do
+    [ -f "$STATE/server/admin.conf" ] && break
+    sleep 0.1
+done
+if [ ! -f "$STATE/server/admin.conf" ]; then
+    echo "berth: the server wrote no admin credential; see $STATE/server.log" >&2
+    exit 1
+fi
+"$BERTH" context import quickstart "$STATE/server/admin.conf" >/dev/null
+"$BERTH" context use quickstart >/dev/null
 if alive berth-agent; then
     echo "==> berth-agent already running (pid $(cat "$STATE/berth-agent.pid"))"
 else
     echo "==> starting berth-agent (data in $STATE/agent)"
-    setsid "$BERTH_BIN/berth-agent" --data-dir "$STATE/agent" --server "$ADDR" \
+    token=""
+    if [ ! -f "$STATE/agent/tls/cert.pem" ]; then
+        # The first start joins with the cluster's agent token.
+        for _ in $(seq 1 100); do
+            token="$("$BERTH" cluster join-token agent -q 2>/dev/null)" && break
+            sleep 0.1
+        done
+    fi
+    BERTH_TOKEN="$token" setsid "$BERTH_BIN/berth-agent" --data-dir "$STATE/agent" --server "$ADDR" \
         >>"$STATE/agent.log" 2>&1 < /dev/null &
     echo $! > "$STATE/berth-agent.pid"
 fi

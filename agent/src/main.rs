@@ -26,6 +26,15 @@ struct Args {
     /// machine need different names and data dirs.
     #[arg(long)]
     name: Option<String>,
+    /// The cluster's agent join token (`berth cluster join-token agent`),
+    /// for the first start: the agent checks the cluster's CA against it,
+    /// gets the node's certificate, and keeps it in DATA_DIR/tls (later
+    /// starts need no token).
+    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the join token (instead of --token).
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     /// How often to tell the cluster this node is alive.
     #[arg(long, default_value_t = 500)]
     heartbeat_ms: u64,
@@ -188,7 +197,15 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("opening the agent's data dir {}", args.data_dir.display()))?,
         );
         tracing::info!(%node, servers = ?args.server, "berth-agent starting");
+        let tls = berth_agent::credentials::AgentTls::open(credential_config(
+            &args,
+            args.data_dir.join("tls"),
+            &node,
+        )?)
+        .await?;
+        tokio::spawn(tls.clone().keep_renewed());
         let cfg = SessionConfig {
+            tls,
             servers: args.server.clone(),
             node,
             heartbeat: Duration::from_millis(args.heartbeat_ms),
@@ -214,12 +231,23 @@ fn simulate(args: &Args, name: &str, n: u32) -> anyhow::Result<()> {
             cpus: args.simulate_cpus,
             memory_bytes: args.simulate_memory_gib << 30,
         };
+        // Each simulated node has a certificate of its own, as a real one.
+        let mut nodes = Vec::new();
         for i in 1..=n {
+            let node = format!("{name}-{i}");
+            let dir = args.data_dir.join("tls-sim").join(&node);
+            let tls =
+                berth_agent::credentials::AgentTls::open(credential_config(args, dir, &node)?)
+                    .await?;
+            nodes.push((node, tls));
+        }
+        for (node_name, tls) in nodes {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let node = Arc::new(SimNode::new(tx));
             let cfg = SessionConfig {
+                tls,
                 servers: args.server.clone(),
-                node: format!("{name}-{i}"),
+                node: node_name,
                 heartbeat: Duration::from_millis(args.heartbeat_ms),
                 labels: args.labels.iter().cloned().collect(),
             };
@@ -227,6 +255,31 @@ fn simulate(args: &Args, name: &str, n: u32) -> anyhow::Result<()> {
         }
         shutdown_signal().await;
         Ok(())
+    })
+}
+
+/// Where the node's credentials live and how to get them.
+fn credential_config(
+    args: &Args,
+    dir: PathBuf,
+    node: &str,
+) -> anyhow::Result<berth_agent::credentials::CredentialConfig> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.trim().to_string()),
+        (None, Some(p)) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the join token from {}", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    }
+    .filter(|t| !t.is_empty());
+    Ok(berth_agent::credentials::CredentialConfig {
+        dir,
+        node: node.to_string(),
+        servers: args.server.clone(),
+        token,
     })
 }
 

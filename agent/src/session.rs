@@ -22,8 +22,10 @@ use crate::engine::Engine;
 use crate::orders::Report;
 
 /// How the agent reaches the cluster.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionConfig {
+    /// The node's certificate, presented on every connection.
+    pub tls: Arc<crate::credentials::AgentTls>,
     /// Server addresses (HOST:PORT); any of them leads to the leader.
     pub servers: Vec<String>,
     pub node: String,
@@ -72,6 +74,23 @@ impl HostFacts {
     }
 }
 
+/// A server's endpoint and the TLS to reach it with: the session and
+/// each of its side streams (heartbeats, log reads) open their own
+/// connection to it.
+#[derive(Clone)]
+struct Link {
+    endpoint: tonic::transport::Endpoint,
+    connector: berth_proto::transport::Connector,
+}
+
+impl Link {
+    async fn connect(&self) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        self.endpoint
+            .connect_with_connector(self.connector.clone())
+            .await
+    }
+}
+
 /// A task that ends when its handle is dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -85,7 +104,7 @@ impl Drop for AbortOnDrop {
 /// the lease from the send time of each one the server answers; reports
 /// on `failed` why it stopped.
 async fn heartbeats(
-    endpoint: tonic::transport::Endpoint,
+    endpoint: Link,
     node: String,
     session_id: u64,
     every: Duration,
@@ -201,15 +220,18 @@ async fn session(
     supervisor: &Arc<dyn Engine>,
     outbox: &mut mpsc::UnboundedReceiver<Report>,
 ) -> Result<String, SessionEnd> {
-    let endpoint = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .map_err(|e| SessionEnd::Failed(e.to_string()))?
-        .connect_timeout(Duration::from_secs(2))
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5));
+    let endpoint = Link {
+        endpoint: berth_proto::transport::endpoint(addr)
+            .map_err(|e| SessionEnd::Failed(e.to_string()))?
+            .connect_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5)),
+        connector: cfg.tls.connector(),
+    };
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| SessionEnd::Failed(format!("{e}")))?;
+        .map_err(|e| SessionEnd::Failed(berth_proto::one_line(&e)))?;
     let mut client = AgentSessionClient::new(channel)
         .max_decoding_message_size(berth_proto::limits::MAX_MESSAGE)
         .max_encoding_message_size(berth_proto::limits::MAX_MESSAGE);
@@ -385,7 +407,7 @@ async fn session(
 /// connection: HTTP/2 flow control paces the reading to the reader, and
 /// the session never carries the bulk.
 async fn answer_read(
-    endpoint: tonic::transport::Endpoint,
+    endpoint: Link,
     node: String,
     session_id: u64,
     req: crate::orders::ReadLogs,

@@ -161,10 +161,51 @@ impl Cluster {
     /// A command for the CLI: on the "cli" test host when there are hosts.
     fn cli_command(&self) -> Command {
         let bin = self.bin.join("berth");
-        match &self.net {
+        let mut cmd = match &self.net {
             Some(_) => crate::net::TestNet::command("cli", &bin),
             None => Command::new(bin),
+        };
+        cmd.env("BERTH_CONFIG", self.admin_conf());
+        cmd
+    }
+
+    /// The admin credential the first server wrote at its bootstrap.
+    pub fn admin_conf(&self) -> PathBuf {
+        self.dir.path().join("server").join("admin.conf")
+    }
+
+    /// The cluster's join token for `role` (agent or server).
+    pub fn join_token(&self, role: &str) -> anyhow::Result<String> {
+        let r = self
+            .berth(&["cluster", "join-token", role, "-q"])
+            .ok()
+            .with_context(|| format!("getting the {role} join token"))?;
+        Ok(r.stdout.trim().to_string())
+    }
+
+    /// `--token T` for a process whose data dir holds no credentials yet.
+    fn token_flag(&self, data: &Path, role: &str) -> anyhow::Result<Vec<String>> {
+        if data.join("tls").join("cert.pem").exists() {
+            return Ok(Vec::new());
         }
+        Ok(vec!["--token".to_string(), self.join_token(role)?])
+    }
+
+    /// A gRPC client of the Cluster API at `addr`, with the admin
+    /// credential.
+    pub async fn client(
+        &self,
+        addr: &str,
+    ) -> anyhow::Result<
+        berth_proto::cluster::cluster_client::ClusterClient<tonic::transport::Channel>,
+    > {
+        let tls = admin_tls(&self.admin_conf())?;
+        client_at(addr, &tls).await
+    }
+
+    /// The admin TLS configuration of this cluster.
+    pub fn admin_tls(&self) -> anyhow::Result<std::sync::Arc<tokio_rustls::rustls::ClientConfig>> {
+        admin_tls(&self.admin_conf())
     }
 
     /// Starts one server (with these flags) and agents named `nodes` (the
@@ -217,6 +258,7 @@ impl Cluster {
             "--name".to_string(),
             name.to_string(),
         ];
+        args.extend(self.token_flag(&data, "agent")?);
         args.extend(self.agents[i].1.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let child = self.spawn_on(
@@ -320,6 +362,12 @@ impl Cluster {
         }
         args.extend(self.server_flags.iter().map(String::as_str));
         self.server = Some(self.spawn_on(Some("srv"), "berth-server", &args, "server.log")?);
+        if bootstrap {
+            let conf = self.admin_conf();
+            self.wait_until(Duration::from_secs(30), "the admin credential", |_| {
+                conf.exists()
+            })?;
+        }
         Ok(())
     }
 
@@ -335,7 +383,8 @@ impl Cluster {
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
         let data = self.dir.path().join("agent");
         let servers = self.all_addrs();
-        let args = [
+        let token = self.token_flag(&data, "agent")?;
+        let mut args = vec![
             "--data-dir",
             data.to_str().unwrap_or_default(),
             "--server",
@@ -343,6 +392,7 @@ impl Cluster {
             "--name",
             "node1",
         ];
+        args.extend(token.iter().map(String::as_str));
         self.agent = Some(self.spawn("berth-agent", &args, "agent.log")?);
         Ok(())
     }
@@ -469,6 +519,7 @@ impl Cluster {
         let addr = self.extra[id - 2].0.clone();
         let first = self.addr.clone();
         let id_s = id.to_string();
+        let token = self.token_flag(&data, "server")?;
         let mut args = vec![
             "--data-dir",
             data.to_str().unwrap_or_default(),
@@ -477,6 +528,7 @@ impl Cluster {
             "--join",
             &first,
         ];
+        args.extend(token.iter().map(String::as_str));
         if !self.ids_from_cluster {
             args.extend(["--id", &id_s]);
         }
@@ -856,16 +908,56 @@ impl PtySession {
     }
 }
 
+/// The TLS configuration of an admin credential file (admin.conf).
+pub fn admin_tls(
+    path: &Path,
+) -> anyhow::Result<std::sync::Arc<tokio_rustls::rustls::ClientConfig>> {
+    #[derive(serde::Deserialize)]
+    struct Conf {
+        ca: String,
+        cert: String,
+        key: String,
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let c: Conf = serde_json::from_str(&text)?;
+    Ok(berth_proto::transport::client_config(
+        &berth_proto::transport::ClientCredentials {
+            trusted_pem: c.ca,
+            cert_pem: c.cert,
+            key_pem: c.key,
+        },
+    )?)
+}
+
+/// A Cluster API client at `addr` over TLS with `tls`.
+pub async fn client_at(
+    addr: &str,
+    tls: &std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+) -> anyhow::Result<berth_proto::cluster::cluster_client::ClusterClient<tonic::transport::Channel>>
+{
+    let channel = berth_proto::transport::endpoint(addr)?
+        .connect_timeout(Duration::from_secs(3))
+        .connect_with_connector(berth_proto::transport::Connector::new(tls.clone()))
+        .await?;
+    Ok(
+        berth_proto::cluster::cluster_client::ClusterClient::new(channel)
+            .max_decoding_message_size(berth_proto::limits::MAX_MESSAGE)
+            .max_encoding_message_size(berth_proto::limits::MAX_MESSAGE),
+    )
+}
+
 /// Connects to whichever of `addrs` leads now, with its Raft id.
 pub async fn leader_client(
     addrs: &[String],
+    tls: &std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
 ) -> Option<(
     u64,
     berth_proto::cluster::cluster_client::ClusterClient<tonic::transport::Channel>,
 )> {
-    use berth_proto::cluster::{cluster_client::ClusterClient, ClusterStatusRequest};
+    use berth_proto::cluster::ClusterStatusRequest;
     for a in addrs {
-        let Ok(mut c) = ClusterClient::connect(format!("http://{a}")).await else {
+        let Ok(mut c) = client_at(a, tls).await else {
             continue;
         };
         let Ok(s) = c.get_cluster_status(ClusterStatusRequest {}).await else {

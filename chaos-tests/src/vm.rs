@@ -226,7 +226,16 @@ check kernel "$(uname -r)"
 check cgroupfs "$(awk '$2 == "/sys/fs/cgroup" {print $3}' /proc/mounts)"
 check root_controllers "$(cat /sys/fs/cgroup/cgroup.controllers)"
 berth-server --data-dir /var/lib/berth/server --listen 127.0.0.1:7420 --bootstrap >/server.log 2>&1 &
-berth-agent --data-dir /var/lib/berth/agent --server 127.0.0.1:7420 --name vm >/agent.log 2>&1 &
+# The CLI reads the admin credential the server writes; the agent joins
+# with the cluster's agent token.
+export BERTH_CONFIG=/var/lib/berth/server/admin.conf
+i=0
+until token="$(berth cluster join-token agent -q 2>/dev/null)"; do
+    i=$((i + 1))
+    if [ $i -gt 600 ]; then check token no; break; fi
+    sleep 0.2
+done
+berth-agent --data-dir /var/lib/berth/agent --server 127.0.0.1:7420 --name vm --token "$token" >/agent.log 2>&1 &
 i=0
 until berth node ls 2>/dev/null | grep -q ready; do
     i=$((i + 1))

@@ -706,10 +706,7 @@ fn events_show_what_happened_and_follow_what_happens() {
 #[test]
 fn any_server_answers_any_call() {
     sandbox::run("any_server_answers_any_call", || {
-        use berth_proto::cluster::{
-            cluster_client::ClusterClient, ContainerSpec, CreateContainerRequest,
-            ListContainersRequest,
-        };
+        use berth_proto::cluster::{ContainerSpec, CreateContainerRequest, ListContainersRequest};
         let c = Cluster::start_servers(3)?;
         let lead = c.leader().ok_or_else(|| anyhow::anyhow!("no leader"))?;
         let follower = (1..=3).find(|m| *m != lead).unwrap_or(2);
@@ -717,7 +714,7 @@ fn any_server_answers_any_call() {
         // A client that talks to a follower only: the follower forwards.
         let rt = tokio::runtime::Runtime::new()?;
         let names = rt.block_on(async {
-            let mut client = ClusterClient::connect(format!("http://{addr}")).await?;
+            let mut client = c.client(&addr).await?;
             client
                 .create_container(CreateContainerRequest {
                     name: "via-follower".into(),
@@ -761,7 +758,6 @@ fn after_ten_thousand_writes_a_new_member_comes_up_by_snapshot() {
         "after_ten_thousand_writes_a_new_member_comes_up_by_snapshot",
         || {
             use berth_chaos::cluster::set_label;
-            use berth_proto::cluster::cluster_client::ClusterClient;
             // Concurrent writes share Raft entries (the server batches
             // them), so 10,000 writes make far fewer than 10,000 entries:
             // a snapshot every 500 entries makes sure the log is compacted.
@@ -773,7 +769,7 @@ fn after_ten_thousand_writes_a_new_member_comes_up_by_snapshot() {
             let addr = c.member_addr(c.leader().ok_or_else(|| anyhow::anyhow!("no leader"))?);
             let rt = tokio::runtime::Runtime::new()?;
             let written = rt.block_on(async {
-                let client = ClusterClient::connect(format!("http://{addr}")).await?;
+                let client = c.client(&addr).await?;
                 let mut tasks = Vec::new();
                 for t in 0..16u32 {
                     let mut client = client.clone();

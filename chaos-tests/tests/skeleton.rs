@@ -223,8 +223,27 @@ fn errors_name_what_was_wrong() {
             );
         }
 
+        // No credential: the error says where it was looked for and what
+        // to put there.
+        let none = tempfile::tempdir()?;
+        let out = std::process::Command::new(berth_chaos::cluster::bin_dir()?.join("berth"))
+            .args(["ps"])
+            .env_remove("BERTH_CONFIG")
+            .env("BERTH_CONFIG_DIR", none.path())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success(), "ps without a credential succeeded");
+        ensure!(stderr.trim_end().lines().count() == 1, "{stderr}");
+        ensure!(
+            stderr.contains("no berth credential at") && stderr.contains("admin.conf"),
+            "{stderr}"
+        );
+
         let mut cmd = std::process::Command::new(berth_chaos::cluster::bin_dir()?.join("berth"));
-        let out = cmd.args(["--host", "127.0.0.1:9", "ps"]).output()?;
+        let out = cmd
+            .args(["--host", "127.0.0.1:9", "ps"])
+            .env("BERTH_CONFIG", c.admin_conf())
+            .output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         ensure!(!out.status.success(), "ps against nothing succeeded");
         ensure!(stderr.trim_end().lines().count() == 1, "{stderr}");

@@ -1,47 +1,96 @@
-//! The one place the CLI connects to a cluster. Credentials (mutual TLS,
-//! the admin config under BERTH_CONFIG_DIR) will plug in here.
+//! The one place the CLI connects to a cluster: gRPC over TLS with the
+//! admin credential (config.rs), to the servers it names or those of
+//! --host / BERTH_HOST.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::cluster::cluster_client::ClusterClient;
-use tonic::transport::{Channel, Endpoint};
+use berth_proto::transport;
+use tokio_rustls::rustls;
+use tonic::transport::Channel;
+
+use crate::config::{AdminConf, ConfigError};
 
 /// Why the CLI could not reach the cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("invalid server address {0:?}: expected HOST:PORT")]
     BadAddress(String),
-    #[error("cannot connect to the berth cluster at {addrs}: {reason} (is berth-server running there? set --host or BERTH_HOST)")]
+    #[error("cannot connect to the berth cluster at {addrs}: {reason}")]
     Unreachable { addrs: String, reason: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the credential: {0}")]
+    Credential(#[from] transport::TransportError),
 }
 
-/// Connects to the first reachable server of a comma-separated list, then
-/// to the Raft leader it names (writes commit there, reads are current
-/// there); if the leader cannot be reached, stays with the server found.
-pub async fn connect(hosts: &str) -> Result<ClusterClient<Channel>, ConnectError> {
-    let _ = HOSTS.set(hosts.to_string());
-    let addrs: Vec<&str> = hosts
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct Target {
+    /// The servers, in order.
+    pub addrs: Vec<String>,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Target {
+    /// The servers of `hosts` (comma-separated; empty for the
+    /// credential's endpoints) with the credential `conf`.
+    pub fn new(hosts: Option<&str>, conf: &AdminConf) -> Result<Self, ConnectError> {
+        let addrs: Vec<String> = match hosts {
+            Some(h) => h
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            None => conf.endpoints.clone(),
+        };
+        Ok(Self {
+            addrs,
+            tls: transport::client_config(&conf.credentials())?,
+        })
+    }
+}
+
+/// Connects to the first reachable server of the target, then to the
+/// Raft leader it names (writes commit there, reads are current there);
+/// if the leader cannot be reached, stays with the server found.
+pub async fn connect(target: &Target) -> Result<ClusterClient<Channel>, ConnectError> {
+    let _ = TARGET.set(target.clone());
     let mut last = String::from("no address given");
-    for addr in &addrs {
-        match connect_one(addr).await {
+    for addr in &target.addrs {
+        match connect_one(target, addr).await {
             Ok(mut client) => {
                 let status = client
                     .get_cluster_status(berth_proto::cluster::ClusterStatusRequest {})
                     .await
                     .map(|r| r.into_inner());
-                if let Ok(s) = status {
-                    if s.leader_id.is_some()
-                        && s.leader_id != Some(s.id)
-                        && !s.leader_addr.is_empty()
-                    {
-                        if let Ok(leader) = connect_one(&s.leader_addr).await {
-                            return Ok(leader);
+                match status {
+                    Ok(s) => {
+                        if s.leader_id.is_some()
+                            && s.leader_id != Some(s.id)
+                            && !s.leader_addr.is_empty()
+                        {
+                            if let Ok(leader) = connect_one(target, &s.leader_addr).await {
+                                return Ok(leader);
+                            }
                         }
                     }
+                    // Refused (a credential of the wrong role, revoked):
+                    // every other server would say the same.
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                        ) =>
+                    {
+                        return Err(ConnectError::Unreachable {
+                            addrs: addr.clone(),
+                            reason: s.message().to_string(),
+                        })
+                    }
+                    Err(_) => {}
                 }
                 return Ok(client);
             }
@@ -50,30 +99,34 @@ pub async fn connect(hosts: &str) -> Result<ClusterClient<Channel>, ConnectError
         }
     }
     Err(ConnectError::Unreachable {
-        addrs: addrs.join(","),
-        reason: last,
+        addrs: target.addrs.join(","),
+        reason: format!(
+            "{last} (is berth-server running there? set --host or BERTH_HOST, or the \
+             credential's endpoints)"
+        ),
     })
 }
 
-/// The servers the CLI was pointed at, for [`reconnect`].
-static HOSTS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The target of the first [`connect`], for [`reconnect`].
+static TARGET: std::sync::OnceLock<Target> = std::sync::OnceLock::new();
 
 /// Connects again to the servers of the first [`connect`] (to the leader
 /// they name now): for a stream to resume after a leader change.
 pub async fn reconnect() -> Result<ClusterClient<Channel>, ConnectError> {
-    connect(HOSTS.get().map(String::as_str).unwrap_or_default()).await
+    match TARGET.get() {
+        Some(t) => connect(t).await,
+        None => Err(ConnectError::BadAddress(String::new())),
+    }
 }
 
-async fn connect_one(addr: &str) -> Result<ClusterClient<Channel>, ConnectError> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let endpoint = Endpoint::from_shared(uri)
+async fn connect_one(target: &Target, addr: &str) -> Result<ClusterClient<Channel>, ConnectError> {
+    let endpoint = transport::endpoint(addr)
         .map_err(|_| ConnectError::BadAddress(addr.to_string()))?
         .connect_timeout(Duration::from_secs(3));
-    match endpoint.connect().await {
+    match endpoint
+        .connect_with_connector(transport::Connector::new(target.tls.clone()))
+        .await
+    {
         Ok(ch) => Ok(ClusterClient::new(ch)
             .max_decoding_message_size(berth_proto::limits::MAX_MESSAGE)
             .max_encoding_message_size(berth_proto::limits::MAX_MESSAGE)),

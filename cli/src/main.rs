@@ -2,6 +2,7 @@
 //! the cluster, the way the docker CLI speaks to dockerd.
 
 mod attach;
+mod config;
 mod connect;
 mod containers;
 mod events;
@@ -17,15 +18,15 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "berth", version)]
 struct Cli {
-    /// Cluster server address(es), HOST:PORT, comma-separated.
-    #[arg(
-        short = 'H',
-        long,
-        env = "BERTH_HOST",
-        default_value = "127.0.0.1:7420",
-        global = true
-    )]
-    host: String,
+    /// Cluster server address(es), HOST:PORT, comma-separated (default:
+    /// the credential's endpoints).
+    #[arg(short = 'H', long, env = "BERTH_HOST", global = true)]
+    host: Option<String>,
+    /// The admin credential file (the admin.conf a cluster's first server
+    /// writes in its data dir). Default: $BERTH_CONFIG_DIR/config, that is
+    /// ~/.berth/config.
+    #[arg(long, env = "BERTH_CONFIG", global = true, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -103,9 +104,12 @@ enum Command {
     /// Manage services: replicated tasks the cluster keeps running.
     #[command(subcommand)]
     Service(services::ServiceCommand),
-    /// The control plane: Raft members, leader, term, indexes.
+    /// The control plane: Raft members, leader, term, indexes; join tokens.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Name, list and switch the clusters this CLI knows (their credentials).
+    #[command(subcommand)]
+    Context(ContextCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,11 +133,40 @@ enum ClusterCommand {
         #[arg(short = 'o', long = "output")]
         output: String,
     },
-    /// Remove a member (alive or dead) from the control plane.
+    /// Remove a member (alive or dead) from the control plane; its
+    /// certificate is revoked.
     Leave {
         /// The member's id (from `berth cluster status`).
         id: u64,
     },
+    /// Print the token a new agent or server joins with
+    /// (`berth-agent --token T`, `berth-server --join H:P --token T`).
+    JoinToken {
+        /// agent or server.
+        #[arg(value_parser = ["agent", "server"])]
+        role: String,
+        /// Print only the token.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Replace the token first: the old one is refused from then on.
+        #[arg(long)]
+        rotate: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ContextCommand {
+    /// List the known clusters; * marks the current one.
+    Ls,
+    /// Keep a credential file (a server's admin.conf) under a name.
+    Import {
+        name: String,
+        file: std::path::PathBuf,
+    },
+    /// Make the named cluster the current one (~/.berth/config).
+    Use { name: String },
+    /// Forget a named cluster.
+    Rm { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -221,7 +254,13 @@ fn status_text(s: &tonic::Status) -> String {
 }
 
 async fn dispatch(cli: Cli) -> Result<i32, CliError> {
-    let mut client = connect::connect(&cli.host).await?;
+    if let Command::Context(cmd) = &cli.command {
+        return context(cmd);
+    }
+    let conf =
+        config::load(&config::path(cli.config.as_deref())).map_err(connect::ConnectError::from)?;
+    let target = connect::Target::new(cli.host.as_deref(), &conf)?;
+    let mut client = connect::connect(&target).await?;
     match cli.command {
         Command::Run(a) => containers::run(&mut client, a).await,
         Command::Ps(a) => containers::ps(&mut client, a).await,
@@ -276,7 +315,40 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Cluster(ClusterCommand::Backup { output }) => {
             nodes::cluster_backup(&mut client, &output).await
         }
+        Command::Cluster(ClusterCommand::JoinToken {
+            role,
+            quiet,
+            rotate,
+        }) => nodes::join_token(&mut client, &role, quiet, rotate, &target).await,
+        Command::Context(_) => unreachable!("contexts are handled before connecting"),
     }
+}
+
+/// `berth context ...`: files only, no connection.
+fn context(cmd: &ContextCommand) -> Result<i32, CliError> {
+    let fail = |e: config::ConfigError| CliError::Usage(e.to_string());
+    match cmd {
+        ContextCommand::Ls => {
+            println!("{:<20} {:<8} ENDPOINTS", "NAME", "CURRENT");
+            for (name, endpoints, current) in config::list().map_err(fail)? {
+                let mark = if current { "*" } else { "" };
+                println!("{name:<20} {mark:<8} {}", endpoints.join(","));
+            }
+        }
+        ContextCommand::Import { name, file } => {
+            config::import(name, file).map_err(fail)?;
+            println!("{name}");
+        }
+        ContextCommand::Use { name } => {
+            config::use_context(name).map_err(fail)?;
+            println!("{name}");
+        }
+        ContextCommand::Rm { name } => {
+            config::remove(name).map_err(fail)?;
+            println!("{name}");
+        }
+    }
+    Ok(0)
 }
 
 fn main() {

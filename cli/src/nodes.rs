@@ -183,6 +183,43 @@ pub async fn cluster_leave(client: &mut ClusterClient<Channel>, id: u64) -> Resu
     cluster_status(client).await
 }
 
+/// `berth cluster join-token agent|server [-q] [--rotate]`.
+pub async fn join_token(
+    client: &mut ClusterClient<Channel>,
+    role: &str,
+    quiet: bool,
+    rotate: bool,
+    target: &crate::connect::Target,
+) -> Result<i32, CliError> {
+    let token = client
+        .join_token(berth_proto::cluster::JoinTokenRequest {
+            role: role.to_string(),
+            rotate,
+        })
+        .await
+        .map_err(CliError::api)?
+        .into_inner()
+        .token;
+    if quiet {
+        println!("{token}");
+        return Ok(0);
+    }
+    let servers = target.addrs.join(",");
+    if rotate {
+        println!("The {role} join token was rotated: the old one is refused from now on.\n");
+    }
+    match role {
+        "server" => println!(
+            "To add a server to this cluster, run on its host:\n\n    berth-server --join {} --token {token} --listen ADDR:PORT\n",
+            target.addrs.first().cloned().unwrap_or_default()
+        ),
+        _ => println!(
+            "To add a node to this cluster, run on its host:\n\n    berth-agent --server {servers} --token {token}\n"
+        ),
+    }
+    Ok(0)
+}
+
 /// `berth cluster backup -o FILE`.
 pub async fn cluster_backup(
     client: &mut ClusterClient<Channel>,

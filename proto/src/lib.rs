@@ -45,6 +45,8 @@ pub mod limits {
     pub const MAX_ENTRY: usize = 512 << 10;
 }
 
+pub mod transport;
+
 /// Server-to-server Raft transport.
 pub mod raft {
     tonic::include_proto!("berth.raft");

@@ -242,6 +242,15 @@ impl App {
 
     /// True if this server believes it leads (no round trip: for checks
     /// that run often).
+    /// The Raft address of the member whose id is `id` (decimal), if
+    /// the membership holds it.
+    pub fn raft_addr_of(&self, id: &str) -> Option<String> {
+        let id: u64 = id.parse().ok()?;
+        let m = crate::raft::metrics(&self.raft);
+        let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+        Some(addr)
+    }
+
     pub fn is_leader(&self) -> bool {
         use openraft::async_runtime::WatchReceiver;
         // Read in place: a copy of the metrics copies the membership.

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod files;
 pub mod member_id;
 pub mod nodes;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use berth_proto::agent::agent_session_server::AgentSessionServer;
 use berth_proto::cluster::cluster_server::ClusterServer;
+use berth_proto::cluster::join_server::JoinServer;
 use berth_proto::raft::raft_server::RaftServer;
 use berth_server::api::ClusterService;
 use berth_server::nodes::session::SessionService;
@@ -48,6 +49,20 @@ struct Args {
     /// --id names one.
     #[arg(long, conflicts_with = "bootstrap")]
     join: Option<String>,
+    /// The cluster's server join token (`berth cluster join-token
+    /// server`), for the first start with --join: the server checks the
+    /// cluster's CA against it, gets its certificate and id, and keeps
+    /// them in the data dir (later starts need no token).
+    #[arg(
+        long,
+        env = "BERTH_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "bootstrap"
+    )]
+    token: Option<String>,
+    /// A file holding the join token (instead of --token).
+    #[arg(long, conflicts_with_all = ["token", "bootstrap"])]
+    token_file: Option<PathBuf>,
     /// This member's Raft node id. Kept in the data dir from the first
     /// start on (`server-id`): later starts need none, and one that
     /// contradicts the data dir is refused. Without it, a bootstrap is 1
@@ -151,14 +166,57 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         .advertise
         .clone()
         .unwrap_or_else(|| args.listen.to_string());
-    let id = match berth_server::member_id::resolve(&args.data_dir, args.id)? {
-        berth_server::member_id::Known::Id(id) => id,
-        berth_server::member_id::Known::AskTheCluster => match &args.join {
-            Some(seed) => reserve_id(seed.clone(), advertise.clone()).await,
-            None => 1,
-        },
+    let host = advertise
+        .rsplit_once(':')
+        .map_or(advertise.as_str(), |(h, _)| h)
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_string();
+    let mut hosts = vec![host, args.listen.ip().to_string()];
+    hosts.dedup();
+    let setup = |id: u64| berth_server::pki::setup::SetupConfig {
+        data_dir: args.data_dir.clone(),
+        id,
+        hosts: hosts.clone(),
+        validity: Duration::from_secs(args.cert_days * 24 * 3600),
+        admin: args
+            .bootstrap
+            .then(|| (args.data_dir.join("admin.conf"), vec![advertise.clone()])),
+    };
+    let mut id = match berth_server::member_id::resolve(&args.data_dir, args.id)? {
+        berth_server::member_id::Known::Id(id) => Some(id),
+        berth_server::member_id::Known::AskTheCluster => None,
+    };
+    // Credentials before anything listens: the server serves TLS only.
+    if !berth_server::tls::Credentials::present(&args.data_dir) {
+        if args.bootstrap {
+            let cfg = setup(*id.get_or_insert(1));
+            tokio::task::spawn_blocking(move || {
+                berth_server::pki::setup::bootstrap_credentials(&cfg)
+            })
+            .await
+            .context("making the cluster's CA")??;
+        } else if let Some(seed) = &args.join {
+            let token = join_token(&args)?;
+            let given = enroll(&args.data_dir, seed, &token, &advertise, id.unwrap_or(0)).await?;
+            id = Some(given);
+        } else {
+            anyhow::bail!(
+                "{} holds no credentials: start a new cluster with --bootstrap, or join one with \
+                 --join HOST:PORT --token TOKEN (berth cluster join-token server)",
+                args.data_dir.join("tls").display()
+            );
+        }
+    }
+    let id = match id {
+        Some(id) => id,
+        // Credentials but no id file: the certificate names the id.
+        None => berth_server::tls::Credentials::load(&args.data_dir)?
+            .server_id()
+            .context("reading this server's id from its certificate")?,
     };
     berth_server::member_id::store(&args.data_dir, id)?;
+    let tls = berth_server::tls::ServerTls::load(&args.data_dir)
+        .context("loading this server's TLS credentials")?;
     let cfg = RaftConfig {
         node_id: id,
         advertise: advertise.clone(),
@@ -177,9 +235,15 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let (raft, state) = raft::start(&args.data_dir, &cfg, args.bootstrap, backup.as_deref())
-        .await
-        .with_context(|| format!("cannot start raft in {}", args.data_dir.display()))?;
+    let (raft, state) = raft::start(
+        &args.data_dir,
+        &cfg,
+        args.bootstrap,
+        backup.as_deref(),
+        tls.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot start raft in {}", args.data_dir.display()))?;
     let app = App::new(
         raft.clone(),
         state,
@@ -198,24 +262,10 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         },
     );
     tokio::spawn(berth_server::nodes::liveness::run(app.clone()));
-    let host = advertise
-        .rsplit_once(':')
-        .map_or(advertise.as_str(), |(h, _)| h)
-        .trim_matches(|c| c == '[' || c == ']')
-        .to_string();
-    let mut hosts = vec![host, args.listen.ip().to_string()];
-    hosts.dedup();
     tokio::spawn(berth_server::pki::setup::run(
         app.clone(),
-        berth_server::pki::setup::SetupConfig {
-            data_dir: args.data_dir.clone(),
-            id,
-            hosts,
-            validity: Duration::from_secs(args.cert_days * 24 * 3600),
-            admin: args
-                .bootstrap
-                .then(|| (args.data_dir.join("admin.conf"), vec![advertise.clone()])),
-        },
+        setup(id),
+        tls.clone(),
     ));
     berth_server::scheduler::reconciler::spawn(app.clone());
     let contact = Arc::new(raft::failover::Contact::default());
@@ -232,29 +282,32 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
     // its membership is in its log.
     let member_already = app.state.has_membership().unwrap_or(false);
     if let (Some(seed), false) = (args.join.clone(), member_already) {
-        tokio::spawn(join(seed, id, advertise.clone()));
+        tokio::spawn(join(seed, id, advertise.clone(), tls.clone()));
     }
     tracing::info!(listen = %args.listen, %advertise, id, "berth-server serving");
-    // TCP_NODELAY on every connection: without it, a small gRPC message
-    // can wait for a delayed ACK (40 ms) before it is sent.
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |conn| {
-            conn.inspect(|s| {
-                let _ = s.set_nodelay(true);
-            })
-        },
-    );
+    // TLS on every connection (handshakes side by side), each with the
+    // identity its certificate proved, for the authorization layer.
+    let incoming = tls.clone().incoming(listener);
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
     // The same message limits on every service and every client
     // (berth_proto::limits).
     use berth_proto::limits::MAX_MESSAGE;
     let serve = tonic::transport::Server::builder()
+        .layer(berth_server::auth::AuthorizeLayer::new(app.clone()))
         .add_service(berth_server::api::forward::LeaderForward::new(
             ClusterServer::new(ClusterService::new(app.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
             app.clone(),
+            tls.clone(),
+        ))
+        .add_service(berth_server::api::forward::LeaderForward::new(
+            JoinServer::new(berth_server::pki::enroll::JoinService::new(
+                app.clone(),
+                Duration::from_secs(args.cert_days * 24 * 3600),
+            )),
+            app.clone(),
+            tls.clone(),
         ))
         .add_service(
             AgentSessionServer::new(SessionService::new(app.clone()))
@@ -295,50 +348,34 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
 
 /// Asks the cluster at `seed` to take this server in, following the
 /// leader's address, until it answers.
-async fn join(seed: String, id: u64, advertise: String) {
+async fn join(seed: String, id: u64, advertise: String, tls: Arc<berth_server::tls::ServerTls>) {
+    use berth_proto::cluster::cluster_client::ClusterClient;
     let req = berth_proto::cluster::JoinRequest {
         id,
         addr: advertise,
         reserve_id: false,
     };
-    let s = ask_to_join(seed, req).await;
-    tracing::info!(leader = ?s.leader_id, members = s.members.len(), "joined the cluster");
-}
-
-/// Asks the cluster of `seed` for an id for a server listening at
-/// `advertise`, until it answers.
-async fn reserve_id(seed: String, advertise: String) -> u64 {
-    let req = berth_proto::cluster::JoinRequest {
-        id: 0,
-        addr: advertise,
-        reserve_id: true,
-    };
-    let s = ask_to_join(seed, req).await;
-    tracing::info!(id = s.reserved_id, "the cluster gave this server its id");
-    s.reserved_id
-}
-
-/// Sends a join request to the leader (found from `seed`) until it is
-/// answered.
-async fn ask_to_join(
-    seed: String,
-    req: berth_proto::cluster::JoinRequest,
-) -> berth_proto::cluster::ClusterStatus {
-    use berth_proto::cluster::cluster_client::ClusterClient;
     let mut target = seed;
     loop {
         let result = async {
-            let mut client = ClusterClient::connect(format!("http://{target}"))
+            let channel = berth_proto::transport::endpoint(&target)
+                .map_err(|e| e.to_string())?
+                .connect_timeout(Duration::from_secs(3))
+                .connect_with_connector(berth_proto::transport::Connector::new(tls.client()))
                 .await
-                .map_err(|e| e.to_string())?;
-            client
+                .map_err(|e| berth_proto::one_line(&e))?;
+            ClusterClient::new(channel)
                 .join_cluster(req.clone())
                 .await
                 .map_err(|s| s.message().to_string())
         }
         .await;
         match result {
-            Ok(status) => return status.into_inner(),
+            Ok(s) => {
+                let s = s.into_inner();
+                tracing::info!(leader = ?s.leader_id, members = s.members.len(), "joined the cluster");
+                return;
+            }
             Err(e) => {
                 if let Some(leader) = e
                     .split("the leader is at ")
@@ -352,6 +389,93 @@ async fn ask_to_join(
                 tracing::info!(%target, "joining: {e}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+        }
+    }
+}
+
+/// The join token of --token, --token-file or BERTH_TOKEN.
+fn join_token(args: &Args) -> anyhow::Result<String> {
+    if let Some(t) = &args.token {
+        return Ok(t.trim().to_string());
+    }
+    if let Some(p) = &args.token_file {
+        let t = std::fs::read_to_string(p)
+            .with_context(|| format!("reading the join token from {}", p.display()))?;
+        return Ok(t.trim().to_string());
+    }
+    anyhow::bail!(
+        "joining a cluster for the first time needs its server join token: --token TOKEN, \
+         --token-file FILE or BERTH_TOKEN (`berth cluster join-token server` prints it)"
+    )
+}
+
+/// Gets this server's certificate and id from the cluster at `seed` with a
+/// join token, and keeps them in the data dir. The cluster's CA is the one
+/// the token names, checked in the handshake before the token is sent.
+/// Servers that do not answer yet are asked again; a refusal ends it.
+async fn enroll(
+    data_dir: &std::path::Path,
+    seed: &str,
+    token_text: &str,
+    advertise: &str,
+    want_id: u64,
+) -> anyhow::Result<u64> {
+    use berth_proto::cluster::join_client::JoinClient;
+    use berth_server::pki::{JoinToken, Role};
+    let token: JoinToken = token_text.parse()?;
+    if token.role != Role::Server {
+        anyhow::bail!(
+            "this is an {} join token: a server joins with the server token \
+             (`berth cluster join-token server`)",
+            token.role
+        );
+    }
+    let (key_pem, csr_pem) = berth_server::pki::request()?;
+    let (tls, pinned) = berth_proto::transport::pinned_by_digest(&token.ca_digest)?;
+    let req = berth_proto::cluster::EnrollRequest {
+        token: token_text.to_string(),
+        csr_pem,
+        name: String::new(),
+        addr: advertise.to_string(),
+        server_id: want_id,
+    };
+    loop {
+        let channel = berth_proto::transport::endpoint(seed)?
+            .connect_timeout(Duration::from_secs(3))
+            .connect_with_connector(berth_proto::transport::Connector::new(tls.clone()))
+            .await;
+        let channel = match channel {
+            Ok(c) => c,
+            Err(e) => {
+                let why = berth_proto::one_line(&e);
+                if why.contains("join token names") {
+                    anyhow::bail!("{seed}: {why}");
+                }
+                tracing::info!(%seed, "enrolling: {why}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        match JoinClient::new(channel).enroll(req.clone()).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                let trusted = if r.trusted_pem.is_empty() {
+                    pinned.ca_pem().unwrap_or_default()
+                } else {
+                    r.trusted_pem
+                };
+                berth_server::pki::setup::keep_enrolled(data_dir, &key_pem, &r.cert_pem, &trusted)?;
+                tracing::info!(
+                    id = r.server_id,
+                    "the cluster gave this server its certificate and id"
+                );
+                return Ok(r.server_id);
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                tracing::info!(%seed, "enrolling: {}", s.message());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(s) => anyhow::bail!("the cluster refused this server: {}", s.message()),
         }
     }
 }

@@ -1,23 +1,32 @@
 //! The server's one TLS setup place (DESIGN.md, Security): the rustls
 //! configurations of its listener and of its own connections to other
-//! servers, from the credentials in its data dir.
+//! servers, from the credentials in its data dir, and the connections it
+//! accepts, each with who is at the other end.
 //!
 //! The listener asks every client for a certificate of the cluster's CA
 //! but also lets a client without one finish the handshake: such a client
-//! may only join (with a token), and every other call gets a clear
-//! refusal from the authorization layer rather than a broken handshake.
+//! may only enroll (with a join token), and every other call gets a clear
+//! refusal from the authorization layer (`auth.rs`) rather than a broken
+//! handshake. A client that speaks plaintext gRPC is served the same way,
+//! so that it reads a refusal that says TLS is needed, not a reset.
 
-use std::io::BufReader;
+use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use berth_proto::transport::{self, ClientCredentials, TransportError};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// The ALPN protocol of gRPC.
-const ALPN_H2: &[u8] = b"h2";
+use crate::pki::{identity_of, Identity};
 
-/// A member's credentials: its certificate and key, and the CA
+/// A member's credentials: its certificate (and the CA's after it, so
+/// that a joiner can find the CA its token names), its key, and the CA
 /// certificates it trusts (the cluster's, or two during a CA rotation).
 #[derive(Clone)]
 pub struct Credentials {
@@ -41,10 +50,8 @@ pub fn credential_paths(data_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 pub enum TlsError {
     #[error("reading {path}: {reason}")]
     Read { path: String, reason: String },
-    #[error("no certificate in {0}")]
-    NoCertificate(&'static str),
-    #[error("no private key in the key file")]
-    NoKey,
+    #[error(transparent)]
+    Transport(#[from] TransportError),
     #[error("the trusted CA certificates: {0}")]
     Trust(String),
     #[error("the TLS configuration: {0}")]
@@ -68,42 +75,45 @@ impl Credentials {
         })
     }
 
-    fn chain(&self) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-        let certs = certs(&self.cert_pem)?;
-        if certs.is_empty() {
-            return Err(TlsError::NoCertificate("the certificate file"));
-        }
-        Ok(certs)
+    /// True if `data_dir` holds credentials (complete or not).
+    pub fn present(data_dir: &Path) -> bool {
+        credential_paths(data_dir).0.exists()
     }
 
-    fn key(&self) -> Result<PrivateKeyDer<'static>, TlsError> {
-        rustls_pemfile::private_key(&mut BufReader::new(self.key_pem.as_bytes()))
-            .map_err(|e| TlsError::Read {
-                path: "the key file".into(),
-                reason: e.to_string(),
-            })?
-            .ok_or(TlsError::NoKey)
+    /// The server id this server's certificate names.
+    pub fn server_id(&self) -> Result<u64, TlsError> {
+        let der = transport::certs(&self.cert_pem, "the certificate file")?.remove(0);
+        let id = identity_of(der.as_ref()).map_err(|e| TlsError::Read {
+            path: "the certificate file".into(),
+            reason: e.to_string(),
+        })?;
+        match (id.role, id.name.parse::<u64>()) {
+            (crate::pki::Role::Server, Ok(n)) => Ok(n),
+            _ => Err(TlsError::Read {
+                path: "the certificate file".into(),
+                reason: format!(
+                    "it is the certificate of {} {}, not a server's",
+                    id.role, id.name
+                ),
+            }),
+        }
     }
 
-    fn roots(&self) -> Result<rustls::RootCertStore, TlsError> {
-        let mut roots = rustls::RootCertStore::empty();
-        let trusted = certs(&self.trusted_pem)?;
-        if trusted.is_empty() {
-            return Err(TlsError::NoCertificate("the trusted CA file"));
+    fn as_client(&self) -> ClientCredentials {
+        ClientCredentials {
+            trusted_pem: self.trusted_pem.clone(),
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
         }
-        for c in trusted {
-            roots.add(c).map_err(|e| TlsError::Trust(e.to_string()))?;
-        }
-        Ok(roots)
     }
 }
 
 /// The listener's configuration: its own certificate, and clients'
 /// certificates checked against the trusted CAs when they present one.
 pub fn server_config(creds: &Credentials) -> Result<rustls::ServerConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = transport::provider();
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(creds.roots()?),
+        Arc::new(transport::roots(&creds.trusted_pem)?),
         provider.clone(),
     )
     .allow_unauthenticated()
@@ -112,31 +122,229 @@ pub fn server_config(creds: &Credentials) -> Result<rustls::ServerConfig, TlsErr
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(creds.chain()?, creds.key()?)?;
-    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+        .with_single_cert(
+            transport::certs(&creds.cert_pem, "the certificate file")?,
+            transport::private_key(&creds.key_pem)?,
+        )?;
+    cfg.alpn_protocols = vec![transport::ALPN_H2.to_vec()];
     Ok(cfg)
 }
 
 /// The configuration of a connection this member makes (to another
-/// server): the peer checked against the trusted CAs, and this member's
-/// certificate presented.
-pub fn client_config(creds: &Credentials) -> Result<rustls::ClientConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(creds.roots()?)
-        .with_client_auth_cert(creds.chain()?, creds.key()?)?;
-    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
-    Ok(cfg)
+/// server): the peer checked against the trusted CAs as a server, and
+/// this member's certificate presented.
+pub fn client_config(creds: &Credentials) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    Ok(transport::client_config(&creds.as_client())?)
 }
 
-fn certs(pem_text: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    rustls_pemfile::certs(&mut BufReader::new(pem_text.as_bytes()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Read {
-            path: "a PEM file".into(),
-            reason: e.to_string(),
-        })
+/// The server's TLS, read from its data dir and read again when its
+/// credentials change (a renewal, a CA rotation): new connections use the
+/// new ones, open ones keep theirs.
+pub struct ServerTls {
+    data_dir: PathBuf,
+    server: RwLock<Arc<rustls::ServerConfig>>,
+    client: RwLock<Arc<rustls::ClientConfig>>,
+}
+
+impl ServerTls {
+    /// The TLS of the credentials in `data_dir/tls`.
+    pub fn load(data_dir: &Path) -> Result<Arc<Self>, TlsError> {
+        let creds = Credentials::load(data_dir)?;
+        Ok(Arc::new(Self {
+            data_dir: data_dir.to_path_buf(),
+            server: RwLock::new(Arc::new(server_config(&creds)?)),
+            client: RwLock::new(client_config(&creds)?),
+        }))
+    }
+
+    /// Reads the credentials again.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let creds = Credentials::load(&self.data_dir)?;
+        let server = Arc::new(server_config(&creds)?);
+        let client = client_config(&creds)?;
+        *self.server.write().unwrap_or_else(|p| p.into_inner()) = server;
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = client;
+        Ok(())
+    }
+
+    /// The configuration of this server's own connections to others.
+    pub fn client(&self) -> Arc<rustls::ClientConfig> {
+        self.client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn server(&self) -> Arc<rustls::ServerConfig> {
+        self.server
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The connections `listener` accepts, handshakes done, each with its
+    /// peer. Handshakes run side by side (a slow or silent client holds up
+    /// no other), each for at most [`HANDSHAKE_TIMEOUT`]; one that fails
+    /// is dropped (the client read the TLS alert that says why).
+    pub fn incoming(
+        self: Arc<Self>,
+        listener: TcpListener,
+    ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, addr) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of descriptors, or a connection reset before
+                        // it was taken: the listener goes on.
+                        tracing::warn!("accepting a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // A small gRPC message must not wait for a delayed ACK.
+                let _ = tcp.set_nodelay(true);
+                let tls = self.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp, addr)).await {
+                        Ok(Ok(conn)) => {
+                            let _ = tx.send(Ok(conn)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%addr, "connection refused in TLS: {e}"),
+                        Err(_) => tracing::debug!(%addr, "no TLS handshake within 10 s"),
+                    }
+                });
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+
+    async fn accept(&self, tcp: TcpStream, addr: SocketAddr) -> io::Result<Conn> {
+        // A TLS connection begins with a handshake record (type 22); gRPC
+        // in plaintext begins with HTTP/2's preface ("PRI * ...").
+        let mut first = [0u8; 1];
+        let n = tcp.peek(&mut first).await?;
+        if n == 0 || first[0] != 0x16 {
+            return Ok(Conn::Plain(
+                tcp,
+                Peer {
+                    addr,
+                    auth: PeerAuth::Plaintext,
+                },
+            ));
+        }
+        let tls = tokio_rustls::TlsAcceptor::from(self.server())
+            .accept(tcp)
+            .await?;
+        let auth = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+            None => PeerAuth::NoCertificate,
+            Some(der) => match identity_of(der.as_ref()) {
+                Ok(id) => PeerAuth::Member(id),
+                Err(e) => PeerAuth::Unreadable(e.to_string()),
+            },
+        };
+        Ok(Conn::Tls(Box::new(tls), Peer { addr, auth }))
+    }
+}
+
+/// How long a client has to finish its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who is at the other end of a connection, as its handshake showed.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub auth: PeerAuth,
+}
+
+/// What a connection's handshake proved.
+#[derive(Debug, Clone)]
+pub enum PeerAuth {
+    /// No TLS at all.
+    Plaintext,
+    /// TLS without a client certificate: a joiner.
+    NoCertificate,
+    /// A certificate the cluster's CA signed, and whom it names.
+    Member(Identity),
+    /// A certificate of the CA that names no berth identity.
+    Unreadable(String),
+}
+
+/// An accepted connection: plaintext (to be refused by the authorization
+/// layer) or TLS.
+pub enum Conn {
+    Plain(TcpStream, Peer),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, Peer),
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        match self {
+            Conn::Plain(_, p) | Conn::Tls(_, p) => p.clone(),
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s, _) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s, _) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s, _) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(s, _) => s.is_write_vectored(),
+            Conn::Tls(s, _) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s, _) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s, _) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -164,7 +372,7 @@ mod tests {
     /// (the identity of its certificate, if any), or the handshake's error.
     async fn connect(
         server: rustls::ServerConfig,
-        client: rustls::ClientConfig,
+        client: Arc<rustls::ClientConfig>,
     ) -> Result<Option<crate::pki::Identity>, String> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -183,9 +391,9 @@ mod tests {
             tls.write_all(b"ok").await.map_err(|e| e.to_string())?;
             Ok::<_, String>(who)
         });
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let connector = tokio_rustls::TlsConnector::from(client);
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let name = rustls::pki_types::ServerName::try_from(transport::SERVER_NAME).unwrap();
         let talk = async {
             let mut tls = connector
                 .connect(name, tcp)
@@ -215,8 +423,7 @@ mod tests {
     async fn a_client_without_a_certificate_connects_as_no_one() {
         let ca = ClusterCa::generate("t").unwrap();
         let server = server_config(&creds(&ca, Role::Server, "1")).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(certs(ca.cert_pem()).unwrap().remove(0)).unwrap();
+        let roots = transport::roots(ca.cert_pem()).unwrap();
         let mut anonymous = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -224,8 +431,8 @@ mod tests {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-        anonymous.alpn_protocols = vec![ALPN_H2.to_vec()];
-        assert_eq!(connect(server, anonymous).await.unwrap(), None);
+        anonymous.alpn_protocols = vec![transport::ALPN_H2.to_vec()];
+        assert_eq!(connect(server, Arc::new(anonymous)).await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -41,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(5);
     let mut cluster = Cluster::start_servers_at(3, 7491)?;
     let addrs: Vec<String> = cluster.all_addrs().split(',').map(str::to_string).collect();
+    let tls = cluster.admin_tls()?;
     let rt = tokio::runtime::Runtime::new()?;
     let mut acknowledged = Vec::new();
     let mut n = 0usize;
@@ -50,7 +51,9 @@ fn main() -> anyhow::Result<()> {
     );
     let mut times = Vec::new();
     for round in 1..=rounds {
-        let (leader, mut client) = rt.block_on(leader_client(&addrs)).context("no leader")?;
+        let (leader, mut client) = rt
+            .block_on(leader_client(&addrs, &tls))
+            .context("no leader")?;
         for _ in 0..20 {
             n += 1;
             let name = format!("w{n}");
@@ -62,7 +65,7 @@ fn main() -> anyhow::Result<()> {
         let killed = Instant::now();
         let failover = rt.block_on(async {
             loop {
-                if let Some((new_leader, mut c)) = leader_client(&addrs).await {
+                if let Some((new_leader, mut c)) = leader_client(&addrs, &tls).await {
                     if new_leader == leader {
                         // The killed server cannot answer; a stale view can.
                         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -103,7 +106,7 @@ fn main() -> anyhow::Result<()> {
         times[times.len() - 1].as_secs_f64() * 1e3
     );
     let (_, mut client) = rt
-        .block_on(leader_client(&addrs))
+        .block_on(leader_client(&addrs, &tls))
         .context("no leader at the end")?;
     let names: Vec<String> = rt
         .block_on(client.list_containers(ListContainersRequest {

@@ -135,10 +135,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// `n` label writes, one after another, each timed.
-async fn write_latencies(addr: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
-    let mut client =
-        berth_proto::cluster::cluster_client::ClusterClient::connect(format!("http://{addr}"))
-            .await?;
+async fn write_latencies(
+    tls: &std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    addr: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut client = berth_chaos::cluster::client_at(addr, tls).await?;
     let mut out = Vec::new();
     for i in 0..n {
         let t = Instant::now();
@@ -210,9 +212,10 @@ fn main() -> anyhow::Result<()> {
             seen
         })
     };
+    let tls = c.admin_tls()?;
     // A warm-up, not counted: connections made, caches filled.
-    rt.block_on(write_latencies(&addr, 100))?;
-    let idle = rt.block_on(write_latencies(&addr, WRITES))?;
+    rt.block_on(write_latencies(&tls, &addr, 100))?;
+    let idle = rt.block_on(write_latencies(&tls, &addr, WRITES))?;
     c.berth(&[
         "run",
         "-d",
@@ -226,7 +229,7 @@ fn main() -> anyhow::Result<()> {
     ])
     .ok()?;
     flooding.store(true, std::sync::atomic::Ordering::Relaxed);
-    let flooded = rt.block_on(write_latencies(&addr, WRITES))?;
+    let flooded = rt.block_on(write_latencies(&tls, &addr, WRITES))?;
     let flood_ran_throughout =
         serde_json::from_str::<serde_json::Value>(&c.berth(&["inspect", "flood"]).stdout)
             .map(|v| v[0]["State"]["Running"] == serde_json::Value::Bool(true))

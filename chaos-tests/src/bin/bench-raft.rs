@@ -207,6 +207,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let mut berth = Cluster::start_servers_at(3, 7491)?;
     let addrs: Vec<String> = berth.all_addrs().split(',').map(str::to_string).collect();
+    let tls = berth.admin_tls()?;
     // `bench-raft --berth-only [CLIENTS [WRITES_EACH]]`: one berth load,
     // long enough to profile, and no etcd.
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -214,7 +215,7 @@ fn main() -> anyhow::Result<()> {
         let clients = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(64);
         let per = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1000);
         let (_, bc) = rt
-            .block_on(leader_client(&addrs))
+            .block_on(leader_client(&addrs, &tls))
             .context("no berth leader")?;
         let b = rt.block_on(load(clients, per, berth_write(bc)));
         println!(
@@ -233,7 +234,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (_, bc) = rt
-        .block_on(leader_client(&addrs))
+        .block_on(leader_client(&addrs, &tls))
         .context("no berth leader")?;
     let (_, ec) = rt.block_on(etcd_leader()).context("no etcd leader")?;
     let mut rows = Vec::new();
@@ -265,13 +266,13 @@ fn main() -> anyhow::Result<()> {
     }
     // Failover: kill -9 of the leader, then the next accepted write.
     let (bl, _) = rt
-        .block_on(leader_client(&addrs))
+        .block_on(leader_client(&addrs, &tls))
         .context("no berth leader")?;
     berth.kill_member(bl as usize)?;
     let t = Instant::now();
     let b_fail = rt.block_on(async {
         loop {
-            if let Some((id, c)) = leader_client(&addrs).await {
+            if let Some((id, c)) = leader_client(&addrs, &tls).await {
                 if id != bl && berth_write(c)(0, 0).await {
                     return t.elapsed();
                 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use berth_chaos::dockerd::Dockerd;
 use berth_chaos::Cluster;
-use berth_proto::cluster::{cluster_client::ClusterClient, ServiceRef};
+use berth_proto::cluster::ServiceRef;
 
 /// When every task had a node, and when every one ran, since `t0`.
 struct Converged {
@@ -35,13 +35,14 @@ struct Converged {
 /// Polls the service (its counts, not its tasks, so that the polling
 /// weighs little on the leader) until every task has a node and runs.
 async fn converge(
+    tls: &std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
     addr: &str,
     service: &str,
     want: usize,
     t0: Instant,
     limit: Duration,
 ) -> anyhow::Result<Converged> {
-    let mut client = ClusterClient::connect(format!("http://{addr}"))
+    let mut client = berth_chaos::cluster::client_at(addr, tls)
         .await?
         .max_decoding_message_size(256 << 20);
     let mut placed = None;
@@ -135,6 +136,7 @@ fn main() -> anyhow::Result<()> {
         ])
         .ok()?;
         let r = rt.block_on(converge(
+            &c.admin_tls()?,
             &addr,
             "load",
             containers,
@@ -181,6 +183,7 @@ fn main() -> anyhow::Result<()> {
         ])
         .ok()?;
         let r = rt.block_on(converge(
+            &c.admin_tls()?,
             "127.0.0.1:7540",
             "real",
             real,

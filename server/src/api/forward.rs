@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 use tower_service::Service;
 
 use crate::app::App;
+use crate::auth::{Caller, CALLER_HEADER};
 
 /// The header a forwarded call carries.
 const FORWARDED: &str = "x-berth-forwarded";
@@ -26,14 +27,18 @@ const FORWARDED: &str = "x-berth-forwarded";
 pub struct LeaderForward<S> {
     inner: S,
     app: App,
+    tls: Arc<crate::tls::ServerTls>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl<S> LeaderForward<S> {
-    pub fn new(inner: S, app: App) -> Self {
+    /// Forwards over TLS with this server's own certificate (`tls`); the
+    /// leader then reads the original caller from [`CALLER_HEADER`].
+    pub fn new(inner: S, app: App, tls: Arc<crate::tls::ServerTls>) -> Self {
         Self {
             inner,
             app,
+            tls,
             channels: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -66,9 +71,9 @@ impl<S> LeaderForward<S> {
         if let Some(c) = map.get(addr) {
             return Some(c.clone());
         }
-        let c = Channel::from_shared(format!("http://{addr}"))
+        let c = berth_proto::transport::endpoint(addr)
             .ok()?
-            .connect_lazy();
+            .connect_with_connector_lazy(berth_proto::transport::Connector::new(self.tls.client()));
         map.insert(addr.to_string(), c.clone());
         Some(c)
     }
@@ -182,6 +187,20 @@ async fn forward(
     };
     req.headers_mut()
         .insert(FORWARDED, http::HeaderValue::from_static("1"));
+    // The leader authorizes the call as its caller's, not this server's.
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .map(Caller::header_value)
+        .unwrap_or_else(|| "-".to_string());
+    match http::HeaderValue::from_str(&caller) {
+        Ok(v) => {
+            req.headers_mut().insert(CALLER_HEADER, v);
+        }
+        Err(_) => {
+            return tonic::Status::internal("the caller's name cannot be passed on").into_http()
+        }
+    }
     // The request's URI names this server; the channel sends it on.
     std::future::poll_fn(|cx| channel.poll_ready(cx)).await.ok();
     match channel.call(req).await {
@@ -207,10 +226,13 @@ fn body_of(bytes: bytes::Bytes) -> BoxBody {
     tonic::body::boxed(http_body_util::Full::new(bytes))
 }
 
-/// A copy of a unary call to send elsewhere: its method, URI, headers and
-/// body (not its connection's extensions).
+/// A copy of a unary call to send elsewhere: its method, URI, headers,
+/// body and caller (not its connection's other extensions).
 fn copy_request(of: &http::Request<BoxBody>, bytes: bytes::Bytes) -> http::Request<BoxBody> {
     let mut req = http::Request::new(body_of(bytes));
+    if let Some(c) = of.extensions().get::<Caller>() {
+        req.extensions_mut().insert(c.clone());
+    }
     *req.method_mut() = of.method().clone();
     *req.uri_mut() = of.uri().clone();
     *req.version_mut() = of.version();

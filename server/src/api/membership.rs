@@ -60,7 +60,11 @@ pub fn status(app: &App) -> cluster::ClusterStatus {
 /// Gives a server about to join an id of its own, through Raft: no two
 /// joiners get the same one, whichever server leads when they ask, and
 /// none gets the id of a member, past or present, the leader knows.
-pub async fn reserve_id(app: &App, addr: &str) -> Result<cluster::ClusterStatus, Status> {
+pub async fn reserve_id(
+    app: &App,
+    addr: &str,
+    exact: u64,
+) -> Result<cluster::ClusterStatus, Status> {
     require_leader(app)?;
     let m = crate::raft::metrics(&app.raft);
     let highest = m
@@ -74,9 +78,10 @@ pub async fn reserve_id(app: &App, addr: &str) -> Result<cluster::ClusterStatus,
         .write(Op::ReserveServerId(berth_proto::records::ReserveServerId {
             floor: highest.saturating_add(1),
             addr: addr.to_string(),
+            exact,
         }))
         .await
-        .map_err(|e| Status::unavailable(format!("reserving a server id: {e}")))?;
+        .map_err(crate::api::to_status)?;
     tracing::info!(id = res.server_id, %addr, "a server id was given to a joining server");
     let mut st = status(app);
     st.reserved_id = res.server_id;
@@ -168,5 +173,12 @@ pub async fn leave(app: &App, id: u64) -> Result<cluster::ClusterStatus, Status>
         .change_membership(voters, false)
         .await
         .map_err(|e| Status::unavailable(format!("removing {id}: {e}")))?;
+    // A server that left cannot come back with its certificate.
+    app.write(Op::RevokeCert(berth_proto::records::RevokeCert {
+        role: "server".into(),
+        name: id.to_string(),
+    }))
+    .await
+    .map_err(crate::api::to_status)?;
     Ok(status(app))
 }

@@ -680,7 +680,7 @@ impl Cluster for ClusterService {
         let req = req.into_inner();
         if req.reserve_id {
             return Ok(Response::new(
-                membership::reserve_id(&self.app, &req.addr).await?,
+                membership::reserve_id(&self.app, &req.addr, 0).await?,
             ));
         }
         Ok(Response::new(
@@ -897,6 +897,8 @@ impl Cluster for ClusterService {
             }))
             .await
             .map_err(to_status)?;
+        // The removal revoked its certificate; a session still open ends.
+        self.app.nodes.disconnect(&node.name).await;
         Ok(Response::new(cluster::RemoveNodeResponse {
             node: node.name,
         }))
@@ -968,5 +970,15 @@ impl Cluster for ClusterService {
         self.app.linearize().await.map_err(to_status)?;
         let tasks = services::tasks(&self.app, &req.into_inner().name).await?;
         Ok(Response::new(cluster::ServiceTasksResponse { tasks }))
+    }
+
+    async fn join_token(
+        &self,
+        req: Request<cluster::JoinTokenRequest>,
+    ) -> Result<Response<cluster::JoinTokenResponse>, Status> {
+        self.app.linearize().await.map_err(to_status)?;
+        Ok(Response::new(
+            crate::pki::enroll::join_token(&self.app, req.into_inner()).await?,
+        ))
     }
 }

@@ -81,6 +81,16 @@ impl Nodes {
         }
     }
 
+    /// Ends a node's session, whichever it is (the node was removed): its
+    /// heartbeats are refused from now on, and the agent's reconnection
+    /// meets its revoked certificate.
+    pub async fn disconnect(&self, node: &str) {
+        let session = self.connected.lock().await.get(node).map(|c| c.session_id);
+        if let Some(id) = session {
+            self.detach(node, id).await;
+        }
+    }
+
     /// Drops every session (this server cannot lead): each agent sees its
     /// stream end and looks for the leader elsewhere.
     pub async fn drop_all(&self) -> usize {
@@ -265,14 +275,19 @@ impl Nodes {
     }
 
     /// Hands a piece of an attachment's output to its client; the last
-    /// piece closes the client's stream.
-    pub async fn attachment_output(&self, d: berth_proto::agent::AttachData) {
-        let tx = self
-            .attachments
-            .lock()
-            .await
-            .get(&d.stream_id)
-            .map(|(_, tx)| tx.clone());
+    /// piece closes the client's stream. Only the node the attachment is
+    /// on may write to it: the ids are keyed by (node, id), and a piece
+    /// another node sends is dropped.
+    pub async fn attachment_output(&self, node: &str, d: berth_proto::agent::AttachData) {
+        let tx = match self.attachments.lock().await.get(&d.stream_id) {
+            Some((n, tx)) if n == node => tx.clone(),
+            Some(_) => {
+                tracing::warn!(%node, stream = d.stream_id, "dropped output for another node's attachment");
+                return;
+            }
+            None => return,
+        };
+        let tx = Some(tx);
         if let Some(tx) = tx {
             if !d.data.is_empty() || d.exit_code.is_some() {
                 let _ = tx
@@ -288,12 +303,20 @@ impl Nodes {
         }
     }
 
-    /// Hands an agent's reply to the request waiting for it.
-    pub async fn image_reply(&self, reply: ImageReply) {
+    /// Hands an agent's reply to the request waiting for it, if the
+    /// request was sent to that agent's node (keyed by (node, id)).
+    pub async fn image_reply(&self, node: &str, reply: ImageReply) {
         let mut requests = self.requests.lock().await;
         let last = reply.last;
-        if let Some((_, tx)) = requests.get(&reply.request_id) {
-            let _ = tx.send(reply.clone());
+        match requests.get(&reply.request_id) {
+            Some((n, tx)) if n == node => {
+                let _ = tx.send(reply.clone());
+            }
+            Some(_) => {
+                tracing::warn!(%node, request = reply.request_id, "dropped a reply to another node's request");
+                return;
+            }
+            None => {}
         }
         if last {
             requests.remove(&reply.request_id);

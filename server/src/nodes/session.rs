@@ -44,11 +44,13 @@ impl AgentSession for SessionService {
         &self,
         req: Request<Streaming<berth_proto::agent::LogPiece>>,
     ) -> Result<Response<berth_proto::agent::LogReadEnd>, Status> {
+        let cert_node = node_of(&req)?;
         let mut inbound = req.into_inner();
         let first = inbound
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("a LogRead stream begins with its request"))?;
+        speaks_for(&cert_node, &first.node)?;
         if !self
             .app
             .nodes
@@ -114,6 +116,7 @@ impl AgentSession for SessionService {
         &self,
         req: Request<Streaming<berth_proto::agent::Heartbeat>>,
     ) -> Result<Response<AckStream>, Status> {
+        let cert_node = node_of(&req)?;
         let mut inbound = req.into_inner();
         let nodes = self.app.nodes.clone();
         let (tx, rx) = mpsc::channel::<Result<HeartbeatAck, Status>>(16);
@@ -123,6 +126,10 @@ impl AgentSession for SessionService {
                     Ok(Some(hb)) => hb,
                     _ => return,
                 };
+                if let Err(refused) = speaks_for(&cert_node, &hb.node) {
+                    let _ = tx.send(Err(refused)).await;
+                    return;
+                }
                 if !nodes.heartbeat(&hb.node, hb.session_id).await {
                     let _ = tx
                         .send(Err(Status::not_found(format!(
@@ -144,6 +151,7 @@ impl AgentSession for SessionService {
         &self,
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let cert_node = node_of(&req)?;
         let mut inbound = req.into_inner();
         let register = match inbound.message().await? {
             Some(AgentMessage {
@@ -158,6 +166,7 @@ impl AgentSession for SessionService {
         if register.node.is_empty() {
             return Err(Status::invalid_argument("Register names no node"));
         }
+        speaks_for(&cert_node, &register.node)?;
         // Only the leader holds agent sessions, and only while a majority
         // confirms it; others send the agent on.
         let metrics = crate::raft::metrics(&self.app.raft);
@@ -227,6 +236,27 @@ impl AgentSession for SessionService {
         let out = ReceiverStream::new(rx).map(Ok);
         Ok(Response::new(Box::pin(out)))
     }
+}
+
+/// The node an agent's certificate names: the only node it speaks for.
+fn node_of<T>(req: &Request<T>) -> Result<String, Status> {
+    match crate::auth::caller(req)? {
+        crate::auth::Caller::Member(id) if id.role == crate::pki::Role::Agent => Ok(id.name),
+        _ => Err(Status::permission_denied(
+            "only an agent's certificate opens a node's session",
+        )),
+    }
+}
+
+/// Refuses a message about another node than the certificate's.
+fn speaks_for(cert_node: &str, claimed: &str) -> Result<(), Status> {
+    if cert_node == claimed {
+        return Ok(());
+    }
+    Err(Status::permission_denied(format!(
+        "this agent's certificate is for node {cert_node}, and the message names node \
+         {claimed}: an agent speaks only for its own node"
+    )))
 }
 
 /// When a node whose last heartbeat came at `last` counts as Down: one
@@ -478,8 +508,8 @@ async fn serve(
                     return format!("cannot commit: {e}");
                 }
             }
-            agent_message::Msg::ImageReply(r) => app.nodes.image_reply(r).await,
-            agent_message::Msg::AttachOutput(d) => app.nodes.attachment_output(d).await,
+            agent_message::Msg::ImageReply(r) => app.nodes.image_reply(node, r).await,
+            agent_message::Msg::AttachOutput(d) => app.nodes.attachment_output(node, d).await,
         }
     }
 }

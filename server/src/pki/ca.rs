@@ -39,6 +39,9 @@ pub struct Issued {
     pub serial: String,
     /// The end of its validity, in Unix seconds.
     pub not_after: i64,
+    /// The SHA-256 of the certificate's public key, in hex: a member that
+    /// asks again with the same key is the same member.
+    pub key_digest: String,
 }
 
 impl ClusterCa {
@@ -116,12 +119,16 @@ impl ClusterCa {
             .map_err(|e| PkiError::BadCertificate(format!("the certificate request: {e}")))?;
         let (params, serial, not_after) = member_params(role, name, hosts, validity)?;
         csr.params = params;
+        let key_digest = hex::encode(Sha256::digest(rcgen::PublicKeyData::der_bytes(
+            &csr.public_key,
+        )));
         let cert = csr.signed_by(&self.issuer, &self.key)?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: None,
             serial,
             not_after,
+            key_digest,
         })
     }
 
@@ -142,6 +149,7 @@ impl ClusterCa {
             key_pem: Some(key.serialize_pem()),
             serial,
             not_after,
+            key_digest: hex::encode(Sha256::digest(rcgen::PublicKeyData::der_bytes(&key))),
         })
     }
 }
@@ -192,7 +200,15 @@ fn member_params(
             .try_into()
             .map_err(|_| PkiError::BadName(name.to_string()))?,
     )];
-    // A server is also reached by its addresses and host names.
+    // A server's certificate carries the name every client checks (only
+    // servers' do), and the addresses and host names it is reached by.
+    if role == Role::Server {
+        params.subject_alt_names.push(SanType::DnsName(
+            berth_proto::transport::SERVER_NAME
+                .try_into()
+                .map_err(|_| PkiError::BadName(berth_proto::transport::SERVER_NAME.into()))?,
+        ));
+    }
     for h in hosts {
         let san = match h.parse::<std::net::IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),

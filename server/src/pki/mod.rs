@@ -6,6 +6,8 @@
 //!   the replicated state so that any leader signs; it signs a member's
 //!   request with the role and the name the cluster chose, never the ones
 //!   the request names.
+//! - `enroll.rs`: the Join service: a joiner's certificate for its token
+//!   (on the leader, recorded in the state), renewals, join tokens.
 //! - `identity.rs`: who a peer is, read from its certificate: a role
 //!   (admin, agent, server) and a name (the node's or the server's id),
 //!   carried as the URI `berth://ROLE/NAME` among its subject names.
@@ -17,6 +19,7 @@
 //!   trusts it.
 
 mod ca;
+pub mod enroll;
 mod identity;
 pub mod setup;
 mod token;

@@ -55,11 +55,43 @@ pub struct AdminConf {
     pub key: String,
 }
 
-/// Runs for as long as the server does.
-pub async fn run(app: App, cfg: SetupConfig) {
+/// The CA a bootstrap server made before its cluster existed, waiting in
+/// its data dir (0600) to be committed as the cluster's.
+fn pending_ca_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("tls").join("pending-ca.json")
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PendingCa {
+    cert: String,
+    key: String,
+}
+
+/// At `--bootstrap` on a data dir without credentials: makes the cluster's
+/// CA and this server's certificate, so that it serves TLS from its first
+/// moment. The CA waits in the data dir until the server, leading its
+/// one-member cluster, commits it to the state ([`run`]).
+pub fn bootstrap_credentials(cfg: &SetupConfig) -> Result<(), SetupError> {
+    let ca = ClusterCa::generate(&uuid::Uuid::new_v4().simple().to_string()[..8])?;
+    let pending = PendingCa {
+        cert: ca.cert_pem().to_string(),
+        key: ca.key_pem().to_string(),
+    };
+    let path = pending_ca_path(&cfg.data_dir);
+    make_tls_dir(&path)?;
+    let text = serde_json::to_string(&pending).map_err(|e| file_err(&path, e.into()))?;
+    write_private(&path, &text)?;
+    keep_server_credentials(&ca, cfg)?;
+    Ok(())
+}
+
+/// Runs for as long as the server does. After it writes new credentials
+/// (a first certificate, a renewal, a CA other than the one they were
+/// from), the listener and this server's connections take them.
+pub async fn run(app: App, cfg: SetupConfig, tls: std::sync::Arc<crate::tls::ServerTls>) {
     let mut changes = app.state.subscribe();
     loop {
-        match step(&app, &cfg).await {
+        match step(&app, &cfg, &tls).await {
             Ok(true) => tokio::time::sleep(RECHECK).await,
             Ok(false) => {
                 tokio::select! {
@@ -79,7 +111,11 @@ pub async fn run(app: App, cfg: SetupConfig) {
 const RECHECK: Duration = Duration::from_secs(3600);
 
 /// One look: true once this server's credentials are in place.
-async fn step(app: &App, cfg: &SetupConfig) -> Result<bool, SetupError> {
+async fn step(
+    app: &App,
+    cfg: &SetupConfig,
+    tls: &std::sync::Arc<crate::tls::ServerTls>,
+) -> Result<bool, SetupError> {
     let pki = match app
         .state
         .pki()
@@ -88,19 +124,31 @@ async fn step(app: &App, cfg: &SetupConfig) -> Result<bool, SetupError> {
         Some(p) => p,
         None => {
             if app.is_leader() {
-                make_pki(app).await?;
+                make_pki(app, &cfg.data_dir).await?;
             }
             return Ok(false);
         }
     };
+    let pending = pending_ca_path(&cfg.data_dir);
+    if pending.exists() {
+        // Committed (or another CA was, from a backup): it waits no more.
+        std::fs::remove_file(&pending).map_err(|e| file_err(&pending, e))?;
+    }
     // Keys, signatures and synced files, off the server's one thread:
     // Raft's heartbeats must not wait behind them.
     let cfg = cfg.clone();
+    let tls = tls.clone();
     tokio::task::spawn_blocking(move || {
         let ca = ClusterCa::from_pem(&pki.ca_cert_pem, &pki.ca_key_pem)?;
-        keep_server_credentials(&ca, &cfg)?;
+        if keep_server_credentials(&ca, &cfg)? {
+            tls.reload()
+                .map_err(|e| SetupError::State(format!("loading the new credentials: {e}")))?;
+        }
         if let Some((path, endpoints)) = &cfg.admin {
-            if !path.exists() {
+            let current = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<AdminConf>(&t).ok());
+            if !matches!(current, Some(c) if c.ca.trim() == ca.cert_pem().trim()) {
                 write_admin_conf(&ca, path, endpoints, cfg.validity)?;
             }
         }
@@ -110,9 +158,19 @@ async fn step(app: &App, cfg: &SetupConfig) -> Result<bool, SetupError> {
     .map_err(|e| SetupError::State(format!("the credentials task failed: {e}")))?
 }
 
-async fn make_pki(app: &App) -> Result<(), SetupError> {
-    let ca = tokio::task::spawn_blocking(|| {
-        ClusterCa::generate(&uuid::Uuid::new_v4().simple().to_string()[..8])
+/// Commits the CA this server made at its bootstrap (or, if it has none,
+/// a new one) as the cluster's.
+async fn make_pki(app: &App, data_dir: &Path) -> Result<(), SetupError> {
+    let pending = pending_ca_path(data_dir);
+    let ca = tokio::task::spawn_blocking(move || match std::fs::read_to_string(&pending) {
+        Ok(text) => {
+            let p: PendingCa = serde_json::from_str(&text)
+                .map_err(|e| file_err(&pending, std::io::Error::other(e)))?;
+            Ok(ClusterCa::from_pem(&p.cert, &p.key)?)
+        }
+        Err(_) => Ok::<_, SetupError>(ClusterCa::generate(
+            &uuid::Uuid::new_v4().simple().to_string()[..8],
+        )?),
     })
     .await
     .map_err(|e| SetupError::State(format!("the CA task failed: {e}")))??;
@@ -141,8 +199,8 @@ async fn make_pki(app: &App) -> Result<(), SetupError> {
 }
 
 /// Signs this server's certificate again when it is missing, from
-/// another CA, or two thirds of the way to its expiry.
-fn keep_server_credentials(ca: &ClusterCa, cfg: &SetupConfig) -> Result<(), SetupError> {
+/// another CA, or two thirds of the way to its expiry; true if it did.
+fn keep_server_credentials(ca: &ClusterCa, cfg: &SetupConfig) -> Result<bool, SetupError> {
     let (cert_path, key_path, ca_path) = credential_paths(&cfg.data_dir);
     let current = std::fs::read_to_string(&cert_path).ok();
     let fresh = current.as_deref().is_some_and(|pem| {
@@ -159,19 +217,43 @@ fn keep_server_credentials(ca: &ClusterCa, cfg: &SetupConfig) -> Result<(), Setu
                 })
     });
     if fresh {
-        return Ok(());
+        return Ok(false);
     }
     let issued = ca.issue(Role::Server, &cfg.id.to_string(), &cfg.hosts, cfg.validity)?;
-    let dir = cert_path.parent().unwrap_or(Path::new("."));
+    make_tls_dir(&cert_path)?;
+    // The key first: a certificate is never on disk without its key. The
+    // certificate file holds the CA's after the server's, so that a
+    // joiner finds in the handshake the CA its token names.
+    write_private(&key_path, issued.key_pem.as_deref().unwrap_or_default())?;
+    write_private(&cert_path, &format!("{}{}", issued.cert_pem, ca.cert_pem()))?;
+    write_private(&ca_path, ca.cert_pem())?;
+    tracing::info!(serial = %issued.serial, "signed this server's certificate");
+    Ok(true)
+}
+
+/// Makes the directory of a credential file, 0700.
+fn make_tls_dir(file: &Path) -> Result<(), SetupError> {
+    let dir = file.parent().unwrap_or(Path::new("."));
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| file_err(dir, e))?;
-    write_private(&key_path, issued.key_pem.as_deref().unwrap_or_default())?;
-    write_private(&cert_path, &issued.cert_pem)?;
-    write_private(&ca_path, ca.cert_pem())?;
-    tracing::info!(serial = %issued.serial, "signed this server's certificate");
+        .map_err(|e| file_err(dir, e))
+}
+
+/// Keeps the credentials a joining server got from the cluster (its
+/// certificate then the CA's, its key, the CA to trust).
+pub fn keep_enrolled(
+    data_dir: &Path,
+    key_pem: &str,
+    cert_chain_pem: &str,
+    trusted_pem: &str,
+) -> Result<(), SetupError> {
+    let (cert_path, key_path, ca_path) = credential_paths(data_dir);
+    make_tls_dir(&cert_path)?;
+    write_private(&key_path, key_pem)?;
+    write_private(&cert_path, cert_chain_pem)?;
+    write_private(&ca_path, trusted_pem)?;
     Ok(())
 }
 

@@ -93,6 +93,9 @@ fn op_name(op: &records::command::Op) -> &'static str {
         Op::PendingReason(_) => "pending reason",
         Op::ReserveServerId(_) => "reserve server id",
         Op::InitPki(_) => "init pki",
+        Op::RecordCert(_) => "record certificate",
+        Op::RevokeCert(_) => "revoke certificate",
+        Op::RotateToken(_) => "rotate token",
     }
 }
 
@@ -137,6 +140,7 @@ pub async fn start(
     cfg: &RaftConfig,
     bootstrap: bool,
     restore: Option<&[u8]>,
+    tls: std::sync::Arc<crate::tls::ServerTls>,
 ) -> Result<(BerthRaft, StateReader), RaftError> {
     let db = store::open(&data_dir.join("raft"))?;
     let wal = store::open_wal(&db, &data_dir.join("raft-log"), cfg.log_segment_bytes)?;
@@ -176,7 +180,7 @@ pub async fn start(
     let raft = openraft::Raft::new(
         cfg.node_id,
         Arc::new(config),
-        network::NetworkFactory::new(faults::Faults::from_env(data_dir)),
+        network::NetworkFactory::new(faults::Faults::from_env(data_dir), tls),
         log_store,
         state_machine,
     )

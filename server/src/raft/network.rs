@@ -30,14 +30,16 @@ use tonic::transport::Channel;
 use super::{BerthRaft, SnapshotMeta, TypeConfig, Vote};
 
 /// Makes one [`Network`] per peer.
-#[derive(Debug, Default, Clone)]
+#[derive(Clone)]
 pub struct NetworkFactory {
     faults: super::faults::Faults,
+    tls: Arc<crate::tls::ServerTls>,
 }
 
 impl NetworkFactory {
-    pub fn new(faults: super::faults::Faults) -> Self {
-        Self { faults }
+    /// Connections to peers over TLS with this server's certificate.
+    pub fn new(faults: super::faults::Faults, tls: Arc<crate::tls::ServerTls>) -> Self {
+        Self { faults, tls }
     }
 }
 
@@ -48,6 +50,7 @@ pub struct Network {
     node: BasicNode,
     client: Option<RaftClient<Channel>>,
     faults: super::faults::Faults,
+    tls: Arc<crate::tls::ServerTls>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -59,6 +62,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             node: node.clone(),
             client: None,
             faults: self.faults.clone(),
+            tls: self.tls.clone(),
         }
     }
 }
@@ -133,18 +137,18 @@ impl Network {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let uri = format!("http://{}", self.node.addr);
         // Keepalives find a peer that stopped answering (a stopped process,
         // a half-open connection): the replication stream has no deadline
         // of its own, so without them it would wait forever.
-        let endpoint = Channel::from_shared(uri)
+        let endpoint = berth_proto::transport::endpoint(&self.node.addr)
             .map_err(|e| Unreachable::new(&e))?
             .connect_timeout(Duration::from_millis(500))
-            .tcp_keepalive(Some(Duration::from_secs(1)))
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(1))
             .keep_alive_while_idle(true);
-        let c = RaftClient::new(endpoint.connect_lazy())
+        let connector = berth_proto::transport::Connector::new(self.tls.client())
+            .keepalive(Duration::from_secs(1));
+        let c = RaftClient::new(endpoint.connect_with_connector_lazy(connector))
             .max_decoding_message_size(berth_proto::limits::MAX_MESSAGE)
             .max_encoding_message_size(berth_proto::limits::MAX_MESSAGE);
         self.client = Some(c.clone());

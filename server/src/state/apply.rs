@@ -199,7 +199,59 @@ fn apply_op(
             tx.delete(keys::node(&r.name));
             let prefix = keys::node_label_prefix(&r.name);
             tx.delete_range(&prefix, &keys::prefix_end(&prefix))?;
+            // A removed node cannot come back with its certificate.
+            revoke(tx, "agent", &r.name)?;
             events.push(event("node", "remove", &r.name, 0, &[]));
+            Ok(CommandResult::default())
+        }
+        Op::RecordCert(r) => {
+            let Some(cert) = &r.cert else {
+                return Ok(refused("RecordCert carries no certificate"));
+            };
+            let key = keys::member_cert(&r.role, &r.name);
+            let mut rec = match tx.get(&key)? {
+                Some(v) => records::MemberCert::decode(v.as_slice())?,
+                None => records::MemberCert {
+                    schema: SCHEMA_VERSION,
+                    role: r.role.clone(),
+                    name: r.name.clone(),
+                    key_digest: r.key_digest.clone(),
+                    certs: Vec::new(),
+                },
+            };
+            if rec.key_digest != r.key_digest {
+                return Ok(refused(&format!(
+                    "the name {} is taken: another {} holds it (remove it first, \
+                     `berth node rm {}`, or join under another name)",
+                    r.name, r.role, r.name
+                )));
+            }
+            // The newest certificates are kept: renewals come when a third
+            // of a validity is left, so that at most two are valid at once,
+            // and revocation needs no others.
+            rec.certs.push(cert.clone());
+            if rec.certs.len() > CERTS_KEPT {
+                let extra = rec.certs.len() - CERTS_KEPT;
+                rec.certs.drain(..extra);
+            }
+            tx.put(key, rec.encode_to_vec());
+            Ok(CommandResult::default())
+        }
+        Op::RevokeCert(r) => {
+            revoke(tx, &r.role, &r.name)?;
+            Ok(CommandResult::default())
+        }
+        Op::RotateToken(r) => {
+            let Some(v) = tx.get(keys::PKI)? else {
+                return Ok(refused("the cluster has no CA yet"));
+            };
+            let mut pki = records::Pki::decode(v.as_slice())?;
+            match r.role.as_str() {
+                "agent" => pki.agent_token_secret = r.secret.clone(),
+                "server" => pki.server_token_secret = r.secret.clone(),
+                other => return Ok(refused(&format!("no join token for the role {other:?}"))),
+            }
+            tx.put(keys::PKI, pki.encode_to_vec());
             Ok(CommandResult::default())
         }
         Op::InitPki(p) => {
@@ -219,7 +271,17 @@ fn apply_op(
                 }
                 _ => 0,
             };
-            let id = stored.max(r.floor).max(1);
+            let first_free = stored.max(r.floor).max(1);
+            let id = match r.exact {
+                0 => first_free,
+                exact if exact >= first_free => exact,
+                exact => {
+                    return Ok(refused(&format!(
+                        "the server id {exact} was given already: start the server without \
+                         --id, and the cluster gives it one"
+                    )))
+                }
+            };
             let Some(next) = id.checked_add(1) else {
                 return Ok(refused("no server id is left to give"));
             };
@@ -340,6 +402,25 @@ fn label_row(value: String) -> Vec<u8> {
         value,
     }
     .encode_to_vec()
+}
+
+/// The most certificates of one member the state keeps (renewals).
+const CERTS_KEPT: usize = 16;
+
+/// Revokes every certificate recorded for role/name and frees the name.
+fn revoke(tx: &mut Tx, role: &str, name: &str) -> Result<(), ApplyError> {
+    if role == "server" {
+        tx.put(keys::revoked_server(name), [1u8]);
+    }
+    let key = keys::member_cert(role, name);
+    if let Some(v) = tx.get(&key)? {
+        let rec = records::MemberCert::decode(v.as_slice())?;
+        for c in &rec.certs {
+            tx.put(keys::revoked(&c.serial), c.not_after_s.to_be_bytes());
+        }
+        tx.delete(key);
+    }
+    Ok(())
 }
 
 fn refused(why: &str) -> CommandResult {
@@ -777,6 +858,7 @@ mod tests {
             op: Some(Op::ReserveServerId(records::ReserveServerId {
                 floor,
                 addr: "a".into(),
+                exact: 0,
             })),
         };
         let mut given = Vec::new();

@@ -73,6 +73,24 @@ pub const NEXT_SERVER_ID: &[u8] = b"m/next_server_id";
 /// The cluster's CA and token secrets (records.proto `Pki`).
 pub const PKI: &[u8] = b"m/pki";
 
+/// The certificates of a member (records.proto `MemberCert`).
+pub fn member_cert(role: &str, name: &str) -> Vec<u8> {
+    format!("m/cert/{role}/{name}").into_bytes()
+}
+
+/// A revoked certificate, by serial (hex); the value is its expiry (i64,
+/// big endian), after which the row could go.
+pub fn revoked(serial: &str) -> Vec<u8> {
+    format!("m/revoked/{serial}").into_bytes()
+}
+
+/// A server id that left the cluster: every certificate of it is refused
+/// (ids are never given again, and servers sign their own certificates,
+/// so the serials of all of them are not known).
+pub fn revoked_server(id: &str) -> Vec<u8> {
+    format!("m/revoked-server/{id}").into_bytes()
+}
+
 /// The first key after every key that starts with `prefix`.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();

@@ -132,7 +132,6 @@ impl StateReader {
         nodes.into_iter().map(|n| self.with_labels(n)).collect()
     }
 
-    /// One node, with its labels.
     /// The cluster's CA and token secrets, once a leader has made them.
     pub fn pki(&self) -> Result<Option<berth_proto::records::Pki>, StateError> {
         match self.db.get_cf(self.sm(), keys::PKI)? {
@@ -140,6 +139,39 @@ impl StateReader {
             None => Ok(None),
         }
     }
+
+    /// The certificates recorded for a member, by role and name.
+    pub fn member_cert(
+        &self,
+        role: &str,
+        name: &str,
+    ) -> Result<Option<berth_proto::records::MemberCert>, StateError> {
+        match self.db.get_cf(self.sm(), keys::member_cert(role, name))? {
+            Some(v) => Ok(Some(berth_proto::records::MemberCert::decode(
+                v.as_slice(),
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    /// True if the certificate with this serial (hex), of this role and
+    /// name, was revoked: by its serial, or (a server's) by its id.
+    pub fn is_revoked(&self, serial: &str, role: &str, name: &str) -> Result<bool, StateError> {
+        if role == "server"
+            && self
+                .db
+                .get_pinned_cf(self.sm(), keys::revoked_server(name))?
+                .is_some()
+        {
+            return Ok(true);
+        }
+        Ok(self
+            .db
+            .get_pinned_cf(self.sm(), keys::revoked(serial))?
+            .is_some())
+    }
+
+    /// One node, with its labels.
 
     pub fn node(&self, name: &str) -> Result<Option<Node>, StateError> {
         match self.db.get_cf(self.sm(), keys::node(name))? {

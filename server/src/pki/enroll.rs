@@ -1,0 +1,244 @@
+//! The Join service: a joiner's certificate for its token, a member's
+//! renewal, and the join tokens `berth cluster join-token` prints.
+//!
+//! Enroll runs on the leader (api/forward.rs passes it on): it checks the
+//! token against the replicated secrets, gives the name (an agent's node
+//! name, once per key; a server's id, from the cluster), records the
+//! certificate, and only then answers with it.
+
+use std::time::Duration;
+
+use berth_proto::cluster::{self, join_server::Join};
+use berth_proto::records::{self, command::Op};
+use tonic::{Request, Response, Status};
+
+use super::{check_name, same_hash, secret_hash, ClusterCa, Issued, JoinToken, Role};
+use crate::api::to_status;
+use crate::app::App;
+use crate::auth::{caller, Caller};
+
+/// The Join service.
+#[derive(Clone)]
+pub struct JoinService {
+    app: App,
+    validity: Duration,
+}
+
+impl JoinService {
+    /// Signs certificates valid for `validity` (--cert-days).
+    pub fn new(app: App, validity: Duration) -> Self {
+        Self { app, validity }
+    }
+
+    fn ca(&self) -> Result<(ClusterCa, records::Pki), Status> {
+        let pki = self
+            .app
+            .state
+            .pki()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::unavailable("the cluster has no CA yet: try again"))?;
+        let ca = ClusterCa::from_pem(&pki.ca_cert_pem, &pki.ca_key_pem)
+            .map_err(|e| Status::internal(format!("the cluster's CA: {e}")))?;
+        Ok((ca, pki))
+    }
+
+    /// Records a certificate for role/name, then answers with it.
+    async fn record(
+        &self,
+        ca: &ClusterCa,
+        role: Role,
+        name: &str,
+        issued: Issued,
+        server_id: u64,
+    ) -> Result<Response<cluster::EnrollResponse>, Status> {
+        self.app
+            .write(Op::RecordCert(records::RecordCert {
+                role: role.as_str().to_string(),
+                name: name.to_string(),
+                key_digest: issued.key_digest.clone(),
+                cert: Some(records::IssuedCert {
+                    serial: issued.serial.clone(),
+                    not_after_s: issued.not_after,
+                }),
+            }))
+            .await
+            .map_err(to_status)?;
+        tracing::info!(%role, %name, serial = %issued.serial, "signed a member's certificate");
+        Ok(Response::new(cluster::EnrollResponse {
+            cert_pem: format!("{}{}", issued.cert_pem, ca.cert_pem()),
+            trusted_pem: ca.cert_pem().to_string(),
+            name: name.to_string(),
+            server_id,
+            not_after_s: issued.not_after,
+        }))
+    }
+}
+
+/// The token of a role, from the state's secrets.
+pub fn token_of(pki: &records::Pki, role: Role) -> Result<JoinToken, Status> {
+    let digest = super::digest_of_pem(&pki.ca_cert_pem)
+        .map_err(|e| Status::internal(format!("the cluster's CA: {e}")))?;
+    let secret = match role {
+        Role::Agent => &pki.agent_token_secret,
+        Role::Server => &pki.server_token_secret,
+        Role::Admin => {
+            return Err(Status::invalid_argument(
+                "join tokens are for agents and servers (agent or server)",
+            ))
+        }
+    };
+    Ok(JoinToken {
+        ca_digest: digest,
+        role,
+        secret: secret.clone(),
+    })
+}
+
+/// `berth cluster join-token ROLE [--rotate]`: the token, replaced first
+/// with `rotate` (the old one is refused from the commit on).
+pub async fn join_token(
+    app: &App,
+    req: cluster::JoinTokenRequest,
+) -> Result<cluster::JoinTokenResponse, Status> {
+    let role: Role = req
+        .role
+        .parse()
+        .map_err(|e: super::PkiError| Status::invalid_argument(e.to_string()))?;
+    let pki = app
+        .state
+        .pki()
+        .map_err(|e| Status::internal(e.to_string()))?
+        .ok_or_else(|| Status::unavailable("the cluster has no CA yet: try again"))?;
+    let mut token = token_of(&pki, role)?;
+    if req.rotate {
+        let fresh = JoinToken::generate(&token.ca_digest, role);
+        app.write(Op::RotateToken(records::RotateToken {
+            role: role.as_str().to_string(),
+            secret: fresh.secret.clone(),
+        }))
+        .await
+        .map_err(to_status)?;
+        tracing::info!(%role, "rotated the join token");
+        token = fresh;
+    }
+    Ok(cluster::JoinTokenResponse {
+        token: token.to_string(),
+    })
+}
+
+#[tonic::async_trait]
+impl Join for JoinService {
+    async fn enroll(
+        &self,
+        req: Request<cluster::EnrollRequest>,
+    ) -> Result<Response<cluster::EnrollResponse>, Status> {
+        let req = req.into_inner();
+        let token: JoinToken = req
+            .token
+            .trim()
+            .parse()
+            .map_err(|e: super::PkiError| Status::invalid_argument(e.to_string()))?;
+        let (ca, pki) = self.ca()?;
+        let current = token_of(&pki, token.role)?;
+        if token.ca_digest != current.ca_digest {
+            return Err(Status::unauthenticated(
+                "the join token names another CA than this cluster's (a token of another \
+                 cluster, or from before a CA rotation): get a new one with \
+                 `berth cluster join-token`",
+            ));
+        }
+        if !same_hash(&token.secret_hash(), &secret_hash(&current.secret)) {
+            return Err(Status::unauthenticated(format!(
+                "the {} join token is not this cluster's current one (rotated, or mistyped): \
+                 get it with `berth cluster join-token {}`",
+                token.role, token.role
+            )));
+        }
+        match token.role {
+            Role::Agent => {
+                check_name(&req.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let issued = ca
+                    .sign_request(&req.csr_pem, Role::Agent, &req.name, &[], self.validity)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                self.record(&ca, Role::Agent, &req.name, issued, 0).await
+            }
+            Role::Server => {
+                if req.addr.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "a joining server names its advertised address",
+                    ));
+                }
+                let status =
+                    crate::api::membership::reserve_id(&self.app, &req.addr, req.server_id).await?;
+                let id = status.reserved_id;
+                let host = host_of(&req.addr);
+                let issued = ca
+                    .sign_request(
+                        &req.csr_pem,
+                        Role::Server,
+                        &id.to_string(),
+                        &[host],
+                        self.validity,
+                    )
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                self.record(&ca, Role::Server, &id.to_string(), issued, id)
+                    .await
+            }
+            Role::Admin => Err(Status::invalid_argument(
+                "join tokens are for agents and servers",
+            )),
+        }
+    }
+
+    async fn renew(
+        &self,
+        req: Request<cluster::RenewRequest>,
+    ) -> Result<Response<cluster::EnrollResponse>, Status> {
+        let Caller::Member(id) = caller(&req)? else {
+            return Err(Status::unauthenticated(
+                "a renewal needs the member's certificate",
+            ));
+        };
+        let (ca, _) = self.ca()?;
+        let req = req.into_inner();
+        let hosts = match id.role {
+            Role::Server => self
+                .app
+                .raft_addr_of(&id.name)
+                .map(|a| vec![host_of(&a)])
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let issued = ca
+            .sign_request(&req.csr_pem, id.role, &id.name, &hosts, self.validity)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // A renewal is of the member's own name: the record takes the new
+        // key in place of the old (the old certificate stays valid to its
+        // end, and is revoked with the rest by a removal).
+        let rekey = self
+            .app
+            .state
+            .member_cert(id.role.as_str(), &id.name)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if let Some(rec) = rekey {
+            if rec.key_digest != issued.key_digest {
+                self.app
+                    .write(Op::RevokeCert(records::RevokeCert {
+                        role: id.role.as_str().to_string(),
+                        name: id.name.clone(),
+                    }))
+                    .await
+                    .map_err(to_status)?;
+            }
+        }
+        self.record(&ca, id.role, &id.name, issued, 0).await
+    }
+}
+
+/// The host of HOST:PORT (brackets of an IPv6 address taken off).
+fn host_of(addr: &str) -> String {
+    addr.rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_string()
+}
