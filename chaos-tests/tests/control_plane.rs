@@ -671,6 +671,7 @@ fn events_show_what_happened_and_follow_what_happens() {
         let mut follower = std::process::Command::new(bin.join("berth"))
             .args(["events", "--filter", "event=die"])
             .env("BERTH_HOST", berth_chaos::cluster::SERVER_ADDR)
+            .env("BERTH_CONFIG", c.admin_conf())
             .stdout(std::process::Stdio::piped())
             .spawn()?;
         let stdout = follower.stdout.take().expect("a stdout pipe");

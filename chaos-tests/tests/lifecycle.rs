@@ -473,6 +473,7 @@ fn users_entrypoints_volumes_restart_policies_and_log_options() {
                 std::process::Command::new(berth_chaos::cluster::bin_dir()?.join("berth"))
                     .args(["start", "-i", "later"])
                     .env("BERTH_HOST", berth_chaos::cluster::SERVER_ADDR)
+                    .env("BERTH_CONFIG", c.admin_conf())
                     .stdin(std::process::Stdio::piped())
                     .stdout(std::process::Stdio::piped())
                     .spawn()?;
@@ -729,6 +730,7 @@ fn run_it_gives_a_shell_that_detaches_and_attaches_again() {
                 std::process::Command::new(berth_chaos::cluster::bin_dir()?.join("berth"))
                     .args(["run", "-i", "--rm", "busybox", "sh", "-c", "tr a-z A-Z"])
                     .env("BERTH_HOST", berth_chaos::cluster::SERVER_ADDR)
+                    .env("BERTH_CONFIG", c.admin_conf())
                     .stdin(std::process::Stdio::piped())
                     .stdout(std::process::Stdio::piped())
                     .spawn()?;

@@ -333,6 +333,7 @@ fn rm_is_carried_out_by_the_cluster() {
         // the container's output (as Ctrl+C would end it).
         let out = c.dir().join("cut.out");
         let mut child = std::process::Command::new(berth_chaos::cluster::bin_dir()?.join("berth"))
+            .env("BERTH_CONFIG", c.admin_conf())
             .args([
                 "run",
                 "--rm",
