@@ -138,6 +138,11 @@ fn decide(
                  --config, BERTH_CONFIG or ~/.berth/config; agents and servers join with a token)",
             ))
         }
+        PeerAuth::Refused(why) => {
+            return Err(Status::unauthenticated(format!(
+                "the client certificate was refused: {why}"
+            )))
+        }
         PeerAuth::Unreadable(why) => {
             return Err(Status::unauthenticated(format!(
                 "the client certificate names no berth member: {why}"

@@ -110,24 +110,125 @@ impl Credentials {
 
 /// The listener's configuration: its own certificate, and clients'
 /// certificates checked against the trusted CAs when they present one.
+///
+/// A certificate that fails the check (of another CA, expired) still
+/// completes the handshake, as one proved to be held by the client (its
+/// signature is checked), but marked refused: with TLS 1.3 a client
+/// learns of a refusal in the handshake only as a bare alert on its first
+/// read, where a refusal by the authorization layer tells it why.
 pub fn server_config(creds: &Credentials) -> Result<rustls::ServerConfig, TlsError> {
     let provider = transport::provider();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(transport::roots(&creds.trusted_pem)?),
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()
-    .map_err(|e| TlsError::Trust(e.to_string()))?;
+    let verifier = ClientChecks::new(creds, provider.clone())?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(verifier.lenient()))
         .with_single_cert(
             transport::certs(&creds.cert_pem, "the certificate file")?,
             transport::private_key(&creds.key_pem)?,
         )?;
     cfg.alpn_protocols = vec![transport::ALPN_H2.to_vec()];
     Ok(cfg)
+}
+
+/// The check of clients' certificates against the trusted CAs (rustls'
+/// WebPKI verifier), strict after the handshake and lenient within it.
+#[derive(Debug, Clone)]
+struct ClientChecks {
+    strict: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+impl ClientChecks {
+    fn new(
+        creds: &Credentials,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Self, TlsError> {
+        let strict = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(transport::roots(&creds.trusted_pem)?),
+            provider,
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Trust(e.to_string()))?;
+        Ok(Self { strict })
+    }
+
+    fn lenient(&self) -> Lenient {
+        Lenient(self.clone())
+    }
+
+    /// Why a presented chain is refused, if it is.
+    fn refusal(&self, chain: &[rustls::pki_types::CertificateDer<'_>]) -> Option<String> {
+        let (end, rest) = chain.split_first()?;
+        let err = self
+            .strict
+            .verify_client_cert(end, rest, rustls::pki_types::UnixTime::now())
+            .err()?;
+        let why = match &err {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+                "another CA signed it: it is not a certificate of this cluster".to_string()
+            }
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. },
+            ) => format!("it has expired ({err}): get a new credential"),
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidYet
+                | rustls::CertificateError::NotValidYetContext { .. },
+            ) => format!("it is not valid yet ({err}): is this host's clock right?"),
+            other => other.to_string(),
+        };
+        Some(why)
+    }
+}
+
+/// The verifier the handshake uses: the signature of the client's
+/// handshake is checked (it holds the certificate's key), the chain only
+/// after, by [`ClientChecks::refusal`].
+#[derive(Debug)]
+struct Lenient(ClientChecks);
+
+impl rustls::server::danger::ClientCertVerifier for Lenient {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.strict.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.strict.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.strict.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.strict.supported_verify_schemes()
+    }
 }
 
 /// The configuration of a connection this member makes (to another
@@ -142,7 +243,7 @@ pub fn client_config(creds: &Credentials) -> Result<Arc<rustls::ClientConfig>, T
 /// new ones, open ones keep theirs.
 pub struct ServerTls {
     data_dir: PathBuf,
-    server: RwLock<Arc<rustls::ServerConfig>>,
+    server: RwLock<(Arc<rustls::ServerConfig>, ClientChecks)>,
     client: RwLock<Arc<rustls::ClientConfig>>,
 }
 
@@ -150,9 +251,10 @@ impl ServerTls {
     /// The TLS of the credentials in `data_dir/tls`.
     pub fn load(data_dir: &Path) -> Result<Arc<Self>, TlsError> {
         let creds = Credentials::load(data_dir)?;
+        let checks = ClientChecks::new(&creds, transport::provider())?;
         Ok(Arc::new(Self {
             data_dir: data_dir.to_path_buf(),
-            server: RwLock::new(Arc::new(server_config(&creds)?)),
+            server: RwLock::new((Arc::new(server_config(&creds)?), checks)),
             client: RwLock::new(client_config(&creds)?),
         }))
     }
@@ -160,7 +262,10 @@ impl ServerTls {
     /// Reads the credentials again.
     pub fn reload(&self) -> Result<(), TlsError> {
         let creds = Credentials::load(&self.data_dir)?;
-        let server = Arc::new(server_config(&creds)?);
+        let server = (
+            Arc::new(server_config(&creds)?),
+            ClientChecks::new(&creds, transport::provider())?,
+        );
         let client = client_config(&creds)?;
         *self.server.write().unwrap_or_else(|p| p.into_inner()) = server;
         *self.client.write().unwrap_or_else(|p| p.into_inner()) = client;
@@ -175,7 +280,7 @@ impl ServerTls {
             .clone()
     }
 
-    fn server(&self) -> Arc<rustls::ServerConfig> {
+    fn server(&self) -> (Arc<rustls::ServerConfig>, ClientChecks) {
         self.server
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -235,14 +340,17 @@ impl ServerTls {
                 },
             ));
         }
-        let tls = tokio_rustls::TlsAcceptor::from(self.server())
-            .accept(tcp)
-            .await?;
-        let auth = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+        let (config, checks) = self.server();
+        let tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?;
+        let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+        let auth = match chain.first() {
             None => PeerAuth::NoCertificate,
-            Some(der) => match identity_of(der.as_ref()) {
-                Ok(id) => PeerAuth::Member(id),
-                Err(e) => PeerAuth::Unreadable(e.to_string()),
+            Some(der) => match checks.refusal(chain) {
+                Some(why) => PeerAuth::Refused(why),
+                None => match identity_of(der.as_ref()) {
+                    Ok(id) => PeerAuth::Member(id),
+                    Err(e) => PeerAuth::Unreadable(e.to_string()),
+                },
             },
         };
         Ok(Conn::Tls(Box::new(tls), Peer { addr, auth }))
@@ -270,6 +378,8 @@ pub enum PeerAuth {
     Member(Identity),
     /// A certificate of the CA that names no berth identity.
     Unreadable(String),
+    /// A certificate the trusted CAs do not vouch for, and why.
+    Refused(String),
 }
 
 /// An accepted connection: plaintext (to be refused by the authorization
@@ -439,17 +549,22 @@ mod tests {
     async fn another_clusters_certificate_is_refused_both_ways() {
         let ca = ClusterCa::generate("t").unwrap();
         let other = ClusterCa::generate("other").unwrap();
-        // A client of another cluster, presenting its certificate.
-        let server = server_config(&creds(&ca, Role::Server, "1")).unwrap();
+        // A client of another cluster, presenting its certificate: the
+        // handshake completes (for a refusal that says why), and the
+        // check after it refuses the chain.
+        let ours = creds(&ca, Role::Server, "1");
+        let server = server_config(&ours).unwrap();
         let mut stranger = creds(&other, Role::Admin, "admin");
         stranger.trusted_pem = ca.cert_pem().to_string();
-        let err = connect(server, client_config(&stranger).unwrap())
+        connect(server, client_config(&stranger).unwrap())
             .await
-            .unwrap_err();
-        assert!(
-            err.to_lowercase().contains("unknown") || err.contains("alert"),
-            "{err}"
-        );
+            .unwrap();
+        let checks = ClientChecks::new(&ours, transport::provider()).unwrap();
+        let chain = transport::certs(&stranger.cert_pem, "c").unwrap();
+        let why = checks.refusal(&chain).unwrap();
+        assert!(why.contains("another CA signed it"), "{why}");
+        let member = transport::certs(&creds(&ca, Role::Agent, "n").cert_pem, "c").unwrap();
+        assert_eq!(checks.refusal(&member), None);
         // A server of another cluster, to our client.
         let impostor = server_config(&creds(&other, Role::Server, "1")).unwrap();
         let ours = client_config(&creds(&ca, Role::Admin, "admin")).unwrap();

@@ -1,0 +1,423 @@
+//! Cluster identity (P3.3): every connection is mutual TLS, and every
+//! call is authorized by the role in the caller's certificate. A real
+//! server and real agents; the credentials are the ones the cluster gave
+//! them, one the test makes from the cluster's CA (taken from a backup,
+//! as anyone holding a backup could), and one of another CA.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use berth_chaos::{sandbox, Cluster};
+use berth_proto::transport::{self, ClientCredentials};
+use tokio_rustls::rustls;
+use tonic::transport::Channel;
+
+/// How one call came out.
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    /// Authorization let it through (whatever the handler said then).
+    Passed(String),
+    /// Refused by authorization, with this code and message.
+    Refused(tonic::Code, String),
+    /// Refused by TLS (the server would not take the certificate).
+    Handshake(String),
+}
+
+/// The four endpoints of the matrix.
+const ENDPOINTS: [&str; 4] = ["cluster api", "agent session", "raft", "membership"];
+
+/// One way to connect: a TLS configuration, or plaintext (None).
+type Way = Option<Arc<rustls::ClientConfig>>;
+
+async fn channel(addr: &str, way: &Way) -> Result<Channel, String> {
+    let result = match way {
+        None => {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| e.to_string())?
+                .connect()
+                .await
+        }
+        Some(tls) => {
+            transport::endpoint(addr)
+                .map_err(|e| e.to_string())?
+                .connect_with_connector(transport::Connector::new(tls.clone()))
+                .await
+        }
+    };
+    result.map_err(|e| chain(&e))
+}
+
+/// An error and all its sources, on one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
+fn judge<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Outcome {
+    match r {
+        Ok(v) => Outcome::Passed(format!("{v:?}").chars().take(80).collect()),
+        Err(s) => match s.code() {
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                Outcome::Refused(s.code(), s.message().to_string())
+            }
+            _ => {
+                let text = chain(&s);
+                if text.contains("alert") || text.contains("certificate") && s.message().is_empty()
+                {
+                    Outcome::Handshake(text)
+                } else {
+                    Outcome::Passed(format!("{:?}: {}", s.code(), s.message()))
+                }
+            }
+        },
+    }
+}
+
+/// Calls one endpoint the way `way` connects.
+async fn call(addr: &str, way: &Way, endpoint: &str, node: &str) -> Outcome {
+    use berth_proto::agent::agent_session_client::AgentSessionClient;
+    use berth_proto::cluster::cluster_client::ClusterClient;
+    use berth_proto::raft::raft_client::RaftClient;
+    let ch = match channel(addr, way).await {
+        Ok(c) => c,
+        Err(e) => return Outcome::Handshake(e),
+    };
+    match endpoint {
+        "cluster api" => judge(
+            ClusterClient::new(ch)
+                .list_nodes(berth_proto::cluster::ListNodesRequest::default())
+                .await,
+        ),
+        "agent session" => {
+            let beat = berth_proto::agent::Heartbeat {
+                seq: 1,
+                node: node.to_string(),
+                session_id: 0,
+            };
+            let mut client = AgentSessionClient::new(ch);
+            match client.heartbeats(tokio_stream::iter(vec![beat])).await {
+                Ok(r) => {
+                    // Through authorization: the session it names is not
+                    // current, which the stream then says.
+                    let first = r.into_inner().message().await;
+                    Outcome::Passed(format!("{first:?}").chars().take(80).collect())
+                }
+                Err(s) => judge::<()>(Err(s)),
+            }
+        }
+        "raft" => judge(
+            RaftClient::new(ch)
+                .vote(berth_proto::raft::RaftPayload {
+                    json: b"not a vote".to_vec(),
+                })
+                .await,
+        ),
+        "membership" => judge(
+            ClusterClient::new(ch)
+                .join_cluster(berth_proto::cluster::JoinRequest {
+                    id: 0,
+                    addr: String::new(),
+                    reserve_id: false,
+                })
+                .await,
+        ),
+        other => Outcome::Handshake(format!("no endpoint {other}")),
+    }
+}
+
+fn read(p: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+}
+
+/// The credentials a member keeps in its data dir's tls/.
+fn member_creds(data_dir: &std::path::Path) -> anyhow::Result<ClientCredentials> {
+    let tls = data_dir.join("tls");
+    Ok(ClientCredentials {
+        trusted_pem: read(&tls.join("ca.pem"))?,
+        cert_pem: read(&tls.join("cert.pem"))?,
+        key_pem: read(&tls.join("key.pem"))?,
+    })
+}
+
+/// The cluster's CA (certificate and key), from a backup of its state.
+fn ca_from_backup(c: &Cluster) -> anyhow::Result<(String, String)> {
+    use prost::Message;
+    let file = c.dir().join("state.backup");
+    c.berth(&["cluster", "backup", "-o", file.to_str().unwrap_or_default()])
+        .ok()?;
+    let snap = berth_proto::records::Snapshot::decode(std::fs::read(&file)?.as_slice())?;
+    let row = snap
+        .rows
+        .iter()
+        .find(|r| r.key == b"m/pki")
+        .context("no CA in the backup")?;
+    let pki = berth_proto::records::Pki::decode(row.value.as_slice())?;
+    Ok((pki.ca_cert_pem, pki.ca_key_pem))
+}
+
+/// A certificate for `uri` signed by the CA (`ca_cert`, `ca_key`), valid
+/// over the dates given.
+fn signed(
+    ca_cert: &str,
+    ca_key: &str,
+    uri: &str,
+    not_before: (i32, u8, u8),
+    not_after: (i32, u8, u8),
+) -> anyhow::Result<(String, String)> {
+    let ca_key = rcgen::KeyPair::from_pem(ca_key)?;
+    let issuer = rcgen::CertificateParams::from_ca_cert_pem(ca_cert)?.self_signed(&ca_key)?;
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::URI(uri.try_into()?));
+    params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+    params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer, &ca_key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn with_cert(trusted: &str, cert: &str, key: &str) -> anyhow::Result<Way> {
+    Ok(Some(transport::client_config(&ClientCredentials {
+        trusted_pem: trusted.to_string(),
+        cert_pem: cert.to_string(),
+        key_pem: key.to_string(),
+    })?))
+}
+
+#[test]
+fn only_the_right_role_passes_each_endpoint_and_every_refusal_says_why() {
+    sandbox::run(
+        "only_the_right_role_passes_each_endpoint_and_every_refusal_says_why",
+        || {
+            let mut c = Cluster::start_nodes(&[], &[("node1", &[]), ("gone", &[])])?;
+            let addr = c.member_addr(1);
+            let trusted = read(&c.server_dir(1).join("tls").join("ca.pem"))?;
+            let (ca_cert, ca_key) = ca_from_backup(&c)?;
+            // A removed node: its certificate is revoked.
+            c.kill_named_agent("gone")?;
+            c.berth(&["node", "rm", "--force", "gone"]).ok()?;
+            let admin = c.admin_tls()?;
+            let agent = member_creds(&c.agent_dir("node1"))?;
+            let server = member_creds(&c.server_dir(1))?;
+            let revoked = member_creds(&c.agent_dir("gone"))?;
+            let (exp_cert, exp_key) = signed(
+                &ca_cert,
+                &ca_key,
+                "berth://agent/node1",
+                (2020, 1, 1),
+                (2021, 1, 1),
+            )?;
+            let other_ca = rcgen::KeyPair::generate()?;
+            let mut other_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+            other_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let other = other_params.self_signed(&other_ca)?;
+            let (stranger_cert, stranger_key) = signed(
+                &other.pem(),
+                &other_ca.serialize_pem(),
+                "berth://admin/admin",
+                (2024, 1, 1),
+                (2040, 1, 1),
+            )?;
+            let anonymous = {
+                let mut cfg = rustls::ClientConfig::builder_with_provider(transport::provider())
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(transport::roots(&trusted)?)
+                    .with_no_client_auth();
+                cfg.alpn_protocols = vec![transport::ALPN_H2.to_vec()];
+                Some(Arc::new(cfg))
+            };
+            let ways: Vec<(&str, Way, &str)> = vec![
+                ("plaintext", None, "node1"),
+                ("tls, no certificate", anonymous, "node1"),
+                (
+                    "another CA's",
+                    with_cert(&trusted, &stranger_cert, &stranger_key)?,
+                    "node1",
+                ),
+                ("agent", Some(transport::client_config(&agent)?), "node1"),
+                ("server", Some(transport::client_config(&server)?), "node1"),
+                ("admin", Some(admin), "node1"),
+                ("revoked", Some(transport::client_config(&revoked)?), "gone"),
+                (
+                    "expired",
+                    with_cert(&trusted, &exp_cert, &exp_key)?,
+                    "node1",
+                ),
+            ];
+            // Which credential passes which endpoint.
+            let passes = |way: &str, endpoint: &str| {
+                matches!(
+                    (way, endpoint),
+                    ("admin", "cluster api")
+                        | ("agent", "agent session")
+                        | ("server", "raft")
+                        | ("server", "membership")
+                )
+            };
+            // What a refusal must name, by credential.
+            let why = |way: &str| match way {
+                "plaintext" => "plaintext",
+                "tls, no certificate" => "no client certificate",
+                "another CA's" => "another CA signed it",
+                "revoked" => "revoked",
+                "expired" => "it has expired",
+                _ => "needs the",
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            let mut table = String::new();
+            let mut wrong = Vec::new();
+            for (name, way, node) in &ways {
+                for endpoint in ENDPOINTS {
+                    let out = rt.block_on(call(&addr, way, endpoint, node));
+                    table.push_str(&format!("{name:<22} {endpoint:<14} {out:?}\n"));
+                    let ok = match &out {
+                        Outcome::Passed(_) => passes(name, endpoint),
+                        Outcome::Refused(_, msg) | Outcome::Handshake(msg) => {
+                            !passes(name, endpoint) && msg.contains(why(name))
+                        }
+                    };
+                    if !ok {
+                        wrong.push(format!("{name} at {endpoint}: {out:?}"));
+                    }
+                }
+            }
+            println!("{table}");
+            ensure!(wrong.is_empty(), "{wrong:#?}\n{table}");
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn an_agent_certificate_speaks_only_for_its_own_node() {
+    sandbox::run("an_agent_certificate_speaks_only_for_its_own_node", || {
+        use berth_proto::agent::agent_session_client::AgentSessionClient;
+        use berth_proto::agent::{agent_message, AgentMessage, Register};
+        let mut c = Cluster::start_nodes(&[], &[("node1", &[]), ("node2", &[])])?;
+        let addr = c.member_addr(1);
+        let id = c
+            .berth(&[
+                "run",
+                "-d",
+                "--name",
+                "on2",
+                "--constraint",
+                "node.hostname==node2",
+                "busybox",
+                "sleep",
+                "600",
+            ])
+            .ok()?
+            .stdout
+            .trim()
+            .to_string();
+        let inspect = c.berth(&["inspect", "on2"]).ok()?.stdout;
+        let v: serde_json::Value = serde_json::from_str(&inspect)?;
+        let generation = v[0]["Generation"]
+            .as_u64()
+            .or_else(|| v[0]["generation"].as_u64())
+            .unwrap_or(1);
+        // node1's own agent steps aside: the test speaks as node1.
+        c.kill_named_agent("node1")?;
+        let node1 = Some(transport::client_config(&member_creds(
+            &c.agent_dir("node1"),
+        )?)?);
+        let rt = tokio::runtime::Runtime::new()?;
+        rt.block_on(async {
+            // A session registered as node2 with node1's certificate is
+            // refused: node2's assignments never reach it.
+            let ch = channel(&addr, &node1).await.map_err(anyhow::Error::msg)?;
+            let register = AgentMessage {
+                msg: Some(agent_message::Msg::Register(Register {
+                    node: "node2".into(),
+                    ..Default::default()
+                })),
+            };
+            let r = AgentSessionClient::new(ch)
+                .session(tokio_stream::iter(vec![register]))
+                .await;
+            let s = r.err().context("a session as node2 was accepted")?;
+            ensure!(
+                s.code() == tonic::Code::PermissionDenied
+                    && s.message().contains("certificate is for node node1")
+                    && s.message().contains("node2"),
+                "{s:?}"
+            );
+            // Its heartbeats as node2, likewise.
+            let ch = channel(&addr, &node1).await.map_err(anyhow::Error::msg)?;
+            let beat = berth_proto::agent::Heartbeat {
+                seq: 1,
+                node: "node2".into(),
+                session_id: 1,
+            };
+            let mut acks = AgentSessionClient::new(ch)
+                .heartbeats(tokio_stream::iter(vec![beat]))
+                .await?
+                .into_inner();
+            let s = acks.message().await.err().context("a heartbeat as node2 was answered")?;
+            ensure!(s.code() == tonic::Code::PermissionDenied, "{s:?}");
+            // A session of its own node, with a report about node2's
+            // container: the cluster does not take it.
+            let ch = channel(&addr, &node1).await.map_err(anyhow::Error::msg)?;
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send(AgentMessage {
+                msg: Some(agent_message::Msg::Register(Register {
+                    node: "node1".into(),
+                    ..Default::default()
+                })),
+            })
+            .await?;
+            let mut from_server = AgentSessionClient::new(ch)
+                .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            let registered = from_server.message().await?;
+            ensure!(registered.is_some(), "no answer to node1's registration");
+            for g in [generation, generation + 1, 1] {
+                tx.send(AgentMessage {
+                    msg: Some(agent_message::Msg::Transition(
+                        berth_proto::agent::Transition {
+                            container_id: id.clone(),
+                            generation: g,
+                            to: "exited".into(),
+                            at_ms: 1,
+                            exit_code: 137,
+                            ..Default::default()
+                        },
+                    )),
+                })
+                .await?;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            drop(tx);
+            // And it cannot reach Raft or membership.
+            for endpoint in ["raft", "membership"] {
+                let out = call(&addr, &node1, endpoint, "node1").await;
+                ensure!(
+                    matches!(&out, Outcome::Refused(tonic::Code::PermissionDenied, m) if m.contains("agent node1")),
+                    "{endpoint}: {out:?}"
+                );
+            }
+            anyhow::Ok(())
+        })?;
+        // node2 stayed up and its container running.
+        ensure!(c.node_ready("node2"), "{:?}", c.berth(&["node", "ls"]));
+        let ps = c.berth(&["ps"]).ok()?;
+        ensure!(
+            ps.stdout
+                .lines()
+                .any(|l| l.contains("on2") && l.contains("Up")),
+            "{ps:?}"
+        );
+        Ok(())
+    });
+}
