@@ -212,7 +212,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             labels: args.labels.iter().cloned().collect(),
         };
         tokio::select! {
-            _ = session::run(cfg, HostFacts::probe(), supervisor as Arc<dyn berth_agent::engine::Engine>, outbox_rx) => {}
+            refused = session::run(cfg, HostFacts::probe(), supervisor as Arc<dyn berth_agent::engine::Engine>, outbox_rx) => {
+                return Err(anyhow::Error::from(refused));
+            }
             _ = shutdown_signal() => tracing::info!("shutting down; containers keep running"),
         }
         Ok(())

@@ -169,7 +169,7 @@ pub async fn run(
     facts: HostFacts,
     supervisor: Arc<dyn Engine>,
     mut outbox: mpsc::UnboundedReceiver<Report>,
-) {
+) -> Refused {
     // Right after a session ends (a leader died, an election is on) the
     // agent retries every 25 ms, so that it is back within a few ms of the
     // new leader; after 3 s of failures it backs off to 2 s.
@@ -199,6 +199,7 @@ pub async fn run(
             Err(SessionEnd::Failed(e)) => {
                 tracing::debug!(server = %addr, "cannot open a session: {e}");
             }
+            Err(SessionEnd::Refused(why)) => return Refused(why),
         }
         let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
         tokio::time::sleep(backoff).await;
@@ -211,7 +212,15 @@ pub async fn run(
 enum SessionEnd {
     Redirect(String),
     Failed(String),
+    /// The cluster does not take this node's certificate (revoked,
+    /// expired, of another CA): retrying would not change that.
+    Refused(String),
 }
+
+/// Why the agent stopped trying: the cluster refused its certificate.
+#[derive(Debug, thiserror::Error)]
+#[error("the cluster refused this node's certificate: {0}")]
+pub struct Refused(pub String);
 
 async fn session(
     cfg: &SessionConfig,
@@ -264,6 +273,9 @@ async fn session(
                 if !leader.is_empty() {
                     return Err(SessionEnd::Redirect(leader.to_string()));
                 }
+            }
+            if status.code() == tonic::Code::Unauthenticated {
+                return Err(SessionEnd::Refused(status.message().to_string()));
             }
             return Err(SessionEnd::Failed(format!(
                 "{}: {}",

@@ -421,3 +421,113 @@ fn an_agent_certificate_speaks_only_for_its_own_node() {
         Ok(())
     });
 }
+
+/// Runs a process to its end (at most `limit`, then kills it): its exit
+/// code and what it wrote to stderr.
+fn run_to_end(
+    mut cmd: std::process::Command,
+    limit: Duration,
+) -> anyhow::Result<(Option<i32>, String)> {
+    let err_file = tempfile::NamedTempFile::new()?;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(err_file.reopen()?)
+        .spawn()?;
+    let start = std::time::Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait()? {
+            break status.code();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Ok((code, std::fs::read_to_string(err_file.path())?))
+}
+
+#[test]
+fn a_rotated_token_is_refused_and_a_removed_node_stays_out() {
+    sandbox::run(
+        "a_rotated_token_is_refused_and_a_removed_node_stays_out",
+        || {
+            let mut c = Cluster::start()?;
+            let agent = berth_chaos::cluster::bin_dir()?.join("berth-agent");
+            let old = c.join_token("agent")?;
+            let new = c
+                .berth(&["cluster", "join-token", "agent", "--rotate", "-q"])
+                .ok()?
+                .stdout
+                .trim()
+                .to_string();
+            ensure!(new != old && new.starts_with("BERTH1-"), "{old} {new}");
+            ensure!(
+                c.join_token("agent")? == new,
+                "join-token shows the old token"
+            );
+            // The old token is refused, and the agent says why and stops.
+            let mut cmd = std::process::Command::new(&agent);
+            cmd.args(["--data-dir"])
+                .arg(c.dir().join("agent-late"))
+                .args([
+                    "--server",
+                    &c.all_addrs(),
+                    "--name",
+                    "late",
+                    "--token",
+                    &old,
+                ]);
+            let (code, stderr) = run_to_end(cmd, Duration::from_secs(20))?;
+            ensure!(code == Some(1), "{code:?} {stderr}");
+            ensure!(
+                stderr.contains("not this cluster's current one"),
+                "{stderr}"
+            );
+            ensure!(
+                !c.dir()
+                    .join("agent-late")
+                    .join("tls")
+                    .join("cert.pem")
+                    .exists(),
+                "a refused agent kept a certificate"
+            );
+            // The new one lets the node in.
+            c.add_agent("late", &[])?;
+            c.wait_until(Duration::from_secs(20), "the new node to be ready", |c| {
+                c.node_ready("late")
+            })?;
+            // Removed while its agent runs: the session ends, the agent's
+            // reconnection meets its revoked certificate, and it stops.
+            c.berth(&["node", "rm", "--force", "late"]).ok()?;
+            let log = c.dir().join("agent-late.log");
+            c.wait_until(Duration::from_secs(20), "the removed agent to stop", |_| {
+                std::fs::read_to_string(&log)
+                    .map(|l| l.contains("berth-agent: error:") && l.contains("revoked"))
+                    .unwrap_or(false)
+            })?;
+            ensure!(
+                c.node_status("late").is_none(),
+                "{:?}",
+                c.berth(&["node", "ls"])
+            );
+            // Started again on its data dir, it is refused at once.
+            let mut cmd = std::process::Command::new(&agent);
+            cmd.args(["--data-dir"])
+                .arg(c.dir().join("agent-late"))
+                .args(["--server", &c.all_addrs(), "--name", "late"]);
+            let (code, stderr) = run_to_end(cmd, Duration::from_secs(20))?;
+            ensure!(
+                code == Some(1) && stderr.contains("revoked"),
+                "{code:?} {stderr}"
+            );
+            ensure!(
+                c.node_status("late").is_none(),
+                "the removed node came back"
+            );
+            Ok(())
+        },
+    );
+}
