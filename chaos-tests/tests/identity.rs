@@ -531,3 +531,93 @@ fn a_rotated_token_is_refused_and_a_removed_node_stays_out() {
         },
     );
 }
+
+#[test]
+fn the_multi_host_script_stands_up_a_tls_cluster_that_outlives_its_leaders_host() {
+    sandbox::run(
+        "the_multi_host_script_stands_up_a_tls_cluster_that_outlives_its_leaders_host",
+        || {
+            // The sandbox's own /run/netns: the hosts' names meet no other
+            // test's (its pid namespace ends their processes with it).
+            std::fs::create_dir_all("/run/netns")?;
+            let st = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "tmpfs", "/run/netns"])
+                .status()?;
+            ensure!(st.success(), "mounting a tmpfs on /run/netns");
+            let script =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/hosts.sh");
+            let state = tempfile::tempdir_in("/var/tmp")?;
+            let hosts = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+                Ok(std::process::Command::new(&script)
+                    .args(args)
+                    .env("BERTH_BIN", berth_chaos::cluster::bin_dir()?)
+                    .env("BERTH_HOSTS_STATE", state.path())
+                    .stdin(std::process::Stdio::null())
+                    .output()?)
+            };
+            let text = |o: &std::process::Output| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            };
+            let up = hosts(&["up", "3", "3"])?;
+            ensure!(up.status.success(), "{}", text(&up));
+            let out = text(&up);
+            for h in ["10.214.0.11:7420", "10.214.0.12:7420", "10.214.0.13:7420"] {
+                ensure!(out.contains(h), "{h} is not a member:\n{out}");
+            }
+            ensure!(out.matches(" ready ").count() == 3, "{out}");
+            // Every server's certificate is the cluster's and names TLS.
+            let ls = std::fs::read_dir(state.path().join("s2").join("tls"))?.count();
+            ensure!(ls >= 3, "s2 keeps no credentials");
+            let tar = state.path().join("busybox.tar");
+            berth_chaos::images::busybox_rootfs_tar(&tar)?;
+            let o = hosts(&["cli", "import", tar.to_str().unwrap_or_default(), "busybox"])?;
+            ensure!(o.status.success(), "{}", text(&o));
+            let o = hosts(&[
+                "cli", "run", "-d", "--name", "before", "busybox", "sleep", "600",
+            ])?;
+            ensure!(o.status.success(), "{}", text(&o));
+            // The leader's host dies: every process of its namespace.
+            let status = text(&hosts(&["cli", "cluster", "status"])?);
+            let leader: usize = status
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("leader: "))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|l| l.parse().ok())
+                .context(status.clone())?;
+            let o = hosts(&["kill", &format!("s{leader}")])?;
+            ensure!(o.status.success(), "{}", text(&o));
+            // The cluster keeps serving: a new leader, writes, a container.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let after = loop {
+                let s = text(&hosts(&["cli", "cluster", "status"])?);
+                let now = s
+                    .lines()
+                    .next()
+                    .and_then(|l| l.strip_prefix("leader: "))
+                    .and_then(|l| l.split_whitespace().next())
+                    .and_then(|l| l.parse::<usize>().ok());
+                if matches!(now, Some(n) if n != leader) {
+                    break s;
+                }
+                ensure!(std::time::Instant::now() < deadline, "no new leader:\n{s}");
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            let o = hosts(&["cli", "run", "--rm", "busybox", "echo", "still here"])?;
+            ensure!(
+                o.status.success() && text(&o).contains("still here"),
+                "{}\n{after}",
+                text(&o)
+            );
+            let ps = text(&hosts(&["cli", "ps"])?);
+            ensure!(ps.contains("before") && ps.contains("Up"), "{ps}");
+            let down = hosts(&["down"])?;
+            ensure!(down.status.success(), "{}", text(&down));
+            Ok(())
+        },
+    );
+}
