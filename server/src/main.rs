@@ -395,7 +395,7 @@ async fn join(seed: String, id: u64, advertise: String, tls: Arc<berth_server::t
 
 /// The join token of --token, --token-file or BERTH_TOKEN.
 fn join_token(args: &Args) -> anyhow::Result<String> {
-    if let Some(t) = &args.token {
+    if let Some(t) = args.token.as_deref().filter(|t| !t.trim().is_empty()) {
         return Ok(t.trim().to_string());
     }
     if let Some(p) = &args.token_file {
