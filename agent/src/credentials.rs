@@ -63,6 +63,11 @@ pub struct AgentTls {
     client: RwLock<Arc<rustls::ClientConfig>>,
     not_after: AtomicI64,
     issued_at: AtomicI64,
+    /// The digest of the CA that signed the certificate, and how many CAs
+    /// the node trusts (two during a rotation).
+    issuer: RwLock<(String, usize)>,
+    /// Wakes [`AgentTls::keep_renewed`] for a renewal now (a CA rotation).
+    renew_now: tokio::sync::Notify,
 }
 
 /// What is kept beside the certificate.
@@ -105,12 +110,15 @@ impl AgentTls {
                 wanted: cfg.node.clone(),
             });
         }
-        let client = transport::client_config(&load(&cfg.dir)?)?;
+        let creds = load(&cfg.dir)?;
+        let client = transport::client_config(&creds)?;
         Ok(Arc::new(Self {
             cfg,
             client: RwLock::new(client),
             not_after: AtomicI64::new(meta.not_after_s),
             issued_at: AtomicI64::new(meta.issued_at_s),
+            issuer: RwLock::new(issuer_of(&creds)),
+            renew_now: tokio::sync::Notify::new(),
         }))
     }
 
@@ -127,8 +135,25 @@ impl AgentTls {
         Connector::new(self.client())
     }
 
-    /// Renews the certificate whenever a third of its validity is left,
-    /// for as long as the agent runs.
+    /// What a heartbeat's answer says of the cluster's CA: if another CA
+    /// signs now, or a rotation ended and this node still trusts the old
+    /// one, the certificate is renewed at once.
+    pub fn note_ca(&self, ca_digest: &str, rotating: bool) {
+        if ca_digest.is_empty() {
+            return;
+        }
+        let (issuer, trusted) = self
+            .issuer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if issuer != ca_digest || (!rotating && trusted > 1) {
+            self.renew_now.notify_one();
+        }
+    }
+
+    /// Renews the certificate whenever a third of its validity is left
+    /// (or a CA rotation asks), for as long as the agent runs.
     pub async fn keep_renewed(self: Arc<Self>) {
         loop {
             let now = now_s();
@@ -137,8 +162,10 @@ impl AgentTls {
             let due = not_after - (not_after - issued) / 3;
             if now < due {
                 let wait = (due - now).clamp(1, 3600) as u64;
-                tokio::time::sleep(Duration::from_secs(wait)).await;
-                continue;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(wait)) => continue,
+                    _ = self.renew_now.notified() => {}
+                }
             }
             match self.renew().await {
                 Ok(()) => tracing::info!(
@@ -177,8 +204,10 @@ impl AgentTls {
                 Ok(r) => {
                     let r = r.into_inner();
                     keep(&self.cfg.dir, &self.cfg.node, &key_pem, &r)?;
-                    let client = transport::client_config(&load(&self.cfg.dir)?)?;
+                    let creds = load(&self.cfg.dir)?;
+                    let client = transport::client_config(&creds)?;
                     *self.client.write().unwrap_or_else(|p| p.into_inner()) = client;
+                    *self.issuer.write().unwrap_or_else(|p| p.into_inner()) = issuer_of(&creds);
                     self.not_after.store(r.not_after_s, Ordering::Relaxed);
                     self.issued_at.store(now_s(), Ordering::Relaxed);
                     return Ok(());
@@ -299,6 +328,19 @@ fn load(dir: &Path) -> Result<ClientCredentials, CredentialError> {
         cert_pem: read("cert.pem")?,
         key_pem: read("key.pem")?,
     })
+}
+
+/// The digest of the CA that signed a certificate (the one after it in
+/// its file), and how many CAs are trusted.
+fn issuer_of(creds: &ClientCredentials) -> (String, usize) {
+    let issuer = transport::certs(&creds.cert_pem, "the certificate")
+        .ok()
+        .and_then(|c| c.get(1).map(|der| transport::digest_of_der(der.as_ref())))
+        .unwrap_or_default();
+    let trusted = transport::certs(&creds.trusted_pem, "the trusted CAs")
+        .map(|c| c.len())
+        .unwrap_or(1);
+    (issuer, trusted)
 }
 
 fn read_meta(dir: &Path) -> Result<Meta, CredentialError> {

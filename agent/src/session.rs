@@ -77,16 +77,18 @@ impl HostFacts {
 /// A server's endpoint and the TLS to reach it with: the session and
 /// each of its side streams (heartbeats, log reads) open their own
 /// connection to it.
+/// Each connection takes the node's current certificate (a renewal
+/// revokes the one before).
 #[derive(Clone)]
 struct Link {
     endpoint: tonic::transport::Endpoint,
-    connector: berth_proto::transport::Connector,
+    tls: Arc<crate::credentials::AgentTls>,
 }
 
 impl Link {
     async fn connect(&self) -> Result<tonic::transport::Channel, tonic::transport::Error> {
         self.endpoint
-            .connect_with_connector(self.connector.clone())
+            .connect_with_connector(self.tls.connector())
             .await
     }
 }
@@ -144,6 +146,7 @@ async fn heartbeats(
                         Ok(None) => return Err("the server ended the heartbeat stream".into()),
                         Err(s) => return Err(s.message().to_string()),
                     };
+                    endpoint.tls.note_ca(&ack.ca_digest, ack.ca_rotating);
                     while let Some(&(s, at)) = sent.front() {
                         if s > ack.seq {
                             break;
@@ -235,7 +238,7 @@ async fn session(
             .connect_timeout(Duration::from_secs(2))
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5)),
-        connector: cfg.tls.connector(),
+        tls: cfg.tls.clone(),
     };
     let channel = endpoint
         .connect()

@@ -621,3 +621,54 @@ fn the_multi_host_script_stands_up_a_tls_cluster_that_outlives_its_leaders_host(
         },
     );
 }
+
+#[test]
+fn certificates_are_renewed_before_they_expire() {
+    sandbox::run("certificates_are_renewed_before_they_expire", || {
+        // Certificates valid for 30 s: each is signed again when 10 s are
+        // left (the servers' by themselves, the agent's by the cluster,
+        // the admin credential's by the CLI as it is used).
+        let c = Cluster::start_nodes(&["--cert-validity", "30s"], &[("node1", &[])])?;
+        let t0 = std::time::Instant::now();
+        let server_cert = c.server_dir(1).join("tls").join("cert.pem");
+        let agent_cert = c.agent_dir("node1").join("tls").join("cert.pem");
+        let admin = c.admin_conf();
+        let first = (read(&server_cert)?, read(&agent_cert)?, read(&admin)?);
+        c.berth(&["run", "-d", "--name", "keep", "busybox", "sleep", "600"])
+            .ok()?;
+        c.wait_until(
+            Duration::from_secs(60),
+            "every certificate to be signed again",
+            |c| {
+                let _ = c.berth(&["ps"]);
+                read(&server_cert).is_ok_and(|s| s != first.0)
+                    && read(&agent_cert).is_ok_and(|a| a != first.1)
+                    && read(&admin).is_ok_and(|a| a != first.2)
+            },
+        )?;
+        // Past the first certificates' end, the cluster still works
+        // throughout: the node stays ready, its container up.
+        while t0.elapsed() < Duration::from_secs(40) {
+            ensure!(
+                c.node_ready("node1"),
+                "the node went down at {:?}",
+                t0.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let ps = c.berth(&["ps"]).ok()?;
+        ensure!(
+            ps.stdout
+                .lines()
+                .any(|l| l.contains("keep") && l.contains("Up")),
+            "{ps:?}"
+        );
+        let r = c
+            .berth(&["run", "--rm", "busybox", "echo", "renewed"])
+            .ok()?;
+        ensure!(r.stdout.trim() == "renewed", "{r:?}");
+        let log = read(&c.dir().join("agent-node1.log"))?;
+        ensure!(log.contains("renewed this node's certificate"), "{log}");
+        Ok(())
+    });
+}

@@ -22,9 +22,23 @@ pub struct AdminConf {
     /// The admin certificate and key, PEM.
     pub cert: String,
     pub key: String,
+    /// When the certificate was signed and when it ends (Unix seconds; 0
+    /// if unknown): the CLI renews it once a third of that is left.
+    #[serde(default)]
+    pub issued_at_s: i64,
+    #[serde(default)]
+    pub not_after_s: i64,
 }
 
 impl AdminConf {
+    /// True once a third of the certificate's validity is left.
+    pub fn renewal_due(&self, now_s: i64) -> bool {
+        if self.not_after_s <= self.issued_at_s || self.issued_at_s == 0 {
+            return false;
+        }
+        now_s >= self.not_after_s - (self.not_after_s - self.issued_at_s) / 3
+    }
+
     /// What the TLS connection presents and trusts.
     pub fn credentials(&self) -> ClientCredentials {
         ClientCredentials {

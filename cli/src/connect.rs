@@ -68,6 +68,7 @@ pub async fn connect(target: &Target) -> Result<ClusterClient<Channel>, ConnectE
                     .map(|r| r.into_inner());
                 match status {
                     Ok(s) => {
+                        let _ = STATUS.set(s.clone());
                         if s.leader_id.is_some()
                             && s.leader_id != Some(s.id)
                             && !s.leader_addr.is_empty()
@@ -105,6 +106,89 @@ pub async fn connect(target: &Target) -> Result<ClusterClient<Channel>, ConnectE
              credential's endpoints)"
         ),
     })
+}
+
+/// Renews the admin certificate of the credential file at `path` when a
+/// third of its validity is left, and writes it back there: a credential
+/// in use does not expire. A failure is only a warning; the command goes
+/// on with the certificate it has.
+pub async fn renew_if_due(
+    target: &Target,
+    path: &std::path::Path,
+    conf: &AdminConf,
+    now_anyway: bool,
+) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    if !now_anyway && !conf.renewal_due(now) {
+        return;
+    }
+    let renewed = async {
+        let (key_pem, csr_pem) = transport::new_key_and_request()?;
+        let mut last = String::new();
+        for addr in &target.addrs {
+            let channel = match transport::endpoint(addr)?
+                .connect_timeout(Duration::from_secs(3))
+                .connect_with_connector(transport::Connector::new(target.tls.clone()))
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    last = root_cause(&e);
+                    continue;
+                }
+            };
+            let r = berth_proto::cluster::join_client::JoinClient::new(channel)
+                .renew(berth_proto::cluster::RenewRequest { csr_pem })
+                .await
+                .map_err(|s| std::io::Error::other(s.message().to_string()))?
+                .into_inner();
+            let mut next = conf.clone();
+            next.cert = r.cert_pem;
+            next.key = key_pem;
+            next.ca = r.trusted_pem;
+            next.issued_at_s = now;
+            next.not_after_s = r.not_after_s;
+            crate::config::store(path, &next)?;
+            return Ok::<_, anyhow::Error>(());
+        }
+        Err(anyhow::anyhow!("no server answered: {last}"))
+    }
+    .await;
+    if let Err(e) = renewed {
+        eprintln!(
+            "berth: warning: renewing the admin certificate in {}: {e}",
+            path.display()
+        );
+    }
+}
+
+/// The cluster status the first [`connect`] read.
+static STATUS: std::sync::OnceLock<berth_proto::cluster::ClusterStatus> =
+    std::sync::OnceLock::new();
+
+/// True if the cluster's CA is not the one the credential is of (a CA
+/// rotation), or a rotation ended and the credential still trusts the old
+/// CA: then it is renewed at once.
+pub fn ca_moved(conf: &AdminConf) -> bool {
+    let Some(s) = STATUS.get() else {
+        return false;
+    };
+    if s.ca_digest.is_empty() {
+        return false;
+    }
+    let issuer = transport::certs(&conf.cert, "the certificate")
+        .ok()
+        .and_then(|c| c.get(1).map(|d| transport::digest_of_der(d.as_ref())));
+    let trusted = transport::certs(&conf.ca, "the CA")
+        .map(|c| c.len())
+        .unwrap_or(1);
+    match issuer {
+        Some(i) => i != s.ca_digest || (!s.ca_rotating && trusted > 1),
+        None => false,
+    }
 }
 
 /// The target of the first [`connect`], for [`reconnect`].

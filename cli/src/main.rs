@@ -139,6 +139,15 @@ enum ClusterCommand {
         /// The member's id (from `berth cluster status`).
         id: u64,
     },
+    /// Show the cluster's CA and how far a rotation has come.
+    Ca {
+        /// Replace the CA with a new one, with no downtime: the old one is
+        /// trusted until every server and node holds a certificate of the
+        /// new one (agents and servers renew by themselves; an admin
+        /// credential renews when the CLI next uses it).
+        #[arg(long)]
+        rotate: bool,
+    },
     /// Print the token a new agent or server joins with
     /// (`berth-agent --token T`, `berth-server --join H:P --token T`).
     JoinToken {
@@ -257,10 +266,13 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
     if let Command::Context(cmd) = &cli.command {
         return context(cmd);
     }
-    let conf =
-        config::load(&config::path(cli.config.as_deref())).map_err(connect::ConnectError::from)?;
+    let conf_path = config::path(cli.config.as_deref());
+    let conf = config::load(&conf_path).map_err(connect::ConnectError::from)?;
     let target = connect::Target::new(cli.host.as_deref(), &conf)?;
     let mut client = connect::connect(&target).await?;
+    // A credential near its end, or of a CA the cluster has rotated away
+    // from, is renewed (and written back) before the command.
+    connect::renew_if_due(&target, &conf_path, &conf, connect::ca_moved(&conf)).await;
     match cli.command {
         Command::Run(a) => containers::run(&mut client, a).await,
         Command::Ps(a) => containers::ps(&mut client, a).await,
@@ -320,6 +332,15 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             quiet,
             rotate,
         }) => nodes::join_token(&mut client, &role, quiet, rotate, &target).await,
+        Command::Cluster(ClusterCommand::Ca { rotate }) => {
+            let code = nodes::cluster_ca(&mut client, rotate).await?;
+            if rotate {
+                // This credential moves to the new CA at once.
+                let conf = config::load(&conf_path).map_err(connect::ConnectError::from)?;
+                connect::renew_if_due(&target, &conf_path, &conf, true).await;
+            }
+            Ok(code)
+        }
         Command::Context(_) => unreachable!("contexts are handled before connecting"),
     }
 }

@@ -183,6 +183,37 @@ pub async fn cluster_leave(client: &mut ClusterClient<Channel>, id: u64) -> Resu
     cluster_status(client).await
 }
 
+/// `berth cluster ca [--rotate]`.
+pub async fn cluster_ca(
+    client: &mut ClusterClient<Channel>,
+    rotate: bool,
+) -> Result<i32, CliError> {
+    let req = berth_proto::cluster::CaStatusRequest {};
+    let st = if rotate {
+        client.rotate_ca(req).await
+    } else {
+        client.get_ca_status(req).await
+    }
+    .map_err(CliError::api)?
+    .into_inner();
+    println!("CA:       sha256:{}", st.ca_digest);
+    if st.rotating {
+        println!(
+            "rotating: {}/{} servers and {}/{} nodes hold a certificate of this CA",
+            st.servers_done, st.servers, st.nodes_done, st.nodes
+        );
+        if !st.waiting.is_empty() {
+            println!("waiting:  {}", st.waiting.join(", "));
+        }
+    } else {
+        println!(
+            "servers:  {}/{} on this CA; nodes: {}/{}",
+            st.servers_done, st.servers, st.nodes_done, st.nodes
+        );
+    }
+    Ok(0)
+}
+
 /// `berth cluster join-token agent|server [-q] [--rotate]`.
 pub async fn join_token(
     client: &mut ClusterClient<Channel>,

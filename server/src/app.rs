@@ -69,6 +69,9 @@ pub struct App {
     pub nodes: Arc<Nodes>,
     pub scheduler: Arc<crate::scheduler::Scheduler>,
     pub config: AppConfig,
+    /// The server's TLS, once loaded: what its own connections present
+    /// (a CA rotation probes the other servers with it).
+    pub tls: Arc<std::sync::OnceLock<Arc<crate::tls::ServerTls>>>,
     writes: mpsc::UnboundedSender<PendingWrite>,
 }
 
@@ -107,6 +110,7 @@ impl App {
             nodes: Arc::new(Nodes::default()),
             scheduler: Arc::new(crate::scheduler::Scheduler::new(config.scheduler.clone())),
             config,
+            tls: Arc::default(),
             writes,
         }
     }

@@ -111,7 +111,7 @@ fn policy(path: &str) -> Policy {
         ("berth.cluster.Cluster", "LeaveCluster") => Policy::Roles(&[Role::Admin, Role::Server]),
         ("berth.cluster.Cluster", _) => Policy::Roles(&[Role::Admin]),
         ("berth.cluster.Join", "Enroll") => Policy::AnyTls,
-        ("berth.cluster.Join", "Renew") => Policy::Roles(&[Role::Agent, Role::Server]),
+        ("berth.cluster.Join", "Renew") => Policy::Roles(&[Role::Admin, Role::Agent, Role::Server]),
         ("berth.agent.AgentSession", _) => Policy::Roles(&[Role::Agent]),
         ("berth.raft.Raft", _) => Policy::Roles(&[Role::Server]),
         _ => Policy::Unknown,

@@ -107,10 +107,14 @@ struct Args {
     /// A service task that ended is started again after this long.
     #[arg(long, default_value_t = 1000)]
     restart_delay_ms: u64,
-    /// How long the certificates the cluster signs are valid; each is
-    /// signed again when a third of this is left.
+    /// How long the certificates the cluster signs are valid, in days;
+    /// each is signed again when a third of this is left.
     #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=3650))]
     cert_days: u64,
+    /// The same as a duration with a unit (30s, 10m, 12h, 90d), for short
+    /// lives (tests of renewal); overrides --cert-days. At least 30s.
+    #[arg(long, value_parser = parse_validity, conflicts_with = "cert_days")]
+    cert_validity: Option<Duration>,
     /// The cluster keeps the last lines of each container's log, for
     /// `berth logs` once its node is gone: at least this many lines, or
     /// --log-tail-bytes, whichever is reached first. (While the node
@@ -177,7 +181,7 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         id,
         hosts: hosts.clone(),
-        validity: Duration::from_secs(args.cert_days * 24 * 3600),
+        validity: cert_validity(&args),
         admin: args
             .bootstrap
             .then(|| (args.data_dir.join("admin.conf"), vec![advertise.clone()])),
@@ -261,7 +265,9 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
             },
         },
     );
+    let _ = app.tls.set(tls.clone());
     tokio::spawn(berth_server::nodes::liveness::run(app.clone()));
+    tokio::spawn(berth_server::pki::rotation::finish_when_done(app.clone()));
     tokio::spawn(berth_server::pki::setup::run(
         app.clone(),
         setup(id),
@@ -304,7 +310,7 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         .add_service(berth_server::api::forward::LeaderForward::new(
             JoinServer::new(berth_server::pki::enroll::JoinService::new(
                 app.clone(),
-                Duration::from_secs(args.cert_days * 24 * 3600),
+                cert_validity(&args),
             )),
             app.clone(),
             tls.clone(),
@@ -391,6 +397,33 @@ async fn join(seed: String, id: u64, advertise: String, tls: Arc<berth_server::t
             }
         }
     }
+}
+
+/// How long the certificates the cluster signs are valid.
+fn cert_validity(args: &Args) -> Duration {
+    args.cert_validity
+        .unwrap_or(Duration::from_secs(args.cert_days * 24 * 3600))
+}
+
+/// A duration of --cert-validity: a number and s, m, h or d.
+fn parse_validity(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number and s, m, h or d (30s, 10m, 90d)"))?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => return Err(format!("{s:?}: the unit is s, m, h or d")),
+    }
+    .ok_or_else(|| format!("{s:?} is too long"))?;
+    if !(30..=3650 * 86_400).contains(&secs) {
+        return Err(format!("{s:?}: a validity is between 30s and 3650d"));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 /// The join token of --token, --token-file or BERTH_TOKEN.

@@ -75,15 +75,67 @@ async fn load(clients: usize, per_client: usize, write: Write) -> Load {
     }
 }
 
-/// Three etcd members on loopback, stopped when dropped.
+/// Three etcd members on loopback, stopped when dropped: with mutual TLS
+/// on client and peer connections, as berth's (certificates of a CA made
+/// here, ECDSA P-256 as berth's).
 struct Etcd {
     members: Vec<Option<Child>>,
     _dir: tempfile::TempDir,
 }
 
+/// The clients' TLS configuration for etcd, made with the certificates.
+static ETCD_TLS: std::sync::OnceLock<Arc<tokio_rustls::rustls::ClientConfig>> =
+    std::sync::OnceLock::new();
+
 impl Etcd {
+    fn client_addr(i: usize) -> String {
+        format!("127.0.0.1:{}", 23791 + i)
+    }
+
     fn client_url(i: usize) -> String {
-        format!("http://127.0.0.1:{}", 23791 + i)
+        format!("https://{}", Self::client_addr(i))
+    }
+
+    /// A CA, a certificate for the members (server and client use, the
+    /// loopback address, and the name the shared connector checks) and
+    /// one for the bench's clients.
+    fn certificates(dir: &std::path::Path) -> anyhow::Result<()> {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issue = |names: Vec<String>| -> anyhow::Result<(String, String)> {
+            let key = rcgen::KeyPair::generate()?;
+            let mut p = rcgen::CertificateParams::new(names)?;
+            p.subject_alt_names
+                .push(rcgen::SanType::IpAddress("127.0.0.1".parse()?));
+            p.extended_key_usages = vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let cert = p.signed_by(&key, &ca_cert, &ca_key)?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
+        let (member_cert, member_key) = issue(vec![
+            berth_proto::transport::SERVER_NAME.to_string(),
+            "localhost".to_string(),
+        ])?;
+        let (client_cert, client_key) = issue(vec!["bench".to_string()])?;
+        std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
+        std::fs::write(dir.join("member.pem"), &member_cert)?;
+        std::fs::write(dir.join("member-key.pem"), &member_key)?;
+        let tls =
+            berth_proto::transport::client_config(&berth_proto::transport::ClientCredentials {
+                trusted_pem: ca_cert.pem(),
+                cert_pem: client_cert,
+                key_pem: client_key,
+            })?;
+        let _ = ETCD_TLS.set(tls);
+        Ok(())
     }
 
     fn start() -> anyhow::Result<Self> {
@@ -91,12 +143,14 @@ impl Etcd {
         let dir = tempfile::tempdir_in(
             std::env::var("BERTH_BENCH_TMP").unwrap_or_else(|_| "/var/tmp".into()),
         )?;
+        Self::certificates(dir.path())?;
         let cluster: Vec<String> = (0..3)
-            .map(|i| format!("e{i}=http://127.0.0.1:{}", 23801 + i))
+            .map(|i| format!("e{i}=https://127.0.0.1:{}", 23801 + i))
             .collect();
+        let pem = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
         let mut members = Vec::new();
         for i in 0..3 {
-            let peer = format!("http://127.0.0.1:{}", 23801 + i);
+            let peer = format!("https://127.0.0.1:{}", 23801 + i);
             let child = Command::new("etcd")
                 .args(["--name", &format!("e{i}")])
                 .arg("--data-dir")
@@ -127,6 +181,14 @@ impl Etcd {
                     "--election-timeout",
                     "300",
                 ])
+                .args(["--cert-file", &pem("member.pem")])
+                .args(["--key-file", &pem("member-key.pem")])
+                .args(["--trusted-ca-file", &pem("ca.pem")])
+                .arg("--client-cert-auth")
+                .args(["--peer-cert-file", &pem("member.pem")])
+                .args(["--peer-key-file", &pem("member-key.pem")])
+                .args(["--peer-trusted-ca-file", &pem("ca.pem")])
+                .arg("--peer-client-cert-auth")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -134,6 +196,16 @@ impl Etcd {
             members.push(Some(child));
         }
         Ok(Self { members, _dir: dir })
+    }
+
+    /// A TLS channel to member `i`.
+    async fn channel(i: usize) -> Option<Channel> {
+        let tls = ETCD_TLS.get()?.clone();
+        berth_proto::transport::endpoint(&Self::client_addr(i))
+            .ok()?
+            .connect_with_connector(berth_proto::transport::Connector::new(tls))
+            .await
+            .ok()
     }
 
     fn kill(&mut self, i: usize) {
@@ -157,11 +229,10 @@ async fn etcd_leader() -> Option<(usize, etcd::kv_client::KvClient<Channel>)> {
     let mut ids = HashMap::new();
     let mut leader_id = None;
     for i in 0..3 {
-        let Ok(mut m) =
-            etcd::maintenance_client::MaintenanceClient::connect(Etcd::client_url(i)).await
-        else {
+        let Some(ch) = Etcd::channel(i).await else {
             continue;
         };
+        let mut m = etcd::maintenance_client::MaintenanceClient::new(ch);
         let Ok(s) = m.status(etcd::StatusRequest {}).await else {
             continue;
         };
@@ -172,9 +243,7 @@ async fn etcd_leader() -> Option<(usize, etcd::kv_client::KvClient<Channel>)> {
         }
     }
     let i = *ids.get(&leader_id?)?;
-    let kv = etcd::kv_client::KvClient::connect(Etcd::client_url(i))
-        .await
-        .ok()?;
+    let kv = etcd::kv_client::KvClient::new(Etcd::channel(i).await?);
     Some((i, kv))
 }
 

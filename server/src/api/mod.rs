@@ -972,6 +972,25 @@ impl Cluster for ClusterService {
         Ok(Response::new(cluster::ServiceTasksResponse { tasks }))
     }
 
+    async fn get_ca_status(
+        &self,
+        _req: Request<cluster::CaStatusRequest>,
+    ) -> Result<Response<cluster::CaStatus>, Status> {
+        self.app.linearize().await.map_err(to_status)?;
+        Ok(Response::new(
+            crate::pki::rotation::status(&self.app).await?,
+        ))
+    }
+
+    async fn rotate_ca(
+        &self,
+        _req: Request<cluster::CaStatusRequest>,
+    ) -> Result<Response<cluster::CaStatus>, Status> {
+        Ok(Response::new(
+            crate::pki::rotation::rotate(&self.app).await?,
+        ))
+    }
+
     async fn join_token(
         &self,
         req: Request<cluster::JoinTokenRequest>,

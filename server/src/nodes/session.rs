@@ -119,6 +119,7 @@ impl AgentSession for SessionService {
         let cert_node = node_of(&req)?;
         let mut inbound = req.into_inner();
         let nodes = self.app.nodes.clone();
+        let state = self.app.state.clone();
         let (tx, rx) = mpsc::channel::<Result<HeartbeatAck, Status>>(16);
         tokio::spawn(async move {
             loop {
@@ -139,7 +140,20 @@ impl AgentSession for SessionService {
                         .await;
                     return;
                 }
-                if tx.send(Ok(HeartbeatAck { seq: hb.seq })).await.is_err() {
+                // Which CA signs: an agent of another renews (a rotation).
+                let (ca_digest, ca_rotating) = match state.pki() {
+                    Ok(Some(p)) => (
+                        crate::pki::digest_of_pem(&p.ca_cert_pem).unwrap_or_default(),
+                        !p.previous_ca_cert_pem.is_empty(),
+                    ),
+                    _ => (String::new(), false),
+                };
+                let ack = HeartbeatAck {
+                    seq: hb.seq,
+                    ca_digest,
+                    ca_rotating,
+                };
+                if tx.send(Ok(ack)).await.is_err() {
                     return;
                 }
             }

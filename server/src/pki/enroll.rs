@@ -46,6 +46,7 @@ impl JoinService {
     async fn record(
         &self,
         ca: &ClusterCa,
+        trusted: &str,
         role: Role,
         name: &str,
         issued: Issued,
@@ -59,6 +60,7 @@ impl JoinService {
                 cert: Some(records::IssuedCert {
                     serial: issued.serial.clone(),
                     not_after_s: issued.not_after,
+                    ca_digest: ca.digest().map_err(|e| Status::internal(e.to_string()))?,
                 }),
             }))
             .await
@@ -66,7 +68,7 @@ impl JoinService {
         tracing::info!(%role, %name, serial = %issued.serial, "signed a member's certificate");
         Ok(Response::new(cluster::EnrollResponse {
             cert_pem: format!("{}{}", issued.cert_pem, ca.cert_pem()),
-            trusted_pem: ca.cert_pem().to_string(),
+            trusted_pem: trusted.to_string(),
             name: name.to_string(),
             server_id,
             not_after_s: issued.not_after,
@@ -160,7 +162,15 @@ impl Join for JoinService {
                 let issued = ca
                     .sign_request(&req.csr_pem, Role::Agent, &req.name, &[], self.validity)
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
-                self.record(&ca, Role::Agent, &req.name, issued, 0).await
+                self.record(
+                    &ca,
+                    &super::trusted_pem(&pki),
+                    Role::Agent,
+                    &req.name,
+                    issued,
+                    0,
+                )
+                .await
             }
             Role::Server => {
                 if req.addr.is_empty() {
@@ -181,8 +191,15 @@ impl Join for JoinService {
                         self.validity,
                     )
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
-                self.record(&ca, Role::Server, &id.to_string(), issued, id)
-                    .await
+                self.record(
+                    &ca,
+                    &super::trusted_pem(&pki),
+                    Role::Server,
+                    &id.to_string(),
+                    issued,
+                    id,
+                )
+                .await
             }
             Role::Admin => Err(Status::invalid_argument(
                 "join tokens are for agents and servers",
@@ -199,7 +216,8 @@ impl Join for JoinService {
                 "a renewal needs the member's certificate",
             ));
         };
-        let (ca, _) = self.ca()?;
+        let (ca, pki) = self.ca()?;
+        let trusted = super::trusted_pem(&pki);
         let req = req.into_inner();
         let hosts = match id.role {
             Role::Server => self
@@ -212,6 +230,18 @@ impl Join for JoinService {
         let issued = ca
             .sign_request(&req.csr_pem, id.role, &id.name, &hosts, self.validity)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Admin credentials are not members: several copies may be in use,
+        // none recorded (and none revoked by another's renewal).
+        if id.role == Role::Admin {
+            tracing::info!(serial = %issued.serial, "renewed an admin credential");
+            return Ok(Response::new(cluster::EnrollResponse {
+                cert_pem: format!("{}{}", issued.cert_pem, ca.cert_pem()),
+                trusted_pem: super::trusted_pem(&pki),
+                name: id.name.clone(),
+                server_id: 0,
+                not_after_s: issued.not_after,
+            }));
+        }
         // A renewal is of the member's own name: the record takes the new
         // key in place of the old (the old certificate stays valid to its
         // end, and is revoked with the rest by a removal).
@@ -231,7 +261,8 @@ impl Join for JoinService {
                     .map_err(to_status)?;
             }
         }
-        self.record(&ca, id.role, &id.name, issued, 0).await
+        self.record(&ca, &trusted, id.role, &id.name, issued, 0)
+            .await
     }
 }
 

@@ -8,6 +8,9 @@
 //!   the request names.
 //! - `enroll.rs`: the Join service: a joiner's certificate for its token
 //!   (on the leader, recorded in the state), renewals, join tokens.
+//! - `rotation.rs`: `berth cluster ca --rotate`: a new CA signs, the old
+//!   one is trusted until every server and node holds a certificate of the
+//!   new one, then the leader ends the rotation.
 //! - `identity.rs`: who a peer is, read from its certificate: a role
 //!   (admin, agent, server) and a name (the node's or the server's id),
 //!   carried as the URI `berth://ROLE/NAME` among its subject names.
@@ -21,6 +24,7 @@
 mod ca;
 pub mod enroll;
 mod identity;
+pub mod rotation;
 pub mod setup;
 mod token;
 
@@ -87,6 +91,18 @@ pub enum PkiError {
     NoIdentity,
     #[error("not a join token: {0}")]
     BadToken(String),
+}
+
+/// The CA certificates every member trusts: the one that signs, and
+/// during a rotation the one before it.
+pub fn trusted_pem(pki: &berth_proto::records::Pki) -> String {
+    let mut out = pki.ca_cert_pem.trim_end().to_string();
+    out.push('\n');
+    if !pki.previous_ca_cert_pem.is_empty() {
+        out.push_str(pki.previous_ca_cert_pem.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// Checks a member's name: what goes into `berth://ROLE/NAME` and into

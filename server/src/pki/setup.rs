@@ -53,6 +53,12 @@ pub struct AdminConf {
     /// The admin certificate and key, PEM.
     pub cert: String,
     pub key: String,
+    /// When the certificate was signed and when it ends (Unix seconds):
+    /// the CLI renews it once a third of that is left.
+    #[serde(default)]
+    pub issued_at_s: i64,
+    #[serde(default)]
+    pub not_after_s: i64,
 }
 
 /// The CA a bootstrap server made before its cluster existed, waiting in
@@ -81,7 +87,7 @@ pub fn bootstrap_credentials(cfg: &SetupConfig) -> Result<(), SetupError> {
     make_tls_dir(&path)?;
     let text = serde_json::to_string(&pending).map_err(|e| file_err(&path, e.into()))?;
     write_private(&path, &text)?;
-    keep_server_credentials(&ca, cfg)?;
+    keep_server_credentials(&ca, ca.cert_pem(), cfg)?;
     Ok(())
 }
 
@@ -92,7 +98,9 @@ pub async fn run(app: App, cfg: SetupConfig, tls: std::sync::Arc<crate::tls::Ser
     let mut changes = app.state.subscribe();
     loop {
         match step(&app, &cfg, &tls).await {
-            Ok(true) => tokio::time::sleep(RECHECK).await,
+            // Looked at again often enough to renew in time: six times
+            // per validity, at most hourly.
+            Ok(true) => tokio::time::sleep(RECHECK.min(cfg.validity / 6)).await,
             Ok(false) => {
                 tokio::select! {
                     _ = changes.changed() => {}
@@ -140,7 +148,8 @@ async fn step(
     let tls = tls.clone();
     tokio::task::spawn_blocking(move || {
         let ca = ClusterCa::from_pem(&pki.ca_cert_pem, &pki.ca_key_pem)?;
-        if keep_server_credentials(&ca, &cfg)? {
+        let trusted = super::trusted_pem(&pki);
+        if keep_server_credentials(&ca, &trusted, &cfg)? {
             tls.reload()
                 .map_err(|e| SetupError::State(format!("loading the new credentials: {e}")))?;
         }
@@ -148,8 +157,8 @@ async fn step(
             let current = std::fs::read_to_string(path)
                 .ok()
                 .and_then(|t| serde_json::from_str::<AdminConf>(&t).ok());
-            if !matches!(current, Some(c) if c.ca.trim() == ca.cert_pem().trim()) {
-                write_admin_conf(&ca, path, endpoints, cfg.validity)?;
+            if !matches!(current, Some(c) if c.ca.trim() == trusted.trim()) {
+                write_admin_conf(&ca, &trusted, path, endpoints, cfg.validity)?;
             }
         }
         Ok(true)
@@ -181,6 +190,7 @@ async fn make_pki(app: &App, data_dir: &Path) -> Result<(), SetupError> {
         ca_key_pem: ca.key_pem().to_string(),
         agent_token_secret: JoinToken::generate(&digest, Role::Agent).secret,
         server_token_secret: JoinToken::generate(&digest, Role::Server).secret,
+        previous_ca_cert_pem: String::new(),
     };
     match app
         .write(Op::InitPki(records::InitPki { pki: Some(pki) }))
@@ -198,26 +208,35 @@ async fn make_pki(app: &App, data_dir: &Path) -> Result<(), SetupError> {
     }
 }
 
-/// Signs this server's certificate again when it is missing, from
-/// another CA, or two thirds of the way to its expiry; true if it did.
-fn keep_server_credentials(ca: &ClusterCa, cfg: &SetupConfig) -> Result<bool, SetupError> {
+/// Signs this server's certificate again when it is missing, of another
+/// CA than the one that signs, or two thirds of the way to its expiry,
+/// and keeps the trusted CAs `trusted`; true if it changed either.
+fn keep_server_credentials(
+    ca: &ClusterCa,
+    trusted: &str,
+    cfg: &SetupConfig,
+) -> Result<bool, SetupError> {
     let (cert_path, key_path, ca_path) = credential_paths(&cfg.data_dir);
-    let current = std::fs::read_to_string(&cert_path).ok();
-    let fresh = current.as_deref().is_some_and(|pem| {
-        let trusted = std::fs::read_to_string(&ca_path).unwrap_or_default();
-        trusted.contains(ca.cert_pem().trim())
-            && super::first_der(pem)
-                .ok()
-                .and_then(|der| identity_of(&der).ok())
-                .is_some_and(|id| {
-                    let left = id.not_after - now_s();
-                    id.role == Role::Server
-                        && id.name == cfg.id.to_string()
-                        && left > cfg.validity.as_secs() as i64 / 3
-                })
-    });
+    let current = std::fs::read_to_string(&cert_path).unwrap_or_default();
+    // The certificate file holds the issuing CA's after the server's.
+    let fresh = current.contains(ca.cert_pem().trim())
+        && super::first_der(&current)
+            .ok()
+            .and_then(|der| identity_of(&der).ok())
+            .is_some_and(|id| {
+                let left = id.not_after - now_s();
+                id.role == Role::Server
+                    && id.name == cfg.id.to_string()
+                    && left > cfg.validity.as_secs() as i64 / 3
+            });
+    let trust_kept = std::fs::read_to_string(&ca_path).is_ok_and(|t| t.trim() == trusted.trim());
     if fresh {
-        return Ok(false);
+        if trust_kept {
+            return Ok(false);
+        }
+        write_private(&ca_path, trusted)?;
+        tracing::info!("the CAs this server trusts changed");
+        return Ok(true);
     }
     let issued = ca.issue(Role::Server, &cfg.id.to_string(), &cfg.hosts, cfg.validity)?;
     make_tls_dir(&cert_path)?;
@@ -226,7 +245,7 @@ fn keep_server_credentials(ca: &ClusterCa, cfg: &SetupConfig) -> Result<bool, Se
     // joiner finds in the handshake the CA its token names.
     write_private(&key_path, issued.key_pem.as_deref().unwrap_or_default())?;
     write_private(&cert_path, &format!("{}{}", issued.cert_pem, ca.cert_pem()))?;
-    write_private(&ca_path, ca.cert_pem())?;
+    write_private(&ca_path, trusted)?;
     tracing::info!(serial = %issued.serial, "signed this server's certificate");
     Ok(true)
 }
@@ -259,6 +278,7 @@ pub fn keep_enrolled(
 
 fn write_admin_conf(
     ca: &ClusterCa,
+    trusted: &str,
     path: &Path,
     endpoints: &[String],
     validity: Duration,
@@ -266,9 +286,13 @@ fn write_admin_conf(
     let issued = ca.issue(Role::Admin, "admin", &[], validity)?;
     let conf = AdminConf {
         endpoints: endpoints.to_vec(),
-        ca: ca.cert_pem().to_string(),
-        cert: issued.cert_pem,
+        ca: trusted.to_string(),
+        // The issuing CA's after the admin's: what tells a CLI, during a
+        // rotation, which CA its credential is of.
+        cert: format!("{}{}", issued.cert_pem, ca.cert_pem()),
         key: issued.key_pem.unwrap_or_default(),
+        issued_at_s: now_s(),
+        not_after_s: issued.not_after,
     };
     let text = serde_json::to_string_pretty(&conf).map_err(|e| SetupError::File {
         path: path.display().to_string(),

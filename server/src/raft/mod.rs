@@ -96,6 +96,8 @@ fn op_name(op: &records::command::Op) -> &'static str {
         Op::RecordCert(_) => "record certificate",
         Op::RevokeCert(_) => "revoke certificate",
         Op::RotateToken(_) => "rotate token",
+        Op::RotateCa(_) => "rotate ca",
+        Op::FinishCaRotation(_) => "finish ca rotation",
     }
 }
 

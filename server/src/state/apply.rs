@@ -241,6 +241,38 @@ fn apply_op(
             revoke(tx, &r.role, &r.name)?;
             Ok(CommandResult::default())
         }
+        Op::RotateCa(r) => {
+            let Some(v) = tx.get(keys::PKI)? else {
+                return Ok(refused("the cluster has no CA yet"));
+            };
+            let mut pki = records::Pki::decode(v.as_slice())?;
+            if !pki.previous_ca_cert_pem.is_empty() {
+                return Ok(refused(
+                    "a CA rotation is already under way (`berth cluster ca` shows how far)",
+                ));
+            }
+            pki.previous_ca_cert_pem = std::mem::take(&mut pki.ca_cert_pem);
+            pki.ca_cert_pem = r.ca_cert_pem.clone();
+            pki.ca_key_pem = r.ca_key_pem.clone();
+            pki.agent_token_secret = r.agent_token_secret.clone();
+            pki.server_token_secret = r.server_token_secret.clone();
+            tx.put(keys::PKI, pki.encode_to_vec());
+            events.push(event("cluster", "ca-rotate", "ca", 0, &[]));
+            Ok(CommandResult::default())
+        }
+        Op::FinishCaRotation(r) => {
+            let Some(v) = tx.get(keys::PKI)? else {
+                return Ok(refused("the cluster has no CA yet"));
+            };
+            let mut pki = records::Pki::decode(v.as_slice())?;
+            if pki.ca_cert_pem != r.ca_cert_pem || pki.previous_ca_cert_pem.is_empty() {
+                return Ok(refused("no rotation to this CA is under way"));
+            }
+            pki.previous_ca_cert_pem.clear();
+            tx.put(keys::PKI, pki.encode_to_vec());
+            events.push(event("cluster", "ca-rotated", "ca", 0, &[]));
+            Ok(CommandResult::default())
+        }
         Op::RotateToken(r) => {
             let Some(v) = tx.get(keys::PKI)? else {
                 return Ok(refused("the cluster has no CA yet"));
