@@ -130,9 +130,11 @@ impl AgentTls {
             .clone()
     }
 
-    /// A connector for the agent's channels.
-    pub fn connector(&self) -> Connector {
-        Connector::new(self.client())
+    /// A connector for the agent's channels: each connection takes the
+    /// certificate current then.
+    pub fn connector(self: &Arc<Self>) -> Connector {
+        let me = self.clone();
+        Connector::current(move || me.client())
     }
 
     /// What a heartbeat's answer says of the cluster's CA: if another CA
@@ -186,7 +188,7 @@ impl AgentTls {
         for addr in &self.cfg.servers {
             let channel = match transport::endpoint(addr)?
                 .connect_timeout(Duration::from_secs(3))
-                .connect_with_connector(self.connector())
+                .connect_with_connector(Connector::new(self.client()))
                 .await
             {
                 Ok(c) => c,

@@ -672,3 +672,145 @@ fn certificates_are_renewed_before_they_expire() {
         Ok(())
     });
 }
+
+/// The number of certificates in a PEM file.
+fn cert_count(p: &std::path::Path) -> usize {
+    read(p)
+        .map(|t| t.matches("-----BEGIN CERTIFICATE-----").count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_ca_rotation_completes_with_containers_running_throughout() {
+    sandbox::run(
+        "a_ca_rotation_completes_with_containers_running_throughout",
+        || {
+            let mut c = Cluster::start_servers_with_nodes(3, &["node1", "node2"])?;
+            c.berth(&[
+                "run",
+                "-d",
+                "--name",
+                "steady",
+                "busybox",
+                "sh",
+                "-c",
+                "while true; do echo tick; sleep 0.2; done",
+            ])
+            .ok()?;
+            let started = |c: &Cluster| -> anyhow::Result<(String, i64)> {
+                let out = c.berth(&["inspect", "steady"]).ok()?.stdout;
+                let v: serde_json::Value = serde_json::from_str(&out)?;
+                Ok((
+                    v[0]["State"]["Status"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    v[0]["State"]["StartedAtMs"].as_i64().unwrap_or_default(),
+                ))
+            };
+            let before = started(&c)?;
+            ensure!(before.0 == "running", "{before:?}");
+            let old_token = c.join_token("agent")?;
+            let old_admin = c.dir().join("old-admin.conf");
+            std::fs::copy(c.admin_conf(), &old_admin)?;
+            let old_ca = read(&c.server_dir(1).join("tls").join("ca.pem"))?;
+            let r = c.berth(&["cluster", "ca", "--rotate"]).ok()?;
+            ensure!(r.stdout.contains("rotating:"), "{r:?}");
+            // Throughout the rotation every call passes, and it ends by
+            // itself once every member holds a certificate of the new CA.
+            let refused = std::cell::RefCell::new(Vec::new());
+            c.wait_until(Duration::from_secs(90), "the rotation to complete", |c| {
+                let ca = c.berth(&["cluster", "ca"]);
+                let ps = c.berth(&["ps"]);
+                for r in [&ca, &ps] {
+                    if r.code != 0 {
+                        refused.borrow_mut().push(r.clone());
+                    }
+                }
+                ca.code == 0 && !ca.stdout.contains("rotating:")
+            })?;
+            let refused = refused.into_inner();
+            ensure!(
+                refused.is_empty(),
+                "refused during the rotation: {refused:#?}"
+            );
+            // Every server and node now trusts the new CA only.
+            let trust = |c: &Cluster| -> Vec<(String, usize, bool)> {
+                let mut v: Vec<(String, usize, bool)> = (1..=3)
+                    .map(|m| {
+                        let p = c.server_dir(m).join("tls").join("ca.pem");
+                        (
+                            format!("server {m}"),
+                            cert_count(&p),
+                            read(&p).is_ok_and(|t| t == old_ca),
+                        )
+                    })
+                    .collect();
+                // node1 is the first agent, on the data dir "agent".
+                for (n, dir) in [
+                    ("node1", c.dir().join("agent")),
+                    ("node2", c.agent_dir("node2")),
+                ] {
+                    let p = dir.join("tls").join("ca.pem");
+                    v.push((
+                        n.to_string(),
+                        cert_count(&p),
+                        read(&p).is_ok_and(|t| t == old_ca),
+                    ));
+                }
+                v
+            };
+            let settled = c.wait_until(
+                Duration::from_secs(30),
+                "every member to trust only the new CA",
+                |c| trust(c).iter().all(|(_, n, old)| *n == 1 && !old),
+            );
+            ensure!(
+                settled.is_ok(),
+                "{:?}\n{:?}",
+                trust(&c),
+                c.berth(&["cluster", "ca"])
+            );
+            // The container ran throughout: the same start, still running.
+            let after = started(&c)?;
+            ensure!(after == before, "{before:?} then {after:?}");
+            ensure!(c.node_ready("node1") && c.node_ready("node2"));
+            let r = c
+                .berth(&["run", "--rm", "busybox", "echo", "rotated"])
+                .ok()?;
+            ensure!(r.stdout.trim() == "rotated", "{r:?}");
+            // A token of the old CA is refused; the new one lets a node in.
+            let mut cmd =
+                std::process::Command::new(berth_chaos::cluster::bin_dir()?.join("berth-agent"));
+            cmd.args(["--data-dir"])
+                .arg(c.dir().join("agent-old"))
+                .args([
+                    "--server",
+                    &c.all_addrs(),
+                    "--name",
+                    "old",
+                    "--token",
+                    &old_token,
+                ]);
+            let (code, stderr) = run_to_end(cmd, Duration::from_secs(20))?;
+            ensure!(
+                code == Some(1) && stderr.contains("not the one the join token names"),
+                "{code:?} {stderr}"
+            );
+            c.add_agent("node3", &[])?;
+            c.wait_until(Duration::from_secs(20), "node3 to be ready", |c| {
+                c.node_ready("node3")
+            })?;
+            // A copy of the admin credential not used during the rotation
+            // is of the old CA, and refused with the reason.
+            let out = std::process::Command::new(berth_chaos::cluster::bin_dir()?.join("berth"))
+                .args(["ps"])
+                .env("BERTH_CONFIG", &old_admin)
+                .env("BERTH_HOST", c.all_addrs())
+                .output()?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            ensure!(!out.status.success() && stderr.contains("CA"), "{stderr}");
+            Ok(())
+        },
+    );
+}

@@ -335,7 +335,8 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Cluster(ClusterCommand::Ca { rotate }) => {
             let code = nodes::cluster_ca(&mut client, rotate).await?;
             if rotate {
-                // This credential moves to the new CA at once.
+                // This credential moves to the new CA at once: the
+                // rotation may end before this CLI is used again.
                 let conf = config::load(&conf_path).map_err(connect::ConnectError::from)?;
                 connect::renew_if_due(&target, &conf_path, &conf, true).await;
             }

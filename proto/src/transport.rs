@@ -268,14 +268,33 @@ pub fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, TransportError
 /// asked, and the handshake with the client's configuration.
 #[derive(Clone)]
 pub struct Connector {
-    tls: Arc<rustls::ClientConfig>,
+    tls: TlsSource,
     keepalive: Option<Duration>,
+}
+
+/// Where a connector takes its TLS configuration from.
+#[derive(Clone)]
+enum TlsSource {
+    Fixed(Arc<rustls::ClientConfig>),
+    /// Asked again for each connection: credentials that change (a
+    /// renewal, a CA rotation) reach a channel's reconnections.
+    Current(Arc<dyn Fn() -> Arc<rustls::ClientConfig> + Send + Sync>),
 }
 
 impl Connector {
     pub fn new(tls: Arc<rustls::ClientConfig>) -> Self {
         Self {
-            tls,
+            tls: TlsSource::Fixed(tls),
+            keepalive: None,
+        }
+    }
+
+    /// A connector that takes `current()` for each connection it opens.
+    pub fn current(
+        current: impl Fn() -> Arc<rustls::ClientConfig> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            tls: TlsSource::Current(Arc::new(current)),
             keepalive: None,
         }
     }
@@ -300,7 +319,10 @@ impl tower_service::Service<http::Uri> for Connector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let tls = self.tls.clone();
+        let tls = match &self.tls {
+            TlsSource::Fixed(c) => c.clone(),
+            TlsSource::Current(f) => f(),
+        };
         let keepalive = self.keepalive;
         Box::pin(async move {
             let host = uri

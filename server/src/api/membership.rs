@@ -47,10 +47,7 @@ pub fn status(app: &App) -> cluster::ClusterStatus {
         snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
         purged_index: m.purged.map(|l| l.index).unwrap_or(0),
         reserved_id: 0,
-        ca_digest: ca
-            .as_ref()
-            .and_then(|p| crate::pki::digest_of_pem(&p.ca_cert_pem).ok())
-            .unwrap_or_default(),
+        ca_digest: ca.as_ref().map(crate::pki::renew_to).unwrap_or_default(),
         ca_rotating: ca
             .as_ref()
             .is_some_and(|p| !p.previous_ca_cert_pem.is_empty()),

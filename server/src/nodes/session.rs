@@ -142,10 +142,7 @@ impl AgentSession for SessionService {
                 }
                 // Which CA signs: an agent of another renews (a rotation).
                 let (ca_digest, ca_rotating) = match state.pki() {
-                    Ok(Some(p)) => (
-                        crate::pki::digest_of_pem(&p.ca_cert_pem).unwrap_or_default(),
-                        !p.previous_ca_cert_pem.is_empty(),
-                    ),
+                    Ok(Some(p)) => (crate::pki::renew_to(&p), !p.previous_ca_cert_pem.is_empty()),
                     _ => (String::new(), false),
                 };
                 let ack = HeartbeatAck {

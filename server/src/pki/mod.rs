@@ -105,6 +105,13 @@ pub fn trusted_pem(pki: &berth_proto::records::Pki) -> String {
     out
 }
 
+/// The CA agents and CLIs should hold a certificate of (SHA-256, hex):
+/// the one that signs (from a rotation's start on: every server trusts
+/// it once the rotation is committed).
+pub fn renew_to(pki: &berth_proto::records::Pki) -> String {
+    digest_of_pem(&pki.ca_cert_pem).unwrap_or_default()
+}
+
 /// Checks a member's name: what goes into `berth://ROLE/NAME` and into
 /// node and server names.
 pub fn check_name(name: &str) -> Result<(), PkiError> {

@@ -2,14 +2,17 @@
 //!
 //! 1. The leader makes a new CA and commits it (`RotateCa`): it signs from
 //!    then on, and the old one stays trusted (`Pki.previous_ca_cert_pem`).
-//! 2. Every server, on the commit, trusts both and signs its own
-//!    certificate with the new CA (setup.rs); every agent, told by its
-//!    heartbeat answers, asks for a certificate of the new CA (Renew); a
-//!    CLI that finds its credential of the old CA renews it as it is used.
-//! 3. The leader looks, every few seconds, at who holds what: each
-//!    server's certificate as its listener presents it, each node's
-//!    newest recorded certificate. Once all are of the new CA it commits
-//!    `FinishCaRotation`, and the old CA is trusted no more.
+//! 2. Every server, on the commit, trusts both (setup.rs) and keeps
+//!    presenting its certificate of the old CA. Agents, told by their
+//!    heartbeat answers, and CLIs, told by the cluster status, renew:
+//!    they get a certificate of the new CA and trust both.
+//! 3. Once every node's newest recorded certificate is of the new CA, the
+//!    leader commits `CaNodesMoved`, and the servers sign theirs with the
+//!    new CA: every node can check them now.
+//! 4. The leader probes each server's listener every second; once all
+//!    present a certificate of the new CA it commits `FinishCaRotation`,
+//!    and the old CA is trusted no more (agents and CLIs renew once
+//!    more, to drop it).
 //!
 //! A node that is down holds the rotation until it comes back or is
 //! removed (`berth cluster ca` names who it waits for).
@@ -117,8 +120,25 @@ pub async fn finish_when_done(app: App) {
                 continue;
             }
         };
+        // First every node, then every server.
+        if !pki.nodes_moved {
+            if st.nodes_done < st.nodes {
+                tracing::info!(waiting = ?st.waiting, "CA rotation under way: nodes");
+                continue;
+            }
+            match app
+                .write(Op::CaNodesMoved(records::CaNodesMoved {
+                    ca_cert_pem: pki.ca_cert_pem.clone(),
+                }))
+                .await
+            {
+                Ok(_) => tracing::info!("CA rotation: every node is on the new CA"),
+                Err(e) => tracing::warn!("CA rotation: {e}"),
+            }
+            continue;
+        }
         if !st.waiting.is_empty() {
-            tracing::info!(waiting = ?st.waiting, "CA rotation under way");
+            tracing::info!(waiting = ?st.waiting, "CA rotation under way: servers");
             continue;
         }
         match app

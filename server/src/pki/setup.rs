@@ -87,7 +87,7 @@ pub fn bootstrap_credentials(cfg: &SetupConfig) -> Result<(), SetupError> {
     make_tls_dir(&path)?;
     let text = serde_json::to_string(&pending).map_err(|e| file_err(&path, e.into()))?;
     write_private(&path, &text)?;
-    keep_server_credentials(&ca, ca.cert_pem(), cfg)?;
+    keep_server_credentials(&ca, None, ca.cert_pem(), cfg)?;
     Ok(())
 }
 
@@ -96,21 +96,36 @@ pub fn bootstrap_credentials(cfg: &SetupConfig) -> Result<(), SetupError> {
 /// from), the listener and this server's connections take them.
 pub async fn run(app: App, cfg: SetupConfig, tls: std::sync::Arc<crate::tls::ServerTls>) {
     let mut changes = app.state.subscribe();
+    // The CAs last acted on, and when to look again regardless: often
+    // enough to renew in time (six times per validity, at most hourly).
+    let mut done_for: Option<(String, String, bool)> = None;
+    let mut next_look = tokio::time::Instant::now();
     loop {
-        match step(&app, &cfg, &tls).await {
-            // Looked at again often enough to renew in time: six times
-            // per validity, at most hourly.
-            Ok(true) => tokio::time::sleep(RECHECK.min(cfg.validity / 6)).await,
-            Ok(false) => {
-                tokio::select! {
-                    _ = changes.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        let cas = app
+            .state
+            .pki()
+            .ok()
+            .flatten()
+            .map(|p| (p.ca_cert_pem, p.previous_ca_cert_pem, p.nodes_moved));
+        let due = tokio::time::Instant::now() >= next_look;
+        if due || cas.is_none() || cas != done_for {
+            match step(&app, &cfg, &tls).await {
+                Ok(true) => {
+                    done_for = cas;
+                    next_look = tokio::time::Instant::now() + RECHECK.min(cfg.validity / 6);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!("keeping this server's credentials: {e}");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
                 }
             }
-            Err(e) => {
-                tracing::warn!("keeping this server's credentials: {e}");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
+        }
+        // A new CA (a rotation, its end) is acted on as soon as it applies.
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
 }
@@ -149,7 +164,11 @@ async fn step(
     tokio::task::spawn_blocking(move || {
         let ca = ClusterCa::from_pem(&pki.ca_cert_pem, &pki.ca_key_pem)?;
         let trusted = super::trusted_pem(&pki);
-        if keep_server_credentials(&ca, &trusted, &cfg)? {
+        // In a rotation's first half a certificate of the old CA is kept:
+        // clients that trust only the old one must still check it.
+        let old_ok = (!pki.previous_ca_cert_pem.is_empty() && !pki.nodes_moved)
+            .then_some(pki.previous_ca_cert_pem.as_str());
+        if keep_server_credentials(&ca, old_ok, &trusted, &cfg)? {
             tls.reload()
                 .map_err(|e| SetupError::State(format!("loading the new credentials: {e}")))?;
         }
@@ -191,6 +210,7 @@ async fn make_pki(app: &App, data_dir: &Path) -> Result<(), SetupError> {
         agent_token_secret: JoinToken::generate(&digest, Role::Agent).secret,
         server_token_secret: JoinToken::generate(&digest, Role::Server).secret,
         previous_ca_cert_pem: String::new(),
+        nodes_moved: false,
     };
     match app
         .write(Op::InitPki(records::InitPki { pki: Some(pki) }))
@@ -213,13 +233,15 @@ async fn make_pki(app: &App, data_dir: &Path) -> Result<(), SetupError> {
 /// and keeps the trusted CAs `trusted`; true if it changed either.
 fn keep_server_credentials(
     ca: &ClusterCa,
+    old_ok: Option<&str>,
     trusted: &str,
     cfg: &SetupConfig,
 ) -> Result<bool, SetupError> {
     let (cert_path, key_path, ca_path) = credential_paths(&cfg.data_dir);
     let current = std::fs::read_to_string(&cert_path).unwrap_or_default();
     // The certificate file holds the issuing CA's after the server's.
-    let fresh = current.contains(ca.cert_pem().trim())
+    let fresh = (current.contains(ca.cert_pem().trim())
+        || old_ok.is_some_and(|old| current.contains(old.trim())))
         && super::first_der(&current)
             .ok()
             .and_then(|der| identity_of(&der).ok())

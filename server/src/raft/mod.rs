@@ -98,6 +98,7 @@ fn op_name(op: &records::command::Op) -> &'static str {
         Op::RotateToken(_) => "rotate token",
         Op::RotateCa(_) => "rotate ca",
         Op::FinishCaRotation(_) => "finish ca rotation",
+        Op::CaNodesMoved(_) => "ca nodes moved",
     }
 }
 

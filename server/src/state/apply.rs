@@ -252,6 +252,7 @@ fn apply_op(
                 ));
             }
             pki.previous_ca_cert_pem = std::mem::take(&mut pki.ca_cert_pem);
+            pki.nodes_moved = false;
             pki.ca_cert_pem = r.ca_cert_pem.clone();
             pki.ca_key_pem = r.ca_key_pem.clone();
             pki.agent_token_secret = r.agent_token_secret.clone();
@@ -271,6 +272,18 @@ fn apply_op(
             pki.previous_ca_cert_pem.clear();
             tx.put(keys::PKI, pki.encode_to_vec());
             events.push(event("cluster", "ca-rotated", "ca", 0, &[]));
+            Ok(CommandResult::default())
+        }
+        Op::CaNodesMoved(r) => {
+            let Some(v) = tx.get(keys::PKI)? else {
+                return Ok(refused("the cluster has no CA yet"));
+            };
+            let mut pki = records::Pki::decode(v.as_slice())?;
+            if pki.ca_cert_pem != r.ca_cert_pem || pki.previous_ca_cert_pem.is_empty() {
+                return Ok(refused("no rotation to this CA is under way"));
+            }
+            pki.nodes_moved = true;
+            tx.put(keys::PKI, pki.encode_to_vec());
             Ok(CommandResult::default())
         }
         Op::RotateToken(r) => {
