@@ -92,7 +92,7 @@ impl AgentTls {
                 match enroll(&cfg, &token).await {
                     Ok(()) => break,
                     Err(CredentialError::Unreachable(why)) => {
-                        if attempt % 10 == 0 {
+                        if attempt.is_multiple_of(10) {
                             tracing::info!("enrolling this node: {why}");
                         }
                         attempt += 1;
@@ -309,10 +309,12 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
+    // A new file each time: the mode applies only to a file being made,
+    // so a leftover one (of another mode) must not be reused.
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
     f.write_all(data)?;

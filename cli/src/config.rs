@@ -130,10 +130,11 @@ pub fn store(path: &Path, conf: &AdminConf) -> Result<(), ConfigError> {
     }
     let text = serde_json::to_string_pretty(conf).map_err(|e| fail(e.into()))?;
     let tmp = path.with_extension("tmp");
+    // A new file: the mode applies only to a file being made.
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .map_err(fail)?;

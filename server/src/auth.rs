@@ -150,7 +150,16 @@ fn decide(
         }
         PeerAuth::NoCertificate => Caller::Anonymous,
         PeerAuth::Member(id) => {
-            if revoked(app, id) {
+            // A connection outlives the certificate it was opened with:
+            // each call checks that it has not ended since.
+            if id.not_after < now_s() {
+                return Err(Status::unauthenticated(format!(
+                    "the certificate of {} {} has expired since this connection was opened: \
+                     connect again with a renewed one",
+                    id.role, id.name
+                )));
+            }
+            if revoked(app, id)? {
                 return Err(Status::unauthenticated(format!(
                     "the certificate of {} {} (serial {}) was revoked: the member was removed \
                      from the cluster; join again with a token",
@@ -169,7 +178,7 @@ fn decide(
         _ => direct,
     };
     if let (Caller::Member(id), true) = (&caller, forwarded.is_some()) {
-        if id.role != Role::Server && revoked(app, id) {
+        if revoked(app, id)? {
             return Err(Status::unauthenticated(format!(
                 "the certificate of {} {} was revoked",
                 id.role, id.name
@@ -197,11 +206,19 @@ fn decide(
 }
 
 /// True if the member's certificate was revoked. A state that cannot be
-/// read refuses: authorization fails closed.
-fn revoked(app: &App, id: &Identity) -> bool {
+/// read refuses the call as unavailable (fails closed, and says it may
+/// pass later: it is not a revocation).
+fn revoked(app: &App, id: &Identity) -> Result<bool, Status> {
     app.state
         .is_revoked(&id.serial, id.role.as_str(), &id.name)
-        .unwrap_or(true)
+        .map_err(|e| Status::unavailable(format!("checking the certificate's revocation: {e}")))
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn names(roles: &[Role]) -> String {

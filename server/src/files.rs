@@ -12,10 +12,12 @@ pub fn write_synced(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
+    // A new file each time: the mode applies only to a file being made,
+    // so a leftover one (of another mode) must not be reused.
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .open(&tmp)?;
     f.write_all(contents)?;

@@ -166,6 +166,21 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Everything the server writes (its keys, the state with the CA's
+    // key, the Raft log) is its own: umask 077, and the data dir 0700.
+    // umask(2) sets only this process's file creation mask (nix's
+    // wrapper is safe); it cannot fail.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&args.data_dir)
+            .with_context(|| format!("creating the data dir {}", args.data_dir.display()))?;
+        std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private (0700)", args.data_dir.display()))?;
+    }
     let advertise = args
         .advertise
         .clone()

@@ -73,7 +73,10 @@ impl<S> LeaderForward<S> {
         }
         let c = berth_proto::transport::endpoint(addr)
             .ok()?
-            .connect_with_connector_lazy(berth_proto::transport::Connector::new(self.tls.client()));
+            .connect_with_connector_lazy({
+                let tls = self.tls.clone();
+                berth_proto::transport::Connector::current(move || tls.client())
+            });
         map.insert(addr.to_string(), c.clone());
         Some(c)
     }
@@ -120,9 +123,17 @@ where
             // was written), goes on to the leader elected since: the call
             // is kept whole to be sent again.
             let (parts, body) = req.into_parts();
-            let bytes = match http_body_util::BodyExt::collect(body).await {
+            // At most one message's worth: what is kept is bounded (an
+            // anonymous Enroll passes here too).
+            let limited = http_body_util::Limited::new(body, berth_proto::limits::MAX_MESSAGE + 64);
+            let bytes = match http_body_util::BodyExt::collect(limited).await {
                 Ok(b) => b.to_bytes(),
-                Err(s) => return Ok(s.into_http()),
+                Err(e) => {
+                    return Ok(tonic::Status::resource_exhausted(format!(
+                        "the request is larger than a message may be: {e}"
+                    ))
+                    .into_http())
+                }
             };
             let mut attempt = http::Request::from_parts(parts, body_of(bytes.clone()));
             for _ in 0..MOVES {

@@ -22,6 +22,9 @@ struct Connected {
     session_id: u64,
     tx: mpsc::Sender<ServerMessage>,
     last_heartbeat: Instant,
+    /// Dropped when the session is forgotten (replaced, detached, the
+    /// node removed): its reading of the agent's messages then stops.
+    _alive: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Where an attachment's output goes: the client's stream.
@@ -51,18 +54,26 @@ pub struct Nodes {
 }
 
 impl Nodes {
-    /// Records a new session for `node`, replacing any older one.
-    pub async fn attach(&self, node: &str, tx: mpsc::Sender<ServerMessage>) -> u64 {
+    /// Records a new session for `node`, replacing any older one. The
+    /// receiver ends when the session is forgotten: whoever reads the
+    /// session's messages stops then (a removed node's agent included).
+    pub async fn attach(
+        &self,
+        node: &str,
+        tx: mpsc::Sender<ServerMessage>,
+    ) -> (u64, tokio::sync::oneshot::Receiver<()>) {
         let session_id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (alive, forgotten) = tokio::sync::oneshot::channel();
         self.connected.lock().await.insert(
             node.to_string(),
             Connected {
                 session_id,
                 tx,
                 last_heartbeat: Instant::now(),
+                _alive: alive,
             },
         );
-        session_id
+        (session_id, forgotten)
     }
 
     /// Forgets the session, if it is still the node's current one, and

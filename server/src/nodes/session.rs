@@ -198,7 +198,7 @@ impl AgentSession for SessionService {
         // Attached before the node is recorded Ready, so that the liveness
         // check never sees a Ready node without its session.
         let (tx, rx) = mpsc::channel::<ServerMessage>(1024);
-        let session_id = self.app.nodes.attach(&node, tx.clone()).await;
+        let (session_id, forgotten) = self.app.nodes.attach(&node, tx.clone()).await;
         if let Err(e) = upsert_node(&self.app, &register).await {
             self.app.nodes.detach(&node, session_id).await;
             return Err(to_status(e));
@@ -238,7 +238,12 @@ impl AgentSession for SessionService {
                 tracing::warn!(%node, "reconciling the node's containers: {e}");
             }
             app.scheduler.node_reconnected(&node);
-            let reason = serve(&app, &node, session_id, &mut inbound, &tx).await;
+            let reason = tokio::select! {
+                r = serve(&app, &node, session_id, &mut inbound, &tx) => r,
+                // Replaced by a newer session, expired, or the node removed:
+                // nothing more of this one is taken.
+                _ = forgotten => "the session was closed by the cluster".to_string(),
+            };
             tracing::info!(%node, session_id, "agent session ended: {reason}");
             if let Some(last) = app.nodes.detach(&node, session_id).await {
                 mark_down(&app, &node, down_since(&app, last)).await;

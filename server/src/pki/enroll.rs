@@ -43,6 +43,7 @@ impl JoinService {
     }
 
     /// Records a certificate for role/name, then answers with it.
+    #[allow(clippy::too_many_arguments)]
     async fn record(
         &self,
         ca: &ClusterCa,
@@ -51,11 +52,13 @@ impl JoinService {
         name: &str,
         issued: Issued,
         server_id: u64,
+        renewing_serial: &str,
     ) -> Result<Response<cluster::EnrollResponse>, Status> {
         self.app
             .write(Op::RecordCert(records::RecordCert {
                 role: role.as_str().to_string(),
                 name: name.to_string(),
+                renewing_serial: renewing_serial.to_string(),
                 key_digest: issued.key_digest.clone(),
                 cert: Some(records::IssuedCert {
                     serial: issued.serial.clone(),
@@ -169,6 +172,7 @@ impl Join for JoinService {
                     &req.name,
                     issued,
                     0,
+                    "",
                 )
                 .await
             }
@@ -198,6 +202,7 @@ impl Join for JoinService {
                     &id.to_string(),
                     issued,
                     id,
+                    "",
                 )
                 .await
             }
@@ -243,25 +248,10 @@ impl Join for JoinService {
             }));
         }
         // A renewal is of the member's own name: the record takes the new
-        // key in place of the old (the old certificate stays valid to its
-        // end, and is revoked with the rest by a removal).
-        let rekey = self
-            .app
-            .state
-            .member_cert(id.role.as_str(), &id.name)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        if let Some(rec) = rekey {
-            if rec.key_digest != issued.key_digest {
-                self.app
-                    .write(Op::RevokeCert(records::RevokeCert {
-                        role: id.role.as_str().to_string(),
-                        name: id.name.clone(),
-                    }))
-                    .await
-                    .map_err(to_status)?;
-            }
-        }
-        self.record(&ca, &trusted, id.role, &id.name, issued, 0)
+        // key, every earlier certificate but the one presented is revoked
+        // (that one stays valid until the next renewal), all in one commit
+        // that a removal in between refuses.
+        self.record(&ca, &trusted, id.role, &id.name, issued, 0, &id.serial)
             .await
     }
 }

@@ -209,16 +209,47 @@ fn apply_op(
                 return Ok(refused("RecordCert carries no certificate"));
             };
             let key = keys::member_cert(&r.role, &r.name);
-            let mut rec = match tx.get(&key)? {
-                Some(v) => records::MemberCert::decode(v.as_slice())?,
-                None => records::MemberCert {
-                    schema: SCHEMA_VERSION,
-                    role: r.role.clone(),
-                    name: r.name.clone(),
-                    key_digest: r.key_digest.clone(),
-                    certs: Vec::new(),
-                },
+            let found = match tx.get(&key)? {
+                Some(v) => Some(records::MemberCert::decode(v.as_slice())?),
+                None => None,
             };
+            if !r.renewing_serial.is_empty() {
+                // A renewal, decided here in log order: a removal committed
+                // after the call was authorized still wins.
+                let Some(mut rec) = found else {
+                    return Ok(refused(&format!(
+                        "{} {} was removed from the cluster",
+                        r.role, r.name
+                    )));
+                };
+                let presented = rec
+                    .certs
+                    .iter()
+                    .find(|c| c.serial == r.renewing_serial)
+                    .cloned();
+                let Some(presented) = presented else {
+                    return Ok(refused(
+                        "the certificate presented is not this member's current one",
+                    ));
+                };
+                if tx.get(&keys::revoked(&presented.serial))?.is_some() {
+                    return Ok(refused("the certificate presented was revoked"));
+                }
+                for c in rec.certs.iter().filter(|c| c.serial != presented.serial) {
+                    tx.put(keys::revoked(&c.serial), c.not_after_s.to_be_bytes());
+                }
+                rec.key_digest = r.key_digest.clone();
+                rec.certs = vec![presented, cert.clone()];
+                tx.put(key, rec.encode_to_vec());
+                return Ok(CommandResult::default());
+            }
+            let mut rec = found.unwrap_or_else(|| records::MemberCert {
+                schema: SCHEMA_VERSION,
+                role: r.role.clone(),
+                name: r.name.clone(),
+                key_digest: r.key_digest.clone(),
+                certs: Vec::new(),
+            });
             if rec.key_digest != r.key_digest {
                 return Ok(refused(&format!(
                     "the name {} is taken: another {} holds it (remove it first, \
@@ -226,14 +257,16 @@ fn apply_op(
                     r.name, r.role, r.name
                 )));
             }
-            // The newest certificates are kept: renewals come when a third
-            // of a validity is left, so that at most two are valid at once,
-            // and revocation needs no others.
-            rec.certs.push(cert.clone());
-            if rec.certs.len() > CERTS_KEPT {
-                let extra = rec.certs.len() - CERTS_KEPT;
-                rec.certs.drain(..extra);
+            // The same key asking again (an enrollment whose answer was
+            // lost): every certificate stays recorded, so that a removal
+            // revokes them all; a key asks only a few times.
+            if rec.certs.len() >= CERTS_KEPT {
+                return Ok(refused(&format!(
+                    "{} {} asked for too many certificates with one key",
+                    r.role, r.name
+                )));
             }
+            rec.certs.push(cert.clone());
             tx.put(key, rec.encode_to_vec());
             Ok(CommandResult::default())
         }

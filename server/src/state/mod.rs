@@ -172,7 +172,6 @@ impl StateReader {
     }
 
     /// One node, with its labels.
-
     pub fn node(&self, name: &str) -> Result<Option<Node>, StateError> {
         match self.db.get_cf(self.sm(), keys::node(name))? {
             Some(v) => Ok(Some(self.with_labels(Node::decode(v.as_slice())?)?)),
