@@ -298,28 +298,10 @@ fn keep(dir: &Path, node: &str, key_pem: &str, r: &EnrollResponse) -> Result<(),
         ("cert.pem", r.cert_pem.as_str()),
     ] {
         let path = dir.join(name);
-        write_private(&path, text.as_bytes()).map_err(|e| file_err(&path, e))?;
+        berth_proto::credential::write_private(&path, text.as_bytes(), 0o600)
+            .map_err(|e| file_err(&path, e))?;
     }
     Ok(())
-}
-
-/// Writes a file only its owner reads (0600), whole or not at all: a
-/// temporary file, synced, renamed over the old one.
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    // A new file each time: the mode applies only to a file being made,
-    // so a leftover one (of another mode) must not be reused.
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 fn load(dir: &Path) -> Result<ClientCredentials, CredentialError> {
@@ -360,9 +342,4 @@ fn file_err(path: &Path, e: std::io::Error) -> CredentialError {
     }
 }
 
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+use berth_proto::credential::now_s;

@@ -912,22 +912,10 @@ impl PtySession {
 pub fn admin_tls(
     path: &Path,
 ) -> anyhow::Result<std::sync::Arc<tokio_rustls::rustls::ClientConfig>> {
-    #[derive(serde::Deserialize)]
-    struct Conf {
-        ca: String,
-        cert: String,
-        key: String,
-    }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let c: Conf = serde_json::from_str(&text)?;
-    Ok(berth_proto::transport::client_config(
-        &berth_proto::transport::ClientCredentials {
-            trusted_pem: c.ca,
-            cert_pem: c.cert,
-            key_pem: c.key,
-        },
-    )?)
+    let conf: berth_proto::credential::AdminConf = serde_json::from_str(&text)?;
+    Ok(berth_proto::transport::client_config(&conf.credentials())?)
 }
 
 /// A Cluster API client at `addr` over TLS with `tls`.

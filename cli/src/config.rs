@@ -10,44 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use berth_proto::transport::ClientCredentials;
-
-/// An admin credential file.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct AdminConf {
-    /// The servers to reach, HOST:PORT.
-    pub endpoints: Vec<String>,
-    /// The cluster's CA certificate, PEM.
-    pub ca: String,
-    /// The admin certificate and key, PEM.
-    pub cert: String,
-    pub key: String,
-    /// When the certificate was signed and when it ends (Unix seconds; 0
-    /// if unknown): the CLI renews it once a third of that is left.
-    #[serde(default)]
-    pub issued_at_s: i64,
-    #[serde(default)]
-    pub not_after_s: i64,
-}
-
-impl AdminConf {
-    /// True once a third of the certificate's validity is left.
-    pub fn renewal_due(&self, now_s: i64) -> bool {
-        if self.not_after_s <= self.issued_at_s || self.issued_at_s == 0 {
-            return false;
-        }
-        now_s >= self.not_after_s - (self.not_after_s - self.issued_at_s) / 3
-    }
-
-    /// What the TLS connection presents and trusts.
-    pub fn credentials(&self) -> ClientCredentials {
-        ClientCredentials {
-            trusted_pem: self.ca.clone(),
-            cert_pem: self.cert.clone(),
-            key_pem: self.key.clone(),
-        }
-    }
-}
+pub use berth_proto::credential::AdminConf;
 
 /// Why the credential could not be read or kept.
 #[derive(Debug, thiserror::Error)]
@@ -115,8 +78,7 @@ pub fn load(path: &Path) -> Result<AdminConf, ConfigError> {
 
 /// Writes a credential file (0600, in a 0700 directory).
 pub fn store(path: &Path, conf: &AdminConf) -> Result<(), ConfigError> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let fail = |e: std::io::Error| ConfigError::Unreadable {
         path: path.display().to_string(),
         reason: e.to_string(),
@@ -129,18 +91,7 @@ pub fn store(path: &Path, conf: &AdminConf) -> Result<(), ConfigError> {
             .map_err(fail)?;
     }
     let text = serde_json::to_string_pretty(conf).map_err(|e| fail(e.into()))?;
-    let tmp = path.with_extension("tmp");
-    // A new file: the mode applies only to a file being made.
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(fail)?;
-    f.write_all(text.as_bytes()).map_err(fail)?;
-    f.sync_all().map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)
+    berth_proto::credential::write_private(path, text.as_bytes(), 0o600).map_err(fail)
 }
 
 fn contexts_dir() -> PathBuf {

@@ -267,22 +267,8 @@ pub async fn cluster_backup(
     }
     // Written whole, then renamed: a backup file is never half a backup.
     // Readable by its owner only: it holds the cluster's CA key.
-    let tmp = format!("{output}.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| CliError::Usage(format!("{tmp}: {e}")))?;
-        f.write_all(&data)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| CliError::Usage(format!("{tmp}: {e}")))?;
-    }
-    std::fs::rename(&tmp, output).map_err(|e| CliError::Usage(format!("{output}: {e}")))?;
+    berth_proto::credential::write_private(std::path::Path::new(output), &data, 0o600)
+        .map_err(|e| CliError::Usage(format!("{output}: {e}")))?;
     println!("{} bytes written to {output}", data.len());
     Ok(0)
 }

@@ -45,6 +45,7 @@ pub mod limits {
     pub const MAX_ENTRY: usize = 512 << 10;
 }
 
+pub mod credential;
 pub mod transport;
 
 /// Server-to-server Raft transport.

@@ -44,22 +44,7 @@ pub enum SetupError {
 }
 
 /// The admin credential file (`DATA_DIR/admin.conf`), as the CLI reads it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct AdminConf {
-    /// The servers to reach.
-    pub endpoints: Vec<String>,
-    /// The cluster's CA certificate, PEM.
-    pub ca: String,
-    /// The admin certificate and key, PEM.
-    pub cert: String,
-    pub key: String,
-    /// When the certificate was signed and when it ends (Unix seconds):
-    /// the CLI renews it once a third of that is left.
-    #[serde(default)]
-    pub issued_at_s: i64,
-    #[serde(default)]
-    pub not_after_s: i64,
-}
+pub use berth_proto::credential::AdminConf;
 
 /// The CA a bootstrap server made before its cluster existed, waiting in
 /// its data dir (0600) to be committed as the cluster's.
@@ -337,9 +322,4 @@ fn file_err(path: &Path, e: std::io::Error) -> SetupError {
     }
 }
 
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+use berth_proto::credential::now_s;
