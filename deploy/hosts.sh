@@ -164,29 +164,31 @@ kill_host() {
     done
 }
 
-down() {
-    berth_require_root
+# The hosts that exist (their namespaces), one name a line.
+hosts() {
+    local f ns
     for f in /run/netns/berth-*; do
         [ -e "$f" ] || continue
-        local ns host
         ns="$(basename "$f")"
-        host="${ns#berth-}"
-        [ "$ns" = "$SWITCH" ] && continue
+        [ "$ns" = "$SWITCH" ] || echo "${ns#berth-}"
+    done
+}
+
+down() {
+    berth_require_root
+    local host
+    for host in $(hosts); do
         kill_host "$host"
-        ip netns del "$ns"
+        ip netns del "$(ns_of "$host")"
     done
     [ -e "/run/netns/$SWITCH" ] && ip netns del "$SWITCH"
     echo "==> the test hosts are gone (their state stays in $STATE; remove it to start over)"
 }
 
 status() {
-    for f in /run/netns/berth-*; do
-        [ -e "$f" ] || continue
-        local ns host
-        ns="$(basename "$f")"
-        host="${ns#berth-}"
-        [ "$ns" = "$SWITCH" ] && continue
-        printf '%-5s %-14s %s\n' "$host" "$(addr_of "$host")" "$(ip netns pids "$ns" | tr '\n' ' ')"
+    local host
+    for host in $(hosts); do
+        printf '%-5s %-14s %s\n' "$host" "$(addr_of "$host")" "$(ip netns pids "$(ns_of "$host")" | tr '\n' ' ')"
     done
 }
 

@@ -224,11 +224,11 @@ impl AgentTls {
 
 /// One round of enrollment: each server in turn, until one answers.
 async fn enroll(cfg: &CredentialConfig, token: &str) -> Result<(), CredentialError> {
-    let (digest, role) = transport::token_parts(token)?;
-    if role != "agent" {
-        return Err(CredentialError::WrongRole(role));
+    let parts = transport::token_parts(token)?;
+    if parts.role != "agent" {
+        return Err(CredentialError::WrongRole(parts.role));
     }
-    let (tls, pinned) = transport::pinned_by_digest(&digest)?;
+    let (tls, pinned) = transport::pinned_by_digest(&parts.ca_digest)?;
     let (key_pem, csr_pem) = transport::new_key_and_request()?;
     let mut last = String::from("no server given");
     for addr in &cfg.servers {

@@ -127,25 +127,41 @@ pub fn new_key_and_request() -> Result<(String, String), TransportError> {
     Ok((key.serialize_pem(), csr.pem().map_err(fail)?))
 }
 
-/// What a join token (`BERTH1-<CA digest>-<role>-<secret>`) says of the
-/// cluster before it is sent: the CA's digest and the role. The cluster
-/// checks the rest.
-pub fn token_parts(token: &str) -> Result<(String, String), TransportError> {
+/// The parts of a join token, `BERTH1-<CA digest>-<role>-<secret>`: the
+/// CA's digest and the secret checked as 64 hex digits each (lower case),
+/// the role as written. The one reader of the format: the server checks
+/// the role and the secret against the cluster's, a joiner reads the
+/// digest before it sends anything.
+pub fn token_parts(token: &str) -> Result<TokenParts, TransportError> {
     let bad = |why: &str| TransportError::BadToken(why.to_string());
     let mut parts = token.trim().split('-');
     if parts.next() != Some("BERTH1") {
-        return Err(bad("a berth join token begins with BERTH1-"));
+        return Err(bad("it does not begin with BERTH1-"));
     }
-    let digest = parts.next().unwrap_or_default();
-    let role = parts.next().unwrap_or_default();
-    let secret = parts.next().unwrap_or_default();
-    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(bad("its CA digest is not 64 hex digits"));
+    let (Some(digest), Some(role), Some(secret), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad("it is not BERTH1-DIGEST-ROLE-SECRET"));
+    };
+    let hex64 = |v: &str| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex64(digest) {
+        return Err(bad("the CA digest is not 64 hex digits"));
     }
-    if secret.is_empty() || parts.next().is_some() {
-        return Err(bad("expected BERTH1-DIGEST-ROLE-SECRET"));
+    if !hex64(secret) {
+        return Err(bad("the secret is not 64 hex digits"));
     }
-    Ok((digest.to_ascii_lowercase(), role.to_string()))
+    Ok(TokenParts {
+        ca_digest: digest.to_ascii_lowercase(),
+        role: role.to_string(),
+        secret: secret.to_ascii_lowercase(),
+    })
+}
+
+/// What [`token_parts`] reads.
+pub struct TokenParts {
+    pub ca_digest: String,
+    pub role: String,
+    pub secret: String,
 }
 
 /// The SHA-256 digest (hex) of a certificate's DER: what a join token

@@ -72,8 +72,23 @@ pub struct App {
     /// The server's TLS, once loaded: what its own connections present
     /// (a CA rotation probes the other servers with it).
     pub tls: Arc<std::sync::OnceLock<Arc<crate::tls::ServerTls>>>,
+    /// The last [`App::ca_view`], and when it was read.
+    ca_view: Arc<std::sync::Mutex<Option<(std::time::Instant, CaView)>>>,
     writes: mpsc::UnboundedSender<PendingWrite>,
 }
+
+/// What every heartbeat answer and cluster status says of the CA.
+#[derive(Debug, Clone, Default)]
+pub struct CaView {
+    /// The digest of the CA members should hold a certificate of.
+    pub renew_to: String,
+    /// A rotation is under way.
+    pub rotating: bool,
+}
+
+/// How long a [`CaView`] is used before the state is read again: a
+/// rotation reaches agents and CLIs that much later at most.
+const CA_VIEW_FOR: Duration = Duration::from_secs(1);
 
 /// A write waiting for its turn in a Raft entry, and who waits for it.
 type PendingWrite = (Op, oneshot::Sender<Result<CommandResult, AppError>>);
@@ -111,6 +126,7 @@ impl App {
             scheduler: Arc::new(crate::scheduler::Scheduler::new(config.scheduler.clone())),
             config,
             tls: Arc::default(),
+            ca_view: Arc::default(),
             writes,
         }
     }
@@ -246,6 +262,27 @@ impl App {
 
     /// True if this server believes it leads (no round trip: for checks
     /// that run often).
+    /// The CA as heartbeat answers and the cluster status name it: read
+    /// from the state at most once a second (not once per heartbeat of
+    /// every node: a read and a digest each).
+    pub fn ca_view(&self) -> CaView {
+        let mut cached = self.ca_view.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, view)) = cached.as_ref() {
+            if at.elapsed() < CA_VIEW_FOR {
+                return view.clone();
+            }
+        }
+        let view = match self.state.pki() {
+            Ok(Some(p)) => CaView {
+                renew_to: crate::pki::renew_to(&p),
+                rotating: !p.previous_ca_cert_pem.is_empty(),
+            },
+            _ => CaView::default(),
+        };
+        *cached = Some((std::time::Instant::now(), view.clone()));
+        view
+    }
+
     /// The Raft address of the member whose id is `id` (decimal), if
     /// the membership holds it.
     pub fn raft_addr_of(&self, id: &str) -> Option<String> {

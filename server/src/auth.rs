@@ -152,7 +152,7 @@ fn decide(
         PeerAuth::Member(id) => {
             // A connection outlives the certificate it was opened with:
             // each call checks that it has not ended since.
-            if id.not_after < now_s() {
+            if id.not_after < berth_proto::credential::now_s() {
                 return Err(Status::unauthenticated(format!(
                     "the certificate of {} {} has expired since this connection was opened: \
                      connect again with a renewed one",
@@ -212,13 +212,6 @@ fn revoked(app: &App, id: &Identity) -> Result<bool, Status> {
     app.state
         .is_revoked(&id.serial, id.role.as_str(), &id.name)
         .map_err(|e| Status::unavailable(format!("checking the certificate's revocation: {e}")))
-}
-
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn names(roles: &[Role]) -> String {

@@ -185,12 +185,10 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         .advertise
         .clone()
         .unwrap_or_else(|| args.listen.to_string());
-    let host = advertise
-        .rsplit_once(':')
-        .map_or(advertise.as_str(), |(h, _)| h)
-        .trim_matches(|c| c == '[' || c == ']')
-        .to_string();
-    let mut hosts = vec![host, args.listen.ip().to_string()];
+    let mut hosts = vec![
+        berth_server::pki::host_of(&advertise),
+        args.listen.ip().to_string(),
+    ];
     hosts.dedup();
     let setup = |id: u64| berth_server::pki::setup::SetupConfig {
         data_dir: args.data_dir.clone(),
@@ -478,7 +476,7 @@ async fn enroll(
             token.role
         );
     }
-    let (key_pem, csr_pem) = berth_server::pki::request()?;
+    let (key_pem, csr_pem) = berth_proto::transport::new_key_and_request()?;
     let (tls, pinned) = berth_proto::transport::pinned_by_digest(&token.ca_digest)?;
     let req = berth_proto::cluster::EnrollRequest {
         token: token_text.to_string(),

@@ -117,17 +117,23 @@ impl Credentials {
 /// learns of a refusal in the handshake only as a bare alert on its first
 /// read, where a refusal by the authorization layer tells it why.
 pub fn server_config(creds: &Credentials) -> Result<rustls::ServerConfig, TlsError> {
+    Ok(listener(creds)?.0)
+}
+
+/// The listener's configuration and the checks of client certificates it
+/// defers to after the handshake (one verifier for both).
+fn listener(creds: &Credentials) -> Result<(rustls::ServerConfig, ClientChecks), TlsError> {
     let provider = transport::provider();
-    let verifier = ClientChecks::new(creds, provider.clone())?;
+    let checks = ClientChecks::new(creds, provider.clone())?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(Arc::new(verifier.lenient()))
+        .with_client_cert_verifier(Arc::new(checks.lenient()))
         .with_single_cert(
             transport::certs(&creds.cert_pem, "the certificate file")?,
             transport::private_key(&creds.key_pem)?,
         )?;
     cfg.alpn_protocols = vec![transport::ALPN_H2.to_vec()];
-    Ok(cfg)
+    Ok((cfg, checks))
 }
 
 /// The check of clients' certificates against the trusted CAs (rustls'
@@ -251,10 +257,10 @@ impl ServerTls {
     /// The TLS of the credentials in `data_dir/tls`.
     pub fn load(data_dir: &Path) -> Result<Arc<Self>, TlsError> {
         let creds = Credentials::load(data_dir)?;
-        let checks = ClientChecks::new(&creds, transport::provider())?;
+        let (server, checks) = listener(&creds)?;
         Ok(Arc::new(Self {
             data_dir: data_dir.to_path_buf(),
-            server: RwLock::new((Arc::new(server_config(&creds)?), checks)),
+            server: RwLock::new((Arc::new(server), checks)),
             client: RwLock::new(client_config(&creds)?),
         }))
     }
@@ -262,10 +268,8 @@ impl ServerTls {
     /// Reads the credentials again.
     pub fn reload(&self) -> Result<(), TlsError> {
         let creds = Credentials::load(&self.data_dir)?;
-        let server = (
-            Arc::new(server_config(&creds)?),
-            ClientChecks::new(&creds, transport::provider())?,
-        );
+        let (config, checks) = listener(&creds)?;
+        let server = (Arc::new(config), checks);
         let client = client_config(&creds)?;
         *self.server.write().unwrap_or_else(|p| p.into_inner()) = server;
         *self.client.write().unwrap_or_else(|p| p.into_inner()) = client;

@@ -13,7 +13,7 @@ use crate::app::App;
 /// The cluster as this server sees it.
 pub fn status(app: &App) -> cluster::ClusterStatus {
     let m = crate::raft::metrics(&app.raft);
-    let ca = app.state.pki().ok().flatten();
+    let ca = app.ca_view();
     let membership = m.membership_config.membership();
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let leader_addr = m
@@ -47,10 +47,8 @@ pub fn status(app: &App) -> cluster::ClusterStatus {
         snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
         purged_index: m.purged.map(|l| l.index).unwrap_or(0),
         reserved_id: 0,
-        ca_digest: ca.as_ref().map(crate::pki::renew_to).unwrap_or_default(),
-        ca_rotating: ca
-            .as_ref()
-            .is_some_and(|p| !p.previous_ca_cert_pem.is_empty()),
+        ca_digest: ca.renew_to,
+        ca_rotating: ca.rotating,
         state: match m.state {
             ServerState::Leader => "leader",
             ServerState::Follower => "follower",

@@ -119,7 +119,7 @@ impl AgentSession for SessionService {
         let cert_node = node_of(&req)?;
         let mut inbound = req.into_inner();
         let nodes = self.app.nodes.clone();
-        let state = self.app.state.clone();
+        let app = self.app.clone();
         let (tx, rx) = mpsc::channel::<Result<HeartbeatAck, Status>>(16);
         tokio::spawn(async move {
             loop {
@@ -141,14 +141,11 @@ impl AgentSession for SessionService {
                     return;
                 }
                 // Which CA signs: an agent of another renews (a rotation).
-                let (ca_digest, ca_rotating) = match state.pki() {
-                    Ok(Some(p)) => (crate::pki::renew_to(&p), !p.previous_ca_cert_pem.is_empty()),
-                    _ => (String::new(), false),
-                };
+                let ca = app.ca_view();
                 let ack = HeartbeatAck {
                     seq: hb.seq,
-                    ca_digest,
-                    ca_rotating,
+                    ca_digest: ca.renew_to,
+                    ca_rotating: ca.rotating,
                 };
                 if tx.send(Ok(ack)).await.is_err() {
                     return;

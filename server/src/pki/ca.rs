@@ -7,7 +7,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::{check_name, PkiError, Role};
@@ -119,9 +118,8 @@ impl ClusterCa {
             .map_err(|e| PkiError::BadCertificate(format!("the certificate request: {e}")))?;
         let (params, serial, not_after) = member_params(role, name, hosts, validity)?;
         csr.params = params;
-        let key_digest = hex::encode(Sha256::digest(rcgen::PublicKeyData::der_bytes(
-            &csr.public_key,
-        )));
+        let key_digest =
+            berth_proto::transport::digest_of_der(rcgen::PublicKeyData::der_bytes(&csr.public_key));
         let cert = csr.signed_by(&self.issuer, &self.key)?;
         Ok(Issued {
             cert_pem: cert.pem(),
@@ -149,23 +147,16 @@ impl ClusterCa {
             key_pem: Some(key.serialize_pem()),
             serial,
             not_after,
-            key_digest: hex::encode(Sha256::digest(rcgen::PublicKeyData::der_bytes(&key))),
+            key_digest: berth_proto::transport::digest_of_der(rcgen::PublicKeyData::der_bytes(
+                &key,
+            )),
         })
     }
 }
 
-/// A new key and a certificate request for it, PEM: what a joiner sends.
-/// The request names nothing; the cluster decides the names.
-pub fn request() -> Result<(String, String), PkiError> {
-    let key = KeyPair::generate()?;
-    let csr = CertificateParams::default().serialize_request(&key)?;
-    Ok((key.serialize_pem(), csr.pem()?))
-}
-
 /// The SHA-256 of the first certificate of a PEM text, in hex.
 pub fn digest_of_pem(pem_text: &str) -> Result<String, PkiError> {
-    let der = first_der(pem_text)?;
-    Ok(hex::encode(Sha256::digest(&der)))
+    Ok(berth_proto::transport::digest_of_der(&first_der(pem_text)?))
 }
 
 /// The DER of the first certificate of a PEM text.

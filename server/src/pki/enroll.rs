@@ -69,14 +69,26 @@ impl JoinService {
             .await
             .map_err(to_status)?;
         tracing::info!(%role, %name, serial = %issued.serial, "signed a member's certificate");
-        Ok(Response::new(cluster::EnrollResponse {
-            cert_pem: format!("{}{}", issued.cert_pem, ca.cert_pem()),
-            trusted_pem: trusted.to_string(),
-            name: name.to_string(),
-            server_id,
-            not_after_s: issued.not_after,
-        }))
+        Ok(answer(ca, trusted, name, &issued, server_id))
     }
+}
+
+/// The answer with a signed certificate: it, then the CA's, and the CAs
+/// to trust.
+fn answer(
+    ca: &ClusterCa,
+    trusted: &str,
+    name: &str,
+    issued: &Issued,
+    server_id: u64,
+) -> Response<cluster::EnrollResponse> {
+    Response::new(cluster::EnrollResponse {
+        cert_pem: format!("{}{}", issued.cert_pem, ca.cert_pem()),
+        trusted_pem: trusted.to_string(),
+        name: name.to_string(),
+        server_id,
+        not_after_s: issued.not_after,
+    })
 }
 
 /// The token of a role, from the state's secrets.
@@ -185,7 +197,7 @@ impl Join for JoinService {
                 let status =
                     crate::api::membership::reserve_id(&self.app, &req.addr, req.server_id).await?;
                 let id = status.reserved_id;
-                let host = host_of(&req.addr);
+                let host = super::host_of(&req.addr);
                 let issued = ca
                     .sign_request(
                         &req.csr_pem,
@@ -228,7 +240,7 @@ impl Join for JoinService {
             Role::Server => self
                 .app
                 .raft_addr_of(&id.name)
-                .map(|a| vec![host_of(&a)])
+                .map(|a| vec![super::host_of(&a)])
                 .unwrap_or_default(),
             _ => Vec::new(),
         };
@@ -239,13 +251,7 @@ impl Join for JoinService {
         // none recorded (and none revoked by another's renewal).
         if id.role == Role::Admin {
             tracing::info!(serial = %issued.serial, "renewed an admin credential");
-            return Ok(Response::new(cluster::EnrollResponse {
-                cert_pem: format!("{}{}", issued.cert_pem, ca.cert_pem()),
-                trusted_pem: super::trusted_pem(&pki),
-                name: id.name.clone(),
-                server_id: 0,
-                not_after_s: issued.not_after,
-            }));
+            return Ok(answer(&ca, &trusted, &id.name, &issued, 0));
         }
         // A renewal is of the member's own name: the record takes the new
         // key, every earlier certificate but the one presented is revoked
@@ -254,12 +260,4 @@ impl Join for JoinService {
         self.record(&ca, &trusted, id.role, &id.name, issued, 0, &id.serial)
             .await
     }
-}
-
-/// The host of HOST:PORT (brackets of an IPv6 address taken off).
-fn host_of(addr: &str) -> String {
-    addr.rsplit_once(':')
-        .map_or(addr, |(h, _)| h)
-        .trim_matches(|c| c == '[' || c == ']')
-        .to_string()
 }

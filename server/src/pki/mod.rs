@@ -28,7 +28,7 @@ pub mod rotation;
 pub mod setup;
 mod token;
 
-pub use ca::{digest_of_pem, first_der, request, ClusterCa, Issued};
+pub use ca::{digest_of_pem, first_der, ClusterCa, Issued};
 pub use identity::{identity_of, Identity};
 pub use token::{same_hash, secret_hash, JoinToken};
 
@@ -112,6 +112,15 @@ pub fn renew_to(pki: &berth_proto::records::Pki) -> String {
     digest_of_pem(&pki.ca_cert_pem).unwrap_or_default()
 }
 
+/// The host of HOST:PORT (the brackets of an IPv6 address taken off):
+/// what a server's certificate names besides its role.
+pub fn host_of(addr: &str) -> String {
+    addr.rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_string()
+}
+
 /// Checks a member's name: what goes into `berth://ROLE/NAME` and into
 /// node and server names.
 pub fn check_name(name: &str) -> Result<(), PkiError> {
@@ -131,7 +140,7 @@ pub fn check_name(name: &str) -> Result<(), PkiError> {
 mod tests {
     use std::time::Duration;
 
-    use super::ca::{first_der, request};
+    use super::ca::first_der;
     use super::token::same_hash;
     use super::*;
     use x509_parser::prelude::{FromDer, X509Certificate};
@@ -188,7 +197,7 @@ mod tests {
     fn a_request_is_signed_with_the_clusters_names_not_its_own() {
         let ca = ClusterCa::generate("test").unwrap();
         let other = ClusterCa::generate("other").unwrap();
-        let (_key, csr) = request().unwrap();
+        let (_key, csr) = berth_proto::transport::new_key_and_request().unwrap();
         let issued = ca
             .sign_request(&csr, Role::Agent, "node1", &[], DAY)
             .unwrap();

@@ -78,31 +78,20 @@ impl FromStr for JoinToken {
     type Err = PkiError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| PkiError::BadToken(why.to_string());
-        let mut parts = s.trim().split('-');
-        if parts.next() != Some(PREFIX) {
-            return Err(bad("it does not begin with BERTH1-"));
-        }
-        let (Some(digest), Some(role), Some(secret), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad("it is not BERTH1-DIGEST-ROLE-SECRET"));
-        };
-        let hex64 = |v: &str| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit());
-        if !hex64(digest) {
-            return Err(bad("the CA digest is not 64 hex digits"));
-        }
-        if !hex64(secret) {
-            return Err(bad("the secret is not 64 hex digits"));
-        }
-        let role: Role = role.parse()?;
+        let parts = berth_proto::transport::token_parts(s).map_err(|e| match e {
+            berth_proto::transport::TransportError::BadToken(why) => PkiError::BadToken(why),
+            other => PkiError::BadToken(other.to_string()),
+        })?;
+        let role: Role = parts.role.parse()?;
         if role == Role::Admin {
-            return Err(bad("there are join tokens for agents and servers only"));
+            return Err(PkiError::BadToken(
+                "there are join tokens for agents and servers only".into(),
+            ));
         }
         Ok(Self {
-            ca_digest: digest.to_ascii_lowercase(),
+            ca_digest: parts.ca_digest,
             role,
-            secret: secret.to_ascii_lowercase(),
+            secret: parts.secret,
         })
     }
 }
