@@ -22,9 +22,11 @@ struct Connected {
     session_id: u64,
     tx: mpsc::Sender<ServerMessage>,
     last_heartbeat: Instant,
-    /// Dropped when the session is forgotten (replaced, detached, the
-    /// node removed): its reading of the agent's messages then stops.
-    _alive: tokio::sync::oneshot::Sender<()>,
+    /// Fired when the node is removed: the reading of its agent's
+    /// messages stops at once. (A session only forgotten, replaced or
+    /// expired, is read until its stream ends: answers to requests sent on
+    /// it still arrive there.)
+    cut: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Where an attachment's output goes: the client's stream.
@@ -55,25 +57,25 @@ pub struct Nodes {
 
 impl Nodes {
     /// Records a new session for `node`, replacing any older one. The
-    /// receiver ends when the session is forgotten: whoever reads the
-    /// session's messages stops then (a removed node's agent included).
+    /// receiver fires if the node is removed ([`Nodes::disconnect`]):
+    /// whoever reads the session's messages stops then.
     pub async fn attach(
         &self,
         node: &str,
         tx: mpsc::Sender<ServerMessage>,
     ) -> (u64, tokio::sync::oneshot::Receiver<()>) {
         let session_id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let (alive, forgotten) = tokio::sync::oneshot::channel();
+        let (cut, removed) = tokio::sync::oneshot::channel();
         self.connected.lock().await.insert(
             node.to_string(),
             Connected {
                 session_id,
                 tx,
                 last_heartbeat: Instant::now(),
-                _alive: alive,
+                cut,
             },
         );
-        (session_id, forgotten)
+        (session_id, removed)
     }
 
     /// Forgets the session, if it is still the node's current one, and
@@ -96,9 +98,12 @@ impl Nodes {
     /// heartbeats are refused from now on, and the agent's reconnection
     /// meets its revoked certificate.
     pub async fn disconnect(&self, node: &str) {
-        let session = self.connected.lock().await.get(node).map(|c| c.session_id);
-        if let Some(id) = session {
-            self.detach(node, id).await;
+        let session = self.connected.lock().await.remove(node);
+        if let Some(c) = session {
+            let _ = c.cut.send(());
+            self.requests.lock().await.retain(|_, (n, _)| n != node);
+            self.attachments.lock().await.retain(|_, (n, _)| n != node);
+            self.log_reads.lock().await.retain(|_, (n, _)| n != node);
         }
     }
 

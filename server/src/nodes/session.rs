@@ -195,7 +195,7 @@ impl AgentSession for SessionService {
         // Attached before the node is recorded Ready, so that the liveness
         // check never sees a Ready node without its session.
         let (tx, rx) = mpsc::channel::<ServerMessage>(1024);
-        let (session_id, forgotten) = self.app.nodes.attach(&node, tx.clone()).await;
+        let (session_id, removed) = self.app.nodes.attach(&node, tx.clone()).await;
         if let Err(e) = upsert_node(&self.app, &register).await {
             self.app.nodes.detach(&node, session_id).await;
             return Err(to_status(e));
@@ -237,9 +237,14 @@ impl AgentSession for SessionService {
             app.scheduler.node_reconnected(&node);
             let reason = tokio::select! {
                 r = serve(&app, &node, session_id, &mut inbound, &tx) => r,
-                // Replaced by a newer session, expired, or the node removed:
-                // nothing more of this one is taken.
-                _ = forgotten => "the session was closed by the cluster".to_string(),
+                // The node removed (its certificate revoked): nothing more
+                // of its agent is taken. (Dropped without a removal, the
+                // sender ends nothing: the stream is read to its end.)
+                _ = async {
+                    if removed.await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                } => "the node was removed from the cluster".to_string(),
             };
             tracing::info!(%node, session_id, "agent session ended: {reason}");
             if let Some(last) = app.nodes.detach(&node, session_id).await {
