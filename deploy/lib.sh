@@ -4,7 +4,7 @@
 BERTH_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # The Debian packages berth needs to build, test and run.
-BERTH_PACKAGES="libclang-dev g++ busybox-static iproute2 util-linux ca-certificates openssl skopeo umoci runc"
+BERTH_PACKAGES="libclang-dev g++ libseccomp-dev busybox-static iproute2 util-linux ca-certificates openssl skopeo umoci runc"
 
 berth_require_root() {
     if [ "$(id -u)" != 0 ]; then

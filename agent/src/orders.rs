@@ -78,6 +78,22 @@ pub struct RunSpec {
     /// The sequence number the first log line takes when the node creates
     /// the container afresh (the cluster's log goes on across placements).
     pub log_first_seq: u64,
+    /// Capabilities, devices and security options.
+    pub security: Security,
+}
+
+/// A container's isolation as `run` gave it, checked by the server
+/// (berth_proto::security spells each field).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    pub privileged: bool,
+    /// Kernel spelling (`CAP_NET_ADMIN`) or `ALL`.
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    /// `HOST[:CONTAINER][:rwm]`.
+    pub devices: Vec<String>,
+    /// `seccomp=unconfined`, `seccomp=<JSON>`, `no-new-privileges[=BOOL]`.
+    pub security_opt: Vec<String>,
 }
 
 /// The states a node reports a container in.

@@ -552,6 +552,13 @@ mod wire {
             ulimits: s.ulimits,
             movable: s.movable,
             log_first_seq,
+            security: crate::orders::Security {
+                privileged: s.privileged,
+                cap_add: s.cap_add,
+                cap_drop: s.cap_drop,
+                devices: s.devices,
+                security_opt: s.security_opt,
+            },
         }
     }
 

@@ -69,6 +69,24 @@ pub struct RunArgs {
     /// nofile=1024:2048, nproc=64, core=0); may be repeated.
     #[arg(long = "ulimit", value_parser = parse_ulimit)]
     pub ulimits: Vec<String>,
+    /// Give the container every capability and every device, without a
+    /// seccomp filter or masked paths (Docker's --privileged).
+    #[arg(long)]
+    pub privileged: bool,
+    /// Add a capability (NET_ADMIN, CAP_SYS_TIME, or ALL); may be repeated.
+    #[arg(long = "cap-add")]
+    pub cap_add: Vec<String>,
+    /// Drop a capability (or ALL); may be repeated.
+    #[arg(long = "cap-drop")]
+    pub cap_drop: Vec<String>,
+    /// Give the container a host device, HOST[:CONTAINER][:PERMISSIONS]
+    /// with permissions of r, w and m (default rwm); may be repeated.
+    #[arg(long = "device")]
+    pub devices: Vec<String>,
+    /// seccomp=unconfined (no filter), seccomp=PROFILE.json (a profile in
+    /// Docker's format), or no-new-privileges; may be repeated.
+    #[arg(long = "security-opt", value_parser = parse_security_opt)]
+    pub security_opt: Vec<String>,
     #[command(flatten)]
     pub placement: PlacementArgs,
     /// Let the cluster run the container on another node when its node is
@@ -128,11 +146,34 @@ fn spec_from(args: &RunArgs) -> ContainerSpec {
         reserve_memory_bytes: args.placement.reserve_memory.unwrap_or(0),
         reserve_nano_cpus: args.placement.reserve_cpus.unwrap_or(0),
         reschedule: args.reschedule,
+        privileged: args.privileged,
+        cap_add: args.cap_add.clone(),
+        cap_drop: args.cap_drop.clone(),
+        devices: args.devices.clone(),
+        security_opt: args.security_opt.clone(),
         placement_strategy: args
             .placement
             .placement_strategy
             .clone()
             .unwrap_or_default(),
+    }
+}
+
+/// Reads a --security-opt: a seccomp profile named by its file is sent as
+/// its text, as Docker's CLI sends it; the server checks the rest.
+fn parse_security_opt(s: &str) -> Result<String, String> {
+    match s.split_once(['=', ':']) {
+        Some(("seccomp", path)) if path != "unconfined" && !path.trim_start().starts_with('{') => {
+            let json = std::fs::read_to_string(path)
+                .map_err(|e| format!("opening seccomp profile ({path}) failed: {e}"))?;
+            let opt = format!("seccomp={json}");
+            berth_proto::security::SecurityOpt::parse(&opt).map_err(|e| format!("{path}: {e}"))?;
+            Ok(opt)
+        }
+        _ => {
+            berth_proto::security::SecurityOpt::parse(s)?;
+            Ok(s.to_string())
+        }
     }
 }
 
@@ -709,6 +750,15 @@ pub async fn inspect(
                 "NanoCpus": spec.nano_cpus,
                 "PidsLimit": spec.pids_limit,
                 "Reschedule": spec.reschedule,
+                "Privileged": spec.privileged,
+                "CapAdd": if spec.cap_add.is_empty() { serde_json::Value::Null } else { serde_json::json!(spec.cap_add) },
+                "CapDrop": if spec.cap_drop.is_empty() { serde_json::Value::Null } else { serde_json::json!(spec.cap_drop) },
+                "Devices": spec.devices.iter().filter_map(|d| berth_proto::security::DeviceMapping::parse(d).ok()).map(|d| serde_json::json!({
+                    "PathOnHost": d.host,
+                    "PathInContainer": d.container,
+                    "CgroupPermissions": d.permissions,
+                })).collect::<Vec<_>>(),
+                "SecurityOpt": if spec.security_opt.is_empty() { serde_json::Value::Null } else { serde_json::json!(spec.security_opt) },
                 "Ulimits": spec.ulimits.iter().filter_map(|u| berth_proto::ulimit::parse(u).ok()).map(|u| serde_json::json!({
                     "Name": u.name,
                     "Soft": u.soft as i64,

@@ -7,8 +7,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::devices::Policy;
+
 /// The v1 controllers berth uses.
-const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "pids", "freezer"];
+const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "pids", "freezer", "devices"];
 
 /// Errors of setting up or reading a cgroup.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +22,8 @@ pub enum CgroupError {
     },
     #[error("no cgroup hierarchy with the {0} controller is mounted")]
     NoController(String),
+    #[error("the device policy: {0}")]
+    Devices(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
@@ -113,8 +117,9 @@ impl Cgroup {
         }
     }
 
-    /// Creates the cgroup and writes its limits.
-    pub fn create(&self, limits: &Limits) -> Result<(), CgroupError> {
+    /// Creates the cgroup and writes its limits and device policy (the
+    /// devices controller on v1, a device program on v2).
+    pub fn create(&self, limits: &Limits, devices: &Policy) -> Result<(), CgroupError> {
         match &self.layout {
             Layout::V1 { root } => {
                 for c in V1_CONTROLLERS {
@@ -141,6 +146,8 @@ impl Cgroup {
                 if let Some(p) = limits.pids {
                     write(&self.dir("pids").join("pids.max"), &p.to_string())?;
                 }
+                let dev = self.dir("devices");
+                super::devices::write_v1(&dev, devices).map_err(io_err(&dev))?;
             }
             Layout::V2 { root } => {
                 // Each level must hand the controllers down to the next.
@@ -163,6 +170,8 @@ impl Cgroup {
                 if let Some(p) = limits.pids {
                     write(&dir.join("pids.max"), &p.to_string())?;
                 }
+                super::devices::attach_v2(&dir, devices)
+                    .map_err(|e| CgroupError::Devices(e.to_string()))?;
             }
         }
         Ok(())
@@ -265,12 +274,17 @@ mod tests {
             cpu_quota_us: Some(Limits::cpus_to_quota(0.5)),
             pids: Some(20),
         };
-        cg.create(&limits).unwrap();
+        cg.create(
+            &limits,
+            &Policy::Allowlist(super::super::devices::docker_defaults()),
+        )
+        .unwrap();
         let read = |p: &str| fs::read_to_string(root.path().join(p)).unwrap();
         assert_eq!(read("memory/berth/abc/memory.limit_in_bytes"), "67108864");
         assert_eq!(read("cpu/berth/abc/cpu.cfs_quota_us"), "50000");
         assert_eq!(read("cpu/berth/abc/cpu.cfs_period_us"), "100000");
         assert_eq!(read("pids/berth/abc/pids.max"), "20");
+        assert_eq!(read("devices/berth/abc/devices.deny"), "a *:* rwm");
         cg.freeze(true).unwrap();
         assert_eq!(read("freezer/berth/abc/freezer.state"), "FROZEN");
         fs::write(
@@ -288,11 +302,14 @@ mod tests {
         let layout = Layout::detect(root.path());
         assert_eq!(layout.version(), "v2");
         let cg = Cgroup::new(layout, Path::new("berth/abc"));
-        cg.create(&Limits {
-            memory_bytes: Some(1 << 20),
-            cpu_quota_us: Some(150_000),
-            pids: Some(5),
-        })
+        cg.create(
+            &Limits {
+                memory_bytes: Some(1 << 20),
+                cpu_quota_us: Some(150_000),
+                pids: Some(5),
+            },
+            &Policy::AllowAll,
+        )
         .unwrap();
         let read = |p: &str| fs::read_to_string(root.path().join(p)).unwrap();
         assert_eq!(read("cgroup.subtree_control"), "+memory +cpu +pids");

@@ -202,6 +202,15 @@ fn run(b: &Path, id: &str) -> Result<i32, RuntimeError> {
         .iter()
         .filter_map(super::spec::capability_number)
         .collect();
+    let confine = Confinement {
+        keep,
+        seccomp: super::shim::seccomp_filter(&spec)?,
+        no_new_privileges: spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.no_new_privileges())
+            .unwrap_or(false),
+    };
 
     // SAFETY: this process is single-threaded (no thread has been started),
     // so the child may run ordinary code until it execs.
@@ -238,7 +247,7 @@ fn run(b: &Path, id: &str) -> Result<i32, RuntimeError> {
                         console: console_child.as_ref(),
                         go: &go_r,
                     };
-                    let code = child(&cfg, &stdio, &cwd, &env, &keep, uid, gid);
+                    let code = child(&cfg, &stdio, &cwd, &env, &confine, uid, gid);
                     std::process::exit(code);
                 }
                 Ok(ForkResult::Parent { child: grandchild }) => {
@@ -295,6 +304,15 @@ fn run(b: &Path, id: &str) -> Result<i32, RuntimeError> {
     }
 }
 
+/// The container's capabilities, seccomp filter and no_new_privs, which every exec'd
+/// process takes too.
+struct Confinement {
+    /// The capability numbers its bounding set keeps.
+    keep: Vec<u32>,
+    seccomp: Option<super::seccomp::Filter>,
+    no_new_privileges: bool,
+}
+
 /// Where the exec'd process's stdio come from.
 struct Stdio<'a> {
     /// The pipes of a process without a terminal.
@@ -311,7 +329,7 @@ fn child(
     stdio: &Stdio,
     cwd: &Path,
     env: &[String],
-    keep: &[u32],
+    confine: &Confinement,
     uid: u32,
     gid: u32,
 ) -> i32 {
@@ -356,9 +374,20 @@ fn child(
         eprintln!("exec: cannot chdir to {}", cwd.display());
         return 126;
     }
-    for n in super::caps::all_numbers().filter(|n| !keep.contains(n)) {
+    for n in super::caps::all_numbers().filter(|n| !confine.keep.contains(n)) {
         // SAFETY: prctl(PR_CAPBSET_DROP) takes plain integers.
         unsafe { libc::prctl(libc::PR_CAPBSET_DROP, n as libc::c_ulong, 0, 0, 0) };
+    }
+    // The container's own confinement, as its init took it: no_new_privs
+    // if it asked, then its seccomp filter while still root.
+    if confine.no_new_privileges && super::seccomp::set_no_new_privileges().is_err() {
+        return 126;
+    }
+    if let Some(filter) = &confine.seccomp {
+        if let Err(e) = filter.load() {
+            eprintln!("exec: {e}");
+            return 126;
+        }
     }
     let g = nix::unistd::Gid::from_raw(gid);
     if nix::unistd::setgroups(&[g]).is_err()

@@ -23,6 +23,8 @@ use super::spec::capability_number;
 /// The file descriptors and spec the init child works from.
 pub struct InitContext<'a> {
     pub spec: &'a Spec,
+    /// The container's seccomp filter, compiled by the shim.
+    pub seccomp: Option<&'a super::seccomp::Filter>,
     pub bundle: &'a Path,
     pub stdin: RawFd,
     pub stdout: RawFd,
@@ -155,6 +157,14 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
     // Where the /dev tmpfs was mounted: resolved inside the rootfs, never
     // through an image's symlink to a host directory.
     make_devices(&inside(&rootfs, Path::new("/dev"))?)?;
+    for d in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default()
+    {
+        make_device(&rootfs, &d)?;
+    }
 
     // pivot_root(".", ".") stacks the old root under the new one; the
     // detached unmount then drops every host path from view.
@@ -259,6 +269,18 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
     // Nothing inherited from the agent: empty inheritable and ambient sets,
     // so that exec leaves only what the bounding set allows.
     clear_inheritable().map_err(|e| fail("clearing inheritable capabilities", e))?;
+    if process.no_new_privileges().unwrap_or(false) {
+        super::seccomp::set_no_new_privileges().map_err(|e| fail("no-new-privileges", e))?;
+    }
+    // The filter goes on while this process is still root with every
+    // capability in its effective set (loading one without no_new_privs
+    // needs CAP_SYS_ADMIN); what follows (setgroups, setgid, setuid,
+    // signal setup, one read, execve) is allowed by any workable profile.
+    if let Some(filter) = ctx.seccomp {
+        filter
+            .load()
+            .map_err(|e| fail("loading the seccomp filter", e))?;
+    }
     let user = process.user();
     let gid = Gid::from_raw(user.gid());
     setgroups(&[gid]).map_err(|e| fail("setgroups", e))?;
@@ -592,6 +614,48 @@ fn make_devices(dev: &Path) -> Result<(), InitFailure> {
             symlink(target, &p).map_err(|e| fail(format!("symlink {}", p.display()), e))?;
         }
     }
+    Ok(())
+}
+
+/// Makes a device node config.json asks for (`--device`, or the host's
+/// under `--privileged`) in the container's /dev, resolved inside the
+/// rootfs.
+fn make_device(rootfs: &Path, d: &oci_spec::runtime::LinuxDevice) -> Result<(), InitFailure> {
+    use oci_spec::runtime::LinuxDeviceType;
+    let p = inside(rootfs, d.path())?;
+    let kind = match d.typ() {
+        LinuxDeviceType::B => SFlag::S_IFBLK,
+        LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
+        other => {
+            return Err(fail(
+                format!("device {}", d.path().display()),
+                format!("unsupported type {other:?}"),
+            ))
+        }
+    };
+    if let Some(parent) = p.parent() {
+        fs::create_dir_all(parent)
+            .map_err(|e| fail(format!("creating {}", parent.display()), e))?;
+    }
+    let _ = fs::remove_file(&p);
+    let mode = Mode::from_bits_truncate(d.file_mode().unwrap_or(0o660));
+    // mknod(2) of the device the run asked for; the cgroup's policy lets
+    // the container use it.
+    mknod(&p, kind, mode, makedev(d.major() as u64, d.minor() as u64))
+        .map_err(|e| fail(format!("mknod {}", d.path().display()), e))?;
+    nix::sys::stat::fchmodat(
+        None,
+        &p,
+        mode,
+        nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| fail(format!("chmod {}", d.path().display()), e))?;
+    nix::unistd::chown(
+        &p,
+        Some(Uid::from_raw(d.uid().unwrap_or(0))),
+        Some(Gid::from_raw(d.gid().unwrap_or(0))),
+    )
+    .map_err(|e| fail(format!("chown {}", d.path().display()), e))?;
     Ok(())
 }
 

@@ -12,10 +12,12 @@ pub mod attach;
 pub mod caps;
 pub mod cgroups;
 pub mod console;
+pub mod devices;
 pub mod exec;
 pub mod frame;
 pub mod init;
 pub mod lease;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 pub mod users;
@@ -32,6 +34,8 @@ pub enum RuntimeError {
     Spec(#[from] oci_spec::OciSpecError),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     #[error("{op}: {source}")]
     Sys { op: String, source: nix::Error },
 }

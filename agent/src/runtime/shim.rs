@@ -336,11 +336,14 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
     };
     let cgroup = container_cgroup(&spec);
     if let Some((cg, limits)) = &cgroup {
-        cg.create(limits)
+        cg.create(limits, &device_policy(&spec)?)
             .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
     }
+    // Compiled here, loaded by the child as its last step before exec.
+    let filter = seccomp_filter(&spec)?;
     let ctx = init::InitContext {
         spec: &spec,
+        seccomp: filter.as_ref(),
         bundle: b,
         stdin: stdin_fd,
         stdout: stdout_fd,
@@ -613,6 +616,25 @@ pub fn wait_exit(pid: Pid) -> Result<i32, RuntimeError> {
             Err(nix::Error::EINTR) => continue,
             Err(e) => return Err(sys("waitpid")(e)),
         }
+    }
+}
+
+/// The device policy of config.json (runtime/devices.rs).
+pub fn device_policy(spec: &Spec) -> Result<super::devices::Policy, RuntimeError> {
+    let rules = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.devices().clone())
+        .unwrap_or_default();
+    super::devices::Policy::from_spec(&rules)
+}
+
+/// The compiled seccomp filter of config.json, if it has one.
+pub fn seccomp_filter(spec: &Spec) -> Result<Option<super::seccomp::Filter>, RuntimeError> {
+    match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(s) => Ok(Some(super::seccomp::compile(s)?)),
+        None => Ok(None),
     }
 }
 

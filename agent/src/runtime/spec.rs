@@ -5,10 +5,10 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
-    MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder,
-    Spec, SpecBuilder, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder, PosixRlimit, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use super::{caps, RuntimeError};
@@ -37,7 +37,76 @@ pub struct ContainerConfig {
     /// For a container the cluster may move: the agent's lease file, which
     /// its shim watches (runtime/lease.rs).
     pub lease: Option<std::path::PathBuf>,
+    /// Capabilities, devices, seccomp and privileges.
+    pub security: Security,
 }
+
+/// A container's isolation, resolved by the agent from the run's options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Security {
+    /// `--privileged`: every capability and device, no seccomp filter, no
+    /// masked or read-only paths, /sys writable (Docker's meaning).
+    pub privileged: bool,
+    /// The capabilities the container keeps (kernel spelling).
+    pub capabilities: Vec<String>,
+    /// Device nodes made in its /dev (`--device`, or the host's under
+    /// `--privileged`).
+    pub devices: Vec<LinuxDevice>,
+    /// Which devices it may open or make.
+    pub device_policy: super::devices::Policy,
+    /// Its seccomp filter, resolved for its capabilities (`None`:
+    /// unconfined).
+    pub seccomp: Option<LinuxSeccomp>,
+    /// `--security-opt no-new-privileges`.
+    pub no_new_privileges: bool,
+}
+
+impl Default for Security {
+    /// Docker's defaults: its capabilities, its device list and its
+    /// seccomp profile.
+    fn default() -> Self {
+        let capabilities: Vec<String> = caps::DEFAULT.iter().map(|c| c.to_string()).collect();
+        let seccomp = super::seccomp::resolve(
+            &super::seccomp::default::profile(),
+            &capabilities,
+            &super::seccomp::Node::this(),
+        )
+        .ok();
+        Self {
+            privileged: false,
+            capabilities,
+            devices: Vec::new(),
+            device_policy: super::devices::Policy::Allowlist(super::devices::docker_defaults()),
+            seccomp,
+            no_new_privileges: false,
+        }
+    }
+}
+
+/// Docker's masked paths: hidden from every unprivileged container.
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Docker's read-only paths.
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// How a container's stdio is set up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -86,8 +155,14 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount,
         .build()?)
 }
 
-/// The mounts every container gets, in order.
-pub fn default_mounts() -> Result<Vec<Mount>, RuntimeError> {
+/// The mounts every container gets, in order; /sys is writable only for a
+/// privileged one.
+pub fn default_mounts(privileged: bool) -> Result<Vec<Mount>, RuntimeError> {
+    let sys_options: &[&str] = if privileged {
+        &["nosuid", "noexec", "nodev"]
+    } else {
+        &["nosuid", "noexec", "nodev", "ro"]
+    };
     Ok(vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount(
@@ -121,12 +196,7 @@ pub fn default_mounts() -> Result<Vec<Mount>, RuntimeError> {
             "mqueue",
             &["nosuid", "noexec", "nodev"],
         )?,
-        mount(
-            "/sys",
-            "sysfs",
-            "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
-        )?,
+        mount("/sys", "sysfs", "sysfs", sys_options)?,
     ])
 }
 
@@ -208,7 +278,9 @@ pub fn build(cfg: &ContainerConfig) -> Result<Spec, RuntimeError> {
             "no command specified: give one after the image, or use an image with a default command".into(),
         ));
     }
-    let caps = capability_set(caps::DEFAULT)?;
+    let sec = &cfg.security;
+    let names: Vec<&str> = sec.capabilities.iter().map(String::as_str).collect();
+    let caps = capability_set(&names)?;
     let process = ProcessBuilder::default()
         .terminal(cfg.stdio.tty)
         .args(cfg.args.clone())
@@ -226,7 +298,7 @@ pub fn build(cfg: &ContainerConfig) -> Result<Spec, RuntimeError> {
                 .permitted(caps)
                 .build()?,
         )
-        .no_new_privileges(false)
+        .no_new_privileges(sec.no_new_privileges)
         .rlimits(
             cfg.rlimits
                 .iter()
@@ -247,7 +319,7 @@ pub fn build(cfg: &ContainerConfig) -> Result<Spec, RuntimeError> {
         .into_iter()
         .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
         .collect::<Result<Vec<_>, _>>()?;
-    let mut resources = LinuxResourcesBuilder::default();
+    let mut resources = LinuxResourcesBuilder::default().devices(sec.device_policy.to_spec()?);
     if let Some(m) = cfg.limits.memory_bytes {
         // Swap equal to the limit: no swap beyond it, as --memory means.
         resources = resources.memory(
@@ -272,36 +344,22 @@ pub fn build(cfg: &ContainerConfig) -> Result<Spec, RuntimeError> {
         .namespaces(namespaces)
         .resources(resources.build()?)
         .cgroups_path(format!("/{}", cfg.cgroup.trim_start_matches('/')))
-        .masked_paths(
-            [
-                "/proc/acpi",
-                "/proc/asound",
-                "/proc/kcore",
-                "/proc/keys",
-                "/proc/latency_stats",
-                "/proc/timer_list",
-                "/proc/timer_stats",
-                "/proc/sched_debug",
-                "/proc/scsi",
-                "/sys/firmware",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>(),
-        )
-        .readonly_paths(
-            [
-                "/proc/bus",
-                "/proc/fs",
-                "/proc/irq",
-                "/proc/sys",
-                "/proc/sysrq-trigger",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>(),
-        )
-        .build()?;
+        .masked_paths(if sec.privileged {
+            Vec::new()
+        } else {
+            owned(MASKED_PATHS)
+        })
+        .readonly_paths(if sec.privileged {
+            Vec::new()
+        } else {
+            owned(READONLY_PATHS)
+        })
+        .devices(sec.devices.clone());
+    let linux = match &sec.seccomp {
+        Some(s) => linux.seccomp(s.clone()),
+        None => linux,
+    }
+    .build()?;
     let mut annotations = std::collections::HashMap::new();
     if cfg.stdio.stdin_open {
         annotations.insert(
@@ -327,7 +385,7 @@ pub fn build(cfg: &ContainerConfig) -> Result<Spec, RuntimeError> {
         .hostname(cfg.hostname.clone())
         .process(process)
         .mounts({
-            let mut mounts = default_mounts()?;
+            let mut mounts = default_mounts(sec.privileged)?;
             for m in &cfg.mounts {
                 let mut options = vec!["rbind", "rprivate"];
                 if m.readonly {
@@ -344,6 +402,10 @@ pub fn build(cfg: &ContainerConfig) -> Result<Spec, RuntimeError> {
         })
         .linux(linux)
         .build()?)
+}
+
+fn owned(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
 }
 
 /// Writes the spec into the bundle.
@@ -371,6 +433,7 @@ mod tests {
             stdio: Stdio::default(),
             rlimits: Vec::new(),
             lease: None,
+            security: Security::default(),
         }
     }
 

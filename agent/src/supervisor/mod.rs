@@ -447,6 +447,62 @@ pub fn container_config(
             .map(|u| berth_proto::ulimit::parse(u).map_err(RuntimeError::Invalid))
             .collect::<Result<_, _>>()?,
         lease: paths.lease.clone(),
+        security: security_of(&spec.security)?,
+    })
+}
+
+/// A run's isolation options resolved on this node: the capabilities it
+/// keeps, its devices, and its seccomp filter resolved for those
+/// capabilities, this architecture and this kernel.
+fn security_of(s: &crate::orders::Security) -> Result<spec::Security, RuntimeError> {
+    use crate::runtime::{devices, seccomp};
+    use berth_proto::security::{self as sec, DeviceMapping, SecurityOpt};
+    let names = |v: &[String]| -> Result<Vec<String>, RuntimeError> {
+        v.iter()
+            .map(|c| sec::capability(c).map_err(RuntimeError::Invalid))
+            .collect()
+    };
+    let capabilities =
+        sec::effective_capabilities(s.privileged, &names(&s.cap_add)?, &names(&s.cap_drop)?);
+    let mut profile = (!s.privileged).then(seccomp::default::profile);
+    let mut no_new_privileges = false;
+    for o in &s.security_opt {
+        match SecurityOpt::parse(o).map_err(RuntimeError::Invalid)? {
+            SecurityOpt::SeccompUnconfined => profile = None,
+            SecurityOpt::SeccompProfile(json) => {
+                profile = Some(sec::seccomp::Profile::parse(&json).map_err(RuntimeError::Invalid)?)
+            }
+            SecurityOpt::NoNewPrivileges(on) => no_new_privileges = on,
+        }
+    }
+    let seccomp = profile
+        .map(|p| seccomp::resolve(&p, &capabilities, &seccomp::Node::this()))
+        .transpose()?;
+    let (mut nodes, policy) = if s.privileged {
+        (devices::host_devices(), devices::Policy::AllowAll)
+    } else {
+        (
+            Vec::new(),
+            devices::Policy::Allowlist(devices::docker_defaults()),
+        )
+    };
+    let mut policy = policy;
+    for d in &s.devices {
+        let m = DeviceMapping::parse(d).map_err(RuntimeError::Invalid)?;
+        let (node, allowed) = devices::mapped(&m)?;
+        nodes.retain(|n| n.path() != node.path());
+        nodes.push(node);
+        if let devices::Policy::Allowlist(list) = &mut policy {
+            list.push(allowed);
+        }
+    }
+    Ok(spec::Security {
+        privileged: s.privileged,
+        capabilities,
+        devices: nodes,
+        device_policy: policy,
+        seccomp,
+        no_new_privileges,
     })
 }
 

@@ -30,6 +30,11 @@ pub fn spec_from_wire(s: cluster::ContainerSpec) -> records::ContainerSpec {
         reserve_nano_cpus: s.reserve_nano_cpus,
         reschedule: s.reschedule,
         placement_strategy: s.placement_strategy,
+        privileged: s.privileged,
+        cap_add: s.cap_add,
+        cap_drop: s.cap_drop,
+        devices: s.devices,
+        security_opt: s.security_opt,
     }
 }
 
@@ -58,6 +63,11 @@ pub fn spec_to_wire(s: &records::ContainerSpec) -> cluster::ContainerSpec {
         reserve_nano_cpus: s.reserve_nano_cpus,
         reschedule: s.reschedule,
         placement_strategy: s.placement_strategy.clone(),
+        privileged: s.privileged,
+        cap_add: s.cap_add.clone(),
+        cap_drop: s.cap_drop.clone(),
+        devices: s.devices.clone(),
+        security_opt: s.security_opt.clone(),
     }
 }
 

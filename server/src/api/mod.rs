@@ -99,8 +99,27 @@ pub fn check_spec(spec: cluster::ContainerSpec) -> Result<records::ContainerSpec
     for u in &spec.ulimits {
         berth_proto::ulimit::parse(u).map_err(Status::invalid_argument)?;
     }
+    check_security(&mut spec)?;
     check_placement(&spec)?;
     Ok(spec)
+}
+
+/// Checks the isolation options and writes capabilities in the kernel's
+/// spelling, so that the agent and `inspect` read one form.
+fn check_security(spec: &mut records::ContainerSpec) -> Result<(), Status> {
+    use berth_proto::security::{capability, DeviceMapping, SecurityOpt};
+    for caps in [&mut spec.cap_add, &mut spec.cap_drop] {
+        for c in caps.iter_mut() {
+            *c = capability(c).map_err(Status::invalid_argument)?;
+        }
+    }
+    for d in &spec.devices {
+        DeviceMapping::parse(d).map_err(Status::invalid_argument)?;
+    }
+    for o in &spec.security_opt {
+        SecurityOpt::parse(o).map_err(Status::invalid_argument)?;
+    }
+    Ok(())
 }
 
 /// Checks what the scheduler will read of a spec: its constraints and

@@ -80,6 +80,11 @@ fn with_action(c: &Container, action: Action, signal: i32, timeout_s: u32) -> Se
                 wait_for_attach: false,
                 ulimits: spec.ulimits,
                 movable: crate::scheduler::planner::movable(c),
+                privileged: spec.privileged,
+                cap_add: spec.cap_add,
+                cap_drop: spec.cap_drop,
+                devices: spec.devices,
+                security_opt: spec.security_opt,
             }),
         })),
     }
