@@ -7,6 +7,8 @@ set -euo pipefail
 
 berth_require_root
 berth_install_packages
+# Debian's docker, which the isolation test holds berth's verdicts against.
+berth_apt_install --no-install-recommends -- docker.io
 berth_install_vm
 berth_build
 echo "==> cargo test --workspace"
