@@ -56,6 +56,13 @@ thawed() { grep -q '^frozen 0$' ${d}cgroup.events; }
 wait_for 30 thawed
 check unpaused_events "$(grep frozen ${d}cgroup.events)"
 berth rm -f spin >/dev/null
+
+# Devices: the cgroup's device program lets the container use /dev/null and
+# /dev/zero, and refuses the mknod and open of any other device.
+check dev_verdicts "$(berth run --rm busybox sh -c '
+r=""; v() { if "$@" >/dev/null 2>&1; then r="$r $1:allowed"; else r="$r $1:refused"; fi; }
+v cat /dev/null; v head -c1 /dev/zero; v mknod /tmp/loop b 7 0; v mknod /tmp/fuse c 10 229; echo $r' 2>&1)"
+check dev_privileged "$(berth run --rm --privileged busybox sh -c 'mknod /tmp/loop b 7 0 && echo allowed' 2>&1)"
 check cgroups_left "$(find /sys/fs/cgroup/berth -mindepth 1 -maxdepth 1 -type d | wc -l)"
 "#;
 
@@ -104,6 +111,14 @@ fn limits_hold_on_a_cgroup_v2_kernel() {
         ensure!(g.check("paused_events")? == "frozen 1", "{}", console());
         ensure!(g.check("paused_status")? == "(Paused)", "{}", console());
         ensure!(g.check("unpaused_events")? == "frozen 0", "{}", console());
+        // The device program: /dev/null and /dev/zero open; mknod of a
+        // loop or fuse device is refused; --privileged attaches none.
+        ensure!(
+            g.check("dev_verdicts")? == "cat:allowed head:allowed mknod:refused mknod:refused",
+            "{}",
+            console()
+        );
+        ensure!(g.check("dev_privileged")? == "allowed", "{}", console());
         // Removed containers leave no cgroup behind.
         ensure!(g.check("cgroups_left")? == "0", "{}", console());
         for (k, v) in &g.checks {
