@@ -313,3 +313,132 @@ fn capabilities_are_dockers_and_cap_flags_change_them() {
         Ok(())
     });
 }
+
+/// Walks `dir` and returns each entry another user of the host could
+/// reach (every directory above it traversable by others) and read, write
+/// or enter, with its mode.
+fn open_to_others(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = Vec::new();
+    let top = std::fs::metadata(dir).map(|m| m.permissions().mode()).unwrap_or(0);
+    if top & 0o007 != 0 {
+        found.push(format!("{:o} {}", top & 0o7777, dir.display()));
+    }
+    let mut stack = Vec::new();
+    if top & 0o001 != 0 {
+        stack.push(dir.to_path_buf());
+    }
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o007 != 0 {
+                found.push(format!("{:o} {}", mode, e.path().display()));
+            }
+            // Others get past a directory only with its x bit.
+            if meta.is_dir() && mode & 0o001 != 0 {
+                stack.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_agent_data_dir_is_root_only() {
+    sandbox::run("the_agent_data_dir_is_root_only", || {
+        use std::os::unix::fs::PermissionsExt;
+        let c = Cluster::start()?;
+        let id = c
+            .berth(&[
+                "run",
+                "-d",
+                "-e",
+                "SECRET=hunter2",
+                "busybox",
+                "sh",
+                "-c",
+                "echo $SECRET; sleep 600",
+            ])
+            .ok()?
+            .stdout
+            .trim()
+            .to_string();
+        let data = c.dir().join("agent");
+        let mode = |p: &Path| -> anyhow::Result<u32> {
+            Ok(std::fs::metadata(p)
+                .with_context(|| p.display().to_string())?
+                .permissions()
+                .mode()
+                & 0o777)
+        };
+        ensure!(mode(&data)? == 0o700, "data dir {:o}", mode(&data)?);
+        let bundle = data.join("containers").join(&id);
+        c.wait_until(
+            std::time::Duration::from_secs(10),
+            "the log to hold the line",
+            |_| {
+                std::fs::read_to_string(bundle.join("log.jsonl"))
+                    .map(|l| l.contains("hunter2"))
+                    .unwrap_or(false)
+            },
+        )?;
+        for (p, want) in [
+            (data.join("containers"), 0o700),
+            (bundle.clone(), 0o700),
+            (bundle.join("config.json"), 0o600),
+            (bundle.join("log.jsonl"), 0o600),
+            (bundle.join("meta.json"), 0o600),
+        ] {
+            ensure!(
+                mode(&p)? == want,
+                "{}: {:o}, not {want:o}",
+                p.display(),
+                mode(&p)?
+            );
+        }
+        // Nothing is open to others once the directories above are counted.
+        let open = open_to_others(&data);
+        ensure!(open.is_empty(), "open to other users:\n{}", open.join("\n"));
+        // Another user of the host, for real: it reaches neither the secret
+        // nor the image's binaries.
+        for target in [
+            bundle.join("config.json"),
+            bundle.join("rootfs/bin/busybox"),
+        ] {
+            let out = Command::new("setpriv")
+                .args([
+                    "--reuid",
+                    "65534",
+                    "--regid",
+                    "65534",
+                    "--clear-groups",
+                    "cat",
+                ])
+                .arg(&target)
+                .output()?;
+            ensure!(!out.status.success(), "uid 65534 read {}", target.display());
+        }
+        // A container's own non-root user still works inside it.
+        let r = c.berth(&[
+            "run",
+            "--rm",
+            "--user",
+            "65534",
+            "busybox",
+            "sh",
+            "-c",
+            "ls / >/dev/null && echo ok",
+        ]);
+        ensure!(r.code == 0 && r.stdout == "ok\n", "{r:?}");
+        Ok(())
+    });
+}

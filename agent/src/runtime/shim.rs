@@ -206,9 +206,12 @@ impl FrameWriter {
 }
 
 fn open_log(path: &Path) -> Option<std::io::BufWriter<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Root only: a container's output may hold its secrets.
     OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
         .ok()
         .map(|f| std::io::BufWriter::with_capacity(64 * 1024, f))

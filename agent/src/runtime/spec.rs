@@ -408,10 +408,14 @@ fn owned(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-/// Writes the spec into the bundle.
+/// Writes the spec into the bundle, readable by root only: it holds the
+/// container's environment, secrets included.
 pub fn save(spec: &Spec, bundle: &Path) -> Result<(), RuntimeError> {
-    spec.save(super::bundle::config(bundle))?;
-    Ok(())
+    let path = super::bundle::config(bundle);
+    let json = serde_json::to_vec_pretty(spec)
+        .map_err(|e| RuntimeError::Invalid(format!("config.json: {e}")))?;
+    berth_proto::credential::write_private(&path, &json, 0o600)
+        .map_err(|source| RuntimeError::Io { path, source })
 }
 
 #[cfg(test)]

@@ -138,10 +138,16 @@ impl Supervisor {
         host: Arc<dyn Host>,
         outbox: mpsc::UnboundedSender<Report>,
     ) -> Result<Self, SupervisorError> {
-        fs::create_dir_all(&cfg.data_dir).map_err(|source| SupervisorError::Io {
-            path: cfg.data_dir.clone(),
-            source,
-        })?;
+        // Root only, from the data dir down: the containers' rootfs and
+        // upper dirs hold images' setuid binaries and their bundles the
+        // containers' secrets, which no other user of the host may reach
+        // (the CVE-2021-41091 class).
+        fs::create_dir_all(&cfg.data_dir)
+            .and_then(|_| private_dir(&cfg.data_dir))
+            .map_err(|source| SupervisorError::Io {
+                path: cfg.data_dir.clone(),
+                source,
+            })?;
         let lock_path = cfg.data_dir.join("lock");
         let lock_file = fs::File::create(&lock_path).map_err(|source| SupervisorError::Io {
             path: lock_path.clone(),
@@ -154,10 +160,12 @@ impl Supervisor {
         let images = ImageStore::open(&cfg.data_dir.join("images"))?;
         let snapshots = Snapshots::open(&cfg.data_dir.join("snapshots"))?;
         let containers = cfg.data_dir.join("containers");
-        fs::create_dir_all(&containers).map_err(|source| SupervisorError::Io {
-            path: containers.clone(),
-            source,
-        })?;
+        fs::create_dir_all(&containers)
+            .and_then(|_| private_dir(&containers))
+            .map_err(|source| SupervisorError::Io {
+                path: containers.clone(),
+                source,
+            })?;
         let lease = crate::runtime::lease::Lease::new(&cfg.data_dir, cfg.lease);
         let shippers = Arc::new(Shippers::new(cfg.ship.clone(), outbox.clone()));
         let mut me = Self {
@@ -504,6 +512,14 @@ fn security_of(s: &crate::orders::Security) -> Result<spec::Security, RuntimeErr
         seccomp,
         no_new_privileges,
     })
+}
+
+/// Makes a directory root's alone (0700); a container sees its rootfs
+/// through its own mount namespace, so no host path above it needs to be
+/// open to its user.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
 }
 
 /// A `-v` volume as a bind mount: a host path (which must exist), or a

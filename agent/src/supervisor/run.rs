@@ -169,10 +169,12 @@ impl Supervisor {
                 });
             }
         }
-        fs::create_dir_all(dir).map_err(|source| SupervisorError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        fs::create_dir_all(dir)
+            .and_then(|_| private_dir(dir))
+            .map_err(|source| SupervisorError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         let result = self.prepare_bundle(a, spec, &image, &lowers, dir);
         if result.is_err() {
             // Nothing half-made stays: a later start creates it afresh.
@@ -218,9 +220,10 @@ impl Supervisor {
                 source,
             },
         )?;
-        fs::write(
-            bundle::meta(dir),
-            serde_json::to_vec(&meta).unwrap_or_default(),
+        berth_proto::credential::write_private(
+            &bundle::meta(dir),
+            &serde_json::to_vec(&meta).unwrap_or_default(),
+            0o600,
         )
         .map_err(|source| SupervisorError::Io {
             path: bundle::meta(dir),
