@@ -320,7 +320,9 @@ fn capabilities_are_dockers_and_cap_flags_change_them() {
 fn open_to_others(dir: &Path) -> Vec<String> {
     use std::os::unix::fs::PermissionsExt;
     let mut found = Vec::new();
-    let top = std::fs::metadata(dir).map(|m| m.permissions().mode()).unwrap_or(0);
+    let top = std::fs::metadata(dir)
+        .map(|m| m.permissions().mode())
+        .unwrap_or(0);
     if top & 0o007 != 0 {
         found.push(format!("{:o} {}", top & 0o7777, dir.display()));
     }

@@ -113,7 +113,21 @@ pub fn accept_loop(listener: UnixListener, clients: Clients, input: Arc<Input>) 
     }
 }
 
+/// True if the process at the other end of the socket runs as root: the
+/// agent, which relays the cluster's attachments. The socket lives in a
+/// root-only bundle already; this refuses anything else that reaches it.
+pub fn peer_is_root(c: &UnixStream) -> bool {
+    // getsockopt(SO_PEERCRED): the credentials the kernel recorded for
+    // the peer when it connected.
+    nix::sys::socket::getsockopt(c, nix::sys::socket::sockopt::PeerCredentials)
+        .map(|cred| cred.uid() == 0)
+        .unwrap_or(false)
+}
+
 fn serve_client(c: UnixStream, clients: &Clients, input: &Arc<Input>) {
+    if !peer_is_root(&c) {
+        return;
+    }
     let Ok(reader) = c.try_clone() else { return };
     clients.add(c);
     let input = input.clone();
@@ -183,5 +197,56 @@ mod tests {
     fn frames_carry_kind_and_length() {
         assert_eq!(frame(STDIN, b"ab"), vec![0, 0, 0, 0, 2, b'a', b'b']);
         assert_eq!(resize_frame(24, 80), vec![1, 0, 0, 0, 4, 0, 24, 0, 80]);
+    }
+
+    #[test]
+    fn only_a_root_peer_is_served() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::time::Duration;
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert_eq!(peer_is_root(&a), nix::unistd::geteuid().is_root());
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        // A process of another user that reaches the socket is refused.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        for p in [dir.path(), path.as_path()] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        listener.set_nonblocking(true).unwrap();
+        let addr = nix::sys::socket::UnixAddr::new(&path).unwrap();
+        // SAFETY: the child only calls setuid(2), socket(2), connect(2),
+        // pause(2) and _exit(2), all async-signal-safe, and allocates
+        // nothing.
+        let child = match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => unsafe {
+                if libc::setuid(65534) != 0 {
+                    libc::_exit(1);
+                }
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                use nix::sys::socket::SockaddrLike;
+                if libc::connect(fd, addr.as_ptr().cast(), addr.len()) != 0 {
+                    libc::_exit(2);
+                }
+                libc::pause();
+                libc::_exit(0);
+            },
+            nix::unistd::ForkResult::Parent { child } => child,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let c = loop {
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("the other user's process never connected: {e}"),
+            }
+        };
+        assert!(!peer_is_root(&c));
+        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(child, None);
     }
 }
