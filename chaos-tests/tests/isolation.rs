@@ -281,6 +281,33 @@ fn capabilities_are_dockers_and_cap_flags_change_them() {
         ensure!(eff(&["--cap-drop", "chown"])? == DOCKER_DEFAULT & !1);
         // A non-root user has none, as in Docker.
         ensure!(eff(&["--user", "65534"])? == 0);
+        // An exec'd process gets the container's set and seccomp filter.
+        c.berth(&[
+            "run",
+            "-d",
+            "--name",
+            "held",
+            "--cap-drop",
+            "chown",
+            "busybox",
+            "sleep",
+            "600",
+        ])
+        .ok()?;
+        let status = c
+            .berth(&["exec", "held", "cat", "/proc/self/status"])
+            .ok()?
+            .stdout;
+        ensure!(cap_eff(&status)? == DOCKER_DEFAULT & !1, "{status}");
+        ensure!(status.lines().any(|l| l == "Seccomp:\t2"), "{status}");
+        let unshare = c.berth(&["exec", "held", "unshare", "-U", "true"]);
+        ensure!(
+            unshare.code != 0
+                && format!("{}{}", unshare.stdout, unshare.stderr)
+                    .contains("Operation not permitted"),
+            "{unshare:?}"
+        );
+        c.berth(&["rm", "-f", "held"]).ok()?;
         let bad = c.berth(&["run", "--rm", "--cap-add", "CAP_FLY", "busybox", "true"]);
         ensure!(
             bad.code == 125 && bad.stderr.contains("unknown capability: \"CAP_FLY\""),
