@@ -94,6 +94,10 @@ pub struct Security {
     pub devices: Vec<String>,
     /// `seccomp=unconfined`, `seccomp=<JSON>`, `no-new-privileges[=BOOL]`.
     pub security_opt: Vec<String>,
+    /// `--read-only`.
+    pub read_only: bool,
+    /// `--tmpfs PATH[:OPTIONS]`.
+    pub tmpfs: Vec<String>,
 }
 
 /// The states a node reports a container in.

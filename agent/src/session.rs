@@ -558,6 +558,8 @@ mod wire {
                 cap_drop: s.cap_drop,
                 devices: s.devices,
                 security_opt: s.security_opt,
+                read_only: s.read_only,
+                tmpfs: s.tmpfs,
             },
         }
     }

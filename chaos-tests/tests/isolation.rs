@@ -471,3 +471,57 @@ fn the_agent_data_dir_is_root_only() {
         Ok(())
     });
 }
+
+#[test]
+fn read_only_root_and_tmpfs_mounts() {
+    sandbox::run("read_only_root_and_tmpfs_mounts", || {
+        let c = Cluster::start()?;
+        let run = |args: &[&str], script: &str| {
+            let mut a = vec!["run", "--rm"];
+            a.extend_from_slice(args);
+            a.extend_from_slice(&["busybox", "sh", "-c", script]);
+            c.berth(&a)
+        };
+        // --read-only: / refuses writes; a --tmpfs and /dev/shm take them.
+        let r = run(
+            &["--read-only", "--tmpfs", "/tmp", "-w", "/work"],
+            "touch /x 2>&1; touch /tmp/x && echo tmp-ok; touch /dev/shm/x && echo shm-ok; pwd",
+        );
+        ensure!(r.code == 0, "{r:?}");
+        ensure!(
+            r.stdout == "touch: /x: Read-only file system\ntmp-ok\nshm-ok\n/work\n",
+            "{r:?}"
+        );
+        // A tmpfs is noexec, nosuid and nodev unless its options say.
+        let r = run(
+            &["--tmpfs", "/scratch:size=1m,mode=700"],
+            "grep ' /scratch ' /proc/mounts; cp /bin/busybox /scratch/busybox; /scratch/busybox true 2>/dev/null || echo no-exec",
+        );
+        ensure!(r.code == 0, "{r:?}");
+        let line = r.stdout.lines().next().unwrap_or_default();
+        for want in [
+            "tmpfs /scratch tmpfs",
+            "nosuid",
+            "nodev",
+            "noexec",
+            "size=1024k",
+            "mode=700",
+        ] {
+            ensure!(line.contains(want), "{want} missing from {line:?}");
+        }
+        ensure!(r.stdout.ends_with("no-exec\n"), "{r:?}");
+        let r = run(
+            &["--tmpfs", "/scratch:exec"],
+            "cp /bin/busybox /scratch/busybox && /scratch/busybox echo ran",
+        );
+        ensure!(r.code == 0 && r.stdout == "ran\n", "{r:?}");
+        // Without --read-only the root takes writes.
+        ensure!(run(&[], "touch /x && echo ok").stdout == "ok\n");
+        let bad = c.berth(&["run", "--rm", "--tmpfs", "/t:loud", "busybox", "true"]);
+        ensure!(
+            bad.code != 0 && bad.stderr.contains("unknown option \"loud\""),
+            "{bad:?}"
+        );
+        Ok(())
+    });
+}

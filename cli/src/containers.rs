@@ -87,6 +87,13 @@ pub struct RunArgs {
     /// Docker's format), or no-new-privileges; may be repeated.
     #[arg(long = "security-opt", value_parser = parse_security_opt)]
     pub security_opt: Vec<String>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Mount a tmpfs at PATH, PATH[:OPTIONS] (for example
+    /// /run:size=64m,mode=1777; default noexec,nosuid,nodev); may be repeated.
+    #[arg(long = "tmpfs", value_parser = parse_tmpfs)]
+    pub tmpfs: Vec<String>,
     #[command(flatten)]
     pub placement: PlacementArgs,
     /// Let the cluster run the container on another node when its node is
@@ -151,6 +158,8 @@ fn spec_from(args: &RunArgs) -> ContainerSpec {
         cap_drop: args.cap_drop.clone(),
         devices: args.devices.clone(),
         security_opt: args.security_opt.clone(),
+        read_only: args.read_only,
+        tmpfs: args.tmpfs.clone(),
         placement_strategy: args
             .placement
             .placement_strategy
@@ -175,6 +184,12 @@ fn parse_security_opt(s: &str) -> Result<String, String> {
             Ok(s.to_string())
         }
     }
+}
+
+/// Checks a --tmpfs value as the agent will read it.
+fn parse_tmpfs(s: &str) -> Result<String, String> {
+    berth_proto::security::Tmpfs::parse(s)?;
+    Ok(s.to_string())
 }
 
 /// Checks a --ulimit value as the agent will read it.
@@ -758,6 +773,8 @@ pub async fn inspect(
                     "PathInContainer": d.container,
                     "CgroupPermissions": d.permissions,
                 })).collect::<Vec<_>>(),
+                "ReadonlyRootfs": spec.read_only,
+                "Tmpfs": spec.tmpfs.iter().filter_map(|t| berth_proto::security::Tmpfs::parse(t).ok()).map(|t| (t.path, serde_json::Value::String(t.options.join(",")))).collect::<serde_json::Map<_, _>>(),
                 "SecurityOpt": if spec.security_opt.is_empty() { serde_json::Value::Null } else { serde_json::json!(spec.security_opt) },
                 "Ulimits": spec.ulimits.iter().filter_map(|u| berth_proto::ulimit::parse(u).ok()).map(|u| serde_json::json!({
                     "Name": u.name,

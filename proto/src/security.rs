@@ -160,6 +160,75 @@ impl DeviceMapping {
     }
 }
 
+/// `--tmpfs PATH[:OPTIONS]`: a tmpfs mounted in the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tmpfs {
+    pub path: String,
+    /// The options given, in order (Docker's spelling: `size=64m`,
+    /// `mode=1777`, `exec`, `ro`...).
+    pub options: Vec<String>,
+}
+
+/// The tmpfs options `--tmpfs` takes: flags, and KEY=VALUE for these keys.
+const TMPFS_FLAGS: &[&str] = &[
+    "ro", "rw", "exec", "noexec", "suid", "nosuid", "dev", "nodev",
+];
+const TMPFS_KEYS: &[&str] = &["size", "mode", "uid", "gid", "nr_inodes", "nr_blocks"];
+
+impl Tmpfs {
+    /// Parses a `--tmpfs` value; the error names what was wrong.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = |why: String| Err(format!("invalid --tmpfs {s:?}: {why}"));
+        let (path, opts) = s.split_once(':').unwrap_or((s, ""));
+        if !path.starts_with('/') || path == "/" {
+            return bad("the path must be absolute, and not /".into());
+        }
+        if path.split('/').any(|c| c == "..") {
+            return bad("the path climbs out with ..".into());
+        }
+        let mut options = Vec::new();
+        for o in opts.split(',').filter(|o| !o.is_empty()) {
+            let known = match o.split_once('=') {
+                Some((k, v)) => {
+                    TMPFS_KEYS.contains(&k)
+                        && !v.is_empty()
+                        && v.chars().all(|c| c.is_ascii_alphanumeric())
+                }
+                None => TMPFS_FLAGS.contains(&o),
+            };
+            if !known {
+                return bad(format!(
+                    "unknown option {o:?} (known: {}, and {}=VALUE)",
+                    TMPFS_FLAGS.join(", "),
+                    TMPFS_KEYS.join("=, ")
+                ));
+            }
+            options.push(o.to_string());
+        }
+        Ok(Self {
+            path: path.to_string(),
+            options,
+        })
+    }
+
+    /// The runtime-spec mount options: Docker's noexec, nosuid and nodev
+    /// unless the options lift them, then the rest.
+    pub fn mount_options(&self) -> Vec<String> {
+        let mut out: Vec<String> = ["noexec", "nosuid", "nodev"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for o in &self.options {
+            match o.as_str() {
+                "exec" | "suid" | "dev" => out.retain(|x| x != &format!("no{o}")),
+                "noexec" | "nosuid" | "nodev" => {}
+                other => out.push(other.to_string()),
+            }
+        }
+        out
+    }
+}
+
 /// One `--security-opt`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecurityOpt {
@@ -454,6 +523,27 @@ mod tests {
         assert!(DeviceMapping::parse("/dev/a:/dev/../etc:r")
             .unwrap_err()
             .contains(".."));
+    }
+
+    #[test]
+    fn tmpfs_options_are_dockers() {
+        let t = Tmpfs::parse("/run:size=64m,mode=1777,exec").unwrap();
+        assert_eq!(t.path, "/run");
+        assert_eq!(
+            t.mount_options(),
+            ["nosuid", "nodev", "size=64m", "mode=1777"]
+        );
+        assert_eq!(
+            Tmpfs::parse("/tmp").unwrap().mount_options(),
+            ["noexec", "nosuid", "nodev"]
+        );
+        assert!(Tmpfs::parse("run").unwrap_err().contains("absolute"));
+        assert!(Tmpfs::parse("/run:size=1m,loud")
+            .unwrap_err()
+            .contains("\"loud\""));
+        assert!(Tmpfs::parse("/run:size=1m,,uid=a/b")
+            .unwrap_err()
+            .contains("uid=a/b"));
     }
 
     #[test]

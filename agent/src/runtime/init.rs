@@ -220,6 +220,24 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
     fs::create_dir_all(cwd)
         .map_err(|e| fail(format!("creating the workdir {}", cwd.display()), e))?;
     chdir(cwd).map_err(|e| fail(format!("chdir to {}", cwd.display()), e))?;
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
+        // --read-only: the rootfs bind made read-only once the workdir
+        // exists; /dev, /proc, /sys, volumes and tmpfs mounts are mounts
+        // of their own and keep their modes.
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| fail("making the root filesystem read-only", e))?;
+    }
 
     if let Some(caps) = process
         .capabilities()

@@ -59,6 +59,10 @@ pub struct Security {
     pub seccomp: Option<LinuxSeccomp>,
     /// `--security-opt no-new-privileges`.
     pub no_new_privileges: bool,
+    /// `--read-only`: the root filesystem read-only.
+    pub read_only: bool,
+    /// `--tmpfs` mounts.
+    pub tmpfs: Vec<berth_proto::security::Tmpfs>,
 }
 
 impl Default for Security {
@@ -79,6 +83,8 @@ impl Default for Security {
             device_policy: super::devices::Policy::Allowlist(super::devices::docker_defaults()),
             seccomp,
             no_new_privileges: false,
+            read_only: false,
+            tmpfs: Vec::new(),
         }
     }
 }
@@ -379,7 +385,7 @@ pub fn build(cfg: &ContainerConfig) -> Result<Spec, RuntimeError> {
         .root(
             RootBuilder::default()
                 .path("rootfs")
-                .readonly(false)
+                .readonly(sec.read_only)
                 .build()?,
         )
         .hostname(cfg.hostname.clone())
@@ -397,6 +403,11 @@ pub fn build(cfg: &ContainerConfig) -> Result<Spec, RuntimeError> {
                     &m.source.display().to_string(),
                     &options,
                 )?);
+            }
+            for t in &sec.tmpfs {
+                let options = t.mount_options();
+                let options: Vec<&str> = options.iter().map(String::as_str).collect();
+                mounts.push(mount(&t.path, "tmpfs", "tmpfs", &options)?);
             }
             mounts
         })

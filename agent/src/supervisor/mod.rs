@@ -511,6 +511,12 @@ fn security_of(s: &crate::orders::Security) -> Result<spec::Security, RuntimeErr
         device_policy: policy,
         seccomp,
         no_new_privileges,
+        read_only: s.read_only,
+        tmpfs: s
+            .tmpfs
+            .iter()
+            .map(|t| sec::Tmpfs::parse(t).map_err(RuntimeError::Invalid))
+            .collect::<Result<_, _>>()?,
     })
 }
 

@@ -35,6 +35,8 @@ pub fn spec_from_wire(s: cluster::ContainerSpec) -> records::ContainerSpec {
         cap_drop: s.cap_drop,
         devices: s.devices,
         security_opt: s.security_opt,
+        read_only: s.read_only,
+        tmpfs: s.tmpfs,
     }
 }
 
@@ -68,6 +70,8 @@ pub fn spec_to_wire(s: &records::ContainerSpec) -> cluster::ContainerSpec {
         cap_drop: s.cap_drop.clone(),
         devices: s.devices.clone(),
         security_opt: s.security_opt.clone(),
+        read_only: s.read_only,
+        tmpfs: s.tmpfs.clone(),
     }
 }
 

@@ -119,6 +119,9 @@ fn check_security(spec: &mut records::ContainerSpec) -> Result<(), Status> {
     for o in &spec.security_opt {
         SecurityOpt::parse(o).map_err(Status::invalid_argument)?;
     }
+    for t in &spec.tmpfs {
+        berth_proto::security::Tmpfs::parse(t).map_err(Status::invalid_argument)?;
+    }
     Ok(())
 }
 

@@ -85,6 +85,8 @@ fn with_action(c: &Container, action: Action, signal: i32, timeout_s: u32) -> Se
                 cap_drop: spec.cap_drop,
                 devices: spec.devices,
                 security_opt: spec.security_opt,
+                read_only: spec.read_only,
+                tmpfs: spec.tmpfs,
             }),
         })),
     }
