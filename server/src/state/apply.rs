@@ -349,21 +349,43 @@ fn apply_op(
                 }
                 _ => 0,
             };
-            let first_free = stored.max(r.floor).max(1);
+            // A state from before the list was kept counts every id below
+            // the high-water mark as given (the first 4096: a cluster never
+            // had more members, and a forged floor must not make a list
+            // of billions).
+            let mut given: Vec<u64> = match tx.get(keys::GIVEN_SERVER_IDS)? {
+                Some(v) => v
+                    .chunks_exact(8)
+                    .map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default()))
+                    .collect(),
+                None => (1..stored.min(4096)).collect(),
+            };
             let id = match r.exact {
-                0 => first_free,
-                exact if exact >= first_free => exact,
-                exact => {
+                0 => {
+                    let mut id = stored.max(r.floor).max(1);
+                    while given.contains(&id) {
+                        let Some(n) = id.checked_add(1) else {
+                            return Ok(refused("no server id is left to give"));
+                        };
+                        id = n;
+                    }
+                    id
+                }
+                exact if given.contains(&exact) => {
                     return Ok(refused(&format!(
                         "the server id {exact} was given already: start the server without \
                          --id, and the cluster gives it one"
                     )))
                 }
+                exact => exact,
             };
             let Some(next) = id.checked_add(1) else {
                 return Ok(refused("no server id is left to give"));
             };
-            tx.put(keys::NEXT_SERVER_ID, next.to_be_bytes());
+            given.push(id);
+            let packed: Vec<u8> = given.iter().flat_map(|g| g.to_be_bytes()).collect();
+            tx.put(keys::GIVEN_SERVER_IDS, packed);
+            tx.put(keys::NEXT_SERVER_ID, next.max(stored).to_be_bytes());
             Ok(CommandResult {
                 server_id: id,
                 ..Default::default()
@@ -954,6 +976,38 @@ mod tests {
         let mut tx = Tx::new(&db, cf);
         let r = apply(&mut tx, &reserve(u64::MAX), 9).unwrap();
         assert!(r.error.contains("no server id is left"), "{r:?}");
+    }
+
+    #[test]
+    fn explicit_server_ids_may_arrive_out_of_order_but_only_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::raft::store::open(dir.path()).unwrap();
+        let cf = db.cf_handle(crate::raft::store::CF_SM).unwrap();
+        let reserve = |exact: u64| records::Command {
+            schema: records::SCHEMA_VERSION,
+            op: Some(Op::ReserveServerId(records::ReserveServerId {
+                floor: 2,
+                addr: "a".into(),
+                exact,
+            })),
+        };
+        let mut answers = Vec::new();
+        // --id 3 joins before --id 2 (two servers started at once).
+        for (i, exact) in [3, 2, 2, 0].into_iter().enumerate() {
+            let mut tx = Tx::new(&db, cf);
+            answers.push(apply(&mut tx, &reserve(exact), i as u64 + 1).unwrap());
+            db.write(tx.into_batch()).unwrap();
+        }
+        assert_eq!(answers[0].server_id, 3);
+        assert_eq!(answers[1].server_id, 2);
+        assert!(
+            answers[2]
+                .error
+                .contains("the server id 2 was given already"),
+            "{:?}",
+            answers[2]
+        );
+        assert_eq!(answers[3].server_id, 4);
     }
 
     #[test]

@@ -70,6 +70,11 @@ pub const EVENT_PREFIX: &[u8] = b"e/";
 /// endian).
 pub const NEXT_SERVER_ID: &[u8] = b"m/next_server_id";
 
+/// Every server id given so far (u64s, big endian, one after another):
+/// an explicit `--id` is refused only if it is among them, so that a
+/// higher one given first does not shut out a lower one never given.
+pub const GIVEN_SERVER_IDS: &[u8] = b"m/given_server_ids";
+
 /// The cluster's CA and token secrets (records.proto `Pki`).
 pub const PKI: &[u8] = b"m/pki";
 
