@@ -160,32 +160,18 @@ pub fn mapped(
             m.host
         ))
     })?;
-    let ft = meta.file_type();
-    let kind = if ft.is_char_device() {
-        Kind::Char
-    } else if ft.is_block_device() {
-        Kind::Block
-    } else {
+    let Some(device) = node(&m.container, &meta) else {
         return Err(RuntimeError::Invalid(format!(
             "{} is not a device node",
             m.host
         )));
     };
-    let rdev = meta.rdev();
-    let (major, minor) = (libc::major(rdev) as i64, libc::minor(rdev) as i64);
-    let device = LinuxDeviceBuilder::default()
-        .path(&m.container)
-        .typ(if kind == Kind::Char {
-            LinuxDeviceType::C
-        } else {
-            LinuxDeviceType::B
-        })
-        .major(major)
-        .minor(minor)
-        .file_mode(meta.mode() & 0o777)
-        .uid(meta.uid())
-        .gid(meta.gid())
-        .build()?;
+    let kind = if device.typ() == LinuxDeviceType::C {
+        Kind::Char
+    } else {
+        Kind::Block
+    };
+    let (major, minor) = (device.major(), device.minor());
     Ok((
         device,
         Allowed {
@@ -233,32 +219,36 @@ fn walk(dir: &Path, depth: u32, out: &mut Vec<LinuxDevice>) {
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        let ft = meta.file_type();
-        if ft.is_dir() {
+        if meta.file_type().is_dir() {
             walk(&path, depth + 1, out);
             continue;
         }
-        let typ = if ft.is_char_device() {
-            LinuxDeviceType::C
-        } else if ft.is_block_device() {
-            LinuxDeviceType::B
-        } else {
-            continue;
-        };
-        let rdev = meta.rdev();
-        if let Ok(d) = LinuxDeviceBuilder::default()
-            .path(&path)
-            .typ(typ)
-            .major(libc::major(rdev) as i64)
-            .minor(libc::minor(rdev) as i64)
-            .file_mode(meta.mode() & 0o777)
-            .uid(meta.uid())
-            .gid(meta.gid())
-            .build()
-        {
-            out.push(d);
-        }
+        out.extend(node(&path, &meta));
     }
+}
+
+/// The runtime-spec node of a host device at `path` in the container;
+/// `None` if `meta` is not a character or block device.
+fn node(path: impl AsRef<Path>, meta: &std::fs::Metadata) -> Option<LinuxDevice> {
+    let ft = meta.file_type();
+    let typ = if ft.is_char_device() {
+        LinuxDeviceType::C
+    } else if ft.is_block_device() {
+        LinuxDeviceType::B
+    } else {
+        return None;
+    };
+    let rdev = meta.rdev();
+    LinuxDeviceBuilder::default()
+        .path(path.as_ref())
+        .typ(typ)
+        .major(libc::major(rdev) as i64)
+        .minor(libc::minor(rdev) as i64)
+        .file_mode(meta.mode() & 0o777)
+        .uid(meta.uid())
+        .gid(meta.gid())
+        .build()
+        .ok()
 }
 
 /// Writes the policy into a v1 devices cgroup directory: everything

@@ -44,6 +44,21 @@ pub enum RuntimeError {
 pub mod bundle {
     use std::path::{Path, PathBuf};
 
+    /// Writes a bundle file readable by root only (0600). Not synced: a
+    /// bundle is remade from the cluster's record after a crash, and a
+    /// sync of each file would slow every container's start.
+    pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?
+            .write_all(contents)
+    }
+
     pub fn config(b: &Path) -> PathBuf {
         b.join("config.json")
     }

@@ -425,8 +425,7 @@ pub fn save(spec: &Spec, bundle: &Path) -> Result<(), RuntimeError> {
     let path = super::bundle::config(bundle);
     let json = serde_json::to_vec_pretty(spec)
         .map_err(|e| RuntimeError::Invalid(format!("config.json: {e}")))?;
-    berth_proto::credential::write_private(&path, &json, 0o600)
-        .map_err(|source| RuntimeError::Io { path, source })
+    super::bundle::write_private(&path, &json).map_err(|source| RuntimeError::Io { path, source })
 }
 
 #[cfg(test)]

@@ -486,7 +486,7 @@ fn security_of(s: &crate::orders::Security) -> Result<spec::Security, RuntimeErr
     let seccomp = profile
         .map(|p| seccomp::resolve(&p, &capabilities, &seccomp::Node::this()))
         .transpose()?;
-    let (mut nodes, policy) = if s.privileged {
+    let (mut nodes, mut policy) = if s.privileged {
         (devices::host_devices(), devices::Policy::AllowAll)
     } else {
         (
@@ -494,7 +494,6 @@ fn security_of(s: &crate::orders::Security) -> Result<spec::Security, RuntimeErr
             devices::Policy::Allowlist(devices::docker_defaults()),
         )
     };
-    let mut policy = policy;
     for d in &s.devices {
         let m = DeviceMapping::parse(d).map_err(RuntimeError::Invalid)?;
         let (node, allowed) = devices::mapped(&m)?;

@@ -220,10 +220,9 @@ impl Supervisor {
                 source,
             },
         )?;
-        berth_proto::credential::write_private(
+        bundle::write_private(
             &bundle::meta(dir),
             &serde_json::to_vec(&meta).unwrap_or_default(),
-            0o600,
         )
         .map_err(|source| SupervisorError::Io {
             path: bundle::meta(dir),
