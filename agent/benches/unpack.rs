@@ -108,6 +108,7 @@ fn main() {
             std::io::BufReader::new(f),
             &Expected::default(),
             staging.path(),
+            &mut Default::default(),
         )
         .expect("ingesting");
     };

@@ -66,6 +66,32 @@ struct Args {
     /// container (1 MiB by default), so a second at this rate ships it.
     #[arg(long, env = "BERTH_LOG_SHIP_RATE", default_value = "1m", value_parser = parse_size)]
     log_ship_rate: u64,
+    /// The most bytes one image layer may unpack to (its uncompressed tar
+    /// and the apparent sizes of its files).
+    #[arg(long, default_value = "32g", value_parser = parse_size)]
+    max_layer_size: u64,
+    /// The most bytes all layers of one image, or one loaded archive, may
+    /// unpack to.
+    #[arg(long, default_value = "64g", value_parser = parse_size)]
+    max_image_size: u64,
+    /// The most layers one image may have (Docker's limit is 125).
+    #[arg(long, default_value_t = 125, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    max_image_layers: u32,
+    /// The most entries (files, directories, links) one layer may hold.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_layer_entries: u64,
+    /// The largest GNU long-name or PAX header an archive may carry (a
+    /// tar reader holds each in memory).
+    #[arg(long, default_value = "1m", value_parser = parse_size)]
+    max_archive_header: u64,
+    /// The largest apparent size of a sparse file in a layer.
+    #[arg(long, default_value = "32g", value_parser = parse_size)]
+    max_sparse_size: u64,
+    /// The space that must stay free on the filesystem of DATA_DIR while
+    /// an image is loaded or imported: an image that would use it is
+    /// refused.
+    #[arg(long, default_value = "256m", value_parser = parse_size)]
+    min_free_space: u64,
     /// Run N simulated nodes instead of this host: light nodes named
     /// NAME-1 ... NAME-N that register with --simulate-cpus and
     /// --simulate-memory, hold the image busybox:latest, and report the
@@ -131,6 +157,18 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
+fn archive_limits(args: &Args) -> berth_agent::image::limits::ArchiveLimits {
+    berth_agent::image::limits::ArchiveLimits {
+        max_layer_bytes: args.max_layer_size,
+        max_image_bytes: args.max_image_size,
+        max_entries: args.max_layer_entries,
+        max_header_bytes: args.max_archive_header,
+        max_layers: args.max_image_layers as usize,
+        max_sparse_bytes: args.max_sparse_size,
+        min_free_bytes: args.min_free_space,
+    }
+}
+
 fn main() {
     let args = Args::parse();
     if let Err(e) = real_main(args) {
@@ -190,6 +228,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
                         max_size: args.log_max_size,
                         max_file: args.log_max_file,
                     },
+                    archive_limits: archive_limits(&args),
                 },
                 Arc::new(RealHost { shim_exe }),
                 outbox_tx,
@@ -291,5 +330,22 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags' defaults are the library's: one set of limits.
+    #[test]
+    fn archive_limit_flags_default_to_the_library_defaults() {
+        let args = Args::parse_from(["berth-agent"]);
+        assert_eq!(
+            archive_limits(&args),
+            berth_agent::image::limits::ArchiveLimits::default()
+        );
+        let args = Args::parse_from(["berth-agent", "--max-layer-size", "1g"]);
+        assert_eq!(archive_limits(&args).max_layer_bytes, 1 << 30);
     }
 }

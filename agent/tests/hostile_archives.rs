@@ -513,3 +513,324 @@ fn zstd_and_docker_media_types_load() {
         b"docker media type"
     );
 }
+
+/// A one-layer OCI archive whose layer blob is `blob` as given (a bomb
+/// cannot be held uncompressed, so its diff id is not the config's: each
+/// case is refused before that is checked).
+fn oci_with_blob(blob: Vec<u8>, media: &str) -> Vec<u8> {
+    let mut o = Oci::new(vec![blob]);
+    o.layers[0].1 = media.into();
+    o.describe().archive()
+}
+
+/// A tar header as a hostile tool writes it.
+fn raw_header(kind: tar::EntryType, path: &str, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_path(path).unwrap();
+    h.set_mode(0o644);
+    h.set_size(size);
+    h.set_cksum();
+    h
+}
+
+/// `count` files of `each` zero bytes, zstd-compressed as they are made:
+/// the result is a few KiB however much it unpacks to.
+fn zstd_zero_files(count: usize, each: u64) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for i in 0..count {
+        let h = raw_header(tar::EntryType::Regular, &format!("f{i}"), each);
+        enc.write_all(h.as_bytes()).unwrap();
+        let mut left = each;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            enc.write_all(&zeros[..n]).unwrap();
+            left -= n as u64;
+        }
+        let pad = (512 - each % 512) % 512;
+        enc.write_all(&zeros[..pad as usize]).unwrap();
+    }
+    enc.write_all(&[0u8; 1024]).unwrap();
+    enc.finish().unwrap()
+}
+
+fn blobs(root: &Path) -> usize {
+    entries(&root.join("images/blobs/sha256"))
+}
+
+fn staged(root: &Path) -> usize {
+    std::fs::read_dir(root.join("images/tmp"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The store's archive quotas: each bomb is refused with an error that
+/// names the limit it passed (and the agent flag that sets it), and
+/// leaves no layer, blob or staged file behind.
+#[test]
+fn archive_bombs_are_refused_naming_the_limit() {
+    use berth_agent::image::limits::ArchiveLimits;
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("agent");
+    let limits = ArchiveLimits {
+        max_layer_bytes: 8 * MIB,
+        max_image_bytes: 12 * MIB,
+        max_entries: 10_000,
+        max_sparse_bytes: 8 * MIB,
+        ..Default::default()
+    };
+    // The header and layer-count limits are the defaults.
+    assert_eq!(limits.max_header_bytes, MIB);
+    assert_eq!(limits.max_layers, 125);
+    let store = ImageStore::open_with(&root.join("images"), limits).unwrap();
+    let snapshots = Snapshots::open(&root.join("snapshots")).unwrap();
+    let base = oci_archive(&[OciImage {
+        reference: "base:1".into(),
+        layers: vec![plain_layer()],
+        gzip: false,
+    }]);
+    load_archive(&store, &snapshots, base.as_slice()).unwrap();
+
+    let tar_media = "application/vnd.oci.image.layer.v1.tar";
+    let zstd_media = "application/vnd.oci.image.layer.v1.tar+zstd";
+    let gzip_media = "application/vnd.oci.image.layer.v1.tar+gzip";
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "a GNU long-name header announcing a 4 GiB name",
+            oci_with_blob(
+                raw_header(tar::EntryType::GNULongName, "././@LongLink", 4 << 30)
+                    .as_bytes()
+                    .to_vec(),
+                tar_media,
+            ),
+            "a GNU long-name header of 4294967296 bytes passes the limit of 1048576 bytes on such headers (berth-agent --max-archive-header)",
+        ),
+        (
+            "a GNU long-link header of 2 MiB, body and all",
+            {
+                let mut t = raw_header(tar::EntryType::GNULongLink, "././@LongLink", 2 * MIB)
+                    .as_bytes()
+                    .to_vec();
+                t.extend(std::iter::repeat_n(b'a', 2 * MIB as usize));
+                oci_with_blob(t, tar_media)
+            },
+            "GNU long-link header of 2097152 bytes passes the limit",
+        ),
+        (
+            "a PAX header of 64 MiB in the archive itself",
+            {
+                let mut t = raw_header(tar::EntryType::XHeader, "PaxHeaders/x", 64 * MIB)
+                    .as_bytes()
+                    .to_vec();
+                t.extend_from_slice(&[b'9'; 4096]);
+                t
+            },
+            "the archive: a PAX header of 67108864 bytes passes the limit",
+        ),
+        (
+            "a PAX global header of 2 MiB",
+            oci_with_blob(
+                raw_header(tar::EntryType::XGlobalHeader, "pax_global_header", 2 * MIB)
+                    .as_bytes()
+                    .to_vec(),
+                tar_media,
+            ),
+            "a PAX global header of 2097152 bytes passes the limit",
+        ),
+        (
+            "a zstd bomb: 400 MiB of zeros in files of 4 MiB",
+            oci_with_blob(zstd_zero_files(100, 4 * MIB), zstd_media),
+            "it unpacks to more than 8388608 bytes, the limit per layer (berth-agent --max-layer-size)",
+        ),
+        (
+            "a gzip bomb: one file announcing 1 GiB",
+            {
+                let mut t = raw_header(tar::EntryType::Regular, "big", 1 << 30)
+                    .as_bytes()
+                    .to_vec();
+                t.extend(std::iter::repeat_n(0u8, MIB as usize));
+                oci_with_blob(gzip(&t), gzip_media)
+            },
+            "it unpacks to more than 8388608 bytes, the limit per layer",
+        ),
+        (
+            "a PAX size record that makes a small entry 1 TiB",
+            {
+                let record = "22 size=1099511627776\n";
+                let mut t = raw_header(tar::EntryType::XHeader, "PaxHeaders/f", record.len() as u64)
+                    .as_bytes()
+                    .to_vec();
+                t.extend_from_slice(record.as_bytes());
+                t.resize(1024, 0);
+                t.extend_from_slice(raw_header(tar::EntryType::Regular, "f", 0).as_bytes());
+                t.resize(t.len() + 1024, 0);
+                oci_with_blob(t, tar_media)
+            },
+            "it unpacks to more than 8388608 bytes, the limit per layer",
+        ),
+        (
+            "millions of empty files (here 10,001 past a limit of 10,000)",
+            oci_with_blob(zstd_zero_files(10_001, 0), zstd_media),
+            "it holds more than 10000 entries, the limit (berth-agent --max-layer-entries)",
+        ),
+        (
+            "a sparse file claiming 1 PiB",
+            {
+                let mut h = raw_header(tar::EntryType::GNUSparse, "sparse", 0);
+                h.as_gnu_mut().unwrap().set_real_size(1 << 50);
+                h.set_cksum();
+                let mut t = h.as_bytes().to_vec();
+                t.resize(t.len() + 1024, 0);
+                oci_with_blob(t, tar_media)
+            },
+            "the sparse file \"sparse\" claims 1125899906842624 bytes, past the limit of 8388608 bytes on a sparse file's size (berth-agent --max-sparse-size)",
+        ),
+        (
+            "126 layers, one past Docker's 125",
+            Oci::new(
+                (0..126)
+                    .map(|i| TarBuilder::new().file(&format!("l{i}"), b"x").finish())
+                    .collect(),
+            )
+            .describe()
+            .archive(),
+            "has 126 layers, more than the limit of 125 (berth-agent --max-image-layers)",
+        ),
+        (
+            "two layers of 7 MiB, each allowed, 14 MiB together past the image's 12",
+            {
+                let layer = |name: &str| {
+                    TarBuilder::new()
+                        .file(name, &vec![1u8; 7 * MIB as usize])
+                        .finish()
+                };
+                let (a, b) = (layer("a"), layer("b"));
+                let mut o = Oci::new(vec![a.clone(), b.clone()]);
+                o.layers[0] = (zstd::encode_all(a.as_slice(), 3).unwrap(), zstd_media.into());
+                o.layers[1] = (zstd::encode_all(b.as_slice(), 3).unwrap(), zstd_media.into());
+                o.describe().archive()
+            },
+            "the image unpacks to more than 12582912 bytes, the limit per image (berth-agent --max-image-size)",
+        ),
+    ];
+    assert!(cases.len() >= 8);
+    let snapshots_before = entries(&root.join("snapshots"));
+    let blobs_before = blobs(&root);
+    for (what, archive, expected) in cases {
+        let err = match load_archive(&store, &snapshots, archive.as_slice()) {
+            Ok(images) => panic!("{what}: accepted as {images:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(expected),
+            "{what}: the error {err:?} does not say {expected:?}"
+        );
+        let images = store.list().unwrap();
+        assert_eq!(images.len(), 1, "{what}: the images changed: {images:?}");
+        assert_eq!(
+            entries(&root.join("snapshots")),
+            snapshots_before,
+            "{what}: left a layer"
+        );
+        assert_eq!(blobs(&root), blobs_before, "{what}: left a blob");
+        assert_eq!(staged(&root), 0, "{what}: left a staged file");
+    }
+    // The image that was there is whole, and an image within the limits
+    // still loads.
+    let base = store.resolve("base:1").unwrap();
+    let snap = snapshots.path(&base.diff_ids[0]).unwrap();
+    assert_eq!(
+        std::fs::read(snap.join("etc/hostname")).unwrap(),
+        b"hostile\n"
+    );
+    let fits = Oci::new(vec![TarBuilder::new()
+        .file("fits", &vec![2u8; 6 * MIB as usize])
+        .finish()])
+    .describe()
+    .archive();
+    load_archive(&store, &snapshots, fits.as_slice()).unwrap();
+}
+
+/// The free space of the store's filesystem is checked as an archive is
+/// staged and before a layer is unpacked: on a 32 MiB filesystem, an image
+/// that would leave less than the reserve free is refused, naming it, and
+/// the filesystem is as empty afterwards as before.
+#[test]
+fn an_image_that_would_fill_the_disk_is_refused() {
+    use berth_agent::image::limits::{free_bytes, ArchiveLimits};
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let fs_root = dir.path().join("small");
+    std::fs::create_dir(&fs_root).unwrap();
+    // A filesystem of its own, so that the host's free space is not used.
+    nix::mount::mount(
+        Some("tmpfs"),
+        &fs_root,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=32m,mode=0700"),
+    )
+    .unwrap();
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(&fs_root);
+    let limits = ArchiveLimits {
+        min_free_bytes: 4 * MIB,
+        ..Default::default()
+    };
+    let store = ImageStore::open_with(&fs_root.join("images"), limits).unwrap();
+    let snapshots = Snapshots::open(&fs_root.join("snapshots")).unwrap();
+    let free_before = free_bytes(&fs_root).unwrap();
+
+    // A layer of 20 MiB of zeros, a few KiB compressed: it stages, but its
+    // unpacked copy would not fit beside its tar with 4 MiB to spare.
+    let layer = TarBuilder::new()
+        .file("zeros", &vec![0u8; 20 * MIB as usize])
+        .finish();
+    let mut o = Oci::new(vec![layer.clone()]);
+    o.layers[0] = (
+        zstd::encode_all(layer.as_slice(), 3).unwrap(),
+        "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+    );
+    let err = load_archive(&store, &snapshots, o.describe().archive().as_slice())
+        .unwrap_err()
+        .to_string();
+    let needed = format!(
+        "unpacking needs {} more and keeps 4194304 free (berth-agent --min-free-space)",
+        layer.len()
+    );
+    assert!(err.contains(&needed), "{err}");
+    assert!(err.starts_with("layer sha256:"), "{err}");
+
+    // An archive of 40 MiB that does not compress: refused while it is
+    // staged, before the filesystem is full.
+    let noise: Vec<u8> = (0..40 * MIB as usize / 8)
+        .flat_map(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes())
+        .collect();
+    let archive = Oci::new(vec![TarBuilder::new().file("noise", &noise).finish()])
+        .describe()
+        .archive();
+    let err = load_archive(&store, &snapshots, archive.as_slice())
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("the archive: "), "{err}");
+    assert!(
+        err.contains("keeps 4194304 free (berth-agent --min-free-space)"),
+        "{err}"
+    );
+    assert!(store.list().unwrap().is_empty());
+    assert_eq!(staged(&fs_root), 0);
+    let free_after = free_bytes(&fs_root).unwrap();
+    assert!(
+        free_after + 64 * 1024 >= free_before,
+        "the filesystem lost {} bytes",
+        free_before - free_after
+    );
+}

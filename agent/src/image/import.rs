@@ -34,13 +34,23 @@ pub fn import_rootfs(
             "the rootfs tarball is empty or truncated".into(),
         ));
     }
+    let _writing = store.write_lock();
     let staging = store.staging_dir()?;
     let expected = Expected {
         what: "the rootfs tarball".into(),
         ..Default::default()
     };
-    let layer = layer::ingest(store, snapshots, data, &expected, staging.path())?;
+    let mut progress = layer::Progress::default();
+    let layer = layer::ingest(
+        store,
+        snapshots,
+        data,
+        &expected,
+        staging.path(),
+        &mut progress,
+    )?;
     if layer.size < 512 {
+        let _ = store.undo_unpacked(snapshots, &progress.unpacked);
         return Err(ImageError::Archive(
             "the rootfs tarball is empty or truncated".into(),
         ));

@@ -8,11 +8,9 @@ use std::path::Path;
 
 use sha2::{Digest as _, Sha256};
 
+use super::limits::{DiskGuard, LimitError, TarScan};
 use super::{ImageError, ImageStore};
 use crate::snapshot::Snapshots;
-
-/// The most bytes one layer may decompress to.
-pub const MAX_LAYER_BYTES: u64 = 64 << 30;
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +44,17 @@ pub struct Expected {
     pub size: Option<u64>,
     /// The digest of the uncompressed tar, from the image config.
     pub diff_id: Option<String>,
+}
+
+/// What one load (or import) has done so far: the bytes of the image being
+/// loaded, held to the per-image limit, and the layers it unpacked, which a
+/// failed load deletes again.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Uncompressed bytes of the current image's layers already ingested.
+    pub image_bytes: u64,
+    /// Diff ids of the layers this load unpacked (not those already there).
+    pub unpacked: Vec<String>,
 }
 
 /// What ingesting produced.
@@ -86,16 +95,27 @@ fn hex_digest(h: Sha256) -> String {
     format!("sha256:{}", hex::encode(h.finalize()))
 }
 
-/// Ingests one layer from `src`, staging in `staging`.
+/// Ingests one layer from `src`, staging in `staging`: the decompressed
+/// tar is checked against the store's limits as it streams (its headers,
+/// entries and sizes, and the image's total in `progress`), and the free
+/// space before it is unpacked.
 pub fn ingest(
     store: &ImageStore,
     snapshots: &Snapshots,
     src: impl Read,
     expected: &Expected,
     staging: &Path,
+    progress: &mut Progress,
 ) -> Result<Ingested, ImageError> {
     let what = &expected.what;
     let bad = |why: String| ImageError::Archive(format!("layer {what}: {why}"));
+    let limit = |source: LimitError| ImageError::Limit {
+        what: format!("layer {what}"),
+        source,
+    };
+    let limits = store.limits().clone();
+    let mut scan = TarScan::new(limits.layer());
+    let mut disk = DiskGuard::new(staging, limits.min_free_bytes);
     let mut counted = BufReader::new(Counting {
         inner: src,
         hasher: Sha256::new(),
@@ -129,11 +149,13 @@ pub fn ingest(
                 break;
             }
             size += n as u64;
-            if size > MAX_LAYER_BYTES {
-                return Err(bad(format!(
-                    "it decompresses to more than {MAX_LAYER_BYTES} bytes"
-                )));
+            if progress.image_bytes.saturating_add(size) > limits.max_image_bytes {
+                return Err(limit(LimitError::ImageBytes {
+                    limit: limits.max_image_bytes,
+                }));
             }
+            scan.feed(&buf[..n]).map_err(limit)?;
+            disk.write(n as u64).map_err(limit)?;
             hasher.update(&buf[..n]);
             tmp.write_all(&buf[..n])
                 .map_err(|e| bad(format!("staging: {e}")))?;
@@ -169,10 +191,17 @@ pub fn ingest(
     }
     tmp.sync_all().map_err(|e| bad(format!("staging: {e}")))?;
     drop(tmp);
-    snapshots.unpack(
+    // The unpacked layer takes about what its tar holds, beside the tar,
+    // which is kept as the blob.
+    disk.need(size).map_err(limit)?;
+    progress.image_bytes = progress.image_bytes.saturating_add(size);
+    let (_, created) = snapshots.unpack(
         &diff_id,
         File::open(&tmp_path).map_err(|e| bad(e.to_string()))?,
     )?;
+    if created {
+        progress.unpacked.push(diff_id.clone());
+    }
     store.put_blob_file(&tmp_path, &diff_id)?;
     Ok(Ingested { diff_id, size })
 }

@@ -17,7 +17,8 @@ use oci_spec::image::{
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use super::layer::{self, Expected};
+use super::layer::{self, Expected, Progress};
+use super::limits::{ArchiveLimits, DiskGuard, LimitError, TarScan};
 use super::{parse_digest, ImageError, ImageStore, ImageSummary};
 use crate::snapshot::Snapshots;
 
@@ -32,17 +33,25 @@ pub fn load_archive(
     snapshots: &Snapshots,
     src: impl Read,
 ) -> Result<Vec<ImageSummary>, ImageError> {
+    let _writing = store.write_lock();
     let staging = store.staging_dir()?;
-    let staged = Staged::extract(src, staging.path())?;
-    if staged.exists("manifest.json")? {
-        load_docker(store, snapshots, &staged, staging.path())
+    let staged = Staged::extract(src, staging.path(), store.limits())?;
+    let mut progress = Progress::default();
+    let loaded = if staged.exists("manifest.json")? {
+        load_docker(store, snapshots, &staged, staging.path(), &mut progress)
     } else if staged.exists("index.json")? {
-        load_oci(store, snapshots, &staged, staging.path())
+        load_oci(store, snapshots, &staged, staging.path(), &mut progress)
     } else {
         Err(ImageError::Archive(
             "not an image archive: it has neither manifest.json (docker save) nor index.json (an OCI layout)".into(),
         ))
+    };
+    if loaded.is_err() {
+        // The images named before the failure stay; the layers unpacked
+        // for the one that failed go.
+        let _ = store.undo_unpacked(snapshots, &progress.unpacked);
     }
+    loaded
 }
 
 fn archive_err(msg: impl Into<String>) -> ImageError {
@@ -117,6 +126,48 @@ fn resolve_link(link: &Path, target: &Path) -> Result<PathBuf, ImageError> {
     Ok(out.iter().collect())
 }
 
+/// An archive as it is read: each byte passes the scan and the disk check
+/// before the tar reader sees it.
+struct Checked<R> {
+    inner: R,
+    scan: TarScan,
+    disk: DiskGuard,
+    refused: Option<LimitError>,
+}
+
+impl<R: Read> Read for Checked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(e) = &self.refused {
+            return Err(std::io::Error::other(e.to_string()));
+        }
+        let n = self.inner.read(buf)?;
+        let checked = self
+            .scan
+            .feed(&buf[..n])
+            .and_then(|()| self.disk.write(n as u64));
+        if let Err(e) = checked {
+            let io = std::io::Error::other(e.to_string());
+            self.refused = Some(e);
+            return Err(io);
+        }
+        Ok(n)
+    }
+}
+
+/// Refuses an image with more layers than the store allows.
+fn check_layer_count(limits: &ArchiveLimits, what: &str, count: usize) -> Result<(), ImageError> {
+    if count > limits.max_layers {
+        return Err(ImageError::Limit {
+            what: what.to_string(),
+            source: LimitError::Layers {
+                count,
+                limit: limits.max_layers,
+            },
+        });
+    }
+    Ok(())
+}
+
 /// An archive extracted into a staging directory: regular files only, with
 /// links kept as a map rather than made on disk.
 struct Staged {
@@ -125,9 +176,31 @@ struct Staged {
 }
 
 impl Staged {
-    fn extract(src: impl Read, root: &Path) -> Result<Self, ImageError> {
+    /// Extracts an archive, checked against `limits` as it streams.
+    fn extract(src: impl Read, root: &Path, limits: &ArchiveLimits) -> Result<Self, ImageError> {
+        let mut archive = tar::Archive::new(Checked {
+            inner: src,
+            scan: TarScan::new(limits.archive()),
+            disk: DiskGuard::new(root, limits.min_free_bytes),
+            refused: None,
+        });
+        let staged = Self::extract_from(&mut archive, root);
+        // A refusal of the check reaches the tar reader as an I/O error;
+        // the typed refusal is the one to report.
+        match archive.into_inner().refused {
+            Some(source) => Err(ImageError::Limit {
+                what: "the archive".into(),
+                source,
+            }),
+            None => staged,
+        }
+    }
+
+    fn extract_from<R: Read>(
+        archive: &mut tar::Archive<R>,
+        root: &Path,
+    ) -> Result<Self, ImageError> {
         let mut links = HashMap::new();
-        let mut archive = tar::Archive::new(src);
         let entries = archive
             .entries()
             .map_err(|e| archive_err(format!("not a readable tar archive: {e}")))?;
@@ -361,6 +434,7 @@ fn load_docker(
     snapshots: &Snapshots,
     staged: &Staged,
     staging: &Path,
+    progress: &mut Progress,
 ) -> Result<Vec<ImageSummary>, ImageError> {
     let entries: Vec<DockerManifestEntry> =
         serde_json::from_slice(&staged.read_json("manifest.json")?)
@@ -390,7 +464,9 @@ fn load_docker(
                 diff_ids.len()
             )));
         }
+        check_layer_count(store.limits(), &entry.config, entry.layers.len())?;
         let mut layers = Vec::new();
+        progress.image_bytes = 0;
         for (path, diff_id) in entry.layers.iter().zip(diff_ids) {
             let expected = Expected {
                 what: path.clone(),
@@ -407,6 +483,7 @@ fn load_docker(
                 staged.open(path)?,
                 &expected,
                 staging,
+                progress,
             )?);
         }
         let refs: Vec<String> = entry
@@ -447,6 +524,7 @@ fn load_oci(
     snapshots: &Snapshots,
     staged: &Staged,
     staging: &Path,
+    progress: &mut Progress,
 ) -> Result<Vec<ImageSummary>, ImageError> {
     let index =
         ImageIndex::from_reader(staged.read_json("index.json")?.as_slice()).map_err(|source| {
@@ -474,6 +552,7 @@ fn load_oci(
             staging,
             &manifest_desc,
             &refs,
+            progress,
         )?);
     }
     Ok(out)
@@ -521,6 +600,7 @@ fn load_oci_manifest(
     staging: &Path,
     desc: &Descriptor,
     refs: &[String],
+    progress: &mut Progress,
 ) -> Result<ImageSummary, ImageError> {
     let manifest =
         ImageManifest::from_reader(staged.read_blob(desc)?.as_slice()).map_err(|source| {
@@ -543,7 +623,13 @@ fn load_oci_manifest(
             diff_ids.len()
         )));
     }
+    check_layer_count(
+        store.limits(),
+        &format!("manifest {}", desc.digest()),
+        manifest.layers().len(),
+    )?;
     let mut layers = Vec::new();
+    progress.image_bytes = 0;
     for (l, diff_id) in manifest.layers().iter().zip(diff_ids) {
         if !is_layer(l.media_type()) {
             return Err(archive_err(format!(
@@ -565,6 +651,7 @@ fn load_oci_manifest(
             staged.open(&name)?,
             &expected,
             staging,
+            progress,
         )?);
     }
     commit_image(store, &config_bytes, &config, &layers, refs)

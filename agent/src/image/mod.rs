@@ -9,6 +9,7 @@
 
 pub mod import;
 pub mod layer;
+pub mod limits;
 pub mod load;
 pub mod save;
 
@@ -49,6 +50,12 @@ pub enum ImageError {
     Archive(String),
     #[error("unpacking a layer: {0}")]
     Unpack(#[from] crate::snapshot::SnapshotError),
+    /// An archive passed one of the store's [`limits::ArchiveLimits`].
+    #[error("{what}: {source}")]
+    Limit {
+        what: String,
+        source: limits::LimitError,
+    },
 }
 
 /// An oci-spec error with its cause ("serde failed" alone names nothing).
@@ -94,11 +101,20 @@ pub struct ImageSummary {
 /// An OCI image layout on disk.
 pub struct ImageStore {
     root: PathBuf,
+    limits: limits::ArchiveLimits,
+    writing: std::sync::Mutex<()>,
 }
 
 impl ImageStore {
-    /// Opens the layout at `root`, creating an empty one if needed.
+    /// Opens the layout at `root` with the default archive limits,
+    /// creating an empty one if needed.
     pub fn open(root: &Path) -> Result<Self, ImageError> {
+        Self::open_with(root, limits::ArchiveLimits::default())
+    }
+
+    /// Opens the layout at `root`; archives loaded into it are held to
+    /// `limits`.
+    pub fn open_with(root: &Path, limits: limits::ArchiveLimits) -> Result<Self, ImageError> {
         let blobs = root.join("blobs/sha256");
         fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
         let layout = root.join("oci-layout");
@@ -107,6 +123,8 @@ impl ImageStore {
         }
         let store = Self {
             root: root.to_path_buf(),
+            limits,
+            writing: std::sync::Mutex::new(()),
         };
         if !store.index_path().exists() {
             let index = ImageIndexBuilder::default()
@@ -276,6 +294,7 @@ impl ImageStore {
 
     /// Gives the image `source` the extra reference `target`.
     pub fn tag(&self, source: &str, target: &str) -> Result<(), ImageError> {
+        let _writing = self.write_lock();
         let img = self.resolve(source)?;
         let index = self.read_index()?;
         let desc = index
@@ -298,6 +317,7 @@ impl ImageStore {
         snapshots: &crate::snapshot::Snapshots,
         keep_diff_ids: &[String],
     ) -> Result<(Vec<String>, Option<String>), ImageError> {
+        let _writing = self.write_lock();
         let img = self.resolve(reference)?;
         let mut index = self.read_index()?;
         let is_ref = img.refs.iter().any(|r| r == reference);
@@ -326,13 +346,22 @@ impl ImageStore {
         if still_there {
             return Ok((untagged, None));
         }
-        self.gc(snapshots, keep_diff_ids)?;
+        self.gc_locked(snapshots, keep_diff_ids)?;
         Ok((untagged, Some(img.id)))
     }
 
     /// Deletes blobs no manifest in the index reaches, and snapshots of
     /// layers no image nor `keep_diff_ids` uses.
     pub fn gc(
+        &self,
+        snapshots: &crate::snapshot::Snapshots,
+        keep_diff_ids: &[String],
+    ) -> Result<(), ImageError> {
+        let _writing = self.write_lock();
+        self.gc_locked(snapshots, keep_diff_ids)
+    }
+
+    fn gc_locked(
         &self,
         snapshots: &crate::snapshot::Snapshots,
         keep_diff_ids: &[String],
@@ -360,6 +389,51 @@ impl ImageStore {
             }
         }
         snapshots.retain(|diff_id| live_layers.contains(diff_id));
+        Ok(())
+    }
+
+    /// What archives loaded into this store may cost.
+    pub fn limits(&self) -> &limits::ArchiveLimits {
+        &self.limits
+    }
+
+    /// Held while an image is written into the store (load, import) or
+    /// layers are deleted from it (gc): a layer one load has unpacked but
+    /// not yet named is not another's to delete.
+    pub(crate) fn write_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Deletes the layers a failed load unpacked (`unpacked`, by diff id)
+    /// that no image in the index uses: a refused archive leaves the store
+    /// as it was. The caller holds the write lock.
+    pub(crate) fn undo_unpacked(
+        &self,
+        snapshots: &crate::snapshot::Snapshots,
+        unpacked: &[String],
+    ) -> Result<(), ImageError> {
+        if unpacked.is_empty() {
+            return Ok(());
+        }
+        let index = self.read_index()?;
+        let mut used = std::collections::HashSet::new();
+        for d in index.manifests() {
+            let m = self.manifest(d.digest())?;
+            for l in m.layers() {
+                used.insert(l.digest().to_string());
+            }
+            if let Ok(c) = self.config(m.config().digest().as_ref()) {
+                used.extend(c.rootfs().diff_ids().iter().cloned());
+            }
+        }
+        for diff_id in unpacked.iter().filter(|d| !used.contains(*d)) {
+            if let Ok(path) = snapshots.path(diff_id) {
+                let _ = fs::remove_dir_all(path);
+            }
+            if let Ok(path) = self.blob_path(diff_id) {
+                let _ = fs::remove_file(path);
+            }
+        }
         Ok(())
     }
 

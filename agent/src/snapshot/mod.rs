@@ -93,14 +93,15 @@ impl Snapshots {
     }
 
     /// Unpacks an uncompressed layer tar once: a layer already unpacked is
-    /// reused. A layer that fails leaves nothing behind.
-    pub fn unpack(&self, diff_id: &str, tar: impl Read) -> Result<PathBuf, SnapshotError> {
+    /// reused. A layer that fails leaves nothing behind. Returns the
+    /// layer's directory and whether this call made it.
+    pub fn unpack(&self, diff_id: &str, tar: impl Read) -> Result<(PathBuf, bool), SnapshotError> {
         let dst = self.path(diff_id)?;
         // One unpack at a time: two of the same layer must not share a
         // directory, and a check of one must not race the other's symlinks.
         let _guard = self.unpacking.lock().unwrap_or_else(|p| p.into_inner());
         if dst.exists() {
-            return Ok(dst);
+            return Ok((dst, false));
         }
         // A directory of its own, private to root while it fills.
         let tmp = tempfile::Builder::new()
@@ -115,7 +116,7 @@ impl Snapshots {
         }
         // The layer root holds the image's /; tempdirs are made 0700.
         let _ = fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(0o755));
-        Ok(dst)
+        Ok((dst, true))
     }
 }
 

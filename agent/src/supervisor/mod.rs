@@ -63,6 +63,8 @@ pub struct SupervisorConfig {
     pub ship: ShipConfig,
     /// When each container's log file is rotated.
     pub log_rotation: crate::runtime::shim::Rotation,
+    /// What an image archive or layer may cost this host.
+    pub archive_limits: crate::image::limits::ArchiveLimits,
 }
 
 /// Errors of preparing a container.
@@ -157,7 +159,8 @@ impl Supervisor {
         // twice and corrupt each other's bundles.
         let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
             .map_err(|_| SupervisorError::Locked(cfg.data_dir.clone()))?;
-        let images = ImageStore::open(&cfg.data_dir.join("images"))?;
+        let images =
+            ImageStore::open_with(&cfg.data_dir.join("images"), cfg.archive_limits.clone())?;
         let snapshots = Snapshots::open(&cfg.data_dir.join("snapshots"))?;
         let containers = cfg.data_dir.join("containers");
         fs::create_dir_all(&containers)

@@ -203,6 +203,7 @@ impl Rig {
                     max_size: 0,
                     max_file: 1,
                 },
+                archive_limits: Default::default(),
             },
             host.clone(),
             tx,
