@@ -814,3 +814,170 @@ fn a_ca_rotation_completes_with_containers_running_throughout() {
         },
     );
 }
+
+/// The answer to the log chunk sent last: the server handles a session's
+/// messages in order, so every report before it has been refused or
+/// committed by then.
+async fn next_ack(
+    from_server: &mut tonic::Streaming<berth_proto::agent::ServerMessage>,
+) -> anyhow::Result<berth_proto::agent::LogAck> {
+    use berth_proto::agent::server_message;
+    loop {
+        let m = from_server.message().await?.context("the session ended")?;
+        if let Some(server_message::Msg::LogAck(a)) = m.msg {
+            return Ok(a);
+        }
+    }
+}
+
+/// A node's forged reports on its own container (P3.4): an exit status no
+/// process has, a log chunk that ends at sequence u64::MAX, a line far
+/// past any agent's cut, an inventory of more images than the limit. Each
+/// is refused before it reaches the log, the session goes on, and an
+/// honest report after them is taken.
+#[test]
+fn forged_reports_are_refused_before_they_are_committed() {
+    sandbox::run(
+        "forged_reports_are_refused_before_they_are_committed",
+        || {
+            use berth_proto::agent::agent_session_client::AgentSessionClient;
+            use berth_proto::agent::{
+                agent_message, server_message, AgentMessage, Heartbeat, Image, ImageInventory,
+                LocalContainer, LogChunk, LogLine, Register, Transition,
+            };
+            let mut c = Cluster::start_nodes(&[], &[("node1", &[])])?;
+            let addr = c.member_addr(1);
+            c.berth(&[
+                "run",
+                "-d",
+                "--name",
+                "own",
+                "busybox",
+                "sh",
+                "-c",
+                "echo real; sleep 600",
+            ])
+            .ok()?;
+            c.wait_until(
+                Duration::from_secs(20),
+                "own's first line to be committed",
+                |c| c.berth(&["logs", "own"]).stdout.contains("real"),
+            )?;
+            let v: serde_json::Value =
+                serde_json::from_str(&c.berth(&["inspect", "own"]).ok()?.stdout)?;
+            let id = v[0]["Id"].as_str().context("an Id")?.to_string();
+            let generation = v[0]["Generation"].as_u64().context("a Generation")?;
+            let img: serde_json::Value =
+                serde_json::from_str(&c.berth(&["image", "inspect", "busybox"]).ok()?.stdout)?;
+            let image_id = img[0]["Id"].as_str().context("an image Id")?.to_string();
+            c.kill_named_agent("node1")?;
+            let node1 = Some(transport::client_config(&member_creds(
+                &c.agent_dir("node1"),
+            )?)?);
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let ch = channel(&addr, &node1).await.map_err(anyhow::Error::msg)?;
+                let (tx, rx) = tokio::sync::mpsc::channel(16);
+                let send = |m: agent_message::Msg| {
+                    let tx = tx.clone();
+                    async move { tx.send(AgentMessage { msg: Some(m) }).await }
+                };
+                send(agent_message::Msg::Register(Register {
+                    node: "node1".into(),
+                    cpus: 2,
+                    memory_bytes: 1 << 30,
+                    containers: vec![LocalContainer {
+                        id: id.clone(),
+                        generation,
+                        state: "running".into(),
+                        exit_code: 0,
+                    }],
+                    images: vec![Image {
+                        id: image_id.clone(),
+                        tags: vec!["busybox:latest".into()],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }))
+                .await?;
+                let mut from_server = AgentSessionClient::new(ch)
+                    .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await?
+                    .into_inner();
+                let mut next = 0;
+                while next == 0 {
+                    let m = from_server.message().await?.context("the session ended")?;
+                    if let Some(server_message::Msg::Registered(r)) = m.msg {
+                        next = *r.log_next_seq.get(&id).context("no log position for own")?;
+                    }
+                }
+                let line = |seq: u64, text: &[u8]| LogLine {
+                    seq,
+                    stream: "stdout".into(),
+                    time_ns: 1,
+                    line: text.to_vec(),
+                };
+                let chunk = |lines: Vec<LogLine>| {
+                    agent_message::Msg::Logs(LogChunk {
+                        container_id: id.clone(),
+                        generation,
+                        lines,
+                        skip_to: 0,
+                    })
+                };
+                send(agent_message::Msg::Heartbeat(Heartbeat::default())).await?;
+                send(agent_message::Msg::Transition(Transition {
+                    container_id: id.clone(),
+                    generation,
+                    to: "exited".into(),
+                    at_ms: 1,
+                    exit_code: i32::MIN,
+                    ..Default::default()
+                }))
+                .await?;
+                send(chunk(vec![
+                    line(next, b"forged at the end"),
+                    line(u64::MAX, b"x"),
+                ]))
+                .await?;
+                let ack = next_ack(&mut from_server).await?;
+                ensure!(
+                    ack.stop && ack.next_seq == 0,
+                    "the chunk to u64::MAX: {ack:?}"
+                );
+                send(chunk(vec![line(next, &vec![b'y'; 1 << 20])])).await?;
+                let ack = next_ack(&mut from_server).await?;
+                ensure!(ack.stop, "a line of 1 MiB: {ack:?}");
+                send(agent_message::Msg::Images(ImageInventory {
+                    images: vec![Image::default(); 10_001],
+                }))
+                .await?;
+                send(agent_message::Msg::Heartbeat(Heartbeat::default())).await?;
+                send(chunk(vec![line(next, b"honest")])).await?;
+                let ack = next_ack(&mut from_server).await?;
+                ensure!(
+                    !ack.stop && ack.next_seq == next + 1,
+                    "the honest chunk after them: {ack:?}"
+                );
+                anyhow::Ok(())
+            })?;
+            // Nothing forged landed: own still runs, with its exit code 0, the
+            // node kept its images, and the log holds the honest lines only.
+            let v: serde_json::Value =
+                serde_json::from_str(&c.berth(&["inspect", "own"]).ok()?.stdout)?;
+            ensure!(
+                v[0]["State"]["Status"] == "running" && v[0]["State"]["ExitCode"] == 0,
+                "{}",
+                v[0]["State"]
+            );
+            let logs = c.berth(&["logs", "own"]).ok()?.stdout;
+            ensure!(
+                logs.lines().collect::<Vec<_>>() == ["real", "honest"],
+                "{logs:?}"
+            );
+            let images = c.berth(&["images"]).ok()?.stdout;
+            ensure!(images.contains("busybox"), "{images}");
+            Ok(())
+        },
+    );
+}

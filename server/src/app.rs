@@ -50,6 +50,9 @@ pub enum AppError {
     Raft(String),
     #[error("{0}")]
     Refused(String),
+    /// A command with an absurd value, refused before it was proposed.
+    #[error(transparent)]
+    Invalid(#[from] crate::state::validate::Invalid),
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -146,16 +149,38 @@ impl App {
     /// batches), for the reconciler's placements; each gets its result, in
     /// order, as if written alone.
     pub async fn write_all(&self, ops: Vec<Op>) -> Vec<Result<CommandResult, AppError>> {
+        // An invalid command gets its refusal in its place; the others go.
+        let mut results: Vec<Option<Result<CommandResult, AppError>>> = Vec::new();
+        let mut valid = Vec::new();
+        for op in ops {
+            match crate::state::validate::check(&op) {
+                Ok(()) => {
+                    results.push(None);
+                    valid.push(op);
+                }
+                Err(e) => results.push(Some(Err(e.into()))),
+            }
+        }
         let mut chunks = Vec::new();
-        let mut ops = ops.into_iter().peekable();
+        let mut ops = valid.into_iter().peekable();
         while ops.peek().is_some() {
             chunks.push(ops.by_ref().take(BULK_MAX).collect::<Vec<Op>>());
         }
-        futures::future::join_all(chunks.into_iter().map(|chunk| commit(&self.raft, chunk)))
-            .await
+        let mut committed =
+            futures::future::join_all(chunks.into_iter().map(|chunk| commit(&self.raft, chunk)))
+                .await
+                .into_iter()
+                .flatten()
+                .map(|r| r.and_then(refusal));
+        results
             .into_iter()
-            .flatten()
-            .map(|r| r.and_then(refusal))
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    committed
+                        .next()
+                        .unwrap_or_else(|| Err(AppError::Raft("a batch result is missing".into())))
+                })
+            })
             .collect()
     }
 
@@ -198,6 +223,7 @@ impl App {
     }
 
     async fn write_once(&self, op: Op) -> Result<CommandResult, AppError> {
+        crate::state::validate::check(&op)?;
         let size = op.encoded_len();
         if size > MAX_ENTRY {
             return Err(AppError::Refused(format!(

@@ -157,6 +157,7 @@ pub fn to_status(e: AppError) -> Status {
             Status::already_exists(why.clone())
         }
         AppError::Refused(why) => Status::failed_precondition(why.clone()),
+        AppError::Invalid(_) => Status::invalid_argument(e.to_string()),
         AppError::State(_) => Status::internal(e.to_string()),
     }
 }

@@ -298,7 +298,24 @@ pub async fn mark_down(app: &App, node: &str, since_ms: i64) {
 }
 
 fn to_status(e: AppError) -> Status {
-    Status::unavailable(e.to_string())
+    match e {
+        // The agent's own report is at fault: trying again will not help.
+        AppError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        e => Status::unavailable(e.to_string()),
+    }
+}
+
+/// An agent's free text (an error), cut to what a command may carry.
+fn clip_text(mut s: String) -> String {
+    let max = crate::state::validate::MAX_TEXT;
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
 }
 
 fn images_to_records(images: &[berth_proto::agent::Image]) -> Vec<records::Image> {
@@ -432,7 +449,7 @@ async fn serve(
                     to: to as i32,
                     exit_code: t.exit_code,
                     at_ms: t.at_ms,
-                    error: t.error,
+                    error: clip_text(t.error),
                     image_id: t.image_id,
                     oom_killed: t.oom_killed,
                 });
@@ -440,6 +457,9 @@ async fn serve(
                     Ok(_) => {}
                     Err(AppError::Refused(why)) => {
                         tracing::debug!(%node, "transition refused: {why}")
+                    }
+                    Err(AppError::Invalid(why)) => {
+                        tracing::warn!(%node, "transition refused: {why}")
                     }
                     Err(e) => return format!("cannot commit: {e}"),
                 }
@@ -510,6 +530,10 @@ async fn serve(
                         tracing::debug!(%node, "log chunk refused: {why}");
                         let _ = tx.send(ack(0, true)).await;
                     }
+                    Err(AppError::Invalid(why)) => {
+                        tracing::warn!(%node, "log chunk refused: {why}");
+                        let _ = tx.send(ack(0, true)).await;
+                    }
                     Err(e) => return format!("cannot commit: {e}"),
                 }
             }
@@ -519,11 +543,15 @@ async fn serve(
                 };
                 rec.images = images_to_records(&inv.images);
                 rec.updated_at_ms = now_ms();
-                if let Err(e) = app
+                match app
                     .write(Op::Node(records::UpsertNode { node: Some(rec) }))
                     .await
                 {
-                    return format!("cannot commit: {e}");
+                    Ok(_) => {}
+                    Err(AppError::Invalid(why)) => {
+                        tracing::warn!(%node, "image inventory refused: {why}")
+                    }
+                    Err(e) => return format!("cannot commit: {e}"),
                 }
             }
             agent_message::Msg::ImageReply(r) => app.nodes.image_reply(node, r).await,

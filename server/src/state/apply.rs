@@ -1185,4 +1185,134 @@ mod tests {
         assert_eq!(seqs, (first..=5000).collect::<Vec<_>>());
         assert!(db.get_cf(cf, keys::log_chunk("a1", 1)).unwrap().is_none());
     }
+
+    /// Apply never panics, whatever a command holds: thousands of commands
+    /// of every kind with values at the ends of their ranges (sequences,
+    /// generations, counts at u64::MAX, times at i64::MIN, unknown enum
+    /// values, empty and repeated ids), each applied after the others to
+    /// one state that holds containers, nodes and logs.
+    #[test]
+    fn apply_never_panics_on_absurd_values() {
+        use rand::{Rng, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), ["sm"]).unwrap();
+        let cf = db.cf_handle("sm").unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let ids = ["a1", "b2", "", "c3"];
+        let names = ["n1", "n2", "", "web"];
+        let u = |rng: &mut rand::rngs::StdRng| {
+            *[0, 1, 2, u64::MAX, u64::MAX - 1, u64::MAX / 2, rng.gen()]
+                .get(rng.gen_range(0..7))
+                .unwrap()
+        };
+        let i = |rng: &mut rand::rngs::StdRng| {
+            *[0, -1, i64::MIN, i64::MAX, rng.gen()]
+                .get(rng.gen_range(0..5))
+                .unwrap()
+        };
+        for n in 0..4000u64 {
+            let id = ids[rng.gen_range(0..ids.len())].to_string();
+            let node = names[rng.gen_range(0..names.len())].to_string();
+            let op = match rng.gen_range(0..12) {
+                0 => create(&node, &id).op.unwrap(),
+                1 => Op::Place(records::PlaceContainer {
+                    id,
+                    node,
+                    generation: u(&mut rng),
+                    spec: None,
+                    service_version: u(&mut rng),
+                }),
+                2 => Op::Transition(records::RecordTransition {
+                    id,
+                    node,
+                    generation: u(&mut rng),
+                    to: rng.gen_range(-2..9),
+                    exit_code: rng.gen(),
+                    at_ms: i(&mut rng),
+                    ..Default::default()
+                }),
+                3 => Op::Logs(records::AppendLogs {
+                    id,
+                    node,
+                    generation: u(&mut rng),
+                    lines: (0..rng.gen_range(0..5))
+                        .map(|_| records::LogLine {
+                            seq: u(&mut rng),
+                            stream: rng.gen_range(-1..3),
+                            time_ns: i(&mut rng),
+                            line: vec![b'x'; rng.gen_range(0..3000)],
+                            ..Default::default()
+                        })
+                        .collect(),
+                    keep_lines: u(&mut rng),
+                    keep_bytes: u(&mut rng),
+                    skip_to: u(&mut rng),
+                }),
+                4 => Op::Desired(records::SetDesired {
+                    id,
+                    desired: rng.gen_range(-1..5),
+                    stop_signal: rng.gen(),
+                    stop_timeout_s: rng.gen(),
+                }),
+                5 => Op::Node(records::UpsertNode {
+                    node: Some(records::Node {
+                        name: node,
+                        status: rng.gen_range(-1..4),
+                        cpus: u(&mut rng),
+                        memory_bytes: u(&mut rng),
+                        updated_at_ms: i(&mut rng),
+                        ..Default::default()
+                    }),
+                }),
+                6 => Op::NodeStatus(records::SetNodeStatus {
+                    name: node,
+                    status: rng.gen_range(-1..4),
+                    at_ms: i(&mut rng),
+                }),
+                7 => Op::ReserveServerId(records::ReserveServerId {
+                    floor: u(&mut rng),
+                    addr: String::new(),
+                    exact: u(&mut rng),
+                }),
+                8 => Op::PendingReason(records::SetPendingReason {
+                    ids: vec![id.clone(), id],
+                    reasons: vec!["r".into()],
+                }),
+                9 => Op::Remove(records::RemoveContainer {
+                    id,
+                    at_ms: i(&mut rng),
+                }),
+                10 => Op::NodeLabels(records::SetNodeLabels {
+                    name: node,
+                    set: [("k".to_string(), "v".to_string())].into(),
+                    remove: vec!["k".into(), String::new()],
+                }),
+                _ => Op::Batch(records::Batch {
+                    commands: vec![
+                        create(&node, &id),
+                        records::Command {
+                            schema: 0,
+                            op: None,
+                        },
+                        records::Command {
+                            schema: 0,
+                            op: Some(Op::Batch(records::Batch::default())),
+                        },
+                    ],
+                }),
+            };
+            let cmd = records::Command {
+                schema: records::SCHEMA_VERSION,
+                op: Some(op),
+            };
+            let mut tx = Tx::new(&db, cf);
+            // Any index, the largest included.
+            let index = if n % 97 == 0 { u64::MAX - n } else { n + 1 };
+            apply(&mut tx, &cmd, index).unwrap();
+            db.write(tx.into_batch()).unwrap();
+        }
+    }
 }

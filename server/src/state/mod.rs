@@ -6,6 +6,7 @@ pub mod apply;
 pub mod keys;
 pub mod status;
 pub mod tx;
+pub mod validate;
 
 use std::sync::Arc;
 
