@@ -525,3 +525,62 @@ fn read_only_root_and_tmpfs_mounts() {
         Ok(())
     });
 }
+
+/// Signals and execs reach the container's own process, through the pidfd
+/// its shim holds, never the pid a file names: with the pid file pointing
+/// at a process of the host (as when a pid is used again), `exec` enters
+/// the container and `kill` kills it, and the host's process lives on. A
+/// shim without a control socket (an earlier build's) is reached through
+/// the pid file only once the pid is checked to be in the container's
+/// cgroup.
+#[test]
+fn signals_reach_the_container_never_a_reused_pid() {
+    sandbox::run("signals_reach_the_container_never_a_reused_pid", || {
+        let c = Cluster::start()?;
+        let run = |name: &str| -> anyhow::Result<String> {
+            Ok(
+                c.berth(&["run", "-d", "--name", name, "busybox", "sleep", "600"])
+                    .ok()?
+                    .stdout
+                    .trim()
+                    .to_string(),
+            )
+        };
+        let (id1, id2) = (run("c1")?, run("c2")?);
+        let bundle = |id: &str| c.dir().join("agent/containers").join(id);
+        let mut host = Command::new("sleep").arg("600").spawn()?;
+        let host_pid = host.id().to_string();
+        let host_hostname = nix::unistd::gethostname()?.to_string_lossy().into_owned();
+
+        std::fs::write(bundle(&id1).join("pid"), &host_pid)?;
+        let name = c.berth(&["exec", "c1", "hostname"]).ok()?.stdout;
+        ensure!(
+            name.trim() == &id1[..12] && name.trim() != host_hostname,
+            "exec entered {name:?}"
+        );
+        c.berth(&["kill", "c1"]).ok()?;
+        let code = c.berth(&["wait", "c1"]).ok()?.stdout;
+        ensure!(code.trim() == "137", "c1 exited with {code:?}");
+        ensure!(host.try_wait()?.is_none(), "the host's process was killed");
+
+        // A shim that does not serve a pidfd: the pid file is believed
+        // only for a process in the container's cgroup.
+        let real_pid = std::fs::read_to_string(bundle(&id2).join("pid"))?;
+        std::fs::remove_file(bundle(&id2).join("ctl.sock"))?;
+        std::fs::write(bundle(&id2).join("pid"), &host_pid)?;
+        let exec = c.berth(&["exec", "c2", "hostname"]);
+        ensure!(
+            exec.code == 1 && exec.stdout.contains("not running"),
+            "exec into a pid outside the container: {exec:?}"
+        );
+        ensure!(host.try_wait()?.is_none(), "the host's process was killed");
+        std::fs::write(bundle(&id2).join("pid"), real_pid)?;
+        c.berth(&["kill", "c2"]).ok()?;
+        let code = c.berth(&["wait", "c2"]).ok()?.stdout;
+        ensure!(code.trim() == "137", "c2 exited with {code:?}");
+        ensure!(host.try_wait()?.is_none(), "the host's process was killed");
+        host.kill()?;
+        host.wait()?;
+        Ok(())
+    });
+}

@@ -105,10 +105,12 @@ fn run(b: &Path, id: &str) -> Result<i32, RuntimeError> {
         return Err(RuntimeError::Invalid("no command given to exec".into()));
     }
     let spec = Spec::load(bundle::config(b))?;
-    let pid: i32 = fs::read_to_string(bundle::pid(b))
-        .ok()
-        .and_then(|p| p.trim().parse().ok())
-        .ok_or_else(|| RuntimeError::Invalid("the container is not running".into()))?;
+    // The container's init, through the pidfd its shim holds: its pid is
+    // read off the pidfd, and the namespaces opened below are checked to
+    // be its own once they are open.
+    let not_running = || RuntimeError::Invalid("the container is not running".into());
+    let init = super::process::Process::open(b).ok_or_else(not_running)?;
+    let pid = init.pid().ok_or_else(not_running)?;
     // Without -u, the process runs as the container's own user, as
     // Docker's exec does.
     let (uid, gid) = match (cfg.user.is_empty(), spec.process().as_ref()) {
@@ -176,6 +178,12 @@ fn run(b: &Path, id: &str) -> Result<i32, RuntimeError> {
             source,
         })?;
         namespaces.push((f, flag));
+    }
+    // Still there after the opens: the pid named it throughout (a pid is
+    // not given again before its process is reaped), so the namespaces
+    // are the container's.
+    if !init.alive() {
+        return Err(not_running());
     }
     let env: Vec<String> = spec
         .process()

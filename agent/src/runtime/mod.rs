@@ -17,6 +17,7 @@ pub mod exec;
 pub mod frame;
 pub mod init;
 pub mod lease;
+pub mod process;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;

@@ -20,7 +20,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use super::attach;
 use super::cgroups::{Cgroup, Layout, Limits};
 use super::frame::{self, Frame};
-use super::{bundle, console, init, RuntimeError};
+use super::{bundle, console, init, process, RuntimeError};
 
 /// The longest line kept whole; longer output is split.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -417,12 +417,26 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
         let _ = fs::remove_file(attach::socket_path(b));
         return Ok(code);
     }
+    // The child is unreaped, so its pid is still its own: the pidfd names
+    // it, and everyone who signals the container asks for a copy on the
+    // control socket (runtime/process.rs) before the start is reported.
+    let pidfd = process::pidfd_open(pid.as_raw()).map_err(sys("pidfd_open"))?;
+    process::serve(
+        b,
+        pidfd.try_clone().map_err(|source| RuntimeError::Io {
+            path: process::control_path(b),
+            source,
+        })?,
+    )
+    .map_err(|source| RuntimeError::Io {
+        path: process::control_path(b),
+        source,
+    })?;
     let _ = fs::write(bundle::pid(b), pid.as_raw().to_string());
     out.write(&Frame::Start { pid: pid.as_raw() });
     // A movable container dies with its agent's lease (runtime/lease.rs).
     let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(lease) = annotations.get(ANNOTATION_LEASE) {
-        let pidfd = pidfd_open(pid).map_err(sys("pidfd_open"))?;
         let (lease, ended, bundle) = (PathBuf::from(lease), ended.clone(), b.to_path_buf());
         std::thread::spawn(move || watch_lease(&lease, &pidfd, &ended, &bundle));
     }
@@ -466,6 +480,7 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
     }
     let code = wait_exit(pid)?;
     ended.store(true, std::sync::atomic::Ordering::Release);
+    process::unserve(b);
     let _ = fs::remove_file(attach::socket_path(b));
     let oom_killed = cgroup.as_ref().is_some_and(|(cg, _)| cg.oom_killed());
     if let Some((cg, _)) = &cgroup {
@@ -494,36 +509,12 @@ fn watch_lease(
     while !ended.load(std::sync::atomic::Ordering::Acquire) {
         if super::lease::expired(lease) {
             let _ = fs::write(bundle.join(super::lease::EXPIRED_MARK), "");
-            // SAFETY: pidfd_send_signal(2) on a pidfd this shim opened for
-            // its own child: the signal reaches that process and no other,
-            // even if it has been reaped and its pid reused. SIGKILL to the
-            // container's init ends its whole pid namespace.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    pidfd.as_raw_fd(),
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                );
-            }
+            // SIGKILL to the container's init ends its whole pid namespace.
+            let _ = process::pidfd_signal(pidfd, libc::SIGKILL);
             return;
         }
         std::thread::sleep(super::lease::CHECK_EVERY);
     }
-}
-
-/// A pidfd for the shim's own child, which it has not reaped yet.
-fn pidfd_open(pid: Pid) -> Result<OwnedFd, nix::Error> {
-    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new file
-    // descriptor or -1; the child is unreaped, so the pid is still its.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if fd < 0 {
-        return Err(nix::Error::last());
-    }
-    // SAFETY: the descriptor was just returned by the kernel and is owned
-    // by nothing else.
-    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
 }
 
 /// Reads a stream of the container's output until EOF (or, for a pty,

@@ -34,8 +34,14 @@ impl Supervisor {
             .as_ref()
             .map(|_| format!("{stream_id}-{}", now_ms()));
         if let (Some(spec), Some(id)) = (&open.exec, &exec_id) {
-            if self.running_pid(&dir).is_none() {
-                return out(b"the container is not running\r\n".to_vec(), true);
+            if !self.running(&dir) {
+                // Docker's exit status for an exec into a stopped container.
+                return self.send(Report::AttachOutput(AttachOutput {
+                    stream_id,
+                    data: b"the container is not running\r\n".to_vec(),
+                    close: true,
+                    exit_code: Some(1),
+                }));
             }
             let cfg = crate::runtime::exec::ExecConfig {
                 cmd: spec.cmd.clone(),

@@ -12,6 +12,7 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, BufReader};
 
 use crate::runtime::cgroups::{Cgroup, Layout};
+use crate::runtime::process::Process;
 use crate::runtime::shim::CGROUP_ROOT;
 use crate::snapshot::{self, SnapshotError};
 
@@ -33,10 +34,10 @@ pub trait Host: Send + Sync + 'static {
     fn start_shim(&self, bundle: &Path) -> Result<Shim, String>;
     /// Starts the shim of an exec (`exec` names its config in the bundle).
     fn start_exec_shim(&self, bundle: &Path, exec: &str) -> Result<(), String>;
-    /// True while the process `pid` exists.
-    fn alive(&self, pid: i32) -> bool;
-    /// Sends `signal` to the process `pid`.
-    fn kill(&self, pid: i32, signal: Signal) -> Result<(), String>;
+    /// True while the bundle's first process runs (it has not been reaped).
+    fn alive(&self, bundle: &Path) -> bool;
+    /// Sends `signal` to the bundle's first process.
+    fn kill(&self, bundle: &Path, signal: Signal) -> Result<(), String>;
     /// Freezes or thaws every process of the container `id`.
     fn freeze(&self, id: &str, frozen: bool) -> Result<(), String>;
 }
@@ -101,15 +102,19 @@ impl Host for RealHost {
             .map_err(|e| format!("cannot start the exec shim: {e}"))
     }
 
-    fn alive(&self, pid: i32) -> bool {
-        pid > 0 && Path::new(&format!("/proc/{pid}")).exists()
+    fn alive(&self, bundle: &Path) -> bool {
+        Process::open(bundle).is_some()
     }
 
-    fn kill(&self, pid: i32, signal: Signal) -> Result<(), String> {
-        // kill(2) to the container's init: from outside its pid namespace
-        // the signal arrives if init handles it (SIGKILL always does).
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
-            .map_err(|e| format!("kill({pid}, {signal}): {e}"))
+    fn kill(&self, bundle: &Path, signal: Signal) -> Result<(), String> {
+        // Through the pidfd the shim holds: the container's init and no
+        // other process, even if it has just been reaped. From outside its
+        // pid namespace the signal arrives if init handles it (SIGKILL
+        // always does).
+        Process::open(bundle)
+            .ok_or_else(|| format!("{signal}: the container does not run"))?
+            .signal(signal)
+            .map_err(|e| format!("{signal}: {e}"))
     }
 
     fn freeze(&self, id: &str, frozen: bool) -> Result<(), String> {

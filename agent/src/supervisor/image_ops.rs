@@ -103,7 +103,7 @@ impl Supervisor {
                     .bundle_dir(&t.container_id)
                     .filter(|d| d.exists())
                     .ok_or_else(|| format!("No such container on this node: {}", t.container_id))?;
-                if self.running_pid(&dir).is_none() {
+                if !self.running(&dir) {
                     return Err(format!("container {} is not running", t.container_id));
                 }
                 let cg = Cgroup::new(
@@ -139,7 +139,7 @@ impl Supervisor {
             .filter(|d| d.exists())
             .ok_or_else(|| format!("No such container on this node: {id}"))?;
         let meta = read_meta(&dir).ok_or_else(|| format!("container {id} has no metadata"))?;
-        let running = self.running_pid(&dir).is_some();
+        let running = self.running(&dir);
         // A running container is frozen while it is read, so that it cannot
         // swap a file for a symlink under the walk; the walk reads a
         // read-only overlay of its own, never the container's mount.

@@ -250,13 +250,9 @@ impl Supervisor {
             let Some(meta) = read_meta(&b) else { continue };
             let (state, exit_code) = match fs::read_to_string(bundle::exit(&b)) {
                 Ok(code) => (ContainerState::Exited, code.trim().parse().unwrap_or(255)),
-                Err(_) => match fs::read_to_string(bundle::pid(&b)) {
-                    Ok(pid) if pid.trim().parse().is_ok_and(|p| self.host.alive(p)) => {
-                        (ContainerState::Running, 0)
-                    }
-                    Ok(_) => (ContainerState::Exited, 255),
-                    Err(_) => (ContainerState::Created, 0),
-                },
+                Err(_) if !bundle::pid(&b).exists() => (ContainerState::Created, 0),
+                Err(_) if self.host.alive(&b) => (ContainerState::Running, 0),
+                Err(_) => (ContainerState::Exited, 255),
             };
             out.push(LocalCopy {
                 container: meta.id,
@@ -358,17 +354,10 @@ impl Supervisor {
             .map_err(|e| e.to_string())
     }
 
-    /// The host pid of a container's first process while it runs.
-    fn running_pid(&self, dir: &Path) -> Option<i32> {
-        if bundle::exit(dir).exists() {
-            return None;
-        }
-        let pid: i32 = fs::read_to_string(bundle::pid(dir))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        self.host.alive(pid).then_some(pid)
+    /// True while a container's first process runs (asked of its shim,
+    /// runtime/process.rs).
+    fn running(&self, dir: &Path) -> bool {
+        !bundle::exit(dir).exists() && bundle::pid(dir).exists() && self.host.alive(dir)
     }
 }
 

@@ -33,26 +33,24 @@ impl Supervisor {
         }
         // No restart policy brings back what is being removed.
         let _ = fs::write(dir.join(STOPPED_MARK), "");
-        if !bundle::exit(&dir).exists() {
-            if let Some(pid) = fs::read_to_string(bundle::pid(&dir))
-                .ok()
-                .and_then(|p| p.trim().parse::<i32>().ok())
-            {
-                let _ = self.host.freeze(id, false);
-                // SIGKILL to the container's init ends its whole pid
-                // namespace.
-                let _ = self.host.kill(pid, nix::sys::signal::Signal::SIGKILL);
-                for _ in 0..250 {
-                    if bundle::exit(&dir).exists() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+        if !bundle::exit(&dir).exists() && self.host.alive(&dir) {
+            let _ = self.host.freeze(id, false);
+            // SIGKILL to the container's init ends its whole pid
+            // namespace.
+            let _ = self.host.kill(&dir, nix::sys::signal::Signal::SIGKILL);
+            // Its shim records the exit; a process whose shim is gone
+            // is only reaped.
+            let gone = |dir: &Path| bundle::exit(dir).exists() || !self.host.alive(dir);
+            for _ in 0..250 {
+                if gone(&dir) {
+                    break;
                 }
-                if !bundle::exit(&dir).exists() {
-                    return Err(format!(
-                        "cannot remove container {id}: its process (pid {pid}) did not die within 5 s of SIGKILL"
-                    ));
-                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if !gone(&dir) {
+                return Err(format!(
+                    "cannot remove container {id}: its process did not die within 5 s of SIGKILL"
+                ));
             }
         }
         self.shippers.stop(id);

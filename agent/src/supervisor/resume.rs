@@ -19,7 +19,7 @@ impl Supervisor {
             };
             self.shippers.start(&meta.id, meta.generation, &dir, next);
             let relayed = self.live.lock().await.contains(&meta.id);
-            if relayed || self.running_pid(&dir).is_none() {
+            if relayed || !self.running(&dir) {
                 continue;
             }
             if self.live.lock().await.insert(meta.id.clone()) {

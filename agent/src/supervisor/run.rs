@@ -29,7 +29,7 @@ impl Supervisor {
             if self.live.lock().await.insert(a.container.clone()) {
                 break;
             }
-            if self.running_pid(&dir).is_some() || tokio::time::Instant::now() > deadline {
+            if self.running(&dir) || tokio::time::Instant::now() > deadline {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -69,7 +69,7 @@ impl Supervisor {
                 })),
                 Err(e) => return fail(e.to_string()),
             }
-        } else if self.running_pid(dir).is_some() {
+        } else if self.running(dir) {
             return;
         } else if bundle::exit(dir).exists() {
             if !start {

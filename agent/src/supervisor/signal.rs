@@ -9,15 +9,15 @@ impl Supervisor {
         let Some(dir) = self.bundle_dir(id) else {
             return;
         };
-        let Some(pid) = self.running_pid(&dir) else {
+        if !self.running(&dir) {
             tracing::info!(%id, "signal for a container that does not run");
             return;
-        };
+        }
         let Ok(sig) = nix::sys::signal::Signal::try_from(signal) else {
             tracing::warn!(%id, signal, "not a signal");
             return;
         };
-        if let Err(e) = self.host.kill(pid, sig) {
+        if let Err(e) = self.host.kill(&dir, sig) {
             tracing::warn!(%id, "{e}");
         }
     }
@@ -28,7 +28,7 @@ impl Supervisor {
         let Some(dir) = self.bundle_dir(&a.container) else {
             return;
         };
-        if self.running_pid(&dir).is_none() {
+        if !self.running(&dir) {
             return;
         }
         match self.host.freeze(&a.container, frozen) {
@@ -58,18 +58,18 @@ impl Supervisor {
                 .unwrap_or(nix::sys::signal::Signal::SIGTERM as i32)
         });
         // A frozen container cannot act on a signal: thaw it first.
-        if self.running_pid(&dir).is_some() {
+        if self.running(&dir) {
             let _ = self.host.freeze(&a.container, false);
         }
         self.signal(&a.container, signal);
         let deadline = tokio::time::Instant::now() + grace;
         while tokio::time::Instant::now() < deadline {
-            if self.running_pid(&dir).is_none() {
+            if !self.running(&dir) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if self.running_pid(&dir).is_some() {
+        if self.running(&dir) {
             tracing::info!(id = %a.container, "grace period over; sending SIGKILL");
             self.signal(&a.container, nix::sys::signal::Signal::SIGKILL as i32);
         }

@@ -157,18 +157,19 @@ impl Host for FakeHost {
         Err("the fake host runs no exec".into())
     }
 
-    fn alive(&self, pid: i32) -> bool {
-        self.lock().procs.contains_key(&pid)
+    fn alive(&self, bundle: &Path) -> bool {
+        self.lock().procs.values().any(|p| p.bundle == bundle)
     }
 
-    fn kill(&self, pid: i32, signal: Signal) -> Result<(), String> {
+    fn kill(&self, bundle: &Path, signal: Signal) -> Result<(), String> {
         let mut st = self.lock();
-        st.signals.push((pid, signal));
-        let Some(p) = st.procs.get(&pid) else {
-            return Err(format!("kill({pid}): no such process"));
+        let Some((&pid, p)) = st.procs.iter().find(|(_, p)| p.bundle == bundle) else {
+            return Err(format!("kill({}): no such process", bundle.display()));
         };
+        let ignores_term = p.ignores_term;
+        st.signals.push((pid, signal));
         let ends = signal == Signal::SIGKILL
-            || (matches!(signal, Signal::SIGTERM | Signal::SIGINT) && !p.ignores_term);
+            || (matches!(signal, Signal::SIGTERM | Signal::SIGINT) && !ignores_term);
         if ends {
             Self::finish(&mut st, pid, 128 + signal as i32);
         }

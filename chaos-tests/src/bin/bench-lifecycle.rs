@@ -2,11 +2,14 @@
 //!
 //! - the engine alone: create + start + wait + remove of `busybox true`
 //!   through berth's shim, beside runc on the same bundle (same rootfs,
-//!   same config.json, overlay mounted and unmounted each time);
+//!   same config.json, overlay mounted and unmounted each time); and the
+//!   shim again without the seccomp filter, and without the device rules
+//!   (cgroup v1's devices controller, or v2's BPF program), so that the
+//!   cost of each is printed;
 //! - the whole round trip: `berth run --rm busybox true` through a berth
 //!   cluster (server + agent on loopback), beside `docker run --rm
 //!   --network none busybox true` against Debian's dockerd, from the same
-//!   rootfs tarball.
+//!   rootfs tarball; and `berth run --rm --security-opt seccomp=unconfined`.
 //!
 //! Run as root from a release build:
 //!
@@ -16,7 +19,7 @@
 //! dockerd is started privately (its own data root and socket) if it is
 //! installed, and stopped at the end.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -125,23 +128,52 @@ fn main() -> anyhow::Result<()> {
         .find(|p| p.join("bin/busybox").exists())
         .context("the busybox snapshot")?;
     let scratch = tempfile::tempdir_in("/var/tmp")?;
-    let bundle = |i: usize, who: &str| -> anyhow::Result<PathBuf> {
+    ensure!(
+        template["linux"]["seccomp"].is_object(),
+        "the template has no seccomp filter"
+    );
+    ensure!(
+        template["linux"]["resources"]["devices"].is_array(),
+        "the template has no device rules"
+    );
+    let bundle_with = |i: usize, who: &str, edit: &dyn Fn(&mut serde_json::Value)| {
         let b = scratch.path().join(format!("{who}-{i}"));
         mount_overlay(&lower, &b)?;
         let mut spec = template.clone();
         spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/berth-bench/{who}-{i}"));
+        edit(&mut spec);
         std::fs::write(b.join("config.json"), serde_json::to_vec(&spec)?)?;
-        Ok(b)
+        anyhow::Ok(b)
     };
-
-    let shim = measure("berth engine: create+start+wait+remove", runs, |i| {
-        let b = bundle(i, "shim")?;
+    let bundle = |i: usize, who: &str| bundle_with(i, who, &|_| {});
+    let shim_run = |b: &Path| {
         run_quiet(
             Command::new(bin.join("berth-agent"))
                 .arg("shim")
                 .arg("--bundle")
-                .arg(&b),
-        )?;
+                .arg(b),
+        )
+    };
+
+    let shim = measure("berth engine: create+start+wait+remove", runs, |i| {
+        let b = bundle(i, "shim")?;
+        shim_run(&b)?;
+        teardown(&b)
+    })?;
+    let no_seccomp = measure("berth engine, no seccomp filter", runs, |i| {
+        let b = bundle_with(i, "noseccomp", &|s| {
+            s["linux"].as_object_mut().map(|l| l.remove("seccomp"));
+        })?;
+        shim_run(&b)?;
+        teardown(&b)
+    })?;
+    let no_devices = measure("berth engine, no device rules", runs, |i| {
+        let b = bundle_with(i, "nodevices", &|s| {
+            s["linux"]["resources"]
+                .as_object_mut()
+                .map(|r| r.remove("devices"));
+        })?;
+        shim_run(&b)?;
         teardown(&b)
     })?;
     let runc_root = scratch.path().join("runc-state");
@@ -160,6 +192,19 @@ fn main() -> anyhow::Result<()> {
     let berth_run = measure("berth run --rm busybox true (cluster)", runs, |_| {
         cluster
             .berth(&["run", "--rm", "busybox", "true"])
+            .ok()
+            .map(|_| ())
+    })?;
+    let berth_unconfined = measure("berth run --rm, seccomp=unconfined", runs, |_| {
+        cluster
+            .berth(&[
+                "run",
+                "--rm",
+                "--security-opt",
+                "seccomp=unconfined",
+                "busybox",
+                "true",
+            ])
             .ok()
             .map(|_| ())
     })?;
@@ -191,9 +236,17 @@ fn main() -> anyhow::Result<()> {
     println!("{runs} runs each, after one warm-up; times in ms");
     println!("{:<44} {:>8} {:>8} {:>10}", "what", "p50", "p90", "vs runc");
     let base = runc.pct(0.5);
-    for s in [Some(&shim), Some(&runc), Some(&berth_run), docker.as_ref()]
-        .into_iter()
-        .flatten()
+    for s in [
+        Some(&shim),
+        Some(&no_seccomp),
+        Some(&no_devices),
+        Some(&runc),
+        Some(&berth_run),
+        Some(&berth_unconfined),
+        docker.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
     {
         println!(
             "{:<44} {:>8.1} {:>8.1} {:>9.2}x",
@@ -203,6 +256,19 @@ fn main() -> anyhow::Result<()> {
             base / s.pct(0.5)
         );
     }
+    println!(
+        "seccomp filter: {:+.1} ms on the engine, {:+.1} ms on berth run",
+        shim.pct(0.5) - no_seccomp.pct(0.5),
+        berth_run.pct(0.5) - berth_unconfined.pct(0.5)
+    );
+    println!(
+        "device rules: {:+.1} ms on the engine",
+        shim.pct(0.5) - no_devices.pct(0.5)
+    );
+    println!(
+        "berth run takes {:.2}x runc's time (goal: at most 0.5x)",
+        berth_run.pct(0.5) / base
+    );
     if let Some(d) = &docker {
         println!(
             "berth run end to end is {:.2}x docker run's speed",
