@@ -308,6 +308,31 @@ fn capabilities_are_dockers_and_cap_flags_change_them() {
             "{unshare:?}"
         );
         c.berth(&["rm", "-f", "held"]).ok()?;
+        // A service's tasks take the same flags.
+        c.berth(&[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "capsvc",
+            "--cap-drop",
+            "ALL",
+            "--read-only",
+            "busybox",
+            "sh",
+            "-c",
+            "grep CapEff /proc/self/status; touch /x 2>&1; sleep 600",
+        ])
+        .ok()?;
+        c.wait_until(
+            std::time::Duration::from_secs(30),
+            "the service task's capabilities",
+            |c| {
+                let logs = c.berth(&["service", "logs", "capsvc"]).stdout;
+                logs.contains("CapEff:\t0000000000000000") && logs.contains("Read-only file system")
+            },
+        )?;
+        c.berth(&["service", "rm", "capsvc"]).ok()?;
         let bad = c.berth(&["run", "--rm", "--cap-add", "CAP_FLY", "busybox", "true"]);
         ensure!(
             bad.code == 125 && bad.stderr.contains("unknown capability: \"CAP_FLY\""),

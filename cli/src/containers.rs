@@ -69,6 +69,25 @@ pub struct RunArgs {
     /// nofile=1024:2048, nproc=64, core=0); may be repeated.
     #[arg(long = "ulimit", value_parser = parse_ulimit)]
     pub ulimits: Vec<String>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+    /// Let the cluster run the container on another node when its node is
+    /// lost. Its node's agent then stops it when cut off from the cluster
+    /// (see docs/operations.md, "Movable containers").
+    #[arg(long)]
+    pub reschedule: bool,
+    /// The image to run, NAME[:TAG].
+    pub image: String,
+    /// The command and its arguments (default: the image's).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// What a container may do (run, create, service create).
+#[derive(Debug, Args, Clone, Default)]
+pub struct SecurityArgs {
     /// Give the container every capability and every device, without a
     /// seccomp filter or masked paths (Docker's --privileged).
     #[arg(long)]
@@ -94,18 +113,19 @@ pub struct RunArgs {
     /// /run:size=64m,mode=1777; default noexec,nosuid,nodev); may be repeated.
     #[arg(long = "tmpfs", value_parser = parse_tmpfs)]
     pub tmpfs: Vec<String>,
-    #[command(flatten)]
-    pub placement: PlacementArgs,
-    /// Let the cluster run the container on another node when its node is
-    /// lost. Its node's agent then stops it when cut off from the cluster
-    /// (see docs/operations.md, "Movable containers").
-    #[arg(long)]
-    pub reschedule: bool,
-    /// The image to run, NAME[:TAG].
-    pub image: String,
-    /// The command and its arguments (default: the image's).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub command: Vec<String>,
+}
+
+impl SecurityArgs {
+    /// Puts the flags into a spec.
+    pub fn apply(&self, spec: &mut ContainerSpec) {
+        spec.privileged = self.privileged;
+        spec.cap_add = self.cap_add.clone();
+        spec.cap_drop = self.cap_drop.clone();
+        spec.devices = self.devices.clone();
+        spec.security_opt = self.security_opt.clone();
+        spec.read_only = self.read_only;
+        spec.tmpfs = self.tmpfs.clone();
+    }
 }
 
 /// Where the scheduler may place a container (run, create, service create).
@@ -130,7 +150,7 @@ pub struct PlacementArgs {
 
 /// The container spec `run` and `create` send.
 fn spec_from(args: &RunArgs) -> ContainerSpec {
-    ContainerSpec {
+    let mut spec = ContainerSpec {
         image: args.image.clone(),
         cmd: args.command.clone(),
         env: args.env.clone(),
@@ -153,19 +173,15 @@ fn spec_from(args: &RunArgs) -> ContainerSpec {
         reserve_memory_bytes: args.placement.reserve_memory.unwrap_or(0),
         reserve_nano_cpus: args.placement.reserve_cpus.unwrap_or(0),
         reschedule: args.reschedule,
-        privileged: args.privileged,
-        cap_add: args.cap_add.clone(),
-        cap_drop: args.cap_drop.clone(),
-        devices: args.devices.clone(),
-        security_opt: args.security_opt.clone(),
-        read_only: args.read_only,
-        tmpfs: args.tmpfs.clone(),
         placement_strategy: args
             .placement
             .placement_strategy
             .clone()
             .unwrap_or_default(),
-    }
+        ..Default::default()
+    };
+    args.security.apply(&mut spec);
+    spec
 }
 
 /// Reads a --security-opt: a seccomp profile named by its file is sent as

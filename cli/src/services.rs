@@ -92,6 +92,8 @@ pub struct CreateArgs {
     #[arg(long)]
     pub pids_limit: Option<i64>,
     #[command(flatten)]
+    pub security: crate::containers::SecurityArgs,
+    #[command(flatten)]
     pub placement: PlacementArgs,
     /// When an ended task starts again: any (the default), on-failure, none.
     #[arg(long, default_value = "any", value_parser = ["any", "on-failure", "none"])]
@@ -201,7 +203,7 @@ pub async fn dispatch(
 }
 
 async fn create(client: &mut ClusterClient<Channel>, a: CreateArgs) -> Result<i32, CliError> {
-    let task = ContainerSpec {
+    let mut task = ContainerSpec {
         image: a.image.clone(),
         cmd: a.command.clone(),
         env: a.env.clone(),
@@ -217,6 +219,7 @@ async fn create(client: &mut ClusterClient<Channel>, a: CreateArgs) -> Result<i3
         placement_strategy: a.placement.placement_strategy.clone().unwrap_or_default(),
         ..Default::default()
     };
+    a.security.apply(&mut task);
     let info = client
         .create_service(CreateServiceRequest {
             spec: Some(ServiceSpec {

@@ -429,6 +429,9 @@ fn child(
     else {
         return 126;
     };
+    // umask(2): an exec'd process gets the container's default mask, as
+    // the container's own process does (runtime/init.rs).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let err = nix::unistd::execvp(&args[0], &args).unwrap_err();
     eprintln!(
         "exec: \"{}\": {}",

@@ -18,6 +18,7 @@ use nix::unistd::{
 };
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
+use super::inroot;
 use super::spec::capability_number;
 
 /// The file descriptors and spec the init child works from.
@@ -116,25 +117,21 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
         None::<&str>,
     )
     .map_err(|e| fail(format!("binding the rootfs {}", rootfs.display()), e))?;
+    // Mount destinations are opened by the kernel inside the rootfs
+    // (runtime/inroot.rs) and mounted on through their descriptors; on a
+    // kernel without openat2, resolved by path as before.
+    let root = inroot::Root::open(&rootfs).map_err(|e| fail("opening the rootfs", e))?;
     for m in spec.mounts().clone().unwrap_or_default() {
-        let dest = inside(&rootfs, m.destination())?;
         let typ = m.typ().clone().unwrap_or_default();
         let source = m.source().clone().unwrap_or_else(|| PathBuf::from(&typ));
         let (flags, data) = mount_options(m.options().as_deref().unwrap_or(&[]));
-        if flags.contains(MsFlags::MS_BIND) && source.is_file() {
+        let make = if flags.contains(MsFlags::MS_BIND) && source.is_file() {
             // A file is bound onto a file.
-            if let Some(parent) = dest.parent() {
-                fs::create_dir_all(parent)
-                    .map_err(|e| fail(format!("creating {}", parent.display()), e))?;
-            }
-            if !dest.exists() {
-                fs::write(&dest, b"")
-                    .map_err(|e| fail(format!("creating {}", dest.display()), e))?;
-            }
+            inroot::Make::File
         } else {
-            fs::create_dir_all(&dest)
-                .map_err(|e| fail(format!("creating {}", dest.display()), e))?;
-        }
+            inroot::Make::Dir
+        };
+        let (_held, dest) = destination(&root, &rootfs, m.destination(), make)?;
         let data = (!data.is_empty()).then_some(data);
         mount(
             Some(&source),
@@ -150,20 +147,24 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
             )
         })?;
         if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
+            // Opened again: the descriptor held names the directory under
+            // the new mount, a fresh one the mount itself.
+            let (_mounted, dest) = destination(&root, &rootfs, m.destination(), make)?;
             readonly_recursive(&dest)
-                .map_err(|e| fail(format!("making {} read-only", dest.display()), e))?;
+                .map_err(|e| fail(format!("making {} read-only", m.destination().display()), e))?;
         }
     }
     // Where the /dev tmpfs was mounted: resolved inside the rootfs, never
     // through an image's symlink to a host directory.
-    make_devices(&inside(&rootfs, Path::new("/dev"))?)?;
+    let (_held, dev) = destination(&root, &rootfs, Path::new("/dev"), inroot::Make::Dir)?;
+    make_devices(&dev)?;
     for d in spec
         .linux()
         .as_ref()
         .and_then(|l| l.devices().clone())
         .unwrap_or_default()
     {
-        make_device(&rootfs, &d)?;
+        make_device(&root, &rootfs, &d)?;
     }
 
     // pivot_root(".", ".") stacks the old root under the new one; the
@@ -346,6 +347,11 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
     let Some(cmd) = args.first() else {
         return Err(fail("command", "no command specified"));
     };
+    // umask(2): the container's own file creation mask, 022 unless
+    // config.json gives one (runc's and Docker's default), whatever the
+    // agent that started the shim runs with.
+    let umask = process.user().umask().unwrap_or(0o022);
+    nix::sys::stat::umask(Mode::from_bits_truncate(umask & 0o777));
     // execvp(3) searches the container's PATH, set just above.
     let e = execvp(cmd, &args).unwrap_err();
     let name = cmd.to_string_lossy();
@@ -370,6 +376,43 @@ fn show_limit(v: u64) -> String {
         "unlimited".to_string()
     } else {
         v.to_string()
+    }
+}
+
+/// A mount destination inside the rootfs, made where missing: the opened
+/// descriptor (keep it while the path is used) and the /proc/self/fd path
+/// that names it. Without openat2, the path [`inside`] resolves.
+fn destination(
+    root: &inroot::Root,
+    rootfs: &Path,
+    dest: &Path,
+    make: inroot::Make,
+) -> Result<(Option<std::os::fd::OwnedFd>, PathBuf), InitFailure> {
+    match root.open_dest(dest, make) {
+        Ok(fd) => {
+            let path = inroot::fd_path(&fd);
+            Ok((Some(fd), path))
+        }
+        Err(inroot::InRootError::Unsupported) => {
+            let p = inside(rootfs, dest)?;
+            match make {
+                inroot::Make::Dir => fs::create_dir_all(&p),
+                inroot::Make::File => p
+                    .parent()
+                    .map(fs::create_dir_all)
+                    .unwrap_or(Ok(()))
+                    .and_then(|()| {
+                        if p.exists() {
+                            Ok(())
+                        } else {
+                            fs::write(&p, b"")
+                        }
+                    }),
+            }
+            .map_err(|e| fail(format!("creating {}", p.display()), e))?;
+            Ok((None, p))
+        }
+        Err(e) => Err(fail("mount destination", e)),
     }
 }
 
@@ -638,9 +681,25 @@ fn make_devices(dev: &Path) -> Result<(), InitFailure> {
 /// Makes a device node config.json asks for (`--device`, or the host's
 /// under `--privileged`) in the container's /dev, resolved inside the
 /// rootfs.
-fn make_device(rootfs: &Path, d: &oci_spec::runtime::LinuxDevice) -> Result<(), InitFailure> {
+fn make_device(
+    root: &inroot::Root,
+    rootfs: &Path,
+    d: &oci_spec::runtime::LinuxDevice,
+) -> Result<(), InitFailure> {
     use oci_spec::runtime::LinuxDeviceType;
-    let p = inside(rootfs, d.path())?;
+    let name = d.path().file_name().ok_or_else(|| {
+        fail(
+            format!("device {}", d.path().display()),
+            "the path names no file",
+        )
+    })?;
+    let (_held, parent) = destination(
+        root,
+        rootfs,
+        d.path().parent().unwrap_or(Path::new("/")),
+        inroot::Make::Dir,
+    )?;
+    let p = parent.join(name);
     let kind = match d.typ() {
         LinuxDeviceType::B => SFlag::S_IFBLK,
         LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
@@ -651,10 +710,6 @@ fn make_device(rootfs: &Path, d: &oci_spec::runtime::LinuxDevice) -> Result<(), 
             ))
         }
     };
-    if let Some(parent) = p.parent() {
-        fs::create_dir_all(parent)
-            .map_err(|e| fail(format!("creating {}", parent.display()), e))?;
-    }
     let _ = fs::remove_file(&p);
     let mode = Mode::from_bits_truncate(d.file_mode().unwrap_or(0o660));
     // mknod(2) of the device the run asked for; the cgroup's policy lets
@@ -668,10 +723,12 @@ fn make_device(rootfs: &Path, d: &oci_spec::runtime::LinuxDevice) -> Result<(), 
         nix::sys::stat::FchmodatFlags::NoFollowSymlink,
     )
     .map_err(|e| fail(format!("chmod {}", d.path().display()), e))?;
-    nix::unistd::chown(
+    nix::unistd::fchownat(
+        None,
         &p,
         Some(Uid::from_raw(d.uid().unwrap_or(0))),
         Some(Gid::from_raw(d.gid().unwrap_or(0))),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
     )
     .map_err(|e| fail(format!("chown {}", d.path().display()), e))?;
     Ok(())

@@ -16,6 +16,7 @@ pub mod devices;
 pub mod exec;
 pub mod frame;
 pub mod init;
+pub mod inroot;
 pub mod lease;
 pub mod process;
 pub mod seccomp;

@@ -35,8 +35,9 @@ fn run_quiet(cmd: &mut Command) -> anyhow::Result<()> {
         .with_context(|| format!("running {cmd:?}"))?;
     ensure!(
         out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
     );
     Ok(())
 }
@@ -168,10 +169,10 @@ fn main() -> anyhow::Result<()> {
         teardown(&b)
     })?;
     let no_devices = measure("berth engine, no device rules", runs, |i| {
+        // One rule allowing every device: no controller rules, no program.
         let b = bundle_with(i, "nodevices", &|s| {
-            s["linux"]["resources"]
-                .as_object_mut()
-                .map(|r| r.remove("devices"));
+            s["linux"]["resources"]["devices"] =
+                serde_json::json!([{"allow": true, "access": "rwm"}]);
         })?;
         shim_run(&b)?;
         teardown(&b)
