@@ -16,7 +16,7 @@ use crate::CliError;
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
     /// Create a service: REPLICAS tasks of IMAGE that the cluster keeps running.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List services.
     Ls,
     /// List the tasks of a service, with their nodes.
@@ -182,7 +182,7 @@ pub async fn dispatch(
     cmd: ServiceCommand,
 ) -> Result<i32, CliError> {
     match cmd {
-        ServiceCommand::Create(a) => create(client, a).await,
+        ServiceCommand::Create(a) => create(client, *a).await,
         ServiceCommand::Ls => ls(client).await,
         ServiceCommand::Ps { service } => ps(client, &service).await,
         ServiceCommand::Inspect { services } => inspect(client, services).await,
