@@ -212,7 +212,7 @@ fn run(b: &Path, id: &str) -> Result<i32, RuntimeError> {
         .collect();
     let confine = Confinement {
         keep,
-        seccomp: super::shim::seccomp_filter(&spec)?,
+        seccomp: super::shim::seccomp_filter(&spec, b)?,
         no_new_privileges: spec
             .process()
             .as_ref()
@@ -317,7 +317,7 @@ fn run(b: &Path, id: &str) -> Result<i32, RuntimeError> {
 struct Confinement {
     /// The capability numbers its bounding set keeps.
     keep: Vec<u32>,
-    seccomp: Option<super::seccomp::Filter>,
+    seccomp: Option<super::seccomp::Program>,
     no_new_privileges: bool,
 }
 

@@ -24,8 +24,9 @@ use super::spec::capability_number;
 /// The file descriptors and spec the init child works from.
 pub struct InitContext<'a> {
     pub spec: &'a Spec,
-    /// The container's seccomp filter, compiled by the shim.
-    pub seccomp: Option<&'a super::seccomp::Filter>,
+    /// The container's seccomp program, from the bundle or compiled by
+    /// the shim.
+    pub seccomp: Option<&'a super::seccomp::Program>,
     pub bundle: &'a Path,
     pub stdin: RawFd,
     pub stdout: RawFd,

@@ -343,7 +343,7 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
             .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
     }
     // Compiled here, loaded by the child as its last step before exec.
-    let filter = seccomp_filter(&spec)?;
+    let filter = seccomp_filter(&spec, b)?;
     let ctx = init::InitContext {
         spec: &spec,
         seccomp: filter.as_ref(),
@@ -624,10 +624,14 @@ pub fn device_policy(spec: &Spec) -> Result<super::devices::Policy, RuntimeError
     super::devices::Policy::from_spec(&rules)
 }
 
-/// The compiled seccomp filter of config.json, if it has one.
-pub fn seccomp_filter(spec: &Spec) -> Result<Option<super::seccomp::Filter>, RuntimeError> {
+/// The seccomp program of config.json's filter, if it has one: the one
+/// the agent saved in the bundle, or compiled here.
+pub fn seccomp_filter(
+    spec: &Spec,
+    bundle: &Path,
+) -> Result<Option<super::seccomp::Program>, RuntimeError> {
     match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-        Some(s) => Ok(Some(super::seccomp::compile(s)?)),
+        Some(s) => Ok(Some(super::seccomp::program_for(bundle, s)?)),
         None => Ok(None),
     }
 }

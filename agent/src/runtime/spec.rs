@@ -425,7 +425,14 @@ pub fn save(spec: &Spec, bundle: &Path) -> Result<(), RuntimeError> {
     let path = super::bundle::config(bundle);
     let json = serde_json::to_vec_pretty(spec)
         .map_err(|e| RuntimeError::Invalid(format!("config.json: {e}")))?;
-    super::bundle::write_private(&path, &json).map_err(|source| RuntimeError::Io { path, source })
+    super::bundle::write_private(&path, &json)
+        .map_err(|source| RuntimeError::Io { path, source })?;
+    // The filter's program beside it, compiled once per distinct filter by
+    // this agent, so that the container's start does not compile it.
+    if let Some(s) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        super::seccomp::save_program(bundle, s)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

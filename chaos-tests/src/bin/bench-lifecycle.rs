@@ -144,6 +144,12 @@ fn main() -> anyhow::Result<()> {
         spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/berth-bench/{who}-{i}"));
         edit(&mut spec);
         std::fs::write(b.join("config.json"), serde_json::to_vec(&spec)?)?;
+        // The seccomp program the agent compiled for the template, as it
+        // lies beside every bundle's config.json.
+        let program = template_dir.join("seccomp.bpf");
+        if program.exists() {
+            std::fs::copy(&program, b.join("seccomp.bpf"))?;
+        }
         anyhow::Ok(b)
     };
     let bundle = |i: usize, who: &str| bundle_with(i, who, &|_| {});

@@ -2,9 +2,14 @@
 //! format (the default one in [`default`], or the user's) is resolved for
 //! the container's capabilities, the node's architecture and its kernel
 //! into the runtime-spec `linux.seccomp` of config.json ([`resolve`]), as
-//! dockerd does for runc. The shim compiles that with libseccomp before it
-//! clones the container ([`compile`]), and the container's init loads it as
-//! its last step before exec ([`Filter::load`]); the exec shim does the
+//! dockerd does for runc. libseccomp compiles that into a BPF program
+//! ([`compile`], [`Filter::export`]): the agent does it once per distinct
+//! filter and keeps the program beside config.json ([`save_program`], a
+//! digest of the filter it was made from first), so that a container's
+//! start does not pay for it; the shim takes the program from the bundle
+//! (compiling only if it is missing or was made from another filter,
+//! [`program_for`]), and the container's init loads it with seccomp(2) as
+//! its last step before exec ([`Program::load`]); the exec shim does the
 //! same for `berth exec`.
 
 pub mod default;
@@ -26,6 +31,8 @@ pub enum SeccompError {
         what: String,
         source: libseccomp::error::SeccompError,
     },
+    #[error("seccomp: loading the filter: {0}")]
+    Load(nix::Error),
 }
 
 /// The node a profile is resolved for.
@@ -237,12 +244,131 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Filter, SeccompError> {
 }
 
 impl Filter {
-    /// Loads the filter into this process (and every child it makes).
+    /// The BPF program libseccomp generates for the filter.
+    pub fn export(&self) -> Result<Program, SeccompError> {
+        use std::io::{Read, Seek};
+        let mut f = tempfile::tempfile().map_err(|e| SeccompError::Profile(e.to_string()))?;
+        self.0
+            .export_bpf(&mut f)
+            .map_err(lib("exporting the program"))?;
+        let mut bytes = Vec::new();
+        f.rewind()
+            .and_then(|()| f.read_to_end(&mut bytes))
+            .map_err(|e| SeccompError::Profile(e.to_string()))?;
+        Program::from_bytes(&bytes)
+    }
+}
+
+/// A compiled filter as the kernel takes it: libseccomp's BPF program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program(Vec<[u8; 8]>);
+
+impl Program {
+    fn from_bytes(bytes: &[u8]) -> Result<Self, SeccompError> {
+        if bytes.is_empty() || bytes.len() % 8 != 0 || bytes.len() / 8 > u16::MAX as usize {
+            return Err(SeccompError::Profile(format!(
+                "a BPF program of {} bytes is not one",
+                bytes.len()
+            )));
+        }
+        Ok(Self(
+            bytes
+                .chunks_exact(8)
+                .map(|c| c.try_into().unwrap_or([0; 8]))
+                .collect(),
+        ))
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        self.0.concat()
+    }
+
+    /// Loads the program into this process (and every child it makes).
     /// Without no_new_privs this needs CAP_SYS_ADMIN, so the init calls
     /// it before it drops to the container's user.
     pub fn load(&self) -> Result<(), SeccompError> {
-        self.0.load().map_err(lib("loading the filter"))
+        let filter: Vec<libc::sock_filter> = self
+            .0
+            .iter()
+            .map(|i| libc::sock_filter {
+                code: u16::from_ne_bytes([i[0], i[1]]),
+                jt: i[2],
+                jf: i[3],
+                k: u32::from_ne_bytes([i[4], i[5], i[6], i[7]]),
+            })
+            .collect();
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: seccomp(2) SECCOMP_SET_MODE_FILTER reads the sock_fprog
+        // and the `len` instructions it points to, both alive for the
+        // call; the kernel copies the program.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if rc != 0 {
+            return Err(SeccompError::Load(nix::Error::last()));
+        }
+        Ok(())
     }
+}
+
+/// The file beside config.json that holds the compiled program.
+pub const PROGRAM_FILE: &str = "seccomp.bpf";
+
+/// What a program file was made from: the SHA-256 of the filter's JSON.
+fn digest(s: &LinuxSeccomp) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(serde_json::to_vec(s).unwrap_or_default()).into()
+}
+
+/// The program of a filter, compiled once per distinct filter in this
+/// process (the agent's cache).
+pub fn program(s: &LinuxSeccomp) -> Result<std::sync::Arc<Program>, SeccompError> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<[u8; 32], Arc<Program>>>> = OnceLock::new();
+    let key = digest(s);
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(p) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(p.clone());
+    }
+    let p = Arc::new(compile(s)?.export()?);
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    // A handful of distinct filters is the rule (Docker's default for
+    // each capability set); a flood of custom ones is not kept forever.
+    if cache.len() >= 256 {
+        cache.clear();
+    }
+    cache.insert(key, p.clone());
+    Ok(p)
+}
+
+/// Writes the program of `s` into the bundle (root only, as config.json).
+pub fn save_program(bundle: &std::path::Path, s: &LinuxSeccomp) -> Result<(), SeccompError> {
+    let mut out = digest(s).to_vec();
+    out.extend(program(s)?.bytes());
+    crate::runtime::bundle::write_private(&bundle.join(PROGRAM_FILE), &out)
+        .map_err(|e| SeccompError::Profile(format!("{PROGRAM_FILE}: {e}")))
+}
+
+/// The program for the bundle's filter `s`: the one the agent saved if it
+/// was made from this very filter, compiled here otherwise.
+pub fn program_for(bundle: &std::path::Path, s: &LinuxSeccomp) -> Result<Program, SeccompError> {
+    if let Ok(saved) = std::fs::read(bundle.join(PROGRAM_FILE)) {
+        if saved.len() > 32 && saved[..32] == digest(s) {
+            if let Ok(p) = Program::from_bytes(&saved[32..]) {
+                return Ok(p);
+            }
+        }
+    }
+    compile(s)?.export()
 }
 
 /// Sets no_new_privs on this process: exec gains nothing from setuid bits
@@ -357,5 +483,53 @@ mod tests {
         compile(&s).unwrap();
         let user = Profile::parse(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["chmod","no_such_call"],"action":"SCMP_ACT_ERRNO","args":[{"index":1,"value":511,"op":"SCMP_CMP_EQ"}]}]}"#).unwrap();
         compile(&resolve(&user, &[], &node()).unwrap()).unwrap();
+    }
+
+    /// The program the agent saves is the one the shim loads, and loaded
+    /// with seccomp(2) it refuses what the profile refuses: here, in a
+    /// forked child, Docker's default profile without CAP_SYS_ADMIN
+    /// answers unshare of a mount namespace with EPERM, and a plain
+    /// syscall still works.
+    #[test]
+    fn the_saved_program_is_loaded_and_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let defaults: Vec<String> = berth_proto::security::DEFAULT_CAPABILITIES
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let s = resolve(&default::profile(), &defaults, &Node::this()).unwrap();
+        save_program(dir.path(), &s).unwrap();
+        let saved = program_for(dir.path(), &s).unwrap();
+        assert_eq!(saved, *program(&s).unwrap());
+        // A program saved for another filter is not taken for this one.
+        let mut other = s.clone();
+        other.set_default_errno_ret(Some(7));
+        let recompiled = program_for(dir.path(), &other).unwrap();
+        assert_eq!(recompiled, compile(&other).unwrap().export().unwrap());
+
+        // SAFETY: fork(2) in a test: the child only makes syscalls and
+        // exits with a code; it touches no lock another thread may hold.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let code = if set_no_new_privileges().is_err() || saved.load().is_err() {
+                    10
+                } else if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+                    != Err(nix::Error::EPERM)
+                {
+                    11
+                } else if nix::unistd::getpid().as_raw() <= 0 {
+                    12
+                } else {
+                    0
+                };
+                // SAFETY: _exit(2) ends the child at once, running no
+                // destructor of the parent's state.
+                unsafe { libc::_exit(code) };
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
     }
 }
