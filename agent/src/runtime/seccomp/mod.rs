@@ -265,7 +265,8 @@ pub struct Program(Vec<[u8; 8]>);
 
 impl Program {
     fn from_bytes(bytes: &[u8]) -> Result<Self, SeccompError> {
-        if bytes.is_empty() || bytes.len() % 8 != 0 || bytes.len() / 8 > u16::MAX as usize {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(8) || bytes.len() / 8 > u16::MAX as usize
+        {
             return Err(SeccompError::Profile(format!(
                 "a BPF program of {} bytes is not one",
                 bytes.len()
