@@ -302,3 +302,160 @@ fn tag_rmi_history_inspect_and_export() {
         Ok(())
     });
 }
+
+/// `commit` and `diff` (P3.5 point 1): after `touch /new; rm /etc/passwd`
+/// (and an opaque directory, a file in a new one), the diff lists Docker's
+/// A/C/D lines, leaving out the mount points the runtime made; the
+/// committed image has /new and no /etc/passwd, runs, and records its
+/// parent, author, comment and the changes given; an opaque directory
+/// hides the parent's content in it; a running container is committed
+/// while frozen and keeps running.
+#[test]
+fn commit_makes_an_image_of_a_containers_changes_and_diff_lists_them() {
+    sandbox::run(
+        "commit_makes_an_image_of_a_containers_changes_and_diff_lists_them",
+        || {
+            let c = Cluster::start()?;
+            c.berth(&[
+                "run",
+                "--name",
+                "changed",
+                "-v",
+                "scratch:/data/v",
+                "busybox",
+                "sh",
+                "-c",
+                "touch /new; rm /etc/passwd; mkdir -p /d/e && echo hi > /d/e/f",
+            ])
+            .ok()?;
+            let diff = c.berth(&["diff", "changed"]).ok()?.stdout;
+            let lines: Vec<&str> = diff.lines().collect();
+            ensure!(
+                lines.contains(&"A /new")
+                    && lines.contains(&"D /etc/passwd")
+                    && lines.contains(&"C /etc")
+                    && lines.contains(&"A /d")
+                    && lines.contains(&"A /d/e/f"),
+                "{diff}"
+            );
+            ensure!(
+                !lines.iter().any(|l| l.ends_with(" /proc")
+                    || l.ends_with(" /sys")
+                    || l.ends_with(" /dev")
+                    || l.contains("/data")),
+                "mount points listed: {diff}"
+            );
+            let id = c
+                .berth(&[
+                    "commit",
+                    "-a",
+                    "Jane Doe <jane@example.com>",
+                    "-m",
+                    "no passwd",
+                    "-c",
+                    "ENV STAGE=committed",
+                    "-c",
+                    r#"CMD ["cat", "/d/e/f"]"#,
+                    "-c",
+                    "LABEL team=infra",
+                    "changed",
+                    "committed:1",
+                ])
+                .ok()?
+                .stdout
+                .trim()
+                .to_string();
+            ensure!(id.starts_with("sha256:") && id.len() == 71, "{id}");
+            // It runs, with the changes' command, and holds the changes.
+            let out = c.berth(&["run", "--rm", "committed:1"]).ok()?.stdout;
+            ensure!(out == "hi\n", "{out:?}");
+            let out = c
+                .berth(&[
+                    "run",
+                    "--rm",
+                    "committed:1",
+                    "sh",
+                    "-c",
+                    "test -e /new && echo new; test -e /etc/passwd || echo no-passwd; echo $STAGE",
+                ])
+                .ok()?
+                .stdout;
+            ensure!(out == "new\nno-passwd\ncommitted\n", "{out:?}");
+            let parent: serde_json::Value =
+                serde_json::from_str(&c.berth(&["image", "inspect", "busybox"]).ok()?.stdout)?;
+            let v: serde_json::Value =
+                serde_json::from_str(&c.berth(&["image", "inspect", "committed:1"]).ok()?.stdout)?;
+            let (v, parent) = (&v[0], &parent[0]);
+            ensure!(v["Id"] == id, "{v}");
+            ensure!(v["Parent"] == parent["Id"], "parent: {}", v["Parent"]);
+            ensure!(
+                v["Author"] == "Jane Doe <jane@example.com>",
+                "{}",
+                v["Author"]
+            );
+            ensure!(v["Comment"] == "no passwd", "{}", v["Comment"]);
+            ensure!(v["Config"]["Labels"]["team"] == "infra", "{}", v["Config"]);
+            let layers = v["RootFS"]["Layers"].as_array().map(Vec::len);
+            let parent_layers = parent["RootFS"]["Layers"].as_array().map(Vec::len);
+            ensure!(layers == parent_layers.map(|n| n + 1), "{}", v["RootFS"]);
+            let history = c.berth(&["history", "committed:1"]).ok()?.stdout;
+            ensure!(history.contains("no passwd"), "{history}");
+
+            // A directory deleted and made again is opaque: the committed
+            // image shows none of what the parent had in it.
+            c.berth(&[
+                "run",
+                "--name",
+                "opaque",
+                "committed:1",
+                "sh",
+                "-c",
+                "rm -r /d && mkdir /d && echo only > /d/only",
+            ])
+            .ok()?;
+            c.berth(&["commit", "opaque", "committed:3"]).ok()?;
+            let out = c
+                .berth(&["run", "--rm", "committed:3", "ls", "/d"])
+                .ok()?
+                .stdout;
+            ensure!(out == "only\n", "{out:?}");
+
+            // A running container, frozen while its changes are read.
+            c.berth(&[
+                "run",
+                "-d",
+                "--name",
+                "busy",
+                "busybox",
+                "sh",
+                "-c",
+                "echo state > /state; sleep 600",
+            ])
+            .ok()?;
+            c.wait_until(std::time::Duration::from_secs(10), "/state", |c| {
+                c.berth(&["exec", "busy", "cat", "/state"]).stdout == "state\n"
+            })?;
+            c.berth(&["commit", "busy", "committed:2"]).ok()?;
+            let ps = c.berth(&["ps"]).ok()?.stdout;
+            ensure!(
+                ps.lines().any(|l| l.contains("busy") && l.contains("Up")),
+                "{ps}"
+            );
+            let out = c
+                .berth(&["run", "--rm", "committed:2", "cat", "/state"])
+                .ok()?
+                .stdout;
+            ensure!(out == "state\n", "{out:?}");
+            // What commit does not take is refused, naming it.
+            let bad = c.berth(&["commit", "-c", "RUN rm -rf /", "busy"]);
+            ensure!(
+                bad.code != 0
+                    && bad
+                        .stderr
+                        .contains("RUN is not an instruction commit takes"),
+                "{bad:?}"
+            );
+            Ok(())
+        },
+    );
+}

@@ -1005,6 +1005,61 @@ pub async fn exec(client: &mut ClusterClient<Channel>, args: ExecArgs) -> Result
 }
 
 /// `berth top`.
+/// `berth commit`.
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    /// The author (for example "Jane Doe <jane@example.com>").
+    #[arg(short = 'a', long)]
+    pub author: Option<String>,
+    /// A Dockerfile instruction applied to the image's config (CMD,
+    /// ENTRYPOINT, ENV, EXPOSE, LABEL, ONBUILD, USER, VOLUME, WORKDIR,
+    /// STOPSIGNAL); may be repeated.
+    #[arg(short = 'c', long = "change")]
+    pub changes: Vec<String>,
+    /// The commit message.
+    #[arg(short = 'm', long)]
+    pub message: Option<String>,
+    /// Freeze the container while its changes are read (--pause=false
+    /// reads them while it runs).
+    #[arg(short = 'p', long, default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub pause: bool,
+    pub container: String,
+    /// The name of the new image, REPOSITORY[:TAG] (default: untagged).
+    pub reference: Option<String>,
+}
+
+pub async fn commit(client: &mut ClusterClient<Channel>, a: CommitArgs) -> Result<i32, CliError> {
+    let r = client
+        .commit_container(berth_proto::cluster::CommitRequest {
+            container: a.container,
+            reference: a.reference.unwrap_or_default(),
+            author: a.author.unwrap_or_default(),
+            message: a.message.unwrap_or_default(),
+            changes: a.changes,
+            pause: a.pause,
+        })
+        .await
+        .map_err(CliError::api)?
+        .into_inner();
+    println!("{}", r.image_id);
+    Ok(0)
+}
+
+pub async fn diff(client: &mut ClusterClient<Channel>, container: &str) -> Result<i32, CliError> {
+    let r = client
+        .diff_container(ContainerRef {
+            name_or_id: container.to_string(),
+        })
+        .await
+        .map_err(CliError::api)?
+        .into_inner();
+    for c in r.changes {
+        println!("{} {}", c.kind, c.path);
+    }
+    Ok(0)
+}
+
 pub async fn top(client: &mut ClusterClient<Channel>, container: &str) -> Result<i32, CliError> {
     let t = client
         .top(ContainerRef {

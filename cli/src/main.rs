@@ -47,6 +47,10 @@ enum Command {
     Kill(containers::KillArgs),
     /// Show the processes of a running container.
     Top { container: String },
+    /// Make an image of a container's changes (on the container's node).
+    Commit(containers::CommitArgs),
+    /// List what a container changed over its image: A (added), C (changed), D (deleted).
+    Diff { container: String },
     /// Run a command in a running container.
     Exec(containers::ExecArgs),
     /// Attach your terminal to a running container (-i or -t); Ctrl+P Ctrl+Q detaches.
@@ -286,6 +290,8 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Attach { container } => containers::attach_verb(&mut client, &container).await,
         Command::Exec(a) => containers::exec(&mut client, a).await,
         Command::Top { container } => containers::top(&mut client, &container).await,
+        Command::Commit(a) => containers::commit(&mut client, a).await,
+        Command::Diff { container } => containers::diff(&mut client, &container).await,
         Command::Unpause { containers: list } => containers::pause(&mut client, list, false).await,
         Command::Inspect { containers: list } => containers::inspect(&mut client, list).await,
         Command::Logs(a) => containers::logs(&mut client, a).await,

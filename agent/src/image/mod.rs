@@ -7,6 +7,7 @@
 //! a tar blob; its *diff id* is the digest of its uncompressed tar; an
 //! *image id* is the digest of its config, as Docker shows it.
 
+pub mod commit;
 pub mod import;
 pub mod layer;
 pub mod limits;
@@ -48,6 +49,9 @@ pub enum ImageError {
     BadDigest(String),
     #[error("bad archive: {0}")]
     Archive(String),
+    /// A `commit --change` that is not an instruction commit takes.
+    #[error("invalid --change {change:?}: {why}")]
+    Change { change: String, why: String },
     #[error("unpacking a layer: {0}")]
     Unpack(#[from] crate::snapshot::SnapshotError),
     /// An archive passed one of the store's [`limits::ArchiveLimits`].
@@ -482,9 +486,19 @@ impl ImageStore {
     pub fn inspect(&self, reference: &str) -> Result<serde_json::Value, ImageError> {
         let img = self.resolve(reference)?;
         let config = serde_json::to_value(&img.config).unwrap_or_default();
+        // What oci-spec does not keep: a committed image's parent and
+        // comment, as Docker's config records them.
+        let raw: serde_json::Value = self
+            .get_blob(&img.id)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         Ok(serde_json::json!({
             "Id": img.id,
             "RepoTags": img.refs,
+            "Parent": raw.get("parent").and_then(|p| p.as_str()).unwrap_or(""),
+            "Comment": raw.get("comment").and_then(|p| p.as_str()).unwrap_or(""),
+            "Container": raw.get("container").and_then(|p| p.as_str()).unwrap_or(""),
             "Created": config.get("created"),
             "Author": config.get("author"),
             "Architecture": config.get("architecture"),

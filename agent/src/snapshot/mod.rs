@@ -416,8 +416,12 @@ pub fn mount_overlay(
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(":");
+    // redirect_dir=off (and with it metacopy off, whatever the kernel's
+    // defaults): a renamed or copied-up lower entry lands in the upper dir
+    // whole, so that the upper dir alone is what the container changed
+    // (commit and diff read it).
     let data = format!(
-        "lowerdir={lowerdir},upperdir={},workdir={}",
+        "lowerdir={lowerdir},upperdir={},workdir={},redirect_dir=off",
         upper.display(),
         work.display()
     );

@@ -16,6 +16,9 @@ impl Supervisor {
                 | image_request::Op::Inspect(_)
                 | image_request::Op::Export(_)
                 | image_request::Op::RemoveContainer(_)
+                | image_request::Op::Diff(_)
+                | image_request::Op::Top(_)
+                | image_request::Op::Sizes(_)
         );
         let result = match op {
             // Removal waits for the process to die: it runs here, not on a
@@ -98,6 +101,24 @@ impl Supervisor {
             image_request::Op::RemoveContainer(_) => {
                 Err("container removal is not an image operation".into())
             }
+            image_request::Op::Commit(c) => Ok(Some(self.commit(&c)?)),
+            image_request::Op::Diff(d) => {
+                let dir = self
+                    .bundle_dir(&d.container_id)
+                    .filter(|d| d.exists())
+                    .ok_or_else(|| format!("No such container on this node: {}", d.container_id))?;
+                let meta = read_meta(&dir).ok_or("the container has no metadata")?;
+                let lowers = meta
+                    .diff_ids
+                    .iter()
+                    .map(|d| self.snapshots.path(d))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())?;
+                let changes =
+                    crate::image::commit::diff(&bundle::upper(&dir), &lowers, &mounts_of(&dir))
+                        .map_err(err)?;
+                Ok(Some(to_json(&changes)))
+            }
             image_request::Op::Top(t) => {
                 let dir = self
                     .bundle_dir(&t.container_id)
@@ -130,6 +151,53 @@ impl Supervisor {
                 Ok(None)
             }
         }
+    }
+
+    /// Makes an image of a container's changes (`commit`), freezing it
+    /// meanwhile if it runs and `pause` asks; returns the image summary.
+    pub(super) fn commit(&self, c: &agent::CommitOp) -> Result<serde_json::Value, String> {
+        let dir = self
+            .bundle_dir(&c.container_id)
+            .filter(|d| d.exists())
+            .ok_or_else(|| format!("No such container on this node: {}", c.container_id))?;
+        let meta = read_meta(&dir).ok_or("the container has no metadata")?;
+        let created_by = oci_spec::runtime::Spec::load(bundle::config(&dir))
+            .ok()
+            .and_then(|s| s.process().as_ref().and_then(|p| p.args().clone()))
+            .unwrap_or_default()
+            .join(" ");
+        let lowers = meta
+            .diff_ids
+            .iter()
+            .map(|d| self.snapshots.path(d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let mounts = mounts_of(&dir);
+        let frozen =
+            c.pause && self.running(&dir) && self.host.freeze(&c.container_id, true).is_ok();
+        let made = crate::image::commit::commit(
+            &self.images,
+            &self.snapshots,
+            &crate::image::commit::CommitInput {
+                upper: &bundle::upper(&dir),
+                lowers: &lowers,
+                mounts: &mounts,
+                container_id: &c.container_id,
+                parent_id: &meta.image_id,
+                parent_diff_ids: &meta.diff_ids,
+                created_by,
+                author: &c.author,
+                comment: &c.message,
+                changes: &c.changes,
+                reference: (!c.reference.is_empty()).then_some(c.reference.as_str()),
+                now_ms: now_ms(),
+            },
+        );
+        if frozen {
+            let _ = self.host.freeze(&c.container_id, false);
+        }
+        let summary = made.map_err(|e| e.to_string())?;
+        Ok(serde_json::to_value(&summary).unwrap_or_default())
     }
 
     /// Writes a container's merged filesystem as a tar stream.
@@ -279,4 +347,15 @@ impl std::io::Write for ChunkWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// The mount destinations of a bundle's config.json.
+fn mounts_of(dir: &Path) -> Vec<PathBuf> {
+    oci_spec::runtime::Spec::load(bundle::config(dir))
+        .ok()
+        .and_then(|s| s.mounts().clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|m| m.destination().clone())
+        .collect()
 }

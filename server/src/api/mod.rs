@@ -362,6 +362,87 @@ impl Cluster for ClusterService {
         Ok(Response::new(convert::container_to_wire(&c)))
     }
 
+    async fn commit_container(
+        &self,
+        req: Request<cluster::CommitRequest>,
+    ) -> Result<Response<cluster::CommitResponse>, Status> {
+        let req = req.into_inner();
+        let c = self.find(&req.container)?;
+        if c.node.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "container {} has not been created on a node yet",
+                c.name
+            )));
+        }
+        if req.changes.len() > 256 || req.changes.iter().any(|ch| ch.len() > 64 * 1024) {
+            return Err(Status::invalid_argument(
+                "too many or too long --change values",
+            ));
+        }
+        let reference = if req.reference.is_empty() {
+            String::new()
+        } else {
+            names::normalize_image(&req.reference)
+        };
+        let json = self
+            .app
+            .nodes
+            .image_call(
+                &c.node,
+                berth_proto::agent::image_request::Op::Commit(berth_proto::agent::CommitOp {
+                    container_id: c.id.clone(),
+                    reference,
+                    author: req.author,
+                    message: req.message,
+                    changes: req.changes,
+                    pause: req.pause,
+                }),
+                &[],
+            )
+            .await
+            .map_err(Status::failed_precondition)?;
+        let made: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+        Ok(Response::new(cluster::CommitResponse {
+            image_id: made["id"].as_str().unwrap_or_default().to_string(),
+            node: c.node.clone(),
+        }))
+    }
+
+    async fn diff_container(
+        &self,
+        req: Request<cluster::ContainerRef>,
+    ) -> Result<Response<cluster::DiffResponse>, Status> {
+        let c = self.find(&req.into_inner().name_or_id)?;
+        if c.node.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "container {} has not been created on a node yet",
+                c.name
+            )));
+        }
+        let json = self
+            .app
+            .nodes
+            .image_call(
+                &c.node,
+                berth_proto::agent::image_request::Op::Diff(berth_proto::agent::DiffOp {
+                    container_id: c.id.clone(),
+                }),
+                &[],
+            )
+            .await
+            .map_err(Status::failed_precondition)?;
+        let changes: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap_or_default();
+        Ok(Response::new(cluster::DiffResponse {
+            changes: changes
+                .iter()
+                .map(|ch| cluster::DiffChange {
+                    kind: ch["Kind"].as_str().unwrap_or_default().to_string(),
+                    path: ch["Path"].as_str().unwrap_or_default().to_string(),
+                })
+                .collect(),
+        }))
+    }
+
     async fn top(
         &self,
         req: Request<cluster::ContainerRef>,
