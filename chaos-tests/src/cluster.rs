@@ -834,8 +834,32 @@ impl Cluster {
     }
 }
 
+/// Thaws the frozen containers of every agent under `dir`: a paused
+/// container's processes cannot die of the SIGKILL that ends the test's
+/// pid namespace until they are thawed, and the test would wait forever.
+fn thaw_containers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(ids) = std::fs::read_dir(e.path().join("containers")) else {
+            continue;
+        };
+        for id in ids.flatten() {
+            let id = id.file_name();
+            let id = id.to_string_lossy();
+            let _ = std::fs::write(
+                format!("/sys/fs/cgroup/freezer/berth/{id}/freezer.state"),
+                "THAWED",
+            );
+            let _ = std::fs::write(format!("/sys/fs/cgroup/berth/{id}/cgroup.freeze"), "0");
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        thaw_containers(self.dir.path());
         for (_, _, child) in &mut self.agents {
             if let Some(mut c) = child.take() {
                 let _ = c.kill();

@@ -978,3 +978,180 @@ fn ulimits_apply_and_dead_containers_come_from_failed_removals_and_lost_nodes() 
         },
     );
 }
+
+/// `ps --format` and `inspect -f` (P3.5 point 5) print what Docker prints
+/// for the same containers: a created, a running, a paused and an exited
+/// one, made alike in berth and in Debian's Docker (a private dockerd),
+/// held side by side field by field. What differs by nature (ids, times)
+/// is compared by form.
+#[test]
+fn formats_print_what_docker_prints() {
+    sandbox::run("formats_print_what_docker_prints", || {
+        if std::process::Command::new("dockerd")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("dockerd is not installed: the formats are not held against Docker's");
+            return Ok(());
+        }
+        let c = Cluster::start()?;
+        let d = berth_chaos::dockerd::Dockerd::start()?;
+        let tar = c.dir().join("busybox.tar");
+        berth_chaos::images::busybox_rootfs_tar(&tar)?;
+        let out = d.docker().arg("import").arg(&tar).arg("busybox").output()?;
+        ensure!(out.status.success(), "docker import: {out:?}");
+        let docker = |args: &[&str]| -> anyhow::Result<String> {
+            let out = d.docker().args(args).output()?;
+            ensure!(out.status.success(), "docker {args:?}: {out:?}");
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let berth = |args: &[&str]| -> anyhow::Result<String> { Ok(c.berth(args).ok()?.stdout) };
+        for run in [
+            &berth as &dyn Fn(&[&str]) -> anyhow::Result<String>,
+            &docker,
+        ] {
+            run(&[
+                "create",
+                "--network",
+                "none",
+                "--name",
+                "f-created",
+                "busybox",
+                "true",
+            ])?;
+            run(&[
+                "run",
+                "-d",
+                "--network",
+                "none",
+                "--name",
+                "f-running",
+                "busybox",
+                "sleep",
+                "600",
+            ])?;
+            run(&[
+                "run",
+                "-d",
+                "--network",
+                "none",
+                "--name",
+                "f-paused",
+                "busybox",
+                "sleep",
+                "600",
+            ])?;
+            run(&["pause", "f-paused"])?;
+            let _ = run(&[
+                "run",
+                "--network",
+                "none",
+                "--name",
+                "f-exited",
+                "busybox",
+                "sh",
+                "-c",
+                "exit 3",
+            ]);
+        }
+        // STATUS by its form: the time in it is not the same twice.
+        let form = |status: &str| -> String {
+            let s = status.trim();
+            if s.starts_with("Up") && s.ends_with("(Paused)") {
+                "Up (Paused)".into()
+            } else if s.starts_with("Up") {
+                "Up".into()
+            } else if let Some(rest) = s.strip_prefix("Exited (") {
+                format!("Exited ({}", rest.split(')').next().unwrap_or_default()) + ")"
+            } else {
+                s.to_string()
+            }
+        };
+        let inspect_fields = "{{.Name}}|{{.State.Status}}|{{.State.Running}}|{{.State.Paused}}|{{.State.Restarting}}|{{.State.OOMKilled}}|{{.State.Dead}}|{{.State.ExitCode}}|{{json .Config.Cmd}}|{{.Config.Tty}}|{{.Config.OpenStdin}}";
+        for name in ["f-created", "f-running", "f-paused", "f-exited"] {
+            let filter = format!("name={name}");
+            let ps = |run: &dyn Fn(&[&str]) -> anyhow::Result<String>| {
+                run(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}|{{.State}}|{{.Command}}|{{.Ports}}|{{.Networks}}|{{.Mounts}}|{{.LocalVolumes}}|{{.Labels}}|{{.Status}}"])
+            };
+            let (b, dk) = (ps(&berth)?, ps(&docker)?);
+            let split = |s: &str| -> Vec<String> {
+                let mut f: Vec<String> = s.trim().split('|').map(str::to_string).collect();
+                if let Some(last) = f.last_mut() {
+                    *last = form(last);
+                }
+                f
+            };
+            ensure!(
+                split(&b) == split(&dk),
+                "{name}: ps --format: berth {b:?}, Docker {dk:?}"
+            );
+            let (b, dk) = (
+                berth(&["inspect", "-f", inspect_fields, name])?,
+                docker(&["inspect", "-f", inspect_fields, name])?,
+            );
+            ensure!(b == dk, "{name}: inspect -f: berth {b:?}, Docker {dk:?}");
+            // Times in Docker's form: RFC 3339, Go's zero time if not yet.
+            let times = "{{.Created}} {{.State.StartedAt}} {{.State.FinishedAt}}";
+            let (b, dk) = (
+                berth(&["inspect", "-f", times, name])?,
+                docker(&["inspect", "-f", times, name])?,
+            );
+            for (bt, dt) in b.split_whitespace().zip(dk.split_whitespace()) {
+                ensure!(
+                    (bt == "0001-01-01T00:00:00Z") == (dt == "0001-01-01T00:00:00Z")
+                        && chrono::DateTime::parse_from_rfc3339(bt).is_ok(),
+                    "{name}: times: berth {b:?}, Docker {dk:?}"
+                );
+            }
+            // {{json .}} has Docker's keys (and the node, berth's own).
+            let keys = |s: &str| -> anyhow::Result<std::collections::BTreeSet<String>> {
+                let v: serde_json::Value = serde_json::from_str(s.trim())?;
+                Ok(v.as_object()
+                    .map(|o| o.keys().cloned().collect())
+                    .unwrap_or_default())
+            };
+            let (b, dk) = (
+                keys(&berth(&[
+                    "ps",
+                    "-a",
+                    "--filter",
+                    &filter,
+                    "--format",
+                    "{{json .}}",
+                ])?)?,
+                keys(&docker(&[
+                    "ps",
+                    "-a",
+                    "--filter",
+                    &filter,
+                    "--format",
+                    "{{json .}}",
+                ])?)?,
+            );
+            let extra: Vec<&String> = b.difference(&dk).collect();
+            ensure!(
+                dk.is_subset(&b) && extra == [&"Node".to_string()],
+                "{name}: json keys: berth {b:?}, Docker {dk:?}"
+            );
+        }
+        // NAMES is the last column of the default table, as in Docker.
+        let ps = berth(&["ps", "-a"])?;
+        let header = ps.lines().next().unwrap_or_default();
+        ensure!(
+            header.split_whitespace().last() == Some("NAMES"),
+            "{header}"
+        );
+        ensure!(header.contains("PORTS"), "{header}");
+        let last = berth(&["ps", "-l", "--format", "{{.Names}}"])?;
+        ensure!(last.trim() == "f-exited", "ps -l: {last:?}");
+        let two = berth(&["ps", "-n", "2", "--format", "{{.Names}}"])?;
+        ensure!(
+            two.lines().collect::<Vec<_>>() == ["f-exited", "f-paused"],
+            "ps -n 2: {two:?}"
+        );
+        let bad = c.berth(&["ps", "--no-such-flag"]);
+        ensure!(bad.code == 125, "a wrong flag exits {}", bad.code);
+        Ok(())
+    });
+}

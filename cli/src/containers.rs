@@ -314,7 +314,38 @@ pub struct PsArgs {
     /// node, exited (several of one key: any; of different keys: all).
     #[arg(short = 'f', long = "filter")]
     pub filter: Vec<String>,
+    /// Show the N containers created last, in any state.
+    #[arg(short = 'n', long = "last", value_name = "N")]
+    pub last: Option<usize>,
+    /// Show the container created last, in any state.
+    #[arg(short = 'l', long)]
+    pub latest: bool,
+    /// Print through a Go template: '{{.Names}}', '{{json .}}', or
+    /// 'table {{.ID}}\t{{.Names}}\t{{.Node}}' (fields: ID, Image, Command,
+    /// CreatedAt, RunningFor, Ports, State, Status, Size, Names, Labels,
+    /// Mounts, Networks, LocalVolumes, Node).
+    #[arg(long)]
+    pub format: Option<String>,
 }
+
+/// The column names of `ps --format 'table ...'`, as Docker's.
+const PS_HEADERS: &[(&str, &str)] = &[
+    ("ID", "CONTAINER ID"),
+    ("Image", "IMAGE"),
+    ("Command", "COMMAND"),
+    ("CreatedAt", "CREATED AT"),
+    ("RunningFor", "CREATED"),
+    ("Ports", "PORTS"),
+    ("State", "STATE"),
+    ("Status", "STATUS"),
+    ("Size", "SIZE"),
+    ("Names", "NAMES"),
+    ("Labels", "LABELS"),
+    ("Mounts", "MOUNTS"),
+    ("Networks", "NETWORKS"),
+    ("LocalVolumes", "LOCAL VOLUMES"),
+    ("Node", "NODE"),
+];
 
 /// True if a container passes every filter key (any value of a key).
 pub fn matches_filters(c: &ContainerInfo, filters: &[String]) -> Result<bool, CliError> {
@@ -365,9 +396,11 @@ pub fn status_text(c: &ContainerInfo, now: i64) -> String {
 }
 
 pub async fn ps(client: &mut ClusterClient<Channel>, args: PsArgs) -> Result<i32, CliError> {
+    let format = crate::format::Format::parse(args.format.as_deref());
+    let last = if args.latest { Some(1) } else { args.last };
     let list = client
         .list_containers(ListContainersRequest {
-            all: args.all,
+            all: args.all || last.is_some(),
             size: args.size,
         })
         .await
@@ -381,7 +414,12 @@ pub async fn ps(client: &mut ClusterClient<Channel>, args: PsArgs) -> Result<i32
             kept.push(c);
         }
     }
-    let list = kept;
+    let mut list = kept;
+    if let Some(n) = last {
+        // Newest last in the listing: keep the last N.
+        let drop = list.len().saturating_sub(n);
+        list.drain(..drop);
+    }
     if args.quiet {
         for c in list.iter().rev() {
             println!(
@@ -396,53 +434,94 @@ pub async fn ps(client: &mut ClusterClient<Channel>, args: PsArgs) -> Result<i32
         return Ok(0);
     }
     let now = now_ms();
-    let rows: Vec<Vec<String>> = list
+    let values: Vec<serde_json::Value> = list
         .iter()
         .rev()
-        .map(|c| {
-            let spec = c.spec.clone().unwrap_or_default();
-            let command = format!("\"{}\"", spec.cmd.join(" "));
-            let mut row = vec![
-                if args.no_trunc {
-                    c.id.clone()
-                } else {
-                    c.id.chars().take(12).collect()
-                },
-                spec.image.clone(),
-                if args.no_trunc {
-                    command
-                } else {
-                    truncate(&command, 20)
-                },
-                ago(now, c.created_at_ms),
-                status_text(c, now),
-                c.name.clone(),
-                c.node.clone(),
-            ];
+        .map(|c| ps_value(c, now, args.no_trunc))
+        .collect();
+    if crate::format::print(&format, &values, PS_HEADERS)? {
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = values
+        .iter()
+        .map(|v| {
+            let mut row: Vec<String> = [
+                "ID",
+                "Image",
+                "Command",
+                "RunningFor",
+                "Status",
+                "Ports",
+                "Names",
+            ]
+            .iter()
+            .map(|k| v[*k].as_str().unwrap_or_default().to_string())
+            .collect();
             if args.size {
-                row.push(
-                    c.size_rw
-                        .map(crate::output::human_size)
-                        .unwrap_or_else(|| "-".into()),
-                );
+                row.push(v["Size"].as_str().unwrap_or("-").to_string());
             }
             row
         })
         .collect();
+    // Docker's columns, NAMES last (but for SIZE); the node is in
+    // `--format '{{.Node}}'` and `inspect`.
     let mut header = vec![
         "CONTAINER ID",
         "IMAGE",
         "COMMAND",
         "CREATED",
         "STATUS",
+        "PORTS",
         "NAMES",
-        "NODE",
     ];
     if args.size {
         header.push("SIZE");
     }
     table(&header, &rows);
     Ok(0)
+}
+
+/// A command line as Docker's list shows it: an argument with a space or
+/// a quote in it is single-quoted.
+fn shell_words(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            if !a.is_empty() && !a.contains(|c: char| c.is_whitespace() || "'\"\\$`".contains(c)) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A container as `ps --format` sees it: Docker's fields, as strings.
+fn ps_value(c: &ContainerInfo, now: i64, no_trunc: bool) -> serde_json::Value {
+    let spec = c.spec.clone().unwrap_or_default();
+    let command = format!("\"{}\"", shell_words(&spec.cmd));
+    serde_json::json!({
+        "ID": if no_trunc { c.id.clone() } else { c.id.chars().take(12).collect() },
+        "Image": spec.image,
+        "Command": if no_trunc { command } else { truncate(&command, 20) },
+        "CreatedAt": chrono::DateTime::<chrono::Utc>::from_timestamp_millis(c.created_at_ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string())
+            .unwrap_or_default(),
+        "RunningFor": ago(now, c.created_at_ms),
+        "Ports": "",
+        "State": if c.state == "pending" { "created" } else { c.state.as_str() },
+        "Status": status_text(c, now),
+        "Size": c.size_rw.map(crate::output::human_size).unwrap_or_else(|| "0B".into()),
+        "Names": c.name,
+        "Labels": "",
+        "Mounts": spec.volumes.iter().filter_map(|v| v.split(':').next()).collect::<Vec<_>>().join(","),
+        "Networks": spec.network,
+        "LocalVolumes": spec.volumes.iter().filter(|v| !v.starts_with('/')).count().to_string(),
+        // Docker's CLI (from 25) has the platform when the daemon gives
+        // it; an engine of one architecture per node gives none.
+        "Platform": serde_json::Value::Null,
+        "Node": c.node,
+    })
 }
 
 /// `berth logs`.
@@ -727,6 +806,7 @@ pub async fn wait(
 pub async fn inspect(
     client: &mut ClusterClient<Channel>,
     containers: Vec<String>,
+    format: Option<&str>,
 ) -> Result<i32, CliError> {
     let mut all = Vec::new();
     for c in &containers {
@@ -740,24 +820,33 @@ pub async fn inspect(
         let spec = i.spec.clone().unwrap_or_default();
         all.push(serde_json::json!({
             "Id": i.id,
+            "Created": docker_time(i.created_at_ms),
+            "Path": spec.cmd.first().cloned().unwrap_or_default(),
+            "Args": spec.cmd.iter().skip(1).collect::<Vec<_>>(),
             "Name": format!("/{}", i.name),
             "Image": i.image_id,
+            "RestartCount": 0,
             "Node": i.node,
             "Generation": i.generation,
-            "Created": i.created_at_ms,
             "State": {
-                "Status": i.state,
+                // Docker says "created" until a node has made the container.
+                "Status": if i.state == "pending" { "created" } else { i.state.as_str() },
                 "Running": i.state == "running" || i.state == "paused",
                 "Paused": i.state == "paused",
-                "Dead": i.state == "dead",
-                "ExitCode": i.exit_code,
+                "Restarting": false,
                 "OOMKilled": i.oom_killed,
+                "Dead": i.state == "dead",
+                "Pid": 0,
+                "ExitCode": i.exit_code,
                 "Error": i.error,
+                "StartedAt": docker_time(i.started_at_ms),
+                "FinishedAt": docker_time(i.finished_at_ms),
                 "StartedAtMs": i.started_at_ms,
                 "FinishedAtMs": i.finished_at_ms,
                 "PendingReason": i.pending_reason,
                 "Desired": i.desired,
             },
+            "Mounts": [],
             "LogTail": {
                 "FirstSeq": i.log_first_seq,
                 "NextSeq": i.log_next_seq,
@@ -768,11 +857,16 @@ pub async fn inspect(
                 "Version": i.service_version,
             }) },
             "Config": {
-                "Image": spec.image,
-                "Cmd": spec.cmd,
+                "Hostname": if spec.hostname.is_empty() { i.id.chars().take(12).collect() } else { spec.hostname.clone() },
+                "User": spec.user,
+                "Tty": spec.tty,
+                "OpenStdin": spec.stdin_open,
                 "Env": spec.env,
-                "Hostname": spec.hostname,
+                "Cmd": if spec.cmd.is_empty() { serde_json::Value::Null } else { serde_json::json!(spec.cmd) },
+                "Image": spec.image,
                 "WorkingDir": spec.workdir,
+                "Entrypoint": if spec.entrypoint_set { serde_json::json!(spec.entrypoint) } else { serde_json::Value::Null },
+                "Labels": {},
             },
             "HostConfig": {
                 "NetworkMode": spec.network,
@@ -807,8 +901,28 @@ pub async fn inspect(
             "History": i.history,
         }));
     }
+    if let Some(f) = format {
+        for v in &all {
+            println!(
+                "{}",
+                crate::format::render(&crate::format::unescape_for_inspect(f), v)?
+            );
+        }
+        return Ok(0);
+    }
     println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
     Ok(0)
+}
+
+/// A time as Docker's inspect writes it (RFC 3339 with nanoseconds), and
+/// Go's zero time for one that has not happened.
+pub fn docker_time(ms: i64) -> String {
+    if ms <= 0 {
+        return "0001-01-01T00:00:00Z".into();
+    }
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+        .unwrap_or_default()
 }
 
 /// Parses a size as Docker's -m takes it: 512, 64k, 128m, 1g (powers of 1024).

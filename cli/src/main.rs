@@ -6,6 +6,7 @@ mod config;
 mod connect;
 mod containers;
 mod events;
+mod format;
 mod images;
 mod logs;
 mod nodes;
@@ -72,6 +73,10 @@ enum Command {
     },
     /// Show containers' state and configuration as JSON.
     Inspect {
+        /// Print each container through a Go template ('{{.State.Running}}',
+        /// '{{json .Config}}') instead of the JSON.
+        #[arg(short = 'f', long)]
+        format: Option<String>,
         #[arg(required = true)]
         containers: Vec<String>,
     },
@@ -293,7 +298,10 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Commit(a) => containers::commit(&mut client, a).await,
         Command::Diff { container } => containers::diff(&mut client, &container).await,
         Command::Unpause { containers: list } => containers::pause(&mut client, list, false).await,
-        Command::Inspect { containers: list } => containers::inspect(&mut client, list).await,
+        Command::Inspect {
+            format,
+            containers: list,
+        } => containers::inspect(&mut client, list, format.as_deref()).await,
         Command::Logs(a) => containers::logs(&mut client, a).await,
         Command::Rm(a) => containers::rm(&mut client, a).await,
         Command::Import(a) => images::import(&mut client, a).await,
@@ -384,7 +392,16 @@ fn main() {
     // code. Rust ignores SIGPIPE, which turns `berth ps | head` into a
     // panic; a command-line tool should end quietly instead.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = Cli::parse();
+    // A wrong flag or argument exits 125, as Docker's CLI does (clap's
+    // own would be 2); help and version exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 125 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
