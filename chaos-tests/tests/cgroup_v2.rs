@@ -50,7 +50,7 @@ berth pause spin >/dev/null
 frozen() { grep -q '^frozen 1$' ${d}cgroup.events; }
 wait_for 30 frozen
 check paused_events "$(grep frozen ${d}cgroup.events)"
-check paused_status "$(berth ps --filter name=spin | awk 'NR == 2 {print $(NF-2)}')"
+check paused_status "$(berth ps --filter name=spin --format '{{.Status}}' | awk '{print $NF}')"
 berth unpause spin >/dev/null
 thawed() { grep -q '^frozen 0$' ${d}cgroup.events; }
 wait_for 30 thawed

@@ -1155,3 +1155,98 @@ fn formats_print_what_docker_prints() {
         Ok(())
     });
 }
+
+/// `attach` to a detached container without a terminal streams its output
+/// from now on, stdout and stderr apart; killing the attached client
+/// leaves the container running (P3.5 point 4). `run` without a terminal
+/// sends the SIGINT its client gets to the container, as Docker's
+/// sig-proxy does. `attach` to a stopped container is refused.
+#[test]
+fn attach_follows_a_detached_clock_and_run_proxies_signals() {
+    sandbox::run(
+        "attach_follows_a_detached_clock_and_run_proxies_signals",
+        || {
+            use std::process::Stdio;
+            let c = Cluster::start()?;
+            c.berth(&[
+                "run",
+                "-d",
+                "--name",
+                "clock",
+                "busybox",
+                "sh",
+                "-c",
+                "i=0; while true; do echo tick $i; echo tock $i >&2; i=$((i+1)); sleep 0.2; done",
+            ])
+            .ok()?;
+            c.wait_until(Duration::from_secs(10), "the clock to tick", |c| {
+                c.berth(&["logs", "clock"]).stdout.contains("tick 2")
+            })?;
+            let out = c.dir().join("attach.out");
+            let err = c.dir().join("attach.err");
+            let mut attached = c.berth_spawn(
+                &["attach", "clock"],
+                Stdio::from(std::fs::File::create(&out)?),
+                Stdio::from(std::fs::File::create(&err)?),
+            )?;
+            c.wait_until(Duration::from_secs(15), "ticks through attach", |_| {
+                std::fs::read_to_string(&out).is_ok_and(|o| o.lines().count() >= 3)
+            })?;
+            attached.kill()?;
+            attached.wait()?;
+            let (o, e) = (std::fs::read_to_string(&out)?, std::fs::read_to_string(&err)?);
+            ensure!(
+                o.lines().all(|l| l.starts_with("tick ")) && e.lines().all(|l| l.starts_with("tock ")),
+                "stdout {o:?}, stderr {e:?}"
+            );
+            // From now on: not the ticks before the attach.
+            ensure!(!o.lines().any(|l| l == "tick 0"), "{o:?}");
+            std::thread::sleep(Duration::from_millis(500));
+            ensure!(
+                state(&c, "clock")?["Status"] == "running",
+                "the clock stopped with its client"
+            );
+
+            let out = c.dir().join("run.out");
+            let mut run = c.berth_spawn(
+                &[
+                    "run",
+                    "--name",
+                    "trapper",
+                    "busybox",
+                    "sh",
+                    "-c",
+                    "trap 'echo got INT; exit 7' INT; echo ready; while true; do sleep 0.1; done",
+                ],
+                Stdio::from(std::fs::File::create(&out)?),
+                Stdio::null(),
+            )?;
+            c.wait_until(Duration::from_secs(15), "trapper ready", |_| {
+                std::fs::read_to_string(&out).is_ok_and(|o| o.contains("ready"))
+            })?;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(run.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            )?;
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let status = loop {
+                if let Some(s) = run.try_wait()? {
+                    break s;
+                }
+                ensure!(Instant::now() < deadline, "run did not end after SIGINT");
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            ensure!(status.code() == Some(7), "run exited {status:?}");
+            let printed = std::fs::read_to_string(&out)?;
+            ensure!(printed.contains("got INT"), "{printed:?}");
+
+            c.berth(&["kill", "clock"]).ok()?;
+            let r = c.berth(&["attach", "clock"]);
+            ensure!(
+                r.code == 1 && r.stderr.contains("You cannot attach to a stopped container"),
+                "{r:?}"
+            );
+            Ok(())
+        },
+    );
+}

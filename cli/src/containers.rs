@@ -274,7 +274,51 @@ pub async fn follow_and_wait(
         follow: true,
         ..Default::default()
     };
-    crate::logs::print(client, id, &opts).await?;
+    // Docker's sig-proxy: SIGINT and SIGTERM the attached client gets go
+    // to the container (which is not on a terminal of this client's).
+    follow_and_wait_with(client, id, &opts, Some(id)).await
+}
+
+/// Prints the output `opts` asks for until the container ends, then waits
+/// for its exit; with `proxy`, SIGINT and SIGTERM meanwhile are sent to
+/// that container rather than ending this client.
+pub async fn follow_and_wait_with(
+    client: &mut ClusterClient<Channel>,
+    id: &str,
+    opts: &crate::logs::LogOptions,
+    proxy: Option<&str>,
+) -> Result<berth_proto::cluster::WaitResponse, CliError> {
+    let forwarder = proxy.map(|target| {
+        let target = target.to_string();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            loop {
+                let name = tokio::select! {
+                    _ = int.recv() => "INT",
+                    _ = term.recv() => "TERM",
+                };
+                if let Ok(mut c) = crate::connect::reconnect().await {
+                    let _ = c
+                        .kill_container(berth_proto::cluster::KillContainerRequest {
+                            name_or_id: target.clone(),
+                            signal: name.into(),
+                        })
+                        .await;
+                }
+            }
+        })
+    });
+    let printed = crate::logs::print(client, id, opts).await;
+    if let Some(f) = forwarder {
+        f.abort();
+    }
+    printed?;
     let began = std::time::Instant::now();
     loop {
         match client
@@ -1045,6 +1089,24 @@ pub async fn attach_verb(
         .map_err(CliError::api)?
         .into_inner();
     let tty = info.spec.as_ref().is_some_and(|s| s.tty);
+    let stdin_open = info.spec.as_ref().is_some_and(|s| s.stdin_open);
+    if info.state != "running" && info.state != "paused" {
+        return Err(CliError::Api(
+            "You cannot attach to a stopped container, start it first".into(),
+        ));
+    }
+    if !tty && !stdin_open {
+        // Nothing to send it: its output from now on, stdout and stderr
+        // apart, until it ends (Ctrl+C ends only this client), as Docker's
+        // attach shows a detached container's.
+        let opts = crate::logs::LogOptions {
+            follow: true,
+            tail: Some(0),
+            ..Default::default()
+        };
+        let waited = follow_and_wait_with(client, &info.id, &opts, None).await?;
+        return Ok(waited.exit_code);
+    }
     match crate::attach::attach(client, &info.id, false, tty).await? {
         crate::attach::AttachEnd::Detached => Ok(0),
         crate::attach::AttachEnd::Ended(_) => {
