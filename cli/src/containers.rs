@@ -553,7 +553,7 @@ fn ps_value(c: &ContainerInfo, now: i64, no_trunc: bool) -> serde_json::Value {
             .unwrap_or_default(),
         "RunningFor": ago(now, c.created_at_ms),
         "Ports": "",
-        "State": if c.state == "pending" { "created" } else { c.state.as_str() },
+        "State": c.state,
         "Status": status_text(c, now),
         "Size": c.size_rw.map(crate::output::human_size).unwrap_or_else(|| "0B".into()),
         "Names": c.name,
@@ -873,8 +873,9 @@ pub async fn inspect(
             "Node": i.node,
             "Generation": i.generation,
             "State": {
-                // Docker says "created" until a node has made the container.
-                "Status": if i.state == "pending" { "created" } else { i.state.as_str() },
+                // Docker's states, and berth's own "pending" while the
+                // scheduler has no node for it.
+                "Status": i.state,
                 "Running": i.state == "running" || i.state == "paused",
                 "Paused": i.state == "paused",
                 "Restarting": false,

@@ -61,7 +61,29 @@ pub struct ImagesArgs {
     /// Print only the image ids.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Print through a Go template: '{{.Repository}}:{{.Tag}}',
+    /// '{{json .}}', 'table {{.ID}}\t{{.Nodes}}' (fields: ID, Repository,
+    /// Tag, Digest, CreatedSince, CreatedAt, Size, VirtualSize,
+    /// SharedSize, UniqueSize, Containers, Nodes).
+    #[arg(long)]
+    pub format: Option<String>,
 }
+
+/// The column names of `images --format 'table ...'`, as Docker's.
+const IMAGE_HEADERS: &[(&str, &str)] = &[
+    ("ID", "IMAGE ID"),
+    ("Repository", "REPOSITORY"),
+    ("Tag", "TAG"),
+    ("Digest", "DIGEST"),
+    ("CreatedSince", "CREATED"),
+    ("CreatedAt", "CREATED AT"),
+    ("Size", "SIZE"),
+    ("VirtualSize", "SIZE"),
+    ("SharedSize", "SHARED SIZE"),
+    ("UniqueSize", "UNIQUE SIZE"),
+    ("Containers", "CONTAINERS"),
+    ("Nodes", "NODES"),
+];
 
 pub async fn images(
     client: &mut ClusterClient<Channel>,
@@ -86,6 +108,38 @@ pub async fn images(
         return Ok(0);
     }
     let now = now_ms();
+    let format = crate::format::Format::parse(args.format.as_deref());
+    if format != crate::format::Format::Default {
+        let mut values = Vec::new();
+        for i in &list {
+            let tags = if i.tags.is_empty() {
+                vec!["<none>:<none>".to_string()]
+            } else {
+                i.tags.clone()
+            };
+            for t in tags {
+                let (repo, tag) = split_tag(&t);
+                values.push(serde_json::json!({
+                    "ID": short(&i.id),
+                    "Repository": repo,
+                    "Tag": tag,
+                    "Digest": "<none>",
+                    "CreatedSince": ago(now, i.created_ms),
+                    "CreatedAt": chrono::DateTime::<chrono::Utc>::from_timestamp_millis(i.created_ms)
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string())
+                        .unwrap_or_default(),
+                    "Size": human_size(i.size),
+                    "VirtualSize": human_size(i.size),
+                    "SharedSize": "N/A",
+                    "UniqueSize": "N/A",
+                    "Containers": "N/A",
+                    "Nodes": i.nodes.join(","),
+                }));
+            }
+        }
+        crate::format::print(&format, &values, IMAGE_HEADERS)?;
+        return Ok(0);
+    }
     let mut rows = Vec::new();
     for i in &list {
         let tags = if i.tags.is_empty() {
@@ -94,10 +148,7 @@ pub async fn images(
             i.tags.clone()
         };
         for t in tags {
-            let (repo, tag) = match t.rfind(':') {
-                Some(p) if !t[p..].contains('/') => (t[..p].to_string(), t[p + 1..].to_string()),
-                _ => (t.clone(), "<none>".to_string()),
-            };
+            let (repo, tag) = split_tag(&t);
             rows.push(vec![
                 repo,
                 tag,
@@ -113,6 +164,14 @@ pub async fn images(
         &rows,
     );
     Ok(0)
+}
+
+/// A reference's repository and tag (`<none>` without one).
+fn split_tag(t: &str) -> (String, String) {
+    match t.rfind(':') {
+        Some(p) if !t[p..].contains('/') => (t[..p].to_string(), t[p + 1..].to_string()),
+        _ => (t.to_string(), "<none>".to_string()),
+    }
 }
 
 /// Reads a file, or standard input for `-` or no file.
