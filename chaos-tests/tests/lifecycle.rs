@@ -1025,6 +1025,10 @@ fn formats_print_what_docker_prints() {
                 "none",
                 "--name",
                 "f-running",
+                "--label",
+                "tier=web",
+                "--label",
+                "team=infra",
                 "busybox",
                 "sleep",
                 "600",
@@ -1133,6 +1137,15 @@ fn formats_print_what_docker_prints() {
                 "{name}: json keys: berth {b:?}, Docker {dk:?}"
             );
         }
+        // Labels select as Docker's do, and show in inspect.
+        for filter in ["label=team", "label=team=infra", "label=team=other"] {
+            let args = ["ps", "-a", "--filter", filter, "--format", "{{.Names}}"];
+            let (b, dk) = (berth(&args)?, docker(&args)?);
+            ensure!(b == dk, "{filter}: berth {b:?}, Docker {dk:?}");
+        }
+        let labels = ["inspect", "-f", "{{json .Config.Labels}}", "f-running"];
+        let (b, dk) = (berth(&labels)?, docker(&labels)?);
+        ensure!(b == dk, "labels: berth {b:?}, Docker {dk:?}");
         // NAMES is the last column of the default table, as in Docker.
         let ps = berth(&["ps", "-a"])?;
         let header = ps.lines().next().unwrap_or_default();

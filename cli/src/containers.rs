@@ -71,6 +71,10 @@ pub struct RunArgs {
     pub ulimits: Vec<String>,
     #[command(flatten)]
     pub security: SecurityArgs,
+    /// A label of the container, KEY=VALUE (or KEY for an empty value);
+    /// may be repeated. `ps --filter label=KEY[=VALUE]` selects by them.
+    #[arg(short = 'l', long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
     #[command(flatten)]
     pub placement: PlacementArgs,
     /// Let the cluster run the container on another node when its node is
@@ -178,10 +182,20 @@ fn spec_from(args: &RunArgs) -> ContainerSpec {
             .placement_strategy
             .clone()
             .unwrap_or_default(),
+        labels: args.labels.iter().cloned().collect(),
         ..Default::default()
     };
     args.security.apply(&mut spec);
     spec
+}
+
+/// A `--label`: KEY=VALUE, or KEY alone for an empty value, as Docker's.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').unwrap_or((s, ""));
+    if k.is_empty() {
+        return Err(format!("invalid label {s:?}: use KEY=VALUE"));
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 /// Reads a --security-opt: a seccomp profile named by its file is sent as
@@ -355,7 +369,8 @@ pub struct PsArgs {
     #[arg(short = 's', long)]
     pub size: bool,
     /// Only containers matching KEY=VALUE: name, id, status, ancestor,
-    /// node, exited (several of one key: any; of different keys: all).
+    /// node, exited, label (label=KEY or label=KEY=VALUE); several of one
+    /// key: any; of different keys: all.
     #[arg(short = 'f', long = "filter")]
     pub filter: Vec<String>,
     /// Show the N containers created last, in any state.
@@ -411,11 +426,20 @@ pub fn matches_filters(c: &ContainerInfo, filters: &[String]) -> Result<bool, Cl
             }
             "node" => c.node == *v,
             "exited" => c.state == "exited" && v.parse::<i32>().ok() == Some(c.exit_code),
+            // label=KEY or label=KEY=VALUE.
+            "label" => match v.split_once('=') {
+                Some((k, want)) => spec.labels.get(k).is_some_and(|have| have == want),
+                None => spec.labels.contains_key(*v),
+            },
             _ => false,
         });
-        if !["name", "id", "status", "ancestor", "node", "exited"].contains(&key) {
+        if ![
+            "name", "id", "status", "ancestor", "node", "exited", "label",
+        ]
+        .contains(&key)
+        {
             return Err(CliError::Usage(format!(
-                "unknown filter {key:?}: use name, id, status, ancestor, node or exited"
+                "unknown filter {key:?}: use name, id, status, ancestor, node, exited or label"
             )));
         }
         if !ok {
@@ -557,7 +581,8 @@ fn ps_value(c: &ContainerInfo, now: i64, no_trunc: bool) -> serde_json::Value {
         "Status": status_text(c, now),
         "Size": c.size_rw.map(crate::output::human_size).unwrap_or_else(|| "0B".into()),
         "Names": c.name,
-        "Labels": "",
+        // Docker's form: k=v pairs, comma-separated, sorted by key.
+        "Labels": spec.labels.iter().collect::<std::collections::BTreeMap<_, _>>().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
         "Mounts": spec.volumes.iter().filter_map(|v| v.split(':').next()).collect::<Vec<_>>().join(","),
         "Networks": spec.network,
         "LocalVolumes": spec.volumes.iter().filter(|v| !v.starts_with('/')).count().to_string(),
@@ -911,7 +936,7 @@ pub async fn inspect(
                 "Image": spec.image,
                 "WorkingDir": spec.workdir,
                 "Entrypoint": if spec.entrypoint_set { serde_json::json!(spec.entrypoint) } else { serde_json::Value::Null },
-                "Labels": {},
+                "Labels": spec.labels,
             },
             "HostConfig": {
                 "NetworkMode": spec.network,

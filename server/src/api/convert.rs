@@ -37,6 +37,7 @@ pub fn spec_from_wire(s: cluster::ContainerSpec) -> records::ContainerSpec {
         security_opt: s.security_opt,
         read_only: s.read_only,
         tmpfs: s.tmpfs,
+        labels: s.labels,
     }
 }
 
@@ -72,6 +73,7 @@ pub fn spec_to_wire(s: &records::ContainerSpec) -> cluster::ContainerSpec {
         security_opt: s.security_opt.clone(),
         read_only: s.read_only,
         tmpfs: s.tmpfs.clone(),
+        labels: s.labels.clone(),
     }
 }
 

@@ -101,6 +101,15 @@ pub fn check_spec(spec: cluster::ContainerSpec) -> Result<records::ContainerSpec
     }
     check_security(&mut spec)?;
     check_placement(&spec)?;
+    if spec.labels.len() > 1000
+        || spec.labels.iter().any(|(k, v)| {
+            k.is_empty() || k.len() > 255 || v.len() > 4096 || k.contains('\0') || v.contains('\0')
+        })
+    {
+        return Err(Status::invalid_argument(
+            "labels: at most 1000, each KEY=VALUE with a key of 1 to 255 bytes and a value of at most 4096",
+        ));
+    }
     Ok(spec)
 }
 

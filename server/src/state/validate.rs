@@ -479,6 +479,7 @@ impl Checker {
         if s.image.is_empty() {
             return Err(self.bad(field, "names no image".into()));
         }
+        self.labels(field, s.labels.iter())?;
         self.short(field, &s.image, 1024)
     }
 }
