@@ -832,6 +832,37 @@ fn run_it_gives_a_shell_that_detaches_and_attaches_again() {
                 r.code != 0 && r.stderr.contains("No such container"),
                 "{r:?}"
             );
+            // --detach-keys changes the sequence: Ctrl+P Ctrl+Q is input
+            // then, Ctrl+A x detaches.
+            let mut t = c.berth_pty(&[
+                "run",
+                "-it",
+                "--detach-keys",
+                "ctrl-a,x",
+                "--name",
+                "keys",
+                "busybox",
+                "sh",
+            ])?;
+            t.expect("/ # ")?;
+            t.send(&[0x10, 0x11])?;
+            t.send(b"echo still here\r")?;
+            t.expect("still here\r\n")?;
+            t.send(&[0x01, b'x'])?;
+            ensure!(
+                t.wait()? == 0,
+                "the custom keys did not detach: {}",
+                t.screen()
+            );
+            ensure!(
+                state(&c, "keys")?["Status"] == "running",
+                "the shell did not keep running"
+            );
+            let bad = c.berth(&["attach", "--detach-keys", "esc", "keys"]);
+            ensure!(
+                bad.code == 125 && bad.stderr.contains("invalid detach keys"),
+                "{bad:?}"
+            );
             // A container without -i or -t is attached to by its output
             // (attach_follows_a_detached_clock_and_run_proxies_signals).
             Ok(())

@@ -57,33 +57,79 @@ fn window_size() -> Option<Resize> {
     })
 }
 
-/// Finds Ctrl+P Ctrl+Q in input, across reads; returns the bytes before it
-/// if it is there.
+/// Finds the detach sequence (Ctrl+P Ctrl+Q unless `--detach-keys` says
+/// otherwise) in input, across reads; returns the bytes before it if it is
+/// there. The bytes of a partial match are held back until the next byte
+/// shows whether the sequence goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DetachKeys {
-    pending_ctrl_p: bool,
+    seq: Vec<u8>,
+    matched: usize,
 }
 
 impl DetachKeys {
+    /// Docker's default, Ctrl+P Ctrl+Q.
     pub fn new() -> Self {
         Self {
-            pending_ctrl_p: false,
+            seq: vec![0x10, 0x11],
+            matched: 0,
         }
     }
 
-    /// Splits a chunk of input into what to send and whether to detach. A
-    /// Ctrl+P is held back until the next byte shows it is not a detach.
+    /// Reads Docker's `--detach-keys` form: keys separated by commas, each
+    /// a single character or `ctrl-X` (X a letter or one of @ [ \\ ] ^ _).
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut seq = Vec::new();
+        for key in spec.split(',') {
+            let k = key.trim();
+            let byte = match k.strip_prefix("ctrl-") {
+                Some(c) if c.len() == 1 => {
+                    let c = c.as_bytes()[0].to_ascii_uppercase();
+                    if !(b'@'..=b'_').contains(&c) {
+                        return Err(format!(
+                            "invalid detach keys ({spec}): ctrl-{} is no key",
+                            c as char
+                        ));
+                    }
+                    c & 0x1f
+                }
+                None if k.len() == 1 => k.as_bytes()[0],
+                _ => {
+                    return Err(format!(
+                        "invalid detach keys ({spec}): {k:?} is not a key; use ctrl-p,ctrl-q"
+                    ))
+                }
+            };
+            seq.push(byte);
+        }
+        if seq.is_empty() {
+            return Err(format!("invalid detach keys ({spec})"));
+        }
+        Ok(Self { seq, matched: 0 })
+    }
+
+    /// Splits a chunk of input into what to send and whether to detach.
     pub fn scan(&mut self, input: &[u8]) -> (Vec<u8>, bool) {
-        let mut out = Vec::with_capacity(input.len() + 1);
+        let mut out = Vec::with_capacity(input.len() + self.seq.len());
         for &b in input {
-            if self.pending_ctrl_p {
-                self.pending_ctrl_p = false;
-                if b == 0x11 {
+            if b == self.seq[self.matched] {
+                self.matched += 1;
+                if self.matched == self.seq.len() {
+                    self.matched = 0;
                     return (out, true);
                 }
-                out.push(0x10);
+                continue;
             }
-            if b == 0x10 {
-                self.pending_ctrl_p = true;
+            // Not the sequence after all: what was held back goes, then
+            // this byte may begin it again.
+            out.extend_from_slice(&self.seq[..self.matched]);
+            self.matched = 0;
+            if b == self.seq[0] {
+                self.matched = 1;
+                if self.seq.len() == 1 {
+                    self.matched = 0;
+                    return (out, true);
+                }
             } else {
                 out.push(b);
             }
@@ -98,6 +144,15 @@ impl Default for DetachKeys {
     }
 }
 
+/// How an attachment takes input.
+#[derive(Debug, Clone, Default)]
+pub struct AttachOptions {
+    /// The sequence that detaches from a terminal.
+    pub detach_keys: DetachKeys,
+    /// Send nothing of this client's stdin (`attach --no-stdin`).
+    pub no_stdin: bool,
+}
+
 /// Attaches to a container (starting it first if asked) until it ends or
 /// the user detaches.
 pub async fn attach(
@@ -105,6 +160,7 @@ pub async fn attach(
     container: &str,
     start: bool,
     tty: bool,
+    opts: &AttachOptions,
 ) -> Result<AttachEnd, CliError> {
     let size = if tty { window_size() } else { None };
     let first = AttachInput {
@@ -114,7 +170,7 @@ pub async fn attach(
             size,
         })),
     };
-    session(client, first, tty, false).await
+    session(client, first, tty, false, opts).await
 }
 
 /// Runs a process in a container (berth exec) attached to this terminal.
@@ -129,7 +185,7 @@ pub async fn exec(
     let first = AttachInput {
         msg: Some(Msg::Exec(start)),
     };
-    session(client, first, tty, true).await
+    session(client, first, tty, true, &AttachOptions::default()).await
 }
 
 async fn session(
@@ -137,6 +193,7 @@ async fn session(
     first: AttachInput,
     tty: bool,
     exec: bool,
+    opts: &AttachOptions,
 ) -> Result<AttachEnd, CliError> {
     let (tx, rx) = mpsc::channel::<AttachInput>(64);
     let _ = tx.send(first).await;
@@ -148,8 +205,12 @@ async fn session(
     let (detach_tx, mut detach_rx) = mpsc::channel::<()>(1);
     // Standard input is read on a thread of its own: a blocking read.
     let input = tx.clone();
+    let mut keys = opts.detach_keys.clone();
+    let no_stdin = opts.no_stdin;
     std::thread::spawn(move || {
-        let mut keys = DetachKeys::new();
+        if no_stdin {
+            return;
+        }
         let mut buf = [0u8; 4096];
         let mut stdin = std::io::stdin().lock();
         loop {
@@ -261,5 +322,21 @@ mod tests {
         assert_eq!(k.scan(&[0x11]), (vec![], true));
         let mut k = DetachKeys::new();
         assert_eq!(k.scan(&[0x10, b'x']), (vec![0x10, b'x'], false));
+    }
+
+    #[test]
+    fn detach_keys_take_dockers_form() {
+        let mut k = DetachKeys::parse("ctrl-a,x").unwrap();
+        assert_eq!(k.scan(&[b'q', 0x01, b'y']), (vec![b'q', 0x01, b'y'], false));
+        assert_eq!(k.scan(&[0x01, 0x01, b'x', b'z']), (vec![0x01], true));
+        let mut k = DetachKeys::parse("ctrl-@").unwrap();
+        assert_eq!(k.scan(&[b'a', 0]), (vec![b'a'], true));
+        assert_eq!(
+            DetachKeys::parse("ctrl-p,ctrl-q").unwrap(),
+            DetachKeys::new()
+        );
+        for bad in ["", "ctrl-", "ctrl-1", "esc", "a,,b"] {
+            assert!(DetachKeys::parse(bad).is_err(), "{bad}");
+        }
     }
 }

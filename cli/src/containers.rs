@@ -77,6 +77,15 @@ pub struct RunArgs {
     pub labels: Vec<(String, String)>,
     #[command(flatten)]
     pub placement: PlacementArgs,
+    /// The keys that detach from the container's terminal, Docker's form
+    /// (default ctrl-p,ctrl-q).
+    #[arg(long, value_parser = crate::attach::DetachKeys::parse)]
+    pub detach_keys: Option<crate::attach::DetachKeys>,
+    /// Send the SIGINT and SIGTERM this client gets to the container
+    /// (without a terminal; --sig-proxy=false lets them end the client).
+    #[arg(long, default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub sig_proxy: bool,
     /// Let the cluster run the container on another node when its node is
     /// lost. Its node's agent then stops it when cut off from the cluster
     /// (see docs/operations.md, "Movable containers").
@@ -253,7 +262,12 @@ pub async fn run(client: &mut ClusterClient<Channel>, args: RunArgs) -> Result<i
         println!("{}", created.id);
         return Ok(0);
     }
-    let waited = follow_and_wait(client, &created.id).await?;
+    let opts = crate::logs::LogOptions {
+        follow: true,
+        ..Default::default()
+    };
+    let proxy = args.sig_proxy.then_some(created.id.as_str());
+    let waited = follow_and_wait_with(client, &created.id, &opts, proxy).await?;
     if args.rm {
         // The cluster removes it too (--rm is carried out by the cluster,
         // whatever happens to this client): either may come first.
@@ -750,7 +764,15 @@ pub async fn start(client: &mut ClusterClient<Channel>, args: StartArgs) -> Resu
             .map_err(CliError::api)?
             .into_inner();
         let tty = info.spec.as_ref().is_some_and(|s| s.tty);
-        return match crate::attach::attach(client, &info.id, true, tty).await? {
+        return match crate::attach::attach(
+            client,
+            &info.id,
+            true,
+            tty,
+            &crate::attach::AttachOptions::default(),
+        )
+        .await?
+        {
             crate::attach::AttachEnd::Detached => Ok(0),
             crate::attach::AttachEnd::Ended(_) => Ok(client
                 .wait_container(ContainerRef {
@@ -1050,9 +1072,14 @@ pub async fn pause(
 async fn run_attached(client: &mut ClusterClient<Channel>, args: RunArgs) -> Result<i32, CliError> {
     let auto_remove = args.rm;
     let tty = args.tty;
+    let detach_keys = args.detach_keys.clone();
     let code = create_quiet(client, args).await?;
     let id = code;
-    match crate::attach::attach(client, &id, true, tty).await? {
+    let opts = crate::attach::AttachOptions {
+        detach_keys: detach_keys.unwrap_or_default(),
+        no_stdin: false,
+    };
+    match crate::attach::attach(client, &id, true, tty, &opts).await? {
         crate::attach::AttachEnd::Detached => Ok(0),
         crate::attach::AttachEnd::Ended(_) => {
             let waited = client
@@ -1103,10 +1130,27 @@ async fn create_quiet(
 }
 
 /// `berth attach`.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The keys that detach from a terminal, Docker's form (ctrl-p,ctrl-q).
+    #[arg(long, value_parser = crate::attach::DetachKeys::parse)]
+    pub detach_keys: Option<crate::attach::DetachKeys>,
+    /// Send none of your input.
+    #[arg(long)]
+    pub no_stdin: bool,
+    /// Send the SIGINT and SIGTERM this client gets to the container (not
+    /// with a terminal, where Ctrl+C is input).
+    #[arg(long, default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub sig_proxy: bool,
+    pub container: String,
+}
+
 pub async fn attach_verb(
     client: &mut ClusterClient<Channel>,
-    container: &str,
+    args: AttachArgs,
 ) -> Result<i32, CliError> {
+    let container = args.container.as_str();
     let info = client
         .get_container(ContainerRef {
             name_or_id: container.to_string(),
@@ -1130,10 +1174,15 @@ pub async fn attach_verb(
             tail: Some(0),
             ..Default::default()
         };
-        let waited = follow_and_wait_with(client, &info.id, &opts, None).await?;
+        let proxy = args.sig_proxy.then_some(info.id.as_str());
+        let waited = follow_and_wait_with(client, &info.id, &opts, proxy).await?;
         return Ok(waited.exit_code);
     }
-    match crate::attach::attach(client, &info.id, false, tty).await? {
+    let opts = crate::attach::AttachOptions {
+        detach_keys: args.detach_keys.clone().unwrap_or_default(),
+        no_stdin: args.no_stdin,
+    };
+    match crate::attach::attach(client, &info.id, false, tty, &opts).await? {
         crate::attach::AttachEnd::Detached => Ok(0),
         crate::attach::AttachEnd::Ended(_) => {
             let waited = client

@@ -54,8 +54,9 @@ enum Command {
     Diff { container: String },
     /// Run a command in a running container.
     Exec(containers::ExecArgs),
-    /// Attach your terminal to a running container (-i or -t); Ctrl+P Ctrl+Q detaches.
-    Attach { container: String },
+    /// Attach to a running container: your terminal and input (-i or -t;
+    /// Ctrl+P Ctrl+Q detaches), or its output from now on.
+    Attach(containers::AttachArgs),
     /// Freeze every process of running containers.
     Pause {
         #[arg(required = true)]
@@ -292,7 +293,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Kill(a) => containers::kill(&mut client, a).await,
         Command::Wait { containers: list } => containers::wait(&mut client, list).await,
         Command::Pause { containers: list } => containers::pause(&mut client, list, true).await,
-        Command::Attach { container } => containers::attach_verb(&mut client, &container).await,
+        Command::Attach(a) => containers::attach_verb(&mut client, a).await,
         Command::Exec(a) => containers::exec(&mut client, a).await,
         Command::Top { container } => containers::top(&mut client, &container).await,
         Command::Commit(a) => containers::commit(&mut client, a).await,
