@@ -404,6 +404,10 @@ pub struct HistoryArgs {
     /// Do not cut the CREATED BY column short.
     #[arg(long)]
     pub no_trunc: bool,
+    /// Print through a Go template (fields: ID, CreatedSince, CreatedAt,
+    /// CreatedBy, Size, Comment).
+    #[arg(long)]
+    pub format: Option<String>,
     /// The image, by reference or id.
     pub image: String,
 }
@@ -455,6 +459,37 @@ pub async fn history(
     rows.reverse();
     if let Some(first) = rows.first_mut() {
         first[0] = id;
+    }
+    let format = crate::format::Format::parse(args.format.as_deref());
+    if format != crate::format::Format::Default {
+        let created_at: Vec<String> = entries
+            .iter()
+            .rev()
+            .map(|h| h["created"].as_str().unwrap_or("").to_string())
+            .collect();
+        let values: Vec<serde_json::Value> = rows
+            .iter()
+            .zip(created_at)
+            .map(|(r, at)| {
+                serde_json::json!({
+                    "ID": r[0], "CreatedSince": r[1], "CreatedAt": at,
+                    "CreatedBy": r[2], "Size": r[3], "Comment": r[4],
+                })
+            })
+            .collect();
+        crate::format::print(
+            &format,
+            &values,
+            &[
+                ("ID", "IMAGE"),
+                ("CreatedSince", "CREATED"),
+                ("CreatedAt", "CREATED AT"),
+                ("CreatedBy", "CREATED BY"),
+                ("Size", "SIZE"),
+                ("Comment", "COMMENT"),
+            ],
+        )?;
+        return Ok(0);
     }
     table(
         &["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],

@@ -191,7 +191,12 @@ enum ContextCommand {
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
     /// List nodes: status, availability, containers, resources, labels.
-    Ls,
+    Ls {
+        /// Print through a Go template (fields: ID, Hostname, Status,
+        /// Availability, Containers, CPUs, Memory, Cgroup, Kernel, Labels).
+        #[arg(long)]
+        format: Option<String>,
+    },
     /// Show nodes as JSON.
     Inspect {
         #[arg(required = true)]
@@ -317,7 +322,9 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             images::inspect(&mut client, list).await
         }
         Command::Image(ImageCommand::Ls(a)) => images::images(&mut client, a).await,
-        Command::Node(NodeCommand::Ls) => nodes::ls(&mut client).await,
+        Command::Node(NodeCommand::Ls { format }) => {
+            nodes::ls(&mut client, format.as_deref()).await
+        }
         Command::Node(NodeCommand::Inspect { nodes: list }) => {
             nodes::inspect(&mut client, &list).await
         }

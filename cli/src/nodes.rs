@@ -6,13 +6,57 @@ use tonic::transport::Channel;
 use crate::output::{human_size, table};
 use crate::CliError;
 
-pub async fn ls(client: &mut ClusterClient<Channel>) -> Result<i32, CliError> {
+pub async fn ls(
+    client: &mut ClusterClient<Channel>,
+    format: Option<&str>,
+) -> Result<i32, CliError> {
     let nodes = client
         .list_nodes(ListNodesRequest {})
         .await
         .map_err(CliError::api)?
         .into_inner()
         .nodes;
+    let format = crate::format::Format::parse(format);
+    if format != crate::format::Format::Default {
+        let values: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| {
+                let mut labels: Vec<String> = n
+                    .agent_labels
+                    .iter()
+                    .filter(|(k, _)| !n.labels.contains_key(*k))
+                    .chain(n.labels.iter())
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                labels.sort();
+                serde_json::json!({
+                    "ID": n.name, "Hostname": n.name,
+                    "Status": crate::output::title_case(&n.status),
+                    "Availability": crate::output::title_case(&n.availability),
+                    "Containers": n.containers.to_string(), "CPUs": n.cpus.to_string(),
+                    "Memory": human_size(n.memory_bytes), "Cgroup": n.cgroup_version,
+                    "Kernel": n.kernel, "Labels": labels.join(","),
+                })
+            })
+            .collect();
+        crate::format::print(
+            &format,
+            &values,
+            &[
+                ("ID", "ID"),
+                ("Hostname", "HOSTNAME"),
+                ("Status", "STATUS"),
+                ("Availability", "AVAILABILITY"),
+                ("Containers", "CONTAINERS"),
+                ("CPUs", "CPUS"),
+                ("Memory", "MEMORY"),
+                ("Cgroup", "CGROUP"),
+                ("Kernel", "KERNEL"),
+                ("Labels", "LABELS"),
+            ],
+        )?;
+        return Ok(0);
+    }
     let rows: Vec<Vec<String>> = nodes
         .iter()
         .map(|n| {
@@ -300,5 +344,5 @@ pub async fn label(
         })
         .await
         .map_err(CliError::api)?;
-    ls(client).await
+    ls(client, None).await
 }

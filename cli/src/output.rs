@@ -137,3 +137,13 @@ mod tests {
         assert_eq!(truncate("abc", 4), "abc");
     }
 }
+
+/// A word with its first letter upper-case (`ready` to `Ready`), as
+/// Docker's `node ls --format` prints states.
+pub fn title_case(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}

@@ -18,7 +18,12 @@ pub enum ServiceCommand {
     /// Create a service: REPLICAS tasks of IMAGE that the cluster keeps running.
     Create(Box<CreateArgs>),
     /// List services.
-    Ls,
+    Ls {
+        /// Print through a Go template (fields: ID, Name, Mode, Replicas,
+        /// Image, Ports).
+        #[arg(long)]
+        format: Option<String>,
+    },
     /// List the tasks of a service, with their nodes.
     Ps { service: String },
     /// Show a service as JSON.
@@ -183,7 +188,7 @@ pub async fn dispatch(
 ) -> Result<i32, CliError> {
     match cmd {
         ServiceCommand::Create(a) => create(client, *a).await,
-        ServiceCommand::Ls => ls(client).await,
+        ServiceCommand::Ls { format } => ls(client, format.as_deref()).await,
         ServiceCommand::Ps { service } => ps(client, &service).await,
         ServiceCommand::Inspect { services } => inspect(client, services).await,
         ServiceCommand::Scale { scales, detach } => scale(client, scales, detach).await,
@@ -306,13 +311,40 @@ fn short(id: &str) -> String {
     id.chars().take(12).collect()
 }
 
-async fn ls(client: &mut ClusterClient<Channel>) -> Result<i32, CliError> {
+async fn ls(client: &mut ClusterClient<Channel>, format: Option<&str>) -> Result<i32, CliError> {
     let services = client
         .list_services(ListServicesRequest {})
         .await
         .map_err(CliError::api)?
         .into_inner()
         .services;
+    let format = crate::format::Format::parse(format);
+    if format != crate::format::Format::Default {
+        let values: Vec<serde_json::Value> = services
+            .iter()
+            .map(|s| {
+                let spec = s.spec.clone().unwrap_or_default();
+                serde_json::json!({
+                    "ID": short(&s.id), "Name": spec.name, "Mode": "replicated",
+                    "Replicas": format!("{}/{}", s.running, spec.replicas),
+                    "Image": spec.task.map(|t| t.image).unwrap_or_default(), "Ports": "",
+                })
+            })
+            .collect();
+        crate::format::print(
+            &format,
+            &values,
+            &[
+                ("ID", "ID"),
+                ("Name", "NAME"),
+                ("Mode", "MODE"),
+                ("Replicas", "REPLICAS"),
+                ("Image", "IMAGE"),
+                ("Ports", "PORTS"),
+            ],
+        )?;
+        return Ok(0);
+    }
     let rows: Vec<Vec<String>> = services
         .iter()
         .map(|s| {
