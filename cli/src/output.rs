@@ -105,6 +105,16 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A word with its first letter upper-case (`ready` to `Ready`), as
+/// Docker's `node ls --format` prints states.
+pub fn title_case(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,15 +145,5 @@ mod tests {
     fn long_commands_are_cut() {
         assert_eq!(truncate("abcdef", 4), "abc…");
         assert_eq!(truncate("abc", 4), "abc");
-    }
-}
-
-/// A word with its first letter upper-case (`ready` to `Ready`), as
-/// Docker's `node ls --format` prints states.
-pub fn title_case(s: &str) -> String {
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_uppercase().chain(c).collect(),
-        None => String::new(),
     }
 }
