@@ -1,7 +1,10 @@
 //! Image verbs: import, images.
 
+use std::io::Read;
+
 use berth_proto::cluster::{cluster_client::ClusterClient, ImportChunk, ListImagesRequest};
 use clap::Args;
+use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use crate::output::{ago, human_size, now_ms, table};
@@ -26,31 +29,28 @@ pub async fn import(
     client: &mut ClusterClient<Channel>,
     args: ImportArgs,
 ) -> Result<i32, CliError> {
-    let data = if args.file == "-" {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
-            .map_err(|e| CliError::Usage(format!("reading standard input: {e}")))?;
-        buf
-    } else {
-        std::fs::read(&args.file).map_err(|e| CliError::Usage(format!("{}: {e}", args.file)))?
-    };
-    let mut chunks: Vec<ImportChunk> = data
-        .chunks(CHUNK)
-        .map(|c| ImportChunk {
-            data: c.to_vec(),
-            ..Default::default()
-        })
-        .collect();
-    if chunks.is_empty() {
-        chunks.push(ImportChunk::default());
-    }
-    chunks[0].reference = args.reference.clone();
-    chunks[0].node = args.node.clone().unwrap_or_default();
-    let resp = client
-        .import_image(tokio_stream::iter(chunks))
-        .await
-        .map_err(CliError::api)?
-        .into_inner();
+    let (pieces, failed) = pieces_of(Some(args.file.as_str()))?;
+    let (reference, node) = (
+        args.reference.clone(),
+        args.node.clone().unwrap_or_default(),
+    );
+    let mut first = true;
+    let stream = pieces.map(move |data| {
+        let chunk = ImportChunk {
+            data,
+            reference: if first {
+                reference.clone()
+            } else {
+                String::new()
+            },
+            node: if first { node.clone() } else { String::new() },
+        };
+        first = false;
+        chunk
+    });
+    let resp = client.import_image(stream).await;
+    read_failure(&failed)?;
+    let resp = resp.map_err(CliError::api)?.into_inner();
     println!("{}", resp.image_id);
     Ok(0)
 }
@@ -174,16 +174,61 @@ fn split_tag(t: &str) -> (String, String) {
     }
 }
 
-/// Reads a file, or standard input for `-` or no file.
-fn read_input(file: Option<&str>) -> Result<Vec<u8>, CliError> {
-    match file {
-        None | Some("-") => {
-            let mut buf = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
-                .map_err(|e| CliError::Usage(format!("reading standard input: {e}")))?;
-            Ok(buf)
+/// Why reading an upload stopped part-way, if it did.
+type ReadFailure = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
+/// A file, or standard input for `-` or no file, as a stream of pieces
+/// read on a thread of its own: a few pieces are in memory at a time,
+/// however large the archive. At least one piece (maybe empty) comes.
+fn pieces_of(
+    file: Option<&str>,
+) -> Result<(impl tokio_stream::Stream<Item = Vec<u8>>, ReadFailure), CliError> {
+    let (name, mut reader): (String, Box<dyn std::io::Read + Send>) = match file {
+        None | Some("-") => ("standard input".into(), Box::new(std::io::stdin())),
+        Some(f) => (
+            f.to_string(),
+            Box::new(std::fs::File::open(f).map_err(|e| CliError::Usage(format!("{f}: {e}")))?),
+        ),
+    };
+    let failed: ReadFailure = Default::default();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let failure = failed.clone();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            let mut filled = 0;
+            while filled < CHUNK {
+                match reader.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(format!("reading {name}: {e}"));
+                        return;
+                    }
+                }
+            }
+            buf.truncate(filled);
+            if filled == 0 && sent {
+                return;
+            }
+            sent = true;
+            let last = filled < CHUNK;
+            if tx.blocking_send(buf).is_err() || last {
+                return;
+            }
         }
-        Some(f) => std::fs::read(f).map_err(|e| CliError::Usage(format!("{f}: {e}"))),
+    });
+    Ok((tokio_stream::wrappers::ReceiverStream::new(rx), failed))
+}
+
+/// The read error that cut an upload short, reported as the cause.
+fn read_failure(failed: &ReadFailure) -> Result<(), CliError> {
+    match failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        Some(why) => Err(CliError::Usage(why)),
+        None => Ok(()),
     }
 }
 
@@ -231,23 +276,20 @@ pub struct LoadArgs {
 }
 
 pub async fn load(client: &mut ClusterClient<Channel>, args: LoadArgs) -> Result<i32, CliError> {
-    let data = read_input(args.input.as_deref())?;
-    let mut chunks: Vec<berth_proto::cluster::UploadChunk> = data
-        .chunks(CHUNK)
-        .map(|c| berth_proto::cluster::UploadChunk {
-            data: c.to_vec(),
-            ..Default::default()
-        })
-        .collect();
-    if chunks.is_empty() {
-        chunks.push(Default::default());
-    }
-    chunks[0].node = args.node.clone().unwrap_or_default();
-    let resp = client
-        .load_images(tokio_stream::iter(chunks))
-        .await
-        .map_err(CliError::api)?
-        .into_inner();
+    let (pieces, failed) = pieces_of(args.input.as_deref())?;
+    let node = args.node.clone().unwrap_or_default();
+    let mut first = true;
+    let stream = pieces.map(move |data| {
+        let chunk = berth_proto::cluster::UploadChunk {
+            data,
+            node: if first { node.clone() } else { String::new() },
+        };
+        first = false;
+        chunk
+    });
+    let resp = client.load_images(stream).await;
+    read_failure(&failed)?;
+    let resp = resp.map_err(CliError::api)?.into_inner();
     if !args.quiet {
         for i in &resp.images {
             if i.tags.is_empty() {
