@@ -47,12 +47,15 @@ pub trait Engine: Send + Sync + 'static {
         open: agent::AttachOpen,
         input: mpsc::UnboundedReceiver<agent::AttachData>,
     ) -> BoxFuture<'static, ()>;
-    /// Carries out an image operation and answers it.
+    /// A new upload (import, load) to stage the pieces of a request in.
+    fn upload(&self) -> crate::image::upload::Upload;
+    /// Carries out an image operation and answers it; `upload` is what the
+    /// request uploaded (nothing for most), or why it could not be taken.
     fn image_op(
         self: Arc<Self>,
         request_id: u64,
         op: image_request::Op,
-        data: Vec<u8>,
+        upload: Result<Option<std::fs::File>, String>,
     ) -> BoxFuture<'static, ()>;
 }
 
@@ -106,14 +109,18 @@ impl Engine for crate::supervisor::Supervisor {
         Box::pin(crate::supervisor::Supervisor::attach(self, open, input))
     }
 
+    fn upload(&self) -> crate::image::upload::Upload {
+        crate::supervisor::Supervisor::upload(self)
+    }
+
     fn image_op(
         self: Arc<Self>,
         request_id: u64,
         op: image_request::Op,
-        data: Vec<u8>,
+        upload: Result<Option<std::fs::File>, String>,
     ) -> BoxFuture<'static, ()> {
         Box::pin(crate::supervisor::Supervisor::image_op(
-            self, request_id, op, data,
+            self, request_id, op, upload,
         ))
     }
 }

@@ -294,8 +294,15 @@ async fn session(
     // Open attachments: where each one's input goes.
     let mut attachments: HashMap<u64, mpsc::UnboundedSender<berth_proto::agent::AttachData>> =
         HashMap::new();
-    // Image requests still receiving their upload: the operation and the bytes so far.
-    let mut pending: HashMap<u64, (Option<image_request::Op>, Vec<u8>)> = HashMap::new();
+    // Image requests still receiving their upload: the operation, and the
+    // upload so far (staged on disk, made with its first piece).
+    let mut pending: HashMap<
+        u64,
+        (
+            Option<image_request::Op>,
+            Option<crate::image::upload::Upload>,
+        ),
+    > = HashMap::new();
     let mut session_id = 0u64;
     // Reads asked for before the registration was answered wait for it:
     // their answer names the session.
@@ -391,14 +398,17 @@ async fn session(
                         }
                     }
                     Some(server_message::Msg::ImageRequest(req)) => {
-                        let entry = pending.entry(req.request_id).or_insert_with(|| (None, Vec::new()));
+                        let entry = pending.entry(req.request_id).or_insert_with(|| (None, None));
                         if req.op.is_some() {
                             entry.0 = req.op;
                         }
-                        entry.1.extend_from_slice(&req.data);
+                        if !req.data.is_empty() {
+                            entry.1.get_or_insert_with(|| supervisor.upload()).write(&req.data);
+                        }
                         if req.last {
-                            if let Some((Some(op), data)) = pending.remove(&req.request_id) {
-                                tokio::spawn(supervisor.clone().image_op(req.request_id, op, data));
+                            if let Some((Some(op), upload)) = pending.remove(&req.request_id) {
+                                let upload = upload.map(|u| u.finish()).transpose();
+                                tokio::spawn(supervisor.clone().image_op(req.request_id, op, upload));
                             }
                         }
                     }

@@ -158,11 +158,15 @@ impl Engine for SimNode {
         })
     }
 
+    fn upload(&self) -> crate::image::upload::Upload {
+        crate::image::upload::Upload::open(&std::env::temp_dir(), &Default::default())
+    }
+
     fn image_op(
         self: Arc<Self>,
         request_id: u64,
         op: image_request::Op,
-        _data: Vec<u8>,
+        _upload: Result<Option<std::fs::File>, String>,
     ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let (json, error) = match op {

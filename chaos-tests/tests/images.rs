@@ -459,3 +459,42 @@ fn commit_makes_an_image_of_a_containers_changes_and_diff_lists_them() {
         },
     );
 }
+
+/// An upload is staged on the node's disk as it arrives and held to the
+/// node's limits: past `--max-image-size` (3 MiB here; busybox fits) it is
+/// refused, naming the limit, and nothing of it stays in the store.
+#[test]
+fn an_upload_past_the_image_limit_is_refused_as_it_arrives() {
+    sandbox::run(
+        "an_upload_past_the_image_limit_is_refused_as_it_arrives",
+        || {
+            let c = Cluster::start_nodes(&[], &[("node1", &["--max-image-size", "3m"])])?;
+            let big: Vec<u8> = (0..(6u32 << 20) / 4)
+                .flat_map(|i| i.wrapping_mul(2654435761).to_le_bytes())
+                .collect();
+            let archive = oci_archive(&[OciImage {
+                reference: "big:1".into(),
+                layers: vec![TarBuilder::new().file("noise", &big).finish()],
+                gzip: false,
+            }]);
+            let path = c.dir().join("big.tar");
+            std::fs::write(&path, &archive)?;
+            let r = c.berth(&["load", "-i", &path.display().to_string()]);
+            ensure!(
+                r.code != 0
+                    && r.stderr
+                        .contains("the upload: the image unpacks to more than 3145728 bytes")
+                    && r.stderr.contains("--max-image-size"),
+                "{r:?}"
+            );
+            let tmp = c.agent_dir("node1").join("images/tmp");
+            let left = std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
+            ensure!(left == 0, "{left} staged files left in {}", tmp.display());
+            ensure!(
+                !c.berth(&["images"]).ok()?.stdout.contains("big"),
+                "an image landed"
+            );
+            Ok(())
+        },
+    );
+}

@@ -13,6 +13,7 @@ pub mod layer;
 pub mod limits;
 pub mod load;
 pub mod save;
+pub mod upload;
 
 use std::collections::HashMap;
 use std::fs;

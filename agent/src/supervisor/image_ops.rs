@@ -8,7 +8,12 @@ impl Supervisor {
     /// downloads as data pieces, then one last reply with the result as
     /// JSON or the error. Operations that change the images send the new
     /// inventory first, so the cluster knows of it when the answer comes.
-    pub async fn image_op(self: Arc<Self>, request_id: u64, op: image_request::Op, data: Vec<u8>) {
+    pub async fn image_op(
+        self: Arc<Self>,
+        request_id: u64,
+        op: image_request::Op,
+        upload: Result<Option<std::fs::File>, String>,
+    ) {
         let me = self.clone();
         let changes_images = !matches!(
             op,
@@ -26,9 +31,14 @@ impl Supervisor {
             image_request::Op::RemoveContainer(r) => {
                 self.remove(&r.container_id).await.map(|()| None)
             }
-            op => tokio::task::spawn_blocking(move || me.image_op_blocking(request_id, op, data))
-                .await
-                .unwrap_or_else(|e| Err(format!("the image task failed: {e}"))),
+            op => match upload {
+                Err(why) => Err(why),
+                Ok(data) => {
+                    tokio::task::spawn_blocking(move || me.image_op_blocking(request_id, op, data))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("the image task failed: {e}")))
+                }
+            },
         };
         if changes_images {
             self.send(Report::Images(self.images()));
@@ -50,8 +60,9 @@ impl Supervisor {
         &self,
         request_id: u64,
         op: image_request::Op,
-        data: Vec<u8>,
+        data: Option<std::fs::File>,
     ) -> Result<Option<serde_json::Value>, String> {
+        let empty = |what: &str| format!("bad archive: {what} is empty");
         let err = |e: ImageError| e.to_string();
         let to_json = |v: &dyn erased::Json| v.json();
         match op {
@@ -60,15 +71,19 @@ impl Supervisor {
                     &self.images,
                     &self.snapshots,
                     &i.reference,
-                    &data,
+                    std::io::BufReader::new(data.ok_or_else(|| empty("the rootfs tarball"))?),
                     now_ms(),
                 )
                 .map_err(err)?;
                 Ok(Some(to_json(&vec![s])))
             }
             image_request::Op::Load(_) => {
-                let loaded = load::load_archive(&self.images, &self.snapshots, data.as_slice())
-                    .map_err(err)?;
+                let loaded = load::load_archive(
+                    &self.images,
+                    &self.snapshots,
+                    std::io::BufReader::new(data.ok_or_else(|| empty("the archive"))?),
+                )
+                .map_err(err)?;
                 Ok(Some(to_json(&loaded)))
             }
             image_request::Op::Save(s) => {
@@ -151,6 +166,14 @@ impl Supervisor {
                 Ok(None)
             }
         }
+    }
+
+    /// A new upload, staged in the image store and held to its limits.
+    pub fn upload(&self) -> crate::image::upload::Upload {
+        crate::image::upload::Upload::open(
+            &self.cfg.data_dir.join("images").join("tmp"),
+            self.images.limits(),
+        )
     }
 
     /// Makes an image of a container's changes (`commit`), freezing it

@@ -210,7 +210,14 @@ impl Rig {
             tx,
         )
         .unwrap();
-        import::import_rootfs(&sup.images, &sup.snapshots, "base", &rootfs_tar(), 0).unwrap();
+        import::import_rootfs(
+            &sup.images,
+            &sup.snapshots,
+            "base",
+            rootfs_tar().as_slice(),
+            0,
+        )
+        .unwrap();
         Self {
             sup: Arc::new(sup),
             host,
