@@ -79,21 +79,90 @@ pub async fn upload_targets(app: &App, node: &str) -> Result<Vec<String>, Status
     Ok(all)
 }
 
-/// Sends an upload to every target and merges what they loaded.
-pub async fn upload(
+/// Sends an upload to every target as its pieces arrive from the client
+/// (the first piece already read, `first`), and merges what they loaded.
+/// Nothing is kept here but the piece in hand; past MAX_UPLOAD_BYTES the
+/// upload ends and is refused.
+pub async fn upload_streamed<T>(
     app: &App,
     targets: &[String],
     op: Op,
-    data: &[u8],
+    first: Vec<u8>,
+    rest: &mut (impl futures::Stream<Item = Result<T, Status>> + Unpin),
+    data_of: impl Fn(T) -> Vec<u8>,
 ) -> Result<(Vec<cluster::ImageInfo>, Vec<String>), Status> {
-    let calls = targets.iter().map(|n| {
-        let op = op.clone();
-        async move { (n.clone(), app.nodes.image_call(n, op, data).await) }
-    });
+    use futures::StreamExt as _;
+    let mut uploads = Vec::new();
+    for n in targets {
+        match app.nodes.upload_start(n, op.clone()).await {
+            Ok(u) => uploads.push((n.clone(), u)),
+            Err(e) => tracing::warn!("upload failed on {n}: {e}"),
+        }
+    }
+    if uploads.is_empty() {
+        return Err(Status::failed_precondition(
+            "no node of the cluster took the upload",
+        ));
+    }
+    let mut total = 0usize;
+    let mut piece = Some(first);
+    let mut refused: Option<Status> = None;
+    while let Some(data) = piece.take() {
+        total = total.saturating_add(data.len());
+        if total > MAX_UPLOAD_BYTES {
+            refused = Some(Status::resource_exhausted(format!(
+                "the upload is larger than {MAX_UPLOAD_BYTES} bytes"
+            )));
+            break;
+        }
+        let following = match rest.next().await {
+            None => None,
+            Some(Ok(chunk)) => Some(data_of(chunk)),
+            Some(Err(s)) => {
+                refused = Some(s);
+                None
+            }
+        };
+        let last = following.is_none();
+        for piece_of in data.chunks(crate::nodes::UPLOAD_CHUNK) {
+            for (n, u) in &uploads {
+                if let Err(e) = app.nodes.upload_send(u, piece_of, false).await {
+                    tracing::warn!("upload failed on {n}: {e}");
+                }
+            }
+        }
+        if last {
+            break;
+        }
+        piece = following;
+    }
+    // The end, for every node (after a refusal too: the node then refuses
+    // the cut archive and keeps nothing).
+    for (n, u) in &uploads {
+        if let Err(e) = app.nodes.upload_send(u, &[], true).await {
+            tracing::warn!("upload failed on {n}: {e}");
+        }
+    }
+    let results = futures::future::join_all(
+        uploads
+            .into_iter()
+            .map(|(n, u)| async move { (n, app.nodes.upload_finish(u).await) }),
+    )
+    .await;
+    if let Some(s) = refused {
+        return Err(s);
+    }
+    merge_loaded(results)
+}
+
+/// Merges what each node loaded; an error only if no node took it.
+fn merge_loaded(
+    results: Vec<(String, Result<String, String>)>,
+) -> Result<(Vec<cluster::ImageInfo>, Vec<String>), Status> {
     let mut images: BTreeMap<String, cluster::ImageInfo> = BTreeMap::new();
     let mut nodes = Vec::new();
     let mut errors = Vec::new();
-    for (node, result) in futures::future::join_all(calls).await {
+    for (node, result) in results {
         match result {
             Ok(json) => {
                 let loaded: Vec<AgentImage> = serde_json::from_str(&json).unwrap_or_default();

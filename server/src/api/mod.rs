@@ -652,31 +652,23 @@ impl Cluster for ClusterService {
         req: Request<Streaming<cluster::ImportChunk>>,
     ) -> Result<Response<cluster::ImportResponse>, Status> {
         let mut stream = req.into_inner();
-        let mut reference = String::new();
-        let mut node = String::new();
-        let mut data = Vec::new();
-        let mut first = true;
-        while let Some(chunk) = stream.message().await? {
-            if first {
-                reference = chunk.reference.clone();
-                node = chunk.node.clone();
-                first = false;
-            }
-            if data.len() + chunk.data.len() > images::MAX_UPLOAD_BYTES {
-                return Err(Status::resource_exhausted(format!(
-                    "the tarball is larger than {} bytes",
-                    images::MAX_UPLOAD_BYTES
-                )));
-            }
-            data.extend_from_slice(&chunk.data);
-        }
-        if reference.is_empty() {
+        // The first piece names the image and the node; the archive
+        // follows, forwarded to the nodes piece by piece.
+        let first = stream.message().await?.unwrap_or_default();
+        if first.reference.is_empty() {
             return Err(Status::invalid_argument("no image reference given"));
         }
-        let reference = names::normalize_image(&reference);
-        let targets = images::upload_targets(&self.app, &node).await?;
-        let (loaded, nodes) =
-            images::upload(&self.app, &targets, images::import_op(&reference), &data).await?;
+        let reference = names::normalize_image(&first.reference);
+        let targets = images::upload_targets(&self.app, &first.node).await?;
+        let (loaded, nodes) = images::upload_streamed(
+            &self.app,
+            &targets,
+            images::import_op(&reference),
+            first.data,
+            &mut stream,
+            |c| c.data,
+        )
+        .await?;
         let image_id = loaded.first().map(|i| i.id.clone()).unwrap_or_default();
         Ok(Response::new(cluster::ImportResponse { image_id, nodes }))
     }
@@ -686,22 +678,17 @@ impl Cluster for ClusterService {
         req: Request<Streaming<cluster::UploadChunk>>,
     ) -> Result<Response<cluster::LoadImagesResponse>, Status> {
         let mut stream = req.into_inner();
-        let mut node = None;
-        let mut data = Vec::new();
-        while let Some(chunk) = stream.message().await? {
-            if node.is_none() {
-                node = Some(chunk.node.clone());
-            }
-            if data.len() + chunk.data.len() > images::MAX_UPLOAD_BYTES {
-                return Err(Status::resource_exhausted(format!(
-                    "the archive is larger than {} bytes",
-                    images::MAX_UPLOAD_BYTES
-                )));
-            }
-            data.extend_from_slice(&chunk.data);
-        }
-        let targets = images::upload_targets(&self.app, &node.unwrap_or_default()).await?;
-        let (images, nodes) = images::upload(&self.app, &targets, images::load_op(), &data).await?;
+        let first = stream.message().await?.unwrap_or_default();
+        let targets = images::upload_targets(&self.app, &first.node).await?;
+        let (images, nodes) = images::upload_streamed(
+            &self.app,
+            &targets,
+            images::load_op(),
+            first.data,
+            &mut stream,
+            |c| c.data,
+        )
+        .await?;
         Ok(Response::new(cluster::LoadImagesResponse { images, nodes }))
     }
 

@@ -16,6 +16,13 @@ use tokio::sync::{mpsc, Mutex};
 /// The largest piece of an upload sent to an agent in one message.
 pub const UPLOAD_CHUNK: usize = 1 << 20;
 
+/// An image operation whose upload is on its way to one node.
+pub struct Upload {
+    node: String,
+    request_id: u64,
+    replies: mpsc::UnboundedReceiver<ImageReply>,
+}
+
 /// One connected agent.
 struct Connected {
     /// Distinguishes this session from a later one of the same node.
@@ -218,6 +225,35 @@ impl Nodes {
         Ok(rx)
     }
 
+    /// Starts an image operation whose upload follows in pieces
+    /// ([`Upload::send`]): nothing of it is kept here but the piece on its
+    /// way.
+    pub async fn upload_start(&self, node: &str, op: image_request::Op) -> Result<Upload, String> {
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, replies) = mpsc::unbounded_channel();
+        self.requests
+            .lock()
+            .await
+            .insert(request_id, (node.to_string(), tx));
+        let msg = ServerMessage {
+            msg: Some(server_message::Msg::ImageRequest(ImageRequest {
+                request_id,
+                op: Some(op),
+                data: Vec::new(),
+                last: false,
+            })),
+        };
+        if !self.send(node, msg).await {
+            self.requests.lock().await.remove(&request_id);
+            return Err(format!("node {node} is not connected"));
+        }
+        Ok(Upload {
+            node: node.to_string(),
+            request_id,
+            replies,
+        })
+    }
+
     /// Sends an image operation and waits for its last reply: the result's
     /// JSON, or the agent's error.
     pub async fn image_call(
@@ -229,6 +265,44 @@ impl Nodes {
         let mut rx = self.image_request(node, op, data).await?;
         let wait = async {
             while let Some(r) = rx.recv().await {
+                if r.last {
+                    return if r.error.is_empty() {
+                        Ok(r.json)
+                    } else {
+                        Err(r.error)
+                    };
+                }
+            }
+            Err(format!("node {node} disconnected before answering"))
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(600), wait).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("node {node} did not answer in 600 s")),
+        }
+    }
+
+    /// Sends the next piece of an upload (with `last`, the end of it).
+    pub async fn upload_send(&self, u: &Upload, data: &[u8], last: bool) -> Result<(), String> {
+        let msg = ServerMessage {
+            msg: Some(server_message::Msg::ImageRequest(ImageRequest {
+                request_id: u.request_id,
+                op: None,
+                data: data.to_vec(),
+                last,
+            })),
+        };
+        if self.send(&u.node, msg).await {
+            Ok(())
+        } else {
+            Err(format!("node {} is not connected", u.node))
+        }
+    }
+
+    /// Waits for an upload's last reply: the result's JSON, or the error.
+    pub async fn upload_finish(&self, mut u: Upload) -> Result<String, String> {
+        let node = u.node.clone();
+        let wait = async {
+            while let Some(r) = u.replies.recv().await {
                 if r.last {
                     return if r.error.is_empty() {
                         Ok(r.json)
