@@ -834,6 +834,61 @@ impl Cluster {
     }
 }
 
+/// The ids of the containers every agent under `dir` holds.
+fn container_ids(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read_dir(e.path().join("containers")).ok())
+        .flat_map(|ids| {
+            ids.flatten()
+                .map(|i| i.file_name().to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// Ends the containers of every agent under `dir` once their agents are
+/// gone, and removes their cgroups, which the shims would have removed:
+/// test after test, they would pile up on the host otherwise.
+fn end_containers(dir: &Path) {
+    const CONTROLLERS: [&str; 5] = ["pids", "memory", "cpu", "freezer", "devices"];
+    let ids = container_ids(dir);
+    for id in &ids {
+        for procs in [
+            format!("/sys/fs/cgroup/pids/berth/{id}/cgroup.procs"),
+            format!("/sys/fs/cgroup/berth/{id}/cgroup.procs"),
+        ] {
+            for pid in std::fs::read_to_string(&procs).unwrap_or_default().lines() {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for id in &ids {
+        let mut dirs: Vec<String> = CONTROLLERS
+            .iter()
+            .map(|c| format!("/sys/fs/cgroup/{c}/berth/{id}"))
+            .collect();
+        dirs.push(format!("/sys/fs/cgroup/berth/{id}"));
+        for d in dirs {
+            // rmdir(2) of a cgroup succeeds once no process is left in it.
+            while std::path::Path::new(&d).exists()
+                && std::fs::remove_dir(&d).is_err()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
 /// Thaws the frozen containers of every agent under `dir`: a paused
 /// container's processes cannot die of the SIGKILL that ends the test's
 /// pid namespace until they are thawed, and the test would wait forever.
@@ -880,6 +935,7 @@ impl Drop for Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+        end_containers(self.dir.path());
     }
 }
 
