@@ -26,6 +26,11 @@ pub struct EventsArgs {
     /// event, container (name or id), image, node.
     #[arg(short = 'f', long = "filter")]
     pub filter: Vec<String>,
+    /// Print each event through a Go template, as Docker's (fields: Type,
+    /// Action, Actor.ID, Actor.Attributes, Time, TimeNano, Scope; and
+    /// `{{json .}}`).
+    #[arg(long)]
+    pub format: Option<String>,
 }
 
 /// Parses "30s", "10m", "2h", "1d" (before now) or Unix seconds into ms.
@@ -103,6 +108,10 @@ pub async fn events(
         }
         filters.push((k.to_string(), v.to_string()));
     }
+    let format = args
+        .format
+        .as_deref()
+        .map(crate::format::unescape_for_inspect);
     let mut stream = client
         .events(EventsRequest {
             since_ms,
@@ -116,6 +125,18 @@ pub async fn events(
             break;
         }
         if !matches(&e, &filters) {
+            continue;
+        }
+        if let Some(t) = &format {
+            let v = serde_json::json!({
+                "Type": e.kind,
+                "Action": e.action,
+                "Actor": {"ID": e.actor, "Attributes": e.attributes},
+                "Scope": "swarm",
+                "Time": e.time_ms.div_euclid(1000),
+                "TimeNano": e.time_ms.saturating_mul(1_000_000),
+            });
+            println!("{}", crate::format::render(t, &v)?);
             continue;
         }
         let mut attrs: Vec<String> = e

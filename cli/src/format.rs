@@ -59,6 +59,7 @@ pub fn render(template: &str, value: &Json) -> Result<String, CliError> {
         ("split", split as gtmpl::Func),
         ("title", title as gtmpl::Func),
         ("truncate", truncate as gtmpl::Func),
+        ("index", index as gtmpl::Func),
     ]);
     t.parse(template)
         .map_err(|e| CliError::Usage(format!("template parsing error: {e}")))?;
@@ -169,6 +170,33 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// Go's `index`: a map's missing key gives its zero value (an empty
+/// string for the string maps Docker's fields are), not an error.
+fn index(args: &[Value]) -> Result<Value, FuncError> {
+    if args.len() < 2 {
+        return Err(FuncError::AtLeastXArgs("index".into(), 2));
+    }
+    let mut col = args[0].clone();
+    for key in &args[1..] {
+        col = match (&col, key) {
+            (Value::Object(o) | Value::Map(o), k) => o
+                .get(&text(k))
+                .cloned()
+                .unwrap_or(Value::String(String::new())),
+            (Value::Array(a), Value::Number(n)) => n
+                .as_u64()
+                .and_then(|i| a.get(i as usize).cloned())
+                .ok_or_else(|| FuncError::Generic(format!("index {n} out of range")))?,
+            _ => {
+                return Err(FuncError::Generic(
+                    "index of a value that is not a map or a list".into(),
+                ))
+            }
+        };
+    }
+    Ok(col)
+}
+
 fn json(args: &[Value]) -> Result<Value, FuncError> {
     Ok(Value::String(
         serde_json::to_string(&to_json(one("json", args)?)).unwrap_or_default(),
@@ -252,6 +280,11 @@ mod tests {
             "sh -c echo hi"
         );
         assert_eq!(render(r#"{{index .Config.Labels "a"}}"#, &v).unwrap(), "1");
+        assert_eq!(
+            render(r#"[{{index .Config.Labels "zz"}}]"#, &v).unwrap(),
+            "[]"
+        );
+        assert_eq!(render(r#"{{index .Config.Cmd 1}}"#, &v).unwrap(), "-c");
         assert_eq!(render("{{upper .Names}}", &v).unwrap(), "WEB");
         assert_eq!(
             render("{{if .State.Running}}up{{else}}down{{end}}", &v).unwrap(),
