@@ -46,6 +46,12 @@ enum Command {
     Restart(containers::StopArgs),
     /// Send a signal to running containers.
     Kill(containers::KillArgs),
+    /// Show the client's and the server's versions.
+    Version {
+        /// Print through a Go template ('{{.Server.Version}}').
+        #[arg(short = 'f', long)]
+        format: Option<String>,
+    },
     /// Show the processes of a running container.
     Top { container: String },
     /// Make an image of a container's changes (on the container's node).
@@ -301,6 +307,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Attach(a) => containers::attach_verb(&mut client, a).await,
         Command::Exec(a) => containers::exec(&mut client, a).await,
         Command::Top { container } => containers::top(&mut client, &container).await,
+        Command::Version { format } => nodes::version(&mut client, format.as_deref()).await,
         Command::Commit(a) => containers::commit(&mut client, a).await,
         Command::Diff { container } => containers::diff(&mut client, &container).await,
         Command::Unpause { containers: list } => containers::pause(&mut client, list, false).await,

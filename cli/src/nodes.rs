@@ -346,3 +346,51 @@ pub async fn label(
         .map_err(CliError::api)?;
     ls(client, None).await
 }
+
+/// `berth version`: the client's and the server's versions, as Docker's
+/// `version` prints them (Client and Server sections, or a template).
+pub async fn version(
+    client: &mut ClusterClient<Channel>,
+    format: Option<&str>,
+) -> Result<i32, CliError> {
+    let status = client
+        .get_cluster_status(berth_proto::cluster::ClusterStatusRequest {})
+        .await
+        .map_err(CliError::api)?
+        .into_inner();
+    let v = serde_json::json!({
+        "Client": {
+            "Version": env!("CARGO_PKG_VERSION"),
+            "Os": std::env::consts::OS,
+            "Arch": std::env::consts::ARCH,
+        },
+        "Server": {
+            "Version": status.version,
+            "Leader": status.leader_addr,
+            "Members": status.members.len(),
+        },
+    });
+    if let Some(f) = format {
+        println!(
+            "{}",
+            crate::format::render(&crate::format::unescape_for_inspect(f), &v)?
+        );
+        return Ok(0);
+    }
+    println!("Client:");
+    println!(
+        " Version:           {}",
+        v["Client"]["Version"].as_str().unwrap_or("")
+    );
+    println!(
+        " OS/Arch:           {}/{}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    );
+    println!();
+    println!("Server: berth");
+    println!(" Version:           {}", status.version);
+    println!(" Leader:            {}", status.leader_addr);
+    println!(" Members:           {}", status.members.len());
+    Ok(0)
+}

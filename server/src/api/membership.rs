@@ -49,6 +49,7 @@ pub fn status(app: &App) -> cluster::ClusterStatus {
         reserved_id: 0,
         ca_digest: ca.renew_to,
         ca_rotating: ca.rotating,
+        version: env!("CARGO_PKG_VERSION").to_string(),
         state: match m.state {
             ServerState::Leader => "leader",
             ServerState::Follower => "follower",
