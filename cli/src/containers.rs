@@ -586,9 +586,7 @@ fn ps_value(c: &ContainerInfo, now: i64, no_trunc: bool) -> serde_json::Value {
         "ID": if no_trunc { c.id.clone() } else { c.id.chars().take(12).collect() },
         "Image": spec.image,
         "Command": if no_trunc { command } else { truncate(&command, 20) },
-        "CreatedAt": chrono::DateTime::<chrono::Utc>::from_timestamp_millis(c.created_at_ms)
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string())
-            .unwrap_or_default(),
+        "CreatedAt": crate::output::go_time(c.created_at_ms),
         "RunningFor": ago(now, c.created_at_ms),
         "Ports": "",
         "State": c.state,
@@ -995,10 +993,7 @@ pub async fn inspect(
     }
     if let Some(f) = format {
         for v in &all {
-            println!(
-                "{}",
-                crate::format::render(&crate::format::unescape_for_inspect(f), v)?
-            );
+            println!("{}", crate::format::render(&crate::format::unescape(f), v)?);
         }
         return Ok(0);
     }

@@ -108,10 +108,7 @@ pub async fn events(
         }
         filters.push((k.to_string(), v.to_string()));
     }
-    let format = args
-        .format
-        .as_deref()
-        .map(crate::format::unescape_for_inspect);
+    let format = args.format.as_deref().map(crate::format::unescape);
     let mut stream = client
         .events(EventsRequest {
             since_ms,

@@ -38,13 +38,8 @@ impl Format {
     }
 }
 
-/// An `inspect -f` template, with `\t` and `\n` read as Docker reads them.
-pub fn unescape_for_inspect(t: &str) -> String {
-    unescape(t)
-}
-
 /// Docker reads `\t` and `\n` in a format as a tab and a newline.
-fn unescape(t: &str) -> String {
+pub fn unescape(t: &str) -> String {
     t.replace("\\t", "\t").replace("\\n", "\n")
 }
 

@@ -108,57 +108,58 @@ pub async fn images(
         return Ok(0);
     }
     let now = now_ms();
-    let format = crate::format::Format::parse(args.format.as_deref());
-    if format != crate::format::Format::Default {
-        let mut values = Vec::new();
-        for i in &list {
+    // A row for each tag of each image (`<none>` for an untagged one).
+    let tagged: Vec<(&berth_proto::cluster::ImageInfo, String, String)> = list
+        .iter()
+        .flat_map(|i| {
             let tags = if i.tags.is_empty() {
                 vec!["<none>:<none>".to_string()]
             } else {
                 i.tags.clone()
             };
-            for t in tags {
+            tags.into_iter().map(move |t| {
                 let (repo, tag) = split_tag(&t);
-                values.push(serde_json::json!({
+                (i, repo, tag)
+            })
+        })
+        .collect();
+    let format = crate::format::Format::parse(args.format.as_deref());
+    if format != crate::format::Format::Default {
+        let values: Vec<serde_json::Value> = tagged
+            .iter()
+            .map(|(i, repo, tag)| {
+                serde_json::json!({
                     "ID": short(&i.id),
                     "Repository": repo,
                     "Tag": tag,
                     "Digest": "<none>",
                     "CreatedSince": ago(now, i.created_ms),
-                    "CreatedAt": chrono::DateTime::<chrono::Utc>::from_timestamp_millis(i.created_ms)
-                        .map(|t| t.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string())
-                        .unwrap_or_default(),
+                    "CreatedAt": crate::output::go_time(i.created_ms),
                     "Size": human_size(i.size),
                     "VirtualSize": human_size(i.size),
                     "SharedSize": "N/A",
                     "UniqueSize": "N/A",
                     "Containers": "N/A",
                     "Nodes": i.nodes.join(","),
-                }));
-            }
-        }
+                })
+            })
+            .collect();
         crate::format::print(&format, &values, IMAGE_HEADERS)?;
         return Ok(0);
     }
-    let mut rows = Vec::new();
-    for i in &list {
-        let tags = if i.tags.is_empty() {
-            vec!["<none>:<none>".to_string()]
-        } else {
-            i.tags.clone()
-        };
-        for t in tags {
-            let (repo, tag) = split_tag(&t);
-            rows.push(vec![
+    let rows: Vec<Vec<String>> = tagged
+        .into_iter()
+        .map(|(i, repo, tag)| {
+            vec![
                 repo,
                 tag,
                 short(&i.id),
                 ago(now, i.created_ms),
                 human_size(i.size),
                 i.nodes.join(","),
-            ]);
-        }
-    }
+            ]
+        })
+        .collect();
     table(
         &["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "NODES"],
         &rows,

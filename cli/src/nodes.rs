@@ -6,6 +6,20 @@ use tonic::transport::Channel;
 use crate::output::{human_size, table};
 use crate::CliError;
 
+/// A node's labels, K=V sorted and comma-separated: the agent's, with
+/// the operator's of the same key in their place.
+fn labels_of(n: &berth_proto::cluster::NodeInfo) -> String {
+    let mut l: Vec<String> = n
+        .agent_labels
+        .iter()
+        .filter(|(k, _)| !n.labels.contains_key(*k))
+        .chain(n.labels.iter())
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    l.sort();
+    l.join(",")
+}
+
 pub async fn ls(
     client: &mut ClusterClient<Channel>,
     format: Option<&str>,
@@ -21,21 +35,13 @@ pub async fn ls(
         let values: Vec<serde_json::Value> = nodes
             .iter()
             .map(|n| {
-                let mut labels: Vec<String> = n
-                    .agent_labels
-                    .iter()
-                    .filter(|(k, _)| !n.labels.contains_key(*k))
-                    .chain(n.labels.iter())
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
-                labels.sort();
                 serde_json::json!({
                     "ID": n.name, "Hostname": n.name,
                     "Status": crate::output::title_case(&n.status),
                     "Availability": crate::output::title_case(&n.availability),
                     "Containers": n.containers.to_string(), "CPUs": n.cpus.to_string(),
                     "Memory": human_size(n.memory_bytes), "Cgroup": n.cgroup_version,
-                    "Kernel": n.kernel, "Labels": labels.join(","),
+                    "Kernel": n.kernel, "Labels": labels_of(n),
                 })
             })
             .collect();
@@ -69,17 +75,7 @@ pub async fn ls(
                 human_size(n.memory_bytes),
                 n.cgroup_version.clone(),
                 n.kernel.clone(),
-                {
-                    let mut l: Vec<String> = n
-                        .agent_labels
-                        .iter()
-                        .filter(|(k, _)| !n.labels.contains_key(*k))
-                        .chain(n.labels.iter())
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect();
-                    l.sort();
-                    l.join(",")
-                },
+                labels_of(n),
             ]
         })
         .collect();
@@ -373,7 +369,7 @@ pub async fn version(
     if let Some(f) = format {
         println!(
             "{}",
-            crate::format::render(&crate::format::unescape_for_inspect(f), &v)?
+            crate::format::render(&crate::format::unescape(f), &v)?
         );
         return Ok(0);
     }

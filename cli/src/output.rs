@@ -115,6 +115,14 @@ pub fn title_case(s: &str) -> String {
     }
 }
 
+/// A time as Go prints a time.Time, which Docker's `CreatedAt` fields are
+/// (`2026-12-02 14:16:51 +0000 UTC`).
+pub fn go_time(ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

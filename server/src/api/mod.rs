@@ -41,6 +41,26 @@ impl ClusterService {
             .map_err(|e| to_status(e.into()))?
             .ok_or_else(|| Status::not_found(format!("No such container: {name_or_id}")))
     }
+
+    /// Asks the node that holds a container for an operation on it (top,
+    /// diff, commit): the answer's JSON.
+    async fn call_node(
+        &self,
+        c: &records::Container,
+        op: berth_proto::agent::image_request::Op,
+    ) -> Result<String, Status> {
+        if c.node.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "container {} has not been created on a node yet",
+                c.name
+            )));
+        }
+        self.app
+            .nodes
+            .image_call(&c.node, op, &[])
+            .await
+            .map_err(Status::failed_precondition)
+    }
 }
 
 /// What a wait answers for a container its --rm removed: the exit code
@@ -377,12 +397,6 @@ impl Cluster for ClusterService {
     ) -> Result<Response<cluster::CommitResponse>, Status> {
         let req = req.into_inner();
         let c = self.find(&req.container)?;
-        if c.node.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "container {} has not been created on a node yet",
-                c.name
-            )));
-        }
         if req.changes.len() > 256 || req.changes.iter().any(|ch| ch.len() > 64 * 1024) {
             return Err(Status::invalid_argument(
                 "too many or too long --change values",
@@ -394,10 +408,8 @@ impl Cluster for ClusterService {
             names::normalize_image(&req.reference)
         };
         let json = self
-            .app
-            .nodes
-            .image_call(
-                &c.node,
+            .call_node(
+                &c,
                 berth_proto::agent::image_request::Op::Commit(berth_proto::agent::CommitOp {
                     container_id: c.id.clone(),
                     reference,
@@ -406,10 +418,8 @@ impl Cluster for ClusterService {
                     changes: req.changes,
                     pause: req.pause,
                 }),
-                &[],
             )
-            .await
-            .map_err(Status::failed_precondition)?;
+            .await?;
         let made: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
         Ok(Response::new(cluster::CommitResponse {
             image_id: made["id"].as_str().unwrap_or_default().to_string(),
@@ -422,24 +432,14 @@ impl Cluster for ClusterService {
         req: Request<cluster::ContainerRef>,
     ) -> Result<Response<cluster::DiffResponse>, Status> {
         let c = self.find(&req.into_inner().name_or_id)?;
-        if c.node.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "container {} has not been created on a node yet",
-                c.name
-            )));
-        }
         let json = self
-            .app
-            .nodes
-            .image_call(
-                &c.node,
+            .call_node(
+                &c,
                 berth_proto::agent::image_request::Op::Diff(berth_proto::agent::DiffOp {
                     container_id: c.id.clone(),
                 }),
-                &[],
             )
-            .await
-            .map_err(Status::failed_precondition)?;
+            .await?;
         let changes: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap_or_default();
         Ok(Response::new(cluster::DiffResponse {
             changes: changes
@@ -464,17 +464,13 @@ impl Cluster for ClusterService {
             )));
         }
         let json = self
-            .app
-            .nodes
-            .image_call(
-                &c.node,
+            .call_node(
+                &c,
                 berth_proto::agent::image_request::Op::Top(berth_proto::agent::TopOp {
                     container_id: c.id.clone(),
                 }),
-                &[],
             )
-            .await
-            .map_err(Status::failed_precondition)?;
+            .await?;
         let rows: Vec<Vec<String>> = serde_json::from_str(&json).unwrap_or_default();
         Ok(Response::new(cluster::TopResponse {
             titles: ["PID", "PPID", "UID", "TIME", "CMD"]

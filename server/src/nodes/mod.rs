@@ -16,6 +16,30 @@ use tokio::sync::{mpsc, Mutex};
 /// The largest piece of an upload sent to an agent in one message.
 pub const UPLOAD_CHUNK: usize = 1 << 20;
 
+/// The last reply of an image operation (up to 600 s): the result's JSON,
+/// or the agent's error.
+async fn last_reply(
+    node: &str,
+    mut replies: mpsc::UnboundedReceiver<ImageReply>,
+) -> Result<String, String> {
+    let wait = async {
+        while let Some(r) = replies.recv().await {
+            if r.last {
+                return if r.error.is_empty() {
+                    Ok(r.json)
+                } else {
+                    Err(r.error)
+                };
+            }
+        }
+        Err(format!("node {node} disconnected before answering"))
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(600), wait).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("node {node} did not answer in 600 s")),
+    }
+}
+
 /// An image operation whose upload is on its way to one node.
 pub struct Upload {
     node: String,
@@ -262,23 +286,8 @@ impl Nodes {
         op: image_request::Op,
         data: &[u8],
     ) -> Result<String, String> {
-        let mut rx = self.image_request(node, op, data).await?;
-        let wait = async {
-            while let Some(r) = rx.recv().await {
-                if r.last {
-                    return if r.error.is_empty() {
-                        Ok(r.json)
-                    } else {
-                        Err(r.error)
-                    };
-                }
-            }
-            Err(format!("node {node} disconnected before answering"))
-        };
-        match tokio::time::timeout(std::time::Duration::from_secs(600), wait).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("node {node} did not answer in 600 s")),
-        }
+        let rx = self.image_request(node, op, data).await?;
+        last_reply(node, rx).await
     }
 
     /// Sends the next piece of an upload (with `last`, the end of it).
@@ -299,24 +308,8 @@ impl Nodes {
     }
 
     /// Waits for an upload's last reply: the result's JSON, or the error.
-    pub async fn upload_finish(&self, mut u: Upload) -> Result<String, String> {
-        let node = u.node.clone();
-        let wait = async {
-            while let Some(r) = u.replies.recv().await {
-                if r.last {
-                    return if r.error.is_empty() {
-                        Ok(r.json)
-                    } else {
-                        Err(r.error)
-                    };
-                }
-            }
-            Err(format!("node {node} disconnected before answering"))
-        };
-        match tokio::time::timeout(std::time::Duration::from_secs(600), wait).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("node {node} did not answer in 600 s")),
-        }
+    pub async fn upload_finish(&self, u: Upload) -> Result<String, String> {
+        last_reply(&u.node, u.replies).await
     }
 
     /// Asks a node's agent to read a container's log from its own file;

@@ -332,10 +332,13 @@ fn digest(s: &LinuxSeccomp) -> [u8; 32] {
 /// The program of a filter, compiled once per distinct filter in this
 /// process (the agent's cache).
 pub fn program(s: &LinuxSeccomp) -> Result<std::sync::Arc<Program>, SeccompError> {
+    program_by(s, digest(s))
+}
+
+fn program_by(s: &LinuxSeccomp, key: [u8; 32]) -> Result<std::sync::Arc<Program>, SeccompError> {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex, OnceLock};
     static CACHE: OnceLock<Mutex<HashMap<[u8; 32], Arc<Program>>>> = OnceLock::new();
-    let key = digest(s);
     let cache = CACHE.get_or_init(Default::default);
     if let Some(p) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(p.clone());
@@ -353,8 +356,11 @@ pub fn program(s: &LinuxSeccomp) -> Result<std::sync::Arc<Program>, SeccompError
 
 /// Writes the program of `s` into the bundle (root only, as config.json).
 pub fn save_program(bundle: &std::path::Path, s: &LinuxSeccomp) -> Result<(), SeccompError> {
-    let mut out = digest(s).to_vec();
-    out.extend(program(s)?.bytes());
+    // One serialization and hash of the filter per container start: the
+    // cache's key is the file's header.
+    let key = digest(s);
+    let mut out = key.to_vec();
+    out.extend(program_by(s, key)?.bytes());
     crate::runtime::bundle::write_private(&bundle.join(PROGRAM_FILE), &out)
         .map_err(|e| SeccompError::Profile(format!("{PROGRAM_FILE}: {e}")))
 }
