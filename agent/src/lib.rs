@@ -3,6 +3,7 @@
 //! (config.json) -> runtime (shim, namespaces); the supervisor drives it
 //! from the cluster's assignments and the session carries both ways.
 
+pub mod build;
 pub mod credentials;
 pub mod engine;
 pub mod image;

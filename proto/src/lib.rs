@@ -46,6 +46,7 @@ pub mod limits {
 }
 
 pub mod credential;
+pub mod dockerignore;
 pub mod security;
 pub mod transport;
 

@@ -99,41 +99,14 @@ pub fn commit(
         .map_err(|e| ImageError::Archive(format!("the parent's config: {e}")))?;
     apply_changes(&mut config, input.changes)?;
     let _writing = store.write_lock();
-    let staging = store.staging_dir()?;
-    let tar_path = staging.path().join("layer.tar");
-    {
-        let f = fs::File::create(&tar_path).map_err(|source| ImageError::Io {
-            path: tar_path.clone(),
-            source,
-        })?;
-        let mut b = tar::Builder::new(std::io::BufWriter::new(f));
-        b.follow_symlinks(false);
-        let skip = made_mount_points(input.upper, input.lowers, input.mounts);
-        layer_tar(input.upper, &skip, &mut b).map_err(|source| ImageError::Io {
-            path: input.upper.to_path_buf(),
-            source,
-        })?;
-        b.into_inner()
-            .and_then(|mut w| w.flush())
-            .map_err(|source| ImageError::Io {
-                path: tar_path.clone(),
-                source,
-            })?;
-    }
     let mut progress = Progress::default();
-    let f = fs::File::open(&tar_path).map_err(|source| ImageError::Io {
-        path: tar_path.clone(),
-        source,
-    })?;
-    let new = layer::ingest(
+    let skip = made_mount_points(input.upper, input.lowers, input.mounts);
+    let new = ingest_upper(
         store,
         snapshots,
-        std::io::BufReader::new(f),
-        &Expected {
-            what: format!("the changes of container {}", input.container_id),
-            ..Default::default()
-        },
-        staging.path(),
+        input.upper,
+        &skip,
+        &format!("the changes of container {}", input.container_id),
         &mut progress,
     )?;
     let mut layers: Vec<Ingested> = Vec::new();
@@ -204,6 +177,71 @@ pub fn commit(
         let _ = store.undo_unpacked(snapshots, &progress.unpacked);
     }
     made
+}
+
+/// Makes the upper dir `upper` (but for `skip`) a layer of the store, as
+/// `commit` does; the caller holds the store's write lock.
+pub fn ingest_upper(
+    store: &ImageStore,
+    snapshots: &Snapshots,
+    upper: &Path,
+    skip: &[PathBuf],
+    what: &str,
+    progress: &mut Progress,
+) -> Result<Ingested, ImageError> {
+    let staging = store.staging_dir()?;
+    let tar_path = staging.path().join("layer.tar");
+    {
+        let f = fs::File::create(&tar_path).map_err(|source| ImageError::Io {
+            path: tar_path.clone(),
+            source,
+        })?;
+        let mut b = tar::Builder::new(std::io::BufWriter::new(f));
+        b.follow_symlinks(false);
+        layer_tar(upper, skip, &mut b).map_err(|source| ImageError::Io {
+            path: upper.to_path_buf(),
+            source,
+        })?;
+        b.into_inner()
+            .and_then(|mut w| w.flush())
+            .map_err(|source| ImageError::Io {
+                path: tar_path.clone(),
+                source,
+            })?;
+    }
+    let f = fs::File::open(&tar_path).map_err(|source| ImageError::Io {
+        path: tar_path.clone(),
+        source,
+    })?;
+    layer::ingest(
+        store,
+        snapshots,
+        std::io::BufReader::new(f),
+        &Expected {
+            what: what.to_string(),
+            ..Default::default()
+        },
+        staging.path(),
+        progress,
+    )
+}
+
+/// True if `upper` holds no change but for `skip`.
+pub fn upper_is_empty(upper: &Path, skip: &[PathBuf]) -> bool {
+    fs::read_dir(upper)
+        .map(|mut d| {
+            d.all(|e| {
+                e.map(|e| skip.contains(&PathBuf::from(e.file_name())))
+                    .unwrap_or(false)
+            })
+        })
+        .unwrap_or(true)
+}
+
+/// The mount points a container's runtime made in its upper dir that its
+/// image lacks (relative): left out of a layer made of it.
+pub fn mount_points_made(upper: &Path, lowers: &[PathBuf], mounts: &[PathBuf]) -> Vec<PathBuf> {
+    made_mount_points(upper, lowers, mounts)
 }
 
 /// Writes the upper dir as an OCI layer: whiteouts and opaque dirs become

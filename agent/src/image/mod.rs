@@ -103,11 +103,17 @@ pub struct ImageSummary {
     pub created_ms: i64,
 }
 
+/// Where the build cache's entries live, in the store.
+const BUILD_CACHE: &str = "build-cache";
+
 /// An OCI image layout on disk.
 pub struct ImageStore {
     root: PathBuf,
     limits: limits::ArchiveLimits,
     writing: std::sync::Mutex<()>,
+    /// Layers a build in progress has made and not yet named in an image:
+    /// gc keeps them.
+    pinned: std::sync::Mutex<Vec<String>>,
 }
 
 impl ImageStore {
@@ -130,6 +136,7 @@ impl ImageStore {
             root: root.to_path_buf(),
             limits,
             writing: std::sync::Mutex::new(()),
+            pinned: std::sync::Mutex::new(Vec::new()),
         };
         if !store.index_path().exists() {
             let index = ImageIndexBuilder::default()
@@ -386,6 +393,33 @@ impl ImageStore {
                 live_layers.extend(c.rootfs().diff_ids().iter().cloned());
             }
         }
+        live_layers.extend(
+            self.pinned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
+        // A build cache entry lives while every layer it names does; its
+        // config blob with it.
+        let cache = self.root.join(BUILD_CACHE);
+        for e in fs::read_dir(&cache).into_iter().flatten().flatten() {
+            let id = fs::read_to_string(e.path()).unwrap_or_default();
+            let alive = self
+                .config(id.trim())
+                .map(|c| {
+                    c.rootfs()
+                        .diff_ids()
+                        .iter()
+                        .all(|d| live_layers.contains(d))
+                })
+                .unwrap_or(false);
+            if alive {
+                live_blobs.insert(id.trim().trim_start_matches("sha256:").to_string());
+            } else {
+                let _ = fs::remove_file(e.path());
+            }
+        }
         let blobs = self.root.join("blobs/sha256");
         for e in fs::read_dir(&blobs).map_err(io_err(&blobs))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -395,6 +429,50 @@ impl ImageStore {
         }
         snapshots.retain(|diff_id| live_layers.contains(diff_id));
         Ok(())
+    }
+
+    /// The image a build step made before, by the step's cache key: its
+    /// config digest, if every layer it names is still here.
+    pub fn cache_get(&self, key: &str, snapshots: &crate::snapshot::Snapshots) -> Option<String> {
+        let id = fs::read_to_string(self.root.join(BUILD_CACHE).join(key)).ok()?;
+        let id = id.trim().to_string();
+        let config = self.config(&id).ok()?;
+        config
+            .rootfs()
+            .diff_ids()
+            .iter()
+            .all(|d| {
+                snapshots.path(d).is_ok_and(|p| p.exists())
+                    && self.blob_path(d).is_ok_and(|p| p.exists())
+            })
+            .then_some(id)
+    }
+
+    /// Records the image (config digest) a build step made under its key.
+    pub fn cache_put(&self, key: &str, id: &str) -> Result<(), ImageError> {
+        let dir = self.root.join(BUILD_CACHE);
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let path = dir.join(key);
+        fs::write(&path, id).map_err(io_err(&path))
+    }
+
+    /// Keeps layers from gc until they are unpinned (a build's layers
+    /// before its image names them).
+    pub fn pin(&self, diff_id: &str) {
+        self.pinned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(diff_id.to_string());
+    }
+
+    /// Ends one pin of each of `diff_ids`.
+    pub fn unpin(&self, diff_ids: &[String]) {
+        let mut p = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        for d in diff_ids {
+            if let Some(i) = p.iter().position(|x| x == d) {
+                p.swap_remove(i);
+            }
+        }
     }
 
     /// What archives loaded into this store may cost.

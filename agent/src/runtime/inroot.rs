@@ -76,6 +76,16 @@ impl Root {
         self.resolve(&relative(dest), make, 0)
     }
 
+    /// Opens `path` (as the container names it) inside the root as an
+    /// O_PATH descriptor, following symlinks as the container would and
+    /// making nothing. A `..` in `path` itself is refused.
+    pub fn find(&self, path: &Path) -> Result<OwnedFd, InRootError> {
+        if path.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(InRootError::ParentDir(path.to_path_buf()));
+        }
+        self.at(&relative(path))
+    }
+
     fn resolve(&self, rel: &Path, make: Make, hops: usize) -> Result<OwnedFd, InRootError> {
         match self.at(rel) {
             Err(InRootError::Sys {
