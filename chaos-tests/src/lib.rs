@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod dockerd;
+pub mod dockerfiles;
 pub mod images;
 pub mod net;
 pub mod processes;

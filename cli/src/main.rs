@@ -2,6 +2,7 @@
 //! the cluster, the way the docker CLI speaks to dockerd.
 
 mod attach;
+mod build;
 mod config;
 mod connect;
 mod containers;
@@ -56,6 +57,9 @@ enum Command {
     Top { container: String },
     /// Make an image of a container's changes (on the container's node).
     Commit(containers::CommitArgs),
+    /// Build an image from a Dockerfile and a context directory (on a node
+    /// that holds its base images; the image lands there).
+    Build(build::BuildArgs),
     /// List what a container changed over its image: A (added), C (changed), D (deleted).
     Diff { container: String },
     /// Run a command in a running container.
@@ -309,6 +313,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Top { container } => containers::top(&mut client, &container).await,
         Command::Version { format } => nodes::version(&mut client, format.as_deref()).await,
         Command::Commit(a) => containers::commit(&mut client, a).await,
+        Command::Build(a) => build::build(&mut client, a).await,
         Command::Diff { container } => containers::diff(&mut client, &container).await,
         Command::Unpause { containers: list } => containers::pause(&mut client, list, false).await,
         Command::Inspect {

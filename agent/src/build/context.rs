@@ -55,6 +55,19 @@ pub fn unpack(src: impl Read, dir: &Path, limits: &ArchiveLimits) -> Result<(), 
         path: dir.to_path_buf(),
         source: e,
     })?;
+    // A context may come compressed, as Docker's may (gzip or zstd).
+    let mut src = BufReader::new(src);
+    let head = std::io::BufRead::fill_buf(&mut src)
+        .map_err(|e| BuildError::Context(e.to_string()))?
+        .to_vec();
+    let src: Box<dyn Read> = match crate::image::layer::Compression::detect(&head) {
+        crate::image::layer::Compression::None => Box::new(src),
+        crate::image::layer::Compression::Gzip => Box::new(flate2::read::GzDecoder::new(src)),
+        crate::image::layer::Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(src)
+                .map_err(|e| BuildError::Context(format!("zstd: {e}")))?,
+        ),
+    };
     let refused = Rc::new(RefCell::new(None));
     let scanned = Scanned {
         inner: src,

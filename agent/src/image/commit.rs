@@ -476,7 +476,9 @@ fn command(rest: &str) -> Vec<String> {
 
 /// `K=V K2="V 2"` pairs, or the legacy `K V` form of one.
 fn pairs(rest: &str) -> Result<Vec<(String, String)>, String> {
-    if !rest.contains('=') {
+    // The old form, `KEY value with spaces`, when the first word has no `=`.
+    let first = rest.split_whitespace().next().unwrap_or_default();
+    if !first.contains('=') {
         let (k, v) = rest
             .split_once(char::is_whitespace)
             .ok_or_else(|| format!("{rest:?} gives no value"))?;
@@ -488,7 +490,17 @@ fn pairs(rest: &str) -> Result<Vec<(String, String)>, String> {
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
         }
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        // The key, quotes removed (`"quoted key"=value`).
+        let mut key = String::new();
+        let mut key_quote: Option<char> = None;
+        for c in chars.by_ref() {
+            match (key_quote, c) {
+                (None, '=') => break,
+                (None, '"' | '\'') => key_quote = Some(c),
+                (Some(q), c) if c == q => key_quote = None,
+                (_, c) => key.push(c),
+            }
+        }
         if key.is_empty() {
             break;
         }

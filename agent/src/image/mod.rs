@@ -572,20 +572,46 @@ impl ImageStore {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        // Docker's config fields, with its empty values, under what the
+        // image's config holds (the raw blob: oci-spec drops Docker's own
+        // fields, Healthcheck, OnBuild and Shell among them).
+        let mut cfg = serde_json::json!({
+            "Hostname": "", "Domainname": "", "User": "",
+            "AttachStdin": false, "AttachStdout": false, "AttachStderr": false,
+            "Tty": false, "OpenStdin": false, "StdinOnce": false,
+            "Env": null, "Cmd": null, "Image": "", "Volumes": null,
+            "WorkingDir": "", "Entrypoint": null, "OnBuild": null, "Labels": null,
+        });
+        if let (Some(c), Some(raw_cfg)) = (cfg.as_object_mut(), raw["config"].as_object()) {
+            for (k, v) in raw_cfg {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+        let size = img.layers.iter().map(|l| l.size()).sum::<u64>();
+        let text = |key: &str| {
+            raw.get(key)
+                .and_then(|p| p.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
         Ok(serde_json::json!({
             "Id": img.id,
             "RepoTags": img.refs,
-            "Parent": raw.get("parent").and_then(|p| p.as_str()).unwrap_or(""),
-            "Comment": raw.get("comment").and_then(|p| p.as_str()).unwrap_or(""),
-            "Container": raw.get("container").and_then(|p| p.as_str()).unwrap_or(""),
+            "RepoDigests": [],
+            "Parent": text("parent"),
+            "Comment": text("comment"),
             "Created": config.get("created"),
-            "Author": config.get("author"),
+            "Container": text("container"),
+            "DockerVersion": text("docker_version"),
+            "Author": text("author"),
+            "Config": cfg,
             "Architecture": config.get("architecture"),
             "Os": config.get("os"),
-            "Config": config.get("config"),
+            "Size": size,
+            "VirtualSize": size,
+            "GraphDriver": {"Name": "overlayfs", "Data": null},
             "RootFS": {"Type": "layers", "Layers": img.diff_ids},
             "History": config.get("history"),
-            "Size": img.layers.iter().map(|l| l.size()).sum::<u64>(),
             "LayerSizes": img.layers.iter().map(|l| l.size()).collect::<Vec<_>>(),
         }))
     }

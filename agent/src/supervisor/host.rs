@@ -40,6 +40,11 @@ pub trait Host: Send + Sync + 'static {
     fn kill(&self, bundle: &Path, signal: Signal) -> Result<(), String>;
     /// Freezes or thaws every process of the container `id`.
     fn freeze(&self, id: &str, frozen: bool) -> Result<(), String>;
+    /// The executable that runs shims, for work outside the supervisor's
+    /// containers (a build's RUN steps); none on a fake host.
+    fn shim_exe(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// The host this agent runs on.
@@ -100,6 +105,10 @@ impl Host for RealHost {
             .spawn()
             .map(drop)
             .map_err(|e| format!("cannot start the exec shim: {e}"))
+    }
+
+    fn shim_exe(&self) -> Option<PathBuf> {
+        Some(self.shim_exe.clone())
     }
 
     fn alive(&self, bundle: &Path) -> bool {

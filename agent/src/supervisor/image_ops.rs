@@ -159,6 +159,10 @@ impl Supervisor {
                     .collect();
                 Ok(Some(to_json(&sizes)))
             }
+            image_request::Op::Build(b) => {
+                let context = data.ok_or_else(|| empty("the build context"))?;
+                self.build(request_id, b, context).map(Some)
+            }
             image_request::Op::Export(e) => {
                 let mut w = ChunkWriter::new(request_id, self.outbox.clone());
                 self.export(&e.container_id, &mut w)?;
@@ -221,6 +225,49 @@ impl Supervisor {
         }
         let summary = made.map_err(|e| e.to_string())?;
         Ok(serde_json::to_value(&summary).unwrap_or_default())
+    }
+
+    /// Builds an image from a Dockerfile and the uploaded context (a tar),
+    /// sending Docker's progress as it goes; returns the image summary.
+    pub(super) fn build(
+        &self,
+        request_id: u64,
+        op: agent::BuildOp,
+        context: std::fs::File,
+    ) -> Result<serde_json::Value, String> {
+        let shim_exe = self
+            .host
+            .shim_exe()
+            .ok_or("this agent has no shim to run build steps with")?;
+        let builds = self.cfg.data_dir.join("builds");
+        std::fs::create_dir_all(&builds)
+            .and_then(|()| private_dir(&builds))
+            .map_err(|e| format!("{}: {e}", builds.display()))?;
+        let runner = crate::build::runner::ShimRunner { shim_exe };
+        let builder = crate::build::Builder {
+            store: &self.images,
+            snapshots: &self.snapshots,
+            work: builds.join(request_id.to_string()),
+            volumes: self.cfg.data_dir.join("volumes"),
+            runner: &runner,
+        };
+        let req = crate::build::BuildRequest {
+            tags: op.tags,
+            dockerfile: op.dockerfile,
+            build_args: op.build_args,
+            no_cache: op.no_cache,
+            target: op.target,
+            network: op.network,
+            now_ms: now_ms(),
+        };
+        // Progress goes out as it is written: a step's output is a client's
+        // only sign of life during a long RUN.
+        let mut w = ChunkWriter::new(request_id, self.outbox.clone());
+        w.eager = true;
+        let built = crate::build::build(&builder, &req, std::io::BufReader::new(context), &mut w);
+        w.finish();
+        let built = built.map_err(|e| e.to_string())?;
+        Ok(serde_json::to_value(&built.image).unwrap_or_default())
     }
 
     /// Writes a container's merged filesystem as a tar stream.
@@ -326,6 +373,8 @@ struct ChunkWriter {
     request_id: u64,
     outbox: mpsc::UnboundedSender<Report>,
     buf: Vec<u8>,
+    /// Sends at every flush, not only by the megabyte.
+    eager: bool,
 }
 
 impl ChunkWriter {
@@ -336,6 +385,7 @@ impl ChunkWriter {
             request_id,
             outbox,
             buf: Vec::with_capacity(Self::PIECE),
+            eager: false,
         }
     }
 
@@ -368,6 +418,9 @@ impl std::io::Write for ChunkWriter {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
+        if self.eager {
+            self.send_buf()?;
+        }
         Ok(())
     }
 }

@@ -91,7 +91,6 @@ pub async fn upload_streamed<T>(
     rest: &mut (impl futures::Stream<Item = Result<T, Status>> + Unpin),
     data_of: impl Fn(T) -> Vec<u8>,
 ) -> Result<(Vec<cluster::ImageInfo>, Vec<String>), Status> {
-    use futures::StreamExt as _;
     let mut uploads = Vec::new();
     for n in targets {
         match app.nodes.upload_start(n, op.clone()).await {
@@ -104,6 +103,37 @@ pub async fn upload_streamed<T>(
             "no node of the cluster took the upload",
         ));
     }
+    let refused = send_pieces(app, &uploads, first, rest, data_of).await;
+    // The end, for every node (after a refusal too: the node then refuses
+    // the cut archive and keeps nothing).
+    for (n, u) in &uploads {
+        if let Err(e) = app.nodes.upload_send(u, &[], true).await {
+            tracing::warn!("upload failed on {n}: {e}");
+        }
+    }
+    let results = futures::future::join_all(
+        uploads
+            .into_iter()
+            .map(|(n, u)| async move { (n, app.nodes.upload_finish(u).await) }),
+    )
+    .await;
+    if let Some(s) = refused {
+        return Err(s);
+    }
+    merge_loaded(results)
+}
+
+/// Sends an upload's pieces, as they arrive from the client (the first
+/// already read), to every upload in `uploads`; the end is not sent. What
+/// stopped it early, if anything: the client's error, or the size limit.
+pub async fn send_pieces<T>(
+    app: &App,
+    uploads: &[(String, crate::nodes::Upload)],
+    first: Vec<u8>,
+    rest: &mut (impl futures::Stream<Item = Result<T, Status>> + Unpin),
+    data_of: impl Fn(T) -> Vec<u8>,
+) -> Option<Status> {
+    use futures::StreamExt as _;
     let mut total = 0usize;
     let mut piece = Some(first);
     let mut refused: Option<Status> = None;
@@ -125,7 +155,7 @@ pub async fn upload_streamed<T>(
         };
         let last = following.is_none();
         for piece_of in data.chunks(crate::nodes::UPLOAD_CHUNK) {
-            for (n, u) in &uploads {
+            for (n, u) in uploads {
                 if let Err(e) = app.nodes.upload_send(u, piece_of, false).await {
                     tracing::warn!("upload failed on {n}: {e}");
                 }
@@ -136,23 +166,7 @@ pub async fn upload_streamed<T>(
         }
         piece = following;
     }
-    // The end, for every node (after a refusal too: the node then refuses
-    // the cut archive and keeps nothing).
-    for (n, u) in &uploads {
-        if let Err(e) = app.nodes.upload_send(u, &[], true).await {
-            tracing::warn!("upload failed on {n}: {e}");
-        }
-    }
-    let results = futures::future::join_all(
-        uploads
-            .into_iter()
-            .map(|(n, u)| async move { (n, app.nodes.upload_finish(u).await) }),
-    )
-    .await;
-    if let Some(s) = refused {
-        return Err(s);
-    }
-    merge_loaded(results)
+    refused
 }
 
 /// Merges what each node loaded; an error only if no node took it.

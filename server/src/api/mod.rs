@@ -1,6 +1,7 @@
 //! The CLI-facing gRPC service (cluster.proto). Wire types are converted
 //! here and go no further in.
 
+pub mod build;
 pub mod convert;
 pub mod forward;
 pub mod images;
@@ -193,6 +194,7 @@ pub fn to_status(e: AppError) -> Status {
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<cluster::LogEntries, Status>> + Send>>;
 type DataStream = Pin<Box<dyn Stream<Item = Result<cluster::DataChunk, Status>> + Send>>;
+type BuildStream = Pin<Box<dyn Stream<Item = Result<cluster::BuildOutput, Status>> + Send>>;
 type AttachStream = Pin<Box<dyn Stream<Item = Result<cluster::AttachOutput, Status>> + Send>>;
 type EventStream = Pin<Box<dyn Stream<Item = Result<cluster::EventInfo, Status>> + Send>>;
 
@@ -389,6 +391,16 @@ impl Cluster for ClusterService {
         let c = self.find(&req.into_inner().name_or_id)?;
         let c = lifecycle::start(&self.app, c).await?;
         Ok(Response::new(convert::container_to_wire(&c)))
+    }
+
+    type BuildImageStream = BuildStream;
+
+    async fn build_image(
+        &self,
+        req: Request<Streaming<cluster::BuildChunk>>,
+    ) -> Result<Response<BuildStream>, Status> {
+        let rx = build::build(&self.app, req.into_inner()).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn commit_container(

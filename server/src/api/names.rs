@@ -252,3 +252,75 @@ mod option_tests {
         assert!(check_volume("bad name:/data").is_err());
     }
 }
+
+/// Checks an image name given to be tagged (`build -t`), as Docker's
+/// reference grammar has it: a lowercase repository of path components
+/// (an optional registry host with a port first) and an optional tag.
+pub fn check_reference(reference: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("invalid reference format {reference:?}: {why}"));
+    if reference.is_empty() || reference.len() > 255 {
+        return bad("a name has 1 to 255 characters");
+    }
+    let (repo, tag) = match reference.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, Some(t)),
+        _ => (reference, None),
+    };
+    if let Some(t) = tag {
+        let mut c = t.chars();
+        let first_ok = matches!(c.next(), Some(ch) if ch.is_ascii_alphanumeric() || ch == '_');
+        if !first_ok
+            || t.len() > 128
+            || !c.all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'))
+        {
+            return bad("a tag is up to 128 letters, digits, _ . and -, not starting with . or -");
+        }
+    }
+    for (i, part) in repo.split('/').enumerate() {
+        // The first component may be a registry host, with a port.
+        if i == 0
+            && repo.contains('/')
+            && (part.contains('.') || part.contains(':') || part == "localhost")
+        {
+            continue;
+        }
+        if part.chars().any(|c| c.is_ascii_uppercase()) {
+            return bad("repository name must be lowercase");
+        }
+        let ok = !part.is_empty()
+            && part.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && part.ends_with(|c: char| c.is_ascii_alphanumeric())
+            && part.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+            });
+        if !ok {
+            return bad(
+                "a repository is lowercase letters, digits and separators (. _ -) between them",
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod reference_tests {
+    use super::check_reference;
+
+    #[test]
+    fn references_follow_docker_grammar() {
+        for ok in [
+            "app",
+            "app:1.0",
+            "me/app:v_2",
+            "localhost:5000/app",
+            "reg.io/a/b:c",
+        ] {
+            assert!(check_reference(ok).is_ok(), "{ok}");
+        }
+        for bad in ["App", "app:", "app:-x", "a//b", "-a", "", "app:t/x", "a b"] {
+            assert!(check_reference(bad).is_err(), "{bad}");
+        }
+        assert!(check_reference("Foo")
+            .unwrap_err()
+            .contains("must be lowercase"));
+    }
+}

@@ -47,6 +47,14 @@ pub struct Upload {
     replies: mpsc::UnboundedReceiver<ImageReply>,
 }
 
+impl Upload {
+    /// The replies to come, for a caller that relays them as they come
+    /// (a build's progress) rather than waiting for the last.
+    pub fn into_replies(self) -> mpsc::UnboundedReceiver<ImageReply> {
+        self.replies
+    }
+}
+
 /// One connected agent.
 struct Connected {
     /// Distinguishes this session from a later one of the same node.

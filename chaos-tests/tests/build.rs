@@ -1,0 +1,223 @@
+//! `berth build` through a real cluster, held against Docker's classic
+//! builder (Debian's dockerd, DOCKER_BUILDKIT=0) on the same Dockerfiles
+//! and the same base image: the same files, the same config, the same
+//! output when run; the layer cache; and errors that name their line and
+//! tag nothing.
+
+use anyhow::{ensure, Context};
+use berth_chaos::dockerd::Dockerd;
+use berth_chaos::dockerfiles::{cacheable, config_fields, steps_of, tree_of, write_cases, Case};
+use berth_chaos::{sandbox, Cluster};
+
+fn build_args(case: &Case, tag: &str) -> Vec<String> {
+    let mut a = vec!["build".to_string(), "-t".into(), tag.into()];
+    for b in &case.build_args {
+        a.push("--build-arg".into());
+        a.push(b.clone());
+    }
+    if let Some(t) = &case.target {
+        a.push("--target".into());
+        a.push(t.clone());
+    }
+    a.push(case.dir.display().to_string());
+    a
+}
+
+fn docker(d: &Dockerd, args: &[&str]) -> anyhow::Result<Vec<u8>> {
+    let out = d
+        .docker()
+        .args(args)
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .with_context(|| format!("docker {args:?}"))?;
+    ensure!(
+        out.status.success(),
+        "docker {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out.stdout)
+}
+
+#[test]
+fn builds_match_dockers_classic_builder() {
+    sandbox::run("builds_match_dockers_classic_builder", || {
+        let c = Cluster::start()?;
+        let d = Dockerd::start()?;
+        let tar = c.dir().join("busybox.tar");
+        berth_chaos::images::busybox_rootfs_tar(&tar)?;
+        c.berth(&["import", &tar.display().to_string(), "busybox"])
+            .ok()?;
+        docker(&d, &["import", &tar.display().to_string(), "busybox"])?;
+        let cases = write_cases(&c.dir().join("contexts"))?;
+        for case in &cases {
+            let tag = format!("cmp-{}:1", case.name);
+            let args = build_args(case, &tag);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let built = c.berth(&args).ok()?;
+            let steps = steps_of(&built.stdout);
+            ensure!(
+                !steps.is_empty(),
+                "{}: no steps in {}",
+                case.name,
+                built.stdout
+            );
+            ensure!(
+                built.stdout.contains("Successfully tagged"),
+                "{}: {}",
+                case.name,
+                built.stdout
+            );
+            docker(&d, &args)?;
+
+            // The config, field by field.
+            let ours = config_fields(&c.berth(&["image", "inspect", &tag]).ok()?.stdout)?;
+            let theirs = config_fields(&String::from_utf8_lossy(&docker(
+                &d,
+                &["image", "inspect", &tag],
+            )?))?;
+            for (field, want) in &theirs {
+                ensure!(
+                    ours.get(field) == Some(want),
+                    "{}: Config.{field} is {:?}; Docker's is {want}",
+                    case.name,
+                    ours.get(field)
+                );
+            }
+
+            // The files: every path, its type, mode, owner and content.
+            let name = format!("files-{}", case.name);
+            c.berth(&["create", "--name", &name, &tag]).ok()?;
+            let ours = tree_of(&c.berth_bytes(&["export", &name])?)?;
+            docker(&d, &["create", "--name", &name, &tag])?;
+            let theirs = tree_of(&docker(&d, &["export", &name])?)?;
+            for (path, want) in &theirs {
+                ensure!(
+                    ours.get(path) == Some(want),
+                    "{}: /{path} is {:?}; Docker's is {want:?}",
+                    case.name,
+                    ours.get(path)
+                );
+            }
+            for path in ours.keys() {
+                ensure!(
+                    theirs.contains_key(path),
+                    "{}: /{path} is in berth's image, not in Docker's",
+                    case.name
+                );
+            }
+
+            // The same output when run.
+            let ours = c.berth(&["run", "--rm", &tag]).ok()?.stdout;
+            let theirs =
+                String::from_utf8_lossy(&docker(&d, &["run", "--rm", "--network", "none", &tag])?)
+                    .into_owned();
+            ensure!(
+                ours == theirs,
+                "{}: runs to {ours:?}; Docker's to {theirs:?}",
+                case.name
+            );
+
+            // An unchanged rebuild: every step from the cache, the same image.
+            let again = c.berth(&args).ok()?;
+            let steps = steps_of(&again.stdout);
+            for s in cacheable(&steps) {
+                ensure!(
+                    s.cached,
+                    "{}: step {} ({}) was not cached: {}",
+                    case.name,
+                    s.number,
+                    s.text,
+                    again.stdout
+                );
+            }
+            let id = |out: &str| {
+                out.lines()
+                    .find_map(|l| l.strip_prefix("Successfully built "))
+                    .map(str::to_string)
+            };
+            ensure!(
+                id(&built.stdout) == id(&again.stdout),
+                "{}: the rebuild made another image",
+                case.name
+            );
+
+            // An edited COPY source: cached before that step, built from it on.
+            if let Some((file, step)) = case.edit {
+                std::fs::write(case.dir.join(file), b"edited\n")?;
+                let edited = c.berth(&args).ok()?;
+                for s in cacheable(&steps_of(&edited.stdout)) {
+                    ensure!(
+                        s.cached == (s.number < step),
+                        "{}: after editing {file}, step {} ({}) cached={}: {}",
+                        case.name,
+                        s.number,
+                        s.text,
+                        s.cached,
+                        edited.stdout
+                    );
+                }
+                let out = c.berth(&["run", "--rm", &tag]).ok()?.stdout;
+                ensure!(
+                    out.contains("edited"),
+                    "{}: the edit is not in the image: {out}",
+                    case.name
+                );
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn bad_dockerfiles_name_their_line_and_tag_nothing() {
+    sandbox::run("bad_dockerfiles_name_their_line_and_tag_nothing", || {
+        let c = Cluster::start()?;
+        let tar = c.dir().join("busybox.tar");
+        berth_chaos::images::busybox_rootfs_tar(&tar)?;
+        c.berth(&["import", &tar.display().to_string(), "busybox"])
+            .ok()?;
+        let cases: &[(&str, &str)] = &[
+            (
+                "FROM busybox\nRUN true\nFOO bar\n",
+                "line 3: unknown instruction: FOO",
+            ),
+            ("FROM busybox\nENV\n", "line 2"),
+            (
+                "FROM busybox\nCOPY ../outside.txt /x\n",
+                "line 2: forbidden path outside the build context",
+            ),
+            (
+                "FROM busybox\nRUN echo before\nRUN exit 7\n",
+                "line 3: The command '/bin/sh -c exit 7' returned a non-zero code: 7",
+            ),
+        ];
+        for (i, (df, want)) in cases.iter().enumerate() {
+            let dir = c.dir().join(format!("bad-{i}"));
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("Dockerfile"), df)?;
+            std::fs::write(c.dir().join("outside.txt"), "secret")?;
+            let r = c.berth(&["build", "-t", "bad:1", &dir.display().to_string()]);
+            ensure!(r.code != 0, "{df:?} built: {}", r.stdout);
+            ensure!(r.stderr.contains(want), "{df:?}: {}{}", r.stdout, r.stderr);
+            let images = c.berth(&["images"]).ok()?.stdout;
+            ensure!(!images.contains("bad "), "{df:?} tagged an image: {images}");
+        }
+        // A tag Docker would refuse.
+        let dir = c.dir().join("bad-0");
+        let r = c.berth(&["build", "-t", "Bad:1", &dir.display().to_string()]);
+        ensure!(
+            r.code != 0 && r.stderr.contains("must be lowercase"),
+            "{}",
+            r.stderr
+        );
+        // A context that is not a directory.
+        let r = c.berth(&["build", "/nonexistent-context"]);
+        ensure!(
+            r.code != 0 && r.stderr.contains("/nonexistent-context"),
+            "{}",
+            r.stderr
+        );
+        Ok(())
+    });
+}

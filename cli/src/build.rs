@@ -1,0 +1,468 @@
+//! `berth build`: sends a build context (a directory, less what its
+//! `.dockerignore` leaves out, or a tar on standard input) to the cluster
+//! as a stream of pieces, and prints the build's progress as it comes.
+//! The context is tarred as it is sent: no more than a few pieces of it
+//! are in memory at once.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use berth_proto::cluster::{cluster_client::ClusterClient, BuildChunk, BuildOptions};
+use berth_proto::dockerignore::Patterns;
+use clap::Args;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use crate::CliError;
+
+/// The size of each piece of the context sent to the cluster.
+const CHUNK: usize = 1 << 20;
+
+/// `berth build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Name and optionally a tag, NAME[:TAG] (more than one may be given).
+    #[arg(short = 't', long = "tag", value_name = "NAME[:TAG]")]
+    pub tags: Vec<String>,
+    /// The Dockerfile (default: CONTEXT/Dockerfile). A path outside the
+    /// context is sent along with it.
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    pub file: Option<String>,
+    /// A build-time variable, KEY=VALUE (KEY alone takes it from the
+    /// environment).
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_args: Vec<String>,
+    /// Do not use the layer cache.
+    #[arg(long = "no-cache")]
+    pub no_cache: bool,
+    /// The build stage to stop after.
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+    /// Print only the image ID on success.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// RUN's network: none (the default; berth's RUN has no network) or host.
+    #[arg(long, default_value = "none")]
+    pub network: String,
+    /// Build on this node (default: one that holds the base images).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// The context: a directory, or - for a tar archive (or a lone
+    /// Dockerfile) on standard input.
+    pub context: String,
+}
+
+pub async fn build(client: &mut ClusterClient<Channel>, args: BuildArgs) -> Result<i32, CliError> {
+    let failed: Failure = Default::default();
+    let (dockerfile_name, dockerfile_text, pieces) = if args.context == "-" {
+        stdin_context(args.file.as_deref(), failed.clone())?
+    } else {
+        dir_context(&args.context, args.file.as_deref(), failed.clone())?
+    };
+    let mut build_args = Vec::new();
+    for a in &args.build_args {
+        if a.contains('=') {
+            build_args.push(a.clone());
+        } else if let Ok(v) = std::env::var(a) {
+            build_args.push(format!("{a}={v}"));
+        }
+    }
+    let options = BuildOptions {
+        tags: args.tags.clone(),
+        dockerfile: dockerfile_name,
+        build_args,
+        no_cache: args.no_cache,
+        target: args.target.clone().unwrap_or_default(),
+        network: args.network.clone(),
+        base_images: dockerfile_text
+            .as_deref()
+            .map(base_images)
+            .unwrap_or_default(),
+        node: args.node.clone().unwrap_or_default(),
+    };
+    let mut options = Some(options);
+    let stream = pieces.map(move |data| BuildChunk {
+        options: options.take(),
+        data,
+    });
+    let resp = client.build_image(stream).await;
+    if let Some(why) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(CliError::Usage(why));
+    }
+    let mut replies = resp.map_err(CliError::api)?.into_inner();
+    let mut out = std::io::stdout().lock();
+    let mut image = String::new();
+    loop {
+        match replies.message().await {
+            Ok(Some(r)) => {
+                if !args.quiet && !r.progress.is_empty() {
+                    let _ = out.write_all(&r.progress);
+                    let _ = out.flush();
+                }
+                if !r.image_id.is_empty() {
+                    image = r.image_id;
+                }
+            }
+            Ok(None) => break,
+            Err(s) => {
+                let _ = out.flush();
+                return Err(CliError::api(s));
+            }
+        }
+    }
+    if let Some(why) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(CliError::Usage(why));
+    }
+    if image.is_empty() {
+        return Err(CliError::Api("the build ended without an image".into()));
+    }
+    if args.quiet {
+        let _ = writeln!(out, "{image}");
+    }
+    Ok(0)
+}
+
+/// What went wrong reading the context, if anything (the piece stream
+/// then ends early, and the agent refuses the cut context).
+type Failure = Arc<Mutex<Option<String>>>;
+
+type Pieces = tokio_stream::wrappers::ReceiverStream<Vec<u8>>;
+
+/// A writer that sends what it is given, by the piece, down a channel.
+struct PieceWriter {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Write for PieceWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .blocking_send(piece)
+            .map_err(|_| std::io::Error::other("the cluster stopped reading the context"))
+    }
+}
+
+/// Tars a context directory, less what `.dockerignore` excludes, on a
+/// thread of its own; returns the Dockerfile's name in the context, its
+/// text, and the pieces.
+fn dir_context(
+    dir: &str,
+    file: Option<&str>,
+    failed: Failure,
+) -> Result<(String, Option<String>, Pieces), CliError> {
+    let root = PathBuf::from(dir);
+    let meta = fs::metadata(&root)
+        .map_err(|e| CliError::Usage(format!("unable to prepare context: {dir}: {e}")))?;
+    if !meta.is_dir() {
+        return Err(CliError::Usage(format!(
+            "unable to prepare context: {dir} is not a directory (give a directory, or - for a tar on standard input)"
+        )));
+    }
+    // The Dockerfile: inside the context, by its path there; outside, sent
+    // along under a name of its own (as Docker's CLI does).
+    let (df_name, df_path, extra) = match file {
+        None => ("Dockerfile".to_string(), root.join("Dockerfile"), None),
+        Some("-") => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text).map_err(|e| {
+                CliError::Usage(format!("reading the Dockerfile from standard input: {e}"))
+            })?;
+            let name = ".dockerfile.stdin".to_string();
+            (
+                name.clone(),
+                PathBuf::new(),
+                Some((name, text.into_bytes())),
+            )
+        }
+        Some(f) => {
+            let p = PathBuf::from(f);
+            let real = p
+                .canonicalize()
+                .map_err(|e| CliError::Usage(format!("the Dockerfile {f}: {e}")))?;
+            let real_root = root
+                .canonicalize()
+                .map_err(|e| CliError::Usage(format!("{dir}: {e}")))?;
+            match real.strip_prefix(&real_root) {
+                Ok(rel) => (rel.to_string_lossy().into_owned(), real.clone(), None),
+                Err(_) => {
+                    let body = fs::read(&real)
+                        .map_err(|e| CliError::Usage(format!("the Dockerfile {f}: {e}")))?;
+                    let name = ".dockerfile.outside".to_string();
+                    (name.clone(), real.clone(), Some((name, body)))
+                }
+            }
+        }
+    };
+    let text = match &extra {
+        Some((_, body)) => String::from_utf8_lossy(body).into_owned(),
+        None => fs::read_to_string(&df_path).map_err(|e| {
+            CliError::Usage(format!(
+                "unable to prepare context: the Dockerfile {}: {e}",
+                df_path.display()
+            ))
+        })?,
+    };
+    let ignore = match fs::read_to_string(root.join(".dockerignore")) {
+        Ok(t) => Patterns::parse(&t).map_err(|e| CliError::Usage(format!(".dockerignore: {e}")))?,
+        Err(_) => Patterns::default(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let always = [df_name.clone(), ".dockerignore".to_string()];
+    std::thread::spawn(move || {
+        let mut w = PieceWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let result = (|| -> Result<(), String> {
+            let mut tar = tar::Builder::new(&mut w);
+            tar.follow_symlinks(false);
+            let walk = Walk {
+                root: &root,
+                ignore: &ignore,
+                always: &always,
+            };
+            walk.dir(&mut tar, Path::new(""))?;
+            if let Some((name, body)) = &extra {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(body.len() as u64);
+                h.set_mode(0o644);
+                h.set_uid(0);
+                h.set_gid(0);
+                h.set_mtime(0);
+                tar.append_data(&mut h, name, body.as_slice())
+                    .map_err(|e| format!("adding the Dockerfile: {e}"))?;
+            }
+            tar.finish().map_err(|e| e.to_string())
+        })();
+        let result = result.and_then(|()| w.flush().map_err(|e| e.to_string()));
+        if let Err(why) = result {
+            *failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(format!("sending the build context: {why}"));
+        }
+    });
+    Ok((df_name, Some(text), Pieces::new(rx)))
+}
+
+/// The walk of a context directory.
+struct Walk<'a> {
+    root: &'a Path,
+    ignore: &'a Patterns,
+    /// Paths sent whatever `.dockerignore` says (the build needs them).
+    always: &'a [String],
+}
+
+impl Walk<'_> {
+    fn dir(&self, tar: &mut tar::Builder<&mut PieceWriter>, rel: &Path) -> Result<(), String> {
+        let here = self.root.join(rel);
+        let mut names: Vec<_> = fs::read_dir(&here)
+            .map_err(|e| format!("{}: {e}", here.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        names.sort();
+        for name in names {
+            let sub = rel.join(&name);
+            let sub_str = sub.to_string_lossy().replace('\\', "/");
+            let path = self.root.join(&sub);
+            let meta =
+                fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let excluded =
+                self.ignore.excluded(&sub_str) && !self.always.iter().any(|a| *a == sub_str);
+            if meta.is_dir() {
+                if !excluded {
+                    self.entry(tar, &sub, &path, &meta)?;
+                }
+                // An excluded directory may still hold what an exception
+                // puts back.
+                if !excluded || self.ignore.has_exceptions() {
+                    self.dir(tar, &sub)?;
+                }
+                continue;
+            }
+            if !excluded {
+                self.entry(tar, &sub, &path, &meta)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One entry, owned by root as Docker's CLI sends it, with its mode
+    /// and modification time.
+    fn entry(
+        &self,
+        tar: &mut tar::Builder<&mut PieceWriter>,
+        rel: &Path,
+        path: &Path,
+        meta: &fs::Metadata,
+    ) -> Result<(), String> {
+        let mut h = tar::Header::new_gnu();
+        h.set_metadata_in_mode(meta, tar::HeaderMode::Complete);
+        h.set_uid(0);
+        h.set_gid(0);
+        let _ = h.set_username("");
+        let _ = h.set_groupname("");
+        let ft = meta.file_type();
+        let err = |e: std::io::Error| format!("{}: {e}", path.display());
+        if ft.is_file() {
+            let f = fs::File::open(path).map_err(err)?;
+            tar.append_data(&mut h, rel, f).map_err(err)
+        } else if ft.is_dir() {
+            h.set_size(0);
+            tar.append_data(&mut h, rel, std::io::empty()).map_err(err)
+        } else if ft.is_symlink() {
+            let target = fs::read_link(path).map_err(err)?;
+            h.set_size(0);
+            tar.append_link(&mut h, rel, target).map_err(err)
+        } else {
+            // Sockets, fifos and devices are not part of a context.
+            Ok(())
+        }
+    }
+}
+
+/// A context on standard input: a tar (plain or compressed) as it is, or
+/// a lone Dockerfile, which is sent as a context holding only it.
+fn stdin_context(
+    file: Option<&str>,
+    failed: Failure,
+) -> Result<(String, Option<String>, Pieces), CliError> {
+    let mut stdin = std::io::stdin();
+    let mut head = vec![0u8; 512];
+    let mut n = 0;
+    while n < head.len() {
+        match stdin.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(CliError::Usage(format!("reading standard input: {e}"))),
+        }
+    }
+    head.truncate(n);
+    let is_archive = (n >= 262 && &head[257..262] == b"ustar")
+        || head.starts_with(&[0x1f, 0x8b])
+        || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    if !is_archive {
+        // A Dockerfile: read it whole (a Dockerfile is small) and send a
+        // context of it alone.
+        let mut text = head;
+        stdin
+            .take(16 << 20)
+            .read_to_end(&mut text)
+            .map_err(|e| CliError::Usage(format!("reading standard input: {e}")))?;
+        let text = String::from_utf8(text).map_err(|_| {
+            CliError::Usage("standard input is neither a tar archive nor a Dockerfile".into())
+        })?;
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(text.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        tar.append_data(&mut h, "Dockerfile", text.as_bytes())
+            .and_then(|()| tar.finish())
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let bytes = tar
+            .into_inner()
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        std::thread::spawn(move || {
+            for piece in bytes.chunks(CHUNK) {
+                if tx.blocking_send(piece.to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        return Ok(("Dockerfile".into(), Some(text), Pieces::new(rx)));
+    }
+    std::thread::spawn(move || {
+        let mut first = Some(head);
+        loop {
+            let piece = match first.take() {
+                Some(h) => h,
+                None => {
+                    let mut buf = vec![0u8; CHUNK];
+                    let mut filled = 0;
+                    while filled < CHUNK {
+                        match stdin.read(&mut buf[filled..]) {
+                            Ok(0) => break,
+                            Ok(k) => filled += k,
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                *failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    Some(format!("reading standard input: {e}"));
+                                return;
+                            }
+                        }
+                    }
+                    buf.truncate(filled);
+                    if filled == 0 {
+                        return;
+                    }
+                    buf
+                }
+            };
+            if tx.blocking_send(piece).is_err() {
+                return;
+            }
+        }
+    });
+    let name = file.unwrap_or("Dockerfile").to_string();
+    Ok((name, None, Pieces::new(rx)))
+}
+
+/// The images a Dockerfile's FROM lines name (not scratch, not an earlier
+/// stage, not one that needs a variable), for the cluster to choose a node
+/// that holds them.
+fn base_images(text: &str) -> Vec<String> {
+    let mut stages: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first().map(|w| w.eq_ignore_ascii_case("FROM")) != Some(true) {
+            continue;
+        }
+        let rest: Vec<&str> = words[1..]
+            .iter()
+            .copied()
+            .filter(|w| !w.starts_with("--"))
+            .collect();
+        let Some(image) = rest.first() else { continue };
+        let lower = image.to_ascii_lowercase();
+        let earlier_stage = stages.contains(&lower);
+        if rest.len() >= 3 && rest[1].eq_ignore_ascii_case("AS") {
+            stages.push(rest[2].to_ascii_lowercase());
+        }
+        if lower == "scratch" || image.contains('$') || earlier_stage {
+            continue;
+        }
+        if !out.contains(&image.to_string()) {
+            out.push(image.to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_images_skip_scratch_stages_and_variables() {
+        let df = "ARG V=1\nFROM busybox AS build\nFROM --platform=linux/amd64 alpine:3\nFROM build\nFROM scratch\nFROM app:${V}\n";
+        assert_eq!(base_images(df), vec!["busybox", "alpine:3"]);
+    }
+}
