@@ -159,7 +159,7 @@ impl Cluster {
     }
 
     /// A command for the CLI: on the "cli" test host when there are hosts.
-    fn cli_command(&self) -> Command {
+    pub fn cli_command(&self) -> Command {
         let bin = self.bin.join("berth");
         let mut cmd = match &self.net {
             Some(_) => crate::net::TestNet::command("cli", &bin),

@@ -39,6 +39,40 @@ fn docker(d: &Dockerd, args: &[&str]) -> anyhow::Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// History lines, newest first, without the imported base's, and
+/// with the digests in `file:`, `dir:` and `multi:` names left out (each
+/// builder hashes the copied files its own way).
+fn history_lines(out: &str) -> Vec<String> {
+    let mut lines: Vec<String> = out
+        .lines()
+        .map(|l| {
+            let mut l = l.to_string();
+            for kind in ["file:", "dir:", "multi:"] {
+                while let Some(i) = l.find(kind) {
+                    let start = i + kind.len();
+                    let end = l[start..]
+                        .find(|c: char| !c.is_ascii_hexdigit())
+                        .map_or(l.len(), |e| start + e);
+                    if end == start {
+                        break;
+                    }
+                    l.replace_range(i..end, &format!("{}<digest>", kind.to_uppercase()));
+                }
+            }
+            l
+        })
+        .collect();
+    // The imported base's line: empty in Docker's (docker import), the
+    // importer's name in berth's.
+    if lines
+        .last()
+        .is_some_and(|l| l.is_empty() || l == "berth import")
+    {
+        lines.pop();
+    }
+    lines
+}
+
 #[test]
 fn builds_match_dockers_classic_builder() {
     sandbox::run("builds_match_dockers_classic_builder", || {
@@ -84,6 +118,28 @@ fn builds_match_dockers_classic_builder() {
                     ours.get(field)
                 );
             }
+
+            // The history, as `history` prints CREATED BY: Docker's forms
+            // (`#(nop)` for metadata, the shell form under /bin/sh -c, the
+            // exec form as written, `|N K=V` before a RUN with build args),
+            // digests of what COPY copied aside, and the base image's own
+            // line aside.
+            let fmt = [
+                "history",
+                "--no-trunc",
+                "--format",
+                "{{.CreatedBy}}",
+                tag.as_str(),
+            ];
+            let ours = history_lines(&c.berth(&fmt).ok()?.stdout);
+            let theirs = history_lines(&String::from_utf8_lossy(&docker(&d, &fmt)?));
+            ensure!(
+                ours == theirs,
+                "{}: the history is\n{}\nDocker's is\n{}",
+                case.name,
+                ours.join("\n"),
+                theirs.join("\n")
+            );
 
             // The files: every path, its type, mode, owner and content.
             let name = format!("files-{}", case.name);

@@ -117,11 +117,13 @@ pub fn parse(text: &str) -> Result<Vec<Instruction>, BuildError> {
                     // goes on.
                     let mut next = None;
                     while i < lines.len() {
-                        let l = lines[i].trim_start();
+                        let l = lines[i];
                         i += 1;
-                        if l.starts_with('#') || l.trim().is_empty() {
+                        let t = l.trim_start();
+                        if t.starts_with('#') || t.trim().is_empty() {
                             continue;
                         }
+                        // Its leading whitespace is kept, as Docker keeps it.
                         next = Some(l.trim_end().to_string());
                         break;
                     }

@@ -479,27 +479,33 @@ fn step(
     let substituted = || dockerfile::substitute(&ins.rest, &stage.vars()).map_err(step_err);
     // What the step does, as the history and the cache key record it.
     let mut created_by = String::new();
+    // COPY and ADD: the destination as written, and Docker's name for what
+    // is copied (`file:`, `dir:` or `multi:` and a digest), for history.
+    let mut written_dest = String::new();
+    let mut copied_what = String::new();
     let mut filesystem: Option<FsStep> = None;
     let mut config = stage.config.clone();
     let mut scratch = stage.clone();
     match kw {
         "ARG" => {
-            let (k, v) = arg_pair(&ins.rest);
+            let (k, declared) = arg_pair(&ins.rest);
             let v = build_args
                 .get(&k)
                 .cloned()
-                .or(v)
+                .or(declared.clone())
                 .or_else(|| global.get(&k).cloned().flatten());
             if build_args.contains_key(&k) {
                 used_args.push(k.clone());
             }
             stage.args.insert(k.clone(), v.clone());
-            // ARG leaves the config as it is, with a history line.
+            // ARG leaves the config as it is, with a history line of the
+            // ARG as declared (Docker's: the value given is not recorded).
             created_by = format!(
-                "/bin/sh -c #(nop)  ARG {}",
-                match &v {
-                    Some(v) => format!("{k}={v}"),
-                    None => k,
+                "{} #(nop)  ARG {}",
+                nop_shell(stage),
+                match &declared {
+                    Some(d) => format!("{k}={d}"),
+                    None => k.clone(),
                 }
             );
             config = stage.config.clone();
@@ -518,11 +524,37 @@ fn step(
             };
             apply_changes(&mut config, &[format!("{kw} {text}")])
                 .map_err(|e| step_err(e.to_string()))?;
-            created_by = format!("/bin/sh -c #(nop)  {kw} {text}");
+            // History as Docker writes it: EXPOSE's ports sorted, VOLUME's
+            // paths as a Go list.
+            let shown = match kw {
+                "EXPOSE" => {
+                    let mut ports: Vec<&str> = text.split_whitespace().collect();
+                    ports.sort_unstable();
+                    ports.join(" ")
+                }
+                "VOLUME" => {
+                    let paths: Vec<String> = match serde_json::from_str::<Vec<String>>(text.trim())
+                    {
+                        Ok(v) => v,
+                        Err(_) => dockerfile::words(&text).map_err(step_err)?,
+                    };
+                    format!("[{}]", paths.join(" "))
+                }
+                // Docker writes ENV and LABEL back from their pairs,
+                // unquoted.
+                "ENV" | "LABEL" => commit::pairs(&text)
+                    .map_err(step_err)?
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => text.clone(),
+            };
+            created_by = format!("{} #(nop)  {kw} {shown}", nop_shell(stage));
         }
         "MAINTAINER" => {
             config["author"] = json!(ins.rest);
-            created_by = format!("/bin/sh -c #(nop)  MAINTAINER {}", ins.rest);
+            created_by = format!("{} #(nop)  MAINTAINER {}", nop_shell(stage), ins.rest);
         }
         "CMD" | "ENTRYPOINT" => {
             let key = if kw == "CMD" { "Cmd" } else { "Entrypoint" };
@@ -539,25 +571,24 @@ fn step(
             if kw == "ENTRYPOINT" && !stage.cmd_set {
                 config["config"]["Cmd"] = Value::Null;
             }
-            created_by = format!(
-                "/bin/sh -c #(nop)  {kw} {}",
-                match &v {
-                    Value::Array(_) => v.to_string(),
-                    _ => "[]".into(),
-                }
-            );
+            created_by = format!("{} #(nop)  {kw} {}", nop_shell(stage), go_quoted_list(&v));
         }
         "SHELL" => {
             let s = ins.exec_form().ok_or_else(|| {
                 step_err("SHELL requires the arguments to be in JSON form".into())
             })?;
             config["config"]["Shell"] = json!(s);
-            created_by = format!("/bin/sh -c #(nop)  SHELL {}", json!(s));
+            // Under the new shell, as Docker writes it.
+            created_by = format!("{} #(nop)  SHELL [{}]", s.join(" "), s.join(" "));
         }
         "HEALTHCHECK" => {
             let hc = healthcheck(ins, &stage.shell()).map_err(step_err)?;
+            created_by = format!(
+                "{} #(nop)  HEALTHCHECK {}",
+                nop_shell(stage),
+                go_healthcheck(&hc)
+            );
             config["config"]["Healthcheck"] = hc;
-            created_by = format!("/bin/sh -c #(nop)  {}", ins.original);
         }
         "WORKDIR" => {
             let w = substituted()?;
@@ -569,7 +600,7 @@ fn step(
             };
             let dir = clean(&dir);
             config["config"]["WorkingDir"] = json!(dir);
-            created_by = format!("/bin/sh -c #(nop) WORKDIR {dir}");
+            created_by = format!("{} #(nop) WORKDIR {dir}", nop_shell(stage));
             filesystem = Some(FsStep::Mkdir(dir));
         }
         "RUN" => {
@@ -615,6 +646,7 @@ fn step(
                 return Err(step_err("ADD does not take --from: use COPY".into()));
             }
             let (dest, sources) = words.split_last().expect("two words");
+            written_dest = dest.clone();
             let dest = if dest.starts_with('/') {
                 dest.clone()
             } else {
@@ -669,8 +701,26 @@ fn step(
                 Source::Layers(..) => PathBuf::new(),
             };
             let content = match &c.source {
-                Source::Context => context::digest_sources(&root, c).map_err(|e| step_err(e))?,
-                Source::Layers(_, id) => id.clone(),
+                Source::Context => context::digest_sources(&root, c).map_err(step_err)?,
+                Source::Layers(_, id) => {
+                    let mut h = Sha256::new();
+                    h.update(id.as_bytes());
+                    h.update(c.sources.join("\0").as_bytes());
+                    hex::encode(h.finalize())
+                }
+            };
+            let one_dir = match (&c.source, c.sources.as_slice()) {
+                (Source::Context, [one]) if !one.contains(['*', '?', '[']) => {
+                    context::inside(ctx_dir, one).is_ok_and(|p| p.is_dir())
+                }
+                (_, [one]) => one.ends_with('/'),
+                _ => false,
+            };
+            copied_what = match c.sources.as_slice() {
+                [one] if one.contains(['*', '?', '[']) => format!("multi:{content}"),
+                [_] if one_dir => format!("dir:{content}"),
+                [_] => format!("file:{content}"),
+                _ => format!("multi:{content}"),
             };
             format!(
                 "{} {:?} {:?} {:?} {} {}",
@@ -701,19 +751,15 @@ fn step(
         new_layer = run_fs_step(b, req, stage, fs_step, &config, line, out, pinned)?;
         if let (Some(FsStep::Copy(c)), Some(_)) = (&filesystem, &new_layer) {
             created_by = format!(
-                "/bin/sh -c #(nop) {} {} in {} ",
+                "{} #(nop) {} {}{copied_what} in {written_dest} ",
+                nop_shell(stage),
                 ins.keyword,
-                c.sources.join(" "),
-                c.dest
+                // Docker's own form: the flag runs into what follows it.
+                c.chown
+                    .as_deref()
+                    .map(|o| format!("--chown={o}"))
+                    .unwrap_or_default()
             );
-        }
-    }
-    if let FsStep::Run { .. } | FsStep::Copy(..) = filesystem.as_ref().unwrap_or(&FsStep::None) {
-        if !created_by.starts_with("/bin/sh -c #(nop)")
-            && !created_by.starts_with('|')
-            && ins.exec_form().is_none()
-        {
-            // The shell form's history reads as the shell ran it.
         }
     }
     let obj = config
@@ -766,7 +812,6 @@ fn adopt(stage: &mut Stage, config: Value, id: String, keyword: &str) {
 
 /// What a step does to the filesystem.
 enum FsStep {
-    None,
     Mkdir(String),
     Run { args: Vec<String>, env: Vec<String> },
     Copy(context::CopySpec),
@@ -825,7 +870,6 @@ fn run_fs_step(
     .map_err(|e| step_err(e.to_string()))?;
     let done = (|| -> Result<Vec<PathBuf>, BuildError> {
         match what {
-            FsStep::None => Ok(Vec::new()),
             FsStep::Mkdir(dir) => {
                 let root = crate::runtime::inroot::Root::open(&rootfs)
                     .map_err(|e| step_err(e.to_string()))?;
@@ -973,6 +1017,99 @@ pub fn clean(p: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
+/// The shell a metadata step's history line is written under (Docker
+/// writes `#(nop)` steps as if the stage's SHELL ran them).
+fn nop_shell(stage: &Stage) -> String {
+    stage.shell().join(" ")
+}
+
+/// A JSON array of strings as Go's `%q` prints a `[]string`:
+/// `["/bin/sh" "-c"]`; anything else as `[]`.
+fn go_quoted_list(v: &Value) -> String {
+    let items: Vec<String> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| go_quote(i.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    format!("[{}]", items.join(" "))
+}
+
+/// A string as Go's strconv.Quote writes it (JSON's escapes, which agree
+/// for what a Dockerfile holds).
+fn go_quote(s: &str) -> String {
+    Value::String(s.to_string()).to_string()
+}
+
+/// A health check as Docker's history prints its struct with `%q`:
+/// `&{["CMD-SHELL" "cmd"] "30s" "3s" "0s" '\x02'}`.
+fn go_healthcheck(hc: &Value) -> String {
+    let d = |k: &str| go_quote(&go_duration(hc[k].as_i64().unwrap_or(0)));
+    let retries = hc["Retries"].as_i64().unwrap_or(0);
+    let rune = match u8::try_from(retries) {
+        Ok(b) if (0x20..0x7f).contains(&b) && b != b'\'' && b != b'\\' => {
+            format!("'{}'", b as char)
+        }
+        Ok(b'\'') => "'\\''".to_string(),
+        Ok(b'\\') => "'\\\\'".to_string(),
+        Ok(b) if b < 0x80 => format!("'\\x{b:02x}'"),
+        _ => format!("'\\u{retries:04x}'"),
+    };
+    format!(
+        "&{{{} {} {} {} {rune}}}",
+        go_quoted_list(&hc["Test"]),
+        d("Interval"),
+        d("Timeout"),
+        d("StartPeriod")
+    )
+}
+
+/// Nanoseconds as Go's time.Duration prints them: 0s, 500ms, 1.5s, 1m30s,
+/// 1h0m0s.
+pub fn go_duration(ns: i64) -> String {
+    if ns == 0 {
+        return "0s".into();
+    }
+    let neg = ns < 0;
+    let u = ns.unsigned_abs();
+    let trim = |v: u64, unit: u64| -> String {
+        let whole = v / unit;
+        let frac = v % unit;
+        if frac == 0 {
+            whole.to_string()
+        } else {
+            let digits = unit.to_string().len() - 1;
+            let f = format!("{frac:0digits$}");
+            format!("{whole}.{}", f.trim_end_matches('0'))
+        }
+    };
+    let body = if u < 1_000 {
+        format!("{u}ns")
+    } else if u < 1_000_000 {
+        format!("{}µs", trim(u, 1_000))
+    } else if u < 1_000_000_000 {
+        format!("{}ms", trim(u, 1_000_000))
+    } else {
+        let secs_ns = u % 60_000_000_000;
+        let mins = u / 60_000_000_000;
+        let s = format!("{}s", trim(secs_ns, 1_000_000_000));
+        if mins == 0 {
+            s
+        } else if mins < 60 {
+            format!("{mins}m{s}")
+        } else {
+            format!("{}h{}m{s}", mins / 60, mins % 60)
+        }
+    };
+    if neg {
+        format!("-{body}")
+    } else {
+        body
+    }
+}
+
 /// This host's architecture as OCI names it.
 fn oci_arch() -> &'static str {
     match std::env::consts::ARCH {
@@ -1088,6 +1225,15 @@ fn duration_ns(s: &str) -> Option<i64> {
 }
 
 /// Mounts below `dir`, deepest first.
+/// Removes what builds cut off by an agent's end left in `builds` (their
+/// work dirs and the overlays mounted in them), when the agent starts.
+pub fn clean_up(builds: &Path) {
+    for m in mounts_under(builds) {
+        let _ = snapshot::unmount(&m);
+    }
+    let _ = fs::remove_dir_all(builds);
+}
+
 fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let mut out: Vec<PathBuf> = mounts
@@ -1103,6 +1249,21 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_durations_print_as_go_does() {
+        assert_eq!(go_duration(0), "0s");
+        assert_eq!(go_duration(30_000_000_000), "30s");
+        assert_eq!(go_duration(90_000_000_000), "1m30s");
+        assert_eq!(go_duration(3_600_000_000_000), "1h0m0s");
+        assert_eq!(go_duration(1_500_000_000), "1.5s");
+        assert_eq!(go_duration(500_000_000), "500ms");
+        let hc = json!({"Test": ["CMD-SHELL", "cat x"], "Interval": 30_000_000_000i64, "Timeout": 3_000_000_000i64, "Retries": 2});
+        assert_eq!(
+            go_healthcheck(&hc),
+            r#"&{["CMD-SHELL" "cat x"] "30s" "3s" "0s" '\x02'}"#
+        );
+    }
 
     #[test]
     fn durations_and_paths() {
@@ -1122,7 +1283,4 @@ mod tests {
         assert_eq!(until_target(&i, "B").unwrap().len(), 4);
         assert!(matches!(until_target(&i, "c"), Err(BuildError::Target(_))));
     }
-
-    #[allow(dead_code)]
-    fn unused(_: HashMap<(), ()>) {}
 }

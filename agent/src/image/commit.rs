@@ -475,7 +475,7 @@ fn command(rest: &str) -> Vec<String> {
 }
 
 /// `K=V K2="V 2"` pairs, or the legacy `K V` form of one.
-fn pairs(rest: &str) -> Result<Vec<(String, String)>, String> {
+pub(crate) fn pairs(rest: &str) -> Result<Vec<(String, String)>, String> {
     // The old form, `KEY value with spaces`, when the first word has no `=`.
     let first = rest.split_whitespace().next().unwrap_or_default();
     if !first.contains('=') {

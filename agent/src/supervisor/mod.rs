@@ -159,6 +159,8 @@ impl Supervisor {
         // twice and corrupt each other's bundles.
         let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
             .map_err(|_| SupervisorError::Locked(cfg.data_dir.clone()))?;
+        // Builds do not outlive the agent that ran them.
+        crate::build::clean_up(&cfg.data_dir.join("builds"));
         let images =
             ImageStore::open_with(&cfg.data_dir.join("images"), cfg.archive_limits.clone())?;
         let snapshots = Snapshots::open(&cfg.data_dir.join("snapshots"))?;

@@ -228,9 +228,15 @@ pub const NOT_LEADER: &str = "x-berth-not-leader";
 /// The calls whose requests are streams (uploads, attachments): never
 /// buffered, so never replayed.
 fn client_streaming(path: &str) -> bool {
-    ["/Attach", "/Exec", "/ImportImage", "/LoadImages"]
-        .iter()
-        .any(|m| path.ends_with(m))
+    [
+        "/Attach",
+        "/Exec",
+        "/ImportImage",
+        "/LoadImages",
+        "/BuildImage",
+    ]
+    .iter()
+    .any(|m| path.ends_with(m))
 }
 
 fn body_of(bytes: bytes::Bytes) -> BoxBody {
@@ -249,4 +255,33 @@ fn copy_request(of: &http::Request<BoxBody>, bytes: bytes::Bytes) -> http::Reque
     *req.version_mut() = of.version();
     *req.headers_mut() = of.headers().clone();
     req
+}
+
+#[cfg(test)]
+mod streaming_tests {
+    use super::client_streaming;
+
+    /// Every call whose request is a stream in cluster.proto is passed on
+    /// as a stream: one left out would be collected whole in memory here
+    /// (a build's context, an upload) and refused past one message.
+    #[test]
+    fn every_client_streaming_call_is_streamed() {
+        let proto = include_str!("../../../proto/proto/cluster.proto");
+        let mut seen = 0;
+        for line in proto.lines() {
+            let line = line.trim();
+            let Some(rest) = line.strip_prefix("rpc ") else {
+                continue;
+            };
+            let (name, args) = rest.split_once('(').expect("an rpc line");
+            let streamed = args.trim_start().starts_with("stream ");
+            assert_eq!(
+                client_streaming(&format!("/berth.cluster.Cluster/{name}")),
+                streamed,
+                "{name}"
+            );
+            seen += 1;
+        }
+        assert!(seen > 40, "read {seen} rpcs");
+    }
 }
