@@ -280,8 +280,7 @@ impl Walk<'_> {
             let path = self.root.join(&sub);
             let meta =
                 fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let excluded =
-                self.ignore.excluded(&sub_str) && !self.always.iter().any(|a| *a == sub_str);
+            let excluded = self.ignore.excluded(&sub_str) && !self.always.contains(&sub_str);
             if meta.is_dir() {
                 if !excluded {
                     self.entry(tar, &sub, &path, &meta)?;
