@@ -88,6 +88,27 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// The mode and owner of `path` in image `id` (the topmost layer that
+    /// holds it).
+    fn meta(&self, id: &str, path: &str) -> Option<(u32, u32, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        let inspect = self.store.inspect(id).unwrap();
+        let layers = inspect["RootFS"]["Layers"].as_array().unwrap().clone();
+        for l in layers.iter().rev() {
+            let p = self
+                .snapshots
+                .path(l.as_str().unwrap())
+                .unwrap()
+                .join(path.trim_start_matches('/'));
+            if let Ok(m) = std::fs::symlink_metadata(&p) {
+                return Some((m.mode() & 0o7777, m.uid(), m.gid()));
+            }
+        }
+        None
+    }
+}
+
 fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, body) in files {
@@ -305,4 +326,31 @@ fn hostile_contexts_are_refused() {
         e.to_string().contains("file not found in build context"),
         "{e}"
     );
+}
+
+#[test]
+fn copy_takes_chmod_and_chown_and_add_unpacks_a_local_tar() {
+    let f = Fixture::new();
+    // A tar in the context, for ADD to unpack.
+    let inner = tar_of(&[("pkg/readme", "inside\n")]);
+    let inner = String::from_utf8(inner).unwrap();
+    let df = "FROM busybox\n\
+              COPY --chmod=750 a.txt /x/a.txt\n\
+              COPY --chown=nobody:nogroup a.txt /y/\n\
+              COPY --chown=1000:2000 --chmod=600 a.txt /z/\n\
+              ADD pkg.tar /opt/\n\
+              COPY [\"a.txt\", \"b.txt\", \"/many/\"]\n";
+    let files = [
+        ("Dockerfile", df),
+        ("a.txt", "A\n"),
+        ("b.txt", "B\n"),
+        ("pkg.tar", inner.as_str()),
+    ];
+    let (id, out) = f.build(&files, req("modes:1"));
+    let id = id.unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert_eq!(f.meta(&id, "/x/a.txt"), Some((0o750, 0, 0)));
+    assert_eq!(f.meta(&id, "/z/a.txt"), Some((0o600, 1000, 2000)));
+    assert_eq!(f.file(&id, "/opt/pkg/readme").unwrap(), b"inside\n");
+    assert_eq!(f.file(&id, "/many/b.txt").unwrap(), b"B\n");
+    assert_eq!(f.meta(&id, "/y/a.txt"), Some((0o644, 65534, 65534)));
 }

@@ -281,6 +281,15 @@ pub fn check_reference(reference: &str) -> Result<(), String> {
             && repo.contains('/')
             && (part.contains('.') || part.contains(':') || part == "localhost")
         {
+            // A registry host, with a numeric port if any.
+            let (host, port) = part.split_once(':').unwrap_or((part, "0"));
+            let host_ok = !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+            if !host_ok || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+                return bad("a registry is HOST or HOST:PORT");
+            }
             continue;
         }
         if part.chars().any(|c| c.is_ascii_uppercase()) {
