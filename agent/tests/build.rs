@@ -354,3 +354,99 @@ fn copy_takes_chmod_and_chown_and_add_unpacks_a_local_tar() {
     assert_eq!(f.file(&id, "/many/b.txt").unwrap(), b"B\n");
     assert_eq!(f.meta(&id, "/y/a.txt"), Some((0o644, 65534, 65534)));
 }
+
+/// A context tar of files and symlinks, as a hostile client may send it.
+fn tar_with_links(files: &[(&str, &str)], links: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, body) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        b.append_data(&mut h, name, body.as_bytes()).unwrap();
+    }
+    for (name, target) in links {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_link(&mut h, name, target).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn symlinks_in_a_context_never_reach_the_host() {
+    let f = Fixture::new();
+    let host = tempfile::tempdir().unwrap();
+    let victim = host.path().join("victim");
+    std::fs::write(&victim, "[z-a host secret\n").unwrap();
+    let builder = Builder {
+        store: &f.store,
+        snapshots: &f.snapshots,
+        work: f.root.join("work"),
+        volumes: f.root.join("volumes"),
+        runner: &f.runner,
+    };
+    let host_dir = host.path().display().to_string();
+    let inside = format!("{}/victim", host_dir.trim_start_matches('/'));
+    // The Dockerfile named through a symlink to the host's directory, and
+    // excluded by .dockerignore, which makes the build remove it.
+    let tar = tar_with_links(
+        &[
+            (inside.as_str(), "FROM busybox\n"),
+            (".dockerignore", "*\n"),
+        ],
+        &[("sub", host_dir.as_str())],
+    );
+    let mut req = req("links:1");
+    req.dockerfile = "sub/victim".into();
+    let mut out = Vec::new();
+    let _ = build(&builder, &req, tar.as_slice(), &mut out);
+    assert!(victim.exists(), "the build removed a host file");
+
+    // A .dockerignore that links to a host file is read inside the context
+    // (where it does not exist), never from the host.
+    let tar = tar_with_links(
+        &[("Dockerfile", "FROM busybox\n")],
+        &[(".dockerignore", victim.to_str().unwrap())],
+    );
+    let mut out = Vec::new();
+    let r = build(&builder, &self::req("links:2"), tar.as_slice(), &mut out);
+    let all = format!("{r:?}{}", String::from_utf8_lossy(&out));
+    assert!(!all.contains("host secret"), "{all}");
+    assert!(r.is_ok(), "{all}");
+}
+
+#[test]
+fn a_doubling_variable_is_refused_not_grown() {
+    let f = Fixture::new();
+    let mut df = String::from("FROM busybox\nENV A=xxxxxxxxxxxxxxxx\n");
+    for _ in 0..40 {
+        df.push_str("ENV A=$A$A\n");
+    }
+    let (r, out) = f.build(&[("Dockerfile", &df)], req("double:1"));
+    let e = r.expect_err("a value of 2^44 bytes").to_string();
+    assert!(
+        e.contains("after variable substitution passes"),
+        "{e}\n{out}"
+    );
+}
+
+#[test]
+fn copy_from_a_one_layer_image_works() {
+    let f = Fixture::new();
+    let (id, out) = f.build(
+        &[(
+            "Dockerfile",
+            "FROM scratch\nCOPY --from=busybox /bin/busybox /bb\n",
+        )],
+        req("onelayer:1"),
+    );
+    let id = id.unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert!(f.file(&id, "/bb").is_some());
+}

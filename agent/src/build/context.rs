@@ -99,6 +99,60 @@ pub fn inside(ctx: &Path, path: &str) -> Result<PathBuf, String> {
     fs::read_link(fd_path(&fd)).map_err(|e| e.to_string())
 }
 
+/// The most bytes of a Dockerfile or a .dockerignore read from a context.
+pub const MAX_CONTROL_FILE: u64 = 16 << 20;
+
+/// Reads a small file of the context (the Dockerfile, .dockerignore),
+/// resolved inside the context: it must be a regular file (not a fifo, not
+/// a link out), of at most [`MAX_CONTROL_FILE`] bytes. `Ok(None)` when it
+/// does not exist.
+pub fn read_control_file(ctx: &Path, path: &str) -> Result<Option<String>, String> {
+    let rel = relative(path).ok_or_else(|| outside(path))?;
+    let root = Root::open(ctx).map_err(|e| e.to_string())?;
+    let Ok(fd) = root.find(&rel) else {
+        return Ok(None);
+    };
+    let at = fd_path(&fd);
+    let meta = fs::metadata(&at).map_err(|e| format!("{path}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{path} is not a regular file"));
+    }
+    if meta.len() > MAX_CONTROL_FILE {
+        return Err(format!(
+            "{path} is {} bytes, more than the {MAX_CONTROL_FILE} a build reads",
+            meta.len()
+        ));
+    }
+    let mut text = String::new();
+    File::open(&at)
+        .map_err(|e| format!("{path}: {e}"))?
+        .take(MAX_CONTROL_FILE)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{path}: {e}"))?;
+    Ok(Some(text))
+}
+
+/// Removes the file `path` of the context, its directory resolved inside
+/// the context and its last component not followed (a symlink there is
+/// removed, not what it names).
+pub fn remove_in(ctx: &Path, path: &str) -> Result<(), String> {
+    let rel = relative(path).ok_or_else(|| outside(path))?;
+    let Some(name) = rel.file_name() else {
+        return Ok(());
+    };
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    let root = Root::open(ctx).map_err(|e| e.to_string())?;
+    let Ok(dir) = root.find(parent) else {
+        return Ok(());
+    };
+    let dir = fs::read_link(fd_path(&dir)).map_err(|e| e.to_string())?;
+    match fs::remove_file(dir.join(name)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("{path}: {e}")),
+    }
+}
+
 /// Copies what `spec` names from `src_root` (the context, or a stage's
 /// rootfs) into `rootfs`, with Docker's rules:
 /// - a file lands at the destination, or in it when the destination ends

@@ -250,9 +250,18 @@ pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String,
                 i += 1;
             }
         }
+        if out.len() > MAX_SUBSTITUTED {
+            return Err(format!(
+                "the text after variable substitution passes {MAX_SUBSTITUTED} bytes"
+            ));
+        }
     }
     Ok(out)
 }
+
+/// The longest text substitution may make (`ENV A=$A$A` repeated doubles
+/// a value each time).
+pub const MAX_SUBSTITUTED: usize = 1 << 20;
 
 /// The value of the reference after a `$` at `i`, and where the text goes
 /// on.

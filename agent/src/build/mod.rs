@@ -199,10 +199,9 @@ fn build_in(
     } else {
         req.dockerfile.as_str()
     };
-    let df_path = context::inside(&ctx_dir, dockerfile).map_err(BuildError::Context)?;
-    let text = fs::read_to_string(&df_path).map_err(|e| {
-        BuildError::Context(format!("cannot read the Dockerfile {dockerfile}: {e}"))
-    })?;
+    let text = context::read_control_file(&ctx_dir, dockerfile)
+        .map_err(|e| BuildError::Context(format!("cannot read the Dockerfile: {e}")))?
+        .ok_or_else(|| BuildError::Context(format!("the Dockerfile {dockerfile} is missing")))?;
     drop_ignored_build_files(&ctx_dir, dockerfile)?;
     let instructions = dockerfile::parse(&text)?;
     let instructions = until_target(&instructions, &req.target)?;
@@ -727,7 +726,13 @@ fn step(
                 ins.keyword, c.sources, c.chown, c.chmod, c.dest, content
             )
         }
-        Some(FsStep::Run { env, .. }) => format!("RUN {created_by} {env:?} {}", req.network),
+        // The arguments as a JSON list: an exec form and a shell form that
+        // join to the same text are different commands.
+        Some(FsStep::Run { args, env }) => format!(
+            "RUN {} {env:?} {}",
+            serde_json::to_string(args).unwrap_or_default(),
+            req.network
+        ),
         _ => created_by.clone(),
     };
     let parent = if stage.id.is_empty() {
@@ -888,13 +893,20 @@ fn run_fs_step(
                             .map(|d| b.snapshots.path(d))
                             .collect::<Result<_, _>>()
                             .map_err(|e| step_err(e.to_string()))?;
-                        if lowers.is_empty() {
-                            fs::create_dir_all(&target).map_err(io(&target))?;
-                        } else {
-                            snapshot::mount_readonly(&lowers, &target)
-                                .map_err(|e| step_err(e.to_string()))?;
+                        match lowers.as_slice() {
+                            [] => {
+                                fs::create_dir_all(&target).map_err(io(&target))?;
+                                (target, None)
+                            }
+                            // One layer: its snapshot is the whole root (an
+                            // overlay needs two lower dirs); it is only read.
+                            [one] => (one.clone(), None),
+                            _ => {
+                                snapshot::mount_readonly(&lowers, &target)
+                                    .map_err(|e| step_err(e.to_string()))?;
+                                (target.clone(), Some(target))
+                            }
                         }
-                        (target.clone(), Some(target))
                     }
                 };
                 let copied = context::copy(&src_root, &rootfs, c, b.store.limits());
@@ -983,7 +995,7 @@ fn run_fs_step(
 }
 
 /// Twelve hex digits for a step's container.
-fn random_id() -> String {
+pub fn random_id() -> String {
     let mut h = Sha256::new();
     h.update(std::process::id().to_le_bytes());
     h.update(
@@ -1125,7 +1137,9 @@ fn oci_arch() -> &'static str {
 /// .dockerignore excludes them: the client sends them anyway (the build
 /// needs them), and Docker's daemon drops them likewise.
 fn drop_ignored_build_files(ctx_dir: &Path, dockerfile: &str) -> Result<(), BuildError> {
-    let Ok(text) = fs::read_to_string(ctx_dir.join(".dockerignore")) else {
+    let text = context::read_control_file(ctx_dir, ".dockerignore")
+        .map_err(|e| BuildError::Context(format!(".dockerignore: {e}")))?;
+    let Some(text) = text else {
         return Ok(());
     };
     let patterns = berth_proto::dockerignore::Patterns::parse(&text)
@@ -1134,12 +1148,7 @@ fn drop_ignored_build_files(ctx_dir: &Path, dockerfile: &str) -> Result<(), Buil
         let rel = clean(name);
         let rel = rel.trim_start_matches('/');
         if patterns.excluded(rel) {
-            let path = ctx_dir.join(rel);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(BuildError::Io { path, source: e }),
-            }
+            context::remove_in(ctx_dir, rel).map_err(BuildError::Context)?;
         }
     }
     Ok(())

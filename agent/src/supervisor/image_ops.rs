@@ -247,7 +247,9 @@ impl Supervisor {
         let builder = crate::build::Builder {
             store: &self.images,
             snapshots: &self.snapshots,
-            work: builds.join(request_id.to_string()),
+            // A name no other build has: the request id alone repeats
+            // after a server restarts.
+            work: builds.join(format!("{request_id}-{}", crate::build::random_id())),
             volumes: self.cfg.data_dir.join("volumes"),
             runner: &runner,
         };
