@@ -46,9 +46,9 @@ impl Fixture {
         }
     }
 
-    fn build(
+    fn build<B: AsRef<[u8]>>(
         &self,
-        files: &[(&str, &str)],
+        files: &[(&str, B)],
         req: BuildRequest,
     ) -> (Result<String, BuildError>, String) {
         let builder = Builder {
@@ -109,22 +109,23 @@ impl Fixture {
     }
 }
 
-fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+fn tar_of<B: AsRef<[u8]>>(files: &[(&str, B)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, body) in files {
         let mut h = tar::Header::new_gnu();
+        let body = body.as_ref();
         h.set_size(body.len() as u64);
         h.set_mode(0o644);
         h.set_uid(0);
         h.set_gid(0);
         h.set_mtime(1_700_000_000);
         h.set_cksum();
-        b.append_data(&mut h, name, body.as_bytes()).unwrap();
+        b.append_data(&mut h, name, body).unwrap();
     }
     b.into_inner().unwrap()
 }
 
-fn context(files: &[(&str, &str)]) -> Vec<u8> {
+fn context<B: AsRef<[u8]>>(files: &[(&str, B)]) -> Vec<u8> {
     tar_of(files)
 }
 
@@ -333,18 +334,19 @@ fn copy_takes_chmod_and_chown_and_add_unpacks_a_local_tar() {
     let f = Fixture::new();
     // A tar in the context, for ADD to unpack.
     let inner = tar_of(&[("pkg/readme", "inside\n")]);
-    let inner = String::from_utf8(inner).unwrap();
     let df = "FROM busybox\n\
               COPY --chmod=750 a.txt /x/a.txt\n\
               COPY --chown=nobody:nogroup a.txt /y/\n\
               COPY --chown=1000:2000 --chmod=600 a.txt /z/\n\
               ADD pkg.tar /opt/\n\
-              COPY [\"a.txt\", \"b.txt\", \"/many/\"]\n";
+              COPY [\"a.txt\", \"b.txt\", \"/many/\"]\n\
+              ADD notes.gz /opt/\n";
     let files = [
-        ("Dockerfile", df),
-        ("a.txt", "A\n"),
-        ("b.txt", "B\n"),
-        ("pkg.tar", inner.as_str()),
+        ("Dockerfile", df.as_bytes().to_vec()),
+        ("a.txt", b"A\n".to_vec()),
+        ("b.txt", b"B\n".to_vec()),
+        ("pkg.tar", inner),
+        ("notes.gz", gz_notes()),
     ];
     let (id, out) = f.build(&files, req("modes:1"));
     let id = id.unwrap_or_else(|e| panic!("{e}\n{out}"));
@@ -353,6 +355,11 @@ fn copy_takes_chmod_and_chown_and_add_unpacks_a_local_tar() {
     assert_eq!(f.file(&id, "/opt/pkg/readme").unwrap(), b"inside\n");
     assert_eq!(f.file(&id, "/many/b.txt").unwrap(), b"B\n");
     assert_eq!(f.meta(&id, "/y/a.txt"), Some((0o644, 65534, 65534)));
+    // A gzip file that holds no tar is copied as it is, as Docker does.
+    assert_eq!(
+        f.file(&id, "/opt/notes.gz").map(|b| b.len()),
+        Some(gz_notes().len())
+    );
 }
 
 /// A context tar of files and symlinks, as a hostile client may send it.
@@ -449,4 +456,13 @@ fn copy_from_a_one_layer_image_works() {
     );
     let id = id.unwrap_or_else(|e| panic!("{e}\n{out}"));
     assert!(f.file(&id, "/bb").is_some());
+}
+
+/// A gzip file that holds text, not a tar.
+fn gz_notes() -> Vec<u8> {
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&b"just notes, not an archive\n".repeat(50))
+        .unwrap();
+    gz.finish().unwrap()
 }

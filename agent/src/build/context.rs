@@ -199,6 +199,7 @@ pub fn copy(
         owner,
         chmod: spec.chmod,
         line: spec.line,
+        disk: RefCell::new(DiskGuard::new(rootfs, limits.min_free_bytes)),
     };
     for rel in items {
         let fd = src
@@ -301,6 +302,10 @@ struct Writer {
     owner: (u32, u32),
     chmod: Option<u32>,
     line: usize,
+    /// The free space of the rootfs's filesystem, which each file written
+    /// is counted against (hard links in a context cost nothing to send
+    /// but are copied as files).
+    disk: RefCell<DiskGuard>,
 }
 
 impl Writer {
@@ -373,6 +378,10 @@ impl Writer {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&at)
             .map_err(|e| self.err(format!("writing {}: {e}", name.to_string_lossy())))?;
+        self.disk
+            .borrow_mut()
+            .write(meta.len())
+            .map_err(|e| self.err(format!("copying {}: {e}", name.to_string_lossy())))?;
         std::io::copy(&mut input, &mut output)
             .map_err(|e| self.err(format!("copying {}: {e}", from.display())))?;
         output
@@ -715,10 +724,27 @@ fn archive_kind(path: &Path) -> Result<Option<ArchiveKind>, String> {
         n += r;
     }
     let head = &head[..n];
+    // A compressed file is an archive only if what it holds is a tar, as
+    // Docker decides; otherwise it is copied as it is.
+    let holds_tar = |kind: ArchiveKind| -> bool {
+        let Ok(f) = File::open(path) else {
+            return false;
+        };
+        let mut inner: Box<dyn Read> = match kind {
+            ArchiveKind::Gzip => Box::new(flate2::read::GzDecoder::new(f)),
+            ArchiveKind::Zstd => match zstd::stream::read::Decoder::new(f) {
+                Ok(d) => Box::new(d),
+                Err(_) => return false,
+            },
+            ArchiveKind::Tar => return true,
+        };
+        let mut block = [0u8; 512];
+        inner.read_exact(&mut block).is_ok() && &block[257..262] == b"ustar"
+    };
     Ok(if head.starts_with(&[0x1f, 0x8b]) {
-        Some(ArchiveKind::Gzip)
+        holds_tar(ArchiveKind::Gzip).then_some(ArchiveKind::Gzip)
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Some(ArchiveKind::Zstd)
+        holds_tar(ArchiveKind::Zstd).then_some(ArchiveKind::Zstd)
     } else if head.starts_with(b"BZh") || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
         return Err(format!(
             "{}: ADD unpacks plain, gzip and zstd tar archives; this one is bzip2 or xz: recompress it or COPY it",

@@ -603,6 +603,13 @@ fn step(
             filesystem = Some(FsStep::Mkdir(dir));
         }
         "RUN" => {
+            // BuildKit's RUN flags (--mount, --network, --security) are
+            // not the classic builder's: refused by name, not ignored.
+            if let Some((f, _)) = ins.flags.first() {
+                return Err(step_err(format!(
+                    "RUN --{f} is not supported (BuildKit's; berth builds as Docker's classic builder)"
+                )));
+            }
             let args = match ins.exec_form() {
                 Some(v) => v,
                 None => {
