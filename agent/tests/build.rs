@@ -265,6 +265,14 @@ fn errors_name_the_line_and_tag_nothing() {
             "line 2: ADD of a remote URL is not supported",
         ),
         ("FROM nosuch:image\n", "line 1"),
+        (
+            "FROM busybox\nCOPY --chmod=17777 Dockerfile /x\n",
+            "line 2: invalid --chmod=17777",
+        ),
+        (
+            "FROM busybox\nRUN --mount=type=cache,target=/x true\n",
+            "line 2: RUN --mount is not supported",
+        ),
     ];
     for (df, want) in cases {
         let (r, out) = f.build(&[("Dockerfile", df)], req("bad:1"));
@@ -335,7 +343,8 @@ fn copy_takes_chmod_and_chown_and_add_unpacks_a_local_tar() {
     // A tar in the context, for ADD to unpack.
     let inner = tar_of(&[("pkg/readme", "inside\n")]);
     let df = "FROM busybox\n\
-              COPY --chmod=750 a.txt /x/a.txt\n\
+              ARG MODE=750\n\
+              COPY --chmod=${MODE} a.txt /x/a.txt\n\
               COPY --chown=nobody:nogroup a.txt /y/\n\
               COPY --chown=1000:2000 --chmod=600 a.txt /z/\n\
               ADD pkg.tar /opt/\n\

@@ -663,7 +663,16 @@ fn step(
                     clean(&rel)
                 }
             };
-            let from = match ins.flag("from") {
+            // Flag values take the stage's variables, as Docker's do
+            // (`--chown=${UID}`, `--from=${STAGE}`).
+            let flag = |name: &str| -> Result<Option<String>, BuildError> {
+                ins.flag(name)
+                    .map(|v| dockerfile::substitute(v, &stage.vars()).map_err(step_err))
+                    .transpose()
+            };
+            let from_flag = flag("from")?;
+            let chown_flag = flag("chown")?;
+            let from = match from_flag.as_deref() {
                 None => Source::Context,
                 Some(f) => {
                     let named = stages.iter().enumerate().find(|(i, s)| {
@@ -680,18 +689,24 @@ fn step(
                     }
                 }
             };
-            let chmod =
-                match ins.flag("chmod") {
-                    None => None,
-                    Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| {
-                        step_err(format!("invalid --chmod={m}: give an octal mode"))
-                    })?),
-                };
+            let chmod = match flag("chmod")? {
+                None => None,
+                Some(m) => Some(
+                    u32::from_str_radix(&m, 8)
+                        .ok()
+                        .filter(|v| *v <= 0o7777)
+                        .ok_or_else(|| {
+                            step_err(format!(
+                                "invalid --chmod={m}: give an octal mode up to 7777"
+                            ))
+                        })?,
+                ),
+            };
             filesystem = Some(FsStep::Copy(context::CopySpec {
                 add: kw == "ADD",
                 sources: sources.to_vec(),
                 dest: dest.clone(),
-                chown: ins.flag("chown").map(str::to_string),
+                chown: chown_flag,
                 chmod,
                 source: from,
                 line,
