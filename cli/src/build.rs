@@ -7,7 +7,6 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use berth_proto::cluster::{cluster_client::ClusterClient, BuildChunk, BuildOptions};
 use berth_proto::dockerignore::Patterns;
@@ -126,7 +125,7 @@ pub async fn build(client: &mut ClusterClient<Channel>, args: BuildArgs) -> Resu
 
 /// What went wrong reading the context, if anything (the piece stream
 /// then ends early, and the agent refuses the cut context).
-type Failure = Arc<Mutex<Option<String>>>;
+type Failure = crate::images::ReadFailure;
 
 type Pieces = tokio_stream::wrappers::ReceiverStream<Vec<u8>>;
 
@@ -237,13 +236,7 @@ fn dir_context(
             };
             walk.dir(&mut tar, Path::new(""))?;
             if let Some((name, body)) = &extra {
-                let mut h = tar::Header::new_gnu();
-                h.set_size(body.len() as u64);
-                h.set_mode(0o644);
-                h.set_uid(0);
-                h.set_gid(0);
-                h.set_mtime(0);
-                tar.append_data(&mut h, name, body.as_slice())
+                append_file(&mut tar, name, body)
                     .map_err(|e| format!("adding the Dockerfile: {e}"))?;
             }
             tar.finish().map_err(|e| e.to_string())
@@ -255,6 +248,22 @@ fn dir_context(
         }
     });
     Ok((df_name, Some(text), Pieces::new(rx)))
+}
+
+/// Adds a file that is not on disk (a Dockerfile from elsewhere) to a
+/// context, owned by root, mode 0644.
+fn append_file<W: Write>(
+    tar: &mut tar::Builder<W>,
+    name: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(body.len() as u64);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    tar.append_data(&mut h, name, body)
 }
 
 /// The walk of a context directory.
@@ -354,7 +363,6 @@ fn stdin_context(
     let is_archive = (n >= 262 && &head[257..262] == b"ustar")
         || head.starts_with(&[0x1f, 0x8b])
         || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     if !is_archive {
         // A Dockerfile: read it whole (a Dockerfile is small) and send a
         // context of it alone.
@@ -367,60 +375,24 @@ fn stdin_context(
             CliError::Usage("standard input is neither a tar archive nor a Dockerfile".into())
         })?;
         let mut tar = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_size(text.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        tar.append_data(&mut h, "Dockerfile", text.as_bytes())
+        append_file(&mut tar, "Dockerfile", text.as_bytes())
             .and_then(|()| tar.finish())
             .map_err(|e| CliError::Usage(e.to_string()))?;
         let bytes = tar
             .into_inner()
             .map_err(|e| CliError::Usage(e.to_string()))?;
-        std::thread::spawn(move || {
-            for piece in bytes.chunks(CHUNK) {
-                if tx.blocking_send(piece.to_vec()).is_err() {
-                    return;
-                }
-            }
-        });
-        return Ok(("Dockerfile".into(), Some(text), Pieces::new(rx)));
+        let pieces = crate::images::pieces_from(
+            "standard input".into(),
+            Box::new(std::io::Cursor::new(bytes)),
+            failed,
+        );
+        return Ok(("Dockerfile".into(), Some(text), pieces));
     }
-    std::thread::spawn(move || {
-        let mut first = Some(head);
-        loop {
-            let piece = match first.take() {
-                Some(h) => h,
-                None => {
-                    let mut buf = vec![0u8; CHUNK];
-                    let mut filled = 0;
-                    while filled < CHUNK {
-                        match stdin.read(&mut buf[filled..]) {
-                            Ok(0) => break,
-                            Ok(k) => filled += k,
-                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                            Err(e) => {
-                                *failed.lock().unwrap_or_else(|p| p.into_inner()) =
-                                    Some(format!("reading standard input: {e}"));
-                                return;
-                            }
-                        }
-                    }
-                    buf.truncate(filled);
-                    if filled == 0 {
-                        return;
-                    }
-                    buf
-                }
-            };
-            if tx.blocking_send(piece).is_err() {
-                return;
-            }
-        }
-    });
+    // The head already read goes first, then the rest of standard input.
+    let rest = std::io::Cursor::new(head).chain(stdin);
+    let pieces = crate::images::pieces_from("standard input".into(), Box::new(rest), failed);
     let name = file.unwrap_or("Dockerfile").to_string();
-    Ok((name, None, Pieces::new(rx)))
+    Ok((name, None, pieces))
 }
 
 /// The images a Dockerfile's FROM lines name (not scratch, not an earlier

@@ -176,7 +176,7 @@ fn split_tag(t: &str) -> (String, String) {
 }
 
 /// Why reading an upload stopped part-way, if it did.
-type ReadFailure = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+pub type ReadFailure = std::sync::Arc<std::sync::Mutex<Option<String>>>;
 
 /// A file, or standard input for `-` or no file, as a stream of pieces
 /// read on a thread of its own: a few pieces are in memory at a time,
@@ -184,7 +184,7 @@ type ReadFailure = std::sync::Arc<std::sync::Mutex<Option<String>>>;
 fn pieces_of(
     file: Option<&str>,
 ) -> Result<(impl tokio_stream::Stream<Item = Vec<u8>>, ReadFailure), CliError> {
-    let (name, mut reader): (String, Box<dyn std::io::Read + Send>) = match file {
+    let (name, reader): (String, Box<dyn std::io::Read + Send>) = match file {
         None | Some("-") => ("standard input".into(), Box::new(std::io::stdin())),
         Some(f) => (
             f.to_string(),
@@ -192,8 +192,19 @@ fn pieces_of(
         ),
     };
     let failed: ReadFailure = Default::default();
+    let pieces = pieces_from(name, reader, failed.clone());
+    Ok((pieces, failed))
+}
+
+/// Reads `reader` (named `name` in errors) as a stream of pieces on a
+/// thread of its own; a read error is kept in `failure` and ends the
+/// stream. At least one piece (maybe empty) comes.
+pub fn pieces_from(
+    name: String,
+    mut reader: Box<dyn std::io::Read + Send>,
+    failure: ReadFailure,
+) -> tokio_stream::wrappers::ReceiverStream<Vec<u8>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-    let failure = failed.clone();
     std::thread::spawn(move || {
         let mut sent = false;
         loop {
@@ -222,7 +233,7 @@ fn pieces_of(
             }
         }
     });
-    Ok((tokio_stream::wrappers::ReceiverStream::new(rx), failed))
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// The read error that cut an upload short, reported as the cause.

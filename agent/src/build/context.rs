@@ -18,13 +18,12 @@ use std::io::{BufReader, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest as _, Sha256};
 
 use super::{BuildError, Source};
-use crate::image::limits::{ArchiveLimits, DiskGuard, LimitError, ScanLimits, TarScan};
+use crate::image::limits::{ArchiveLimits, Checked, DiskGuard, ScanLimits};
 use crate::runtime::inroot::{fd_path, Make, Root};
 
 /// One COPY or ADD, with its words already substituted.
@@ -68,15 +67,9 @@ pub fn unpack(src: impl Read, dir: &Path, limits: &ArchiveLimits) -> Result<(), 
                 .map_err(|e| BuildError::Context(format!("zstd: {e}")))?,
         ),
     };
-    let refused = Rc::new(RefCell::new(None));
-    let scanned = Scanned {
-        inner: src,
-        scan: TarScan::new(context_limits(limits)),
-        disk: DiskGuard::new(dir, limits.min_free_bytes),
-        refused: refused.clone(),
-    };
-    let unpacked = crate::snapshot::unpack_layer(scanned, dir);
-    if let Some(limit) = refused.borrow_mut().take() {
+    let mut checked = Checked::new(src, context_limits(limits), dir, limits.min_free_bytes);
+    let unpacked = crate::snapshot::unpack_layer(&mut checked, dir);
+    if let Some(limit) = checked.refused() {
         return Err(BuildError::Context(limit.to_string()));
     }
     unpacked.map_err(|e| {
@@ -269,31 +262,6 @@ pub fn digest_sources(root: &Path, spec: &CopySpec) -> Result<String, String> {
 /// The limits a context is held to: an image's, since it may hold as much.
 fn context_limits(limits: &ArchiveLimits) -> ScanLimits {
     limits.archive()
-}
-
-/// A tar stream checked as it is read; a passed limit is kept for the
-/// error, since the tar reader wraps what it reads into its own.
-struct Scanned<R> {
-    inner: R,
-    scan: TarScan,
-    disk: DiskGuard,
-    refused: Rc<RefCell<Option<LimitError>>>,
-}
-
-impl<R: Read> Read for Scanned<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let checked = self
-            .scan
-            .feed(&buf[..n])
-            .and_then(|()| self.disk.write(n as u64));
-        if let Err(e) = checked {
-            let msg = e.to_string();
-            *self.refused.borrow_mut() = Some(e);
-            return Err(std::io::Error::other(msg));
-        }
-        Ok(n)
-    }
 }
 
 /// How files are written: their owner, the mode `--chmod` gives, the
@@ -777,15 +745,9 @@ fn unpack_archive(
         }
     };
     let dir = fs::read_link(fd_path(into)).map_err(|e| e.to_string())?;
-    let refused = Rc::new(RefCell::new(None));
-    let scanned = Scanned {
-        inner: reader,
-        scan: TarScan::new(limits.layer()),
-        disk: DiskGuard::new(&dir, limits.min_free_bytes),
-        refused: refused.clone(),
-    };
-    let unpacked = crate::snapshot::unpack_layer(scanned, &dir);
-    if let Some(limit) = refused.borrow_mut().take() {
+    let mut checked = Checked::new(reader, limits.layer(), &dir, limits.min_free_bytes);
+    let unpacked = crate::snapshot::unpack_layer(&mut checked, &dir);
+    if let Some(limit) = checked.refused() {
         return Err(format!("the archive: {limit}"));
     }
     unpacked.map_err(|e| format!("the archive: {e}"))

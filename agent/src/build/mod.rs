@@ -484,7 +484,6 @@ fn step(
     let mut copied_what = String::new();
     let mut filesystem: Option<FsStep> = None;
     let mut config = stage.config.clone();
-    let mut scratch = stage.clone();
     match kw {
         "ARG" => {
             let (k, declared) = arg_pair(&ins.rest);
@@ -507,8 +506,6 @@ fn step(
                     None => k.clone(),
                 }
             );
-            config = stage.config.clone();
-            scratch = stage.clone();
         }
         "ENV" | "LABEL" | "EXPOSE" | "VOLUME" | "USER" | "STOPSIGNAL" | "ONBUILD" => {
             let text = if kw == "ONBUILD" {
@@ -714,7 +711,6 @@ fn step(
         }
         other => return Err(step_err(format!("{other} is not supported here"))),
     }
-    let _ = scratch;
     let key_text = match &filesystem {
         Some(FsStep::Copy(c)) => {
             let root = match &c.source {
@@ -992,7 +988,7 @@ fn run_fs_step(
     } else {
         lowers
     };
-    let skip = commit::mount_points_made(&upper, &real_lowers, &mounts);
+    let skip = commit::made_mount_points(&upper, &real_lowers, &mounts);
     let layer = if commit::upper_is_empty(&upper, &skip)
         && !matches!(what, FsStep::Copy(_) | FsStep::Run { .. })
     {

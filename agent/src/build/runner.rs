@@ -3,11 +3,8 @@
 //! container of this agent. Its output is read back from the bundle's log
 //! as it grows and written to the build's progress.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -25,18 +22,8 @@ const POLL: Duration = Duration::from_millis(50);
 
 impl Runner for ShimRunner {
     fn run(&self, bundle: &Path, out: &mut dyn Write) -> Result<i32, String> {
-        let shim_log = File::create(bundle.join("shim.log")).map_err(|e| e.to_string())?;
-        let mut child = Command::new(&self.shim_exe)
-            .arg("shim")
-            .arg("--bundle")
-            .arg(bundle)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(shim_log)
-            // Its own process group, as every shim: a signal to the agent's
-            // group must not reach the build's container.
-            .process_group(0)
-            .spawn()
+        let mut child = crate::runtime::shim::command(&self.shim_exe, bundle)
+            .and_then(|mut c| c.spawn())
             .map_err(|e| format!("cannot start the shim {}: {e}", self.shim_exe.display()))?;
         let frames = child.stdout.take().ok_or("the shim has no stdout")?;
         let (tx, rx) = mpsc::channel();

@@ -238,12 +238,6 @@ pub fn upper_is_empty(upper: &Path, skip: &[PathBuf]) -> bool {
         .unwrap_or(true)
 }
 
-/// The mount points a container's runtime made in its upper dir that its
-/// image lacks (relative): left out of a layer made of it.
-pub fn mount_points_made(upper: &Path, lowers: &[PathBuf], mounts: &[PathBuf]) -> Vec<PathBuf> {
-    made_mount_points(upper, lowers, mounts)
-}
-
 /// Writes the upper dir as an OCI layer: whiteouts and opaque dirs become
 /// `.wh.` entries; other device nodes, sockets and overlay bookkeeping are
 /// left out (an image carries no device node: `load` refuses them).
@@ -317,7 +311,7 @@ fn walk(
 /// The mount destinations (and the directories above them) that the
 /// image lacks and the runtime made in the upper dir, relative: an empty
 /// directory or file made to mount on.
-fn made_mount_points(upper: &Path, lowers: &[PathBuf], mounts: &[PathBuf]) -> Vec<PathBuf> {
+pub fn made_mount_points(upper: &Path, lowers: &[PathBuf], mounts: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for m in mounts {
         let rel: PathBuf = m

@@ -114,6 +114,54 @@ impl ArchiveLimits {
 
 const BLOCK: u64 = 512;
 
+/// A tar stream as it is read: each byte passes a [`TarScan`] and a
+/// [`DiskGuard`] before the tar reader sees it. A refusal reaches the
+/// reader as an I/O error (which the tar crate wraps in its own); the
+/// typed refusal is kept for [`Checked::refused`].
+pub struct Checked<R> {
+    inner: R,
+    scan: TarScan,
+    disk: DiskGuard,
+    refused: Option<LimitError>,
+}
+
+impl<R> Checked<R> {
+    /// Checks `inner` against `limits`, and the filesystem of `dir`
+    /// against keeping `reserve` bytes free.
+    pub fn new(inner: R, limits: ScanLimits, dir: &Path, reserve: u64) -> Self {
+        Self {
+            inner,
+            scan: TarScan::new(limits),
+            disk: DiskGuard::new(dir, reserve),
+            refused: None,
+        }
+    }
+
+    /// The limit the stream passed, if it passed one.
+    pub fn refused(&mut self) -> Option<LimitError> {
+        self.refused.take()
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Checked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(e) = &self.refused {
+            return Err(std::io::Error::other(e.to_string()));
+        }
+        let n = self.inner.read(buf)?;
+        let checked = self
+            .scan
+            .feed(&buf[..n])
+            .and_then(|()| self.disk.write(n as u64));
+        if let Err(e) = checked {
+            let io = std::io::Error::other(e.to_string());
+            self.refused = Some(e);
+            return Err(io);
+        }
+        Ok(n)
+    }
+}
+
 /// A streaming check of a tar archive against [`ScanLimits`]: fed the
 /// archive's bytes in order, in pieces of any size.
 pub struct TarScan {

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use super::layer::{self, Expected, Progress};
-use super::limits::{ArchiveLimits, DiskGuard, LimitError, TarScan};
+use super::limits::{ArchiveLimits, Checked, LimitError};
 use super::{parse_digest, ImageError, ImageStore, ImageSummary};
 use crate::snapshot::Snapshots;
 
@@ -126,34 +126,6 @@ fn resolve_link(link: &Path, target: &Path) -> Result<PathBuf, ImageError> {
     Ok(out.iter().collect())
 }
 
-/// An archive as it is read: each byte passes the scan and the disk check
-/// before the tar reader sees it.
-struct Checked<R> {
-    inner: R,
-    scan: TarScan,
-    disk: DiskGuard,
-    refused: Option<LimitError>,
-}
-
-impl<R: Read> Read for Checked<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if let Some(e) = &self.refused {
-            return Err(std::io::Error::other(e.to_string()));
-        }
-        let n = self.inner.read(buf)?;
-        let checked = self
-            .scan
-            .feed(&buf[..n])
-            .and_then(|()| self.disk.write(n as u64));
-        if let Err(e) = checked {
-            let io = std::io::Error::other(e.to_string());
-            self.refused = Some(e);
-            return Err(io);
-        }
-        Ok(n)
-    }
-}
-
 /// Refuses an image with more layers than the store allows.
 fn check_layer_count(limits: &ArchiveLimits, what: &str, count: usize) -> Result<(), ImageError> {
     if count > limits.max_layers {
@@ -178,16 +150,16 @@ struct Staged {
 impl Staged {
     /// Extracts an archive, checked against `limits` as it streams.
     fn extract(src: impl Read, root: &Path, limits: &ArchiveLimits) -> Result<Self, ImageError> {
-        let mut archive = tar::Archive::new(Checked {
-            inner: src,
-            scan: TarScan::new(limits.archive()),
-            disk: DiskGuard::new(root, limits.min_free_bytes),
-            refused: None,
-        });
+        let mut archive = tar::Archive::new(Checked::new(
+            src,
+            limits.archive(),
+            root,
+            limits.min_free_bytes,
+        ));
         let staged = Self::extract_from(&mut archive, root);
         // A refusal of the check reaches the tar reader as an I/O error;
         // the typed refusal is the one to report.
-        match archive.into_inner().refused {
+        match archive.into_inner().refused() {
             Some(source) => Err(ImageError::Limit {
                 what: "the archive".into(),
                 source,

@@ -46,6 +46,26 @@ pub struct ShimConfig {
 
 /// Runs the shim to the end of its container. Call it before any other
 /// thread exists: the container is cloned from this process.
+/// The command that runs a bundle's container under a shim, as the
+/// supervisor and a build's RUN start it: `SHIM_EXE shim --bundle DIR`,
+/// its frames on a pipe from its stdout, its stderr in the bundle's
+/// shim.log, in a process group of its own (a signal to the agent's group,
+/// a Ctrl+C in its terminal, must not reach the container).
+pub fn command(shim_exe: &Path, bundle: &Path) -> std::io::Result<std::process::Command> {
+    use std::os::unix::process::CommandExt as _;
+    use std::process::Stdio;
+    let shim_log = File::create(bundle.join("shim.log"))?;
+    let mut c = std::process::Command::new(shim_exe);
+    c.arg("shim")
+        .arg("--bundle")
+        .arg(bundle)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(shim_log)
+        .process_group(0);
+    Ok(c)
+}
+
 pub fn main(cfg: ShimConfig) -> i32 {
     let mut out = FrameWriter::new(&cfg.bundle);
     match run(&cfg, &mut out) {

@@ -69,17 +69,9 @@ impl Host for RealHost {
     }
 
     fn start_shim(&self, bundle: &Path) -> Result<Shim, String> {
-        let shim_log = std::fs::File::create(bundle.join("shim.log")).map_err(|e| e.to_string())?;
-        let mut child = tokio::process::Command::new(&self.shim_exe)
-            .arg("shim")
-            .arg("--bundle")
-            .arg(bundle)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(shim_log)
-            // Its own process group: a signal to the agent's group (a
-            // Ctrl+C in its terminal) must not reach the containers.
-            .process_group(0)
+        let command =
+            crate::runtime::shim::command(&self.shim_exe, bundle).map_err(|e| e.to_string())?;
+        let mut child = tokio::process::Command::from(command)
             .spawn()
             .map_err(|e| format!("cannot start the shim {}: {e}", self.shim_exe.display()))?;
         let stdout = child.stdout.take().ok_or("the shim has no stdout")?;

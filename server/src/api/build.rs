@@ -10,7 +10,7 @@ use berth_proto::cluster::{self, BuildOutput};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use super::images::{names_image, send_pieces};
+use super::images::{names_image, send_pieces, upload_targets};
 use super::names::{check_reference, normalize_image};
 use crate::app::App;
 
@@ -136,13 +136,7 @@ fn check(o: &cluster::BuildOptions) -> Result<BuildOp, Status> {
 /// holds the most of the base images (the first such, by name).
 async fn choose_node(app: &App, o: &cluster::BuildOptions) -> Result<String, Status> {
     if !o.node.is_empty() {
-        if app.nodes.is_connected(&o.node).await {
-            return Ok(o.node.clone());
-        }
-        return Err(Status::failed_precondition(format!(
-            "node {} is not connected",
-            o.node
-        )));
+        return upload_targets(app, &o.node).await.map(|_| o.node.clone());
     }
     let nodes = app
         .state
