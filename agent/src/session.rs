@@ -602,7 +602,7 @@ mod wire {
             seq: l.seq,
             stream: l.stream,
             time_ns: l.time_ns,
-            line: l.line,
+            line: l.line.into(),
         }
     }
 

@@ -915,7 +915,7 @@ fn forged_reports_are_refused_before_they_are_committed() {
                     seq,
                     stream: "stdout".into(),
                     time_ns: 1,
-                    line: text.to_vec(),
+                    line: text.to_vec().into(),
                 };
                 let chunk = |lines: Vec<LogLine>| {
                     agent_message::Msg::Logs(LogChunk {

@@ -60,7 +60,8 @@ async fn print_each(
     containers: Vec<(String, String)>,
     opts: &LogOptions,
 ) -> Result<(), CliError> {
-    let (tx, rx) = mpsc::channel::<(usize, LogEntry)>(1024);
+    // Batches as they came from the cluster: a send per batch, not a line.
+    let (tx, rx) = mpsc::channel::<(usize, Vec<LogEntry>)>(16);
     let mut prefixes = Vec::new();
     let mut readers = Vec::new();
     for (i, (id, prefix)) in containers.into_iter().enumerate() {
@@ -83,14 +84,14 @@ async fn print_each(
 }
 
 async fn print_tagged(
-    mut rx: mpsc::Receiver<(usize, LogEntry)>,
+    mut rx: mpsc::Receiver<(usize, Vec<LogEntry>)>,
     timestamps: bool,
     prefixes: &[String],
 ) {
     let mut out = Printer::new(timestamps);
     loop {
         // Flush only when nothing more is ready: blocks, not lines.
-        let (i, e) = match rx.try_recv() {
+        let (i, batch) = match rx.try_recv() {
             Ok(x) => x,
             Err(mpsc::error::TryRecvError::Empty) => {
                 out.flush();
@@ -101,8 +102,9 @@ async fn print_tagged(
             }
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
+        let prefix = prefixes.get(i).map(String::as_str).unwrap_or_default();
         // A closed pipe on our side (berth logs | head) ends quietly.
-        if !out.line(&e, prefixes.get(i).map(String::as_str).unwrap_or_default()) {
+        if !batch.iter().all(|e| out.line(e, prefix)) {
             break;
         }
     }
@@ -117,7 +119,7 @@ async fn entries(
     id: String,
     opts: LogOptions,
     tag: usize,
-    tx: mpsc::Sender<(usize, LogEntry)>,
+    tx: mpsc::Sender<(usize, Vec<LogEntry>)>,
 ) -> Result<(), CliError> {
     let mut next: Option<u64> = None;
     let mut broken_since: Option<Instant> = None;
@@ -138,9 +140,9 @@ async fn entries(
                 if !batch.notice.is_empty() {
                     eprintln!("berth: {}", batch.notice);
                 }
-                for entry in batch.entries {
-                    next = Some(entry.seq + 1);
-                    if tx.send((tag, entry)).await.is_err() {
+                if let Some(last) = batch.entries.last() {
+                    next = Some(last.seq + 1);
+                    if tx.send((tag, batch.entries)).await.is_err() {
                         return Ok(());
                     }
                 }

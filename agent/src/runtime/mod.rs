@@ -23,6 +23,7 @@ pub mod seccomp;
 pub mod shim;
 pub mod spec;
 pub mod users;
+pub mod yielding;
 
 /// Errors of preparing or running a container.
 #[derive(Debug, thiserror::Error)]

@@ -479,7 +479,10 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
         .collect();
     drop(tx);
     // Lines are written in batches; whatever is buffered goes out as soon
-    // as the container pauses its output.
+    // as the container pauses its output. The writer yields the CPUs as
+    // the readers do (runtime/yielding.rs) until they have ended; the
+    // container's exit is then reported at the shim's own priority.
+    let mut yielding = super::yielding::Yielding::start();
     loop {
         let block = match rx.try_recv() {
             Ok(b) => b,
@@ -493,7 +496,9 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
             Err(mpsc::TryRecvError::Disconnected) => break,
         };
         out.log_block(&block);
+        yielding.tick();
     }
+    yielding.end();
     out.flush();
     for r in readers {
         let _ = r.join();
@@ -546,7 +551,9 @@ fn read_output(
     clients: &attach::Clients,
     tx: mpsc::SyncSender<Block>,
 ) {
-    lower_priority();
+    // A container that floods waits on its pipe rather than the control
+    // plane waiting for a CPU (runtime/yielding.rs).
+    let mut yielding = super::yielding::Yielding::start();
     let mut buf = vec![0u8; 16 * 1024];
     // The start of a line whose end has not come yet.
     let mut partial = Vec::new();
@@ -555,6 +562,7 @@ fn read_output(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        yielding.tick();
         clients.broadcast(&buf[..n]);
         partial.extend_from_slice(&buf[..n]);
         let (block, rest) = split_lines(stream, &partial, MAX_LINE);
@@ -577,24 +585,6 @@ fn read_output(
 /// writes the log: at most about 128 KiB, so that what is left to write
 /// when the container ends (before its exit is reported) is small.
 const OUTPUT_QUEUE: usize = 8;
-
-/// The nice value of the shim's threads that read output.
-const OUTPUT_NICE: i32 = 10;
-
-/// Lowers the calling thread's CPU priority to [`OUTPUT_NICE`]: taking in
-/// a container's output gives way to the agent and the servers when the
-/// CPUs are busy, so a container that floods slows its own output (it
-/// waits on a full pipe) rather than the control plane. Only the readers
-/// change: the writer drains at the shim's own priority, so that a
-/// container's end (and a removal waiting on it) is not held up behind
-/// busy CPUs, and the container, cloned before, keeps its own.
-fn lower_priority() {
-    let tid = nix::unistd::gettid().as_raw();
-    // SAFETY: setpriority takes plain integers; on Linux a PRIO_PROCESS
-    // of a thread id sets that one thread's nice value. Raising nice needs
-    // no privilege, and a failure leaves the priority as it was.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, OUTPUT_NICE) };
-}
 
 /// The whole lines at the start of `pending` (each ends with a newline, or
 /// is cut at `max_line` bytes), and how many bytes they take.

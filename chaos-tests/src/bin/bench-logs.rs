@@ -17,6 +17,9 @@
 //! Default: 1,000,000 lines (71 MB). Each throughput is measured three
 //! times (the median is given); the control plane takes 1,000 writes a
 //! phase, with a client listing the nodes every 100 ms in both.
+//!
+//! `bench-logs --plane` measures only the control plane under a flood
+//! (no throughput, no Docker).
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -38,7 +41,7 @@ fn timed(cmd: &mut Command) -> anyhow::Result<(u64, Duration)> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .spawn()?;
     let mut out = child.stdout.take().context("no stdout")?;
     let mut buf = vec![0u8; 1 << 20];
@@ -156,8 +159,10 @@ async fn write_latencies(
 }
 
 fn main() -> anyhow::Result<()> {
+    let plane_only = std::env::args().any(|a| a == "--plane");
     let lines: usize = std::env::args()
-        .nth(1)
+        .skip(1)
+        .find(|a| a != "--plane")
         .map(|a| a.parse())
         .transpose()
         .context("LINES must be a number")?
@@ -172,9 +177,12 @@ fn main() -> anyhow::Result<()> {
     let marker = c.dir().to_string_lossy().into_owned();
     let host = c.all_addrs();
     let berth = berth_chaos::cluster::bin_dir()?.join("berth");
+    let conf = c.admin_conf();
     let berth_cmd = |args: &[&str]| {
         let mut cmd = Command::new(&berth);
-        cmd.args(args).env("BERTH_HOST", &host);
+        cmd.args(args)
+            .env("BERTH_HOST", &host)
+            .env("BERTH_CONFIG", &conf);
         cmd
     };
     let w = workload(lines);
@@ -185,26 +193,26 @@ fn main() -> anyhow::Result<()> {
     let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let not_ready = {
-        let (sampling, flooding, host, berth) = (
+        let (sampling, flooding, host, berth, conf) = (
             sampling.clone(),
             flooding.clone(),
             host.clone(),
             berth.clone(),
+            conf.clone(),
         );
         std::thread::spawn(move || {
             let mut seen = 0u32;
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
                 let out = Command::new(&berth)
-                    .args(["node", "ls"])
+                    .args(["node", "ls", "--format", "{{.Hostname}} {{.Status}}"])
                     .env("BERTH_HOST", &host)
+                    .env("BERTH_CONFIG", &conf)
                     .output()
                     .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                     .unwrap_or_default();
-                if flooding.load(std::sync::atomic::Ordering::Relaxed)
-                    && out
-                        .lines()
-                        .any(|l| l.starts_with("node1") && !l.contains(" ready "))
-                {
+                // A failed listing counts as not seen ready.
+                let ready = out.lines().any(|l| l == "node1 Ready");
+                if flooding.load(std::sync::atomic::Ordering::Relaxed) && !ready {
                     seen += 1;
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -239,81 +247,87 @@ fn main() -> anyhow::Result<()> {
     let tail = c.berth(&["inspect", "flood"]).ok()?.stdout;
     c.berth(&["rm", "-f", "flood"]).ok()?;
 
-    // Throughput, once the flood is gone.
-    let run = rounds("berth run", bytes, || {
-        timed(&mut berth_cmd(&["run", "--rm", "busybox", "sh", "-c", &w]))
-    })?;
-    c.berth(&["run", "-d", "--name", "done", "busybox", "sh", "-c", &w])
-        .ok()?;
-    c.wait_until(Duration::from_secs(600), "the container to end", |c| {
-        c.berth(&["ps", "-a"])
-            .stdout
-            .lines()
-            .any(|l| l.contains("done") && l.contains("Exited"))
-    })?;
-    let logs = rounds("berth logs", bytes, || {
-        timed(&mut berth_cmd(&["logs", "-f", "done"]))
-    })?;
+    if !plane_only {
+        // Throughput, once the flood is gone.
+        let run = rounds("berth run", bytes, || {
+            timed(&mut berth_cmd(&["run", "--rm", "busybox", "sh", "-c", &w]))
+        })?;
+        c.berth(&["run", "-d", "--name", "done", "busybox", "sh", "-c", &w])
+            .ok()?;
+        c.wait_until(Duration::from_secs(600), "the container to end", |c| {
+            c.berth(&["ps", "-a"])
+                .stdout
+                .lines()
+                .any(|l| l.contains("done") && l.contains("Exited"))
+        })?;
+        let logs = rounds("berth logs", bytes, || {
+            timed(&mut berth_cmd(&["logs", "-f", "done"]))
+        })?;
 
+        // Docker, the same workload.
+        let tar = c.dir().join("busybox.tar");
+        let d = Dockerd::start()?;
+        let status = d
+            .docker()
+            .args(["import"])
+            .arg(&tar)
+            .arg("busybox:latest")
+            .output()?;
+        ensure!(status.status.success(), "docker import failed");
+        // The same workload under Docker, with these flags before the image.
+        let docker_run = |flags: &[&str]| {
+            let mut cmd = d.docker();
+            cmd.arg("run").args(flags).args([
+                "--network",
+                "none",
+                "busybox:latest",
+                "sh",
+                "-c",
+                &w,
+            ]);
+            cmd
+        };
+        let drun = rounds("docker run", bytes, || timed(&mut docker_run(&["--rm"])))?;
+        let id = String::from_utf8(docker_run(&["-d"]).output()?.stdout)?
+            .trim()
+            .to_string();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while Instant::now() < deadline {
+            let out = d
+                .docker()
+                .args(["inspect", "-f", "{{.State.Running}}", &id])
+                .output()?;
+            if String::from_utf8_lossy(&out.stdout).trim() == "false" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let dlogs = rounds("docker logs", bytes, || {
+            timed(d.docker().args(["logs", "-f", &id]))
+        })?;
+        drop(d);
+        println!();
+        let median = |t: &[Duration]| t[t.len() / 2];
+        println!("| median of {ROUNDS} (slowest–fastest) | berth | Docker | berth / Docker |");
+        println!("|---|---|---|---|");
+        println!(
+            "| `run` attached, {lines} lines ({:.0} MB) | {} | {} | {:.2}x |",
+            bytes as f64 / 1e6,
+            rate_cell(bytes, &run),
+            rate_cell(bytes, &drun),
+            median(&drun).as_secs_f64() / median(&run).as_secs_f64()
+        );
+        println!(
+            "| `logs -f` of the finished container | {} | {} | {:.2}x |",
+            rate_cell(bytes, &logs),
+            rate_cell(bytes, &dlogs),
+            median(&dlogs).as_secs_f64() / median(&logs).as_secs_f64()
+        );
+    }
     let servers_kib = peak_rss_kib("berth-server", &marker);
     let agent_kib = peak_rss_kib("berth-agent", &marker);
 
-    // Docker, the same workload.
-    let tar = c.dir().join("busybox.tar");
-    let d = Dockerd::start()?;
-    let status = d
-        .docker()
-        .args(["import"])
-        .arg(&tar)
-        .arg("busybox:latest")
-        .output()?;
-    ensure!(status.status.success(), "docker import failed");
-    // The same workload under Docker, with these flags before the image.
-    let docker_run = |flags: &[&str]| {
-        let mut cmd = d.docker();
-        cmd.arg("run")
-            .args(flags)
-            .args(["--network", "none", "busybox:latest", "sh", "-c", &w]);
-        cmd
-    };
-    let drun = rounds("docker run", bytes, || timed(&mut docker_run(&["--rm"])))?;
-    let id = String::from_utf8(docker_run(&["-d"]).output()?.stdout)?
-        .trim()
-        .to_string();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while Instant::now() < deadline {
-        let out = d
-            .docker()
-            .args(["inspect", "-f", "{{.State.Running}}", &id])
-            .output()?;
-        if String::from_utf8_lossy(&out.stdout).trim() == "false" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let dlogs = rounds("docker logs", bytes, || {
-        timed(d.docker().args(["logs", "-f", &id]))
-    })?;
-    drop(d);
-
     let p = |v: &[Duration], q| percentile(v, q).as_secs_f64() * 1000.0;
-    println!();
-    let median = |t: &[Duration]| t[t.len() / 2];
-    println!("| median of {ROUNDS} (slowest–fastest) | berth | Docker | berth / Docker |");
-    println!("|---|---|---|---|");
-    println!(
-        "| `run` attached, {lines} lines ({:.0} MB) | {} | {} | {:.2}x |",
-        bytes as f64 / 1e6,
-        rate_cell(bytes, &run),
-        rate_cell(bytes, &drun),
-        median(&drun).as_secs_f64() / median(&run).as_secs_f64()
-    );
-    println!(
-        "| `logs -f` of the finished container | {} | {} | {:.2}x |",
-        rate_cell(bytes, &logs),
-        rate_cell(bytes, &dlogs),
-        median(&dlogs).as_secs_f64() / median(&logs).as_secs_f64()
-    );
     println!();
     println!(
         "| control plane, 3 servers, 1 agent, {WRITES} writes a phase | idle | during a flood without end{} |",

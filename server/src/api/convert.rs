@@ -171,7 +171,7 @@ pub fn log_from_record(l: records::LogLine) -> berth_proto::agent::LogLine {
             "stdout".into()
         },
         time_ns: l.time_ns,
-        line: l.line,
+        line: l.line.into(),
     }
 }
 

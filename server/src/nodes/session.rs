@@ -509,7 +509,7 @@ async fn serve(
                             records::LogStream::Stdout as i32
                         },
                         time_ns: l.time_ns,
-                        line: l.line,
+                        line: l.line.into(),
                     })
                     .collect();
                 let op = Op::Logs(records::AppendLogs {
