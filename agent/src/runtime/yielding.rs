@@ -15,9 +15,9 @@
 //! waited for a CPU (the run delay in /proc/thread-self/schedstat): after a
 //! window of [`WINDOW`] in which it waited more than [`STARVED`] of the
 //! time (a thread that yields but is not starved waits less: in a flood on
-//! two cores it waited about half the time), it runs
-//! at nice [`FALLBACK_NICE`] under SCHED_OTHER for [`FALLBACK`], and then
-//! yields again.
+//! two cores it waited about half the time), it runs at nice
+//! [`FALLBACK_NICE`] under SCHED_OTHER for [`FALLBACK`], and then yields
+//! again.
 
 use std::time::{Duration, Instant};
 
@@ -66,11 +66,7 @@ impl Yielding {
             delay_at_start: delay,
             fallback_until: None,
         };
-        if delay.is_some() {
-            y.set_idle(true);
-        } else {
-            y.set_idle(false);
-        }
+        y.set_idle(delay.is_some());
         y
     }
 

@@ -179,10 +179,8 @@ fn main() -> anyhow::Result<()> {
     let berth = berth_chaos::cluster::bin_dir()?.join("berth");
     let conf = c.admin_conf();
     let berth_cmd = |args: &[&str]| {
-        let mut cmd = Command::new(&berth);
-        cmd.args(args)
-            .env("BERTH_HOST", &host)
-            .env("BERTH_CONFIG", &conf);
+        let mut cmd = c.cli_command();
+        cmd.args(args).env("BERTH_HOST", &host);
         cmd
     };
     let w = workload(lines);
