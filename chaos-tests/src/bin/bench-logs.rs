@@ -176,8 +176,6 @@ fn main() -> anyhow::Result<()> {
     let addr = c.member_addr(leader);
     let marker = c.dir().to_string_lossy().into_owned();
     let host = c.all_addrs();
-    let berth = berth_chaos::cluster::bin_dir()?.join("berth");
-    let conf = c.admin_conf();
     let berth_cmd = |args: &[&str]| {
         let mut cmd = c.cli_command();
         cmd.args(args).env("BERTH_HOST", &host);
@@ -191,20 +189,13 @@ fn main() -> anyhow::Result<()> {
     let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let not_ready = {
-        let (sampling, flooding, host, berth, conf) = (
-            sampling.clone(),
-            flooding.clone(),
-            host.clone(),
-            berth.clone(),
-            conf.clone(),
-        );
+        let (sampling, flooding) = (sampling.clone(), flooding.clone());
+        // One command, run again for each sample.
+        let mut list = berth_cmd(&["node", "ls", "--format", "{{.Hostname}} {{.Status}}"]);
         std::thread::spawn(move || {
             let mut seen = 0u32;
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                let out = Command::new(&berth)
-                    .args(["node", "ls", "--format", "{{.Hostname}} {{.Status}}"])
-                    .env("BERTH_HOST", &host)
-                    .env("BERTH_CONFIG", &conf)
+                let out = list
                     .output()
                     .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                     .unwrap_or_default();
