@@ -544,8 +544,13 @@ fn the_multi_host_script_stands_up_a_tls_cluster_that_outlives_its_leaders_host(
                 .args(["-t", "tmpfs", "tmpfs", "/run/netns"])
                 .status()?;
             ensure!(st.success(), "mounting a tmpfs on /run/netns");
-            let script =
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/hosts.sh");
+            // The checkout that runs the test, as cargo names it at run
+            // time: the shared target dir can hold a binary that another
+            // clone built, with that clone's path compiled in.
+            let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+            let script = manifest_dir.join("../deploy/hosts.sh");
             let state = tempfile::tempdir_in("/var/tmp")?;
             let hosts = |args: &[&str]| -> anyhow::Result<std::process::Output> {
                 Ok(std::process::Command::new(&script)
