@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::ensure;
+use anyhow::{ensure, Context};
 use berth_chaos::{sandbox, Cluster};
 
 /// True if `ps` lists a container of this name (NAMES is the last column).
@@ -447,6 +447,64 @@ fn a_partitioned_leader_commits_nothing_and_catches_up_after_the_heal() {
                 !logs.contains("refuses connections"),
                 "a live leader was taken for dead:\n{logs}"
             );
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn a_cut_off_follower_leaves_the_term_and_the_leader_alone() {
+    sandbox::run(
+        "a_cut_off_follower_leaves_the_term_and_the_leader_alone",
+        || {
+            let c = Cluster::start_servers(3)?;
+            c.berth(&["create", "--name", "a", "busybox", "true"]).ok()?;
+            let leader = c.leader().ok_or_else(|| anyhow::anyhow!("no leader"))?;
+            let term_of = |id: usize| {
+                let s = c
+                    .berth_within(
+                        &["--host", &c.member_addr(id), "cluster", "status"],
+                        Duration::from_secs(5),
+                    )
+                    .stdout;
+                field(&s, "term")
+            };
+            let term = term_of(leader).context("no term")?;
+            let follower = (1..=3).find(|m| *m != leader).context("no follower")?;
+            // Cut off from both others for ten times the longest election
+            // timeout, the follower's timer fires again and again. Each
+            // time it only asks (a pre-vote), which nobody grants, so its
+            // term stays where it was: it is what a member starved of CPU
+            // looks like to the others.
+            c.partition(follower, 3)?;
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until {
+                let t = term_of(follower);
+                ensure!(
+                    t.is_none_or(|t| t == term),
+                    "the cut-off follower raised the term from {term} to {t:?}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            c.heal(3)?;
+            // Back, it follows the same leader in the same term, and the
+            // cluster commits as before.
+            c.wait_until(Duration::from_secs(10), "the follower to be back", |_| {
+                applied(&c, follower) == c.leader().and_then(|l| applied(&c, l))
+            })?;
+            c.berth(&["create", "--name", "b", "busybox", "true"]).ok()?;
+            ensure!(
+                c.leader() == Some(leader),
+                "the leader changed from {leader} to {:?}",
+                c.leader()
+            );
+            for id in 1..=3 {
+                ensure!(
+                    term_of(id) == Some(term),
+                    "member {id} is in term {:?}, not {term}",
+                    term_of(id)
+                );
+            }
             Ok(())
         },
     );

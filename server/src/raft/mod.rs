@@ -10,6 +10,7 @@ pub mod network;
 pub mod snapshot;
 pub mod store;
 pub mod wal;
+pub mod writeback;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -176,6 +177,13 @@ pub async fn start(
         // batched entries (each at most berth_proto::limits::MAX_ENTRY)
         // stays under the gRPC message limit.
         max_payload_entries: 64,
+        // A follower whose election timer fires asks first whether the
+        // others would vote for it, and leaves the term alone unless a
+        // majority would. Without it, one member starved of CPU for a few
+        // hundred milliseconds (a busy host, a debug build) raised the
+        // term and deposed a healthy leader again and again: an election
+        // storm that kept the cluster from committing for a minute.
+        enable_pre_vote: Some(true),
         ..Default::default()
     }
     .validate()?;

@@ -112,12 +112,15 @@ const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(1);
 enum CallError {
     Unreachable(Unreachable<TypeConfig>),
     Network(NetworkError<TypeConfig>),
+    /// The peer does not serve this RPC: an older member, during a rolling
+    /// upgrade.
+    Unimplemented(Unreachable<TypeConfig>),
 }
 
 impl From<CallError> for RPCError<TypeConfig> {
     fn from(e: CallError) -> Self {
         match e {
-            CallError::Unreachable(u) => RPCError::Unreachable(u),
+            CallError::Unreachable(u) | CallError::Unimplemented(u) => RPCError::Unreachable(u),
             CallError::Network(n) => RPCError::Network(n),
         }
     }
@@ -126,7 +129,9 @@ impl From<CallError> for RPCError<TypeConfig> {
 impl From<CallError> for StreamingError<TypeConfig> {
     fn from(e: CallError) -> Self {
         match e {
-            CallError::Unreachable(u) => StreamingError::Unreachable(u),
+            CallError::Unreachable(u) | CallError::Unimplemented(u) => {
+                StreamingError::Unreachable(u)
+            }
             CallError::Network(n) => StreamingError::Network(n),
         }
     }
@@ -176,10 +181,14 @@ impl Network {
         let res = match kind {
             RpcKind::Append => client.append_entries(request).await,
             RpcKind::Vote => client.vote(request).await,
+            RpcKind::PreVote => client.pre_vote(request).await,
             RpcKind::Transfer => client.transfer_leader(request).await,
         };
         let payload = res
             .map_err(|status| {
+                if status.code() == tonic::Code::Unimplemented {
+                    return CallError::Unimplemented(Unreachable::new(&StatusError(status)));
+                }
                 // A dropped connection is a reason to back off, not a fault
                 // of the peer's state.
                 self.client = None;
@@ -195,6 +204,7 @@ impl Network {
 enum RpcKind {
     Append,
     Vote,
+    PreVote,
     Transfer,
 }
 
@@ -301,6 +311,20 @@ impl RaftNetworkV2<TypeConfig> for Network {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         Ok(self.call(RpcKind::Vote, &rpc, option.hard_ttl()).await?)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(RpcKind::PreVote, &rpc, option.hard_ttl()).await {
+            // A member from before pre-votes counts as granting, as
+            // openraft does for a network without them: a cluster in the
+            // middle of an upgrade can still elect.
+            Err(CallError::Unimplemented(_)) => Ok(VoteResponse::new(rpc.vote, None, true)),
+            other => Ok(other?),
+        }
     }
 
     async fn transfer_leader(
@@ -576,6 +600,15 @@ impl RaftRpc for RaftService {
         encode(&self.raft.vote(rpc).await)
     }
 
+    async fn pre_vote(
+        &self,
+        req: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let rpc: VoteRequest<TypeConfig> = decode(req)?;
+        self.check(rpc.vote.leader_id().node_id)?;
+        encode(&self.raft.pre_vote(rpc).await)
+    }
+
     async fn transfer_leader(
         &self,
         req: tonic::Request<RaftPayload>,
@@ -642,14 +675,24 @@ impl RaftRpc for RaftService {
         let incoming = dest.with_extension("snap.incoming");
         let io =
             |e: std::io::Error| tonic::Status::internal(format!("{}: {e}", incoming.display()));
-        let mut out = tokio::fs::File::create(&incoming).await.map_err(io)?;
+        // Each piece is written on the blocking pool, at the disk's pace
+        // (raft/writeback.rs), not on the thread that serves everything.
+        let file = std::fs::File::create(&incoming).map_err(io)?;
+        let mut out = super::writeback::Paced::new(file);
         while let Some(p) = pieces.message().await? {
-            tokio::io::AsyncWriteExt::write_all(&mut out, &p.data)
-                .await
-                .map_err(io)?;
+            let (w, r) = tokio::task::spawn_blocking(move || {
+                let r = std::io::Write::write_all(&mut out, &p.data);
+                (out, r)
+            })
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+            r.map_err(io)?;
+            out = w;
         }
-        out.sync_all().await.map_err(io)?;
-        drop(out);
+        tokio::task::spawn_blocking(move || out.into_inner().sync_all())
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?
+            .map_err(io)?;
         tokio::fs::rename(&incoming, &dest).await.map_err(io)?;
         let file = std::fs::File::open(&dest).map_err(io)?;
         self.install_file(head.vote, head.meta, file).await

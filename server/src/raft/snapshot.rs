@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use super::writeback::Paced;
 use berth_proto::records::{self, SCHEMA_VERSION};
 use prost::Message;
 
@@ -47,7 +48,7 @@ pub fn path(dir: &Path, id: &str) -> PathBuf {
 
 /// Writes a snapshot file: the header, then each row.
 pub struct Writer {
-    out: BufWriter<File>,
+    out: BufWriter<Paced>,
     tmp: PathBuf,
     dest: PathBuf,
     rows: u64,
@@ -68,7 +69,7 @@ impl Writer {
             source,
         })?;
         let mut w = Self {
-            out: BufWriter::with_capacity(1 << 20, file),
+            out: BufWriter::with_capacity(1 << 20, Paced::new(file)),
             tmp,
             dest,
             rows: 0,
@@ -102,10 +103,14 @@ impl Writer {
             let path = path.to_path_buf();
             move |source| SnapshotError::Io { path, source }
         };
-        let file = self.out.into_inner().map_err(|e| SnapshotError::Io {
-            path: self.tmp.clone(),
-            source: e.into_error(),
-        })?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| SnapshotError::Io {
+                path: self.tmp.clone(),
+                source: e.into_error(),
+            })?
+            .into_inner();
         file.sync_all().map_err(io(&self.tmp))?;
         std::fs::rename(&self.tmp, &self.dest).map_err(io(&self.dest))?;
         if let Some(dir) = self.dest.parent() {
@@ -202,9 +207,9 @@ pub fn keep_copy(mut file: File, dest: &Path) -> Result<File, SnapshotError> {
     }
     let tmp = dest.with_extension("snap.tmp");
     file.rewind().map_err(io(dest))?;
-    let mut out = File::create(&tmp).map_err(io(&tmp))?;
+    let mut out = Paced::new(File::create(&tmp).map_err(io(&tmp))?);
     std::io::copy(&mut file, &mut out).map_err(io(&tmp))?;
-    out.sync_all().map_err(io(&tmp))?;
+    out.into_inner().sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, dest).map_err(io(dest))?;
     File::open(dest).map_err(io(dest))
 }

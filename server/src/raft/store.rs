@@ -84,6 +84,11 @@ pub fn open(path: &Path) -> Result<Arc<DB>, StoreError> {
     // forced flushes once it passes 32 MiB (rocksdb's defaults, 64 MiB
     // memtables and a WAL bounded only by them, let it grow far more).
     opts.set_max_total_wal_size(32 << 20);
+    // Flushes, compactions and an installed snapshot write tens of MiB at
+    // once: handed to writeback each MiB, they never leave a backlog that
+    // the Raft log's small fsyncs must wait behind (raft/writeback.rs).
+    opts.set_bytes_per_sync(1 << 20);
+    opts.set_wal_bytes_per_sync(1 << 20);
     let cfs = [CF_LOGS, CF_META, CF_SM, CF_SM_META].into_iter().map(|n| {
         let mut cf = Options::default();
         cf.set_write_buffer_size(8 << 20);
@@ -275,9 +280,13 @@ impl LogStore {
     }
 
     fn put_meta(&self, key: &[u8], value: Vec<u8>) -> Result<(), std::io::Error> {
-        self.db
+        let started = std::time::Instant::now();
+        let r = self
+            .db
             .put_cf_opt(cf(&self.db, CF_META), key, value, &sync_writes())
-            .map_err(io)
+            .map_err(io);
+        super::wal::warn_if_slow("a synced write of raft metadata", self.db.path(), started);
+        r
     }
 }
 

@@ -339,7 +339,10 @@ impl Wal {
                 std::io::Error::other("an earlier fsync of the raft log failed"),
             ));
         }
-        file.sync_data().map_err(|e| {
+        let started = std::time::Instant::now();
+        let r = file.sync_data();
+        warn_if_slow("fdatasync of the raft log", path, started);
+        r.map_err(|e| {
             self.syncer.failed.store(true, Ordering::Release);
             io_err(path, e)
         })
@@ -657,6 +660,18 @@ fn replay(
     Ok((max_index, off as u64, bytes.len() as u64))
 }
 
+/// How long one sync of the log may take before it is worth a warning: a
+/// disk that slow delays every heartbeat and vote this member answers.
+const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Warns that a sync of `path` took longer than [`SLOW_SYNC`].
+pub(crate) fn warn_if_slow(what: &str, path: &Path, started: std::time::Instant) {
+    let took = started.elapsed();
+    if took > SLOW_SYNC {
+        tracing::warn!(path = %path.display(), took_ms = took.as_millis() as u64, "{what} was slow");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -812,3 +827,4 @@ mod tests {
         assert!(w.is_empty());
     }
 }
+
