@@ -125,6 +125,14 @@ struct Args {
     /// --log-tail-lines).
     #[arg(long, env = "BERTH_LOG_TAIL_BYTES", default_value_t = 1 << 20)]
     log_tail_bytes: u64,
+    /// The nice value the server runs at, from -20 (first) to 19. Below
+    /// zero by default, so that the control plane's heartbeats and votes
+    /// do not wait for a CPU behind the host's other work (builds,
+    /// containers); setting it needs root (CAP_SYS_NICE), and a server
+    /// that cannot runs at the nice value it was started with.
+    #[arg(long, env = "BERTH_SERVER_NICE", default_value_t = -5,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    nice: i32,
 }
 
 fn main() {
@@ -136,6 +144,18 @@ fn main() {
     // load (docs/benchmarks.md). Failing to set it costs only speed.
     if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
         eprintln!("berth-server: warning: cannot disable transparent huge pages: {e}");
+    }
+    // Before any thread starts, so that every one (the runtime's, the
+    // blocking pool's, rocksdb's) inherits it: on Linux a nice value
+    // belongs to a thread, and a new thread takes its creator's. Under
+    // two busy loops on two cores, debug servers at nice 0 waited for a
+    // CPU 60 to 90% of the time, longer than a heartbeat's 50 ms deadline,
+    // and the leader could not show a majority (docs/ARCHITECTURE.md).
+    if let Err(e) = set_nice(args.nice) {
+        eprintln!(
+            "berth-server: warning: cannot run at nice {}: {e}; staying at the nice value it was started with",
+            args.nice
+        );
     }
     // One thread runs the server's tasks. Its work is a chain of short
     // steps handed from task to task (gRPC, the Raft core, replication,
@@ -154,6 +174,19 @@ fn main() {
         // One line naming the cause, whatever RUST_BACKTRACE says.
         eprintln!("berth-server: error: {}", berth_proto::one_line(e.as_ref()));
         std::process::exit(1);
+    }
+}
+
+/// Sets the calling thread's nice value (and so that of every thread it
+/// starts after).
+fn set_nice(nice: i32) -> std::io::Result<()> {
+    // SAFETY: setpriority takes plain integers and touches no memory; a
+    // PRIO_PROCESS of 0 is the calling thread on Linux.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -134,11 +134,78 @@ impl LogReader {
         match pick {
             Some(p) => {
                 self.file = open(&p)?;
+                if let Some((reader, _)) = self.file.as_mut() {
+                    // Straight to the line wanted, not through every line
+                    // before it: after each registration every shipper
+                    // starts again from where the cluster stands, often
+                    // the end of a log of many MiB.
+                    let at = offset_of(reader.get_ref(), self.next)?;
+                    reader.seek(SeekFrom::Start(at))?;
+                }
                 Ok(self.file.is_some())
             }
             None => Ok(false),
         }
     }
+}
+
+/// Below this many bytes, the search for a line ends and the reader reads
+/// on line by line.
+const SCAN: u64 = 64 * 1024;
+
+/// Where in a log file to start reading for the first line numbered
+/// `want` or later: a line start at or before it, found by bisection over
+/// the file's bytes (the lines of one file are numbered in order), with
+/// at most [`SCAN`] bytes of lines before it left to skip. A line that
+/// does not parse counts as being at or past `want`, so that the search
+/// can only stop early, never late.
+fn offset_of(file: &File, want: u64) -> std::io::Result<u64> {
+    let len = file.metadata()?.len();
+    // `lo` is 0 or the start of a line numbered below `want`; the first
+    // line at or past `want` starts at or before `hi`.
+    let (mut lo, mut hi) = (0u64, len);
+    let mut line = Vec::new();
+    while hi - lo > SCAN {
+        // The first line that starts at or after a probe between the two;
+        // halved towards `lo` while a long line covers the probe.
+        let mut mid = lo + (hi - lo) / 2;
+        let start = loop {
+            let s = line_start_from(file, mid, &mut line)?;
+            if s < hi {
+                break Some(s);
+            }
+            if mid - lo <= SCAN {
+                break None;
+            }
+            mid = lo + (mid - lo) / 2;
+        };
+        let Some(s) = start else {
+            break;
+        };
+        line.clear();
+        let mut r = BufReader::with_capacity(8192, file);
+        r.seek(SeekFrom::Start(s))?;
+        r.read_until(b'\n', &mut line)?;
+        match seq_of(&line) {
+            Some(seq) if seq < want => lo = s,
+            _ => hi = s,
+        }
+    }
+    Ok(lo)
+}
+
+/// The start of the first line that begins at or after `at` (greater than
+/// zero): just past the first newline from `at - 1` on, or the file's end.
+fn line_start_from(file: &File, at: u64, scratch: &mut Vec<u8>) -> std::io::Result<u64> {
+    scratch.clear();
+    let mut r = BufReader::with_capacity(8192, file);
+    r.seek(SeekFrom::Start(at - 1))?;
+    let n = r.read_until(b'\n', scratch)?;
+    Ok(if scratch.ends_with(b"\n") {
+        at - 1 + n as u64
+    } else {
+        u64::MAX
+    })
 }
 
 /// The sequence number after the last complete line of the log, or
@@ -279,6 +346,45 @@ mod tests {
         std::fs::remove_file(bundle::rotated_log(d, 3)).unwrap();
         let mut r = LogReader::open(d, 1);
         assert_eq!(seqs(&r.read(2, 1 << 20).unwrap()), [4, 5]);
+    }
+
+    #[test]
+    fn a_reader_finds_its_line_in_a_long_log_without_reading_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // Lines of every length, one of them longer than the search's
+        // window, so that probes land inside lines and on their starts.
+        let mut f = std::fs::File::create(bundle::log(d)).unwrap();
+        for s in 1..=3000u64 {
+            let body = if s == 1500 {
+                "y".repeat(200_000)
+            } else {
+                "x".repeat((s * 37 % 700) as usize)
+            };
+            f.write_all(
+                Frame::log(s, "stdout", 0, format!("{s} {body}\n").as_bytes())
+                    .to_line()
+                    .as_bytes(),
+            )
+            .unwrap();
+        }
+        drop(f);
+        let file = std::fs::File::open(bundle::log(d)).unwrap();
+        let len = file.metadata().unwrap().len();
+        for want in [1, 2, 777, 1499, 1500, 1501, 2999, 3000, 3001, 10_000] {
+            let at = offset_of(&file, want).unwrap();
+            assert!(at < len, "{want}: {at} of {len}");
+            let mut r = LogReader::open(d, want);
+            let got = seqs(&r.read(2, 1 << 30).unwrap());
+            let expected: Vec<u64> = (want..=3000).take(2).collect();
+            assert_eq!(got, expected, "from {want}");
+        }
+        // Near the end, the search leaves little to skip.
+        let at = offset_of(&file, 2990).unwrap();
+        assert!(len - at < 2 * SCAN + 16 * 1024, "{at} of {len}");
+        // Past the last line, nothing is read again.
+        let mut r = LogReader::open(d, 3001);
+        assert!(r.read(10, 1 << 20).unwrap().is_empty());
     }
 
     #[test]

@@ -245,6 +245,18 @@ impl RaftNetworkV2<TypeConfig> for Network {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
         Box::pin(async move {
+            // The first request is taken before anything else: openraft
+            // waits out its backoff after a failed session while it makes
+            // that request. A connection refused (a member that is down)
+            // fails before tonic would take one, so without this the
+            // leader opened a new session every half millisecond, and the
+            // one thread that also runs its heartbeats was never idle.
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                let none: BoxStream<'s, _> = Box::pin(futures::stream::empty());
+                return Ok(none);
+            };
+            let input = futures::stream::once(std::future::ready(first)).chain(input);
             let blocked = |faults: &super::faults::Faults, target| {
                 faults
                     .blocked(target)
