@@ -125,14 +125,14 @@ struct Args {
     /// --log-tail-lines).
     #[arg(long, env = "BERTH_LOG_TAIL_BYTES", default_value_t = 1 << 20)]
     log_tail_bytes: u64,
-    /// The nice value the server runs at, from -20 (first) to 19. Below
-    /// zero by default, so that the control plane's heartbeats and votes
-    /// do not wait for a CPU behind the host's other work (builds,
-    /// containers); setting it needs root (CAP_SYS_NICE), and a server
-    /// that cannot runs at the nice value it was started with.
-    #[arg(long, env = "BERTH_SERVER_NICE", default_value_t = -5,
+    /// Run at this nice value, from -20 (first) to 19, rather than the
+    /// one the server was started with: below zero, the control plane's
+    /// heartbeats and votes wait less for a CPU behind the host's other
+    /// work (builds, containers), as etcd's operators do with renice.
+    /// Below zero needs root (CAP_SYS_NICE).
+    #[arg(long, env = "BERTH_SERVER_NICE",
           value_parser = clap::value_parser!(i32).range(-20..=19))]
-    nice: i32,
+    nice: Option<i32>,
 }
 
 fn main() {
@@ -147,15 +147,12 @@ fn main() {
     }
     // Before any thread starts, so that every one (the runtime's, the
     // blocking pool's, rocksdb's) inherits it: on Linux a nice value
-    // belongs to a thread, and a new thread takes its creator's. Under
-    // two busy loops on two cores, debug servers at nice 0 waited for a
-    // CPU 60 to 90% of the time, longer than a heartbeat's 50 ms deadline,
-    // and the leader could not show a majority (docs/ARCHITECTURE.md).
-    if let Err(e) = set_nice(args.nice) {
-        eprintln!(
-            "berth-server: warning: cannot run at nice {}: {e}; staying at the nice value it was started with",
-            args.nice
-        );
+    // belongs to a thread, and a new thread takes its creator's.
+    if let Some(nice) = args.nice {
+        if let Err(e) = set_nice(nice) {
+            eprintln!("berth-server: error: cannot run at nice {nice}: {e}");
+            std::process::exit(1);
+        }
     }
     // One thread runs the server's tasks. Its work is a chain of short
     // steps handed from task to task (gRPC, the Raft core, replication,
