@@ -243,4 +243,7 @@ pub struct ReadLogs {
     pub tail: Option<u64>,
     /// Until the container has ended and every line is read.
     pub follow: bool,
+    /// Consecutive lines of one stream may go as one (numbered and
+    /// stamped as the last): the reader prints nothing per line.
+    pub merge: bool,
 }

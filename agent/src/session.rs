@@ -594,6 +594,7 @@ mod wire {
             from_seq: r.from_seq,
             tail: r.tail,
             follow: r.follow,
+            merge: r.merge,
         }
     }
 

@@ -65,12 +65,17 @@ async fn print_each(
     let mut prefixes = Vec::new();
     let mut readers = Vec::new();
     for (i, (id, prefix)) in containers.into_iter().enumerate() {
+        // Lines printed as they are may come joined, a message a batch.
+        let merge = prefix.is_empty()
+            && !opts.timestamps
+            && opts.since_ns.is_none()
+            && opts.until_ns.is_none();
         prefixes.push(prefix);
         readers.push(tokio::spawn(entries(
             client.clone(),
             id,
             opts.clone(),
-            i,
+            Reading { tag: i, merge },
             tx.clone(),
         )));
     }
@@ -111,16 +116,25 @@ async fn print_tagged(
     out.flush();
 }
 
+/// How one container's lines are asked for.
+struct Reading {
+    /// What its lines are tagged with on the printer's channel.
+    tag: usize,
+    /// Whether the cluster may join consecutive lines of one stream.
+    merge: bool,
+}
+
 /// Streams a container's lines into `tx`, in order, each once and tagged
-/// `tag`: when the stream breaks it connects again and asks from the line
-/// after the last.
+/// as `reading` says: when the stream breaks it connects again and asks
+/// from the line after the last.
 async fn entries(
     mut client: ClusterClient<Channel>,
     id: String,
     opts: LogOptions,
-    tag: usize,
+    reading: Reading,
     tx: mpsc::Sender<(usize, Vec<LogEntry>)>,
 ) -> Result<(), CliError> {
+    let tag = reading.tag;
     let mut next: Option<u64> = None;
     let mut broken_since: Option<Instant> = None;
     loop {
@@ -132,6 +146,7 @@ async fn entries(
             from_seq: next,
             since_ns: opts.since_ns,
             until_ns: opts.until_ns,
+            merge_lines: reading.merge,
         };
         let result = async {
             let mut stream = client.logs(req).await?.into_inner();

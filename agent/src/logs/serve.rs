@@ -56,6 +56,7 @@ pub async fn serve(
             reason: e.to_string(),
         })?;
         if !lines.is_empty() {
+            let lines = if req.merge { merge(lines) } else { lines };
             if out.send(lines).await.is_err() {
                 // The reader went away: nothing more to do.
                 return Ok(());
@@ -75,6 +76,24 @@ pub async fn serve(
     }
 }
 
+/// Joins each run of consecutive lines of one stream into one line,
+/// numbered and stamped as the last of the run: for a reader that prints
+/// lines as they are, a message a run rather than a line at every hop.
+fn merge(lines: Vec<LogLine>) -> Vec<LogLine> {
+    let mut out: Vec<LogLine> = Vec::new();
+    for l in lines {
+        match out.last_mut() {
+            Some(run) if run.stream == l.stream && run.seq.checked_add(1) == Some(l.seq) => {
+                run.line.extend_from_slice(&l.line);
+                run.seq = l.seq;
+                run.time_ns = l.time_ns;
+            }
+            _ => out.push(l),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,7 +109,49 @@ mod tests {
             from_seq: 1,
             tail,
             follow,
+            merge: false,
         }
+    }
+
+    #[tokio::test]
+    async fn a_merged_read_joins_each_run_of_one_stream_and_keeps_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        std::fs::write(bundle::meta(&d), "{}").unwrap();
+        let mut f = std::fs::File::create(bundle::log(&d)).unwrap();
+        for (seq, stream, text) in [
+            (1, "stdout", "a\n"),
+            (2, "stdout", "b\n"),
+            (3, "stderr", "oops\n"),
+            (4, "stdout", "c\n"),
+            (5, "stdout", "d"),
+        ] {
+            use std::io::Write;
+            let frame = crate::runtime::frame::Frame::log(seq, stream, seq as i64, text.as_bytes());
+            f.write_all(frame.to_line().as_bytes()).unwrap();
+        }
+        drop(f);
+        let (tx, mut rx) = mpsc::channel(4);
+        let mut r = req(false, None);
+        r.merge = true;
+        serve(&d, &r, &tx).await.unwrap();
+        drop(tx);
+        let mut got = Vec::new();
+        while let Some(b) = rx.recv().await {
+            got.extend(b);
+        }
+        let got: Vec<(u64, &str, i64, &[u8])> = got
+            .iter()
+            .map(|l| (l.seq, l.stream.as_str(), l.time_ns, l.line.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (2, "stdout", 2, &b"a\nb\n"[..]),
+                (3, "stderr", 3, &b"oops\n"[..]),
+                (5, "stdout", 5, &b"c\nd"[..]),
+            ]
+        );
     }
 
     async fn collect(mut rx: mpsc::Receiver<Vec<LogLine>>) -> Vec<u64> {

@@ -69,6 +69,8 @@ pub async fn stream(
                 from_seq: out.next,
                 tail,
                 follow: req.follow,
+                // A time window is applied here, line by line.
+                merge: req.merge_lines && req.since_ns.is_none() && req.until_ns.is_none(),
             };
             match app.nodes.read_logs(&now.node, read).await {
                 Ok(mut rx) => {
