@@ -458,7 +458,8 @@ fn a_cut_off_follower_leaves_the_term_and_the_leader_alone() {
         "a_cut_off_follower_leaves_the_term_and_the_leader_alone",
         || {
             let c = Cluster::start_servers(3)?;
-            c.berth(&["create", "--name", "a", "busybox", "true"]).ok()?;
+            c.berth(&["create", "--name", "a", "busybox", "true"])
+                .ok()?;
             let leader = c.leader().ok_or_else(|| anyhow::anyhow!("no leader"))?;
             let term_of = |id: usize| {
                 let s = c
@@ -492,7 +493,8 @@ fn a_cut_off_follower_leaves_the_term_and_the_leader_alone() {
             c.wait_until(Duration::from_secs(10), "the follower to be back", |_| {
                 applied(&c, follower) == c.leader().and_then(|l| applied(&c, l))
             })?;
-            c.berth(&["create", "--name", "b", "busybox", "true"]).ok()?;
+            c.berth(&["create", "--name", "b", "busybox", "true"])
+                .ok()?;
             ensure!(
                 c.leader() == Some(leader),
                 "the leader changed from {leader} to {:?}",

@@ -827,4 +827,3 @@ mod tests {
         assert!(w.is_empty());
     }
 }
-

@@ -108,7 +108,10 @@ mod tests {
             expected.extend_from_slice(&piece);
         }
         let paced = w.into_inner().map_err(|e| e.into_error()).unwrap();
-        assert!(paced.flushed >= 4 * CHUNK, "writeback was started for each full chunk");
+        assert!(
+            paced.flushed >= 4 * CHUNK,
+            "writeback was started for each full chunk"
+        );
         paced.into_inner().sync_all().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), expected);
     }
