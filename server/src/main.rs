@@ -191,7 +191,11 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn".into()),
+                // openraft warns of every failed heartbeat: twenty lines a
+                // second for each member that is down, which buried the
+                // rest of the log. Replication and election errors still
+                // show.
+                .unwrap_or_else(|_| "info,openraft=warn,openraft::core::heartbeat=error".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
