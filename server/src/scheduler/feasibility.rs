@@ -206,6 +206,14 @@ pub enum Refusal {
 /// Checks whether `view` can take `demand`.
 pub fn check(view: &NodeView, demand: &Demand) -> Result<(), Refusal> {
     let n = &view.node;
+    // The constraints first: they say what the node is, which a restart
+    // of its agent does not change. Were readiness first, every pending
+    // task's reason would flip between "not ready" and "not meeting the
+    // constraints" each time the node went Down and came back, and with
+    // 20,000 such tasks each flip was a write of 20,000 reasons.
+    if !demand.constraints.iter().all(|c| c.holds(n)) {
+        return Err(Refusal::Constraint);
+    }
     if n.status() != NodeStatus::Ready {
         return Err(Refusal::NotReady);
     }
@@ -213,9 +221,6 @@ pub fn check(view: &NodeView, demand: &Demand) -> Result<(), Refusal> {
         Availability::Active => {}
         Availability::Pause => return Err(Refusal::Paused),
         Availability::Drain => return Err(Refusal::Draining),
-    }
-    if !demand.constraints.iter().all(|c| c.holds(n)) {
-        return Err(Refusal::Constraint);
     }
     if !has_image(n, &demand.image) {
         return Err(Refusal::NoImage);
@@ -360,7 +365,18 @@ mod tests {
         assert_eq!(check(&view(node("a", 0)), &d), Err(Refusal::Memory));
         let mut down = node("a", 1);
         down.status = NodeStatus::Down as i32;
-        assert_eq!(check(&view(down), &d), Err(Refusal::NotReady));
+        assert_eq!(check(&view(down.clone()), &d), Err(Refusal::NotReady));
+        // A node the constraints rule out says so whether it is up or
+        // down: the reason does not change with its agent's restarts.
+        let elsewhere = Demand {
+            constraints: vec![Constraint::parse("node.labels.nowhere==yes").unwrap()],
+            ..d.clone()
+        };
+        assert_eq!(check(&view(down), &elsewhere), Err(Refusal::Constraint));
+        assert_eq!(
+            check(&view(node("a", 1)), &elsewhere),
+            Err(Refusal::Constraint)
+        );
         let mut drain = node("a", 1);
         drain.availability = Availability::Drain as i32;
         assert_eq!(check(&view(drain), &d), Err(Refusal::Draining));
