@@ -633,6 +633,22 @@ impl Cluster {
         Ok(())
     }
 
+    /// Makes `n` small writes (labels `fill=K` on node1), each its own
+    /// entry, so that the log grows by them: for a test waiting on a
+    /// snapshot, where how many entries earlier writes made depends on
+    /// how much the server batched them. Failures are ignored.
+    pub fn fill_writes(&self, n: usize) {
+        for k in 0..n {
+            let _ = self.berth(&[
+                "node",
+                "update",
+                "--label-add",
+                &format!("fill={k}"),
+                "node1",
+            ]);
+        }
+    }
+
     /// Runs the CLI, killing it after `limit` (then the code is -1).
     pub fn berth_within(&self, args: &[&str], limit: Duration) -> CommandResult {
         let child = self

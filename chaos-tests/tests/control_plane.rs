@@ -331,13 +331,18 @@ fn the_cluster_makes_its_ca_once_and_each_server_its_certificate() {
 
 /// The applied index server `id` reports.
 fn applied(c: &Cluster, id: usize) -> Option<u64> {
+    member_field(c, id, "applied")
+}
+
+/// A number from `cluster status` as server `id` itself reports it.
+fn member_field(c: &Cluster, id: usize, name: &str) -> Option<u64> {
     let s = c
         .berth_within(
             &["--host", &c.member_addr(id), "cluster", "status"],
             Duration::from_secs(5),
         )
         .stdout;
-    field(&s, "applied")
+    field(&s, name)
 }
 
 #[test]
@@ -461,15 +466,7 @@ fn a_cut_off_follower_leaves_the_term_and_the_leader_alone() {
             c.berth(&["create", "--name", "a", "busybox", "true"])
                 .ok()?;
             let leader = c.leader().ok_or_else(|| anyhow::anyhow!("no leader"))?;
-            let term_of = |id: usize| {
-                let s = c
-                    .berth_within(
-                        &["--host", &c.member_addr(id), "cluster", "status"],
-                        Duration::from_secs(5),
-                    )
-                    .stdout;
-                field(&s, "term")
-            };
+            let term_of = |id: usize| member_field(&c, id, "term");
             let term = term_of(leader).context("no term")?;
             let follower = (1..=3).find(|m| *m != leader).context("no follower")?;
             // Cut off from both others for ten times the longest election
@@ -864,15 +861,7 @@ fn after_ten_thousand_writes_a_new_member_comes_up_by_snapshot() {
                 if field(&c.berth(&["cluster", "status"]).stdout, "purged").unwrap_or(0) >= 399 {
                     return true;
                 }
-                for k in 0..20 {
-                    let _ = c.berth(&[
-                        "node",
-                        "update",
-                        "--label-add",
-                        &format!("fill={k}"),
-                        "node1",
-                    ]);
-                }
+                c.fill_writes(20);
                 false
             })?;
             // On every member the first segment files are gone from disk.

@@ -425,15 +425,7 @@ fn a_fourth_server_catches_up_on_a_large_state_by_a_chunked_snapshot() {
                 {
                     return true;
                 }
-                for k in 0..20 {
-                    let _ = c.berth(&[
-                        "node",
-                        "update",
-                        "--label-add",
-                        &format!("fill={k}"),
-                        "node1",
-                    ]);
-                }
+                c.fill_writes(20);
                 false
             })?;
             let leader = leader_within(&c)?;

@@ -170,22 +170,15 @@ fn offset_of(file: &File, want: u64) -> std::io::Result<u64> {
         // halved towards `lo` while a long line covers the probe.
         let mut mid = lo + (hi - lo) / 2;
         let start = loop {
-            let s = line_start_from(file, mid, &mut line)?;
-            if s < hi {
-                break Some(s);
+            match line_from(file, mid, &mut line)? {
+                Some(s) if s < hi => break Some(s),
+                _ if mid - lo <= SCAN => break None,
+                _ => mid = lo + (mid - lo) / 2,
             }
-            if mid - lo <= SCAN {
-                break None;
-            }
-            mid = lo + (mid - lo) / 2;
         };
         let Some(s) = start else {
             break;
         };
-        line.clear();
-        let mut r = BufReader::with_capacity(8192, file);
-        r.seek(SeekFrom::Start(s))?;
-        r.read_until(b'\n', &mut line)?;
         match seq_of(&line) {
             Some(seq) if seq < want => lo = s,
             _ => hi = s,
@@ -194,18 +187,20 @@ fn offset_of(file: &File, want: u64) -> std::io::Result<u64> {
     Ok(lo)
 }
 
-/// The start of the first line that begins at or after `at` (greater than
-/// zero): just past the first newline from `at - 1` on, or the file's end.
-fn line_start_from(file: &File, at: u64, scratch: &mut Vec<u8>) -> std::io::Result<u64> {
-    scratch.clear();
+/// The first line that begins at or after `at` (greater than zero), into
+/// `line`, and where it starts: just past the first newline from `at - 1`
+/// on. None if no newline follows `at - 1`.
+fn line_from(file: &File, at: u64, line: &mut Vec<u8>) -> std::io::Result<Option<u64>> {
+    line.clear();
     let mut r = BufReader::with_capacity(8192, file);
     r.seek(SeekFrom::Start(at - 1))?;
-    let n = r.read_until(b'\n', scratch)?;
-    Ok(if scratch.ends_with(b"\n") {
-        at - 1 + n as u64
-    } else {
-        u64::MAX
-    })
+    let skipped = r.read_until(b'\n', line)?;
+    if !line.ends_with(b"\n") {
+        return Ok(None);
+    }
+    line.clear();
+    r.read_until(b'\n', line)?;
+    Ok(Some(at - 1 + skipped as u64))
 }
 
 /// The sequence number after the last complete line of the log, or
