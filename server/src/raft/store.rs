@@ -420,6 +420,10 @@ fn set_applied(db: &DB, batch: &mut WriteBatch, log_id: &LogId) {
     );
 }
 
+/// How long the state machine applies entries before it lets the server's
+/// other tasks run.
+const APPLY_SLICE: std::time::Duration = std::time::Duration::from_millis(5);
+
 impl StateMachine {
     /// Applies one entry in one rocksdb batch (a batched entry's commands
     /// see each other's writes through the Tx), with the applied index in
@@ -468,8 +472,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut last = None;
         let mut changed = None;
+        let mut since_yield = std::time::Instant::now();
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
+            // A stream of ready entries never returns Pending, so a long
+            // run of them (a service's thousands of tasks, 64 to an entry)
+            // would hold the server's one thread from heartbeats and
+            // votes for as long: let the others in between entries.
+            if since_yield.elapsed() >= APPLY_SLICE {
+                tokio::task::yield_now().await;
+                since_yield = std::time::Instant::now();
+            }
             let result = self.apply_one(&entry)?;
             last = Some(entry.log_id.index);
             if !matches!(&entry.payload, EntryPayload::Normal(req) if state::apply::only_logs(&req.0))
@@ -501,11 +514,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: File,
     ) -> Result<(), std::io::Error> {
-        // Off the server's one thread, like building one.
+        // Off the server's one thread, like building one, and nicer.
         let (db, dir, meta_owned) = (self.db.clone(), self.snap_dir.clone(), meta.clone());
-        tokio::task::spawn_blocking(move || install_file(&db, &dir, &meta_owned, snapshot))
-            .await
-            .map_err(io)??;
+        crate::background::run("snapshot-install", move || {
+            install_file(&db, &dir, &meta_owned, snapshot)
+        })
+        .await
+        .map_err(io)??;
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
         self.applied_tx.send_replace(index);
         self.changes_tx.send_replace(index);
@@ -554,9 +569,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
         // Off the server's one thread: reading every row of a large state
-        // would hold heartbeats and writes for as long.
+        // would hold heartbeats and writes for as long. At a lower
+        // priority too (crate::background), so that on a loaded machine
+        // the heartbeats keep their CPU while it is written.
         let (db, dir) = (self.db.clone(), self.snap_dir.clone());
-        tokio::task::spawn_blocking(move || build_snapshot(&db, &dir))
+        crate::background::run("snapshot-build", move || build_snapshot(&db, &dir))
             .await
             .map_err(io)?
     }
@@ -570,8 +587,12 @@ fn install_file(
     db: &DB,
     dir: &std::path::Path,
     meta: &SnapshotMeta,
-    file: File,
+    mut file: File,
 ) -> Result<(), std::io::Error> {
+    // A clone shares the file's offset: read the header from the start,
+    // whoever read the file before (finishing an interrupted install
+    // reads it once to know what it covers).
+    std::io::Seek::rewind(&mut file)?;
     let id = snapshot::Reader::open(file.try_clone()?, dir)
         .map_err(io)?
         .header
@@ -579,6 +600,7 @@ fn install_file(
     let path = snapshot::path(dir, &id);
     // The file becomes this member's current snapshot: it must be in its
     // own directory (a received one is written there already).
+    std::io::Seek::rewind(&mut file)?;
     let file = if path.exists() {
         File::open(&path)?
     } else {
@@ -799,6 +821,54 @@ mod tests {
             .iterator_cf(cf(&db, CF_LOGS), IteratorMode::Start)
             .next()
             .is_none());
+    }
+
+    #[test]
+    fn a_member_stopped_during_a_snapshot_install_finishes_it_when_it_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = dir.path().join("snapshots");
+        let db = open(&dir.path().join("raft")).unwrap();
+        let sm = cf(&db, CF_SM);
+        for i in 0..100u32 {
+            db.put_cf(sm, format!("c/{i:04}"), format!("row {i}"))
+                .unwrap();
+        }
+        let mut batch = WriteBatch::default();
+        set_applied(&db, &mut batch, &codec::log_id(2, 1, 40));
+        db.write(batch).unwrap();
+        drop(build_snapshot(&db, &snaps).unwrap());
+        let file = std::fs::read_dir(&snaps)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "snap"))
+            .expect("the snapshot file");
+        let id = snapshot::Reader::open(File::open(&file).unwrap(), &file)
+            .unwrap()
+            .header
+            .snapshot_id;
+        // As a stop halfway through an install leaves it: marked under
+        // way, the old rows gone, only some of the new ones written.
+        db.put_cf(cf(&db, CF_META), KEY_INSTALLING, id.as_bytes())
+            .unwrap();
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(sm, &[][..], &[0xffu8; 8][..]);
+        db.write(batch).unwrap();
+        db.put_cf(sm, "c/0000", "row 0").unwrap();
+        drop(db);
+        let db = open(&dir.path().join("raft")).unwrap();
+        let wal = open_wal(&db, &dir.path().join("raft-log"), 1 << 20).unwrap();
+        split(db.clone(), wal, 1, snaps).expect("the store opens and finishes the install");
+        let rows: Vec<_> = db
+            .iterator_cf(cf(&db, CF_SM), IteratorMode::Start)
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(rows.len(), 100);
+        assert_eq!(&*rows[99].1, b"row 99");
+        assert!(db
+            .get_cf(cf(&db, CF_META), KEY_INSTALLING)
+            .unwrap()
+            .is_none());
+        assert_eq!(read_applied(&db).unwrap().map(|l| l.index), Some(40));
     }
 
     #[tokio::test]
