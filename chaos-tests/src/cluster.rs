@@ -952,6 +952,32 @@ impl Drop for Cluster {
             let _ = c.wait();
         }
         end_containers(self.dir.path());
+        unmount_under(self.dir.path());
+    }
+}
+
+/// Detaches every mount under `dir` (container root filesystems, an
+/// agent's overlay mounts), deepest first, so that the temporary dir can
+/// be removed when it drops: a mount point left in place made its removal
+/// fail with EBUSY, and the dir stayed behind on the host after the test's
+/// mount namespace ended.
+fn unmount_under(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<std::path::PathBuf> = info
+        .lines()
+        // The fifth field is the mount point (octal escapes aside, which
+        // the paths of a test's dirs do not have).
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        // umount2 with MNT_DETACH: the mount goes at once, even if a
+        // process killed a moment ago still holds a file in it.
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 

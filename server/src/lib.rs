@@ -12,12 +12,14 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod background;
 pub mod files;
 pub mod member_id;
 pub mod nodes;
 pub mod pki;
 pub mod raft;
 pub mod scheduler;
+pub mod stall;
 pub mod state;
 pub mod tls;
 

@@ -313,6 +313,7 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         },
     );
     let _ = app.tls.set(tls.clone());
+    tokio::spawn(berth_server::stall::watch());
     tokio::spawn(berth_server::nodes::liveness::run(app.clone()));
     tokio::spawn(berth_server::pki::rotation::finish_when_done(app.clone()));
     tokio::spawn(berth_server::pki::setup::run(

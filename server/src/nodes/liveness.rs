@@ -21,13 +21,13 @@ pub async fn run(app: App) {
             mark_down(&app, &node, down_since(&app, last)).await;
         }
         let metrics = crate::raft::metrics(&app.raft);
-        if metrics.current_leader == Some(metrics.id) && !app.is_effective_leader().await {
+        if metrics.current_leader == Some(metrics.id) && cut_off(&app, &metrics).await {
             // Cut off from the majority: the agents must find the real leader.
             let n = app.nodes.drop_all().await;
             if n > 0 {
                 tracing::warn!(
                     sessions = n,
-                    "no majority confirms this leader; dropping agent sessions"
+                    "no majority has answered this leader for half a TTL; dropping agent sessions"
                 );
             }
             continue;
@@ -54,6 +54,25 @@ pub async fn run(app: App) {
             }
         }
         mark_lost_containers_dead(&app, &nodes).await;
+    }
+}
+
+/// Whether this leader has heard from no majority for half a TTL (the
+/// last time a quorum acknowledged it, as Raft tracks it from heartbeat
+/// and append answers). One slow answer is not enough: a member held up
+/// for a moment (a loaded machine, a snapshot being written) used to fail
+/// a one-second read-index check, and dropping every session for it made
+/// each such moment a round of re-registrations. Half a TTL still leaves
+/// the agents of a leader that is really cut off half a TTL to reach the
+/// new one before it marks them Down. A leader no quorum has answered yet
+/// asks for a read index instead.
+async fn cut_off(app: &App, metrics: &crate::raft::Metrics) -> bool {
+    match &metrics.last_quorum_acked {
+        Some(at) => {
+            use openraft::async_runtime::Instant as _;
+            at.elapsed() >= app.config.node_ttl / 2
+        }
+        None => !app.is_effective_leader().await,
     }
 }
 

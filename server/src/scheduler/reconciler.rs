@@ -21,6 +21,9 @@ const TICK: Duration = Duration::from_millis(200);
 /// not turn the loop into a busy one.
 const MIN_GAP: Duration = Duration::from_millis(5);
 
+/// The most pending reasons one command sets.
+const REASONS_PER_COMMAND: usize = 256;
+
 /// Starts the loop; it runs for the life of the server and acts only
 /// while this server leads.
 pub fn spawn(app: App) {
@@ -104,11 +107,17 @@ pub async fn pass(app: &App) -> Result<(), AppError> {
                 service_version: 0,
             })),
             Step::Unplaceable(list) => {
-                let (ids, reasons) = list.into_iter().unzip();
-                writes.push(Op::PendingReason(records::SetPendingReason {
-                    ids,
-                    reasons,
-                }));
+                // In commands of a bounded size, which the batcher packs
+                // into entries: a service of 20,000 tasks that cannot be
+                // placed is not one entry that every member applies in
+                // one go without yielding.
+                for chunk in list.chunks(REASONS_PER_COMMAND) {
+                    let (ids, reasons) = chunk.iter().cloned().unzip();
+                    writes.push(Op::PendingReason(records::SetPendingReason {
+                        ids,
+                        reasons,
+                    }));
+                }
             }
             Step::Unplace {
                 container,
