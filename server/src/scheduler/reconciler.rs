@@ -21,6 +21,9 @@ const TICK: Duration = Duration::from_millis(200);
 /// not turn the loop into a busy one.
 const MIN_GAP: Duration = Duration::from_millis(5);
 
+/// How many steps of a pass run between two yields to the runtime.
+const STEPS_PER_SLICE: usize = 256;
+
 /// The most pending reasons one command sets.
 const REASONS_PER_COMMAND: usize = 256;
 
@@ -90,7 +93,12 @@ pub async fn pass(app: &App) -> Result<(), AppError> {
     let senders = app.nodes.senders().await;
     let count = steps.len();
     let mut writes = Vec::new();
-    for step in steps {
+    for (i, step) in steps.into_iter().enumerate() {
+        // A pass of thousands of steps (a service's new tasks) is carried
+        // out in slices, the runtime's other tasks in between.
+        if i > 0 && i % STEPS_PER_SLICE == 0 {
+            tokio::task::yield_now().await;
+        }
         match step {
             Step::CreateTask(c) => writes.push(Op::Create(records::CreateContainer {
                 container: Some(*c),
