@@ -891,3 +891,29 @@ fn after_ten_thousand_writes_a_new_member_comes_up_by_snapshot() {
         },
     );
 }
+
+#[test]
+fn an_idle_agent_keeps_its_session_with_a_lone_server() {
+    sandbox::run("an_idle_agent_keeps_its_session_with_a_lone_server", || {
+        let c = Cluster::start_nodes(&[], &[("node1", &[])])?;
+        c.wait_until(Duration::from_secs(30), "node1 ready", |c| {
+            c.node_ready("node1")
+        })?;
+        // Three TTLs (2 s each) with nothing to do: the session that
+        // registered is still the node's, and the server never dropped it
+        // (a lone voter is its own quorum; no answer renews the time Raft
+        // records for one, and reading that time as silence dropped every
+        // session each half second).
+        let until = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < until {
+            let logs = c.logs();
+            ensure!(
+                !logs.contains("session ended") && !logs.contains("dropping agent sessions"),
+                "the agent lost its session:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ensure!(c.node_ready("node1"), "node1 is no longer ready");
+        Ok(())
+    });
+}

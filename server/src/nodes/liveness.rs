@@ -65,8 +65,14 @@ pub async fn run(app: App) {
 /// each such moment a round of re-registrations. Half a TTL still leaves
 /// the agents of a leader that is really cut off half a TTL to reach the
 /// new one before it marks them Down. A leader no quorum has answered yet
-/// asks for a read index instead.
+/// asks for a read index instead; a lone voter is never cut off.
 async fn cut_off(app: &App, metrics: &crate::raft::Metrics) -> bool {
+    // The only voter is its own quorum (and no answer ever renews the
+    // time Raft records for it).
+    let mut voters = metrics.membership_config.membership().voter_ids();
+    if voters.next() == Some(metrics.id) && voters.next().is_none() {
+        return false;
+    }
     match &metrics.last_quorum_acked {
         Some(at) => {
             use openraft::async_runtime::Instant as _;
