@@ -155,12 +155,11 @@ impl App {
         // An invalid command gets its refusal in its place; the others go.
         let mut results: Vec<Option<Result<CommandResult, AppError>>> = Vec::new();
         let mut valid = Vec::new();
-        for (i, op) in ops.into_iter().enumerate() {
+        let mut slicer = crate::stall::Slicer::new();
+        for op in ops {
             // Thousands of commands (a service's new tasks) are checked
             // in slices, the runtime's other tasks in between.
-            if i > 0 && i % BULK_MAX == 0 {
-                tokio::task::yield_now().await;
-            }
+            slicer.step().await;
             match crate::state::validate::check(&op) {
                 Ok(()) => {
                     results.push(None);

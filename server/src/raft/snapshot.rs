@@ -130,7 +130,14 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn open(file: File, path: &Path) -> Result<Self, SnapshotError> {
+    pub fn open(mut file: File, path: &Path) -> Result<Self, SnapshotError> {
+        // The header is at the start, wherever the file's offset is (a
+        // clone shares it: a reader opened through one after another read
+        // the file would begin mid-way).
+        std::io::Seek::rewind(&mut file).map_err(|source| SnapshotError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut r = Self {
             input: BufReader::with_capacity(1 << 20, file),
             path: path.to_path_buf(),

@@ -420,10 +420,6 @@ fn set_applied(db: &DB, batch: &mut WriteBatch, log_id: &LogId) {
     );
 }
 
-/// How long the state machine applies entries before it lets the server's
-/// other tasks run.
-const APPLY_SLICE: std::time::Duration = std::time::Duration::from_millis(5);
-
 impl StateMachine {
     /// Applies one entry in one rocksdb batch (a batched entry's commands
     /// see each other's writes through the Tx), with the applied index in
@@ -472,17 +468,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut last = None;
         let mut changed = None;
-        let mut since_yield = std::time::Instant::now();
+        let mut slicer = crate::stall::Slicer::new();
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             // A stream of ready entries never returns Pending, so a long
             // run of them (a service's thousands of tasks, 64 to an entry)
             // would hold the server's one thread from heartbeats and
             // votes for as long: let the others in between entries.
-            if since_yield.elapsed() >= APPLY_SLICE {
-                tokio::task::yield_now().await;
-                since_yield = std::time::Instant::now();
-            }
+            slicer.step().await;
             let result = self.apply_one(&entry)?;
             last = Some(entry.log_id.index);
             if !matches!(&entry.payload, EntryPayload::Normal(req) if state::apply::only_logs(&req.0))
@@ -587,12 +580,8 @@ fn install_file(
     db: &DB,
     dir: &std::path::Path,
     meta: &SnapshotMeta,
-    mut file: File,
+    file: File,
 ) -> Result<(), std::io::Error> {
-    // A clone shares the file's offset: read the header from the start,
-    // whoever read the file before (finishing an interrupted install
-    // reads it once to know what it covers).
-    std::io::Seek::rewind(&mut file)?;
     let id = snapshot::Reader::open(file.try_clone()?, dir)
         .map_err(io)?
         .header
@@ -600,7 +589,6 @@ fn install_file(
     let path = snapshot::path(dir, &id);
     // The file becomes this member's current snapshot: it must be in its
     // own directory (a received one is written there already).
-    std::io::Seek::rewind(&mut file)?;
     let file = if path.exists() {
         File::open(&path)?
     } else {

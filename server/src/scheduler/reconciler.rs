@@ -21,9 +21,6 @@ const TICK: Duration = Duration::from_millis(200);
 /// not turn the loop into a busy one.
 const MIN_GAP: Duration = Duration::from_millis(5);
 
-/// How many steps of a pass run between two yields to the runtime.
-const STEPS_PER_SLICE: usize = 256;
-
 /// The most pending reasons one command sets.
 const REASONS_PER_COMMAND: usize = 256;
 
@@ -93,12 +90,11 @@ pub async fn pass(app: &App) -> Result<(), AppError> {
     let senders = app.nodes.senders().await;
     let count = steps.len();
     let mut writes = Vec::new();
-    for (i, step) in steps.into_iter().enumerate() {
+    let mut slicer = crate::stall::Slicer::new();
+    for step in steps {
         // A pass of thousands of steps (a service's new tasks) is carried
         // out in slices, the runtime's other tasks in between.
-        if i > 0 && i % STEPS_PER_SLICE == 0 {
-            tokio::task::yield_now().await;
-        }
+        slicer.step().await;
         match step {
             Step::CreateTask(c) => writes.push(Op::Create(records::CreateContainer {
                 container: Some(*c),
@@ -119,8 +115,9 @@ pub async fn pass(app: &App) -> Result<(), AppError> {
                 // into entries: a service of 20,000 tasks that cannot be
                 // placed is not one entry that every member applies in
                 // one go without yielding.
-                for chunk in list.chunks(REASONS_PER_COMMAND) {
-                    let (ids, reasons) = chunk.iter().cloned().unzip();
+                let mut list = list.into_iter().peekable();
+                while list.peek().is_some() {
+                    let (ids, reasons) = list.by_ref().take(REASONS_PER_COMMAND).unzip();
                     writes.push(Op::PendingReason(records::SetPendingReason {
                         ids,
                         reasons,
