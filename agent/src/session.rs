@@ -93,6 +93,36 @@ impl Link {
     }
 }
 
+/// The connection a session's log reads share, made at the first read (or
+/// right after the registration) and gone with the session. Each read is
+/// a stream of its own on it, paced by HTTP/2 flow control; none waits for
+/// a TCP and TLS handshake (1 to 2 ms of every `berth run`'s output when
+/// each read had a connection of its own), and the bulk of reads never
+/// shares the session's connection. If the connection breaks, the channel
+/// makes a new one, with the certificate current then.
+#[derive(Clone)]
+struct ReadChannel {
+    link: Link,
+    channel: Arc<tokio::sync::OnceCell<tonic::transport::Channel>>,
+}
+
+impl ReadChannel {
+    fn new(link: Link) -> Self {
+        Self {
+            link,
+            channel: Arc::default(),
+        }
+    }
+
+    async fn get(&self) -> Result<tonic::transport::Channel, String> {
+        self.channel
+            .get_or_try_init(|| self.link.connect())
+            .await
+            .cloned()
+            .map_err(|e| berth_proto::one_line(&e))
+    }
+}
+
 /// A task that ends when its handle is dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -307,6 +337,7 @@ async fn session(
     // Reads asked for before the registration was answered wait for it:
     // their answer names the session.
     let mut early_reads: Vec<berth_proto::agent::ReadLogs> = Vec::new();
+    let reads = ReadChannel::new(endpoint.clone());
     loop {
         tokio::select! {
             msg = inbound.message() => {
@@ -320,9 +351,15 @@ async fn session(
                         tracing::info!(node = %r.node, server = %addr, stale = r.stale.len(), "registered");
                         supervisor.renew_lease(registered_at);
                         session_id = r.session_id;
+                        {
+                            // The reads' connection, before the first read
+                            // needs it.
+                            let reads = reads.clone();
+                            tokio::spawn(async move { let _ = reads.get().await; });
+                        }
                         for read in early_reads.drain(..) {
                             tokio::spawn(answer_read(
-                                endpoint.clone(),
+                                reads.clone(),
                                 cfg.node.clone(),
                                 session_id,
                                 wire::read_logs(read),
@@ -375,7 +412,7 @@ async fn session(
                     }
                     Some(server_message::Msg::ReadLogs(r)) => {
                         tokio::spawn(answer_read(
-                            endpoint.clone(),
+                            reads.clone(),
                             cfg.node.clone(),
                             session_id,
                             wire::read_logs(r),
@@ -428,11 +465,11 @@ async fn session(
     }
 }
 
-/// Answers a read of a container's log on a LogRead stream of its own
-/// connection: HTTP/2 flow control paces the reading to the reader, and
-/// the session never carries the bulk.
+/// Answers a read of a container's log on a LogRead stream of the
+/// session's read connection: HTTP/2 flow control paces the reading to
+/// the reader, and the session never carries the bulk.
 async fn answer_read(
-    endpoint: Link,
+    reads: ReadChannel,
     node: String,
     session_id: u64,
     req: crate::orders::ReadLogs,
@@ -441,7 +478,7 @@ async fn answer_read(
     let request_id = req.request_id;
     let (pieces, pieces_rx) = mpsc::channel::<agent::LogPiece>(2);
     let upload = async {
-        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let channel = reads.get().await?;
         AgentSessionClient::new(channel)
             .max_encoding_message_size(berth_proto::limits::MAX_MESSAGE)
             .log_read(ReceiverStream::new(pieces_rx))

@@ -177,15 +177,23 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Moves a process into the cgroup (every controller's, on v1).
-    pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
+    /// Moves the calling process into the cgroup (every controller's, on
+    /// v1). The caller must be single-threaded (a child just forked or
+    /// cloned). On v1 it writes "0" to each controller's `tasks` file,
+    /// which moves the calling thread, and one thread is the whole
+    /// process: the kernel then takes no global lock. A move by pid
+    /// through `cgroup.procs` takes the threadgroup lock for writing,
+    /// which waits for an RCU grace period: 5 to 19 ms on the development
+    /// VM, the largest single cost of a container start. On v2 there is
+    /// no such file, and it writes "0" to `cgroup.procs`.
+    pub fn join_self(&self) -> Result<(), CgroupError> {
         match &self.layout {
             Layout::V1 { .. } => {
                 for c in V1_CONTROLLERS {
-                    write(&self.dir(c).join("cgroup.procs"), &pid.to_string())?;
+                    write(&self.dir(c).join("tasks"), "0")?;
                 }
             }
-            Layout::V2 { .. } => write(&self.dir("").join("cgroup.procs"), &pid.to_string())?,
+            Layout::V2 { .. } => write(&self.dir("").join("cgroup.procs"), "0")?,
         }
         Ok(())
     }

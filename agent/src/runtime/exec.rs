@@ -235,7 +235,7 @@ fn run(b: &Path, id: &str) -> Result<i32, RuntimeError> {
             // host's (the shim itself stays out of it); the process forked
             // below inherits it, and its limits.
             if let Some(cg) = &cgroup {
-                if cg.add(std::process::id() as i32).is_err() {
+                if cg.join_self().is_err() {
                     std::process::exit(126);
                 }
             }

@@ -28,14 +28,18 @@ pub struct InitContext<'a> {
     /// the shim.
     pub seccomp: Option<&'a super::seccomp::Program>,
     pub bundle: &'a Path,
+    /// The container's cgroup, created by the shim: the child moves
+    /// itself into it before anything else.
+    pub cgroup: Option<&'a super::cgroups::Cgroup>,
     pub stdin: RawFd,
     pub stdout: RawFd,
     pub stderr: RawFd,
     /// Close-on-exec: closed without a word by a successful exec, or
     /// carrying the reason the container could not start.
     pub sync: RawFd,
-    /// The shim writes one byte here once the child is in its cgroup; the
-    /// child waits for it before doing anything.
+    /// The shim writes one byte here once the container may start (for
+    /// run -it, once its terminal is attached); the child waits for it
+    /// before its exec.
     pub go: RawFd,
     /// With a terminal: the socket over which the child sends the master
     /// of the pty it makes in the container's devpts; the slave becomes its
@@ -57,6 +61,14 @@ fn fail(step: impl Into<String>, e: impl std::fmt::Display) -> InitFailure {
     }
 }
 
+/// True if config.json asks for a cgroup namespace of the container's own.
+pub fn wants_cgroup_namespace(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Cgroup))
+}
+
 /// The child's entry point; returns only on failure, with the exit code.
 pub fn run(ctx: &InitContext) -> isize {
     let err = match setup_and_exec(ctx) {
@@ -72,6 +84,20 @@ pub fn run(ctx: &InitContext) -> isize {
 
 fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFailure> {
     let spec = ctx.spec;
+    // Into its cgroup first, while /sys/fs/cgroup is still the host's, so
+    // that the limits hold for all it does. This child is single-threaded,
+    // so it moves itself (cgroups.rs says why that is much faster than
+    // the shim moving it by pid).
+    if let Some(cg) = ctx.cgroup {
+        cg.join_self().map_err(|e| fail("joining the cgroup", e))?;
+    }
+    // A cgroup namespace, if asked for, is made only now, so that its root
+    // is the container's cgroup, as with runc.
+    if wants_cgroup_namespace(spec) {
+        // unshare(2): a cgroup namespace rooted at the cgroup joined above.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| fail("unshare of the cgroup namespace", e))?;
+    }
     // A session of its own: the container must not share the shim's
     // controlling terminal or receive its job-control signals.
     setsid().map_err(|e| fail("setsid", e))?;
@@ -315,9 +341,8 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
     signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(|e| fail("sigprocmask", e))?;
 
-    // Wait until the shim has put this process in its cgroup (and, for run
-    // -it, until its terminal is attached), so that the limits hold from
-    // the first instruction of the user's command.
+    // Wait until the shim lets it go on (for run -it, once its terminal is
+    // attached).
     let mut byte = [0u8; 1];
     match nix::unistd::read(ctx.go, &mut byte) {
         Ok(1) => {}

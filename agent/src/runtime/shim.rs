@@ -265,7 +265,8 @@ fn clone_flags(spec: &Spec) -> CloneFlags {
             LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
             LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
             LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
-            LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+            // Made by the child once it is in its cgroup (init.rs).
+            LinuxNamespaceType::Cgroup => CloneFlags::empty(),
             _ => CloneFlags::empty(),
         };
     }
@@ -368,6 +369,7 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
         spec: &spec,
         seccomp: filter.as_ref(),
         bundle: b,
+        cgroup: cgroup.as_ref().map(|(cg, _)| cg),
         stdin: stdin_fd,
         stdout: stdout_fd,
         stderr: stderr_fd,
@@ -390,15 +392,8 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
     }
     .map_err(sys("clone"))?;
     drop((child_fds, sync_w, go_r, console_child));
-    // Into its cgroup before it may go on; if that fails, it never runs.
-    if let Some((cg, _)) = &cgroup {
-        if let Err(e) = cg.add(pid.as_raw()) {
-            drop(go_w);
-            let _ = wait_exit(pid);
-            cg.remove();
-            return Err(RuntimeError::Invalid(e.to_string()));
-        }
-    }
+    // The child moves itself into its cgroup as its first step; if that
+    // fails, it never runs, and the sync pipe below says why.
     // The terminal's master, from the child; none if its setup failed, and
     // then the sync pipe below says why.
     if let Some(sock) = console.take() {

@@ -42,6 +42,20 @@ pub enum Delivery {
     Stop,
 }
 
+/// What the node of a placed container that it has not reported yet
+/// (Pending) must be sent: the run, or for a container created stopped
+/// (`berth create`) only its creation. None for any other container.
+pub fn first_delivery(c: &Container) -> Option<Delivery> {
+    if c.state() != ContainerState::Pending || c.node.is_empty() {
+        return None;
+    }
+    match c.desired() {
+        DesiredState::DesiredRunning => Some(Delivery::Run),
+        DesiredState::DesiredStopped => Some(Delivery::Create),
+        _ => None,
+    }
+}
+
 /// One step toward the desired state.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
@@ -187,17 +201,13 @@ pub fn plan(s: &Snapshot, cfg: &PlanConfig) -> Vec<Step> {
         match (state, c.node.is_empty(), c.desired()) {
             (ContainerState::Pending, true, DesiredState::DesiredRunning)
             | (ContainerState::Pending, true, DesiredState::DesiredStopped) => to_place.push(c),
-            (ContainerState::Pending, false, DesiredState::DesiredRunning) => {
-                steps.push(Step::Deliver {
-                    container: Box::new(c.clone()),
-                    action: Delivery::Run,
-                })
-            }
-            (ContainerState::Pending, false, DesiredState::DesiredStopped) => {
-                steps.push(Step::Deliver {
-                    container: Box::new(c.clone()),
-                    action: Delivery::Create,
-                })
+            (ContainerState::Pending, false, _) => {
+                if let Some(action) = first_delivery(c) {
+                    steps.push(Step::Deliver {
+                        container: Box::new(c.clone()),
+                        action,
+                    })
+                }
             }
             (
                 ContainerState::Running | ContainerState::Paused,

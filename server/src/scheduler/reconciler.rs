@@ -158,7 +158,16 @@ pub async fn pass(app: &App) -> Result<(), AppError> {
     }
     for r in results {
         match r {
-            Ok(_) => {}
+            // A placement committed in this pass is delivered at once, not
+            // by the next pass (after MIN_GAP): a `run` waits on it. Later
+            // passes send it again only if it is not acknowledged.
+            Ok(res) => {
+                if let Some(c) = &res.container {
+                    if let Some(action) = planner::first_delivery(c) {
+                        deliver(app, &senders, c, action);
+                    }
+                }
+            }
             // Another pass or a user got there first: the next pass sees it.
             Err(AppError::Refused(why)) => tracing::debug!("reconciler: refused: {why}"),
             Err(e) => return Err(e),
