@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::reader::{next_after_last, LogReader};
 use crate::orders::{LogLine, ReadLogs};
@@ -21,11 +21,16 @@ pub enum ServeError {
     Read { id: String, reason: String },
 }
 
-/// Sends the lines `req` asks for to `out`, in batches, in order.
+/// Sends the lines `req` asks for to `out`, in batches, in order. A
+/// follower looks at the file again after a wait that grows from 2 to
+/// 50 ms while nothing comes, and at once when `wake` changes (the node
+/// bumps it when a container starts or ends), so that the end of a
+/// container is not seen up to 50 ms late.
 pub async fn serve(
     dir: &Path,
     req: &ReadLogs,
     out: &mpsc::Sender<Vec<LogLine>>,
+    mut wake: watch::Receiver<u64>,
 ) -> Result<(), ServeError> {
     if !bundle::meta(dir).exists() {
         return Err(ServeError::NoSuchContainer(req.container.clone()));
@@ -68,11 +73,18 @@ pub async fn serve(
             tracing::debug!(id = %req.container, next = reader.next_seq(), "a log read is complete");
             return Ok(());
         }
-        tokio::select! {
-            _ = tokio::time::sleep(idle) => {}
+        // A wake whose sender is gone is never ready again (it would be
+        // ready at once, forever): then only the timer wakes the reader.
+        let woken = tokio::select! {
+            _ = tokio::time::sleep(idle) => false,
             _ = out.closed() => return Ok(()),
-        }
-        idle = (idle * 2).min(Duration::from_millis(50));
+            changed = wake.changed(), if wake.has_changed().is_ok() => changed.is_ok(),
+        };
+        idle = if woken {
+            Duration::from_millis(2)
+        } else {
+            (idle * 2).min(Duration::from_millis(50))
+        };
     }
 }
 
@@ -134,7 +146,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(4);
         let mut r = req(false, None);
         r.merge = true;
-        serve(&d, &r, &tx).await.unwrap();
+        serve(&d, &r, &tx, quiet()).await.unwrap();
         drop(tx);
         let mut got = Vec::new();
         while let Some(b) = rx.recv().await {
@@ -154,6 +166,11 @@ mod tests {
         );
     }
 
+    /// A wake that never changes (its sender is gone).
+    fn quiet() -> watch::Receiver<u64> {
+        watch::channel(0).1
+    }
+
     async fn collect(mut rx: mpsc::Receiver<Vec<LogLine>>) -> Vec<u64> {
         let mut seqs = Vec::new();
         while let Some(b) = rx.recv().await {
@@ -169,17 +186,17 @@ mod tests {
         std::fs::write(bundle::meta(&d), "{}").unwrap();
         append(&d, 1..=5);
         let (tx, rx) = mpsc::channel(1);
-        serve(&d, &req(false, None), &tx).await.unwrap();
+        serve(&d, &req(false, None), &tx, quiet()).await.unwrap();
         drop(tx);
         assert_eq!(collect(rx).await, [1, 2, 3, 4, 5]);
         let (tx, rx) = mpsc::channel(1);
-        serve(&d, &req(false, Some(2)), &tx).await.unwrap();
+        serve(&d, &req(false, Some(2)), &tx, quiet()).await.unwrap();
         drop(tx);
         assert_eq!(collect(rx).await, [4, 5]);
         // Following: lines written later arrive, and the exit ends it.
         let (tx, rx) = mpsc::channel(1);
         let d2 = d.clone();
-        let follow = tokio::spawn(async move { serve(&d2, &req(true, None), &tx).await });
+        let follow = tokio::spawn(async move { serve(&d2, &req(true, None), &tx, quiet()).await });
         let reading = tokio::spawn(collect(rx));
         append(&d, 6..=7);
         std::fs::write(bundle::exit(&d), "0").unwrap();
@@ -193,7 +210,7 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         for follow in [false, true] {
             assert_eq!(
-                serve(&dir.path().join("nope"), &req(follow, None), &tx).await,
+                serve(&dir.path().join("nope"), &req(follow, None), &tx, quiet()).await,
                 Err(ServeError::NoSuchContainer("ab".into()))
             );
         }

@@ -491,7 +491,7 @@ fn run(cfg: &ShimConfig, out: &mut FrameWriter) -> Result<i32, RuntimeError> {
             Err(mpsc::TryRecvError::Disconnected) => break,
         };
         out.log_block(&block);
-        yielding.tick();
+        yielding.tick(block.data.len());
     }
     yielding.end();
     out.flush();
@@ -557,7 +557,7 @@ fn read_output(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        yielding.tick();
+        yielding.tick(n);
         clients.broadcast(&buf[..n]);
         partial.extend_from_slice(&buf[..n]);
         let (block, rest) = split_lines(stream, &partial, MAX_LINE);

@@ -122,6 +122,9 @@ pub struct Supervisor {
     shippers: Arc<Shippers>,
     /// Removals under way, one lock per container.
     removals: std::sync::Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>,
+    /// Bumped whenever a container is made, starts or ends: the log reads
+    /// that follow a container look at its files again at once.
+    activity: tokio::sync::watch::Sender<u64>,
 }
 
 /// Milliseconds since the Unix epoch, for report times.
@@ -185,6 +188,7 @@ impl Supervisor {
             lease,
             shippers,
             removals: Default::default(),
+            activity: tokio::sync::watch::Sender::new(0),
         };
         me.generations =
             fencing::Generations::new(me.local_metas().into_iter().map(|m| (m.id, m.generation)));
@@ -201,6 +205,11 @@ impl Supervisor {
 
     fn send(&self, report: Report) {
         let _ = self.outbox.send(report);
+    }
+
+    /// Wakes the log reads that follow containers of this node.
+    fn touch(&self) {
+        self.activity.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn transition(&self, id: &str, generation: u64, to: ContainerState) {
@@ -342,6 +351,7 @@ impl Supervisor {
         // here: it waits while the assignment is on its way or the
         // container is being made, not once making it has failed.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut wake = self.activity.subscribe();
         while req.follow && !bundle::meta(&dir).exists() {
             let making = self.live.lock().await.contains(&req.container);
             if (self.generations.knows(&req.container) && !making)
@@ -349,9 +359,12 @@ impl Supervisor {
             {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                _ = wake.changed() => {}
+            }
         }
-        crate::logs::serve::serve(&dir, &req, &out)
+        crate::logs::serve::serve(&dir, &req, &out, wake)
             .await
             .map_err(|e| e.to_string())
     }

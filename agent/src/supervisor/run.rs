@@ -63,10 +63,13 @@ impl Supervisor {
                     })
                 });
             match prepared {
-                Ok(image_id) => self.send(Report::Transition(Transition {
-                    image_id: Some(image_id),
-                    ..Transition::now(id, a.generation, ContainerState::Created)
-                })),
+                Ok(image_id) => {
+                    self.send(Report::Transition(Transition {
+                        image_id: Some(image_id),
+                        ..Transition::now(id, a.generation, ContainerState::Created)
+                    }));
+                    self.touch();
+                }
                 Err(e) => return fail(e.to_string()),
             }
         } else if self.running(dir) {
@@ -261,7 +264,8 @@ impl Supervisor {
             }
             match serde_json::from_str::<Frame>(line.trim_end()) {
                 Ok(Frame::Start { .. }) => {
-                    self.transition(&a.container, a.generation, ContainerState::Running)
+                    self.transition(&a.container, a.generation, ContainerState::Running);
+                    self.touch();
                 }
                 // Log lines are shipped from the log file (logs/shipper.rs).
                 Ok(Frame::Log { .. }) => {}
@@ -269,7 +273,11 @@ impl Supervisor {
                     code,
                     error,
                     oom_killed,
-                }) => exit = Some((code, error, oom_killed)),
+                }) => {
+                    // The exit file is written: a follower has every line.
+                    exit = Some((code, error, oom_killed));
+                    self.touch();
+                }
                 Err(e) => tracing::warn!(id = %a.container, "unreadable shim frame: {e}"),
             }
         }
@@ -288,6 +296,7 @@ impl Supervisor {
         // The shipper sends the last lines, then ends with the container.
         self.ship(&a.container, a.generation, dir);
         self.exited(&a.container, a.generation, code, error, oom_killed);
+        self.touch();
         Ok(code)
     }
 }

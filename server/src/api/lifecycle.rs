@@ -118,6 +118,19 @@ pub async fn wait_started(app: &App, id: &str, asked: i64) -> Result<records::Co
     .await
 }
 
+/// Waits until the container is placed on a node (or has started or
+/// ended since `asked`, ms), or the scheduler has said why it cannot place
+/// it.
+pub async fn wait_placed(app: &App, id: &str, asked: i64) -> Result<records::Container, Status> {
+    wait_for(app, id, Duration::from_secs(60), |now| {
+        !now.node.is_empty()
+            || now.started_at_ms >= asked
+            || now.finished_at_ms >= asked
+            || !now.pending_reason.is_empty()
+    })
+    .await
+}
+
 /// Stops a running container: its stop signal, then SIGKILL after
 /// `timeout_s`. Returns once it has stopped; a container that is not
 /// running is returned as it is, as Docker does.

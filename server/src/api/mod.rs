@@ -282,10 +282,17 @@ impl Cluster for ClusterService {
         };
         // The reconciler places it. As `docker run -d`, answer once it
         // runs (or has ended); as `docker create`, once the node has
-        // created it; either, once the scheduler says why it cannot place
-        // it yet (it stays Pending, and runs once a node fits).
+        // created it; an attached run, once it is placed; any, once the
+        // scheduler says why it cannot place it yet (it stays Pending, and
+        // runs once a node fits).
         let asked = created.created_at_ms;
-        let placed = if req.start {
+        let placed = if req.start && req.attached {
+            // An attached run reads the output from here on: it is
+            // answered once the container is placed, so that its read is
+            // under way while the node starts the container (the node
+            // holds a read that comes before the container is made).
+            lifecycle::wait_placed(&self.app, &created.id, asked).await?
+        } else if req.start {
             lifecycle::wait_started(&self.app, &created.id, asked).await?
         } else {
             lifecycle::wait_created(&self.app, &created.id).await?
