@@ -114,8 +114,12 @@ enum Command {
     /// Runs one container's shim (started by the agent, not by hand).
     #[command(hide = true)]
     Shim {
-        #[arg(long)]
-        bundle: PathBuf,
+        #[arg(long, required_unless_present = "bundle_from_stdin")]
+        bundle: Option<PathBuf>,
+        /// Wait for the bundle's path on stdin (a shim the agent starts
+        /// ahead of the container it will run).
+        #[arg(long, conflicts_with = "bundle")]
+        bundle_from_stdin: bool,
     },
     /// Runs one exec in a container (started by the agent, not by hand).
     #[command(hide = true)]
@@ -180,12 +184,19 @@ fn main() {
 
 fn real_main(args: Args) -> anyhow::Result<()> {
     match &args.command {
-        Some(Command::Shim { bundle }) => {
+        Some(Command::Shim { bundle, .. }) => {
             // The shim clones the container from this process, so it must
             // stay single-threaded until then: no async runtime here.
-            std::process::exit(shim::main(ShimConfig {
-                bundle: bundle.clone(),
-            }));
+            let bundle = match bundle {
+                Some(b) => b.clone(),
+                // The agent went away (or stopped) before it had a
+                // container for this shim.
+                None => match shim::await_bundle() {
+                    Some(b) => b,
+                    None => std::process::exit(0),
+                },
+            };
+            std::process::exit(shim::main(ShimConfig { bundle }));
         }
         Some(Command::ExecShim { bundle, exec }) => {
             // Single-threaded for the same reason: it forks into the container.
@@ -230,7 +241,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
                     },
                     archive_limits: archive_limits(&args),
                 },
-                Arc::new(RealHost { shim_exe }),
+                Arc::new(RealHost::new(shim_exe)),
                 outbox_tx,
             )
             .with_context(|| format!("opening the agent's data dir {}", args.data_dir.display()))?,

@@ -66,6 +66,55 @@ pub fn command(shim_exe: &Path, bundle: &Path) -> std::io::Result<std::process::
     Ok(c)
 }
 
+/// The command of a shim started ahead of its container: it waits for
+/// the bundle's path on stdin ([`await_bundle`]).
+pub fn warm_command(shim_exe: &Path) -> std::io::Result<std::process::Command> {
+    use std::os::unix::process::CommandExt as _;
+    use std::process::Stdio;
+    let mut c = std::process::Command::new(shim_exe);
+    c.arg("shim")
+        .arg("--bundle-from-stdin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0);
+    Ok(c)
+}
+
+/// For a shim started ahead: reads the bundle's path (one line) from
+/// stdin, then makes its stderr the bundle's shim.log and its stdin
+/// /dev/null, as [`command`] would have. None if stdin ends first (the
+/// agent is gone) or the path is not an absolute one.
+pub fn await_bundle() -> Option<PathBuf> {
+    use std::io::BufRead as _;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).ok()?;
+    let bundle = PathBuf::from(line.trim_end_matches('\n'));
+    if !bundle.is_absolute() {
+        return None;
+    }
+    let shim_log = File::create(bundle.join("shim.log")).ok()?;
+    let null = File::open("/dev/null").ok()?;
+    // dup2(2): the container's shim writes its own errors to the bundle,
+    // and reads nothing more from the agent.
+    nix::unistd::dup2(shim_log.as_raw_fd(), 2).ok()?;
+    nix::unistd::dup2(null.as_raw_fd(), 0).ok()?;
+    // The agent started it under SCHED_IDLE to load; the container (which
+    // inherits the policy) and its shim run under the normal one.
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads the sched_param for the length of
+    // the call; 0 is this (single-threaded) process. Root may leave
+    // SCHED_IDLE.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } != 0 {
+        eprintln!(
+            "berth-agent shim: cannot leave SCHED_IDLE: {}",
+            std::io::Error::last_os_error()
+        );
+        return None;
+    }
+    Some(bundle)
+}
+
 pub fn main(cfg: ShimConfig) -> i32 {
     let mut out = FrameWriter::new(&cfg.bundle);
     match run(&cfg, &mut out) {

@@ -275,13 +275,16 @@ impl Supervisor {
                     oom_killed,
                 }) => {
                     // The exit file is written: a follower has every line.
+                    // The shim has removed the cgroup and writes nothing
+                    // more: the exit is reported now, not after the shim
+                    // process has ended and been reaped (about 1 ms).
                     exit = Some((code, error, oom_killed));
                     self.touch();
+                    break;
                 }
                 Err(e) => tracing::warn!(id = %a.container, "unreadable shim frame: {e}"),
             }
         }
-        shim.ended.await;
         self.host.unmount_rootfs(dir);
         let (code, error, oom_killed) = exit.unwrap_or_else(|| {
             (
@@ -297,6 +300,8 @@ impl Supervisor {
         self.ship(&a.container, a.generation, dir);
         self.exited(&a.container, a.generation, code, error, oom_killed);
         self.touch();
+        // Reaped before a restart may start another shim.
+        shim.ended.await;
         Ok(code)
     }
 }
