@@ -67,7 +67,8 @@ pub fn command(shim_exe: &Path, bundle: &Path) -> std::io::Result<std::process::
 }
 
 /// The command of a shim started ahead of its container: it waits for
-/// the bundle's path on stdin ([`await_bundle`]).
+/// the bundle's path on stdin ([`await_bundle`]), and loads under
+/// SCHED_IDLE until then.
 pub fn warm_command(shim_exe: &Path) -> std::io::Result<std::process::Command> {
     use std::os::unix::process::CommandExt as _;
     use std::process::Stdio;
@@ -78,6 +79,18 @@ pub fn warm_command(shim_exe: &Path) -> std::io::Result<std::process::Command> {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .process_group(0);
+    // SAFETY: the closure runs in the forked child before its exec and
+    // makes one async-signal-safe syscall, sched_setscheduler(2), on a
+    // sched_param on its own stack; it allocates nothing and takes no lock.
+    unsafe {
+        c.pre_exec(|| {
+            let param = libc::sched_param { sched_priority: 0 };
+            if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     Ok(c)
 }
 

@@ -7,6 +7,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use nix::sys::signal::Signal;
@@ -56,14 +57,14 @@ pub struct RealHost {
     /// run: a container's start does not wait for the exec of the shim's
     /// executable (about 1 ms of a `berth run` on the development VM).
     /// Each start takes it and leaves the next one starting.
-    warm: std::sync::Mutex<Option<tokio::process::Child>>,
+    warm: Arc<std::sync::Mutex<Option<tokio::process::Child>>>,
 }
 
 impl RealHost {
     pub fn new(shim_exe: PathBuf) -> Self {
         Self {
             shim_exe,
-            warm: std::sync::Mutex::new(None),
+            warm: Arc::default(),
         }
     }
 
@@ -75,25 +76,34 @@ impl RealHost {
     }
 
     /// Starts the shim that waits for the next container, unless one is
-    /// waiting.
+    /// waiting, on a thread of its own: the spawn (a vfork and an exec)
+    /// holds up neither this container's relay nor the runtime. It loads
+    /// under SCHED_IDLE ([`crate::runtime::shim::warm_command`]), in CPU
+    /// time nothing else wants (the container starting now first of all).
     fn refill(&self) {
-        let mut slot = self.warm.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = crate::runtime::shim::warm_command(&self.shim_exe)
-                .and_then(|c| tokio::process::Command::from(c).spawn())
-                .map_err(|e| tracing::debug!("cannot start a waiting shim: {e}"))
-                .ok();
-            // It loads under SCHED_IDLE, in the CPU time nothing else
-            // wants (the container starting now first of all), and takes
-            // its normal policy back once it has a bundle.
-            if let Some(pid) = slot.as_ref().and_then(|c| c.id()) {
-                let param = libc::sched_param { sched_priority: 0 };
-                // SAFETY: sched_setscheduler reads the sched_param for the
-                // length of the call; the pid is our own child's. A failure
-                // leaves it at the normal policy.
-                unsafe { libc::sched_setscheduler(pid as libc::pid_t, libc::SCHED_IDLE, &param) };
-            }
+        if self
+            .warm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return;
         }
+        let (warm, exe) = (self.warm.clone(), self.shim_exe.clone());
+        tokio::task::spawn_blocking(move || {
+            let child = match crate::runtime::shim::warm_command(&exe)
+                .and_then(|c| tokio::process::Command::from(c).spawn())
+            {
+                Ok(c) => c,
+                Err(e) => return tracing::debug!("cannot start a waiting shim: {e}"),
+            };
+            let mut slot = warm.lock().unwrap_or_else(|p| p.into_inner());
+            // Another refill got there first: this one ends with its
+            // input.
+            if slot.is_none() {
+                *slot = Some(child);
+            }
+        });
     }
 }
 
