@@ -23,7 +23,7 @@ mod signal;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -122,6 +122,11 @@ pub struct Supervisor {
     shippers: Arc<Shippers>,
     /// Removals under way, one lock per container.
     removals: std::sync::Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>,
+    /// Containers whose run or create order is being carried out, from
+    /// before its generation is checked until it is done: a log read that
+    /// comes first waits for them (`live` is taken only later, by the
+    /// task that makes the container).
+    starting: Arc<std::sync::Mutex<HashMap<String, usize>>>,
     /// Bumped whenever a container is made, starts or ends: the log reads
     /// that follow a container look at its files again at once.
     activity: tokio::sync::watch::Sender<u64>,
@@ -189,6 +194,7 @@ impl Supervisor {
             shippers,
             removals: Default::default(),
             activity: tokio::sync::watch::Sender::new(0),
+            starting: Arc::default(),
         };
         me.generations =
             fencing::Generations::new(me.local_metas().into_iter().map(|m| (m.id, m.generation)));
@@ -278,6 +284,8 @@ impl Supervisor {
     /// Acts on an assignment from the leader, unless it is older than one
     /// already seen of the same container (invariant 3).
     pub async fn assign(self: Arc<Self>, a: Assignment) {
+        let _starting = matches!(a.order, Order::Run { .. })
+            .then(|| Starting::new(&self.starting, &a.container));
         if let fencing::Verdict::Stale { newest } =
             self.generations.check(&a.container, a.generation)
         {
@@ -353,7 +361,8 @@ impl Supervisor {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let mut wake = self.activity.subscribe();
         while req.follow && !bundle::meta(&dir).exists() {
-            let making = self.live.lock().await.contains(&req.container);
+            let making = self.live.lock().await.contains(&req.container)
+                || Starting::holds(&self.starting, &req.container);
             if (self.generations.knows(&req.container) && !making)
                 || tokio::time::Instant::now() > deadline
             {
@@ -373,6 +382,44 @@ impl Supervisor {
     /// runtime/process.rs).
     fn running(&self, dir: &Path) -> bool {
         !bundle::exit(dir).exists() && bundle::pid(dir).exists() && self.host.alive(dir)
+    }
+}
+
+/// A container's entry in `starting`, for as long as its order is being
+/// carried out (orders of one container may overlap, hence the count).
+struct Starting {
+    set: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    id: String,
+}
+
+impl Starting {
+    fn new(set: &Arc<std::sync::Mutex<HashMap<String, usize>>>, id: &str) -> Self {
+        *set.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default() += 1;
+        Self {
+            set: set.clone(),
+            id: id.to_string(),
+        }
+    }
+
+    fn holds(set: &std::sync::Mutex<HashMap<String, usize>>, id: &str) -> bool {
+        set.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = set.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                set.remove(&self.id);
+            }
+        }
     }
 }
 
