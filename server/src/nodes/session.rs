@@ -195,6 +195,11 @@ impl AgentSession for SessionService {
         // Attached before the node is recorded Ready, so that the liveness
         // check never sees a Ready node without its session.
         let (tx, rx) = mpsc::channel::<ServerMessage>(1024);
+        // What was sent to an earlier session is forgotten before this one
+        // can be sent anything: a placement delivered on this session is
+        // then never taken for unsent and delivered again (a second Run of
+        // a container that has already run and exited runs it again).
+        self.app.scheduler.node_reconnected(&node);
         let (session_id, removed) = self.app.nodes.attach(&node, tx.clone()).await;
         if let Err(e) = upsert_node(&self.app, &register).await {
             self.app.nodes.detach(&node, session_id).await;
@@ -234,7 +239,8 @@ impl AgentSession for SessionService {
             if let Err(e) = reconcile(&app, &register).await {
                 tracing::warn!(%node, "reconciling the node's containers: {e}");
             }
-            app.scheduler.node_reconnected(&node);
+            // A pass may have held off for the reconcile above.
+            app.scheduler.wake.notify_one();
             let reason = tokio::select! {
                 r = serve(&app, &node, session_id, &mut inbound, &tx) => r,
                 // The node removed (its certificate revoked): nothing more
