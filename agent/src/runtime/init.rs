@@ -61,14 +61,6 @@ fn fail(step: impl Into<String>, e: impl std::fmt::Display) -> InitFailure {
     }
 }
 
-/// True if config.json asks for a cgroup namespace of the container's own.
-pub fn wants_cgroup_namespace(spec: &Spec) -> bool {
-    spec.linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Cgroup))
-}
-
 /// The child's entry point; returns only on failure, with the exit code.
 pub fn run(ctx: &InitContext) -> isize {
     let err = match setup_and_exec(ctx) {
@@ -90,13 +82,6 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
     // the shim moving it by pid).
     if let Some(cg) = ctx.cgroup {
         cg.join_self().map_err(|e| fail("joining the cgroup", e))?;
-    }
-    // A cgroup namespace, if asked for, is made only now, so that its root
-    // is the container's cgroup, as with runc.
-    if wants_cgroup_namespace(spec) {
-        // unshare(2): a cgroup namespace rooted at the cgroup joined above.
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
-            .map_err(|e| fail("unshare of the cgroup namespace", e))?;
     }
     // A session of its own: the container must not share the shim's
     // controlling terminal or receive its job-control signals.
@@ -125,6 +110,13 @@ fn setup_and_exec(ctx: &InitContext) -> Result<std::convert::Infallible, InitFai
         .iter()
         .map(|n| n.typ())
         .collect();
+    // A cgroup namespace, if asked for, is made only now (the clone left
+    // it out), so that its root is the cgroup joined above, as with runc.
+    if namespaces.contains(&LinuxNamespaceType::Cgroup) {
+        // unshare(2): a cgroup namespace rooted at the container's cgroup.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| fail("unshare of the cgroup namespace", e))?;
+    }
 
     // Mount propagation private: nothing mounted here leaks to the host.
     mount(

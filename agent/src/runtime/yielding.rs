@@ -52,9 +52,6 @@ pub struct Yielding {
     tid: libc::pid_t,
     nice: i32,
     idle: bool,
-    /// Whether the run delay can be read (else a yielding thread takes
-    /// [`FALLBACK_NICE`] for good).
-    measurable: bool,
     /// Output moved before the thread began to yield; None once it has.
     before_yielding: Option<u64>,
     window_start: Instant,
@@ -70,7 +67,6 @@ impl Yielding {
     /// was starved.
     pub fn start() -> Self {
         let tid = nix::unistd::gettid().as_raw();
-        let delay = run_delay();
         // SAFETY: getpriority takes plain integers; a PRIO_PROCESS of a
         // thread id reads that one thread's nice value.
         let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
@@ -78,10 +74,10 @@ impl Yielding {
             tid,
             nice,
             idle: false,
-            measurable: delay.is_some(),
             before_yielding: Some(0),
+            // Both read when the thread begins to yield.
             window_start: Instant::now(),
-            delay_at_start: delay,
+            delay_at_start: None,
             fallback_until: None,
         }
     }
@@ -100,7 +96,9 @@ impl Yielding {
             self.before_yielding = None;
             self.window_start = Instant::now();
             self.delay_at_start = run_delay();
-            self.set_idle(self.measurable);
+            // Where the run delay cannot be read, the thread takes
+            // FALLBACK_NICE for good instead.
+            self.set_idle(self.delay_at_start.is_some());
             return;
         }
         let now = Instant::now();

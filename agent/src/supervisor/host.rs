@@ -125,8 +125,8 @@ impl Host for RealHost {
     fn start_shim(&self, bundle: &Path) -> Result<Shim, String> {
         let warm = self.take_warm().and_then(|mut child| {
             // The bundle's path, one line, and the end of its input: it
-            // runs that bundle as a shim started for it would.
-            // A line fits an empty pipe: the write does not block.
+            // runs that bundle as a shim started for it would. A line fits
+            // an empty pipe, so the write does not block.
             let stdin = child.stdin.take()?.into_owned_fd().ok()?;
             let line = format!("{}\n", bundle.display());
             std::fs::File::from(stdin)

@@ -299,7 +299,6 @@ impl Supervisor {
         // The shipper sends the last lines, then ends with the container.
         self.ship(&a.container, a.generation, dir);
         self.exited(&a.container, a.generation, code, error, oom_killed);
-        self.touch();
         // Reaped before a restart may start another shim.
         shim.ended.await;
         Ok(code)
