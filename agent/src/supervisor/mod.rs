@@ -4,7 +4,8 @@
 //! transitions and log chunks.
 //!
 //! One operation per file: `run.rs` (create, start, restart by policy),
-//! `signal.rs` (stop, kill, pause), `remove.rs` (removal and stale copies),
+//! `signal.rs` (stop, kill, pause), `remove.rs` (removal and stale copies,
+//! with `trash.rs`, which deletes removed bundles off the removal's path),
 //! `resume.rs` (after a registration), `attach.rs` (attachments and
 //! execs), `image_ops.rs` (image operations), and `fencing.rs`, the one
 //! generation check. This file holds the state they share and the
@@ -22,6 +23,7 @@ mod run;
 mod signal;
 #[cfg(test)]
 mod tests;
+mod trash;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -120,6 +122,8 @@ pub struct Supervisor {
     pub lease: crate::runtime::lease::Lease,
     /// The shippers of the containers' logs.
     shippers: Arc<Shippers>,
+    /// Where removed bundles wait for their deletion.
+    trash: trash::Trash,
     /// Removals under way, one lock per container.
     removals: std::sync::Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>,
     /// Containers whose run or create order is being carried out, from
@@ -179,6 +183,10 @@ impl Supervisor {
                 path: containers.clone(),
                 source,
             })?;
+        let trash = trash::Trash::open(&cfg.data_dir).map_err(|source| SupervisorError::Io {
+            path: cfg.data_dir.join(trash::DIR),
+            source,
+        })?;
         let lease = crate::runtime::lease::Lease::new(&cfg.data_dir, cfg.lease);
         let shippers = Arc::new(Shippers::new(cfg.ship.clone(), outbox.clone()));
         let mut me = Self {
@@ -192,6 +200,7 @@ impl Supervisor {
             generations: fencing::Generations::default(),
             lease,
             shippers,
+            trash,
             removals: Default::default(),
             activity: tokio::sync::watch::Sender::new(0),
             starting: Arc::default(),

@@ -340,6 +340,8 @@ impl Cluster for ClusterService {
     ) -> Result<Response<cluster::RemoveContainerResponse>, Status> {
         let req = req.into_inner();
         let c = self.find(&req.name_or_id)?;
+        // The cluster's own removal (--rm) does not race this one.
+        let _hold = self.app.scheduler.hold(&c.id);
         if CStatus(c.state()).is_running() && !req.force {
             return Err(Status::failed_precondition(format!(
                 "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
