@@ -55,7 +55,22 @@ impl Supervisor {
         }
         self.shippers.stop(id);
         self.host.unmount_rootfs(&dir);
-        // Out of containers/ at once; its files are deleted off this path.
+        // What the container wrote is deleted here: a removal that cannot
+        // delete it fails, and the container is Dead (Docker's "unable to
+        // remove filesystem"). The agent's own files of the bundle go to
+        // the trash and are deleted off this path.
+        for part in [bundle::upper(&dir), bundle::work(&dir)] {
+            match fs::remove_dir_all(&part) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(format!(
+                        "unable to remove filesystem for {id}: {}: {e}",
+                        part.display()
+                    ))
+                }
+            }
+        }
         if self.trash.take(&dir).is_ok() {
             return Ok(());
         }
