@@ -166,7 +166,15 @@ impl Cluster {
             None => Command::new(bin),
         };
         cmd.env("BERTH_CONFIG", self.admin_conf());
+        // The CLI's own files (what it recorded of build contexts it sent)
+        // stay with the cluster, out of the user's ~/.berth.
+        cmd.env("BERTH_CONFIG_DIR", self.cli_dir());
         cmd
+    }
+
+    /// The CLI's own directory for this cluster (BERTH_CONFIG_DIR).
+    pub fn cli_dir(&self) -> PathBuf {
+        self.dir.path().join("cli")
     }
 
     /// The admin credential the first server wrote at its bootstrap.

@@ -277,3 +277,101 @@ fn bad_dockerfiles_name_their_line_and_tag_nothing() {
         Ok(())
     });
 }
+
+/// A rebuild sends only what changed since the last build of the same
+/// directory: the node keeps the context, and the CLI names what is gone.
+/// The image is what a build of the whole context makes, file for file.
+#[test]
+fn a_rebuild_sends_only_what_changed_and_builds_the_same_context() {
+    sandbox::run(
+        "a_rebuild_sends_only_what_changed_and_builds_the_same_context",
+        || {
+            let c = Cluster::start()?;
+            let tar = c.dir().join("busybox.tar");
+            berth_chaos::images::busybox_rootfs_tar(&tar)?;
+            c.berth(&["import", &tar.display().to_string(), "busybox"])
+                .ok()?;
+            let dir = c.dir().join("inc");
+            let w = |rel: &str, body: &str| -> anyhow::Result<()> {
+                let p = dir.join(rel);
+                std::fs::create_dir_all(p.parent().context("a parent")?)?;
+                std::fs::write(p, body)?;
+                Ok(())
+            };
+            w(
+                "Dockerfile",
+                "FROM busybox\nCOPY . /ctx/\nCMD [\"sh\", \"-c\", \"cd /ctx && find . | sort && cat a d/b k n\"]\n",
+            )?;
+            w("a", "one\n")?;
+            w("d/b", "two\n")?;
+            w("d/e/c", "three\n")?;
+            w("k/inner", "dir\n")?;
+            for i in 0..50 {
+                w(&format!("many/f{i}"), "same\n")?;
+            }
+            std::os::unix::fs::symlink("a", dir.join("lnk"))?;
+            let build = |path: &std::path::Path| {
+                c.berth(&["build", "-t", "inc:1", &path.display().to_string()])
+                    .ok()
+            };
+            let first = build(&dir)?.stdout;
+            ensure!(
+                first.starts_with("Sending build context to the cluster")
+                    && !first.contains("unchanged"),
+                "{first}"
+            );
+            // An entry changed within 2 s of a scan is sent again next time
+            // (its times may not show a second change in the same clock
+            // tick): the second build comes once the files are that old,
+            // so that it records them as unchanged.
+            let written = std::time::Instant::now();
+            let racy = std::time::Duration::from_millis(2100);
+            if let Some(rest) = racy.checked_sub(written.elapsed()) {
+                std::thread::sleep(rest);
+            }
+            build(&dir)?;
+            // Changes of every kind: an edit of the same size, a deletion, a
+            // directory gone, a directory that became a file, a symlink that
+            // became a directory, a new file.
+            w("a", "ONE\n")?;
+            std::fs::remove_file(dir.join("d/e/c"))?;
+            std::fs::remove_dir(dir.join("d/e"))?;
+            std::fs::remove_dir_all(dir.join("k"))?;
+            w("k", "file now\n")?;
+            std::fs::remove_file(dir.join("lnk"))?;
+            std::fs::create_dir(dir.join("lnk"))?;
+            w("n", "new\n")?;
+            let third = build(&dir)?.stdout;
+            ensure!(
+                third.contains("unchanged entries kept on the node"),
+                "the rebuild sent everything: {third}"
+            );
+            let incremental = c.berth(&["run", "--rm", "inc:1"]).ok()?.stdout;
+            // The same context at a new path is sent whole.
+            let copy = c.dir().join("copy");
+            let st = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(&dir)
+                .arg(&copy)
+                .status()?;
+            ensure!(st.success(), "cp -a failed");
+            let whole = build(&copy)?.stdout;
+            ensure!(!whole.contains("unchanged"), "{whole}");
+            ensure!(
+                whole.contains(" ---> Using cache"),
+                "the whole context digests differently from the incremental one: {whole}"
+            );
+            let full = c.berth(&["run", "--rm", "inc:1"]).ok()?.stdout;
+            ensure!(incremental == full, "{incremental}\nagainst\n{full}");
+            ensure!(
+                full.contains("./k\n")
+                    && !full.contains("./k/inner")
+                    && !full.contains("./d/e")
+                    && full.contains("./lnk\n")
+                    && full.contains("ONE\ntwo\nfile now\nnew\n"),
+                "{full}"
+            );
+            Ok(())
+        },
+    );
+}

@@ -54,11 +54,34 @@ pub struct BuildArgs {
 }
 
 pub async fn build(client: &mut ClusterClient<Channel>, args: BuildArgs) -> Result<i32, CliError> {
+    // The first try sends only what changed since the last build of this
+    // directory; if the node kept no copy of it, the second sends it all.
+    match build_once(client, &args, true).await? {
+        Some(code) => Ok(code),
+        None => build_once(client, &args, false)
+            .await?
+            .ok_or_else(|| CliError::Api("the node asked for the whole context twice".into())),
+    }
+}
+
+/// One build; None if the node keeps no copy of the context the upload
+/// changed (nothing was built).
+async fn build_once(
+    client: &mut ClusterClient<Channel>,
+    args: &BuildArgs,
+    incremental: bool,
+) -> Result<Option<i32>, CliError> {
     let failed: Failure = Default::default();
-    let (dockerfile_name, dockerfile_text, pieces) = if args.context == "-" {
-        stdin_context(args.file.as_deref(), failed.clone())?
+    let (dockerfile_name, dockerfile_text, pieces, upload) = if args.context == "-" {
+        let (n, t, p) = stdin_context(args.file.as_deref(), failed.clone())?;
+        (n, t, p, Upload::default())
     } else {
-        dir_context(&args.context, args.file.as_deref(), failed.clone())?
+        dir_context(
+            &args.context,
+            args.file.as_deref(),
+            failed.clone(),
+            incremental,
+        )?
     };
     let mut build_args = Vec::new();
     for a in &args.build_args {
@@ -80,6 +103,9 @@ pub async fn build(client: &mut ClusterClient<Channel>, args: BuildArgs) -> Resu
             .map(base_images)
             .unwrap_or_default(),
         node: args.node.clone().unwrap_or_default(),
+        context_key: upload.key.clone().unwrap_or_default(),
+        context_base: upload.plan.base.clone().unwrap_or_default(),
+        context_removed: upload.plan.removed.clone(),
     };
     let mut options = Some(options);
     let stream = pieces.map(move |data| BuildChunk {
@@ -93,9 +119,22 @@ pub async fn build(client: &mut ClusterClient<Channel>, args: BuildArgs) -> Resu
     let mut replies = resp.map_err(CliError::api)?.into_inner();
     let mut out = std::io::stdout().lock();
     let mut image = String::new();
+    let mut token = String::new();
+    let mut announced = args.quiet || upload.key.is_none();
     loop {
         match replies.message().await {
+            Ok(Some(r)) if r.context_base_unknown => {
+                if let Some(key) = &upload.key {
+                    crate::sent_context::forget(key);
+                }
+                return Ok(None);
+            }
             Ok(Some(r)) => {
+                if !announced {
+                    // As Docker's classic builder says it, once sent.
+                    let _ = writeln!(out, "{}", upload.announcement());
+                    announced = true;
+                }
                 if !args.quiet && !r.progress.is_empty() {
                     let _ = out.write_all(&r.progress);
                     let _ = out.flush();
@@ -103,12 +142,31 @@ pub async fn build(client: &mut ClusterClient<Channel>, args: BuildArgs) -> Resu
                 if !r.image_id.is_empty() {
                     image = r.image_id;
                 }
+                if !r.context_token.is_empty() {
+                    token = r.context_token;
+                }
             }
             Ok(None) => break,
             Err(s) => {
                 let _ = out.flush();
+                // The node no longer keeps the copy it took for the build.
+                if let Some(key) = &upload.key {
+                    crate::sent_context::forget(key);
+                }
                 return Err(CliError::api(s));
             }
+        }
+    }
+    if let Some(key) = &upload.key {
+        match (token.is_empty(), upload.entries.lock()) {
+            (false, Ok(mut entries)) => crate::sent_context::save(
+                key,
+                &crate::sent_context::Record {
+                    token,
+                    entries: std::mem::take(&mut *entries),
+                },
+            ),
+            _ => crate::sent_context::forget(key),
         }
     }
     if let Some(why) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -120,7 +178,62 @@ pub async fn build(client: &mut ClusterClient<Channel>, args: BuildArgs) -> Resu
     if args.quiet {
         let _ = writeln!(out, "{image}");
     }
-    Ok(0)
+    Ok(Some(0))
+}
+
+/// How a directory context is sent, and what is recorded of it.
+#[derive(Default)]
+struct Upload {
+    /// The context's key (None: not kept, as for a tar on stdin).
+    key: Option<String>,
+    plan: crate::sent_context::Plan,
+    /// The entries sent or kept, for the record; filled by the sender.
+    entries: std::sync::Arc<
+        std::sync::Mutex<std::collections::BTreeMap<String, crate::sent_context::Fingerprint>>,
+    >,
+    /// Bytes sent.
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Upload {
+    /// Docker's "Sending build context" line, with what was not sent.
+    fn announcement(&self) -> String {
+        let sent = self.sent.load(std::sync::atomic::Ordering::Acquire);
+        let mut line = format!("Sending build context to the cluster  {}", human_size(sent));
+        if !self.plan.unchanged.is_empty() {
+            line.push_str(&format!(
+                " ({} unchanged entries kept on the node)",
+                self.plan.unchanged.len()
+            ));
+        }
+        line
+    }
+}
+
+/// A size as Docker's units.HumanSize prints it: four significant
+/// digits, decimal units (`2.048kB`, `64.02MB`).
+fn human_size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    let digits = if v >= 100.0 {
+        1
+    } else if v >= 10.0 {
+        2
+    } else {
+        3
+    };
+    let text = format!("{v:.digits$}");
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    };
+    format!("{text}{}", units[i])
 }
 
 /// What went wrong reading the context, if anything (the piece stream
@@ -133,10 +246,13 @@ type Pieces = tokio_stream::wrappers::ReceiverStream<Vec<u8>>;
 struct PieceWriter {
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
     buf: Vec<u8>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Write for PieceWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.sent
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::AcqRel);
         self.buf.extend_from_slice(data);
         if self.buf.len() >= CHUNK {
             self.flush()?;
@@ -162,7 +278,8 @@ fn dir_context(
     dir: &str,
     file: Option<&str>,
     failed: Failure,
-) -> Result<(String, Option<String>, Pieces), CliError> {
+    incremental: bool,
+) -> Result<(String, Option<String>, Pieces, Upload), CliError> {
     let root = PathBuf::from(dir);
     let meta = fs::metadata(&root)
         .map_err(|e| CliError::Usage(format!("unable to prepare context: {dir}: {e}")))?;
@@ -219,22 +336,52 @@ fn dir_context(
         Ok(t) => Patterns::parse(&t).map_err(|e| CliError::Usage(format!(".dockerignore: {e}")))?,
         Err(_) => Patterns::default(),
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let always = [df_name.clone(), ".dockerignore".to_string()];
+    // The scan first: the options, sent first, name what the node deletes.
+    let walk = Walk {
+        root: &root,
+        ignore: &ignore,
+        always: &always,
+    };
+    let scanned_at = std::time::SystemTime::now();
+    let mut found = Vec::new();
+    walk.scan(Path::new(""), &mut found)
+        .map_err(|e| CliError::Usage(format!("unable to prepare context: {e}")))?;
+    let mut upload = Upload {
+        key: crate::connect::cluster_identity()
+            .and_then(|cluster| crate::sent_context::key(&root, &cluster)),
+        ..Default::default()
+    };
+    let mut entries = std::collections::BTreeMap::new();
+    for (rel, path, meta) in &found {
+        if let Some(f) = crate::sent_context::Fingerprint::of(path, meta, scanned_at) {
+            entries.insert(rel.clone(), f);
+        }
+    }
+    if incremental {
+        let before = upload.key.as_deref().and_then(crate::sent_context::load);
+        if let Some(plan) = before.and_then(|b| crate::sent_context::plan(&entries, &b)) {
+            upload.plan = plan;
+        }
+    }
+    *upload.entries.lock().unwrap_or_else(|p| p.into_inner()) = entries;
+    let unchanged = upload.plan.unchanged.clone();
+    let sent = upload.sent.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     std::thread::spawn(move || {
         let mut w = PieceWriter {
             tx,
             buf: Vec::with_capacity(CHUNK),
+            sent,
         };
         let result = (|| -> Result<(), String> {
             let mut tar = tar::Builder::new(&mut w);
             tar.follow_symlinks(false);
-            let walk = Walk {
-                root: &root,
-                ignore: &ignore,
-                always: &always,
-            };
-            walk.dir(&mut tar, Path::new(""))?;
+            for (rel, path, meta) in &found {
+                if !unchanged.contains(rel) {
+                    entry(&mut tar, Path::new(rel), path, meta)?;
+                }
+            }
             if let Some((name, body)) = &extra {
                 append_file(&mut tar, name, body)
                     .map_err(|e| format!("adding the Dockerfile: {e}"))?;
@@ -247,7 +394,7 @@ fn dir_context(
                 Some(format!("sending the build context: {why}"));
         }
     });
-    Ok((df_name, Some(text), Pieces::new(rx)))
+    Ok((df_name, Some(text), Pieces::new(rx), upload))
 }
 
 /// Adds a file that is not on disk (a Dockerfile from elsewhere) to a
@@ -274,8 +421,14 @@ struct Walk<'a> {
     always: &'a [String],
 }
 
+/// An entry found by the scan: its path in the context, on disk, and its
+/// metadata.
+type Found = (String, PathBuf, fs::Metadata);
+
 impl Walk<'_> {
-    fn dir(&self, tar: &mut tar::Builder<&mut PieceWriter>, rel: &Path) -> Result<(), String> {
+    /// Lists the entries to send below `rel`, in the order they are sent
+    /// (a directory before what it holds, names sorted).
+    fn scan(&self, rel: &Path, out: &mut Vec<Found>) -> Result<(), String> {
         let here = self.root.join(rel);
         let mut names: Vec<_> = fs::read_dir(&here)
             .map_err(|e| format!("{}: {e}", here.display()))?
@@ -290,55 +443,65 @@ impl Walk<'_> {
             let meta =
                 fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let excluded = self.ignore.excluded(&sub_str) && !self.always.contains(&sub_str);
+            let kind = meta.file_type();
             if meta.is_dir() {
                 if !excluded {
-                    self.entry(tar, &sub, &path, &meta)?;
+                    out.push((sub_str.clone(), path.clone(), meta));
                 }
                 // An excluded directory may still hold what an exception
                 // puts back.
                 if !excluded || self.ignore.has_exceptions() {
-                    self.dir(tar, &sub)?;
+                    self.scan(&sub, out)?;
                 }
                 continue;
             }
-            if !excluded {
-                self.entry(tar, &sub, &path, &meta)?;
+            // Sockets, fifos and devices are not part of a context.
+            if !excluded && (kind.is_file() || kind.is_symlink()) {
+                out.push((sub_str, path, meta));
             }
         }
         Ok(())
     }
+}
 
-    /// One entry, owned by root as Docker's CLI sends it, with its mode
-    /// and modification time.
-    fn entry(
-        &self,
-        tar: &mut tar::Builder<&mut PieceWriter>,
-        rel: &Path,
-        path: &Path,
-        meta: &fs::Metadata,
-    ) -> Result<(), String> {
+/// One entry, owned by root as Docker's CLI sends it, with its mode and
+/// modification time. A file's header is made from the file as opened, so
+/// that it holds what is sent if the file changed since the scan.
+fn entry(
+    tar: &mut tar::Builder<&mut PieceWriter>,
+    rel: &Path,
+    path: &Path,
+    meta: &fs::Metadata,
+) -> Result<(), String> {
+    let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    let header = |meta: &fs::Metadata| {
         let mut h = tar::Header::new_gnu();
         h.set_metadata_in_mode(meta, tar::HeaderMode::Complete);
         h.set_uid(0);
         h.set_gid(0);
         let _ = h.set_username("");
         let _ = h.set_groupname("");
-        let ft = meta.file_type();
-        let err = |e: std::io::Error| format!("{}: {e}", path.display());
-        if ft.is_file() {
-            let f = fs::File::open(path).map_err(err)?;
-            tar.append_data(&mut h, rel, f).map_err(err)
-        } else if ft.is_dir() {
-            h.set_size(0);
-            tar.append_data(&mut h, rel, std::io::empty()).map_err(err)
-        } else if ft.is_symlink() {
-            let target = fs::read_link(path).map_err(err)?;
-            h.set_size(0);
-            tar.append_link(&mut h, rel, target).map_err(err)
-        } else {
-            // Sockets, fifos and devices are not part of a context.
-            Ok(())
-        }
+        h
+    };
+    let ft = meta.file_type();
+    if ft.is_file() {
+        let f = fs::File::open(path).map_err(err)?;
+        let now = f.metadata().map_err(err)?;
+        let mut h = header(&now);
+        let len = now.len();
+        tar.append_data(&mut h, rel, std::io::Read::take(f, len))
+            .map_err(err)
+    } else if ft.is_dir() {
+        let mut h = header(meta);
+        h.set_size(0);
+        tar.append_data(&mut h, rel, std::io::empty()).map_err(err)
+    } else if ft.is_symlink() {
+        let target = fs::read_link(path).map_err(err)?;
+        let mut h = header(meta);
+        h.set_size(0);
+        tar.append_link(&mut h, rel, target).map_err(err)
+    } else {
+        Ok(())
     }
 }
 

@@ -191,6 +191,16 @@ pub fn ca_moved(conf: &AdminConf) -> bool {
     }
 }
 
+/// Names the cluster of the first [`connect`] (the digest of its CA, or
+/// its first server's address), for what the CLI keeps per cluster.
+pub fn cluster_identity() -> Option<String> {
+    STATUS
+        .get()
+        .map(|s| s.ca_digest.clone())
+        .filter(|d| !d.is_empty())
+        .or_else(|| TARGET.get().and_then(|t| t.addrs.first().cloned()))
+}
+
 /// The target of the first [`connect`], for [`reconnect`].
 static TARGET: std::sync::OnceLock<Target> = std::sync::OnceLock::new();
 

@@ -12,6 +12,7 @@ mod images;
 mod logs;
 mod nodes;
 mod output;
+mod sent_context;
 mod services;
 
 use clap::{Parser, Subcommand};

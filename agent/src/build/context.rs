@@ -146,6 +146,32 @@ pub fn remove_in(ctx: &Path, path: &str) -> Result<(), String> {
     }
 }
 
+/// Deletes the entry `path` of the context, whatever it is (a directory
+/// with all it holds), for an incremental context: its directory resolved
+/// inside the context, its last component not followed. A path that is
+/// not there is no error.
+pub fn remove_entry(ctx: &Path, path: &str) -> Result<(), String> {
+    let rel = relative(path).ok_or_else(|| outside(path))?;
+    let Some(name) = rel.file_name() else {
+        return Err(format!("{path}: not an entry of the context"));
+    };
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    let root = Root::open(ctx).map_err(|e| e.to_string())?;
+    let Ok(dir) = root.find(parent) else {
+        return Ok(());
+    };
+    let dir = fs::read_link(fd_path(&dir)).map_err(|e| e.to_string())?;
+    let at = dir.join(name);
+    let removed = match fs::symlink_metadata(&at) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => Err(e),
+        // remove_dir_all follows no symlink below the directory.
+        Ok(m) if m.is_dir() => fs::remove_dir_all(&at),
+        Ok(_) => fs::remove_file(&at),
+    };
+    removed.map_err(|e| format!("{path}: {e}"))
+}
+
 /// Copies what `spec` names from `src_root` (the context, or a stage's
 /// rootfs) into `rootfs`, with Docker's rules:
 /// - a file lands at the destination, or in it when the destination ends

@@ -8,10 +8,12 @@
 //! its sources), so an unchanged rebuild makes nothing again.
 //!
 //! `dockerfile.rs` parses; `context.rs` unpacks the context and copies
-//! from it; this file runs the steps.
+//! from it; `kept.rs` keeps a context after its build, so that the next
+//! build of it is sent only what changed; this file runs the steps.
 
 pub mod context;
 pub mod dockerfile;
+pub mod kept;
 pub mod runner;
 
 use std::collections::BTreeMap;
@@ -44,6 +46,11 @@ pub enum BuildError {
     },
     #[error("the build context: {0}")]
     Context(String),
+    /// The upload changes a kept copy of the context this node does not
+    /// hold (evicted, taken by another build, or kept on another node):
+    /// the client is asked for the whole context.
+    #[error("this node keeps no copy {0} of the build context")]
+    ContextBaseUnknown(String),
     #[error("failed to reach build target {0} in Dockerfile")]
     Target(String),
     #[error(transparent)]
@@ -70,6 +77,22 @@ pub struct BuildRequest {
     /// RUN's network: none (the default) or host.
     pub network: String,
     pub now_ms: i64,
+    /// How the context arrives: whole, or as changes to a kept copy.
+    pub context: ContextPlan,
+}
+
+/// How a build's context arrives, and whether it is kept afterwards.
+#[derive(Debug, Clone, Default)]
+pub struct ContextPlan {
+    /// The client's name for the context: the context is kept under it
+    /// after a build that succeeds. None: not kept.
+    pub key: Option<String>,
+    /// The token of the kept copy the upload changes. None: the upload is
+    /// the whole context.
+    pub base: Option<String>,
+    /// The paths to delete from the kept copy before the upload is
+    /// unpacked over it.
+    pub removed: Vec<String>,
 }
 
 /// Runs one RUN container to its end: the bundle is prepared (config.json
@@ -88,12 +111,17 @@ pub struct Builder<'a> {
     /// Where named volumes live (for config.json).
     pub volumes: PathBuf,
     pub runner: &'a dyn Runner,
+    /// The contexts this node keeps.
+    pub kept: &'a kept::Kept,
 }
 
 /// The build's result.
 #[derive(Debug, Clone)]
 pub struct Built {
     pub image: ImageSummary,
+    /// The token of the copy of the context kept after the build (with a
+    /// context key).
+    pub context_token: Option<String>,
 }
 
 /// Builds the image from `context` (a tar), writing Docker's progress to
@@ -111,8 +139,43 @@ pub fn build(
     for m in mounts_under(&b.work) {
         let _ = snapshot::unmount(&m);
     }
+    let result = result.map(|(mut built, intact)| {
+        // A context the build changed (an ignored Dockerfile dropped) is
+        // not what its client sent: it is not kept.
+        if let (Some(key), true) = (&req.context.key, intact) {
+            let ctx_dir = b.work.join("context");
+            match b.kept.keep(key, &ctx_dir, &b.work.join("keep")) {
+                Ok(token) => built.context_token = Some(token),
+                Err(e) => tracing::warn!("the build context is not kept: {e}"),
+            }
+        }
+        built
+    });
     let _ = fs::remove_dir_all(&b.work);
     result
+}
+
+/// Makes the build's context at `ctx_dir`: the upload unpacked, over the
+/// kept copy it changes if it names one.
+fn make_context(
+    b: &Builder,
+    plan: &ContextPlan,
+    upload: impl std::io::Read,
+    ctx_dir: &Path,
+) -> Result<(), BuildError> {
+    if let (Some(key), Some(base)) = (&plan.key, &plan.base) {
+        let taken = b
+            .kept
+            .take(key, base, ctx_dir, &b.work.join("claim"))
+            .map_err(io(ctx_dir))?;
+        if !taken {
+            return Err(BuildError::ContextBaseUnknown(base.clone()));
+        }
+        for path in &plan.removed {
+            context::remove_entry(ctx_dir, path).map_err(BuildError::Context)?;
+        }
+    }
+    context::unpack(upload, ctx_dir, b.store.limits())
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
@@ -191,9 +254,9 @@ fn build_in(
     req: &BuildRequest,
     context: impl std::io::Read,
     out: &mut dyn Write,
-) -> Result<Built, BuildError> {
+) -> Result<(Built, bool), BuildError> {
     let ctx_dir = b.work.join("context");
-    context::unpack(context, &ctx_dir, b.store.limits())?;
+    make_context(b, &req.context, context, &ctx_dir)?;
     let dockerfile = if req.dockerfile.is_empty() {
         "Dockerfile"
     } else {
@@ -202,7 +265,7 @@ fn build_in(
     let text = context::read_control_file(&ctx_dir, dockerfile)
         .map_err(|e| BuildError::Context(format!("cannot read the Dockerfile: {e}")))?
         .ok_or_else(|| BuildError::Context(format!("the Dockerfile {dockerfile} is missing")))?;
-    drop_ignored_build_files(&ctx_dir, dockerfile)?;
+    let intact = !drop_ignored_build_files(&ctx_dir, dockerfile)?;
     let instructions = dockerfile::parse(&text)?;
     let instructions = until_target(&instructions, &req.target)?;
     let mut build_args: BTreeMap<String, String> = BTreeMap::new();
@@ -218,7 +281,7 @@ fn build_in(
     let mut current: Option<Stage> = None;
     let total = instructions.len();
     let mut pinned: Vec<String> = Vec::new();
-    let result = (|| -> Result<Built, BuildError> {
+    let result = (|| -> Result<(Built, bool), BuildError> {
         for (n, ins) in instructions.iter().enumerate() {
             let _ = writeln!(out, "Step {}/{} : {}", n + 1, total, ins.original);
             let line = ins.line;
@@ -332,7 +395,13 @@ fn build_in(
         for t in &req.tags {
             let _ = writeln!(out, "Successfully tagged {}", load::normalize_reference(t));
         }
-        Ok(Built { image })
+        Ok((
+            Built {
+                image,
+                context_token: None,
+            },
+            intact,
+        ))
     })();
     b.store.unpin(&pinned);
     result
@@ -1153,23 +1222,26 @@ fn oci_arch() -> &'static str {
 
 /// Leaves the Dockerfile and .dockerignore out of what COPY sees when
 /// .dockerignore excludes them: the client sends them anyway (the build
-/// needs them), and Docker's daemon drops them likewise.
-fn drop_ignored_build_files(ctx_dir: &Path, dockerfile: &str) -> Result<(), BuildError> {
+/// needs them), and Docker's daemon drops them likewise. True if it
+/// dropped one.
+fn drop_ignored_build_files(ctx_dir: &Path, dockerfile: &str) -> Result<bool, BuildError> {
     let text = context::read_control_file(ctx_dir, ".dockerignore")
         .map_err(|e| BuildError::Context(format!(".dockerignore: {e}")))?;
     let Some(text) = text else {
-        return Ok(());
+        return Ok(false);
     };
     let patterns = berth_proto::dockerignore::Patterns::parse(&text)
         .map_err(|e| BuildError::Context(format!(".dockerignore: {e}")))?;
+    let mut dropped = false;
     for name in [dockerfile, ".dockerignore"] {
         let rel = clean(name);
         let rel = rel.trim_start_matches('/');
         if patterns.excluded(rel) {
             context::remove_in(ctx_dir, rel).map_err(BuildError::Context)?;
+            dropped = true;
         }
     }
-    Ok(())
+    Ok(dropped)
 }
 
 /// HEALTHCHECK [--interval=D --timeout=D --start-period=D --retries=N] CMD

@@ -252,6 +252,7 @@ impl Supervisor {
             work: builds.join(format!("{request_id}-{}", crate::build::random_id())),
             volumes: self.cfg.data_dir.join("volumes"),
             runner: &runner,
+            kept: &self.kept_contexts,
         };
         let req = crate::build::BuildRequest {
             tags: op.tags,
@@ -261,6 +262,11 @@ impl Supervisor {
             target: op.target,
             network: op.network,
             now_ms: now_ms(),
+            context: crate::build::ContextPlan {
+                key: Some(op.context_key).filter(|k| !k.is_empty()),
+                base: Some(op.context_base).filter(|b| !b.is_empty()),
+                removed: op.context_removed,
+            },
         };
         // Progress goes out as it is written: a step's output is a client's
         // only sign of life during a long RUN.
@@ -268,8 +274,20 @@ impl Supervisor {
         w.eager = true;
         let built = crate::build::build(&builder, &req, std::io::BufReader::new(context), &mut w);
         w.finish();
-        let built = built.map_err(|e| e.to_string())?;
-        Ok(serde_json::to_value(&built.image).unwrap_or_default())
+        let built = match built {
+            Ok(b) => b,
+            // Not a failure of the build: the client sends the whole
+            // context again.
+            Err(crate::build::BuildError::ContextBaseUnknown(_)) => {
+                return Ok(serde_json::json!({"context_base_unknown": true}))
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut answer = serde_json::to_value(&built.image).unwrap_or_default();
+        if let Some(token) = built.context_token {
+            answer["context_token"] = token.into();
+        }
+        Ok(answer)
     }
 
     /// Writes a container's merged filesystem as a tar stream.

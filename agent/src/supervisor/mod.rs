@@ -124,6 +124,8 @@ pub struct Supervisor {
     shippers: Arc<Shippers>,
     /// Where removed bundles wait for their deletion.
     trash: trash::Trash,
+    /// The build contexts this node keeps for their next build.
+    kept_contexts: crate::build::kept::Kept,
     /// Removals under way, one lock per container.
     removals: std::sync::Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>,
     /// Containers whose run or create order is being carried out, from
@@ -187,6 +189,12 @@ impl Supervisor {
             path: cfg.data_dir.join(trash::DIR),
             source,
         })?;
+        let contexts = cfg.data_dir.join("contexts");
+        let kept_contexts =
+            crate::build::kept::Kept::open(&contexts).map_err(|source| SupervisorError::Io {
+                path: contexts.clone(),
+                source,
+            })?;
         let lease = crate::runtime::lease::Lease::new(&cfg.data_dir, cfg.lease);
         let shippers = Arc::new(Shippers::new(cfg.ship.clone(), outbox.clone()));
         let mut me = Self {
@@ -201,6 +209,7 @@ impl Supervisor {
             lease,
             shippers,
             trash,
+            kept_contexts,
             removals: Default::default(),
             activity: tokio::sync::watch::Sender::new(0),
             starting: Arc::default(),

@@ -18,6 +18,10 @@ use crate::app::App;
 const MAX_LIST: usize = 256;
 /// The longest single option value.
 const MAX_VALUE: usize = 64 * 1024;
+/// The most paths an incremental context may delete from its kept copy,
+/// and their total length (the client sends the whole context beyond).
+const MAX_REMOVED: usize = 65_536;
+const MAX_REMOVED_BYTES: usize = 2 << 20;
 
 /// Starts a build: checks the options, picks the node, streams the
 /// context to it, and returns the stream of its progress and result.
@@ -73,6 +77,11 @@ pub async fn build(
                     Ok(BuildOutput {
                         image_id: made["id"].as_str().unwrap_or_default().to_string(),
                         node: node.clone(),
+                        context_token: made["context_token"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        context_base_unknown: made["context_base_unknown"] == true,
                         ..Default::default()
                     })
                 };
@@ -113,6 +122,34 @@ fn check(o: &cluster::BuildOptions) -> Result<BuildOp, Status> {
             return bad(format!("invalid --build-arg {a:?}: give KEY=VALUE"));
         }
     }
+    let hex_of = |v: &str, len: usize| v.len() == len && v.bytes().all(|b| b.is_ascii_hexdigit());
+    if !o.context_key.is_empty() && !hex_of(&o.context_key, 64) {
+        return bad(format!(
+            "invalid context key {:?}: 64 hex digits",
+            o.context_key
+        ));
+    }
+    if !o.context_base.is_empty() && (o.context_key.is_empty() || !hex_of(&o.context_base, 32)) {
+        return bad(format!(
+            "invalid context base {:?}: 32 hex digits, with a context key",
+            o.context_base
+        ));
+    }
+    if o.context_base.is_empty() && !o.context_removed.is_empty() {
+        return bad("paths to remove are given without a context base".into());
+    }
+    let removed_bytes: usize = o.context_removed.iter().map(String::len).sum();
+    if o.context_removed.len() > MAX_REMOVED || removed_bytes > MAX_REMOVED_BYTES {
+        return bad(format!(
+            "an incremental context removes at most {MAX_REMOVED} paths of {MAX_REMOVED_BYTES} bytes in all: send the whole context"
+        ));
+    }
+    if o.context_removed
+        .iter()
+        .any(|p| p.is_empty() || p.len() > 4096 || p.contains('\0'))
+    {
+        return bad("a path to remove from the context is empty, too long or holds a NUL".into());
+    }
     let network = match o.network.as_str() {
         "" | "none" | "default" => "none",
         "host" => "host",
@@ -129,6 +166,9 @@ fn check(o: &cluster::BuildOptions) -> Result<BuildOp, Status> {
         no_cache: o.no_cache,
         target: o.target.clone(),
         network: network.to_string(),
+        context_key: o.context_key.clone(),
+        context_base: o.context_base.clone(),
+        context_removed: o.context_removed.clone(),
     })
 }
 
