@@ -829,9 +829,7 @@ fn step(
     };
     let key = cache_key(&parent, &format!("{key_text}\n{}", config["config"]));
     if !req.no_cache {
-        if let Some(id) = b.store.cache_get(&key, b.snapshots) {
-            let cached: Value = serde_json::from_slice(&b.store.get_blob(&id)?)
-                .map_err(|e| ImageError::Archive(format!("a cached config: {e}")))?;
+        if let Some((id, cached)) = b.store.cache_get(&key, b.snapshots) {
             let _ = writeln!(out, " ---> Using cache\n ---> {}", short(&id));
             adopt(stage, cached, id, kw);
             return Ok(());

@@ -432,20 +432,26 @@ impl ImageStore {
     }
 
     /// The image a build step made before, by the step's cache key: its
-    /// config digest, if every layer it names is still here.
-    pub fn cache_get(&self, key: &str, snapshots: &crate::snapshot::Snapshots) -> Option<String> {
+    /// config digest and config (read once), if every layer it names is
+    /// still here.
+    pub fn cache_get(
+        &self,
+        key: &str,
+        snapshots: &crate::snapshot::Snapshots,
+    ) -> Option<(String, serde_json::Value)> {
         let id = fs::read_to_string(self.root.join(BUILD_CACHE).join(key)).ok()?;
         let id = id.trim().to_string();
-        let config = self.config(&id).ok()?;
-        config
-            .rootfs()
-            .diff_ids()
+        let config: serde_json::Value = serde_json::from_slice(&self.get_blob(&id).ok()?).ok()?;
+        let diff_ids = config["rootfs"]["diff_ids"].as_array()?;
+        diff_ids
             .iter()
             .all(|d| {
-                snapshots.path(d).is_ok_and(|p| p.exists())
-                    && self.blob_path(d).is_ok_and(|p| p.exists())
+                d.as_str().is_some_and(|d| {
+                    snapshots.path(d).is_ok_and(|p| p.exists())
+                        && self.blob_path(d).is_ok_and(|p| p.exists())
+                })
             })
-            .then_some(id)
+            .then_some((id, config))
     }
 
     /// Records the image (config digest) a build step made under its key.

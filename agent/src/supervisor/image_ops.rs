@@ -41,7 +41,7 @@ impl Supervisor {
             },
         };
         if changes_images {
-            self.send(Report::Images(self.images()));
+            self.report_images();
         }
         let (json, error) = match result {
             Ok(v) => (v.map(|v| v.to_string()).unwrap_or_default(), None),

@@ -126,6 +126,8 @@ pub struct Supervisor {
     trash: trash::Trash,
     /// The build contexts this node keeps for their next build.
     kept_contexts: crate::build::kept::Kept,
+    /// The images the cluster was told of last.
+    reported_images: std::sync::Mutex<Option<Vec<ImageSummary>>>,
     /// Removals under way, one lock per container.
     removals: std::sync::Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>,
     /// Containers whose run or create order is being carried out, from
@@ -210,6 +212,7 @@ impl Supervisor {
             shippers,
             trash,
             kept_contexts,
+            reported_images: Default::default(),
             removals: Default::default(),
             activity: tokio::sync::watch::Sender::new(0),
             starting: Arc::default(),
@@ -257,9 +260,30 @@ impl Supervisor {
         }));
     }
 
-    /// The images this node holds, as the cluster sees them.
+    /// The images this node holds, as the cluster sees them; remembered as
+    /// what the cluster was told last (the registration sends them).
     pub fn images(&self) -> Vec<ImageSummary> {
-        self.images.list().unwrap_or_default()
+        let now = self.images.list().unwrap_or_default();
+        *self
+            .reported_images
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(now.clone());
+        now
+    }
+
+    /// Tells the cluster of the images if they changed since it was told
+    /// last: a cached rebuild changes nothing, and its answer need not
+    /// wait for a commit of the same inventory.
+    fn report_images(&self) {
+        let now = self.images.list().unwrap_or_default();
+        let mut last = self
+            .reported_images
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.as_ref() != Some(&now) {
+            *last = Some(now.clone());
+            self.send(Report::Images(now));
+        }
     }
 
     fn local_metas(&self) -> Vec<Meta> {
