@@ -57,6 +57,7 @@ impl Fixture {
             work: self.root.join("work"),
             volumes: self.root.join("volumes"),
             runner: &self.runner,
+            kept: &berth_agent::build::kept::Kept::open(&self.root.join("contexts")).unwrap(),
         };
         let mut out = Vec::new();
         let r =
@@ -310,6 +311,7 @@ fn hostile_contexts_are_refused() {
         work: f.root.join("work"),
         volumes: f.root.join("volumes"),
         runner: &f.runner,
+        kept: &berth_agent::build::kept::Kept::open(&f.root.join("contexts")).unwrap(),
     };
     let mut out = Vec::new();
     let e = build(&builder, &req("hostile:1"), tar.as_slice(), &mut out).unwrap_err();
@@ -407,6 +409,7 @@ fn symlinks_in_a_context_never_reach_the_host() {
         work: f.root.join("work"),
         volumes: f.root.join("volumes"),
         runner: &f.runner,
+        kept: &berth_agent::build::kept::Kept::open(&f.root.join("contexts")).unwrap(),
     };
     let host_dir = host.path().display().to_string();
     let inside = format!("{}/victim", host_dir.trim_start_matches('/'));

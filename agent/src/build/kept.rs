@@ -103,7 +103,7 @@ impl Kept {
                 (at, e.path())
             })
             .collect();
-        kept.sort_by(|a, b| b.0.cmp(&a.0));
+        kept.sort_by_key(|k| std::cmp::Reverse(k.0));
         for (_, path) in kept.into_iter().skip(MAX_KEPT) {
             // A build may have taken it meanwhile: then it is not here.
             let _ = fs::remove_dir_all(path);
