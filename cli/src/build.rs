@@ -158,15 +158,16 @@ async fn build_once(
         }
     }
     if let Some(key) = &upload.key {
-        match (token.is_empty(), upload.entries.lock()) {
-            (false, Ok(mut entries)) => crate::sent_context::save(
+        if token.is_empty() {
+            crate::sent_context::forget(key);
+        } else {
+            crate::sent_context::save(
                 key,
                 &crate::sent_context::Record {
                     token,
-                    entries: std::mem::take(&mut *entries),
+                    entries: upload.entries,
                 },
-            ),
-            _ => crate::sent_context::forget(key),
+            );
         }
     }
     if let Some(why) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -187,10 +188,8 @@ struct Upload {
     /// The context's key (None: not kept, as for a tar on stdin).
     key: Option<String>,
     plan: crate::sent_context::Plan,
-    /// The entries sent or kept, for the record; filled by the sender.
-    entries: std::sync::Arc<
-        std::sync::Mutex<std::collections::BTreeMap<String, crate::sent_context::Fingerprint>>,
-    >,
+    /// Every entry of the context as scanned, for the record.
+    entries: std::collections::BTreeMap<String, crate::sent_context::Fingerprint>,
     /// Bytes sent.
     sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -352,19 +351,17 @@ fn dir_context(
             .and_then(|cluster| crate::sent_context::key(&root, &cluster)),
         ..Default::default()
     };
-    let mut entries = std::collections::BTreeMap::new();
     for (rel, path, meta) in &found {
         if let Some(f) = crate::sent_context::Fingerprint::of(path, meta, scanned_at) {
-            entries.insert(rel.clone(), f);
+            upload.entries.insert(rel.clone(), f);
         }
     }
     if incremental {
         let before = upload.key.as_deref().and_then(crate::sent_context::load);
-        if let Some(plan) = before.and_then(|b| crate::sent_context::plan(&entries, &b)) {
+        if let Some(plan) = before.and_then(|b| crate::sent_context::plan(&upload.entries, &b)) {
             upload.plan = plan;
         }
     }
-    *upload.entries.lock().unwrap_or_else(|p| p.into_inner()) = entries;
     let unchanged = upload.plan.unchanged.clone();
     let sent = upload.sent.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);

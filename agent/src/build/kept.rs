@@ -25,7 +25,7 @@ const TOKEN: &str = "token";
 const TREE: &str = "tree";
 
 /// The kept contexts of one node, in a directory of the data dir.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Kept {
     dir: PathBuf,
 }
@@ -33,9 +33,8 @@ pub struct Kept {
 impl Kept {
     /// Opens (or makes) the store of kept contexts at `dir`, root's alone.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
-        use std::os::unix::fs::PermissionsExt;
         fs::create_dir_all(dir)?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        crate::supervisor::private_dir(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
         })

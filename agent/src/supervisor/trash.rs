@@ -6,11 +6,12 @@
 //! (some 20 unlinks on ext4 with online discard), all of it on the path of
 //! every `berth rm` and `run --rm`. What the container wrote (its upper
 //! and work dirs) is deleted by the removal itself, which fails if it
-//! cannot: only the agent's own files are left to the trash. At most [`MAX_PENDING`] bundles wait:
-//! on a host too busy to give the thread its turn, a removal deletes in
-//! place again, so the trash cannot grow without bound. What an agent
-//! that stopped left in the trash is deleted when the next one opens the
-//! data dir.
+//! cannot: only the agent's own files are left to the trash.
+//!
+//! At most [`MAX_PENDING`] bundles wait: on a host too busy to give the
+//! thread its turn, a removal deletes in place again, so the trash cannot
+//! grow without bound. What an agent that stopped left in the trash is
+//! deleted when the next one opens the data dir.
 
 use std::fs;
 use std::path::{Path, PathBuf};
