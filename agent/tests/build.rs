@@ -478,3 +478,57 @@ fn gz_notes() -> Vec<u8> {
         .unwrap();
     gz.finish().unwrap()
 }
+
+#[test]
+fn the_cache_serves_only_steps_whose_layers_are_still_here() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!("the build tests run as root (they mount overlays and run containers)");
+    }
+    let f = Fixture::new();
+    let files = [
+        ("Dockerfile", DOCKERFILE),
+        ("a.txt", "A\n"),
+        ("sub/b.txt", "B\n"),
+    ];
+    let mut r = req("demo:base");
+    r.target = "base".into();
+    let (first, out) = f.build(&files, r.clone());
+    let first = first.unwrap_or_else(|e| panic!("{e}\n{out}"));
+    let (again, out) = f.build(&files, r.clone());
+    assert_eq!(again.as_ref().ok(), Some(&first), "{out}");
+    assert_eq!(out.matches(" ---> Using cache").count(), 9, "{out}");
+
+    // The RUN step's layer goes behind the store's back: that step runs
+    // again (and, with the same layer and the same time, makes the same
+    // image, so that the steps after it are cached again).
+    let layers = f.store.inspect(&first).unwrap()["RootFS"]["Layers"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let run_layer = layers.last().unwrap().as_str().unwrap().to_string();
+    std::fs::remove_dir_all(f.snapshots.path(&run_layer).unwrap()).unwrap();
+    let (remade, out) = f.build(&files, r.clone());
+    let remade = remade.unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert_eq!(
+        out.matches(" ---> Using cache").count(),
+        8,
+        "every step but the RUN cached: {out}"
+    );
+    assert!(out.contains("hello from RUN"), "{out}");
+    assert_eq!(
+        f.file(&remade, "/app/made.txt").unwrap(),
+        b"hello from RUN\n"
+    );
+
+    // The image removed, gc deletes its layers and the cache entries that
+    // name them: a rebuild makes every layer again, and works.
+    f.store.remove("demo:base", &f.snapshots, &[]).unwrap();
+    let (fresh, out) = f.build(&files, r);
+    let fresh = fresh.unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert!(out.contains("hello from RUN"), "the RUN ran again: {out}");
+    assert_eq!(f.file(&fresh, "/app/a.txt").unwrap(), b"A\n");
+    assert_eq!(
+        f.file(&fresh, "/app/made.txt").unwrap(),
+        b"hello from RUN\n"
+    );
+}

@@ -163,6 +163,12 @@ pub fn save(key: &str, record: &Record) {
         std::io::Write::write_all(&mut f, &bytes).ok()
     });
     if written.is_some() {
+        // Not a rename over the old record: ext4 writes a file that
+        // replaces another by a rename out at once (auto_da_alloc), which
+        // costs more than the rest of a cached build's bookkeeping. The
+        // record is only a cache; losing it to a crash in between costs
+        // one whole upload.
+        let _ = fs::remove_file(&path);
         let _ = fs::rename(&tmp, &path);
     } else {
         let _ = fs::remove_file(&tmp);

@@ -134,10 +134,14 @@ pub fn build(
 ) -> Result<Built, BuildError> {
     let _ = fs::remove_dir_all(&b.work);
     fs::create_dir_all(&b.work).map_err(io(&b.work))?;
-    let result = build_in(b, req, context, out);
-    // Every mount the build made goes with its work dir.
-    for m in mounts_under(&b.work) {
-        let _ = snapshot::unmount(&m);
+    let mut mounted = false;
+    let result = build_in(b, req, context, out, &mut mounted);
+    // Every mount the build made goes with its work dir (a build whose
+    // every step came from the cache mounted nothing).
+    if mounted || result.is_err() {
+        for m in mounts_under(&b.work) {
+            let _ = snapshot::unmount(&m);
+        }
     }
     let result = result.map(|(mut built, intact)| {
         // A context the build changed (an ignored Dockerfile dropped) is
@@ -249,11 +253,14 @@ impl Stage {
     }
 }
 
+/// Builds in `b.work`; `mounted` is set once a step may have mounted
+/// something there.
 fn build_in(
     b: &Builder,
     req: &BuildRequest,
     context: impl std::io::Read,
     out: &mut dyn Write,
+    mounted: &mut bool,
 ) -> Result<(Built, bool), BuildError> {
     let ctx_dir = b.work.join("context");
     make_context(b, &req.context, context, &ctx_dir)?;
@@ -341,6 +348,7 @@ fn build_in(
                 &mut used_args,
                 &ctx_dir,
                 &mut pinned,
+                mounted,
                 out,
             )?;
         }
@@ -539,6 +547,7 @@ fn step(
     used_args: &mut Vec<String>,
     ctx_dir: &Path,
     pinned: &mut Vec<String>,
+    mounted: &mut bool,
     out: &mut dyn Write,
 ) -> Result<(), BuildError> {
     let line = ins.line;
@@ -829,7 +838,7 @@ fn step(
     };
     let key = cache_key(&parent, &format!("{key_text}\n{}", config["config"]));
     if !req.no_cache {
-        if let Some((id, cached)) = b.store.cache_get(&key, b.snapshots) {
+        if let Some((id, cached)) = b.store.cache_get(&key, b.snapshots, pinned) {
             let _ = writeln!(out, " ---> Using cache\n ---> {}", short(&id));
             adopt(stage, cached, id, kw);
             return Ok(());
@@ -838,6 +847,7 @@ fn step(
     let now = format_rfc3339(req.now_ms);
     let mut new_layer: Option<Ingested> = None;
     if let Some(fs_step) = &filesystem {
+        *mounted = true;
         new_layer = run_fs_step(b, req, stage, fs_step, &config, line, out, pinned)?;
         if let (Some(FsStep::Copy(c)), Some(_)) = (&filesystem, &new_layer) {
             created_by = format!(
@@ -877,7 +887,7 @@ fn step(
         }
     }
     let id = save_config(b.store, &config)?;
-    b.store.cache_put(&key, &id)?;
+    b.store.cache_put(&key, &id, &config)?;
     let _ = writeln!(out, " ---> {}", short(&id));
     adopt(stage, config, id, kw);
     Ok(())

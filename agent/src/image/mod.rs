@@ -106,6 +106,10 @@ pub struct ImageSummary {
 /// Where the build cache's entries live, in the store.
 const BUILD_CACHE: &str = "build-cache";
 
+/// How many build cache entries are kept in memory (a few MiB of configs
+/// at most); past that the memory starts again empty.
+const MAX_REMEMBERED_STEPS: usize = 4096;
+
 /// An OCI image layout on disk.
 pub struct ImageStore {
     root: PathBuf,
@@ -114,6 +118,9 @@ pub struct ImageStore {
     /// Layers a build in progress has made and not yet named in an image:
     /// gc keeps them.
     pinned: std::sync::Mutex<Vec<String>>,
+    /// Build cache entries read or written since the agent started (cache
+    /// key to config digest and config).
+    cached_steps: std::sync::Mutex<HashMap<String, (String, serde_json::Value)>>,
 }
 
 impl ImageStore {
@@ -137,6 +144,7 @@ impl ImageStore {
             limits,
             writing: std::sync::Mutex::new(()),
             pinned: std::sync::Mutex::new(Vec::new()),
+            cached_steps: Default::default(),
         };
         if !store.index_path().exists() {
             let index = ImageIndexBuilder::default()
@@ -217,6 +225,17 @@ impl ImageStore {
     /// Points `reference` at the manifest `desc`, moving it off any other.
     pub fn set_ref(&self, reference: &str, mut desc: Descriptor) -> Result<(), ImageError> {
         let mut index = self.read_index()?;
+        let named: Vec<&Descriptor> = index
+            .manifests()
+            .iter()
+            .filter(|d| ref_name(d).as_deref() == Some(reference))
+            .collect();
+        if let [only] = named.as_slice() {
+            if only.digest() == desc.digest() && only.size() == desc.size() {
+                // Already so (a rebuild of the same image): nothing to write.
+                return Ok(());
+            }
+        }
         let mut manifests: Vec<Descriptor> = index
             .manifests()
             .iter()
@@ -401,7 +420,11 @@ impl ImageStore {
                 .cloned(),
         );
         // A build cache entry lives while every layer it names does; its
-        // config blob with it.
+        // config blob with it. What is kept in memory is read again.
+        self.cached_steps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let cache = self.root.join(BUILD_CACHE);
         for e in fs::read_dir(&cache).into_iter().flatten().flatten() {
             let id = fs::read_to_string(e.path()).unwrap_or_default();
@@ -432,34 +455,88 @@ impl ImageStore {
     }
 
     /// The image a build step made before, by the step's cache key: its
-    /// config digest and config (read once), if every layer it names is
-    /// still here.
+    /// config digest and config, if every layer it names is still here.
+    /// The layers found are pinned for the build, which lists them in
+    /// `pinned` (and unpins them when it ends): gc cannot take them before
+    /// the build's image names them, and a layer already in `pinned` is
+    /// not looked for again. An entry is read from disk once; later hits
+    /// come from memory, which gc empties when it deletes entries.
     pub fn cache_get(
         &self,
         key: &str,
         snapshots: &crate::snapshot::Snapshots,
+        pinned: &mut Vec<String>,
     ) -> Option<(String, serde_json::Value)> {
-        let id = fs::read_to_string(self.root.join(BUILD_CACHE).join(key)).ok()?;
-        let id = id.trim().to_string();
-        let config: serde_json::Value = serde_json::from_slice(&self.get_blob(&id).ok()?).ok()?;
-        let diff_ids = config["rootfs"]["diff_ids"].as_array()?;
-        diff_ids
+        let remembered = self
+            .cached_steps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned();
+        let (id, config) = match remembered {
+            Some(hit) => hit,
+            None => {
+                let id = fs::read_to_string(self.root.join(BUILD_CACHE).join(key)).ok()?;
+                let id = id.trim().to_string();
+                let config: serde_json::Value =
+                    serde_json::from_slice(&self.get_blob(&id).ok()?).ok()?;
+                self.remember_step(key, &id, &config);
+                (id, config)
+            }
+        };
+        let diff_ids: Vec<&str> = config["rootfs"]["diff_ids"]
+            .as_array()?
             .iter()
-            .all(|d| {
-                d.as_str().is_some_and(|d| {
-                    snapshots.path(d).is_ok_and(|p| p.exists())
-                        && self.blob_path(d).is_ok_and(|p| p.exists())
-                })
-            })
-            .then_some((id, config))
+            .map(|d| d.as_str())
+            .collect::<Option<_>>()?;
+        // Looked for and pinned under the write lock, which gc holds while
+        // it deletes: a layer found here is still here when it is pinned.
+        let _writing = self.write_lock();
+        if !self.blob_path(&id).is_ok_and(|p| p.exists()) {
+            return None;
+        }
+        let mut found = Vec::new();
+        for d in diff_ids {
+            if pinned.iter().any(|p| p == d) || found.contains(&d) {
+                continue;
+            }
+            let here = snapshots.path(d).is_ok_and(|p| p.exists())
+                && self.blob_path(d).is_ok_and(|p| p.exists());
+            if !here {
+                return None;
+            }
+            found.push(d);
+        }
+        for d in found {
+            self.pin(d);
+            pinned.push(d.to_string());
+        }
+        Some((id, config))
     }
 
-    /// Records the image (config digest) a build step made under its key.
-    pub fn cache_put(&self, key: &str, id: &str) -> Result<(), ImageError> {
+    /// Records the image (config digest `id`, config `config`) a build
+    /// step made under its key.
+    pub fn cache_put(
+        &self,
+        key: &str,
+        id: &str,
+        config: &serde_json::Value,
+    ) -> Result<(), ImageError> {
         let dir = self.root.join(BUILD_CACHE);
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let path = dir.join(key);
-        fs::write(&path, id).map_err(io_err(&path))
+        fs::write(&path, id).map_err(io_err(&path))?;
+        self.remember_step(key, id, config);
+        Ok(())
+    }
+
+    /// Keeps a build cache entry in memory, for [`Self::cache_get`].
+    fn remember_step(&self, key: &str, id: &str, config: &serde_json::Value) {
+        let mut steps = self.cached_steps.lock().unwrap_or_else(|p| p.into_inner());
+        if steps.len() >= MAX_REMEMBERED_STEPS {
+            steps.clear();
+        }
+        steps.insert(key.to_string(), (id.to_string(), config.clone()));
     }
 
     /// Keeps layers from gc until they are unpinned (a build's layers
