@@ -148,7 +148,7 @@ pub fn build(
         // not what its client sent: it is not kept.
         if let (Some(key), true) = (&req.context.key, intact) {
             let ctx_dir = b.work.join("context");
-            match b.kept.keep(key, &ctx_dir, &b.work.join("keep")) {
+            match b.kept.keep(key, &ctx_dir) {
                 Ok(token) => built.context_token = Some(token),
                 Err(e) => tracing::warn!("the build context is not kept: {e}"),
             }
@@ -168,10 +168,7 @@ fn make_context(
     ctx_dir: &Path,
 ) -> Result<(), BuildError> {
     if let (Some(key), Some(base)) = (&plan.key, &plan.base) {
-        let taken = b
-            .kept
-            .take(key, base, ctx_dir, &b.work.join("claim"))
-            .map_err(io(ctx_dir))?;
+        let taken = b.kept.take(key, base, ctx_dir).map_err(io(ctx_dir))?;
         if !taken {
             return Err(BuildError::ContextBaseUnknown(base.clone()));
         }
