@@ -158,17 +158,20 @@ ENTRYPOINT ["/busybox"]
 CMD ["cat", "/made.txt"]
 "#;
 
+/// The context of [`DOCKERFILE`].
+const DEMO_FILES: [(&str, &str); 3] = [
+    ("Dockerfile", DOCKERFILE),
+    ("a.txt", "A\n"),
+    ("sub/b.txt", "B\n"),
+];
+
 #[test]
 fn a_multi_stage_build_makes_the_image_and_the_cache_serves_a_rebuild() {
     if !nix::unistd::geteuid().is_root() {
         panic!("the build tests run as root (they mount overlays and run containers)");
     }
     let f = Fixture::new();
-    let files = [
-        ("Dockerfile", DOCKERFILE),
-        ("a.txt", "A\n"),
-        ("sub/b.txt", "B\n"),
-    ];
+    let files = DEMO_FILES;
     let (id, out) = f.build(&files, req("demo:1"));
     let id = id.unwrap_or_else(|e| panic!("{e}\n{out}"));
     assert!(out.contains("Step 1/15 : ARG BASE=busybox"), "{out}");
@@ -485,11 +488,7 @@ fn the_cache_serves_only_steps_whose_layers_are_still_here() {
         panic!("the build tests run as root (they mount overlays and run containers)");
     }
     let f = Fixture::new();
-    let files = [
-        ("Dockerfile", DOCKERFILE),
-        ("a.txt", "A\n"),
-        ("sub/b.txt", "B\n"),
-    ];
+    let files = DEMO_FILES;
     let mut r = req("demo:base");
     r.target = "base".into();
     let (first, out) = f.build(&files, r.clone());

@@ -84,8 +84,8 @@ impl Kept {
             let copy_of = name
                 .split_once('.')
                 .filter(|(k, t)| entry_name(k, t).is_some())
-                .map(|(k, _)| k.to_string());
-            let stale = match &copy_of {
+                .map(|(k, _)| k);
+            let stale = match copy_of {
                 None => true,
                 Some(k) => k == key && name != newest,
             };

@@ -231,7 +231,7 @@ impl ImageStore {
             .filter(|d| ref_name(d).as_deref() == Some(reference))
             .collect();
         if let [only] = named.as_slice() {
-            if only.digest() == desc.digest() && only.size() == desc.size() {
+            if only.digest() == desc.digest() {
                 // Already so (a rebuild of the same image): nothing to write.
                 return Ok(());
             }
